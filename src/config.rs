@@ -1,0 +1,1 @@
+//! Validated node configuration (in progress).

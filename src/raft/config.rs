@@ -1,0 +1,126 @@
+//! Configuration of one Raft core, validated once at construction.
+
+use super::types::NodeId;
+
+/// Configuration of a [`super::RaftCore`]. Times are in ticks: the driver calls `tick()` at
+/// a fixed interval, and the core never reads a clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (not 0).
+    pub id: NodeId,
+    /// The other voting members (must not contain `id`, no duplicates, no 0).
+    pub peers: Vec<NodeId>,
+    /// Minimum election timeout in ticks. Each term, a follower or candidate draws its timeout
+    /// uniformly from `[election_ticks, 2 * election_ticks)` with the seeded RNG (§5.2).
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every `heartbeat_ticks` ticks.
+    pub heartbeat_ticks: u32,
+    /// Seed of the core's RNG (randomised timeouts). Different nodes should use different seeds.
+    pub seed: u64,
+    /// Upper bound on entries in one AppendEntries message.
+    pub max_entries_per_message: usize,
+    /// Upper bound on AppendEntries in flight to one follower that is replicating (pipelining).
+    pub max_inflight: usize,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Node id 0 is reserved.
+    #[error("node id must not be 0")]
+    ZeroId,
+    /// A peer id is 0, equal to our id, or repeated.
+    #[error("invalid peer list: {0}")]
+    BadPeers(String),
+    /// Timeouts that would make elections fire between heartbeats.
+    #[error("election timeout ({election} ticks) must be at least 3 times the heartbeat interval ({heartbeat} ticks)")]
+    ElectionTooShort {
+        /// election ticks
+        election: u32,
+        /// heartbeat ticks
+        heartbeat: u32,
+    },
+    /// A zero limit.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+}
+
+impl Config {
+    /// A configuration with the usual defaults (10-tick election timeout, 1-tick heartbeats).
+    pub fn new(id: NodeId, peers: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            peers,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            seed: id,
+            max_entries_per_message: 512,
+            max_inflight: 64,
+        }
+    }
+
+    /// Checks the configuration; the error is one line for the operator.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &p in &self.peers {
+            if p == 0 {
+                return Err(ConfigError::BadPeers("peer id 0 is reserved".into()));
+            }
+            if p == self.id {
+                return Err(ConfigError::BadPeers(format!(
+                    "node {p} lists itself as a peer"
+                )));
+            }
+            if !seen.insert(p) {
+                return Err(ConfigError::BadPeers(format!("peer id {p} appears twice")));
+            }
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(ConfigError::ZeroLimit("heartbeat_ticks"));
+        }
+        if self.election_ticks < 3 * self.heartbeat_ticks {
+            return Err(ConfigError::ElectionTooShort {
+                election: self.election_ticks,
+                heartbeat: self.heartbeat_ticks,
+            });
+        }
+        if self.max_entries_per_message == 0 {
+            return Err(ConfigError::ZeroLimit("max_entries_per_message"));
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::ZeroLimit("max_inflight"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_configs_with_one_line() {
+        assert_eq!(Config::new(0, vec![]).validate(), Err(ConfigError::ZeroId));
+        assert!(matches!(
+            Config::new(1, vec![1]).validate(),
+            Err(ConfigError::BadPeers(_))
+        ));
+        assert!(matches!(
+            Config::new(1, vec![2, 2]).validate(),
+            Err(ConfigError::BadPeers(_))
+        ));
+        let mut c = Config::new(1, vec![2, 3]);
+        c.election_ticks = 2;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ElectionTooShort { .. })
+        ));
+        assert_eq!(Config::new(1, vec![2, 3]).validate(), Ok(()));
+    }
+}

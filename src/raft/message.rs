@@ -1,0 +1,85 @@
+//! Messages between Raft cores. Every input that comes from another node is a [`Message`],
+//! replies included, so that every one of them passes `check_term` in `RaftCore::step`.
+
+use super::types::{Entry, LogIndex, NodeId, Term};
+
+/// A message from one node's core to another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// The sender's current term (Raft Figure 2: every RPC and reply carries it).
+    pub term: Term,
+    /// Transport-level correlation id, opaque to Raft: a response carries the `rpc_id` of
+    /// the request it answers, so the driver can route it to the waiting gRPC call.
+    /// 0 for messages that are not answers.
+    pub rpc_id: u64,
+    /// What kind of message.
+    pub body: MessageBody,
+}
+
+/// The kinds of peer messages (Raft Figure 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// RequestVote RPC (§5.2, §5.4.1).
+    RequestVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+    },
+    /// Reply to RequestVote.
+    RequestVoteResponse {
+        /// True means the sender voted for the receiver in `term`.
+        granted: bool,
+    },
+    /// AppendEntries RPC (§5.3); a heartbeat when `entries` is empty.
+    AppendEntries {
+        /// Index of the entry just before `entries`.
+        prev_log_index: LogIndex,
+        /// Term of that entry.
+        prev_log_term: Term,
+        /// Entries to store, in order, starting at `prev_log_index + 1`.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit: LogIndex,
+        /// The ReadIndex round this message confirms (echoed in the reply); 0 for none.
+        read_ctx: u64,
+    },
+    /// Reply to AppendEntries.
+    AppendEntriesResponse {
+        /// True if the follower's log matched at `prev_log_index` and now holds the entries.
+        success: bool,
+        /// On success: the last index the follower knows to match the leader's log.
+        match_index: LogIndex,
+        /// On failure: where the leader should retry from (fast back-off hint).
+        conflict_index: LogIndex,
+        /// On failure: the term of the follower's conflicting entry, or 0 when its log
+        /// is simply too short.
+        conflict_term: Term,
+        /// Echo of the request's `read_ctx`.
+        read_ctx: u64,
+    },
+}
+
+impl MessageBody {
+    /// Short name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageBody::RequestVote { .. } => "RequestVote",
+            MessageBody::RequestVoteResponse { .. } => "RequestVoteResponse",
+            MessageBody::AppendEntries { .. } => "AppendEntries",
+            MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+        }
+    }
+
+    /// True for the two request kinds (which expect exactly one response).
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. }
+        )
+    }
+}

@@ -1,0 +1,36 @@
+//! The pure Raft consensus core (extended Raft paper, Ongaro & Ousterhout, Figure 2).
+//!
+//! # Contract
+//! [`RaftCore`] is a deterministic state machine. Its inputs are [`RaftCore::step`] (a message
+//! from a peer, request or reply), [`RaftCore::tick`] (logical time), [`RaftCore::propose`]
+//! (a client command) and [`RaftCore::read_index`] (a linearizable read). Its output is a
+//! [`Ready`] batch, taken with [`RaftCore::ready`] and acknowledged with [`RaftCore::advance`]
+//! once the driver has handled it (see `ready.rs` for the obligations and their order).
+//!
+//! # What this module may import
+//! std, serde, tracing, rand (seeded only) and thiserror. No tokio, tonic, sled, clock or global
+//! RNG: everything it does is reproducible from its inputs, which is what lets the simulator
+//! replay a failing seed.
+//!
+//! # Invariants
+//! - `step` passes every message through `check_term` first; no other code compares a
+//!   message's term with ours.
+//! - `applied <= commit <= last_index`, and entries are handed out to apply only once durable.
+//! - A vote grant or an append ack is only ever put in `Ready::persisted_messages`.
+#![warn(missing_docs)]
+
+mod config;
+mod core;
+mod message;
+mod ready;
+pub mod storage;
+mod types;
+
+#[cfg(test)]
+mod paper_tests;
+
+pub use self::config::{Config, ConfigError};
+pub use self::core::{NotLeader, Proposed, RaftCore};
+pub use self::message::{Message, MessageBody};
+pub use self::ready::{ReadState, Ready};
+pub use self::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};

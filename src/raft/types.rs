@@ -1,0 +1,91 @@
+//! Basic Raft vocabulary: ids, terms, indexes, log entries, hard and soft state.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the cluster (never 0: 0 means "none" on the wire).
+pub type NodeId = u64;
+/// A Raft term (§5.1). Term 0 is the state before any election.
+pub type Term = u64;
+/// A log index. Indexes start at 1; index 0 is the empty log's sentinel.
+pub type LogIndex = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The entry a new leader appends at the start of its term (Raft §8), so it can
+    /// commit entries of earlier terms and serve ReadIndex reads.
+    Noop,
+    /// An opaque state-machine command.
+    Command(Vec<u8>),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Term of the leader that created the entry.
+    pub term: Term,
+    /// Position in the log (1-based).
+    pub index: LogIndex,
+    /// What the entry carries.
+    pub payload: Payload,
+}
+
+/// State that must be on stable storage before the node answers anything that depends on it
+/// (Raft Figure 2, "Persistent state on all servers", plus the commit index so a restarted
+/// node can re-apply its committed prefix without waiting for a leader).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// Highest index known to be committed (may lag; never ahead of the truth).
+    pub commit: LogIndex,
+}
+
+/// A node's role (Raft §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Passive: answers leaders and candidates.
+    Follower,
+    /// Asking for votes in its term.
+    Candidate,
+    /// Handles client requests and replicates the log.
+    Leader,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
+/// Volatile state that the driver needs to know about when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// Current role.
+    pub role: Role,
+    /// The leader of the current term, if known.
+    pub leader: Option<NodeId>,
+}
+
+/// A consistent snapshot of the core's state, for `Cluster/Status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// Current role.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// The leader of the current term, if known.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: LogIndex,
+    /// Index of the last log entry (persisted or not).
+    pub last_index: LogIndex,
+}

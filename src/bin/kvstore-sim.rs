@@ -139,6 +139,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .checked_add(args.seeds)
         .context("--start + --seeds overflows")?;
     let next = Arc::new(AtomicU64::new(args.start));
+    let done = Arc::new(AtomicU64::new(0));
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
@@ -169,13 +170,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         next.store(end, Ordering::Relaxed);
                     }
                 }
+                done.fetch_add(1, Ordering::Relaxed);
                 bar.inc(1);
             });
         }
     });
     bar.finish();
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-    let ran = bar.position();
+    let ran = done.load(Ordering::Relaxed);
     println!(
         "{} seeds from {} in {:.1}s: {} passed, {} failed",
         ran,

@@ -1103,3 +1103,13 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         .unwrap_or(0);
     Ok(w.outcome)
 }
+
+/// Runs with tracing on and returns the trace (pass or fail), for determinism tests.
+#[cfg(test)]
+pub(crate) fn run_traced(mut cfg: SimConfig) -> Vec<String> {
+    cfg.trace = true;
+    let fault_end = cfg.fault_ms * MS;
+    let mut w = World::new(cfg);
+    while w.step() && w.now < fault_end {}
+    w.trace
+}

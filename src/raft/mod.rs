@@ -29,6 +29,8 @@ pub mod storage;
 mod types;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod paper_tests;
 #[cfg(test)]
 mod testkit;

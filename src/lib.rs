@@ -14,9 +14,11 @@
 
 pub mod client;
 pub mod config;
+pub mod lincheck;
 pub mod node;
 pub mod pb;
 pub mod raft;
 pub mod rpc;
+pub mod sim;
 pub mod state_machine;
 pub mod storage;

@@ -21,16 +21,20 @@
 
 mod config;
 mod core;
+mod log;
 mod message;
+mod progress;
 mod ready;
 pub mod storage;
 mod types;
 
 #[cfg(test)]
 mod paper_tests;
+#[cfg(test)]
+mod testkit;
 
 pub use self::config::{Config, ConfigError};
-pub use self::core::{NotLeader, Proposed, RaftCore};
+pub use self::core::{Mutation, NotLeader, Proposed, RaftCore};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};
 pub use self::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};

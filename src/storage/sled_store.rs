@@ -259,7 +259,8 @@ impl LogStore for SledStore {
             }
             None => HardState::default(),
         };
-        let mut log = Vec::with_capacity(inner.log.len());
+        // No capacity hint: sled's `len()` walks the whole tree, doubling the cost of a load.
+        let mut log = Vec::new();
         let mut expected: LogIndex = 1;
         for item in inner.log.iter() {
             let (key, raw) = item.map_err(|e| self.sled_err("read the log", &e))?;

@@ -491,3 +491,14 @@ fn one_fdatasync_of_the_db_file_per_persist() {
         assert!(call.contains("/db>"), "fdatasync of something else: {call}");
     }
 }
+
+#[test]
+fn unreadable_sled_config_is_a_one_line_open_error_naming_the_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("conf"), b"segment_size: not-a-number\n").unwrap();
+    let err = SledStore::open(tmp.path()).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::Open { .. }), "{msg}");
+    assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}

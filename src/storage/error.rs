@@ -1,0 +1,92 @@
+//! [`StorageError`]: every failure of the data dir. All of them are fatal to the node.
+
+use std::path::PathBuf;
+
+/// Storage failure: fatal to the node (log once, stop; never retry a failed fsync).
+///
+/// Every message is one line and names the data dir or file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The data dir could not be created.
+    #[error("cannot create data dir {}: {cause}", dir.display())]
+    CreateDir {
+        /// the data dir
+        dir: PathBuf,
+        /// why
+        cause: std::io::Error,
+    },
+    /// Another process (or another open store in this one) holds the data dir.
+    #[error("data dir {} is locked by another running kvstore process (stop it, or use another --data-dir)", dir.display())]
+    Locked {
+        /// the data dir
+        dir: PathBuf,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock data dir {} (lock file {}): {cause}", dir.display(), path.display())]
+    Lock {
+        /// the data dir
+        dir: PathBuf,
+        /// the lock file
+        path: PathBuf,
+        /// why
+        cause: std::io::Error,
+    },
+    /// sled could not open the database or one of its trees.
+    #[error("cannot open the database in data dir {}: {cause} (is it a kvstore data dir from a compatible version?)", dir.display())]
+    Open {
+        /// the data dir
+        dir: PathBuf,
+        /// sled's reason, on one line
+        cause: String,
+    },
+    /// A stored value failed its checksum, does not decode, or the log has a gap.
+    #[error("{what} in {} is corrupt ({reason})", dir.display())]
+    Corrupt {
+        /// the data dir
+        dir: PathBuf,
+        /// what is corrupt, e.g. "log entry 17" or "hard state"
+        what: String,
+        /// why, e.g. "checksum mismatch"
+        reason: String,
+    },
+    /// A value could not be encoded.
+    #[error("cannot encode {what} for data dir {}: {cause}", dir.display())]
+    Encode {
+        /// the data dir
+        dir: PathBuf,
+        /// what
+        what: String,
+        /// postcard's reason
+        cause: postcard::Error,
+    },
+    /// sled failed a read, a write or a flush.
+    #[error("cannot {op} in data dir {}: {cause}", dir.display())]
+    Sled {
+        /// the data dir
+        dir: PathBuf,
+        /// the operation, e.g. "write the log"
+        op: &'static str,
+        /// sled's reason, on one line
+        cause: String,
+    },
+    /// fsync (fdatasync) or opening a file to sync failed. Data may be lost: the node must
+    /// stop, since a retried fsync can report success for writes that never reached the disk.
+    #[error("cannot sync {} to disk: {cause} (stopping: a failed fsync is never retried)", path.display())]
+    Sync {
+        /// the file or directory
+        path: PathBuf,
+        /// why
+        cause: std::io::Error,
+    },
+}
+
+/// sled's error on one line (its `Corruption` variant would print a backtrace).
+pub(crate) fn describe_sled(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { at, .. } => match at {
+            Some(at) => format!("sled found corrupted data at {at:?}"),
+            None => "sled found corrupted data".to_owned(),
+        },
+        other => other.to_string().replace('\n', " "),
+    }
+}

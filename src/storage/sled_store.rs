@@ -1,0 +1,377 @@
+//! [`SledStore`]: the hard state and log in sled, made durable with an explicit fdatasync.
+
+use super::error::{describe_sled, StorageError};
+use super::keys::{
+    decode_value, encode_value, index_of_key, log_key, HARD_STATE_KEY, LOG_TREE, META_TREE,
+};
+use crate::raft::storage::LogStore;
+use crate::raft::{Entry, HardState, LogIndex, Payload};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The node's sled database. Cheap to clone (clones share the database, the lock and the
+/// sync counter); only one clone should call [`persist`](LogStore::persist), the driver.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+/// Field order is drop order: sled closes before the lock on the data dir is released.
+struct Inner {
+    db: sled::Db,
+    /// Tree `meta`: the hard state.
+    meta: sled::Tree,
+    /// Tree `log`: entries keyed by big-endian index.
+    log: sled::Tree,
+    /// sled's log file `<dir>/db`, kept open to `fdatasync` it after every flush.
+    db_file: File,
+    /// Names of the files under `<dir>/blobs` already synced (sled writes a blob once and
+    /// never changes it, so each needs one sync).
+    synced_blobs: Mutex<BTreeSet<OsString>>,
+    /// Number of completed `persist` syncs (flush + fdatasync), for tests and metrics.
+    sync_count: AtomicU64,
+    dir: PathBuf,
+    /// Holds the exclusive lock on `<dir>/LOCK` for as long as the store lives.
+    _lock: File,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) and locks the data dir.
+    ///
+    /// The lock is taken before sled opens anything, so a second process fails with
+    /// [`StorageError::Locked`] without touching the database.
+    ///
+    /// # Errors
+    /// The dir cannot be created/opened, is locked by another process, or is corrupt.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let dir = dir.to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|cause| StorageError::CreateDir {
+            dir: dir.clone(),
+            cause,
+        })?;
+        let lock = lock_dir(&dir)?;
+
+        let open_err = |e: sled::Error| StorageError::Open {
+            dir: dir.clone(),
+            cause: describe_sled(&e),
+        };
+        // No background flusher: durability is persist()'s job, with one explicit
+        // flush + fdatasync per call (sled's own timer would only add syncs).
+        let db = sled::Config::new()
+            .path(&dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let meta = db.open_tree(META_TREE).map_err(open_err)?;
+        let log = db.open_tree(LOG_TREE).map_err(open_err)?;
+
+        let db_path = dir.join("db");
+        let db_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&db_path)
+            .map_err(|cause| StorageError::Sync {
+                path: db_path.clone(),
+                cause,
+            })?;
+        // Make what sled created durable once: its files' contents and their directory
+        // entries (a fresh `db` file is useless if its name is lost in a crash).
+        db.flush().map_err(|e| StorageError::Sled {
+            dir: dir.clone(),
+            op: "flush the database",
+            cause: describe_sled(&e),
+        })?;
+        db_file.sync_all().map_err(|cause| StorageError::Sync {
+            path: db_path,
+            cause,
+        })?;
+        sync_path(&dir.join("conf"))?;
+        sync_path(&dir)?;
+
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                meta,
+                log,
+                db_file,
+                synced_blobs: Mutex::new(BTreeSet::new()),
+                sync_count: AtomicU64::new(0),
+                dir,
+                _lock: lock,
+            }),
+        };
+        store.sync_new_blobs()?;
+        Ok(store)
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// How many times [`persist`](LogStore::persist) flushed and synced (once per call that
+    /// had something to write).
+    pub fn sync_count(&self) -> u64 {
+        self.inner.sync_count.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything written so far durable: sled's flush (which on Linux ends in
+    /// `sync_file_range`, not an fsync, sled issue #1452), then `fdatasync` on sled's log file
+    /// and on any new blob file.
+    fn sync(&self) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        inner
+            .db
+            .flush()
+            .map_err(|e| self.sled_err("flush the database", &e))?;
+        inner
+            .db_file
+            .sync_data()
+            .map_err(|cause| StorageError::Sync {
+                path: inner.dir.join("db"),
+                cause,
+            })?;
+        self.sync_new_blobs()?;
+        inner.sync_count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// fdatasyncs the files under `<dir>/blobs` not synced yet, then the directory itself so
+    /// their names survive a crash. Usually the directory is empty and this is one readdir.
+    fn sync_new_blobs(&self) -> Result<(), StorageError> {
+        let blob_dir = self.inner.dir.join("blobs");
+        let sync_err = |cause| StorageError::Sync {
+            path: blob_dir.clone(),
+            cause,
+        };
+        let mut synced = self
+            .inner
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut present = BTreeSet::new();
+        let mut any_new = false;
+        let entries = match std::fs::read_dir(&blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(sync_err(e)),
+        };
+        for entry in entries {
+            let name = entry.map_err(sync_err)?.file_name();
+            if !synced.contains(&name) {
+                let path = blob_dir.join(&name);
+                match File::open(&path) {
+                    Ok(file) => file
+                        .sync_data()
+                        .map_err(|cause| StorageError::Sync { path, cause })?,
+                    // sled garbage-collected it between readdir and open: nothing to sync.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(cause) => return Err(StorageError::Sync { path, cause }),
+                }
+                any_new = true;
+            }
+            present.insert(name);
+        }
+        if any_new {
+            sync_path(&blob_dir)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
+    fn sled_err(&self, op: &'static str, e: &sled::Error) -> StorageError {
+        StorageError::Sled {
+            dir: self.inner.dir.clone(),
+            op,
+            cause: describe_sled(e),
+        }
+    }
+
+    fn corrupt(&self, what: String, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            dir: self.inner.dir.clone(),
+            what,
+            reason,
+        }
+    }
+
+    fn encode_err(&self, what: String, cause: postcard::Error) -> StorageError {
+        StorageError::Encode {
+            dir: self.inner.dir.clone(),
+            what,
+            cause,
+        }
+    }
+
+    /// The `log` batch for `entries`: insert them, and remove every stored entry after the
+    /// last of them (those before it are overwritten by the inserts).
+    fn log_batch(&self, entries: &[Entry]) -> Result<sled::Batch, StorageError> {
+        let mut batch = sled::Batch::default();
+        let Some(last) = entries.last() else {
+            return Ok(batch);
+        };
+        debug_assert!(
+            entries.windows(2).all(|w| w[1].index == w[0].index + 1),
+            "invariant: a persisted batch of entries is contiguous"
+        );
+        for entry in entries {
+            let hint = match &entry.payload {
+                Payload::Noop => 24,
+                Payload::Command(data) => data.len() + 32,
+            };
+            let value = encode_value(entry, hint)
+                .map_err(|e| self.encode_err(format!("log entry {}", entry.index), e))?;
+            batch.insert(&log_key(entry.index), value);
+        }
+        // Usually an empty range: only a conflicting longer suffix has entries past `last`.
+        for item in self
+            .inner
+            .log
+            .range(log_key(last.index.saturating_add(1))..)
+        {
+            let (key, _) = item.map_err(|e| self.sled_err("read the log", &e))?;
+            batch.remove(key);
+        }
+        Ok(batch)
+    }
+}
+
+impl LogStore for SledStore {
+    type Error = StorageError;
+
+    /// Loads the hard state and the whole log, checking every checksum and that the log is
+    /// contiguous from index 1.
+    fn load(&self) -> Result<(HardState, Vec<Entry>), StorageError> {
+        let inner = &self.inner;
+        let hard_state = match inner
+            .meta
+            .get(HARD_STATE_KEY)
+            .map_err(|e| self.sled_err("read the hard state", &e))?
+        {
+            Some(raw) => {
+                decode_value(&raw).map_err(|reason| self.corrupt("hard state".into(), reason))?
+            }
+            None => HardState::default(),
+        };
+        // No capacity hint: sled's `len()` walks the whole tree, doubling the cost of a load.
+        let mut log = Vec::new();
+        let mut expected: LogIndex = 1;
+        for item in inner.log.iter() {
+            let (key, raw) = item.map_err(|e| self.sled_err("read the log", &e))?;
+            let Some(index) = index_of_key(&key) else {
+                return Err(
+                    self.corrupt(format!("log key {key:?}"), "not an 8-byte index".to_owned())
+                );
+            };
+            let what = || format!("log entry {index}");
+            if index != expected {
+                return Err(self.corrupt(
+                    what(),
+                    format!("expected index {expected}: the log must be contiguous from 1"),
+                ));
+            }
+            let entry: Entry = decode_value(&raw).map_err(|reason| self.corrupt(what(), reason))?;
+            if entry.index != index {
+                return Err(self.corrupt(
+                    what(),
+                    format!("stored under index {index} but says index {}", entry.index),
+                ));
+            }
+            log.push(entry);
+            expected = index.saturating_add(1);
+        }
+        Ok((hard_state, log))
+    }
+
+    /// Writes the hard state and entries in one atomic sled write (a transaction over both
+    /// trees when both change, so a crash never keeps one without the other), then flushes and
+    /// fdatasyncs once. A call with nothing to write returns at once without syncing.
+    fn persist(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        if hard_state.is_none() && entries.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let hard_state = hard_state
+            .map(|hs| encode_value(hs, 32))
+            .transpose()
+            .map_err(|e| self.encode_err("hard state".into(), e))?;
+        let write_err = |e: &sled::Error| self.sled_err("write the hard state and log", e);
+        match (hard_state, entries.is_empty()) {
+            (Some(hs), true) => {
+                inner
+                    .meta
+                    .insert(HARD_STATE_KEY, hs)
+                    .map_err(|e| write_err(&e))?;
+            }
+            (None, _) => {
+                inner
+                    .log
+                    .apply_batch(self.log_batch(entries)?)
+                    .map_err(|e| write_err(&e))?;
+            }
+            (Some(hs), false) => {
+                let batch = self.log_batch(entries)?;
+                (&inner.meta, &inner.log)
+                    .transaction(|(meta, log)| {
+                        meta.insert(HARD_STATE_KEY, hs.as_slice())?;
+                        log.apply_batch(&batch)?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| match e {
+                        TransactionError::Storage(e) => write_err(&e),
+                        // The closure never aborts.
+                        TransactionError::Abort(()) => {
+                            write_err(&sled::Error::Unsupported("transaction aborted".into()))
+                        }
+                    })?;
+            }
+        }
+        self.sync()
+    }
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK`.
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join("LOCK");
+    let lock_err = |cause| StorageError::Lock {
+        dir: dir.to_path_buf(),
+        path: path.clone(),
+        cause,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(cause)) => Err(lock_err(cause)),
+    }
+}
+
+/// fsyncs a file or directory by path.
+fn sync_path(path: &Path) -> Result<(), StorageError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|cause| StorageError::Sync {
+            path: path.to_path_buf(),
+            cause,
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! The `LogStore` conformance suite, run against `MemStorage` and `SledStore`, and the
+//! sled-specific tests: crash (SIGKILL) recovery, corruption, the lock, and the sync count.
+
+use super::*;
+use crate::raft::storage::MemStorage;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn e(term: u64, index: u64) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes()),
+    }
+}
+
+fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    range.map(|i| e(term, i)).collect()
+}
+
+fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+    HardState { term, vote, commit }
+}
+
+/// A store under test plus whatever keeps it alive, able to simulate a restart.
+trait Fixture {
+    type Store: LogStore;
+    fn new() -> Self;
+    fn store(&mut self) -> &mut Self::Store;
+    /// Drops the store and opens it again from what it persisted.
+    fn reopen(&mut self);
+}
+
+struct MemFixture(MemStorage);
+
+impl Fixture for MemFixture {
+    type Store = MemStorage;
+    fn new() -> Self {
+        Self(MemStorage::default())
+    }
+    fn store(&mut self) -> &mut MemStorage {
+        &mut self.0
+    }
+    fn reopen(&mut self) {
+        // What MemStorage holds is exactly what "survives" a restart.
+        self.0 = self.0.clone();
+    }
+}
+
+struct SledFixture {
+    store: Option<SledStore>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture for SledFixture {
+    type Store = SledStore;
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        Self {
+            store: Some(store),
+            dir,
+        }
+    }
+    fn store(&mut self) -> &mut SledStore {
+        self.store.as_mut().unwrap()
+    }
+    fn reopen(&mut self) {
+        drop(self.store.take());
+        self.store = Some(SledStore::open(self.dir.path()).unwrap());
+    }
+}
+
+fn load<F: Fixture>(f: &mut F) -> (HardState, Vec<Entry>) {
+    f.store().load().unwrap()
+}
+
+fn persist<F: Fixture>(f: &mut F, hard_state: Option<HardState>, entries: &[Entry]) {
+    f.store().persist(hard_state.as_ref(), entries).unwrap();
+}
+
+/// The contract of `LogStore`, one function per rule.
+mod suite {
+    use super::*;
+
+    pub(super) fn empty_load<F: Fixture>() {
+        let mut f = F::new();
+        assert_eq!(load(&mut f), (HardState::default(), vec![]));
+    }
+
+    pub(super) fn appends_in_order<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=2));
+        persist(&mut f, None, &entries(1, 3..=3));
+        persist(&mut f, None, &entries(2, 4..=6));
+        let mut want = entries(1, 1..=3);
+        want.extend(entries(2, 4..=6));
+        assert_eq!(load(&mut f).1, want);
+    }
+
+    pub(super) fn conflicting_suffix_is_replaced<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=5));
+        // A shorter replacement: entries 4 and 5 must go.
+        persist(&mut f, None, &[e(2, 3)]);
+        let mut want = entries(1, 1..=2);
+        want.push(e(2, 3));
+        assert_eq!(load(&mut f).1, want);
+        // A longer replacement starting earlier.
+        persist(&mut f, None, &entries(3, 2..=7));
+        let mut want = entries(1, 1..=1);
+        want.extend(entries(3, 2..=7));
+        assert_eq!(load(&mut f).1, want);
+        // Replacing from index 1 leaves nothing of the old log.
+        persist(&mut f, None, &[e(4, 1)]);
+        assert_eq!(load(&mut f).1, vec![e(4, 1)]);
+    }
+
+    pub(super) fn hard_state_only<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=2));
+        persist(&mut f, Some(hs(2, Some(3), 1)), &[]);
+        assert_eq!(load(&mut f), (hs(2, Some(3), 1), entries(1, 1..=2)));
+        persist(&mut f, Some(hs(3, None, 2)), &[]);
+        assert_eq!(load(&mut f).0, hs(3, None, 2));
+    }
+
+    pub(super) fn entries_only_keep_hard_state<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, Some(hs(5, Some(1), 0)), &[]);
+        persist(&mut f, None, &entries(5, 1..=3));
+        assert_eq!(load(&mut f), (hs(5, Some(1), 0), entries(5, 1..=3)));
+    }
+
+    pub(super) fn hard_state_and_entries_together<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, Some(hs(1, Some(1), 0)), &entries(1, 1..=3));
+        persist(&mut f, Some(hs(2, None, 2)), &entries(2, 3..=4));
+        let mut want = entries(1, 1..=2);
+        want.extend(entries(2, 3..=4));
+        assert_eq!(load(&mut f), (hs(2, None, 2), want));
+    }
+
+    pub(super) fn reopen_keeps_everything<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, Some(hs(7, Some(2), 3)), &entries(7, 1..=4));
+        persist(&mut f, None, &[e(8, 4)]);
+        let before = load(&mut f);
+        f.reopen();
+        assert_eq!(load(&mut f), before);
+        // And the reopened store keeps working.
+        persist(&mut f, None, &[e(8, 5)]);
+        f.reopen();
+        assert_eq!(load(&mut f).1.len(), 5);
+    }
+
+    pub(super) fn noop_and_empty_payloads<F: Fixture>() {
+        let mut f = F::new();
+        let log = vec![
+            Entry {
+                term: 1,
+                index: 1,
+                payload: Payload::Noop,
+            },
+            Entry {
+                term: 1,
+                index: 2,
+                payload: Payload::Command(vec![]),
+            },
+        ];
+        persist(&mut f, None, &log);
+        f.reopen();
+        assert_eq!(load(&mut f).1, log);
+    }
+}
+
+macro_rules! conformance {
+    ($name:ident, $fixture:ty) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn empty_load() {
+                suite::empty_load::<$fixture>();
+            }
+            #[test]
+            fn appends_in_order() {
+                suite::appends_in_order::<$fixture>();
+            }
+            #[test]
+            fn conflicting_suffix_is_replaced() {
+                suite::conflicting_suffix_is_replaced::<$fixture>();
+            }
+            #[test]
+            fn hard_state_only() {
+                suite::hard_state_only::<$fixture>();
+            }
+            #[test]
+            fn entries_only_keep_hard_state() {
+                suite::entries_only_keep_hard_state::<$fixture>();
+            }
+            #[test]
+            fn hard_state_and_entries_together() {
+                suite::hard_state_and_entries_together::<$fixture>();
+            }
+            #[test]
+            fn reopen_keeps_everything() {
+                suite::reopen_keeps_everything::<$fixture>();
+            }
+            #[test]
+            fn noop_and_empty_payloads() {
+                suite::noop_and_empty_payloads::<$fixture>();
+            }
+        }
+    };
+}
+
+conformance!(mem_conformance, MemFixture);
+conformance!(sled_conformance, SledFixture);
+
+#[test]
+fn one_sync_per_persist() {
+    let mut f = SledFixture::new();
+    assert_eq!(f.store().sync_count(), 0);
+    persist(&mut f, Some(hs(1, None, 0)), &[]);
+    persist(&mut f, None, &entries(1, 1..=100));
+    persist(&mut f, Some(hs(1, Some(1), 50)), &entries(1, 101..=101));
+    assert_eq!(f.store().sync_count(), 3);
+    // Nothing to write: nothing to sync.
+    persist(&mut f, None, &[]);
+    assert_eq!(f.store().sync_count(), 3);
+}
+
+#[test]
+fn second_open_of_a_locked_dir_fails_with_locked() {
+    let f = SledFixture::new();
+    let err = SledStore::open(f.dir.path()).err().unwrap();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&f.dir.path().display().to_string()), "{msg}");
+    assert!(
+        msg.contains("locked by another running kvstore process"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+    // The lock goes with the store.
+    let dir = f.dir;
+    drop(f.store);
+    SledStore::open(dir.path()).unwrap();
+}
+
+#[test]
+fn clones_share_the_lock_and_the_counter() {
+    let mut f = SledFixture::new();
+    let clone = f.store().clone();
+    persist(&mut f, None, &entries(1, 1..=1));
+    assert_eq!(clone.sync_count(), 1);
+    assert_eq!(clone.load().unwrap().1, entries(1, 1..=1));
+    drop(f.store.take());
+    // The clone still holds the dir.
+    assert!(matches!(
+        SledStore::open(f.dir.path()),
+        Err(StorageError::Locked { .. })
+    ));
+    drop(clone);
+    SledStore::open(f.dir.path()).unwrap();
+}
+
+#[test]
+fn open_creates_a_missing_dir_and_fails_in_one_line_on_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nested = tmp.path().join("a/b/node-1");
+    SledStore::open(&nested).unwrap();
+    assert!(nested.join("LOCK").exists());
+
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SledStore::open(&file).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::CreateDir { .. }), "{msg}");
+    assert!(msg.contains("plain-file") && !msg.contains('\n'), "{msg}");
+}
+
+/// Flips one byte of a stored value through sled itself, then expects load to name the key.
+fn flip_and_expect_corrupt(tree: fn(&Inner) -> &sled::Tree, key: &[u8], what: &str) {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(2, Some(1), 1)), &entries(2, 1..=3));
+    {
+        let t = tree(&f.store().inner);
+        let mut raw = t.get(key).unwrap().unwrap().to_vec();
+        raw[1] ^= 0x01;
+        t.insert(key, raw).unwrap();
+    }
+    let err = f.store().load().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
+    let want = format!(
+        "{what} in {} is corrupt (checksum mismatch)",
+        f.dir.path().display()
+    );
+    assert_eq!(msg, want);
+}
+
+#[test]
+fn flipped_byte_in_a_log_entry_is_corrupt() {
+    flip_and_expect_corrupt(|i| &i.log, &log_key(2), "log entry 2");
+}
+
+#[test]
+fn flipped_byte_in_the_hard_state_is_corrupt() {
+    flip_and_expect_corrupt(|i| &i.meta, HARD_STATE_KEY, "hard state");
+}
+
+#[test]
+fn gap_in_the_log_is_corrupt() {
+    let mut f = SledFixture::new();
+    persist(&mut f, None, &entries(1, 1..=4));
+    f.store().inner.log.remove(log_key(3)).unwrap();
+    let msg = f.store().load().unwrap_err().to_string();
+    assert!(msg.starts_with("log entry 4 in "), "{msg}");
+    assert!(msg.contains("expected index 3"), "{msg}");
+}
+
+#[test]
+fn entry_under_the_wrong_key_is_corrupt() {
+    let mut f = SledFixture::new();
+    persist(&mut f, None, &entries(1, 1..=2));
+    let moved = encode_value(&e(1, 9), 16).unwrap();
+    f.store().inner.log.insert(log_key(2), moved).unwrap();
+    let msg = f.store().load().unwrap_err().to_string();
+    assert!(
+        msg.contains("stored under index 2 but says index 9"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn large_entries_go_to_blob_files_that_are_synced_and_survive_reopen() {
+    let mut f = SledFixture::new();
+    let big = Entry {
+        term: 1,
+        index: 1,
+        payload: Payload::Command(vec![0xab; 600 * 1024]),
+    };
+    persist(&mut f, None, std::slice::from_ref(&big));
+    let synced = f.store().inner.synced_blobs.lock().unwrap().len();
+    let on_disk = std::fs::read_dir(f.dir.path().join("blobs"))
+        .unwrap()
+        .count();
+    assert!(on_disk > 0, "a 600 KiB value should be a sled blob");
+    assert_eq!(synced, on_disk, "every blob file is synced by persist");
+    f.reopen();
+    assert_eq!(load(&mut f).1, vec![big]);
+}
+
+// ---- crash recovery: a child process persists, reports, and is killed with SIGKILL ----
+
+const CHILD_DIR_ENV: &str = "KVSTORE_TEST_STORAGE_CHILD_DIR";
+const CHILD_BATCHES: u64 = 50;
+/// What the crash child prints once every batch is persisted (libtest may print other text
+/// on the same line, so the parent looks for it anywhere in a line).
+const CHILD_DONE: &str = "KVSTORE-CHILD-PERSISTED-ALL";
+
+/// What the child persists, batch by batch: a mix of hard-state changes, appends and
+/// truncations. Applied to a `MemStorage`, it gives the expected result.
+fn crash_batches() -> Vec<(Option<HardState>, Vec<Entry>)> {
+    (1..=CHILD_BATCHES)
+        .map(|b| {
+            let term = b / 10 + 1;
+            let hard_state = (b % 3 == 0).then(|| hs(term, Some(b % 5 + 1), b));
+            // Every 7th batch rewrites its last two entries (a conflicting suffix).
+            let first = if b % 7 == 0 { 2 * b - 2 } else { 2 * b - 1 };
+            (hard_state, entries(term, first.max(1)..=2 * b))
+        })
+        .collect()
+}
+
+/// Runs this test binary's `name` test in a child, with `dir` in the environment.
+fn child_command(name: &str, dir: &Path) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let path = module_path!().split_once("::").unwrap().1;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        &format!("{path}::{name}"),
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .args(["--test-threads", "1"])
+    .env(CHILD_DIR_ENV, dir)
+    .stdout(Stdio::piped());
+    cmd
+}
+
+fn child_persists_batches() -> Option<SledStore> {
+    let dir = std::env::var_os(CHILD_DIR_ENV)?;
+    let mut store = SledStore::open(Path::new(&dir)).unwrap();
+    for (hard_state, entries) in crash_batches() {
+        store.persist(hard_state.as_ref(), &entries).unwrap();
+    }
+    Some(store)
+}
+
+#[test]
+#[ignore = "helper: run in a child process by persisted_batches_survive_sigkill"]
+fn crash_child() {
+    let Some(_store) = child_persists_batches() else {
+        return;
+    };
+    println!("{CHILD_DONE}");
+    // Hang, holding the store open, until the parent kills us.
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn persisted_batches_survive_sigkill() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = child_command("crash_child", tmp.path()).spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut reported_done = false;
+    for line in stdout.lines() {
+        if line.unwrap().contains(CHILD_DONE) {
+            reported_done = true;
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no final flush
+    let status = child.wait().unwrap();
+    assert!(reported_done, "child exited without persisting: {status}");
+    assert_eq!(status.signal(), Some(9), "child was killed, not exited");
+
+    let mut want = MemStorage::default();
+    for (hard_state, entries) in crash_batches() {
+        want.persist(hard_state.as_ref(), &entries).unwrap();
+    }
+    let store = SledStore::open(tmp.path()).unwrap();
+    let (hard_state, log) = store.load().unwrap();
+    assert_eq!(hard_state, want.hard_state);
+    assert_eq!(log, want.entries);
+    assert_eq!(log.len() as u64, 2 * CHILD_BATCHES);
+}
+
+// ---- the fsync discipline, observed from outside with strace ----
+
+#[test]
+#[ignore = "helper: run under strace by one_fdatasync_of_the_db_file_per_persist"]
+fn strace_child() {
+    drop(child_persists_batches());
+}
+
+/// Counts the fdatasync calls a child makes while persisting `CHILD_BATCHES` batches: exactly
+/// one per batch, each on sled's `db` file. Skipped (with a note) where strace cannot run.
+#[test]
+fn one_fdatasync_of_the_db_file_per_persist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let trace = tmp.path().join("trace");
+    let inner = child_command("strace_child", &data);
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-e", "trace=fdatasync", "-o"])
+        .arg(&trace)
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env(CHILD_DIR_ENV, &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("SKIPPED: strace is not available ({e})");
+            return;
+        }
+    };
+    let Ok(text) = std::fs::read_to_string(&trace) else {
+        eprintln!(
+            "SKIPPED: strace could not trace ({})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        return;
+    };
+    assert!(output.status.success(), "traced child failed: {output:?}");
+    let calls: Vec<&str> = text.lines().filter(|l| l.contains("fdatasync(")).collect();
+    assert_eq!(
+        calls.len() as u64,
+        CHILD_BATCHES,
+        "fdatasync calls:\n{text}"
+    );
+    for call in calls {
+        assert!(call.contains("/db>"), "fdatasync of something else: {call}");
+    }
+}
+
+#[test]
+fn unreadable_sled_config_is_a_one_line_open_error_naming_the_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("conf"), b"segment_size: not-a-number\n").unwrap();
+    let err = SledStore::open(tmp.path()).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::Open { .. }), "{msg}");
+    assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}

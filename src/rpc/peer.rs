@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, trace, warn, Instrument};
 
 /// Messages queued for one peer before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -78,7 +78,8 @@ impl PeerSenders {
                 tracker: tracker.clone(),
                 stop: stop.clone(),
             };
-            tracker.spawn(sender.run(rx));
+            let span = tracing::info_span!("peer", node_id = config.id, peer = peer.id);
+            tracker.spawn(sender.run(rx).instrument(span));
             queues.insert(peer.id, tx);
         }
         Ok(PeerSenders { queues })
@@ -182,21 +183,13 @@ impl PeerSender {
                 },
             };
             if self.health.backing_off() {
-                trace!(
-                    peer = self.peer.id,
-                    kind = msg.body.kind(),
-                    "peer backing off: message dropped"
-                );
+                trace!(kind = msg.body.kind(), "peer backing off: message dropped");
                 continue;
             }
             let request = match PeerRequest::try_from(msg) {
                 Ok(r) => r,
                 Err(msg) => {
-                    debug!(
-                        peer = self.peer.id,
-                        kind = msg.body.kind(),
-                        "not a request: dropped"
-                    );
+                    debug!(kind = msg.body.kind(), "not a request: dropped");
                     continue;
                 }
             };
@@ -216,13 +209,16 @@ impl PeerSender {
                 health: self.health.clone(),
             };
             let stop = self.stop.clone();
-            self.tracker.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    () = call.run(request) => {}
+            self.tracker.spawn(
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        () = call.run(request) => {}
+                    }
+                    drop(permit);
                 }
-                drop(permit);
-            });
+                .in_current_span(),
+            );
         }
     }
 }
@@ -257,14 +253,13 @@ impl Call {
         match result {
             Ok(reply) => {
                 if self.health.succeeded() {
-                    info!(peer = self.peer.id, addr = %self.peer.addr, "peer reachable again");
+                    info!(addr = %self.peer.addr, "peer reachable again");
                 }
                 self.node.peer_reply(reply);
             }
             Err(status) => {
                 if self.health.failed() {
                     warn!(
-                        peer = self.peer.id,
                         addr = %self.peer.addr,
                         code = ?status.code(),
                         error = status.message(),
@@ -272,7 +267,6 @@ impl Call {
                     );
                 } else {
                     debug!(
-                        peer = self.peer.id,
                         kind,
                         code = ?status.code(),
                         error = status.message(),

@@ -172,6 +172,28 @@ async fn three_nodes_elect_replicate_redirect_and_fail_over() {
     assert_eq!(got.value, "v1");
     assert!(got.header.unwrap().index >= h.index);
 
+    // Concurrent writes are pipelined and group-committed; each gets its own index.
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let kv = nodes[l].kv().await;
+        calls.push(tokio::spawn(async move {
+            let mut kv = kv;
+            let req = pb::PutRequest {
+                key: format!("c{i}"),
+                value: i.to_string(),
+                session: None,
+            };
+            kv.put(req)
+                .await
+                .map(|r| r.into_inner().header.unwrap().index)
+        }));
+    }
+    let mut indexes = std::collections::BTreeSet::new();
+    for c in calls {
+        assert!(indexes.insert(c.await.unwrap().unwrap()));
+    }
+    assert_eq!(indexes.len(), 100);
+
     // A follower redirects writes and linearizable reads to the leader.
     let f = (l + 1) % 3;
     let err = put(&nodes[f], "k", "v2").await.unwrap_err();

@@ -303,3 +303,63 @@ async fn single_node_serves_and_locked_data_dir_fails_to_start() {
     assert!(matches!(err, RunError::Fatal(_)), "{err}");
     node.stop().await;
 }
+
+/// Lists services through reflection version `$v` (`v1` or `v1alpha`), as grpcurl does.
+macro_rules! list_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match stream.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_and_health_are_served() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(configs(1, dir.path()).await.remove(0)).await;
+    wait_for_leader(&[&node]).await;
+    let v1 = list_services!(v1, node.channel().await);
+    let v1alpha = list_services!(v1alpha, node.channel().await);
+    for names in [&v1, &v1alpha] {
+        for want in [
+            "grpc.health.v1.Health",
+            "kvstore.v1.Cluster",
+            "kvstore.v1.KV",
+            "kvstore.v1.Raft",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+    }
+    let mut health = HealthClient::new(node.channel().await);
+    for service in ["", "kvstore.v1.KV", "kvstore.v1.Raft", "kvstore.v1.Cluster"] {
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        let status = health.check(req).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    node.stop().await;
+}

@@ -38,6 +38,9 @@ pub(crate) struct Invariants {
     written: HashMap<(LogIndex, Term), (u64, Term)>,
     /// State Machine Safety: what was applied at each index (term, digest).
     applied: BTreeMap<LogIndex, (Term, u64)>,
+    /// Leader Completeness: each committed index with its entry's term and digest, and the term
+    /// of the leader that committed it. Only leaders of later terms must hold it.
+    committed: BTreeMap<LogIndex, (Term, u64, Term)>,
     /// Last commit index seen per node since its last restart.
     commit: BTreeMap<NodeId, LogIndex>,
     /// Leader Append-Only: (term, last index, term of that entry) while a node leads.
@@ -50,6 +53,7 @@ impl Invariants {
             leaders: BTreeMap::new(),
             written: HashMap::new(),
             applied: BTreeMap::new(),
+            committed: BTreeMap::new(),
             commit: BTreeMap::new(),
             leader_mark: BTreeMap::new(),
         }
@@ -68,9 +72,9 @@ impl Invariants {
         fail: &mut Option<String>,
     ) {
         self.election_safety(id, term, fail);
-        // Leader Completeness: it holds every entry applied (hence committed) anywhere so far.
+        // Leader Completeness: it holds every entry committed in an earlier term.
         let Some(n) = nodes.get(&id) else { return };
-        for (&index, &(t, d)) in &self.applied {
+        for (&index, &(t, d, _)) in self.committed.iter().filter(|(_, c)| c.2 < term) {
             match n.core.entry(index) {
                 Some(e) if e.term == t && digest(e) == d => {}
                 other => {
@@ -149,6 +153,13 @@ impl Invariants {
         }
         if s.role == Role::Leader {
             self.election_safety(id, s.term, fail);
+            for index in last + 1..=s.commit {
+                if let Some(e) = n.core.entry(index) {
+                    self.committed
+                        .entry(index)
+                        .or_insert((e.term, digest(e), s.term));
+                }
+            }
             let last_term = n.core.entry(s.last_index).map_or(0, |e| e.term);
             if let Some(&(t, idx, idx_term)) = self.leader_mark.get(&id) {
                 if t == s.term

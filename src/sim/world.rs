@@ -310,8 +310,13 @@ impl World {
     // ------------------------------------------------------------------ network
 
     fn net_delay(&mut self) -> Time {
-        // Mostly sub-millisecond, with a long tail that reorders messages.
-        if self.rng.random_bool(0.05) {
+        // Mostly sub-millisecond, with a tail that reorders messages and, while faults are on,
+        // a rare very long delay (a retransmission, a stalled socket) that outlives a whole
+        // election: the delivery of a stale vote or append long after its term.
+        let p: f64 = self.rng.random();
+        if self.faults_on && p < 0.02 {
+            self.rng.random_range(50 * MS..600 * MS)
+        } else if p < 0.10 {
             self.rng.random_range(2 * MS..40 * MS)
         } else {
             self.rng.random_range(50..1_500)
@@ -546,6 +551,15 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
+        if e.index != n.sm.applied_index() + 1 {
+            let msg = format!(
+                "node {id} applied entry {} right after entry {}: entries skipped or repeated",
+                e.index,
+                n.sm.applied_index()
+            );
+            self.violation(msg);
+            return;
+        }
         let result = match &e.payload {
             Payload::Noop => {
                 n.sm.apply_noop(e.index);
@@ -873,10 +887,6 @@ impl World {
         self.schedule(delay, Ev::ClientWake(client));
     }
 
-    pub(crate) fn faults_on(&self) -> bool {
-        self.faults_on
-    }
-
     fn client_wake(&mut self, c: usize) {
         let mut client = std::mem::take(&mut self.clients[c]);
         client.wake(self);
@@ -1039,6 +1049,19 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         return Err(fail(&mut w, msg));
     }
 
+    // Let late client retries still in the network settle, then every replica must hold
+    // the same state.
+    while !w.converged() {
+        if !w.step() || w.now > deadline + 20_000 * MS {
+            return Err(fail(
+                &mut w,
+                "liveness: no convergence after the final reads".into(),
+            ));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+    }
     // Every replica applied the same state.
     let states: BTreeSet<Vec<(String, String)>> = w
         .nodes
@@ -1050,10 +1073,20 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         })
         .collect();
     if states.len() != 1 {
-        return Err(fail(
-            &mut w,
-            format!("replicas differ after convergence: {states:?}"),
-        ));
+        let per_node: Vec<String> = w
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let kv: Vec<String> = n.sm.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "node {id} applied {}: {}",
+                    n.sm.applied_index(),
+                    kv.join(",")
+                )
+            })
+            .collect();
+        let msg = format!("replicas differ after convergence: {}", per_node.join("; "));
+        return Err(fail(&mut w, msg));
     }
 
     if let Err(v) = lincheck::check(&w.history) {
@@ -1069,4 +1102,14 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         .max()
         .unwrap_or(0);
     Ok(w.outcome)
+}
+
+/// Runs with tracing on and returns the trace (pass or fail), for determinism tests.
+#[cfg(test)]
+pub(crate) fn run_traced(mut cfg: SimConfig) -> Vec<String> {
+    cfg.trace = true;
+    let fault_end = cfg.fault_ms * MS;
+    let mut w = World::new(cfg);
+    while w.step() && w.now < fault_end {}
+    w.trace
 }

@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use kvstore::config::{self, NodeConfig};
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -80,7 +80,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kvstore: {err:#}");
+            // Not eprintln!: it panics when stderr is closed (a supervisor that went away).
+            let _ = writeln!(std::io::stderr(), "kvstore: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -121,8 +122,9 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("signal received, shutting down");
+    // Cancel before logging, so shutdown happens even if logging fails.
     shutdown.cancel();
+    tracing::info!("signal received, shutting down");
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours only on a terminal.
@@ -132,6 +134,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must not kill the node: by default a failed write is reported
+        // with eprintln!, which panics on a closed stderr.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -1,1 +1,437 @@
-//! Validated node configuration (in progress).
+//! Validated node configuration: what `kvstore` needs to start one node.
+//!
+//! Pure: no clap, no I/O. `main.rs` turns its clap arguments into a [`NodeConfig`] and this
+//! module checks it once, so every later layer can rely on it (ids unique and non-zero, the
+//! election timeout comfortably above the heartbeat interval). Every error is one line that
+//! names the flag and says what to do.
+//!
+//! # Peer ids
+//! `--peers` is a comma-separated list; each item is `PORT` (host 127.0.0.1), `HOST:PORT` or
+//! `ID=HOST:PORT`. Items without an explicit id get the smallest ids not yet taken (by this
+//! node or by an explicit `ID=`), in the order given. For a cluster of N nodes whose ids are
+//! 1..=N this means: list the other nodes in increasing id order, and every node agrees on
+//! every id without spelling them out.
+
+use crate::raft::NodeId;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Host used when a peer item (or `--host`) gives only a port.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default election timeout (the minimum; the core randomises within `[t, 2t)`).
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default heartbeat interval (also the driver's tick).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// The election timeout must be at least this many heartbeat intervals, so a few lost or
+/// late heartbeats do not start an election.
+pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
+
+/// The shape every `--peers` item must have, quoted in errors.
+const PEER_ITEM_SHAPE: &str = "expected PORT, HOST:PORT or ID=HOST:PORT";
+
+/// Another member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Its node id (never 0, never ours).
+    pub id: NodeId,
+    /// Where its gRPC server listens, as `HOST:PORT`.
+    pub addr: String,
+}
+
+/// The configuration of one node, validated by [`NodeConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id (not 0).
+    pub id: NodeId,
+    /// Host the gRPC server listens on (and advertises in `Cluster/Status`).
+    pub host: String,
+    /// Port the gRPC server listens on (0 = chosen by the OS, for tests).
+    pub port: u16,
+    /// Where sled keeps the hard state and the log.
+    pub data_dir: PathBuf,
+    /// The other members; empty means a single-node cluster.
+    pub peers: Vec<PeerSpec>,
+    /// Minimum election timeout.
+    pub election_timeout: Duration,
+    /// Leader heartbeat interval; also the period of the driver's tick.
+    pub heartbeat_interval: Duration,
+}
+
+/// A configuration that cannot work. Each message is one line for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `--id 0`.
+    #[error("--id must not be 0: node ids start at 1")]
+    ZeroId,
+    /// A `--peers` item that does not parse.
+    #[error("invalid --peers item \"{item}\": {reason}")]
+    BadPeerItem {
+        /// The item as given.
+        item: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A peer with an id that is 0, ours, or repeated.
+    #[error("invalid --peers: {0}")]
+    BadPeerId(String),
+    /// Two peers with the same address.
+    #[error("invalid --peers: address {0} appears twice")]
+    DuplicateAddress(String),
+    /// The heartbeat interval is below 1 ms.
+    #[error("--heartbeat-interval-ms must be at least 1")]
+    HeartbeatTooShort,
+    /// The election timeout is too close to the heartbeat interval.
+    #[error("--election-timeout-ms ({election} ms) must be at least {MIN_ELECTION_TO_HEARTBEAT} x --heartbeat-interval-ms ({heartbeat} ms)")]
+    ElectionTooShort {
+        /// Election timeout in ms.
+        election: u128,
+        /// Heartbeat interval in ms.
+        heartbeat: u128,
+    },
+    /// An empty `--host`.
+    #[error("--host must not be empty")]
+    EmptyHost,
+}
+
+impl NodeConfig {
+    /// A single-node configuration with every default: host 127.0.0.1, data dir
+    /// `data/node-<id>`, 500 ms election timeout, 50 ms heartbeats.
+    pub fn new(id: NodeId, port: u16) -> Self {
+        NodeConfig {
+            id,
+            host: DEFAULT_HOST.to_string(),
+            port,
+            data_dir: default_data_dir(id),
+            peers: Vec::new(),
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+
+    /// Checks everything that does not need I/O.
+    ///
+    /// # Errors
+    /// The first problem found, as a one-line [`ConfigError`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        if self.host.is_empty() {
+            return Err(ConfigError::EmptyHost);
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 {
+                return Err(ConfigError::BadPeerId(
+                    "peer id 0 is reserved: ids start at 1".into(),
+                ));
+            }
+            if p.id == self.id {
+                return Err(ConfigError::BadPeerId(format!(
+                    "peer {} has this node's own id {}: list only the other nodes",
+                    p.addr, self.id
+                )));
+            }
+            if !ids.insert(p.id) {
+                return Err(ConfigError::BadPeerId(format!(
+                    "peer id {} appears twice",
+                    p.id
+                )));
+            }
+            if !addrs.insert(p.addr.as_str()) {
+                return Err(ConfigError::DuplicateAddress(p.addr.clone()));
+            }
+        }
+        if self.heartbeat_interval < Duration::from_millis(1) {
+            return Err(ConfigError::HeartbeatTooShort);
+        }
+        if self.election_timeout < self.heartbeat_interval * MIN_ELECTION_TO_HEARTBEAT {
+            return Err(ConfigError::ElectionTooShort {
+                election: self.election_timeout.as_millis(),
+                heartbeat: self.heartbeat_interval.as_millis(),
+            });
+        }
+        Ok(())
+    }
+
+    /// This node's own address, `HOST:PORT`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The address of a member (ourselves included), if known.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        if id == self.id {
+            return Some(self.address());
+        }
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.addr.clone())
+    }
+
+    /// The ids of the other members.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.peers.iter().map(|p| p.id).collect()
+    }
+
+    /// The election timeout in heartbeat ticks (the core counts time in ticks).
+    pub fn election_ticks(&self) -> u32 {
+        let hb = self.heartbeat_interval.as_nanos().max(1);
+        u32::try_from(self.election_timeout.as_nanos() / hb).unwrap_or(u32::MAX)
+    }
+}
+
+/// `data/node-<id>`.
+pub fn default_data_dir(id: NodeId) -> PathBuf {
+    PathBuf::from(format!("data/node-{id}"))
+}
+
+/// Parses a `--peers` value (see the module docs for the id rule).
+///
+/// # Errors
+/// A malformed item, or an explicit id that is 0, ours or repeated.
+pub fn parse_peers(spec: &str, own_id: NodeId) -> Result<Vec<PeerSpec>, ConfigError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut parsed: Vec<(Option<NodeId>, String)> = Vec::new();
+    for raw in spec.split(',') {
+        parsed.push(parse_peer_item(raw.trim())?);
+    }
+    let mut taken = BTreeSet::from([own_id]);
+    for (id, addr) in &parsed {
+        if let Some(id) = *id {
+            if id == own_id {
+                return Err(ConfigError::BadPeerId(format!(
+                    "{id}={addr} has this node's own id: list only the other nodes"
+                )));
+            }
+            if !taken.insert(id) {
+                return Err(ConfigError::BadPeerId(format!(
+                    "peer id {id} appears twice"
+                )));
+            }
+        }
+    }
+    let mut next = 1;
+    let mut peers = Vec::with_capacity(parsed.len());
+    for (id, addr) in parsed {
+        let id = match id {
+            Some(id) => id,
+            None => {
+                while taken.contains(&next) {
+                    next += 1;
+                }
+                taken.insert(next);
+                next
+            }
+        };
+        peers.push(PeerSpec { id, addr });
+    }
+    Ok(peers)
+}
+
+/// One item: `PORT`, `HOST:PORT` or `ID=HOST:PORT` (also `ID=PORT`).
+fn parse_peer_item(item: &str) -> Result<(Option<NodeId>, String), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadPeerItem {
+        item: item.to_string(),
+        reason: reason.to_string(),
+    };
+    if item.is_empty() {
+        return Err(bad("empty item (stray comma?)"));
+    }
+    let (id, rest) = match item.split_once('=') {
+        Some((id, rest)) => {
+            let id: NodeId = id.trim().parse().map_err(|_| bad(PEER_ITEM_SHAPE))?;
+            if id == 0 {
+                return Err(bad("peer id 0 is reserved: ids start at 1"));
+            }
+            (Some(id), rest.trim())
+        }
+        None => (None, item),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, port),
+        None => (DEFAULT_HOST, rest),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad(PEER_ITEM_SHAPE));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(PEER_ITEM_SHAPE));
+    }
+    let port: u16 = match port.parse() {
+        Ok(p) if p != 0 => p,
+        _ => return Err(bad("port must be between 1 and 65535")),
+    };
+    Ok((id, format!("{host}:{port}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: NodeId, addr: &str) -> PeerSpec {
+        PeerSpec {
+            id,
+            addr: addr.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_spec_is_a_single_node_cluster() {
+        assert_eq!(parse_peers("", 1).unwrap(), vec![]);
+        assert_eq!(parse_peers("  ", 1).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn implicit_ids_skip_own_id_in_order_given() {
+        // Node 2 of a 3-node cluster: the others are 1 and 3, in the order listed.
+        assert_eq!(
+            parse_peers("9001,9003", 2).unwrap(),
+            vec![peer(1, "127.0.0.1:9001"), peer(3, "127.0.0.1:9003")]
+        );
+        assert_eq!(
+            parse_peers("9002,9003", 1).unwrap(),
+            vec![peer(2, "127.0.0.1:9002"), peer(3, "127.0.0.1:9003")]
+        );
+        assert_eq!(
+            parse_peers("9001,9002", 3).unwrap(),
+            vec![peer(1, "127.0.0.1:9001"), peer(2, "127.0.0.1:9002")]
+        );
+    }
+
+    #[test]
+    fn accepts_port_host_port_and_explicit_ids() {
+        assert_eq!(
+            parse_peers("10.0.0.2:7000, node-3.local:7001 ,7=[::1]:7002", 1).unwrap(),
+            vec![
+                peer(2, "10.0.0.2:7000"),
+                peer(3, "node-3.local:7001"),
+                peer(7, "[::1]:7002")
+            ]
+        );
+        assert_eq!(
+            parse_peers("5=9005", 1).unwrap(),
+            vec![peer(5, "127.0.0.1:9005")]
+        );
+    }
+
+    #[test]
+    fn mixed_implicit_ids_take_smallest_unused() {
+        // 2 is explicit and 1 is ours, so the implicit items get 3 then 4.
+        assert_eq!(
+            parse_peers("9003,2=host:9002,9004", 1).unwrap(),
+            vec![
+                peer(3, "127.0.0.1:9003"),
+                peer(2, "host:9002"),
+                peer(4, "127.0.0.1:9004")
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_items_are_rejected_with_one_line() {
+        let err = parse_peers("abc", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --peers item \"abc\": expected PORT, HOST:PORT or ID=HOST:PORT"
+        );
+        for bad in [
+            "9001,",
+            "host:",
+            ":9001",
+            "x=9001",
+            "1.2.3.4:port",
+            "-3",
+            "a b:9",
+        ] {
+            let e = parse_peers(bad, 1).unwrap_err();
+            assert!(matches!(e, ConfigError::BadPeerItem { .. }), "{bad}: {e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        assert_eq!(
+            parse_peers("99999", 1).unwrap_err().to_string(),
+            "invalid --peers item \"99999\": port must be between 1 and 65535"
+        );
+        assert!(matches!(
+            parse_peers("0", 1),
+            Err(ConfigError::BadPeerItem { .. })
+        ));
+        assert!(matches!(
+            parse_peers("0=9000", 1),
+            Err(ConfigError::BadPeerItem { .. })
+        ));
+    }
+
+    #[test]
+    fn explicit_id_conflicts_are_rejected() {
+        assert_eq!(
+            parse_peers("1=9001", 1).unwrap_err().to_string(),
+            "invalid --peers: 1=127.0.0.1:9001 has this node's own id: list only the other nodes"
+        );
+        assert_eq!(
+            parse_peers("2=9001,2=9002", 1).unwrap_err().to_string(),
+            "invalid --peers: peer id 2 appears twice"
+        );
+    }
+
+    #[test]
+    fn validate_rejects_duplicate_addresses() {
+        let mut c = NodeConfig::new(1, 9001);
+        c.peers = parse_peers("9002,127.0.0.1:9002", 1).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid --peers: address 127.0.0.1:9002 appears twice"
+        );
+    }
+
+    #[test]
+    fn validate_checks_ids() {
+        assert_eq!(NodeConfig::new(0, 1).validate(), Err(ConfigError::ZeroId));
+        let mut c = NodeConfig::new(1, 9001);
+        c.peers = vec![peer(1, "h:1")];
+        assert!(matches!(c.validate(), Err(ConfigError::BadPeerId(_))));
+        c.peers = vec![peer(0, "h:1")];
+        assert!(matches!(c.validate(), Err(ConfigError::BadPeerId(_))));
+        c.peers = vec![peer(2, "h:1"), peer(2, "h:2")];
+        assert!(matches!(c.validate(), Err(ConfigError::BadPeerId(_))));
+        c.peers = vec![peer(2, "h:1"), peer(3, "h:2")];
+        assert_eq!(c.validate(), Ok(()));
+        c.host = String::new();
+        assert_eq!(c.validate(), Err(ConfigError::EmptyHost));
+    }
+
+    #[test]
+    fn validate_checks_timeouts() {
+        let mut c = NodeConfig::new(1, 9001);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.election_ticks(), 10);
+        c.election_timeout = Duration::from_millis(249);
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--election-timeout-ms (249 ms) must be at least 5 x --heartbeat-interval-ms (50 ms)"
+        );
+        c.election_timeout = Duration::from_millis(250);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.election_ticks(), 5);
+        c.heartbeat_interval = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::HeartbeatTooShort));
+    }
+
+    #[test]
+    fn defaults_and_addresses() {
+        let mut c = NodeConfig::new(3, 9003);
+        assert_eq!(c.data_dir, PathBuf::from("data/node-3"));
+        assert_eq!(c.address(), "127.0.0.1:9003");
+        c.peers = parse_peers("9001,9002", 3).unwrap();
+        assert_eq!(c.address_of(2).as_deref(), Some("127.0.0.1:9002"));
+        assert_eq!(c.address_of(3).as_deref(), Some("127.0.0.1:9003"));
+        assert_eq!(c.address_of(9), None);
+        assert_eq!(c.peer_ids(), vec![1, 2]);
+    }
+}

@@ -1,1 +1,191 @@
-fn main() {}
+//! `kvstore`: one node of a Raft-replicated key-value store.
+//!
+//! Parses flags into a validated [`NodeConfig`], installs logging (stderr, `RUST_LOG`,
+//! default `info`), binds the listener, and runs the node until SIGINT or SIGTERM. Errors
+//! are printed as one line, `kvstore: <what happened>`, with a non-zero exit code.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::Context as _;
+use clap::Parser;
+use kvstore::config::{self, NodeConfig};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// One node of a Raft-replicated key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "kvstore", version, about)]
+struct Args {
+    /// This node's id (1, 2, 3, ...; unique in the cluster, never 0).
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+
+    /// Port for gRPC (clients and peers share it).
+    #[arg(long, default_value_t = 9001)]
+    port: u16,
+
+    /// The other nodes, comma-separated; each item is PORT (host 127.0.0.1), HOST:PORT or
+    /// ID=HOST:PORT. Items without ID= get the smallest ids not taken by this node or an
+    /// explicit ID=, in the order given: with ids 1..N, list the others in increasing id
+    /// order. Empty means a single-node cluster.
+    #[arg(long, default_value = "", value_name = "LIST")]
+    peers: String,
+
+    /// Host to listen on (also advertised to clients in redirects and status).
+    #[arg(long, default_value = config::DEFAULT_HOST)]
+    host: String,
+
+    /// Directory for the Raft log and state [default: data/node-<ID>].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Minimum election timeout in milliseconds (randomised up to twice this); at least 5x
+    /// the heartbeat interval.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    election_timeout_ms: u64,
+
+    /// Leader heartbeat interval in milliseconds (also the node's tick).
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    heartbeat_interval_ms: u64,
+}
+
+impl TryFrom<Args> for NodeConfig {
+    type Error = config::ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, Self::Error> {
+        let config = NodeConfig {
+            id: a.id,
+            host: a.host,
+            port: a.port,
+            data_dir: a.data_dir.unwrap_or_else(|| config::default_data_dir(a.id)),
+            peers: config::parse_peers(&a.peers, a.id)?,
+            election_timeout: Duration::from_millis(a.election_timeout_ms),
+            heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Not eprintln!: it panics when stderr is closed (a supervisor that went away).
+            let _ = writeln!(std::io::stderr(), "kvstore: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = NodeConfig::try_from(args)?;
+    let addr = config.address();
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is another node using this port?)"))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    kvstore::rpc::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; only SIGINT stops the node");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    // Cancel before logging, so shutdown happens even if logging fails.
+    shutdown.cancel();
+    tracing::info!("signal received, shutting down");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours only on a terminal.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must not kill the node: by default a failed write is reported
+        // with eprintln!, which panics on a closed stderr.
+        .log_internal_errors(false)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, String> {
+        let a = Args::try_parse_from(std::iter::once("kvstore").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        NodeConfig::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_make_a_single_node() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c, NodeConfig::new(1, 9001));
+    }
+
+    #[test]
+    fn flags_convert_to_config() {
+        let c = parse(&[
+            "--id",
+            "2",
+            "--port",
+            "9002",
+            "--peers",
+            "9001,9003",
+            "--election-timeout-ms",
+            "1000",
+            "--heartbeat-interval-ms",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data/node-2"));
+        assert_eq!(c.peer_ids(), vec![1, 3]);
+        assert_eq!(c.election_ticks(), 10);
+    }
+
+    #[test]
+    fn bad_combinations_are_one_line_errors() {
+        let e = parse(&["--election-timeout-ms", "100"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--election-timeout-ms (100 ms) must be at least 5 x --heartbeat-interval-ms (50 ms)"
+        );
+        let e = parse(&["--id", "0"]).unwrap_err();
+        assert_eq!(e, "--id must not be 0: node ids start at 1");
+        let e = parse(&["--peers", "x"]).unwrap_err();
+        assert!(e.starts_with("invalid --peers item \"x\""), "{e}");
+    }
+}

@@ -1,1 +1,187 @@
-//! rpc (in progress)
+//! gRPC: the tonic services (thin adapters into the driver), the peer senders, and
+//! [`run`], which wires a whole node together on one pre-bound listener.
+//!
+//! # What this module may import
+//! `node` (through [`NodeHandle`]), `config`, `pb`, `raft` types (for conversions),
+//! `state_machine` command types, tonic, tokio. Every protobuf <-> core conversion lives in
+//! `convert.rs`, and every `ClientError` -> `Status` mapping in `status.rs`.
+//!
+//! # Invariants
+//! - Handlers never touch Raft state: they send a request to the driver and await its answer.
+//! - One port serves Raft, KV, Cluster, `grpc.health.v1` and reflection (v1 and v1alpha).
+
+pub mod cluster_service;
+pub mod convert;
+pub mod kv_service;
+pub mod peer;
+pub mod raft_service;
+pub mod status;
+
+use self::cluster_service::ClusterService;
+use self::kv_service::KvService;
+use self::peer::{PeerAddrError, PeerSenders};
+use self::raft_service::RaftService;
+use crate::config::NodeConfig;
+use crate::node::{self, Driver, Fatal, NodeHandle};
+use crate::pb::cluster_server::ClusterServer;
+use crate::pb::kv_server::KvServer;
+use crate::pb::raft_server::RaftServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+/// How long shutdown waits for in-flight tasks (peer calls, the driver) before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A peer address is not usable.
+    #[error(transparent)]
+    PeerAddr(#[from] PeerAddrError),
+    /// Storage could not be opened, or failed while running.
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// Reflection could not be built from the descriptor sets.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The driver task panicked.
+    #[error("driver task failed: {0}")]
+    Driver(String),
+}
+
+/// Runs one node on a pre-bound `listener` until `shutdown` is cancelled (mini-redis style:
+/// tests bind port 0 and pass the listener). If `config.port` is 0 it is replaced by the
+/// listener's port, so the node advertises where it really listens.
+///
+/// Shutdown order (STYLE.md §13): health NOT_SERVING, stop accepting RPCs, the driver fails
+/// pending requests and finishes its current Ready, then peers stop and tasks are awaited.
+///
+/// # Errors
+/// [`RunError`]: invalid config, storage that cannot be opened (e.g. locked by another
+/// process) or that failed while running, or a server failure.
+pub async fn run(
+    listener: TcpListener,
+    mut config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if config.port == 0 {
+        config.port = listener.local_addr().map_err(RunError::Listener)?.port();
+    }
+    config.validate()?;
+    let config = Arc::new(config);
+    let tracker = TaskTracker::new();
+    // `stop` ends the server and the driver: on shutdown, or when the driver fails.
+    let stop = shutdown.child_token();
+    // Peers stop last, after the driver has finished its final Ready.
+    let peers_stop = CancellationToken::new();
+
+    let (handle, inbox) = node::channel(config.id, node::INBOX_CAPACITY);
+    let peers = PeerSenders::spawn(&config, handle.clone(), &tracker, peers_stop.clone())?;
+    let driver = match Driver::open(config.clone(), inbox, Arc::new(peers)) {
+        Ok(d) => d,
+        Err(e) => {
+            peers_stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+            return Err(e.into());
+        }
+    };
+    let driver_stop = stop.clone();
+    let driver_task = tracker.spawn(async move {
+        let result = driver.run(driver_stop.clone()).await;
+        // A fatal error stops the server too.
+        driver_stop.cancel();
+        result
+    });
+
+    let served = serve(listener, &config, handle, stop.clone()).await;
+    stop.cancel();
+    let driven = driver_task
+        .await
+        .map_err(|e| RunError::Driver(e.to_string()));
+    peers_stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    driven??;
+    served?;
+    info!(node_id = config.id, "stopped");
+    Ok(())
+}
+
+/// Serves every service on `listener` until `stop` is cancelled.
+async fn serve(
+    listener: TcpListener,
+    config: &Arc<NodeConfig>,
+    handle: NodeHandle,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let service_names = [
+        "",
+        <RaftServer<RaftService> as NamedService>::NAME,
+        <KvServer<KvService> as NamedService>::NAME,
+        <ClusterServer<ClusterService> as NamedService>::NAME,
+    ];
+    for name in service_names {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RaftServer::new(RaftService::new(config.id, handle.clone())))
+        .add_service(KvServer::new(KvService::new(handle.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(
+            config.clone(),
+            handle,
+        )));
+    info!(node_id = config.id, addr = %config.address(), peers = config.peers.len(), "serving gRPC");
+    let shutdown = async move {
+        stop.cancelled().await;
+        for name in service_names {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// A reflection builder with our descriptors and the health service's.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+#[cfg(test)]
+mod tests;

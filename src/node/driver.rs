@@ -1,0 +1,418 @@
+//! The Ready loop: the one task that owns the Raft core, the store and the state machine.
+
+use super::error::{ClientError, Fatal};
+use super::pending::Pending;
+use super::request::{Header, Request};
+use super::transport::Transport;
+use super::{Inbox, NodeStatus};
+use crate::config::NodeConfig;
+use crate::raft::storage::LogStore;
+use crate::raft::{
+    self, Entry, HardState, LogIndex, Message, NodeId, NotLeader, Payload, Proposed, RaftCore,
+    Ready, Role, Term,
+};
+use crate::state_machine::StateMachine;
+use crate::storage::SledStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+/// After one input, at most this many more queued requests are taken before the Ready is
+/// handled, so one flush covers a whole burst (group commit) without starving ticks.
+const MAX_BATCH: usize = 256;
+
+/// Owns the core, the store and the state machine; see the module docs of `node`.
+pub struct Driver {
+    /// This node's id.
+    id: NodeId,
+    /// The config, for leader addresses in redirects.
+    config: Arc<NodeConfig>,
+    core: RaftCore,
+    /// Cloned into `spawn_blocking` for each persist (clones share one sled database).
+    store: SledStore,
+    /// Rebuilt on every start by re-applying the committed log (invariant:
+    /// `sm.applied_index() <= core commit`).
+    sm: StateMachine,
+    transport: Arc<dyn Transport>,
+    inbox: mpsc::Receiver<Request>,
+    status: watch::Sender<NodeStatus>,
+    /// The tick period (= heartbeat interval).
+    tick: Duration,
+    /// Client waiters.
+    pending: Pending,
+    /// The term we lead in, while we are leader: pending writes and reads belong to it.
+    leading: Option<Term>,
+    /// Last `rpc_id` given to an incoming peer request.
+    last_rpc_id: u64,
+    /// gRPC calls waiting for the core's response to their peer request, by `rpc_id`.
+    peer_waiters: HashMap<u64, oneshot::Sender<Message>>,
+}
+
+impl Driver {
+    /// Opens and loads the store and rebuilds the core from it.
+    ///
+    /// # Errors
+    /// The data dir cannot be opened (locked by another process, unreadable, corrupt), or
+    /// the derived Raft configuration is invalid.
+    pub fn open(
+        config: Arc<NodeConfig>,
+        inbox: Inbox,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, Fatal> {
+        let store = SledStore::open(&config.data_dir)?;
+        let (hard_state, log) = store.load()?;
+        let mut rc = raft::Config::new(config.id, config.peer_ids());
+        rc.election_ticks = config.election_ticks();
+        rc.heartbeat_ticks = 1;
+        rc.seed = start_seed(config.id);
+        info!(
+            node_id = config.id,
+            term = hard_state.term,
+            commit = hard_state.commit,
+            last_index = log.last().map_or(0, |e| e.index),
+            data_dir = %config.data_dir.display(),
+            "opened node state"
+        );
+        let core = RaftCore::new(rc, hard_state, log)?;
+        Ok(Driver {
+            id: config.id,
+            tick: config.heartbeat_interval,
+            config,
+            core,
+            store,
+            sm: StateMachine::new(),
+            transport,
+            inbox: inbox.rx,
+            status: inbox.status,
+            pending: Pending::default(),
+            leading: None,
+            last_rpc_id: 0,
+            peer_waiters: HashMap::new(),
+        })
+    }
+
+    /// Runs the loop until `shutdown` is cancelled (Ok) or storage fails (Err).
+    ///
+    /// # Errors
+    /// [`Fatal`]: a storage write or flush failed; pending requests were failed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Fatal> {
+        let span = tracing::info_span!("node", node_id = self.id);
+        self.run_loop(shutdown).instrument(span).await
+    }
+
+    async fn run_loop(mut self, shutdown: CancellationToken) -> Result<(), Fatal> {
+        let mut ticker = tokio::time::interval(self.tick);
+        // Skip, not Burst: after a stall (SIGSTOP) catch-up ticks back to back would start an
+        // election before the leader's queued AppendEntries are read (STYLE.md §12).
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut last_tick = Instant::now();
+        self.publish_status();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    info!("shutting down");
+                    self.reject_everything(&ClientError::ShuttingDown);
+                    return Ok(());
+                }
+                req = self.inbox.recv() => match req {
+                    Some(req) => self.handle_request(req),
+                    None => return Ok(()),
+                },
+                _ = ticker.tick() => {
+                    self.on_tick();
+                    last_tick = Instant::now();
+                }
+            }
+            // Group commit: take what else is already queued, then one Ready for all of it.
+            for _ in 0..MAX_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(req) => self.handle_request(req),
+                    Err(_) => break,
+                }
+            }
+            // The select prefers the inbox; under constant load the tick branch would never
+            // win, the leader would stop sending heartbeats and followers would elect.
+            if last_tick.elapsed() >= self.tick {
+                self.on_tick();
+                last_tick = Instant::now();
+                ticker.reset();
+            }
+            if let Err(err) = self.handle_ready().await {
+                error!(error = %err, "storage failed, stopping the node");
+                self.reject_everything(&ClientError::ShuttingDown);
+                return Err(err);
+            }
+            // The core answers a peer request within the Ready cycle of its input; a request
+            // still waiting now was ignored by the core, and its caller gets an error.
+            if !self.peer_waiters.is_empty() {
+                debug!(
+                    len = self.peer_waiters.len(),
+                    "peer requests the core did not answer"
+                );
+                self.peer_waiters.clear();
+            }
+            self.publish_status();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.core.tick();
+        self.pending.prune_closed();
+    }
+
+    /// Feeds one request to the core (or answers it at once).
+    fn handle_request(&mut self, req: Request) {
+        match req {
+            Request::Propose { data, reply } => match self.core.propose(data) {
+                Ok(Proposed { index, term }) => {
+                    self.leading = Some(term);
+                    self.pending.add_write(index, term, reply);
+                }
+                Err(NotLeader { leader }) => {
+                    let _ = reply.send(Err(self.not_leader(leader)));
+                }
+            },
+            Request::Read {
+                key,
+                linearizable: false,
+                reply,
+            } => {
+                let header = self.header(self.sm.applied_index());
+                let value = self.sm.get(&key).map(str::to_owned);
+                let _ = reply.send(Ok((value, header)));
+            }
+            Request::Read {
+                key,
+                linearizable: true,
+                reply,
+            } => {
+                let id = self.pending.next_read_id();
+                match self.core.read_index(id) {
+                    Ok(()) => {
+                        self.leading = Some(self.core.status().term);
+                        self.pending.add_read(id, key, reply);
+                    }
+                    Err(NotLeader { leader }) => {
+                        let _ = reply.send(Err(self.not_leader(leader)));
+                    }
+                }
+            }
+            Request::Peer { mut msg, reply } => {
+                self.last_rpc_id += 1;
+                msg.rpc_id = self.last_rpc_id;
+                self.peer_waiters.insert(msg.rpc_id, reply);
+                self.core.step(msg);
+            }
+            Request::PeerReply { mut msg } => {
+                msg.rpc_id = 0;
+                self.core.step(msg);
+            }
+        }
+    }
+
+    /// Handles Ready batches until the core has none, in the order ARCHITECTURE.md mandates.
+    async fn handle_ready(&mut self) -> Result<(), Fatal> {
+        while self.core.has_ready() {
+            let ready = self.core.ready();
+            let must_persist = ready.must_persist();
+            let Ready {
+                soft_state: _,
+                hard_state,
+                entries,
+                messages,
+                persisted_messages,
+                committed_entries,
+                read_states,
+            } = ready;
+            // (1) Messages that depend on nothing unpersisted (a leader's appends may overlap
+            //     its own fsync).
+            self.send(messages);
+            // (2) Persist hard state and entries, one flush for the batch; errors are fatal.
+            if must_persist {
+                self.persist(hard_state, entries).await?;
+            }
+            // (3) Vote grants and append acks: only now that what they promise is durable.
+            self.send(persisted_messages);
+            // (4) Apply committed entries, answer their writers; serve reads now applied.
+            for rs in read_states {
+                self.pending.confirm_read(rs);
+            }
+            self.apply(committed_entries);
+            self.serve_reads();
+            self.check_leadership();
+            // (5) Tell the core the batch is handled.
+            self.core.advance();
+        }
+        Ok(())
+    }
+
+    /// Routes responses to waiting peer calls and everything else to the transport.
+    fn send(&mut self, messages: Vec<Message>) {
+        for msg in messages {
+            if msg.rpc_id == 0 {
+                self.transport.send(msg);
+            } else if let Some(waiter) = self.peer_waiters.remove(&msg.rpc_id) {
+                let _ = waiter.send(msg);
+            } else {
+                debug!(
+                    rpc_id = msg.rpc_id,
+                    kind = msg.body.kind(),
+                    "response to a gone peer call dropped"
+                );
+            }
+        }
+    }
+
+    /// Writes and flushes one batch on the blocking pool and waits for it.
+    async fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+    ) -> Result<(), Fatal> {
+        let mut store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.persist(hard_state.as_ref(), &entries))
+            .await
+            .map_err(|e| Fatal::StorageTask(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Applies committed entries in order and answers the writers waiting on them.
+    fn apply(&mut self, committed: Vec<Entry>) {
+        for entry in committed {
+            let result = match entry.payload {
+                Payload::Command(data) => Some(self.sm.apply(entry.index, &data)),
+                Payload::Noop => {
+                    self.sm.apply_noop(entry.index);
+                    None
+                }
+            };
+            if let Some(Err(err)) = &result {
+                warn!(index = entry.index, error = %err, "command applied to an error");
+            }
+            let Some((term, reply)) = self.pending.take_write(entry.index) else {
+                continue;
+            };
+            let answer = match result {
+                // Another leader's entry took this index: ours was overwritten (§5.3).
+                _ if term != entry.term => Err(ClientError::LeadershipLost),
+                Some(Ok(outcome)) => Ok((
+                    outcome,
+                    Header {
+                        node_id: self.id,
+                        term: entry.term,
+                        index: entry.index,
+                    },
+                )),
+                Some(Err(err)) => Err(ClientError::Apply(err)),
+                None => Err(ClientError::LeadershipLost),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Answers the confirmed reads whose index is applied.
+    fn serve_reads(&mut self) {
+        let applied = self.sm.applied_index();
+        let reads = self.pending.servable_reads(applied);
+        if reads.is_empty() {
+            return;
+        }
+        let header = self.header(applied);
+        for (key, reply) in reads {
+            let value = self.sm.get(&key).map(str::to_owned);
+            let _ = reply.send(Ok((value, header)));
+        }
+    }
+
+    /// Fails writes and reads that belong to a leadership we no longer hold: never
+    /// acknowledge them, they may or may not be applied.
+    fn check_leadership(&mut self) {
+        let Some(term) = self.leading else {
+            return;
+        };
+        let status = self.core.status();
+        if status.role == Role::Leader && status.term == term {
+            return;
+        }
+        self.leading = None;
+        if self.pending.has_leader_bound() {
+            info!(
+                term,
+                "failing pending requests: leadership lost before they completed"
+            );
+        }
+        self.pending.fail_leader_bound(&ClientError::LeadershipLost);
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>) -> ClientError {
+        match leader {
+            Some(id) if id != self.id => ClientError::NotLeader {
+                id,
+                addr: self.config.address_of(id).unwrap_or_default(),
+            },
+            _ => ClientError::NoLeader,
+        }
+    }
+
+    fn header(&self, index: LogIndex) -> Header {
+        Header {
+            node_id: self.id,
+            term: self.core.status().term,
+            index,
+        }
+    }
+
+    /// Publishes the core's state as of now (one moment: all fields together).
+    fn publish_status(&self) {
+        let s = self.core.status();
+        let next = NodeStatus {
+            id: self.id,
+            role: s.role,
+            term: s.term,
+            leader: s.leader,
+            commit: s.commit,
+            applied: self.sm.applied_index(),
+            last_index: s.last_index,
+        };
+        self.status.send_if_modified(|cur| {
+            if *cur == next {
+                false
+            } else {
+                *cur = next;
+                true
+            }
+        });
+    }
+
+    /// Fails every waiter and every request still queued, and refuses new ones.
+    fn reject_everything(&mut self, err: &ClientError) {
+        self.pending.fail_all(err);
+        self.peer_waiters.clear();
+        self.inbox.close();
+        while let Ok(req) = self.inbox.try_recv() {
+            match req {
+                Request::Propose { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::Read { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::Peer { .. } | Request::PeerReply { .. } => {}
+            }
+        }
+    }
+}
+
+/// A seed that differs per node and per start, so two nodes (or two runs of one node) do
+/// not draw the same election timeouts. The driver may read the clock; the core may not.
+fn start_seed(id: NodeId) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos
+}

@@ -1,0 +1,53 @@
+//! The two tiers of errors (STYLE.md §5): [`ClientError`] goes back to one caller and the node
+//! keeps running; [`Fatal`] stops the node.
+
+use crate::raft::NodeId;
+use crate::state_machine::ApplyError;
+use crate::storage::StorageError;
+
+/// Why one client or peer request failed. `rpc/status.rs` turns these into gRPC statuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Another node is the leader; the client should retry there.
+    #[error("not leader, try node {id} ({addr})")]
+    NotLeader {
+        /// The leader's id.
+        id: NodeId,
+        /// The leader's address from our config (empty if unknown).
+        addr: String,
+    },
+    /// No leader is known right now (an election is under way).
+    #[error("no leader elected yet")]
+    NoLeader,
+    /// This node stopped being the leader before the request completed.
+    #[error(
+        "leadership lost before the request completed; it may or may not have been applied, retry"
+    )]
+    LeadershipLost,
+    /// The node is stopping.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// The driver's inbox is full.
+    #[error("node overloaded, retry")]
+    Overloaded,
+    /// The request itself is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The command applied, deterministically, to an error.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// An error that stops the node (the process exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// sled failed: the data dir cannot be opened, read, written or flushed. Never retried.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The Raft configuration derived from the node config is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] crate::raft::ConfigError),
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    StorageTask(String),
+}

@@ -1,0 +1,124 @@
+//! `kvstore.v1.Cluster`: the node's status, from the driver's last published snapshot (one
+//! consistent moment: role, term, leader and indexes together).
+
+use crate::config::NodeConfig;
+use crate::node::{NodeHandle, NodeStatus};
+use crate::pb;
+use crate::raft::Role;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The Cluster service of one node.
+#[derive(Clone, Debug)]
+pub struct ClusterService {
+    config: Arc<NodeConfig>,
+    node: NodeHandle,
+}
+
+impl ClusterService {
+    /// A service describing `node`, configured by `config`.
+    pub fn new(config: Arc<NodeConfig>, node: NodeHandle) -> Self {
+        ClusterService { config, node }
+    }
+}
+
+/// The wire role.
+pub fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Follower => pb::Role::Follower,
+        Role::Candidate => pb::Role::Candidate,
+        Role::Leader => pb::Role::Leader,
+    }
+}
+
+/// Builds the answer from one status snapshot.
+pub fn status_response(config: &NodeConfig, s: &NodeStatus) -> pb::StatusResponse {
+    pb::StatusResponse {
+        id: s.id,
+        role: role_to_pb(s.role) as i32,
+        term: s.term,
+        leader_id: s.leader.unwrap_or(0),
+        leader_address: s
+            .leader
+            .and_then(|id| config.address_of(id))
+            .unwrap_or_default(),
+        commit_index: s.commit,
+        last_applied: s.applied,
+        last_log_index: s.last_index,
+        peers: config
+            .peers
+            .iter()
+            .map(|p| pb::Peer {
+                id: p.id,
+                address: p.addr.clone(),
+            })
+            .collect(),
+        address: config.address(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(status_response(
+            &self.config,
+            &self.node.status(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_peers;
+
+    #[test]
+    fn status_maps_role_leader_and_peers() {
+        let mut config = NodeConfig::new(2, 9002);
+        config.peers = parse_peers("9001,9003", 2).unwrap();
+        let s = NodeStatus {
+            id: 2,
+            role: Role::Follower,
+            term: 4,
+            leader: Some(3),
+            commit: 10,
+            applied: 9,
+            last_index: 11,
+        };
+        let r = status_response(&config, &s);
+        assert_eq!(r.role, pb::Role::Follower as i32);
+        assert_eq!((r.id, r.term, r.leader_id), (2, 4, 3));
+        assert_eq!(r.leader_address, "127.0.0.1:9003");
+        assert_eq!(
+            (r.commit_index, r.last_applied, r.last_log_index),
+            (10, 9, 11)
+        );
+        assert_eq!(r.address, "127.0.0.1:9002");
+        assert_eq!(r.peers.len(), 2);
+        assert_eq!(r.peers[0].id, 1);
+
+        let leader = status_response(
+            &config,
+            &NodeStatus {
+                role: Role::Leader,
+                leader: Some(2),
+                ..s.clone()
+            },
+        );
+        assert_eq!(leader.role, pb::Role::Leader as i32);
+        assert_eq!(leader.leader_address, "127.0.0.1:9002");
+        let none = status_response(
+            &config,
+            &NodeStatus {
+                role: Role::Candidate,
+                leader: None,
+                ..s
+            },
+        );
+        assert_eq!(none.role, pb::Role::Candidate as i32);
+        assert_eq!((none.leader_id, none.leader_address.as_str()), (0, ""));
+    }
+}

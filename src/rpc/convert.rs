@@ -1,0 +1,411 @@
+//! Conversions between protobuf types and the core's types; the only place that knows both.
+//! Incoming data is validated here: a malformed peer request becomes INVALID_ARGUMENT and
+//! never reaches the core.
+
+use crate::pb;
+use crate::raft::{Entry, Message, MessageBody, NodeId, Payload};
+use tonic::Status;
+
+impl TryFrom<pb::Entry> for Entry {
+    type Error = Status;
+
+    fn try_from(e: pb::Entry) -> Result<Self, Status> {
+        let payload = match pb::EntryType::try_from(e.r#type) {
+            Ok(pb::EntryType::Noop) if e.data.is_empty() => Payload::Noop,
+            Ok(pb::EntryType::Noop) => {
+                return Err(Status::invalid_argument(format!(
+                    "entry {}: a no-op entry must carry no data",
+                    e.index
+                )))
+            }
+            Ok(pb::EntryType::Command) => Payload::Command(e.data),
+            Ok(pb::EntryType::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "entry {}: unknown entry type {}",
+                    e.index, e.r#type
+                )))
+            }
+        };
+        Ok(Entry {
+            term: e.term,
+            index: e.index,
+            payload,
+        })
+    }
+}
+
+impl From<Entry> for pb::Entry {
+    fn from(e: Entry) -> Self {
+        let (r#type, data) = match e.payload {
+            Payload::Noop => (pb::EntryType::Noop, Vec::new()),
+            Payload::Command(data) => (pb::EntryType::Command, data),
+        };
+        pb::Entry {
+            term: e.term,
+            index: e.index,
+            r#type: r#type as i32,
+            data,
+        }
+    }
+}
+
+/// Checks that a peer request is addressed to this node.
+fn check_to(to: NodeId, me: NodeId) -> Result<(), Status> {
+    if to == me {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "message for node {to} reached node {me}: check --peers (peers without ID= get ids in the order given)"
+    )))
+}
+
+fn check_sender(id: NodeId, field: &str) -> Result<(), Status> {
+    if id == 0 {
+        return Err(Status::invalid_argument(format!("{field} must not be 0")));
+    }
+    Ok(())
+}
+
+/// An incoming RequestVote, for the core.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a malformed request, FAILED_PRECONDITION if it is not for `me`.
+pub fn vote_request_in(req: pb::RequestVoteRequest, me: NodeId) -> Result<Message, Status> {
+    check_sender(req.candidate_id, "candidate_id")?;
+    check_to(req.to, me)?;
+    Ok(Message {
+        from: req.candidate_id,
+        to: me,
+        term: req.term,
+        rpc_id: 0,
+        body: MessageBody::RequestVote {
+            last_log_index: req.last_log_index,
+            last_log_term: req.last_log_term,
+        },
+    })
+}
+
+/// An incoming AppendEntries, for the core.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a malformed request (bad entry type, entries not contiguous from
+/// `prev_log_index + 1`), FAILED_PRECONDITION if it is not for `me`.
+pub fn append_request_in(req: pb::AppendEntriesRequest, me: NodeId) -> Result<Message, Status> {
+    check_sender(req.leader_id, "leader_id")?;
+    check_to(req.to, me)?;
+    let mut entries = Vec::with_capacity(req.entries.len());
+    for (i, e) in req.entries.into_iter().enumerate() {
+        let expected = req
+            .prev_log_index
+            .saturating_add(1)
+            .saturating_add(i as u64);
+        if e.index != expected {
+            return Err(Status::invalid_argument(format!(
+                "entries must be contiguous from prev_log_index + 1 = {}: entry {i} has index {}",
+                req.prev_log_index.saturating_add(1),
+                e.index
+            )));
+        }
+        entries.push(Entry::try_from(e)?);
+    }
+    Ok(Message {
+        from: req.leader_id,
+        to: me,
+        term: req.term,
+        rpc_id: 0,
+        body: MessageBody::AppendEntries {
+            prev_log_index: req.prev_log_index,
+            prev_log_term: req.prev_log_term,
+            entries,
+            leader_commit: req.leader_commit,
+            read_ctx: req.read_ctx,
+        },
+    })
+}
+
+fn wrong_response(msg: &Message, expected: &str) -> Status {
+    Status::internal(format!(
+        "invariant: the core answered a {expected} with {}",
+        msg.body.kind()
+    ))
+}
+
+/// The core's answer to a RequestVote, for the wire.
+///
+/// # Errors
+/// INTERNAL if the core answered with another message kind.
+pub fn vote_response_out(msg: Message) -> Result<pb::RequestVoteResponse, Status> {
+    match msg.body {
+        MessageBody::RequestVoteResponse { granted } => Ok(pb::RequestVoteResponse {
+            term: msg.term,
+            vote_granted: granted,
+            from: msg.from,
+        }),
+        _ => Err(wrong_response(&msg, "RequestVote")),
+    }
+}
+
+/// The core's answer to an AppendEntries, for the wire.
+///
+/// # Errors
+/// INTERNAL if the core answered with another message kind.
+pub fn append_response_out(msg: Message) -> Result<pb::AppendEntriesResponse, Status> {
+    match msg.body {
+        MessageBody::AppendEntriesResponse {
+            success,
+            match_index,
+            conflict_index,
+            conflict_term,
+            read_ctx,
+        } => Ok(pb::AppendEntriesResponse {
+            term: msg.term,
+            success,
+            from: msg.from,
+            match_index,
+            conflict_index,
+            conflict_term,
+            read_ctx,
+        }),
+        _ => Err(wrong_response(&msg, "AppendEntries")),
+    }
+}
+
+/// A request the core wants sent to a peer, as the matching RPC's request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerRequest {
+    /// For `Raft/RequestVote`.
+    Vote(pb::RequestVoteRequest),
+    /// For `Raft/AppendEntries`.
+    Append(pb::AppendEntriesRequest),
+}
+
+impl TryFrom<Message> for PeerRequest {
+    /// Responses are not sent on their own: they travel back on the request's call.
+    type Error = Message;
+
+    fn try_from(msg: Message) -> Result<Self, Message> {
+        match msg.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
+                term: msg.term,
+                candidate_id: msg.from,
+                last_log_index,
+                last_log_term,
+                to: msg.to,
+            })),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_ctx,
+            } => Ok(PeerRequest::Append(pb::AppendEntriesRequest {
+                term: msg.term,
+                leader_id: msg.from,
+                prev_log_index,
+                prev_log_term,
+                entries: entries.into_iter().map(pb::Entry::from).collect(),
+                leader_commit,
+                to: msg.to,
+                read_ctx,
+            })),
+            _ => Err(msg),
+        }
+    }
+}
+
+/// A peer's RequestVote answer, for the core (`from` is the peer we called).
+pub fn vote_response_in(resp: pb::RequestVoteResponse, peer: NodeId, me: NodeId) -> Message {
+    Message {
+        from: peer,
+        to: me,
+        term: resp.term,
+        rpc_id: 0,
+        body: MessageBody::RequestVoteResponse {
+            granted: resp.vote_granted,
+        },
+    }
+}
+
+/// A peer's AppendEntries answer, for the core (`from` is the peer we called).
+pub fn append_response_in(resp: pb::AppendEntriesResponse, peer: NodeId, me: NodeId) -> Message {
+    Message {
+        from: peer,
+        to: me,
+        term: resp.term,
+        rpc_id: 0,
+        body: MessageBody::AppendEntriesResponse {
+            success: resp.success,
+            match_index: resp.match_index,
+            conflict_index: resp.conflict_index,
+            conflict_term: resp.conflict_term,
+            read_ctx: resp.read_ctx,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn cmd(term: u64, index: u64, data: &[u8]) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: Payload::Command(data.to_vec()),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        for e in [
+            cmd(3, 7, b"abc"),
+            Entry {
+                term: 1,
+                index: 1,
+                payload: Payload::Noop,
+            },
+        ] {
+            let wire = pb::Entry::from(e.clone());
+            assert_eq!(Entry::try_from(wire).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn unknown_entry_types_are_rejected() {
+        for t in [0, 3, -1] {
+            let e = pb::Entry {
+                term: 1,
+                index: 1,
+                r#type: t,
+                data: vec![],
+            };
+            let s = Entry::try_from(e).unwrap_err();
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(
+                s.message().contains("unknown entry type"),
+                "{}",
+                s.message()
+            );
+        }
+    }
+
+    #[test]
+    fn append_request_round_trips_through_the_wire() {
+        let msg = Message {
+            from: 1,
+            to: 2,
+            term: 4,
+            rpc_id: 0,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 5,
+                prev_log_term: 3,
+                entries: vec![cmd(4, 6, b"x"), cmd(4, 7, b"y")],
+                leader_commit: 5,
+                read_ctx: 9,
+            },
+        };
+        let PeerRequest::Append(wire) = PeerRequest::try_from(msg.clone()).unwrap() else {
+            panic!("expected an append");
+        };
+        assert_eq!(append_request_in(wire, 2).unwrap(), msg);
+    }
+
+    #[test]
+    fn vote_request_round_trips_through_the_wire() {
+        let msg = Message {
+            from: 3,
+            to: 1,
+            term: 2,
+            rpc_id: 0,
+            body: MessageBody::RequestVote {
+                last_log_index: 4,
+                last_log_term: 1,
+            },
+        };
+        let PeerRequest::Vote(wire) = PeerRequest::try_from(msg.clone()).unwrap() else {
+            panic!("expected a vote");
+        };
+        assert_eq!(vote_request_in(wire, 1).unwrap(), msg);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let vote = Message {
+            from: 2,
+            to: 1,
+            term: 5,
+            rpc_id: 0,
+            body: MessageBody::RequestVoteResponse { granted: true },
+        };
+        let wire = vote_response_out(vote.clone()).unwrap();
+        assert_eq!(vote_response_in(wire, 2, 1), vote);
+        let append = Message {
+            from: 3,
+            to: 1,
+            term: 5,
+            rpc_id: 0,
+            body: MessageBody::AppendEntriesResponse {
+                success: false,
+                match_index: 0,
+                conflict_index: 4,
+                conflict_term: 2,
+                read_ctx: 7,
+            },
+        };
+        let wire = append_response_out(append.clone()).unwrap();
+        assert_eq!(append_response_in(wire, 3, 1), append);
+        // A response never goes out as a request, and the wrong kind is an internal error.
+        assert!(PeerRequest::try_from(append.clone()).is_err());
+        assert_eq!(
+            vote_response_out(append).unwrap_err().code(),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn misdirected_message_names_both_nodes() {
+        let req = pb::RequestVoteRequest {
+            term: 1,
+            candidate_id: 1,
+            last_log_index: 0,
+            last_log_term: 0,
+            to: 3,
+        };
+        let s = vote_request_in(req, 2).unwrap_err();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(
+            s.message(),
+            "message for node 3 reached node 2: check --peers (peers without ID= get ids in the order given)"
+        );
+    }
+
+    #[test]
+    fn malformed_appends_are_rejected() {
+        let base = pb::AppendEntriesRequest {
+            term: 2,
+            leader_id: 1,
+            prev_log_index: 3,
+            prev_log_term: 1,
+            entries: vec![pb::Entry::from(cmd(2, 5, b"gap"))],
+            leader_commit: 0,
+            to: 2,
+            read_ctx: 0,
+        };
+        let s = append_request_in(base.clone(), 2).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("contiguous"));
+        let no_leader = pb::AppendEntriesRequest {
+            leader_id: 0,
+            entries: vec![],
+            ..base
+        };
+        assert_eq!(
+            append_request_in(no_leader, 2).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! `kvstore.v1.KV`: client reads and writes. Validates, builds a `Proposal`, hands it to the
+//! driver and maps the answer; every answer carries a `ResponseHeader`.
+
+use crate::node::{ClientError, Header, NodeHandle};
+use crate::pb;
+use crate::state_machine::{Command, Outcome, Proposal, Session};
+use tonic::{Request, Response, Status};
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value accepted, in bytes (1 MiB).
+pub const MAX_VALUE_BYTES: usize = 1_048_576;
+
+/// The KV service of one node.
+#[derive(Clone, Debug)]
+pub struct KvService {
+    node: NodeHandle,
+}
+
+impl KvService {
+    /// A service backed by `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        KvService { node }
+    }
+
+    async fn write(
+        &self,
+        command: Command,
+        session: Option<pb::Session>,
+    ) -> Result<(Outcome, Header), Status> {
+        let proposal = Proposal {
+            session: session_from_pb(session),
+            command,
+        };
+        Ok(self.node.propose(proposal.encode()).await?)
+    }
+}
+
+fn header(h: Header) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        node_id: h.node_id,
+        term: h.term,
+        index: h.index,
+    })
+}
+
+/// A client session, or none when `client_id` or `sequence` is 0.
+fn session_from_pb(s: Option<pb::Session>) -> Option<Session> {
+    s.filter(|s| s.client_id != 0 && s.sequence != 0)
+        .map(|s| Session {
+            client_id: s.client_id,
+            sequence: s.sequence,
+        })
+}
+
+/// Rejects an empty or oversized key.
+fn validate_key(key: &str) -> Result<(), ClientError> {
+    if key.is_empty() {
+        return Err(ClientError::Invalid("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ClientError::Invalid(format!(
+            "key is {} bytes, the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Rejects an oversized value.
+fn validate_value(value: &str) -> Result<(), ClientError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ClientError::Invalid(format!(
+            "value is {} bytes, the limit is {MAX_VALUE_BYTES} (1 MiB)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a read must be linearizable; unknown enum values are rejected.
+fn linearizable(consistency: i32) -> Result<bool, ClientError> {
+    match pb::Consistency::try_from(consistency) {
+        Ok(pb::Consistency::Unspecified | pb::Consistency::Linearizable) => Ok(true),
+        Ok(pb::Consistency::Serializable) => Ok(false),
+        Err(_) => Err(ClientError::Invalid(format!(
+            "unknown consistency {consistency}: expected LINEARIZABLE (1) or SERIALIZABLE (2)"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let req = request.into_inner();
+        validate_key(&req.key)?;
+        validate_value(&req.value)?;
+        let command = Command::Put {
+            key: req.key,
+            value: req.value,
+        };
+        let (_, h) = self.write(command, req.session).await?;
+        Ok(Response::new(pb::PutResponse { header: header(h) }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        validate_key(&req.key)?;
+        let linearizable = linearizable(req.consistency)?;
+        let (value, h) = self.node.read(req.key, linearizable).await?;
+        Ok(Response::new(pb::GetResponse {
+            header: header(h),
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        validate_key(&req.key)?;
+        let (outcome, h) = self
+            .write(Command::Delete { key: req.key }, req.session)
+            .await?;
+        Ok(Response::new(pb::DeleteResponse {
+            header: header(h),
+            deleted: matches!(outcome, Outcome::Delete { existed: true }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_value_limits() {
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        let e = validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err();
+        assert_eq!(e.to_string(), "key is 4097 bytes, the limit is 4096");
+        assert!(validate_value("").is_ok());
+        assert!(validate_value(&"v".repeat(MAX_VALUE_BYTES)).is_ok());
+        let e = validate_value(&"v".repeat(MAX_VALUE_BYTES + 1)).unwrap_err();
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn consistency_mapping() {
+        assert_eq!(linearizable(0), Ok(true));
+        assert_eq!(linearizable(1), Ok(true));
+        assert_eq!(linearizable(2), Ok(false));
+        assert!(matches!(linearizable(7), Err(ClientError::Invalid(_))));
+    }
+
+    #[test]
+    fn zero_session_fields_mean_no_session() {
+        assert_eq!(session_from_pb(None), None);
+        let s = |client_id, sequence| {
+            Some(pb::Session {
+                client_id,
+                sequence,
+            })
+        };
+        assert_eq!(session_from_pb(s(0, 3)), None);
+        assert_eq!(session_from_pb(s(5, 0)), None);
+        assert_eq!(
+            session_from_pb(s(5, 3)),
+            Some(Session {
+                client_id: 5,
+                sequence: 3
+            })
+        );
+    }
+}

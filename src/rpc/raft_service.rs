@@ -1,0 +1,43 @@
+//! `kvstore.v1.Raft`: peer RPCs. Each request goes through the driver into the core, and the
+//! answer is the core's own response message (so it passed `check_term` like everything else).
+
+use super::convert;
+use crate::node::NodeHandle;
+use crate::pb;
+use crate::raft::NodeId;
+use tonic::{Request, Response, Status};
+
+/// The Raft service of one node.
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    id: NodeId,
+    node: NodeHandle,
+}
+
+impl RaftService {
+    /// A service answering for node `id` through `node`.
+    pub fn new(id: NodeId, node: NodeHandle) -> Self {
+        RaftService { id, node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn request_vote(
+        &self,
+        request: Request<pb::RequestVoteRequest>,
+    ) -> Result<Response<pb::RequestVoteResponse>, Status> {
+        let msg = convert::vote_request_in(request.into_inner(), self.id)?;
+        let reply = self.node.peer_request(msg).await?;
+        Ok(Response::new(convert::vote_response_out(reply)?))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let msg = convert::append_request_in(request.into_inner(), self.id)?;
+        let reply = self.node.peer_request(msg).await?;
+        Ok(Response::new(convert::append_response_out(reply)?))
+    }
+}

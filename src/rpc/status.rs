@@ -1,0 +1,79 @@
+//! The one place a [`ClientError`] becomes a `tonic::Status`.
+
+use crate::node::ClientError;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// Metadata key naming the leader's id on a NOT-leader redirect.
+pub const LEADER_ID_KEY: &str = "leader-id";
+/// Metadata key naming the leader's address (`HOST:PORT`) on a NOT-leader redirect.
+pub const LEADER_ADDR_KEY: &str = "leader-addr";
+
+impl From<ClientError> for Status {
+    fn from(err: ClientError) -> Status {
+        let message = err.to_string();
+        match err {
+            ClientError::NotLeader { id, addr } => {
+                let mut status = Status::new(Code::Unavailable, message);
+                let md = status.metadata_mut();
+                md.insert(LEADER_ID_KEY, MetadataValue::from(id));
+                if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+                    md.insert(LEADER_ADDR_KEY, v);
+                }
+                status
+            }
+            ClientError::NoLeader
+            | ClientError::LeadershipLost
+            | ClientError::ShuttingDown
+            | ClientError::Overloaded => Status::unavailable(message),
+            ClientError::Invalid(_) => Status::invalid_argument(message),
+            ClientError::Apply(_) => Status::failed_precondition(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::ApplyError;
+
+    #[test]
+    fn not_leader_carries_redirect_metadata() {
+        let s = Status::from(ClientError::NotLeader {
+            id: 2,
+            addr: "127.0.0.1:9002".into(),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.message(), "not leader, try node 2 (127.0.0.1:9002)");
+        assert_eq!(s.metadata().get(LEADER_ID_KEY).unwrap(), "2");
+        assert_eq!(s.metadata().get(LEADER_ADDR_KEY).unwrap(), "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn maps_every_variant() {
+        let cases = [
+            (ClientError::NoLeader, Code::Unavailable, "no leader elected yet"),
+            (
+                ClientError::LeadershipLost,
+                Code::Unavailable,
+                "leadership lost before the request completed; it may or may not have been applied, retry",
+            ),
+            (ClientError::ShuttingDown, Code::Unavailable, "node is shutting down"),
+            (ClientError::Overloaded, Code::Unavailable, "node overloaded, retry"),
+            (
+                ClientError::Invalid("key must not be empty".into()),
+                Code::InvalidArgument,
+                "key must not be empty",
+            ),
+        ];
+        for (err, code, msg) in cases {
+            let s = Status::from(err);
+            assert_eq!(s.code(), code);
+            assert_eq!(s.message(), msg);
+            assert!(s.metadata().get(LEADER_ID_KEY).is_none());
+        }
+        let s = Status::from(ClientError::Apply(ApplyError::Undecodable("x".into())));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "undecodable command: x");
+    }
+}

@@ -1,8 +1,22 @@
-//! [`RaftCore`]: API stub, implementation in progress.
+//! [`RaftCore`]: one node's consensus state machine (Raft Figure 2).
+//!
+//! Every peer message, request or reply, enters through [`RaftCore::step`], which runs
+//! [`RaftCore::check_term`] first: this is the only place that compares a message's term with
+//! ours. Role changes go through `become_follower` / `become_candidate` / `become_leader`,
+//! which all start with `reset_for_term`, the one place that clears term-dependent state.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
 use super::config::{Config, ConfigError};
-use super::message::Message;
-use super::ready::Ready;
-use super::types::{Entry, HardState, LogIndex, NodeId, Status, Term};
+use super::log::RaftLog;
+use super::message::{Message, MessageBody};
+use super::progress::Progress;
+use super::ready::{ReadState, Ready};
+use super::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};
 
 /// The node is not the leader (or cannot serve the request as leader right now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -21,59 +35,893 @@ pub struct Proposed {
     pub term: Term,
 }
 
-/// The consensus state machine of one node.
+/// A linearizable read waiting for a quorum to confirm this leader (Raft thesis §6.4).
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    /// Commit index when the read arrived: serving at or after it is linearizable.
+    index: LogIndex,
+    /// The heartbeat round that must be acknowledged by a quorum.
+    round: u64,
+}
+
+/// What the last `ready()` handed out, so `advance()` can mark it done.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    last_entry: Option<LogIndex>,
+    applied_to: LogIndex,
+}
+
+/// The consensus state machine of one node. See the module docs of `raft` for the contract.
 pub struct RaftCore {
-    _p: (),
+    cfg: Config,
+    rng: SmallRng,
+
+    // Persistent state (Figure 2). Durable once handed out in a Ready and advanced.
+    term: Term,
+    vote: Option<NodeId>,
+    log: RaftLog,
+
+    // Volatile state. Invariant: applied <= commit <= log.last_index().
+    commit: LogIndex,
+    applied: LogIndex,
+    role: Role,
+    leader: Option<NodeId>,
+
+    // Timers, in ticks.
+    election_elapsed: u32,
+    /// Drawn from `[election_ticks, 2 * election_ticks)` at every reset (§5.2).
+    election_timeout: u32,
+    heartbeat_elapsed: u32,
+
+    // Candidate state: votes received in this term (true = granted).
+    votes: BTreeMap<NodeId, bool>,
+
+    // Leader state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Reads waiting until this leader has committed an entry of its own term.
+    reads_before_commit: Vec<u64>,
+    /// Reads waiting for their heartbeat round to be confirmed by a quorum.
+    pending_reads: VecDeque<PendingRead>,
+    /// Latest heartbeat round number started in this term.
+    read_round: u64,
+    /// Set when something needs sending at the next `ready()` (batches proposals and reads
+    /// that arrive together into one message per peer).
+    need_broadcast: bool,
+    /// A read round was started and its heartbeat is not sent yet.
+    read_round_open: bool,
+
+    // Output waiting for the driver.
+    msgs: Vec<Message>,
+    persisted_msgs: Vec<Message>,
+    read_states: Vec<ReadState>,
+    prev_soft: SoftState,
+    prev_hard: HardState,
+    in_flight: Option<InFlight>,
 }
 
 impl RaftCore {
-    /// Rebuilds a core from what storage holds.
+    /// Rebuilds a core from what storage holds (or an empty state for a new node).
+    /// It starts as a follower with no known leader.
     ///
     /// # Errors
     /// The configuration is invalid.
     pub fn new(
-        _config: Config,
-        _hard_state: HardState,
-        _log: Vec<Entry>,
+        config: Config,
+        hard_state: HardState,
+        log: Vec<Entry>,
     ) -> Result<Self, ConfigError> {
-        todo!()
+        config.validate()?;
+        let mut peers = config.peers.clone();
+        peers.sort_unstable();
+        let cfg = Config { peers, ..config };
+        let log = RaftLog::restore(log);
+        // The stored commit index is a hint; it can be ahead of a log whose tail did not reach disk.
+        let commit = hard_state.commit.min(log.last_index());
+        let mut core = RaftCore {
+            rng: SmallRng::seed_from_u64(cfg.seed),
+            term: hard_state.term,
+            vote: hard_state.vote,
+            log,
+            commit,
+            applied: 0,
+            role: Role::Follower,
+            leader: None,
+            election_elapsed: 0,
+            election_timeout: cfg.election_ticks,
+            heartbeat_elapsed: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            reads_before_commit: Vec::new(),
+            pending_reads: VecDeque::new(),
+            read_round: 0,
+            need_broadcast: false,
+            read_round_open: false,
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            read_states: Vec::new(),
+            prev_soft: SoftState {
+                role: Role::Follower,
+                leader: None,
+            },
+            prev_hard: HardState {
+                term: hard_state.term,
+                vote: hard_state.vote,
+                commit,
+            },
+            in_flight: None,
+            cfg,
+        };
+        core.randomize_election_timeout();
+        Ok(core)
     }
-    /// Feeds one message from a peer (request or reply) into the core.
-    pub fn step(&mut self, _msg: Message) {
-        todo!()
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Feeds one message from a peer (request or reply) into the core. Every request gets
+    /// exactly one response, carrying the request's `rpc_id`.
+    pub fn step(&mut self, msg: Message) {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "invariant: step() between ready() and advance()"
+        );
+        if !self.check_term(&msg) {
+            return;
+        }
+        match msg.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+            } => self.handle_request_vote(&msg, last_log_index, last_log_term),
+            MessageBody::RequestVoteResponse { granted } => {
+                self.handle_vote_response(msg.from, granted)
+            }
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                ref entries,
+                leader_commit,
+                read_ctx,
+            } => self.handle_append_entries(
+                &msg,
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_ctx,
+            ),
+            MessageBody::AppendEntriesResponse {
+                success,
+                match_index,
+                conflict_index,
+                conflict_term,
+                read_ctx,
+            } => self.handle_append_response(
+                msg.from,
+                success,
+                match_index,
+                conflict_index,
+                conflict_term,
+                read_ctx,
+            ),
+        }
     }
-    /// Advances logical time by one tick.
+
+    /// Advances logical time by one tick: followers and candidates count toward an election,
+    /// leaders toward the next heartbeat.
     pub fn tick(&mut self) {
-        todo!()
+        match self.role {
+            Role::Leader => {
+                self.heartbeat_elapsed += 1;
+                if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+                    self.heartbeat_elapsed = 0;
+                    self.heartbeat_round();
+                }
+            }
+            Role::Follower | Role::Candidate => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.election_timeout {
+                    self.become_candidate();
+                }
+            }
+        }
     }
-    /// Appends a command to the log (leader only).
+
+    /// Appends a command to the log (leader only). The entry is sent to followers at the next
+    /// `ready()`, batched with whatever else was proposed meanwhile.
     ///
     /// # Errors
     /// [`NotLeader`] if this node is not the leader.
-    pub fn propose(&mut self, _data: Vec<u8>) -> Result<Proposed, NotLeader> {
-        todo!()
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<Proposed, NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader {
+                leader: self.leader,
+            });
+        }
+        let index = self.log.last_index() + 1;
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            payload: Payload::Command(data),
+        });
+        self.need_broadcast = true;
+        Ok(Proposed {
+            index,
+            term: self.term,
+        })
     }
-    /// Starts a linearizable read with the caller's id; it comes back in `Ready::read_states`.
+
+    /// Starts a linearizable read with the caller's id (ReadIndex, Raft thesis §6.4). The read
+    /// comes back in `Ready::read_states` once a quorum has confirmed this node is still the
+    /// leader, with the index the state machine must have applied before serving it.
     ///
     /// # Errors
     /// [`NotLeader`] if this node is not the leader.
-    pub fn read_index(&mut self, _id: u64) -> Result<(), NotLeader> {
-        todo!()
+    pub fn read_index(&mut self, id: u64) -> Result<(), NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.log.term(self.commit) != Some(self.term) {
+            // §6.4 step 1: until an entry of its own term commits, a new leader does not know
+            // the true commit index. Its no-op will commit soon.
+            self.reads_before_commit.push(id);
+            return Ok(());
+        }
+        self.start_read(id);
+        Ok(())
     }
+
+    // ------------------------------------------------------------------ output
+
     /// True if there is a Ready to handle.
     pub fn has_ready(&self) -> bool {
-        todo!()
+        self.need_broadcast
+            || !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || !self.read_states.is_empty()
+            || !self.log.unstable().is_empty()
+            || self.soft_state() != self.prev_soft
+            || self.term != self.prev_hard.term
+            || self.vote != self.prev_hard.vote
+            || self.commit.min(self.log.persisted()) > self.applied
     }
-    /// Takes the pending work.
+
+    /// Takes the pending work. The driver must handle it (see `ready.rs`) and call
+    /// [`RaftCore::advance`] before the next `step`, `tick`, `propose` or `ready`.
     pub fn ready(&mut self) -> Ready {
-        todo!()
+        if self.need_broadcast {
+            self.need_broadcast = false;
+            self.broadcast_append();
+            if self.read_round_open {
+                self.read_round_open = false;
+                for i in 0..self.cfg.peers.len() {
+                    let p = self.cfg.peers[i];
+                    self.send_heartbeat(p);
+                }
+            }
+        }
+        let soft = self.soft_state();
+        let soft_state = (soft != self.prev_soft).then_some(soft);
+        self.prev_soft = soft;
+
+        let entries = self.log.unstable().to_vec();
+        let hard = self.hard_state();
+        // The commit index alone is not worth an fsync: it is persisted only as a hint, along
+        // with a term/vote change or new entries.
+        let hard_changed = hard.term != self.prev_hard.term || hard.vote != self.prev_hard.vote;
+        let hard_state =
+            (hard_changed || (!entries.is_empty() && hard != self.prev_hard)).then_some(hard);
+
+        // Apply only what is both committed and durable here.
+        let apply_to = self.commit.min(self.log.persisted());
+        let committed_entries = if apply_to > self.applied {
+            self.log.slice(self.applied + 1, apply_to, usize::MAX)
+        } else {
+            Vec::new()
+        };
+
+        self.in_flight = Some(InFlight {
+            last_entry: entries.last().map(|e| e.index),
+            applied_to: apply_to.max(self.applied),
+        });
+        if let Some(hs) = hard_state {
+            self.prev_hard = hs;
+        }
+        Ready {
+            soft_state,
+            hard_state,
+            entries,
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.persisted_msgs),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+        }
     }
-    /// Acknowledges that the last Ready was fully handled (persisted, sent, applied).
+
+    /// Acknowledges that the last Ready was fully handled: its entries and hard state are
+    /// durable, its committed entries applied. A leader now counts its own copy of the new
+    /// entries toward commit (ARCHITECTURE.md: only after its own flush).
     pub fn advance(&mut self) {
-        todo!()
+        let Some(done) = self.in_flight.take() else {
+            return;
+        };
+        if let Some(last) = done.last_entry {
+            self.log.mark_persisted(last);
+        }
+        self.applied = done.applied_to;
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
     }
+
     /// A consistent view of the core's state.
     pub fn status(&self) -> Status {
-        todo!()
+        Status {
+            id: self.cfg.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit: self.commit,
+            last_index: self.log.last_index(),
+        }
+    }
+
+    /// The current hard state (what must be durable).
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+        }
+    }
+
+    /// Entry at `index`, if present (for the simulator's invariant checks).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.get(index)
+    }
+
+    /// Index of the last entry known durable on this node.
+    pub fn persisted_index(&self) -> LogIndex {
+        self.log.persisted()
+    }
+
+    // ------------------------------------------------------------------ the term gate
+
+    /// The single term check every message passes before anything else (Raft Figure 2, "Rules
+    /// for Servers: all servers"). Returns false if the message must not be processed further.
+    ///
+    /// - Higher term: adopt it, clear the vote, become follower (leader known if the message is
+    ///   an AppendEntries from the new term's leader), reset the election timer.
+    /// - Lower term: a request is rejected with our term; a reply is dropped.
+    fn check_term(&mut self, msg: &Message) -> bool {
+        if msg.term > self.term {
+            info!(
+                node = self.cfg.id,
+                "[node {}] stepping down: saw term {} > my term {}",
+                self.cfg.id,
+                msg.term,
+                self.term
+            );
+            let leader = matches!(msg.body, MessageBody::AppendEntries { .. }).then_some(msg.from);
+            self.become_follower(msg.term, leader);
+            return true;
+        }
+        if msg.term < self.term {
+            debug!(
+                node = self.cfg.id,
+                from = msg.from,
+                kind = msg.body.kind(),
+                term = msg.term,
+                "rejecting stale-term message"
+            );
+            match msg.body {
+                MessageBody::RequestVote { .. } => {
+                    self.respond_now(msg, MessageBody::RequestVoteResponse { granted: false })
+                }
+                MessageBody::AppendEntries { read_ctx, .. } => self.respond_now(
+                    msg,
+                    MessageBody::AppendEntriesResponse {
+                        success: false,
+                        match_index: 0,
+                        conflict_index: 0,
+                        conflict_term: 0,
+                        read_ctx,
+                    },
+                ),
+                MessageBody::RequestVoteResponse { .. }
+                | MessageBody::AppendEntriesResponse { .. } => {}
+            }
+            return false;
+        }
+        true
+    }
+
+    // ------------------------------------------------------------------ role changes
+
+    /// The one place term-dependent volatile state is cleared (used by every `become_*`).
+    fn reset_for_term(&mut self, term: Term) {
+        if term != self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.randomize_election_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        self.reads_before_commit.clear();
+        self.pending_reads.clear();
+        self.read_round = 0;
+        self.need_broadcast = false;
+        self.read_round_open = false;
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.reset_for_term(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        info!(
+            node = self.cfg.id,
+            term = self.term,
+            "[node {}] became follower",
+            self.cfg.id
+        );
+    }
+
+    /// Starts an election (§5.2): new term, vote for self, ask everyone else.
+    fn become_candidate(&mut self) {
+        self.reset_for_term(self.term + 1);
+        self.role = Role::Candidate;
+        self.vote = Some(self.cfg.id);
+        self.votes.insert(self.cfg.id, true);
+        info!(
+            node = self.cfg.id,
+            term = self.term,
+            "[node {}] became candidate",
+            self.cfg.id
+        );
+        if self.has_quorum_of_votes() {
+            self.become_leader();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for i in 0..self.cfg.peers.len() {
+            let to = self.cfg.peers[i];
+            // The request promises our vote for ourselves in this term: persist first.
+            let msg = self.message(
+                to,
+                0,
+                MessageBody::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+            self.persisted_msgs.push(msg);
+        }
+    }
+
+    fn become_leader(&mut self) {
+        debug_assert_eq!(
+            self.role,
+            Role::Candidate,
+            "invariant: only a candidate becomes leader"
+        );
+        self.reset_for_term(self.term);
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        let next = self.log.last_index() + 1;
+        for &p in &self.cfg.peers {
+            self.progress.insert(p, Progress::new(next));
+        }
+        info!(
+            node = self.cfg.id,
+            term = self.term,
+            "[node {}] became leader",
+            self.cfg.id
+        );
+        // §8: a no-op of the new term lets earlier-term entries commit (Figure 8) and tells
+        // the leader its commit index, which ReadIndex needs.
+        self.log.push(Entry {
+            term: self.term,
+            index: next,
+            payload: Payload::Noop,
+        });
+        self.broadcast_append();
+    }
+
+    fn randomize_election_timeout(&mut self) {
+        let base = self.cfg.election_ticks;
+        self.election_timeout = self
+            .rng
+            .random_range(base..base.saturating_mul(2).max(base + 1));
+    }
+
+    fn quorum(&self) -> usize {
+        (self.cfg.peers.len() + 1) / 2 + 1
+    }
+
+    fn has_quorum_of_votes(&self) -> bool {
+        self.votes.values().filter(|&&g| g).count() >= self.quorum()
+    }
+
+    // ------------------------------------------------------------------ elections
+
+    /// RequestVote receiver (Figure 2; §5.2, §5.4.1). Terms are already equal.
+    fn handle_request_vote(
+        &mut self,
+        msg: &Message,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    ) {
+        let can_vote = self.vote.is_none() || self.vote == Some(msg.from);
+        // §5.4.1: the candidate's log must be at least as up-to-date as ours.
+        let up_to_date =
+            (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = can_vote && up_to_date && self.role != Role::Leader;
+        if granted {
+            self.vote = Some(msg.from);
+            // Granting a vote resets the election timer (a candidate is making progress).
+            self.election_elapsed = 0;
+        }
+        debug!(
+            node = self.cfg.id,
+            candidate = msg.from,
+            term = self.term,
+            granted,
+            "vote request"
+        );
+        self.respond_after_persist(msg, MessageBody::RequestVoteResponse { granted });
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
+        // A reply that no longer fits our role (we already won, or stepped down) is ignored.
+        if self.role != Role::Candidate || !self.cfg.peers.contains(&from) {
+            return;
+        }
+        self.votes.insert(from, granted);
+        if self.has_quorum_of_votes() {
+            self.become_leader();
+        }
+    }
+
+    // ------------------------------------------------------------------ replication: follower
+
+    /// AppendEntries receiver (Figure 2; §5.3). Terms are already equal.
+    fn handle_append_entries(
+        &mut self,
+        msg: &Message,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: &[Entry],
+        leader_commit: LogIndex,
+        read_ctx: u64,
+    ) {
+        let reject = |conflict_index, conflict_term| MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: 0,
+            conflict_index,
+            conflict_term,
+            read_ctx,
+        };
+        match self.role {
+            Role::Leader => {
+                // Two leaders in one term would break Election Safety; never act on it.
+                warn!(
+                    node = self.cfg.id,
+                    from = msg.from,
+                    term = self.term,
+                    "AppendEntries from another leader of my term"
+                );
+                self.respond_now(msg, reject(0, 0));
+                return;
+            }
+            // §5.2: a candidate that hears from the leader of its term returns to follower.
+            Role::Candidate => self.become_follower(self.term, Some(msg.from)),
+            Role::Follower => {}
+        }
+        self.leader = Some(msg.from);
+        self.election_elapsed = 0;
+
+        // Reject malformed batches outright: indexes must follow prev_log_index contiguously
+        // and no entry may come from a term after the sender's.
+        let well_formed = entries.iter().enumerate().all(|(i, e)| {
+            Some(e.index) == prev_log_index.checked_add(i as u64 + 1) && e.term <= msg.term
+        });
+        if !well_formed {
+            warn!(
+                node = self.cfg.id,
+                from = msg.from,
+                "dropping malformed AppendEntries"
+            );
+            self.respond_now(msg, reject(0, 0));
+            return;
+        }
+
+        match self.log.term(prev_log_index) {
+            None => {
+                // Our log is too short: retry right after our last entry.
+                let hint = self.log.last_index() + 1;
+                self.respond_now(msg, reject(hint, 0));
+                return;
+            }
+            Some(t) if t != prev_log_term => {
+                // Fast back-off: name the conflicting term and where our run of it starts.
+                let hint = self
+                    .log
+                    .first_index_of_term_run(prev_log_index, t)
+                    .max(self.commit + 1);
+                self.respond_now(msg, reject(hint, t));
+                return;
+            }
+            Some(_) => {}
+        }
+
+        // The logs match at prev_log_index. Append what is new; truncate only at a real conflict.
+        for (i, e) in entries.iter().enumerate() {
+            match self.log.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    if e.index <= self.commit {
+                        warn!(
+                            node = self.cfg.id,
+                            from = msg.from,
+                            index = e.index,
+                            "refusing to overwrite a committed entry"
+                        );
+                        self.respond_now(msg, reject(0, 0));
+                        return;
+                    }
+                    self.log.truncate_from(e.index);
+                }
+                None => {}
+            }
+            for e in &entries[i..] {
+                self.log.push(e.clone());
+            }
+            break;
+        }
+
+        let match_index = prev_log_index + entries.len() as u64;
+        // Figure 2, rule 5: commit = min(leaderCommit, index of last new entry).
+        let new_commit = leader_commit.min(match_index);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+        }
+        self.respond_after_persist(
+            msg,
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                match_index,
+                conflict_index: 0,
+                conflict_term: 0,
+                read_ctx,
+            },
+        );
+    }
+
+    // ------------------------------------------------------------------ replication: leader
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: LogIndex,
+        conflict_index: LogIndex,
+        conflict_term: Term,
+        read_ctx: u64,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.silent_rounds = 0;
+        // Any answer in our term confirms we were still leader when it was sent.
+        pr.read_ack = pr.read_ack.max(read_ctx);
+        if success {
+            // A follower cannot hold more than we sent; clamp hostile or buggy values.
+            if pr.ack(match_index.min(last_index)) {
+                self.maybe_commit();
+            }
+        } else {
+            // §5.3 fast back-off with the follower's conflict hint.
+            let hinted = if conflict_term == 0 {
+                conflict_index
+            } else {
+                match self.log.last_index_of_term(conflict_term) {
+                    Some(i) => i + 1,
+                    None => conflict_index,
+                }
+            };
+            let next = hinted.min(pr.next).max(1);
+            debug!(
+                node = self.cfg.id,
+                peer = from,
+                next,
+                "append rejected, probing"
+            );
+            pr.become_probe(next);
+        }
+        self.confirm_reads();
+        self.send_append(from);
+    }
+
+    /// Figure 2 / Figure 8: advance the commit index to the highest index stored on a quorum,
+    /// but only by counting replicas of an entry from the current term (§5.4.2).
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.matched).collect();
+        // The leader's own copy counts only once durable.
+        matched.push(self.log.persisted());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate > self.commit && self.log.term(candidate) == Some(self.term) {
+            self.commit = candidate;
+            debug!(node = self.cfg.id, commit = candidate, "commit advanced");
+            if !self.reads_before_commit.is_empty() {
+                for id in std::mem::take(&mut self.reads_before_commit) {
+                    self.start_read(id);
+                }
+            }
+        }
+    }
+
+    /// Sends each follower what it is missing (respecting its flow control).
+    fn broadcast_append(&mut self) {
+        for i in 0..self.cfg.peers.len() {
+            let p = self.cfg.peers[i];
+            self.send_append(p);
+        }
+    }
+
+    /// Sends `peer` the entries from its `next`, if its window allows.
+    fn send_append(&mut self, peer: NodeId) {
+        let last = self.log.last_index();
+        let max_inflight = self.cfg.max_inflight;
+        let max_entries = self.cfg.max_entries_per_message;
+        let Some(pr) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if !pr.can_send(max_inflight) || pr.next > last {
+            return;
+        }
+        let prev_log_index = pr.next - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            // next is never past last + 1; fall back to probing from the end.
+            pr.become_probe(last + 1);
+            return;
+        };
+        let entries = self.log.slice(pr.next, last, max_entries);
+        pr.sent(prev_log_index + entries.len() as u64);
+        let body = MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit,
+            read_ctx: self.read_round,
+        };
+        let msg = self.message(peer, 0, body);
+        // §10.2.1: the leader may send before its own write is durable.
+        self.msgs.push(msg);
+    }
+
+    /// Heartbeat (§5.2): every follower hears from us; followers whose window stalled (lost
+    /// messages) fall back to probing; the heartbeat carries the current read round.
+    fn heartbeat_round(&mut self) {
+        let stall_rounds = (self.cfg.election_ticks / self.cfg.heartbeat_ticks / 2).max(2);
+        for i in 0..self.cfg.peers.len() {
+            let p = self.cfg.peers[i];
+            let Some(pr) = self.progress.get_mut(&p) else {
+                continue;
+            };
+            pr.silent_rounds += 1;
+            if !pr.inflight.is_empty() && pr.silent_rounds >= stall_rounds {
+                pr.become_probe(pr.matched + 1);
+            }
+            self.send_heartbeat(p);
+        }
+        self.confirm_reads();
+    }
+
+    /// An empty AppendEntries anchored at the follower's known match, so it always succeeds
+    /// and lets the follower commit up to what it is known to hold. Its answer also un-pauses
+    /// a probe whose message was lost (see `Progress::ack`).
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let Some(pr) = self.progress.get(&peer) else {
+            return;
+        };
+        let prev_log_index = pr.matched;
+        let prev_log_term = self.log.term(prev_log_index).unwrap_or(0);
+        let body = MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: self.commit.min(prev_log_index),
+            read_ctx: self.read_round,
+        };
+        let msg = self.message(peer, 0, body);
+        self.msgs.push(msg);
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    fn start_read(&mut self, id: u64) {
+        if self.cfg.peers.is_empty() {
+            self.read_states.push(ReadState {
+                id,
+                index: self.commit,
+            });
+            return;
+        }
+        // Reads that arrive before the next `ready()` share one heartbeat round.
+        if !self.read_round_open {
+            self.read_round += 1;
+            self.read_round_open = true;
+            self.need_broadcast = true;
+        }
+        self.pending_reads.push_back(PendingRead {
+            id,
+            index: self.commit,
+            round: self.read_round,
+        });
+    }
+
+    /// Serves every pending read whose round a quorum (counting ourselves) has confirmed.
+    fn confirm_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
+        acks.push(u64::MAX);
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acks[self.quorum() - 1];
+        while let Some(r) = self.pending_reads.front().copied() {
+            if r.round > confirmed {
+                break;
+            }
+            self.pending_reads.pop_front();
+            self.read_states.push(ReadState {
+                id: r.id,
+                index: r.index,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------------ messages
+
+    fn message(&self, to: NodeId, rpc_id: u64, body: MessageBody) -> Message {
+        Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            rpc_id,
+            body,
+        }
+    }
+
+    /// A response that promises nothing durable (a rejection): send at once.
+    fn respond_now(&mut self, req: &Message, body: MessageBody) {
+        let msg = self.message(req.from, req.rpc_id, body);
+        self.msgs.push(msg);
+    }
+
+    /// A response that promises what this batch persists (a vote, an append ack).
+    fn respond_after_persist(&mut self, req: &Message, body: MessageBody) {
+        let msg = self.message(req.from, req.rpc_id, body);
+        self.persisted_msgs.push(msg);
     }
 }
+
+#[cfg(test)]
+mod tests;

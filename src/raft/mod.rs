@@ -21,13 +21,17 @@
 
 mod config;
 mod core;
+mod log;
 mod message;
+mod progress;
 mod ready;
 pub mod storage;
 mod types;
 
 #[cfg(test)]
 mod paper_tests;
+#[cfg(test)]
+mod testkit;
 
 pub use self::config::{Config, ConfigError};
 pub use self::core::{NotLeader, Proposed, RaftCore};

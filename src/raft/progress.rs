@@ -1,0 +1,127 @@
+//! [`Progress`]: what a leader knows about one follower's log (Raft Figure 2, `nextIndex[]`
+//! and `matchIndex[]`), plus the flow control that keeps replication pipelined.
+
+use super::types::LogIndex;
+
+/// How the leader is sending to this follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProgressState {
+    /// We do not know where the follower's log matches ours: send one AppendEntries at a time
+    /// and wait for its answer (or the next heartbeat) before sending another.
+    Probe,
+    /// The follower's log matched at `next - 1`: stream entries optimistically, up to a window
+    /// of in-flight messages.
+    Replicate,
+}
+
+/// Replication state of one follower, owned by the leader.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    /// Highest index known to be replicated on the follower. Only ever moves forward within a
+    /// term (replies can arrive out of order).
+    pub(crate) matched: LogIndex,
+    /// Next index to send. Invariant: `matched < next`.
+    pub(crate) next: LogIndex,
+    pub(crate) state: ProgressState,
+    /// Last index carried by each AppendEntries in flight, oldest first.
+    pub(crate) inflight: std::collections::VecDeque<LogIndex>,
+    /// Heartbeat rounds since the follower last answered anything; used to detect lost
+    /// messages that would otherwise stall a full window forever.
+    pub(crate) silent_rounds: u32,
+    /// Highest ReadIndex round this follower confirmed in the current term.
+    pub(crate) read_ack: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(next: LogIndex) -> Self {
+        Progress {
+            matched: 0,
+            next: next.max(1),
+            state: ProgressState::Probe,
+            inflight: std::collections::VecDeque::new(),
+            silent_rounds: 0,
+            read_ack: 0,
+        }
+    }
+
+    /// Can another AppendEntries carrying entries go out now?
+    pub(crate) fn can_send(&self, max_inflight: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => self.inflight.is_empty(),
+            ProgressState::Replicate => self.inflight.len() < max_inflight,
+        }
+    }
+
+    /// Records an AppendEntries that carried entries up to `last`.
+    pub(crate) fn sent(&mut self, last: LogIndex) {
+        if self.state == ProgressState::Replicate {
+            self.next = self.next.max(last + 1);
+        }
+        self.inflight.push_back(last);
+    }
+
+    /// The follower acknowledged up to `index`. Returns true if `matched` moved.
+    pub(crate) fn ack(&mut self, index: LogIndex) -> bool {
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+        if index > self.matched {
+            self.matched = index;
+            self.next = self.next.max(index + 1);
+            if self.state == ProgressState::Probe {
+                self.state = ProgressState::Replicate;
+                self.inflight.clear();
+            }
+            return true;
+        }
+        if self.state == ProgressState::Probe {
+            // A probe was answered (maybe a heartbeat confirming an unchanged match): the
+            // follower's log is known to match at `matched`, so replicate from there.
+            self.inflight.clear();
+        }
+        false
+    }
+
+    /// Falls back to probing from `next` (after a rejection, or a window that stalled).
+    pub(crate) fn become_probe(&mut self, next: LogIndex) {
+        self.state = ProgressState::Probe;
+        self.next = next.max(self.matched + 1);
+        self.inflight.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sends_one_at_a_time_then_replicates() {
+        let mut p = Progress::new(5);
+        assert!(p.can_send(4));
+        p.sent(6);
+        assert!(!p.can_send(4), "probe waits for an answer");
+        assert!(p.ack(6));
+        assert_eq!(p.state, ProgressState::Replicate);
+        assert_eq!((p.matched, p.next), (6, 7));
+        for last in 7..11 {
+            assert!(p.can_send(4));
+            p.sent(last);
+        }
+        assert!(!p.can_send(4), "window of 4 is full");
+        assert!(p.ack(8));
+        assert_eq!(p.inflight.len(), 2);
+        assert!(
+            !p.ack(7),
+            "an out-of-order older ack never moves match back"
+        );
+        assert_eq!(p.matched, 8);
+    }
+
+    #[test]
+    fn probe_never_goes_below_match() {
+        let mut p = Progress::new(1);
+        p.ack(10);
+        p.become_probe(3);
+        assert_eq!(p.next, 11);
+    }
+}

@@ -1,0 +1,210 @@
+//! Test helpers for the core: build cores in a stated state and a tiny synchronous network
+//! that handles Ready batches the way the driver does (persist, send, apply, advance).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::storage::{LogStore, MemStorage};
+use super::*;
+
+pub(crate) fn cfg(id: NodeId, peers: &[NodeId]) -> Config {
+    let mut c = Config::new(id, peers.to_vec());
+    c.election_ticks = 10;
+    c.heartbeat_ticks = 1;
+    c.max_inflight = 4;
+    c
+}
+
+pub(crate) fn entries(terms: &[Term]) -> Vec<Entry> {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry {
+            term: t,
+            index: i as u64 + 1,
+            payload: Payload::Command(vec![i as u8]),
+        })
+        .collect()
+}
+
+/// A core restored from the given term, vote and log terms (ids 1..=n).
+pub(crate) fn core(
+    id: NodeId,
+    n: u64,
+    term: Term,
+    vote: Option<NodeId>,
+    log_terms: &[Term],
+) -> RaftCore {
+    let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
+    RaftCore::new(
+        cfg(id, &peers),
+        HardState {
+            term,
+            vote,
+            commit: 0,
+        },
+        entries(log_terms),
+    )
+    .unwrap()
+}
+
+pub(crate) fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        rpc_id: 7,
+        body,
+    }
+}
+
+/// Drains the core's Ready and advances, returning it.
+pub(crate) fn take_ready(c: &mut RaftCore) -> Ready {
+    let rd = c.ready();
+    c.advance();
+    rd
+}
+
+/// All messages a Ready sends (both lists).
+pub(crate) fn all_msgs(rd: &Ready) -> Vec<Message> {
+    rd.messages
+        .iter()
+        .chain(rd.persisted_messages.iter())
+        .cloned()
+        .collect()
+}
+
+/// Ticks a follower or candidate until it campaigns.
+pub(crate) fn campaign(c: &mut RaftCore) {
+    for _ in 0..100 {
+        if c.status().role != Role::Follower {
+            return;
+        }
+        c.tick();
+    }
+    panic!("no election after 100 ticks");
+}
+
+/// A synchronous network of cores with in-memory storage.
+pub(crate) struct Net {
+    pub(crate) nodes: BTreeMap<NodeId, RaftCore>,
+    pub(crate) stores: BTreeMap<NodeId, MemStorage>,
+    pub(crate) applied: BTreeMap<NodeId, Vec<Entry>>,
+    pub(crate) reads: BTreeMap<NodeId, Vec<ReadState>>,
+    /// Directed links that drop everything.
+    pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl Net {
+    pub(crate) fn new(n: u64) -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            cut: BTreeSet::new(),
+        };
+        for id in 1..=n {
+            net.nodes.insert(id, core(id, n, 0, None, &[]));
+            net.stores.insert(id, MemStorage::default());
+            net.applied.insert(id, Vec::new());
+            net.reads.insert(id, Vec::new());
+        }
+        net
+    }
+
+    /// Isolates `id` from everyone (both directions).
+    pub(crate) fn isolate(&mut self, id: NodeId) {
+        for &other in self.nodes.keys() {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    pub(crate) fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Handles Readys and delivers messages until the network is quiet.
+    pub(crate) fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut outbox = Vec::new();
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                let core = self.nodes.get_mut(&id).unwrap();
+                while core.has_ready() {
+                    let rd = core.ready();
+                    outbox.extend(rd.messages.iter().cloned());
+                    self.stores
+                        .get_mut(&id)
+                        .unwrap()
+                        .persist(rd.hard_state.as_ref(), &rd.entries)
+                        .unwrap();
+                    outbox.extend(rd.persisted_messages.iter().cloned());
+                    self.applied
+                        .get_mut(&id)
+                        .unwrap()
+                        .extend(rd.committed_entries.iter().cloned());
+                    self.reads
+                        .get_mut(&id)
+                        .unwrap()
+                        .extend(rd.read_states.iter().copied());
+                    core.advance();
+                }
+            }
+            if outbox.is_empty() {
+                return;
+            }
+            for m in outbox {
+                if self.cut.contains(&(m.from, m.to)) {
+                    continue;
+                }
+                if let Some(c) = self.nodes.get_mut(&m.to) {
+                    c.step(m);
+                }
+            }
+        }
+        panic!("network did not settle");
+    }
+
+    /// Ticks every node once, then settles.
+    pub(crate) fn tick_all(&mut self) {
+        for c in self.nodes.values_mut() {
+            c.tick();
+        }
+        self.settle();
+    }
+
+    /// Ticks until exactly one node (among those not isolated) leads, returns it.
+    pub(crate) fn elect(&mut self) -> NodeId {
+        for _ in 0..500 {
+            self.tick_all();
+            let leaders: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|c| c.status().role == Role::Leader)
+                .map(|c| c.status().id)
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    /// Restarts a node from its storage (a crash loses everything not persisted).
+    pub(crate) fn restart(&mut self, id: NodeId) {
+        let n = self.nodes.len() as u64;
+        let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
+        let (hs, log) = self.stores[&id].load().unwrap();
+        let mut c = cfg(id, &peers);
+        c.seed = id * 1000 + hs.term;
+        self.nodes.insert(id, RaftCore::new(c, hs, log).unwrap());
+        self.applied.insert(id, Vec::new());
+    }
+
+    pub(crate) fn status(&self, id: NodeId) -> Status {
+        self.nodes[&id].status()
+    }
+}

@@ -310,9 +310,9 @@ async fn status_of(channel: Channel, wait: Duration) -> Result<pb::StatusRespons
     let mut cluster = ClusterClient::new(channel);
     match tokio::time::timeout(wait, cluster.status(pb::StatusRequest {})).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-            Err(ClientError::Unreachable(describe(&status)))
-        }
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(
+            ClientError::Unreachable(super::retry::one_line(status.message())),
+        ),
         Ok(Err(status)) => Err(ClientError::Server {
             code: format!("{:?}", status.code()),
             message: super::retry::one_line(status.message()),

@@ -1,58 +1,33 @@
-//! PURE deterministic state machine: `apply(index, command) -> outcome`. (API stub; H1 implements.)
+//! PURE deterministic state machine: `apply(index, command) -> outcome`.
+//!
+//! [`StateMachine`] holds the key-value map, the applied index and the exactly-once client
+//! [sessions](SessionLimits). The driver applies committed entries to it in log order; every
+//! replica that applies the same entries reaches the same state and returns the same outcomes,
+//! errors included.
+//!
+//! # What this module may import
+//! std, serde (postcard for the entry and snapshot encoding), thiserror, tracing, and the
+//! `LogIndex` alias from `raft`. No tokio, tonic, sled, clock, global RNG, threads or I/O, and
+//! no `HashMap` iteration: everything is kept in `BTreeMap`s so iteration order is the same
+//! everywhere.
+//!
+//! # Invariants
+//! - Entries are applied with strictly increasing indexes (asserted).
+//! - An undecodable entry fails the same way on every replica and changes nothing but the
+//!   applied index.
+//! - A write carrying a session is applied at most once while its session is remembered.
+//!   Sessions are dropped deterministically: after `idle_expiry` indexes without use, or, when
+//!   more than `max_sessions` clients are known, the least recently used first. A retry whose
+//!   session was dropped is applied again; clients must not retry for longer than that.
+//! - Session expiry is measured in log indexes, not time, so replicas agree on it.
 #![warn(missing_docs)]
 
 pub mod command;
+mod error;
+mod machine;
+mod sessions;
 
 pub use command::{Command, Outcome, Proposal, Session};
-
-use crate::raft::LogIndex;
-
-/// A command that applied deterministically to an error (every replica gets the same error).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum ApplyError {
-    /// The entry's bytes do not decode as a [`Proposal`].
-    #[error("undecodable command: {0}")]
-    Undecodable(String),
-    /// A retried write whose sequence is older than the session's last one.
-    #[error("request sequence {sequence} of client {client_id} is older than its last applied sequence {last}; it was already applied or superseded")]
-    StaleSequence {
-        /// client id
-        client_id: u64,
-        /// the sequence sent
-        sequence: u64,
-        /// the session's last applied sequence
-        last: u64,
-    },
-}
-
-/// The replicated state.
-#[derive(Debug, Default)]
-pub struct StateMachine {
-    _p: (),
-}
-
-impl StateMachine {
-    /// An empty state machine (applied index 0).
-    pub fn new() -> Self {
-        todo!()
-    }
-    /// Applies the command encoded in `data` at `index`.
-    ///
-    /// # Errors
-    /// A deterministic per-command failure (see [`ApplyError`]).
-    pub fn apply(&mut self, _index: LogIndex, _data: &[u8]) -> Result<Outcome, ApplyError> {
-        todo!()
-    }
-    /// Records a no-op entry at `index`.
-    pub fn apply_noop(&mut self, _index: LogIndex) {
-        todo!()
-    }
-    /// Reads a key from local state.
-    pub fn get(&self, _key: &str) -> Option<&str> {
-        todo!()
-    }
-    /// Last applied log index.
-    pub fn applied_index(&self) -> LogIndex {
-        todo!()
-    }
-}
+pub use error::ApplyError;
+pub use machine::{SnapshotError, StateMachine};
+pub use sessions::SessionLimits;

@@ -1,5 +1,8 @@
 //! Multi-process tests against the real `kvstore` binary (see tests/common for the harness).
 //! Each test runs its own cluster on its own ports, so they run in parallel.
+// Integration tests may unwrap (STYLE.md §6); clippy's allow-unwrap-in-tests only covers
+// #[test] functions, not the harness helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

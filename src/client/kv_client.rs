@@ -18,6 +18,9 @@ use crate::pb::kv_client::KvClient;
 /// the nodes disagree about the leader (an election is under way), so the client waits.
 const MAX_IMMEDIATE_REDIRECTS: u32 = 3;
 
+/// The least time worth starting another attempt with.
+const MIN_ATTEMPT: Duration = Duration::from_millis(10);
+
 /// Where and when an operation took effect (the response header).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
@@ -284,17 +287,11 @@ impl Client {
             }
             if pause {
                 redirects_in_row = 0;
-                let delay = backoff.next_delay();
-                if Instant::now() + delay >= deadline {
-                    return Err(ClientError::Timeout {
-                        operation,
-                        elapsed_ms: started.elapsed().as_millis(),
-                        attempts,
-                        last_error,
-                    });
-                }
-                tokio::time::sleep(delay).await;
-            } else if Instant::now() >= deadline {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(backoff.next_delay().min(remaining)).await;
+            }
+            // An attempt with almost no time left could not succeed anyway.
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
                 return Err(ClientError::Timeout {
                     operation,
                     elapsed_ms: started.elapsed().as_millis(),

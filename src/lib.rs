@@ -19,5 +19,6 @@ pub mod node;
 pub mod pb;
 pub mod raft;
 pub mod rpc;
+pub mod sim;
 pub mod state_machine;
 pub mod storage;

@@ -35,6 +35,24 @@ pub struct Proposed {
     pub term: Term,
 }
 
+/// Deliberate protocol bugs, switched on only by the simulator's mutation mode to prove that
+/// the simulator and its checkers catch real violations. `None` in production.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// The correct protocol.
+    #[default]
+    None,
+    /// `check_term` does nothing: higher terms are not adopted, lower terms not rejected.
+    NoCheckTerm,
+    /// Vote replies from earlier terms are counted (and never rejected as stale).
+    CountStaleVotes,
+    /// Figure 8 ignored: entries of earlier terms commit by counting replicas.
+    CommitOldTerms,
+    /// Vote grants and append acks leave before what they promise is durable.
+    AckBeforePersist,
+}
+
 /// A linearizable read waiting for a quorum to confirm this leader (Raft thesis §6.4).
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
@@ -98,6 +116,7 @@ pub struct RaftCore {
     prev_soft: SoftState,
     prev_hard: HardState,
     in_flight: Option<InFlight>,
+    mutation: Mutation,
 }
 
 impl RaftCore {
@@ -150,6 +169,7 @@ impl RaftCore {
                 commit,
             },
             in_flight: None,
+            mutation: Mutation::None,
             cfg,
         };
         core.randomize_election_timeout();
@@ -394,6 +414,12 @@ impl RaftCore {
         self.log.persisted()
     }
 
+    /// Switches on a deliberate bug (simulator mutation mode only).
+    #[doc(hidden)]
+    pub fn set_mutation(&mut self, mutation: Mutation) {
+        self.mutation = mutation;
+    }
+
     // ------------------------------------------------------------------ the term gate
 
     /// The single term check every message passes before anything else (Raft Figure 2, "Rules
@@ -403,6 +429,17 @@ impl RaftCore {
     ///   an AppendEntries from the new term's leader), reset the election timer.
     /// - Lower term: a request is rejected with our term; a reply is dropped.
     fn check_term(&mut self, msg: &Message) -> bool {
+        match self.mutation {
+            Mutation::NoCheckTerm => return true,
+            Mutation::CountStaleVotes
+                if matches!(msg.body, MessageBody::RequestVoteResponse { .. }) =>
+            {
+                if msg.term <= self.term {
+                    return true;
+                }
+            }
+            _ => {}
+        }
         if msg.term > self.term {
             info!(
                 node = self.cfg.id,
@@ -727,7 +764,6 @@ impl RaftCore {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        pr.silent_rounds = 0;
         // Any answer in our term confirms we were still leader when it was sent.
         pr.read_ack = pr.read_ack.max(read_ctx);
         if success {
@@ -766,7 +802,9 @@ impl RaftCore {
         matched.push(self.log.persisted());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
-        if candidate > self.commit && self.log.term(candidate) == Some(self.term) {
+        let current_term = self.log.term(candidate) == Some(self.term)
+            || self.mutation == Mutation::CommitOldTerms;
+        if candidate > self.commit && current_term {
             self.commit = candidate;
             debug!(node = self.cfg.id, commit = candidate, "commit advanced");
             if !self.reads_before_commit.is_empty() {
@@ -825,8 +863,13 @@ impl RaftCore {
             let Some(pr) = self.progress.get_mut(&p) else {
                 continue;
             };
-            pr.silent_rounds += 1;
-            if !pr.inflight.is_empty() && pr.silent_rounds >= stall_rounds {
+            if pr.stalled(stall_rounds) {
+                debug!(
+                    node = self.cfg.id,
+                    peer = p,
+                    matched = pr.matched,
+                    "replication stalled, probing again"
+                );
                 pr.become_probe(pr.matched + 1);
             }
             self.send_heartbeat(p);
@@ -919,7 +962,11 @@ impl RaftCore {
     /// A response that promises what this batch persists (a vote, an append ack).
     fn respond_after_persist(&mut self, req: &Message, body: MessageBody) {
         let msg = self.message(req.from, req.rpc_id, body);
-        self.persisted_msgs.push(msg);
+        if self.mutation == Mutation::AckBeforePersist {
+            self.msgs.push(msg);
+        } else {
+            self.persisted_msgs.push(msg);
+        }
     }
 }
 

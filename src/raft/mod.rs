@@ -34,7 +34,7 @@ mod paper_tests;
 mod testkit;
 
 pub use self::config::{Config, ConfigError};
-pub use self::core::{NotLeader, Proposed, RaftCore};
+pub use self::core::{Mutation, NotLeader, Proposed, RaftCore};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};
 pub use self::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};

@@ -25,9 +25,10 @@ pub(crate) struct Progress {
     pub(crate) state: ProgressState,
     /// Last index carried by each AppendEntries in flight, oldest first.
     pub(crate) inflight: std::collections::VecDeque<LogIndex>,
-    /// Heartbeat rounds since the follower last answered anything; used to detect lost
-    /// messages that would otherwise stall a full window forever.
-    pub(crate) silent_rounds: u32,
+    /// Heartbeat rounds during which entries were in flight but `matched` did not move. A
+    /// follower can keep answering heartbeats while the appends of a full window were lost,
+    /// so silence is not the signal: lack of progress is.
+    pub(crate) stalled_rounds: u32,
     /// Highest ReadIndex round this follower confirmed in the current term.
     pub(crate) read_ack: u64,
 }
@@ -39,7 +40,7 @@ impl Progress {
             next: next.max(1),
             state: ProgressState::Probe,
             inflight: std::collections::VecDeque::new(),
-            silent_rounds: 0,
+            stalled_rounds: 0,
             read_ack: 0,
         }
     }
@@ -67,6 +68,7 @@ impl Progress {
         }
         if index > self.matched {
             self.matched = index;
+            self.stalled_rounds = 0;
             self.next = self.next.max(index + 1);
             if self.state == ProgressState::Probe {
                 self.state = ProgressState::Replicate;
@@ -82,11 +84,24 @@ impl Progress {
         false
     }
 
+    /// Called once per heartbeat round; true if the in-flight window made no progress for
+    /// `limit` rounds (its messages were probably lost) and replication should restart from
+    /// `matched + 1`.
+    pub(crate) fn stalled(&mut self, limit: u32) -> bool {
+        if self.inflight.is_empty() {
+            self.stalled_rounds = 0;
+            return false;
+        }
+        self.stalled_rounds += 1;
+        self.stalled_rounds >= limit
+    }
+
     /// Falls back to probing from `next` (after a rejection, or a window that stalled).
     pub(crate) fn become_probe(&mut self, next: LogIndex) {
         self.state = ProgressState::Probe;
         self.next = next.max(self.matched + 1);
         self.inflight.clear();
+        self.stalled_rounds = 0;
     }
 }
 
@@ -115,6 +130,21 @@ mod tests {
             "an out-of-order older ack never moves match back"
         );
         assert_eq!(p.matched, 8);
+    }
+
+    #[test]
+    fn a_window_of_lost_appends_is_detected_as_stalled() {
+        let mut p = Progress::new(1);
+        p.ack(1);
+        p.sent(5);
+        p.sent(9);
+        assert!(!p.stalled(3));
+        assert!(!p.stalled(3));
+        assert!(p.stalled(3), "three rounds without progress");
+        p.ack(5);
+        assert!(!p.stalled(3), "progress resets the count");
+        p.ack(9);
+        assert!(!p.stalled(1), "nothing in flight is never a stall");
     }
 
     #[test]

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Deterministic simulation over many seeds, in parallel on all cores.
+#   scripts/sim.sh --seeds N [--start S]        seeds S..S+N-1; exit 0 only if all pass
+#   scripts/sim.sh --seed S --trace             replay one seed with its event trace
+#   scripts/sim.sh --seeds 500 --mutation no-check-term --fail-fast
+# All flags: scripts/sim.sh --help
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin kvstore-sim
+exec target/release/kvstore-sim "$@"

@@ -1,0 +1,199 @@
+//! `kvstore-sim`: runs the deterministic cluster simulation over many seeds, in parallel on all
+//! cores, with a progress bar. Exits 0 only if every seed passes; for a failure it prints the
+//! seed, a one-line replay command and the trace of events that led to the violation.
+//!
+//! ```text
+//! kvstore-sim --seeds 10000 --start 0      # seeds 0..9999
+//! kvstore-sim --seed 17 --trace            # replay one seed with its event trace
+//! kvstore-sim --seeds 500 --mutation no-check-term   # prove the checkers catch a bug
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use kvstore::raft::Mutation;
+use kvstore::sim::{run, Failure, SimConfig};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MutationArg {
+    None,
+    NoCheckTerm,
+    CountStaleVotes,
+    CommitOldTerms,
+    AckBeforePersist,
+}
+
+impl From<MutationArg> for Mutation {
+    fn from(m: MutationArg) -> Mutation {
+        match m {
+            MutationArg::None => Mutation::None,
+            MutationArg::NoCheckTerm => Mutation::NoCheckTerm,
+            MutationArg::CountStaleVotes => Mutation::CountStaleVotes,
+            MutationArg::CommitOldTerms => Mutation::CommitOldTerms,
+            MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
+        }
+    }
+}
+
+/// Deterministic simulation of a kvstore cluster under faults.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Run exactly this one seed (same as --start S --seeds 1).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the event trace of the (single) run.
+    #[arg(long)]
+    trace: bool,
+    /// Switch on a deliberate protocol bug, to show the simulator finds it.
+    #[arg(long, value_enum, default_value = "none")]
+    mutation: MutationArg,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Milliseconds of simulated faults per run.
+    #[arg(long, default_value_t = 3000)]
+    fault_ms: u64,
+}
+
+fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
+    let mut c = SimConfig::for_seed(seed);
+    c.mutation = args.mutation.into();
+    c.trace = trace;
+    c.fault_ms = args.fault_ms;
+    c
+}
+
+fn replay_cmd(args: &Args, seed: u64) -> String {
+    let m = match args.mutation {
+        MutationArg::None => String::new(),
+        m => format!(
+            " --mutation {}",
+            m.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        ),
+    };
+    format!(
+        "scripts/sim.sh --seed {seed} --trace --fault-ms {}{m}",
+        args.fault_ms
+    )
+}
+
+fn report(args: &Args, f: &Failure) {
+    eprintln!("FAIL {f}");
+    eprintln!("  replay: {}", replay_cmd(args, f.seed));
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvstore-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        return Ok(match run(config(&args, seed, args.trace)) {
+            Ok(o) => {
+                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {})", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit);
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                if args.trace {
+                    let skip = f.trace.len().saturating_sub(400);
+                    if skip > 0 {
+                        println!("... ({skip} earlier events omitted)");
+                    }
+                    for line in &f.trace[skip..] {
+                        println!("{line}");
+                    }
+                }
+                report(&args, &f);
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let end = args
+        .start
+        .checked_add(args.seeds)
+        .context("--start + --seeds overflows")?;
+    let next = Arc::new(AtomicU64::new(args.start));
+    let done = Arc::new(AtomicU64::new(0));
+    let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
+    let bar = ProgressBar::new(args.seeds);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {per_sec}, failures: {msg}",
+        )
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    bar.set_message("0");
+    let args = Arc::new(args);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let (next, failures, bar, args) =
+                (next.clone(), failures.clone(), bar.clone(), args.clone());
+            s.spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                if let Err(f) = run(config(&args, seed, false)) {
+                    bar.suspend(|| report(&args, &f));
+                    let mut all = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    all.push(f);
+                    bar.set_message(all.len().to_string());
+                    if args.fail_fast {
+                        next.store(end, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish();
+    let failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+    let ran = done.load(Ordering::Relaxed);
+    println!(
+        "{} seeds from {} in {:.1}s: {} passed, {} failed",
+        ran,
+        args.start,
+        started.elapsed().as_secs_f64(),
+        ran - failures.len() as u64,
+        failures.len()
+    );
+    if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
+        println!(
+            "first failing seed: {} ({})",
+            first.seed,
+            first.message.lines().next().unwrap_or("")
+        );
+        println!("replay: {}", replay_cmd(&args, first.seed));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

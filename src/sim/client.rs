@@ -1,0 +1,262 @@
+//! Simulated clients: each runs one operation at a time (puts, gets, deletes on a few keys),
+//! retries across nodes the way `kvctl` does (following leader hints, backing off, reusing its
+//! session sequence so a retried write applies at most once), and records every operation in
+//! the history with its invocation and completion times.
+
+use std::collections::VecDeque;
+
+use rand::Rng;
+
+use super::world::{Time, World, OP_DEADLINE};
+use crate::lincheck::{Op, OpKind, OpResult};
+use crate::raft::NodeId;
+use crate::state_machine::{Command, Proposal, Session};
+
+/// A request from a client to a node.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientReq {
+    pub(crate) client: usize,
+    pub(crate) attempt: u64,
+    pub(crate) op: ReqOp,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum ReqOp {
+    Write(Proposal),
+    Read(String),
+}
+
+/// A node's answer to one attempt.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientReply {
+    pub(crate) attempt: u64,
+    pub(crate) result: Result<OpResult, ReplyErr>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum ReplyErr {
+    NotLeader(Option<NodeId>),
+    LeadershipLost,
+    ConnectionLost,
+    Rejected(String),
+}
+
+#[derive(Clone, Debug, Default)]
+enum Phase {
+    #[default]
+    Idle,
+    Waiting {
+        attempt: u64,
+        sent_at: Time,
+    },
+    Backoff {
+        until: Time,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Current {
+    hist: usize,
+    op: ReqOp,
+    started: Time,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Client {
+    idx: usize,
+    client_id: u64,
+    seq: u64,
+    nodes: u64,
+    leader_guess: NodeId,
+    current: Option<Current>,
+    phase: Phase,
+    attempt: u64,
+    stop: bool,
+    final_keys: VecDeque<String>,
+    values: u64,
+}
+
+impl Client {
+    pub(crate) fn new(idx: usize, client_id: u64, nodes: u64) -> Client {
+        Client {
+            idx,
+            client_id,
+            nodes,
+            leader_guess: 1 + idx as u64 % nodes,
+            ..Client::default()
+        }
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.current.is_none() && self.final_keys.is_empty() && self.stop
+    }
+
+    pub(crate) fn stop_new_ops(&mut self) {
+        self.stop = true;
+    }
+
+    pub(crate) fn final_reads(&mut self, keys: usize) {
+        if self.idx == 0 {
+            self.final_keys = (0..keys).map(|k| format!("k{k}")).collect();
+        }
+    }
+
+    pub(crate) fn wake(&mut self, w: &mut World) {
+        let now = w.now();
+        match self.phase {
+            Phase::Idle => self.start_next(w),
+            Phase::Waiting { sent_at, .. } if now >= sent_at + World::attempt_timeout() => {
+                // No answer: try another node.
+                self.leader_guess = self.other_node(w);
+                self.retry_or_give_up(w, 0);
+            }
+            Phase::Backoff { until } if now >= until => self.send(w),
+            _ => {}
+        }
+    }
+
+    fn start_next(&mut self, w: &mut World) {
+        let now = w.now();
+        let (key, kind, op) = if !self.stop {
+            let keys = w.keys();
+            let key = format!("k{}", w.rng().random_range(0..keys));
+            match w.rng().random_range(0..20u8) {
+                0..=9 => {
+                    self.values += 1;
+                    let value = format!("c{}-{}", self.idx, self.values);
+                    (
+                        key.clone(),
+                        OpKind::Put(value.clone()),
+                        self.write(Command::Put { key, value }),
+                    )
+                }
+                10..=16 => (key.clone(), OpKind::Get, ReqOp::Read(key)),
+                _ => (
+                    key.clone(),
+                    OpKind::Delete,
+                    self.write(Command::Delete { key }),
+                ),
+            }
+        } else if let Some(key) = self.final_keys.pop_front() {
+            (key.clone(), OpKind::Get, ReqOp::Read(key))
+        } else {
+            return;
+        };
+        w.history.push(Op {
+            client: self.idx as u64,
+            key,
+            kind,
+            invoke: now,
+            complete: None,
+            result: None,
+        });
+        self.current = Some(Current {
+            hist: w.history.len() - 1,
+            op,
+            started: now,
+        });
+        self.send(w);
+    }
+
+    fn write(&mut self, command: Command) -> ReqOp {
+        self.seq += 1;
+        ReqOp::Write(Proposal {
+            session: Some(Session {
+                client_id: self.client_id,
+                sequence: self.seq,
+            }),
+            command,
+        })
+    }
+
+    fn send(&mut self, w: &mut World) {
+        let Some(cur) = &self.current else {
+            self.phase = Phase::Idle;
+            return;
+        };
+        self.attempt += 1;
+        let req = ClientReq {
+            client: self.idx,
+            attempt: self.attempt,
+            op: cur.op.clone(),
+        };
+        w.send_to_node(self.leader_guess, req);
+        self.phase = Phase::Waiting {
+            attempt: self.attempt,
+            sent_at: w.now(),
+        };
+        w.schedule_client(self.idx, World::attempt_timeout());
+    }
+
+    fn other_node(&self, w: &mut World) -> NodeId {
+        let mut n = self.leader_guess;
+        while n == self.leader_guess && self.nodes > 1 {
+            n = w.rng().random_range(1..=self.nodes);
+        }
+        n
+    }
+
+    fn retry_or_give_up(&mut self, w: &mut World, backoff: Time) {
+        let now = w.now();
+        let Some(cur) = &self.current else { return };
+        if now >= cur.started + OP_DEADLINE {
+            // Give up: the outcome stays unknown in the history (maybe applied, maybe not).
+            self.current = None;
+            self.phase = Phase::Idle;
+            let think = w.rng().random_range(0..20_000);
+            w.schedule_client(self.idx, think);
+            return;
+        }
+        self.phase = Phase::Backoff {
+            until: now + backoff,
+        };
+        w.schedule_client(self.idx, backoff);
+    }
+
+    pub(crate) fn on_reply(&mut self, w: &mut World, r: ClientReply) {
+        let Phase::Waiting { attempt, .. } = self.phase else {
+            return;
+        };
+        if r.attempt != attempt {
+            return; // an answer to an earlier attempt; the session makes the current one agree
+        }
+        match r.result {
+            Ok(res) => {
+                if let Some(cur) = self.current.take() {
+                    let now = w.now();
+                    if let Some(op) = w.history.get_mut(cur.hist) {
+                        op.complete = Some(now);
+                        op.result = Some(res);
+                    }
+                }
+                self.phase = Phase::Idle;
+                let think = w.rng().random_range(0..20_000);
+                w.schedule_client(self.idx, think);
+            }
+            Err(ReplyErr::NotLeader(hint)) => {
+                let backoff = match hint {
+                    Some(l) if l != self.leader_guess => {
+                        self.leader_guess = l;
+                        w.rng().random_range(0..2_000)
+                    }
+                    _ => {
+                        self.leader_guess = self.other_node(w);
+                        w.rng().random_range(10_000..50_000)
+                    }
+                };
+                self.retry_or_give_up(w, backoff);
+            }
+            Err(ReplyErr::LeadershipLost | ReplyErr::ConnectionLost) => {
+                self.leader_guess = self.other_node(w);
+                let backoff = w.rng().random_range(5_000..50_000);
+                self.retry_or_give_up(w, backoff);
+            }
+            Err(ReplyErr::Rejected(msg)) => {
+                w.violation(format!(
+                    "client {} got a deterministic rejection it never provoked: {msg}",
+                    self.idx
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The Raft safety invariants (Figure 3 of the paper), checked incrementally as the simulation
+//! runs, plus "the commit index never goes backwards on a node that did not crash".
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use super::world::SimNode;
+use crate::raft::{Entry, LogIndex, NodeId, Role, Term};
+
+fn digest(e: &Entry) -> u64 {
+    let mut h = DefaultHasher::new();
+    e.payload.hash_into(&mut h);
+    h.finish()
+}
+
+trait HashInto {
+    fn hash_into(&self, h: &mut DefaultHasher);
+}
+impl HashInto for crate::raft::Payload {
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        match self {
+            crate::raft::Payload::Noop => 0u8.hash(h),
+            crate::raft::Payload::Command(d) => {
+                1u8.hash(h);
+                d.hash(h);
+            }
+        }
+    }
+}
+
+pub(crate) struct Invariants {
+    /// Election Safety: the leader of each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Log Matching: every (index, term) ever written anywhere, with its payload digest and the
+    /// term of the entry before it. If all logs agree on this map, equal (index, term) implies
+    /// equal prefixes, by induction.
+    written: HashMap<(LogIndex, Term), (u64, Term)>,
+    /// State Machine Safety: what was applied at each index (term, digest).
+    applied: BTreeMap<LogIndex, (Term, u64)>,
+    /// Leader Completeness: each committed index with its entry's term and digest, and the term
+    /// of the leader that committed it. Only leaders of later terms must hold it.
+    committed: BTreeMap<LogIndex, (Term, u64, Term)>,
+    /// Last commit index seen per node since its last restart.
+    commit: BTreeMap<NodeId, LogIndex>,
+    /// Leader Append-Only: (term, last index, term of that entry) while a node leads.
+    leader_mark: BTreeMap<NodeId, (Term, LogIndex, Term)>,
+}
+
+impl Invariants {
+    pub(crate) fn new(_nodes: u64) -> Self {
+        Invariants {
+            leaders: BTreeMap::new(),
+            written: HashMap::new(),
+            applied: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            commit: BTreeMap::new(),
+            leader_mark: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn leaders_seen(&self) -> u64 {
+        self.leaders.len() as u64
+    }
+
+    /// A node just became leader of `term`.
+    pub(crate) fn on_leader(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        nodes: &BTreeMap<NodeId, SimNode>,
+        fail: &mut Option<String>,
+    ) {
+        self.election_safety(id, term, fail);
+        // Leader Completeness: it holds every entry committed in an earlier term.
+        let Some(n) = nodes.get(&id) else { return };
+        for (&index, &(t, d, _)) in self.committed.iter().filter(|(_, c)| c.2 < term) {
+            match n.core.entry(index) {
+                Some(e) if e.term == t && digest(e) == d => {}
+                other => {
+                    fail.get_or_insert(format!(
+                        "Leader Completeness: node {id}, leader of term {term}, lacks committed entry {index} (term {t}); has {:?}",
+                        other.map(|e| e.term)
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn election_safety(&mut self, id: NodeId, term: Term, fail: &mut Option<String>) {
+        let l = *self.leaders.entry(term).or_insert(id);
+        if l != id {
+            fail.get_or_insert(format!(
+                "Election Safety: nodes {l} and {id} are both leaders of term {term}"
+            ));
+        }
+    }
+
+    /// A node is about to persist these entries (they are already in its in-memory log).
+    pub(crate) fn on_entries(
+        &mut self,
+        id: NodeId,
+        entries: &[Entry],
+        nodes: &BTreeMap<NodeId, SimNode>,
+        fail: &mut Option<String>,
+    ) {
+        let Some(n) = nodes.get(&id) else { return };
+        for e in entries {
+            let prev = if e.index <= 1 {
+                0
+            } else {
+                n.core.entry(e.index - 1).map_or(0, |p| p.term)
+            };
+            let got = (digest(e), prev);
+            let want = *self.written.entry((e.index, e.term)).or_insert(got);
+            if want != got {
+                fail.get_or_insert(format!(
+                    "Log Matching: node {id} has a different entry {} of term {} (or a different predecessor) than another node",
+                    e.index, e.term
+                ));
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn on_apply(&mut self, id: NodeId, e: &Entry, fail: &mut Option<String>) {
+        let got = (e.term, digest(e));
+        let want = *self.applied.entry(e.index).or_insert(got);
+        if want != got {
+            fail.get_or_insert(format!(
+                "State Machine Safety: node {id} applied entry {} of term {} but another node applied term {} there",
+                e.index, e.term, want.0
+            ));
+        }
+    }
+
+    /// After a node handled a Ready.
+    pub(crate) fn after_step(
+        &mut self,
+        id: NodeId,
+        nodes: &BTreeMap<NodeId, SimNode>,
+        fail: &mut Option<String>,
+    ) {
+        let Some(n) = nodes.get(&id) else { return };
+        let s = n.core.status();
+        let last = self.commit.insert(id, s.commit).unwrap_or(0);
+        if s.commit < last {
+            fail.get_or_insert(format!(
+                "commit index of node {id} went back from {last} to {}",
+                s.commit
+            ));
+        }
+        if s.role == Role::Leader {
+            self.election_safety(id, s.term, fail);
+            for index in last + 1..=s.commit {
+                if let Some(e) = n.core.entry(index) {
+                    self.committed
+                        .entry(index)
+                        .or_insert((e.term, digest(e), s.term));
+                }
+            }
+            let last_term = n.core.entry(s.last_index).map_or(0, |e| e.term);
+            if let Some(&(t, idx, idx_term)) = self.leader_mark.get(&id) {
+                if t == s.term
+                    && (s.last_index < idx || n.core.entry(idx).map(|e| e.term) != Some(idx_term))
+                {
+                    fail.get_or_insert(format!(
+                        "Leader Append-Only: leader {id} of term {t} lost or rewrote entry {idx}"
+                    ));
+                }
+            }
+            self.leader_mark
+                .insert(id, (s.term, s.last_index, last_term));
+        } else {
+            self.leader_mark.remove(&id);
+        }
+    }
+
+    pub(crate) fn on_crash(&mut self, id: NodeId) {
+        self.commit.remove(&id);
+        self.leader_mark.remove(&id);
+    }
+}

@@ -1,0 +1,23 @@
+//! Deterministic simulation of a whole cluster: the real Raft core and the real state machine,
+//! driven the way `node::driver` drives them, over a simulated network and simulated disks,
+//! in one thread, with simulated time and one seeded RNG. Same seed, same run, bit for bit.
+//!
+//! Faults: messages dropped, delayed, duplicated and reordered; partitions of any subset,
+//! including one-way cuts; nodes crashed at any step (whatever was not yet persisted is lost,
+//! and a write in progress may be torn: a prefix of it lands) and restarted from their
+//! storage; nodes paused (SIGSTOP-like zombies) and resumed; slow disks.
+//!
+//! Checks: after every event, the Raft invariants (`invariants.rs`); at the end, the client
+//! history is linearizable (`crate::lincheck`), every node applied the same state, and once
+//! faults stop the cluster elects a leader and converges within a bound.
+//!
+//! What it may import: `raft`, `state_machine`, `lincheck`, std, rand. No tokio, no clock.
+
+mod client;
+mod invariants;
+mod world;
+
+pub use world::{run, Failure, Outcome, SimConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! The simulator under `cargo test`: a fixed set of seeds must pass, and each protocol
+//! mutation must be caught within a bounded number of seeds (the checkers can fail).
+//! `scripts/sim.sh` runs many more seeds.
+
+use super::*;
+use crate::raft::Mutation;
+
+/// Seeds run by `cargo test` (debug build: about 10 ms each).
+const FIXED_SEEDS: u64 = 300;
+
+fn replay_hint(f: &Failure) -> String {
+    format!("{f}\nreplay: scripts/sim.sh --seed {} --trace", f.seed)
+}
+
+#[test]
+fn fixed_seeds_pass_every_check() {
+    let mut total = Outcome::default();
+    for seed in 0..FIXED_SEEDS {
+        let out = run(SimConfig::for_seed(seed)).unwrap_or_else(|f| panic!("{}", replay_hint(&f)));
+        total.ok += out.ok;
+        total.faults += out.faults;
+        total.leader_changes += out.leader_changes;
+    }
+    // The runs must have done real work under real faults, or passing means nothing.
+    assert!(
+        total.ok > 50 * FIXED_SEEDS,
+        "only {} operations completed",
+        total.ok
+    );
+    assert!(
+        total.faults > 10 * FIXED_SEEDS,
+        "only {} faults injected",
+        total.faults
+    );
+    assert!(
+        total.leader_changes > 2 * FIXED_SEEDS,
+        "only {} leader changes",
+        total.leader_changes
+    );
+}
+
+#[test]
+fn same_seed_same_run() {
+    let mut a = SimConfig::for_seed(42);
+    a.trace = true;
+    let b = a.clone();
+    let (ra, rb) = (world::run_traced(a), world::run_traced(b));
+    assert_eq!(ra, rb, "a seed must replay bit for bit");
+    assert!(ra.len() > 100);
+}
+
+/// First seed in `0..limit` at which the mutated protocol is caught.
+fn first_caught(m: Mutation, limit: u64) -> Option<(u64, String)> {
+    (0..limit).find_map(|seed| {
+        let mut c = SimConfig::for_seed(seed);
+        c.mutation = m;
+        run(c).err().map(|f| (seed, f.message))
+    })
+}
+
+#[test]
+fn mutation_no_check_term_is_caught() {
+    let (seed, msg) =
+        first_caught(Mutation::NoCheckTerm, 20).expect("disabling check_term went unnoticed");
+    eprintln!("NoCheckTerm caught at seed {seed}: {msg}");
+}
+
+#[test]
+fn mutation_count_stale_votes_is_caught() {
+    let (seed, msg) =
+        first_caught(Mutation::CountStaleVotes, 200).expect("counting stale votes went unnoticed");
+    assert!(
+        msg.contains("Election Safety"),
+        "expected two leaders in one term, got: {msg}"
+    );
+    eprintln!("CountStaleVotes caught at seed {seed}");
+}
+
+#[test]
+fn mutation_ack_before_persist_is_caught() {
+    let (seed, msg) =
+        first_caught(Mutation::AckBeforePersist, 200).expect("acking before fsync went unnoticed");
+    eprintln!("AckBeforePersist caught at seed {seed}: {msg}");
+}

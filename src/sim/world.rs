@@ -1,0 +1,1115 @@
+//! The simulated world: event queue, network, disks, nodes and the fault scheduler.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::client::{Client, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::invariants::Invariants;
+use crate::lincheck::{self, Op, OpResult};
+use crate::raft::storage::{LogStore, MemStorage};
+use crate::raft::{
+    Config, Entry, HardState, LogIndex, Message, Mutation, NodeId, Payload, RaftCore, ReadState,
+    Ready, Role, Term,
+};
+use crate::state_machine::{Outcome as SmOutcome, StateMachine};
+
+/// Simulated time, in microseconds.
+pub(crate) type Time = u64;
+const MS: Time = 1_000;
+
+/// Parameters of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: everything in the run follows from it.
+    pub seed: u64,
+    /// Cluster size (3 or 5 are typical).
+    pub nodes: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct keys the clients use (few, so operations conflict).
+    pub keys: usize,
+    /// How long faults are injected, in simulated milliseconds.
+    pub fault_ms: u64,
+    /// After faults stop: the bound within which a leader must be elected and all nodes must
+    /// converge, in simulated milliseconds.
+    pub liveness_ms: u64,
+    /// A deliberate protocol bug to switch on (mutation mode).
+    pub mutation: Mutation,
+    /// Record a readable trace of events (for replaying a failing seed).
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// The standard run for a seed: 3 or 5 nodes (chosen by the seed), 4 clients, 3 keys,
+    /// 3 s of faults, 10 s liveness bound.
+    pub fn for_seed(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            nodes: if seed % 4 == 3 { 5 } else { 3 },
+            clients: 4,
+            keys: 3,
+            fault_ms: 3_000,
+            liveness_ms: 10_000,
+            mutation: Mutation::None,
+            trace: false,
+        }
+    }
+}
+
+/// Summary of a passing run.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Operations acknowledged to clients.
+    pub ok: u64,
+    /// Operations whose outcome is unknown (gave up after retries).
+    pub unknown: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Distinct (term, leader) pairs seen.
+    pub leader_changes: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Highest commit index reached.
+    pub commit: LogIndex,
+}
+
+/// A failing run: what was violated, and the trace when tracing was on.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated time of the violation, in microseconds.
+    pub at: u64,
+    /// What went wrong.
+    pub message: String,
+    /// The last events before the violation (empty unless `SimConfig::trace`).
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed at t={}us: {}",
+            self.seed, self.at, self.message
+        )
+    }
+}
+
+/// Inputs that reach a node.
+#[derive(Clone, Debug)]
+enum Input {
+    Msg(Message),
+    Tick,
+    Client(ClientReq),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(NodeId),
+    Deliver(NodeId, Input),
+    Reply(usize, ClientReply),
+    PersistDone(NodeId, u64),
+    Resume(NodeId),
+    Restart(NodeId),
+    ClientWake(usize),
+    Fault,
+    EndFaults,
+}
+
+struct Queued {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// A Ready whose persistence is in progress on the simulated disk.
+struct InFlightReady {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    persisted_messages: Vec<Message>,
+    committed_entries: Vec<Entry>,
+    read_states: Vec<ReadState>,
+}
+
+/// A client request waiting on a node.
+#[derive(Clone, Debug)]
+struct Waiting {
+    client: usize,
+    attempt: u64,
+}
+
+pub(crate) struct SimNode {
+    pub(crate) core: RaftCore,
+    pub(crate) store: MemStorage,
+    pub(crate) sm: StateMachine,
+    pub(crate) up: bool,
+    paused: bool,
+    /// Bumped on every crash, so a disk completion of an earlier life is ignored.
+    incarnation: u64,
+    busy: Option<InFlightReady>,
+    inbox: VecDeque<Input>,
+    tick_pending: bool,
+    pending_writes: BTreeMap<LogIndex, (Term, Waiting)>,
+    pending_reads: BTreeMap<u64, (Waiting, String)>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    ready_reads: Vec<(LogIndex, Waiting, String)>,
+    next_read_id: u64,
+    role: Role,
+}
+
+pub(crate) struct World {
+    pub(crate) cfg: SimConfig,
+    rng: SmallRng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    pub(crate) nodes: BTreeMap<NodeId, SimNode>,
+    clients: Vec<Client>,
+    /// Directed node-to-node links that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    drop_rate: f64,
+    dup_rate: f64,
+    slow_disk: BTreeSet<NodeId>,
+    faults_on: bool,
+    pub(crate) history: Vec<Op>,
+    inv: Invariants,
+    trace: Vec<String>,
+    outcome: Outcome,
+    fail: Option<String>,
+}
+
+fn raft_config(id: NodeId, n: u64, seed: u64) -> Config {
+    let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
+    c.election_ticks = 10;
+    c.heartbeat_ticks = 1;
+    c.max_inflight = 8;
+    c.max_entries_per_message = 64;
+    c.seed = seed;
+    c
+}
+
+/// Tick interval of every simulated node (heartbeat), so elections time out after 100-200 ms.
+const TICK: Time = 10 * MS;
+/// A client attempt with no answer after this is retried elsewhere.
+const ATTEMPT_TIMEOUT: Time = 300 * MS;
+/// A client operation with no answer after this is given up: its outcome is unknown.
+pub(crate) const OP_DEADLINE: Time = 2_000 * MS;
+
+impl World {
+    fn new(cfg: SimConfig) -> World {
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        let mut nodes = BTreeMap::new();
+        for id in 1..=cfg.nodes {
+            let mut core = RaftCore::new(
+                raft_config(id, cfg.nodes, rng.random()),
+                HardState::default(),
+                vec![],
+            )
+            .unwrap_or_else(|e| panic!("invariant: simulator config is valid: {e}"));
+            core.set_mutation(cfg.mutation);
+            nodes.insert(
+                id,
+                SimNode {
+                    core,
+                    store: MemStorage::default(),
+                    sm: StateMachine::new(),
+                    up: true,
+                    paused: false,
+                    incarnation: 0,
+                    busy: None,
+                    inbox: VecDeque::new(),
+                    tick_pending: false,
+                    pending_writes: BTreeMap::new(),
+                    pending_reads: BTreeMap::new(),
+                    ready_reads: Vec::new(),
+                    next_read_id: 1,
+                    role: Role::Follower,
+                },
+            );
+        }
+        let clients = (0..cfg.clients)
+            .map(|i| Client::new(i, 1000 + i as u64, cfg.nodes))
+            .collect();
+        let inv = Invariants::new(cfg.nodes);
+        let mut w = World {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            clients,
+            cut: BTreeSet::new(),
+            drop_rate: 0.0,
+            dup_rate: 0.0,
+            slow_disk: BTreeSet::new(),
+            faults_on: true,
+            history: Vec::new(),
+            inv,
+            trace: Vec::new(),
+            outcome: Outcome::default(),
+            fail: None,
+        };
+        for id in 1..=w.cfg.nodes {
+            let jitter = w.rng.random_range(0..TICK);
+            w.schedule(jitter, Ev::Tick(id));
+        }
+        for c in 0..w.cfg.clients {
+            let d = w.rng.random_range(0..50 * MS);
+            w.schedule(d, Ev::ClientWake(c));
+        }
+        let first_fault = w.rng.random_range(100 * MS..400 * MS);
+        w.schedule(first_fault, Ev::Fault);
+        let end = w.cfg.fault_ms * MS;
+        w.schedule(end, Ev::EndFaults);
+        w
+    }
+
+    fn schedule(&mut self, delay: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at: self.now + delay,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    pub(crate) fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let l = format!("[{:>9.3}ms] {}", self.now as f64 / 1000.0, line());
+            self.trace.push(l);
+        }
+    }
+
+    pub(crate) fn violation(&mut self, msg: String) {
+        if self.fail.is_none() {
+            self.fail = Some(msg);
+        }
+    }
+
+    // ------------------------------------------------------------------ network
+
+    fn net_delay(&mut self) -> Time {
+        // Mostly sub-millisecond, with a tail that reorders messages and, while faults are on,
+        // a rare very long delay (a retransmission, a stalled socket) that outlives a whole
+        // election: the delivery of a stale vote or append long after its term.
+        let p: f64 = self.rng.random();
+        if self.faults_on && p < 0.02 {
+            self.rng.random_range(50 * MS..600 * MS)
+        } else if p < 0.10 {
+            self.rng.random_range(2 * MS..40 * MS)
+        } else {
+            self.rng.random_range(50..1_500)
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        if !self.nodes.contains_key(&m.to) || self.cut.contains(&(m.from, m.to)) {
+            return;
+        }
+        if self.faults_on && self.rng.random_bool(self.drop_rate) {
+            self.note(|| format!("drop {} {}->{} t{}", m.body.kind(), m.from, m.to, m.term));
+            return;
+        }
+        let copies = if self.faults_on && self.rng.random_bool(self.dup_rate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.net_delay();
+            self.schedule(d, Ev::Deliver(m.to, Input::Msg(m.clone())));
+        }
+    }
+
+    pub(crate) fn send_to_node(&mut self, node: NodeId, req: ClientReq) {
+        if self.faults_on && self.rng.random_bool(self.drop_rate) {
+            return;
+        }
+        let d = self.net_delay();
+        self.schedule(d, Ev::Deliver(node, Input::Client(req)));
+    }
+
+    fn reply(&mut self, w: &Waiting, result: Result<OpResult, ReplyErr>) {
+        if self.faults_on && self.rng.random_bool(self.drop_rate) {
+            return;
+        }
+        let d = self.net_delay();
+        self.schedule(
+            d,
+            Ev::Reply(
+                w.client,
+                ClientReply {
+                    attempt: w.attempt,
+                    result,
+                },
+            ),
+        );
+    }
+
+    // ------------------------------------------------------------------ nodes
+
+    fn deliver(&mut self, id: NodeId, input: Input) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !n.up {
+            return;
+        }
+        if n.paused || n.busy.is_some() {
+            match input {
+                // A stalled runtime skips missed ticks (MissedTickBehavior::Skip): at most one.
+                Input::Tick => n.tick_pending = true,
+                other => n.inbox.push_back(other),
+            }
+            return;
+        }
+        self.input(id, input);
+        self.drive(id);
+    }
+
+    fn input(&mut self, id: NodeId, input: Input) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        match input {
+            Input::Tick => n.core.tick(),
+            Input::Msg(m) => {
+                if self.cfg.trace {
+                    let line = format!(
+                        "node {id} <- {} from {} t{} {:?}",
+                        m.body.kind(),
+                        m.from,
+                        m.term,
+                        short(&m)
+                    );
+                    self.note(|| line);
+                }
+                let Some(n) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                n.core.step(m);
+            }
+            Input::Client(req) => self.client_request(id, req),
+        }
+    }
+
+    fn client_request(&mut self, id: NodeId, req: ClientReq) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let waiting = Waiting {
+            client: req.client,
+            attempt: req.attempt,
+        };
+        match req.op {
+            ReqOp::Write(proposal) => match n.core.propose(proposal.encode()) {
+                Ok(p) => {
+                    n.pending_writes.insert(p.index, (p.term, waiting));
+                }
+                Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
+            },
+            ReqOp::Read(key) => {
+                let rid = n.next_read_id;
+                n.next_read_id += 1;
+                match n.core.read_index(rid) {
+                    Ok(()) => {
+                        n.pending_reads.insert(rid, (waiting, key));
+                    }
+                    Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
+                }
+            }
+        }
+    }
+
+    /// The driver loop of one node: handle Readys until the node is waiting on its disk.
+    fn drive(&mut self, id: NodeId) {
+        loop {
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            if !n.up || n.paused || n.busy.is_some() || !n.core.has_ready() {
+                return;
+            }
+            let rd: Ready = n.core.ready();
+            if let Some(ss) = rd.soft_state {
+                let was_leader = n.role == Role::Leader;
+                n.role = ss.role;
+                let term = n.core.status().term;
+                self.note(|| {
+                    format!(
+                        "node {id} is {} in term {term} (leader {:?})",
+                        ss.role, ss.leader
+                    )
+                });
+                if was_leader && ss.role != Role::Leader {
+                    self.fail_pending(id, ReplyErr::LeadershipLost);
+                }
+                if ss.role == Role::Leader {
+                    self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
+                }
+            }
+            if !rd.entries.is_empty() {
+                self.inv
+                    .on_entries(id, &rd.entries, &self.nodes, &mut self.fail);
+            }
+            // 1. Messages that depend on nothing unpersisted go out now.
+            for m in rd.messages {
+                self.send(m);
+            }
+            let inflight = InFlightReady {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                persisted_messages: rd.persisted_messages,
+                committed_entries: rd.committed_entries,
+                read_states: rd.read_states,
+            };
+            // 2. Persist: takes simulated disk time when there is something to write.
+            if inflight.hard_state.is_some() || !inflight.entries.is_empty() {
+                let slow = self.slow_disk.contains(&id);
+                let d = if slow {
+                    self.rng.random_range(20 * MS..120 * MS)
+                } else {
+                    self.rng.random_range(100..3_000)
+                };
+                let Some(n) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                let inc = n.incarnation;
+                n.busy = Some(inflight);
+                self.schedule(d, Ev::PersistDone(id, inc));
+                return;
+            }
+            self.finish_ready(id, inflight);
+        }
+    }
+
+    fn persist_done(&mut self, id: NodeId, incarnation: u64) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.incarnation != incarnation || !n.up {
+            return;
+        }
+        let Some(rd) = n.busy.take() else { return };
+        if let Err(e) = n.store.persist(rd.hard_state.as_ref(), &rd.entries) {
+            self.violation(format!("memory storage failed: {e}"));
+        }
+        self.finish_ready(id, rd);
+        self.after_busy(id);
+    }
+
+    /// Steps 3-5 of the driver loop.
+    fn finish_ready(&mut self, id: NodeId, rd: InFlightReady) {
+        // 3. Messages that promise what was just persisted.
+        for m in rd.persisted_messages {
+            self.send(m);
+        }
+        // 4. Apply, answer writers, serve reads.
+        for e in rd.committed_entries {
+            self.apply(id, e);
+        }
+        for rs in rd.read_states {
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            if let Some((w, key)) = n.pending_reads.remove(&rs.id) {
+                n.ready_reads.push((rs.index, w, key));
+            }
+        }
+        self.serve_reads(id);
+        // 5. Advance.
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        n.core.advance();
+        self.inv.after_step(id, &self.nodes, &mut self.fail);
+    }
+
+    fn apply(&mut self, id: NodeId, e: Entry) {
+        self.inv.on_apply(id, &e, &mut self.fail);
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if e.index != n.sm.applied_index() + 1 {
+            let msg = format!(
+                "node {id} applied entry {} right after entry {}: entries skipped or repeated",
+                e.index,
+                n.sm.applied_index()
+            );
+            self.violation(msg);
+            return;
+        }
+        let result = match &e.payload {
+            Payload::Noop => {
+                n.sm.apply_noop(e.index);
+                None
+            }
+            Payload::Command(data) => Some(n.sm.apply(e.index, data)),
+        };
+        let Some((term, w)) = n.pending_writes.remove(&e.index) else {
+            return;
+        };
+        if term != e.term {
+            self.reply(&w, Err(ReplyErr::LeadershipLost));
+            return;
+        }
+        let reply = match result {
+            Some(Ok(SmOutcome::Put)) => Ok(OpResult::Put),
+            Some(Ok(SmOutcome::Delete { existed })) => Ok(OpResult::Delete(existed)),
+            Some(Err(err)) => Err(ReplyErr::Rejected(err.to_string())),
+            None => Err(ReplyErr::LeadershipLost),
+        };
+        self.reply(&w, reply);
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let applied = n.sm.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = n
+            .ready_reads
+            .drain(..)
+            .partition(|(idx, _, _)| *idx <= applied);
+        n.ready_reads = waiting;
+        let answers: Vec<(Waiting, Option<String>)> = ready
+            .into_iter()
+            .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
+            .collect();
+        for (w, v) in answers {
+            self.reply(&w, Ok(OpResult::Get(v)));
+        }
+    }
+
+    fn fail_pending(&mut self, id: NodeId, err: ReplyErr) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let mut all: Vec<Waiting> = std::mem::take(&mut n.pending_writes)
+            .into_values()
+            .map(|(_, w)| w)
+            .collect();
+        all.extend(
+            std::mem::take(&mut n.pending_reads)
+                .into_values()
+                .map(|(w, _)| w),
+        );
+        all.extend(
+            std::mem::take(&mut n.ready_reads)
+                .into_iter()
+                .map(|(_, w, _)| w),
+        );
+        for w in all {
+            self.reply(&w, Err(err.clone()));
+        }
+    }
+
+    /// After the disk or a pause released a node: take everything that queued, then drive.
+    fn after_busy(&mut self, id: NodeId) {
+        loop {
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            if n.busy.is_some() || n.paused || !n.up {
+                return;
+            }
+            let batch: Vec<Input> = n.inbox.drain(..).collect();
+            let tick = std::mem::take(&mut n.tick_pending);
+            if batch.is_empty() && !tick {
+                self.drive(id);
+                return;
+            }
+            if tick {
+                self.input(id, Input::Tick);
+            }
+            for i in batch {
+                self.input(id, i);
+            }
+            self.drive(id);
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let torn = self.rng.random_range(0..3u8);
+        let keep_hs = self.rng.random_bool(0.5);
+        let cut_at = self.rng.random_range(0..=64usize);
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !n.up {
+            return;
+        }
+        n.up = false;
+        n.paused = false;
+        n.incarnation += 1;
+        // A write in progress may land whole, not at all, or torn (a prefix of it).
+        let mut torn_note = String::new();
+        if let Some(rd) = n.busy.take() {
+            let (hs, k) = match torn {
+                0 => (None, 0),
+                1 => (rd.hard_state, rd.entries.len()),
+                _ => (
+                    if keep_hs { rd.hard_state } else { None },
+                    cut_at.min(rd.entries.len()),
+                ),
+            };
+            let _ = n.store.persist(hs.as_ref(), &rd.entries[..k]);
+            torn_note = format!(
+                " (write in progress: {} of {} entries landed, hard state {})",
+                k,
+                rd.entries.len(),
+                hs.is_some()
+            );
+        }
+        n.inbox.clear();
+        n.tick_pending = false;
+        self.note(|| format!("CRASH node {id}{torn_note}"));
+        // Clients waiting on it see their connection drop.
+        self.fail_pending(id, ReplyErr::ConnectionLost);
+        self.inv.on_crash(id);
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let seed = self.rng.random();
+        let mutation = self.cfg.mutation;
+        let n_nodes = self.cfg.nodes;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.up {
+            return;
+        }
+        let (hs, log) = match n.store.load() {
+            Ok(x) => x,
+            Err(e) => {
+                self.violation(format!("memory storage load failed: {e}"));
+                return;
+            }
+        };
+        let (term, len) = (hs.term, log.len());
+        match RaftCore::new(raft_config(id, n_nodes, seed), hs, log) {
+            Ok(mut core) => {
+                core.set_mutation(mutation);
+                n.core = core;
+            }
+            Err(e) => {
+                self.violation(format!("restart of node {id} failed: {e}"));
+                return;
+            }
+        }
+        n.sm = StateMachine::new();
+        n.up = true;
+        n.role = Role::Follower;
+        self.note(|| format!("RESTART node {id} (term {term}, {len} entries on disk)"));
+        self.drive(id);
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    fn fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        self.outcome.faults += 1;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let pick = ids[self.rng.random_range(0..ids.len())];
+        match self.rng.random_range(0..10u8) {
+            0 | 1 => {
+                self.crash(pick);
+                let down = self.rng.random_range(50 * MS..1_500 * MS);
+                self.schedule(down, Ev::Restart(pick));
+            }
+            2 => {
+                // Partition: a random subset against the rest.
+                self.cut.clear();
+                let side: BTreeSet<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.random_bool(0.5))
+                    .collect();
+                for &a in &ids {
+                    for &b in &ids {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+                self.note(|| format!("PARTITION {side:?} | rest"));
+            }
+            3 => {
+                // One-way cut: `pick` can send but not receive (or the other way round).
+                let inbound = self.rng.random_bool(0.5);
+                for &o in &ids {
+                    if o != pick {
+                        self.cut.insert(if inbound { (o, pick) } else { (pick, o) });
+                    }
+                }
+                self.note(|| {
+                    format!(
+                        "ONE-WAY CUT node {pick} {}",
+                        if inbound { "deaf" } else { "mute" }
+                    )
+                });
+            }
+            4 => {
+                self.note(|| "HEAL network".into());
+                self.cut.clear();
+            }
+            5 => {
+                // Pause (a SIGSTOPped process): it keeps its state, everything queues.
+                let Some(n) = self.nodes.get_mut(&pick) else {
+                    return;
+                };
+                if n.up && !n.paused {
+                    n.paused = true;
+                    let d = self.rng.random_range(100 * MS..1_000 * MS);
+                    self.note(|| format!("PAUSE node {pick}"));
+                    self.schedule(d, Ev::Resume(pick));
+                }
+            }
+            6 => {
+                self.drop_rate = [0.0, 0.02, 0.1, 0.3][self.rng.random_range(0..4)];
+                self.dup_rate = [0.0, 0.02, 0.1][self.rng.random_range(0..3)];
+                let (d, u) = (self.drop_rate, self.dup_rate);
+                self.note(|| format!("NETWORK drop={d} dup={u}"));
+            }
+            7 => {
+                if !self.slow_disk.insert(pick) {
+                    self.slow_disk.remove(&pick);
+                }
+                self.note(|| format!("SLOW DISK toggled on node {pick}"));
+            }
+            _ => {
+                // Crash whoever leads (the most interesting node to lose).
+                if let Some(l) = ids
+                    .iter()
+                    .copied()
+                    .find(|i| self.nodes[i].up && self.nodes[i].role == Role::Leader)
+                {
+                    self.crash(l);
+                    let down = self.rng.random_range(10 * MS..800 * MS);
+                    self.schedule(down, Ev::Restart(l));
+                }
+            }
+        }
+        let next = self.rng.random_range(20 * MS..300 * MS);
+        self.schedule(next, Ev::Fault);
+    }
+
+    fn end_faults(&mut self) {
+        self.note(|| "END OF FAULTS: healing network, restarting and resuming every node".into());
+        self.faults_on = false;
+        self.cut.clear();
+        self.drop_rate = 0.0;
+        self.dup_rate = 0.0;
+        self.slow_disk.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.restart(id);
+            self.resume(id);
+        }
+        for c in 0..self.clients.len() {
+            self.clients[c].stop_new_ops();
+        }
+    }
+
+    fn resume(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !n.paused {
+            return;
+        }
+        n.paused = false;
+        self.note(|| format!("RESUME node {id}"));
+        self.after_busy(id);
+    }
+
+    // ------------------------------------------------------------------ the run
+
+    fn step(&mut self) -> bool {
+        let Some(Reverse(q)) = self.queue.pop() else {
+            return false;
+        };
+        self.now = q.at;
+        self.outcome.events += 1;
+        match q.ev {
+            Ev::Tick(id) => {
+                self.deliver(id, Input::Tick);
+                self.schedule(TICK, Ev::Tick(id));
+            }
+            Ev::Deliver(id, input) => self.deliver(id, input),
+            Ev::Reply(c, r) => self.client_reply(c, r),
+            Ev::PersistDone(id, inc) => self.persist_done(id, inc),
+            Ev::Resume(id) => self.resume(id),
+            Ev::Restart(id) => self.restart(id),
+            Ev::ClientWake(c) => self.client_wake(c),
+            Ev::Fault => self.fault(),
+            Ev::EndFaults => self.end_faults(),
+        }
+        true
+    }
+
+    pub(crate) fn now(&self) -> Time {
+        self.now
+    }
+
+    pub(crate) fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+
+    pub(crate) fn keys(&self) -> usize {
+        self.cfg.keys
+    }
+
+    pub(crate) fn schedule_client(&mut self, client: usize, delay: Time) {
+        self.schedule(delay, Ev::ClientWake(client));
+    }
+
+    fn client_wake(&mut self, c: usize) {
+        let mut client = std::mem::take(&mut self.clients[c]);
+        client.wake(self);
+        self.clients[c] = client;
+    }
+
+    fn client_reply(&mut self, c: usize, r: ClientReply) {
+        let mut client = std::mem::take(&mut self.clients[c]);
+        client.on_reply(self, r);
+        self.clients[c] = client;
+    }
+
+    pub(crate) fn attempt_timeout() -> Time {
+        ATTEMPT_TIMEOUT
+    }
+
+    /// One leader that every up node follows, and every node has applied its whole log.
+    fn converged(&self) -> bool {
+        let leaders: Vec<&SimNode> = self
+            .nodes
+            .values()
+            .filter(|n| n.up && n.role == Role::Leader)
+            .collect();
+        let [l] = leaders.as_slice() else {
+            return false;
+        };
+        let ls = l.core.status();
+        ls.commit == ls.last_index
+            && self.nodes.values().all(|n| {
+                let s = n.core.status();
+                n.up && s.leader == Some(ls.id)
+                    && s.term == ls.term
+                    && s.last_index == ls.last_index
+                    && n.sm.applied_index() == ls.commit
+            })
+    }
+}
+
+fn short(m: &Message) -> String {
+    use crate::raft::MessageBody as B;
+    match &m.body {
+        B::RequestVote {
+            last_log_index,
+            last_log_term,
+        } => format!("last=({last_log_index},t{last_log_term})"),
+        B::RequestVoteResponse { granted } => format!("granted={granted}"),
+        B::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+            ..
+        } => {
+            format!(
+                "prev=({prev_log_index},t{prev_log_term}) n={} commit={leader_commit}",
+                entries.len()
+            )
+        }
+        B::AppendEntriesResponse {
+            success,
+            match_index,
+            conflict_index,
+            conflict_term,
+            ..
+        } => {
+            format!("ok={success} match={match_index} hint=({conflict_index},t{conflict_term})")
+        }
+    }
+}
+
+/// Runs one simulation.
+///
+/// # Errors
+/// A [`Failure`] describing the first violation found.
+pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
+    let fault_end = cfg.fault_ms * MS;
+    let deadline = fault_end + cfg.liveness_ms * MS;
+    let seed = cfg.seed;
+    let mut w = World::new(cfg);
+    let fail = |w: &mut World, message: String| Failure {
+        seed,
+        at: w.now,
+        message,
+        trace: std::mem::take(&mut w.trace),
+    };
+
+    // Faults, then recovery until every client is idle and the cluster has converged.
+    loop {
+        if !w.step() {
+            return Err(fail(&mut w, "event queue ran dry".into()));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+        if w.now > fault_end && w.clients.iter().all(Client::idle) && w.converged() {
+            break;
+        }
+        if w.now > deadline {
+            let state: Vec<String> = w
+                .nodes
+                .values()
+                .map(|n| {
+                    let s = n.core.status();
+                    format!(
+                        "node {}: {} term {} leader {:?} commit {} last {} applied {}",
+                        s.id,
+                        s.role,
+                        s.term,
+                        s.leader,
+                        s.commit,
+                        s.last_index,
+                        n.sm.applied_index()
+                    )
+                })
+                .collect();
+            let msg = format!(
+                "liveness: no convergence within {} ms after faults stopped; {}",
+                w.cfg.liveness_ms,
+                state.join("; ")
+            );
+            return Err(fail(&mut w, msg));
+        }
+    }
+
+    // Final linearizable reads of every key, through the client path, recorded in the history:
+    // an acknowledged write that was lost shows up as a non-linearizable read here.
+    for c in 0..w.clients.len() {
+        w.clients[c].final_reads(w.cfg.keys);
+    }
+    for c in 0..w.clients.len() {
+        w.schedule_client(c, 0);
+    }
+    while !w.clients.iter().all(Client::idle) {
+        if !w.step() {
+            return Err(fail(
+                &mut w,
+                "event queue ran dry during final reads".into(),
+            ));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+        if w.now > deadline + 10_000 * MS {
+            return Err(fail(
+                &mut w,
+                "liveness: final reads did not complete".into(),
+            ));
+        }
+    }
+    let unanswered: Vec<&Op> = w
+        .history
+        .iter()
+        .filter(|o| o.result.is_none() && o.kind == lincheck::OpKind::Get && o.invoke > fault_end)
+        .collect();
+    if let Some(op) = unanswered.first() {
+        let msg = format!(
+            "liveness: final read of {} by client {} got no answer on a healthy cluster",
+            op.key, op.client
+        );
+        return Err(fail(&mut w, msg));
+    }
+
+    // Let late client retries still in the network settle, then every replica must hold
+    // the same state.
+    while !w.converged() {
+        if !w.step() || w.now > deadline + 20_000 * MS {
+            return Err(fail(
+                &mut w,
+                "liveness: no convergence after the final reads".into(),
+            ));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+    }
+    // Every replica applied the same state.
+    let states: BTreeSet<Vec<(String, String)>> = w
+        .nodes
+        .values()
+        .map(|n| {
+            n.sm.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect();
+    if states.len() != 1 {
+        let per_node: Vec<String> = w
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let kv: Vec<String> = n.sm.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "node {id} applied {}: {}",
+                    n.sm.applied_index(),
+                    kv.join(",")
+                )
+            })
+            .collect();
+        let msg = format!("replicas differ after convergence: {}", per_node.join("; "));
+        return Err(fail(&mut w, msg));
+    }
+
+    if let Err(v) = lincheck::check(&w.history) {
+        return Err(fail(&mut w, v.to_string()));
+    }
+    w.outcome.ok = w.history.iter().filter(|o| o.result.is_some()).count() as u64;
+    w.outcome.unknown = w.history.iter().filter(|o| o.result.is_none()).count() as u64;
+    w.outcome.leader_changes = w.inv.leaders_seen();
+    w.outcome.commit = w
+        .nodes
+        .values()
+        .map(|n| n.core.status().commit)
+        .max()
+        .unwrap_or(0);
+    Ok(w.outcome)
+}
+
+/// Runs with tracing on and returns the trace (pass or fail), for determinism tests.
+#[cfg(test)]
+pub(crate) fn run_traced(mut cfg: SimConfig) -> Vec<String> {
+    cfg.trace = true;
+    let fault_end = cfg.fault_ms * MS;
+    let mut w = World::new(cfg);
+    while w.step() && w.now < fault_end {}
+    w.trace
+}

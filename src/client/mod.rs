@@ -1,1 +1,34 @@
-//! client (in progress)
+//! Rust client library for kvstore: leader discovery, redirects, bounded retries and
+//! exactly-once write sessions.
+//!
+//! May import: `crate::pb` (wire types) and tonic. Nothing else from the crate: the client
+//! speaks only the public gRPC contract (proto/kvstore.proto), exactly like a foreign client.
+//!
+//! How an operation runs ([`Client`]):
+//! - It tries the last node that answered as leader first, then the endpoints in turn.
+//! - A non-leader answers UNAVAILABLE with `leader-addr` metadata; the client goes there next
+//!   (an address not in the endpoint list is added to it).
+//! - UNAVAILABLE, connection errors and attempts that get no answer within
+//!   [`ClientOptions::attempt_timeout`] are retried on the next candidate with exponential
+//!   backoff, until the operation's overall [`ClientOptions::timeout`].
+//! - INVALID_ARGUMENT, FAILED_PRECONDITION and other caller errors are returned at once.
+//!
+//! Invariants:
+//! - Every write carries a session `(client_id, sequence)`; a retried write reuses its
+//!   sequence, so the cluster applies it at most once and answers with the original result.
+//! - Sequences strictly increase per client, which is why writes take `&mut self`: two
+//!   concurrent writes of one session could be applied out of order and one of them rejected
+//!   as stale. Use one `Client` per concurrent writer.
+
+mod endpoints;
+mod error;
+mod kv_client;
+mod options;
+mod retry;
+
+pub use error::ClientError;
+pub use kv_client::{Client, DeleteResult, GetResult, Header, NodeStatus};
+pub use options::ClientOptions;
+
+/// Read consistency for [`Client::get`] (the wire enum).
+pub use crate::pb::Consistency;

@@ -1,0 +1,188 @@
+//! The endpoint list, the cached leader and one lazily connected channel per endpoint.
+
+use std::collections::HashMap;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ClientError, ClientOptions};
+
+/// Known node addresses (`HOST:PORT`), which one answered as leader last, and their channels.
+///
+/// Invariant: `leader`, when set, is one of `addrs`; every address in `addrs` parses as a URI.
+#[derive(Debug)]
+pub(crate) struct Endpoints {
+    addrs: Vec<String>,
+    leader: Option<String>,
+    /// Round-robin position for the next non-leader pick.
+    cursor: usize,
+    channels: HashMap<String, Channel>,
+}
+
+impl Endpoints {
+    /// Validates and normalises `endpoints` (`HOST:PORT` or `http://HOST:PORT`).
+    pub(crate) fn new(endpoints: Vec<String>) -> Result<Self, ClientError> {
+        let mut addrs: Vec<String> = Vec::new();
+        for endpoint in endpoints {
+            let addr = normalise(&endpoint)?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        Ok(Self {
+            addrs,
+            leader: None,
+            cursor: 0,
+            channels: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The node to try next: the cached leader if any, else the next endpoint in turn.
+    pub(crate) fn pick(&mut self) -> String {
+        if let Some(leader) = &self.leader {
+            return leader.clone();
+        }
+        let addr = self.addrs[self.cursor % self.addrs.len()].clone();
+        self.cursor = self.cursor.wrapping_add(1);
+        addr
+    }
+
+    /// Remembers `addr` as the leader, adding it to the list if it is new.
+    /// Returns false (and changes nothing) when the address is not usable.
+    pub(crate) fn set_leader(&mut self, addr: &str) -> bool {
+        let Ok(addr) = normalise(addr) else {
+            return false;
+        };
+        if !self.addrs.contains(&addr) {
+            self.addrs.push(addr.clone());
+        }
+        self.leader = Some(addr);
+        true
+    }
+
+    /// Forgets the cached leader if it is `addr` (it just failed), so the next pick rotates.
+    pub(crate) fn forget_leader(&mut self, addr: &str) {
+        if self.leader.as_deref() == Some(addr) {
+            self.leader = None;
+        }
+    }
+
+    /// The channel to `addr`, created on first use. Connecting happens lazily, on the
+    /// first RPC, bounded by the connect timeout.
+    pub(crate) fn channel(
+        &mut self,
+        addr: &str,
+        options: &ClientOptions,
+    ) -> Result<Channel, ClientError> {
+        if let Some(channel) = self.channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(addr)?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        self.channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// `HOST:PORT` from `HOST:PORT` or `http://HOST:PORT`, checked to form a valid URI.
+fn normalise(endpoint: &str) -> Result<String, ClientError> {
+    let trimmed = endpoint.trim();
+    let addr = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let addr = addr.trim_end_matches('/');
+    let invalid = |reason: &str| ClientError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    if addr.is_empty() {
+        return Err(invalid("empty address"));
+    }
+    if addr.contains("://") {
+        return Err(invalid("only plain http:// endpoints are supported"));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(invalid("expected HOST:PORT"));
+    };
+    if host.is_empty() {
+        return Err(invalid("missing host"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(invalid("port must be a number from 0 to 65535"));
+    }
+    endpoint_uri(addr).map_err(|reason| invalid(&reason))?;
+    Ok(addr.to_string())
+}
+
+fn endpoint_uri(addr: &str) -> Result<Endpoint, String> {
+    Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    endpoint_uri(addr).map_err(|reason| ClientError::InvalidEndpoint {
+        endpoint: addr.to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(list: &[&str]) -> Result<Endpoints, ClientError> {
+        Endpoints::new(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn accepts_host_port_and_http_urls_and_drops_duplicates() {
+        let e = endpoints(&["127.0.0.1:9001", "http://127.0.0.1:9002/", "127.0.0.1:9001"]).unwrap();
+        assert_eq!(e.addrs(), ["127.0.0.1:9001", "127.0.0.1:9002"]);
+    }
+
+    #[test]
+    fn rejects_empty_lists_and_bad_addresses() {
+        assert_eq!(endpoints(&[]).unwrap_err(), ClientError::NoEndpoints);
+        for bad in [
+            "",
+            "localhost",
+            "127.0.0.1:port",
+            ":9001",
+            "https://h:1",
+            "h:70000",
+        ] {
+            assert!(
+                matches!(endpoints(&[bad]), Err(ClientError::InvalidEndpoint { .. })),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn pick_prefers_the_leader_then_rotates() {
+        let mut e = endpoints(&["a:1", "b:2", "c:3"]).unwrap();
+        assert_eq!(
+            [e.pick(), e.pick(), e.pick(), e.pick()],
+            ["a:1", "b:2", "c:3", "a:1"]
+        );
+        assert!(e.set_leader("c:3"));
+        assert_eq!([e.pick(), e.pick()], ["c:3", "c:3"]);
+        e.forget_leader("c:3");
+        assert_eq!(e.pick(), "b:2");
+    }
+
+    #[test]
+    fn a_redirect_to_an_unknown_address_adds_it() {
+        let mut e = endpoints(&["a:1"]).unwrap();
+        assert!(e.set_leader("http://d:4"));
+        assert_eq!(e.addrs(), ["a:1", "d:4"]);
+        assert_eq!(e.pick(), "d:4");
+        assert!(!e.set_leader("garbage"));
+        assert_eq!(e.pick(), "d:4");
+    }
+}

@@ -1,0 +1,501 @@
+//! Multi-process tests against the real `kvstore` binary (see tests/common for the harness).
+//! Each test runs its own cluster on its own ports, so they run in parallel.
+// Integration tests may unwrap (STYLE.md §6); clippy's allow-unwrap-in-tests only covers
+// #[test] functions, not the harness helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{free_port, poll_until, Cluster};
+use kvstore::client::{Client, Consistency};
+use kvstore::pb::{GetRequest, PutRequest, Role, Session};
+use tonic::Code;
+
+const SECS_5: Duration = Duration::from_secs(5);
+const SECS_10: Duration = Duration::from_secs(10);
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        session: None,
+    }
+}
+
+fn get(key: &str, consistency: Consistency) -> GetRequest {
+    GetRequest {
+        key: key.into(),
+        consistency: consistency.into(),
+    }
+}
+
+/// Waits until node `id` serves `key` = `value` from its local state (SERIALIZABLE).
+async fn wait_until_node_has(cluster: &Cluster, id: u64, key: &str, value: &str) {
+    poll_until(
+        SECS_10,
+        &format!("node {id} to have {key}={value}"),
+        async || {
+            let response = cluster
+                .kv(id)
+                .get(get(key, Consistency::Serializable))
+                .await
+                .ok()?;
+            let response = response.into_inner();
+            (response.found && response.value == value).then_some(())
+        },
+    )
+    .await
+}
+
+/// Writes `key-i = value-i` for i in 0..n through the client library.
+async fn write_keys(client: &mut Client, n: usize) {
+    for i in 0..n {
+        client
+            .put(&format!("key-{i}"), &format!("value-{i}"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Reads back what `write_keys` wrote, linearizably.
+async fn assert_keys(client: &mut Client, n: usize) {
+    for i in 0..n {
+        let got = client
+            .get(&format!("key-{i}"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(
+            got.value.as_deref(),
+            Some(format!("value-{i}").as_str()),
+            "key-{i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_elect_one_agreed_leader_within_two_seconds() {
+    let started = Instant::now();
+    let cluster = Cluster::start(3);
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(2)).await;
+    assert!(started.elapsed() <= Duration::from_secs(2));
+    let statuses = cluster.live_statuses().await;
+    assert_eq!(statuses.len(), 3, "all three nodes answer Status");
+    let leaders: Vec<u64> = statuses
+        .iter()
+        .filter(|s| s.role == Role::Leader as i32)
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(leaders, [leader], "exactly one leader");
+    for s in &statuses {
+        assert_eq!(
+            (s.leader_id, s.term),
+            (leader, term),
+            "node {} agrees",
+            s.id
+        );
+    }
+    assert!(cluster
+        .log(leader)
+        .contains(&format!("[node {leader}] became leader")));
+}
+
+#[tokio::test]
+async fn followers_serve_stale_reads_and_redirect_everything_else() {
+    let cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let mut client = cluster.client();
+    let header = client.put("greeting", "hello").await.unwrap();
+    assert!(header.index > 0);
+    assert_eq!(header.node_id, leader);
+    let got = client
+        .get("greeting", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.value.as_deref(), Some("hello"));
+
+    wait_until_node_has(&cluster, follower, "greeting", "hello").await;
+
+    let expected = format!("not leader, try node {leader} ({})", cluster.addr(leader));
+    let read = cluster
+        .kv(follower)
+        .get(get("greeting", Consistency::Linearizable))
+        .await;
+    let write = cluster.kv(follower).put(put("greeting", "bye")).await;
+    for (what, result) in [("linearizable get", read.err()), ("put", write.err())] {
+        let status = result.unwrap_or_else(|| panic!("{what} on a follower must fail"));
+        assert_eq!(status.code(), Code::Unavailable, "{what}: {status}");
+        assert!(
+            status.message().contains(&expected),
+            "{what}: {}",
+            status.message()
+        );
+        let meta = status.metadata();
+        assert_eq!(
+            meta.get("leader-id").unwrap().to_str().unwrap(),
+            leader.to_string()
+        );
+        assert_eq!(
+            meta.get("leader-addr").unwrap().to_str().unwrap(),
+            cluster.addr(leader)
+        );
+    }
+    let got = client
+        .get("greeting", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.value.as_deref(),
+        Some("hello"),
+        "the redirected put did not apply"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let mut kv = cluster.kv(leader);
+    let long_key = "k".repeat(5000);
+    let big_value = "v".repeat(1024 * 1024 + 1);
+    for (what, request) in [
+        ("empty key", put("", "v")),
+        ("5000-byte key", put(&long_key, "v")),
+        ("1 MiB + 1 value", put("k", &big_value)),
+    ] {
+        let status = kv.put(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status}");
+    }
+    let status = kv
+        .get(get("", Consistency::Linearizable))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "empty key get: {status}"
+    );
+    let unknown = GetRequest {
+        key: "k".into(),
+        consistency: 7,
+    };
+    let status = kv.get(unknown).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "unknown consistency: {status}"
+    );
+
+    kv.put(put("k", "fine")).await.unwrap();
+    let got = kv
+        .get(get("k", Consistency::Linearizable))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((got.found, got.value.as_str()), (true, "fine"));
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_and_rejoins_as_follower() {
+    let mut cluster = Cluster::start(3);
+    let (old_leader, old_term) = cluster.wait_for_leader(SECS_5).await;
+    let mut client = cluster.client();
+    write_keys(&mut client, 10).await;
+
+    cluster.kill(old_leader);
+    let (leader, term) = cluster.wait_for_leader(SECS_5).await;
+    assert_ne!(leader, old_leader);
+    assert!(term > old_term, "new term {term} > old term {old_term}");
+    assert_keys(&mut client, 10).await;
+
+    cluster.restart(old_leader);
+    let line = poll_until(SECS_10, "the old leader to become follower", async || {
+        cluster
+            .log_since_start(old_leader)
+            .lines()
+            .find(|l| l.contains("stepping down: saw term") || l.contains("became follower"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.contains(&format!("[node {old_leader}]")), "{line}");
+    poll_until(
+        SECS_10,
+        "the old leader's commit index to catch up",
+        async || {
+            let mine = cluster.status(old_leader).await.ok()?;
+            let leaders = cluster.status(leader).await.ok()?;
+            (mine.role == Role::Follower as i32
+                && mine.leader_id == leader
+                && mine.commit_index >= leaders.commit_index)
+                .then_some(())
+        },
+    )
+    .await;
+    for i in 0..10 {
+        wait_until_node_has(
+            &cluster,
+            old_leader,
+            &format!("key-{i}"),
+            &format!("value-{i}"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_cluster_restart_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut client = cluster.client();
+    write_keys(&mut client, 50).await;
+    client.delete("key-0").await.unwrap();
+
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leader(SECS_10).await;
+    let mut client = cluster.client();
+    let got = client
+        .get("key-0", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.value, None, "the acknowledged delete survived");
+    for i in 1..50 {
+        let got = client
+            .get(&format!("key-{i}"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(got.value, Some(format!("value-{i}")), "key-{i}");
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_leader_cannot_acknowledge_writes_and_steps_down_when_thawed() {
+    let mut cluster = Cluster::start(3);
+    let (zombie, old_term) = cluster.wait_for_leader(SECS_5).await;
+    let mut client = cluster.client();
+    client.put("before", "1").await.unwrap();
+
+    cluster.stop(zombie);
+    let (leader, term) = cluster.wait_for_leader(SECS_5).await;
+    assert_ne!(leader, zombie);
+    assert!(term > old_term);
+
+    // One write with a short deadline, and one left waiting until after the thaw.
+    let timed = tokio::time::timeout(
+        Duration::from_millis(1500),
+        cluster.kv(zombie).put(put("zombie-timed", "bad")),
+    )
+    .await;
+    assert!(
+        !matches!(timed, Ok(Ok(_))),
+        "a frozen node acknowledged a write"
+    );
+    let mut zombie_kv = cluster.kv(zombie);
+    let pending = tokio::spawn(async move { zombie_kv.put(put("zombie", "bad")).await });
+
+    cluster.cont(zombie);
+    let step_down = format!("[node {zombie}] stepping down: saw term");
+    cluster.wait_for_log(zombie, &step_down, SECS_5).await;
+    poll_until(
+        SECS_5,
+        "the thawed node to report follower in the new term",
+        async || {
+            let s = cluster.status(zombie).await.ok()?;
+            (s.role == Role::Follower as i32 && s.term >= term).then_some(())
+        },
+    )
+    .await;
+    // The write it received while frozen must not be acknowledged (an error or no answer).
+    let answer = tokio::time::timeout(SECS_5, pending).await;
+    assert!(
+        !matches!(answer, Ok(Ok(Ok(_)))),
+        "the deposed leader acknowledged a write it received while frozen"
+    );
+
+    client.put("after", "2").await.unwrap();
+    for key in ["zombie", "zombie-timed"] {
+        let got = client.get(key, Consistency::Linearizable).await.unwrap();
+        assert_eq!(got.value, None, "{key} must not have been applied");
+    }
+    for id in cluster.ids() {
+        wait_until_node_has(&cluster, id, "before", "1").await;
+        wait_until_node_has(&cluster, id, "after", "2").await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_cleanly_and_a_second_process_cannot_take_the_data_dir() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+
+    let mut rival = cluster
+        .command(follower, free_port())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = poll_until(SECS_10, "the rival process to exit", async || {
+        rival.try_wait().unwrap()
+    })
+    .await;
+    let output = rival.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !exited.success(),
+        "a second process on a locked data dir must fail"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last_line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let dir = cluster.node(follower).data_dir().display().to_string();
+    assert!(
+        last_line.contains(&dir),
+        "error line should name {dir}: {stderr}"
+    );
+
+    let status = cluster.terminate(follower).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    let mut client = cluster.client();
+    client.put("still", "serving").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_single_node_elects_itself_and_serves() {
+    let cluster = Cluster::start(1);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    assert_eq!(leader, 1);
+    let mut client = cluster.client();
+    client.put("solo", "yes").await.unwrap();
+    let got = client.get("solo", Consistency::Linearizable).await.unwrap();
+    assert_eq!(got.value.as_deref(), Some("yes"));
+    assert!(client.delete("solo").await.unwrap().deleted);
+    assert!(!client.delete("solo").await.unwrap().deleted);
+}
+
+#[tokio::test]
+async fn a_resent_write_with_the_same_session_applies_once() {
+    let cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let mut kv = cluster.kv(leader);
+    let with_session = |value: &str, sequence| PutRequest {
+        key: "k".into(),
+        value: value.into(),
+        session: Some(Session {
+            client_id: 7,
+            sequence,
+        }),
+    };
+    let first = kv.put(with_session("a", 1)).await.unwrap().into_inner();
+    let second = kv.put(with_session("b", 2)).await.unwrap().into_inner();
+    let resent = kv.put(with_session("a", 1)).await;
+    match resent {
+        Ok(resent) => assert_eq!(
+            resent.into_inner().header.unwrap().index,
+            first.header.unwrap().index,
+            "a duplicate is answered with the original index"
+        ),
+        // A stale sequence may also be refused outright; either way it must not re-apply.
+        Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status}"),
+    }
+    assert!(second.header.unwrap().index > first.header.unwrap().index);
+    let got = kv
+        .get(get("k", Consistency::Linearizable))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.value, "b",
+        "re-sending sequence 1 must not set k back to a"
+    );
+}
+
+/// Runs kvctl against `cluster`; returns (exit code, stdout, stderr).
+fn kvctl(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args([
+            "--endpoints",
+            &cluster.endpoints().join(","),
+            "--timeout",
+            "5s",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn kvctl_puts_gets_deletes_and_shows_status() {
+    let mut cluster = Cluster::start(3);
+    let (leader, term) = cluster.wait_for_leader(SECS_5).await;
+
+    let (code, out, err) = kvctl(&cluster, &["put", "colour", "blue"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("OK (index ") && out.trim_end().ends_with(')'),
+        "{out}"
+    );
+    assert_eq!(kvctl(&cluster, &["get", "colour"]).1, "blue\n");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    wait_until_node_has(&cluster, follower, "colour", "blue").await;
+    assert_eq!(
+        kvctl(&cluster, &["get", "colour", "--serializable"]).1,
+        "blue\n"
+    );
+
+    let (code, out, err) = kvctl(&cluster, &["get", "missing"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", "key not found: missing\n")
+    );
+    assert_eq!(kvctl(&cluster, &["del", "colour"]).1, "deleted\n");
+    assert_eq!(kvctl(&cluster, &["del", "colour"]).1, "not found\n");
+
+    let (code, out, _) = kvctl(&cluster, &["status"]);
+    assert_eq!(code, 0);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    let leaders: Vec<&Vec<&str>> = rows.iter().filter(|r| r[2] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{out}");
+    assert_eq!(leaders[0][0], leader.to_string());
+    assert_eq!(leaders[0][3], term.to_string());
+
+    cluster.kill(follower);
+    let (code, out, _) = kvctl(&cluster, &["status"]);
+    assert_eq!(code, 0);
+    let down = out
+        .lines()
+        .find(|l| l.contains(&cluster.addr(follower)))
+        .unwrap();
+    assert!(down.contains("unreachable: "), "{out}");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", "nonsense", "get", "k"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(
+        err.starts_with("kvctl: ") && err.lines().count() == 1,
+        "{err}"
+    );
+}

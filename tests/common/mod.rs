@@ -1,0 +1,373 @@
+//! Multi-process test harness: runs the real `kvstore` binary on free loopback ports, one
+//! temp data dir and one log file per node, and kills every child on drop (also after a
+//! failed assertion, so no test leaks a process). Waits poll a condition; they never sleep
+//! to synchronise.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kvstore::client::{Client, ClientOptions};
+use kvstore::pb::cluster_client::ClusterClient;
+use kvstore::pb::kv_client::KvClient;
+use kvstore::pb::{Role, StatusRequest, StatusResponse};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+/// Election timeout given to every node: short, so tests are fast.
+pub const ELECTION_TIMEOUT_MS: u64 = 300;
+/// Heartbeat interval given to every node.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 30;
+/// How long one status probe may take before the node counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between two evaluations of a polled condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// One node process (or the slot for it while it is down).
+pub struct Node {
+    pub id: u64,
+    pub port: u16,
+    data_dir: TempDir,
+    log_path: PathBuf,
+    /// Byte offset in the log where the current incarnation started.
+    log_start: u64,
+    child: Option<Child>,
+    /// SIGSTOPped and not yet SIGCONTinued.
+    stopped: bool,
+    peers: Vec<String>,
+}
+
+impl Node {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+    /// Running and not frozen.
+    pub fn is_live(&self) -> bool {
+        self.child.is_some() && !self.stopped
+    }
+}
+
+/// A cluster of `kvstore` processes on loopback.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    logs: TempDir,
+}
+
+/// A loopback port nobody listens on right now (bind port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Polls `condition` until it yields `Some`, or panics after `deadline` naming `what`.
+pub async fn poll_until<T>(
+    deadline: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Sends a signal with the `kill` utility (no libc needed).
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A lazily connecting channel with a short connect timeout.
+pub fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300))
+        .connect_lazy()
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) with explicit `ID=127.0.0.1:PORT` peers; `n == 1` runs
+    /// a single-node cluster (no `--peers`).
+    pub fn start(n: u64) -> Cluster {
+        let logs = TempDir::new().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let peers = (1..=n)
+                .filter(|&p| p != id)
+                .map(|p| format!("{p}=127.0.0.1:{}", ports[(p - 1) as usize]))
+                .collect();
+            nodes.push(Node {
+                id,
+                port: ports[(id - 1) as usize],
+                data_dir: TempDir::new().unwrap(),
+                log_path: logs.path().join(format!("node-{id}.log")),
+                log_start: 0,
+                child: None,
+                stopped: false,
+                peers,
+            });
+        }
+        let mut cluster = Cluster { nodes, logs };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr()
+    }
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::addr).collect()
+    }
+
+    /// The command line that starts node `id` (also used to start a rival process).
+    pub fn command(&self, id: u64, port: u16) -> Command {
+        let node = self.node(id);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kvstore"));
+        command
+            .args(["--id", &id.to_string(), "--port", &port.to_string()])
+            .args(["--host", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+            .args([
+                "--heartbeat-interval-ms",
+                &HEARTBEAT_INTERVAL_MS.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        if !node.peers.is_empty() {
+            command.args(["--peers", &node.peers.join(",")]);
+        }
+        command
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let node = self.node(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .unwrap();
+        let log_start = log.metadata().unwrap().len();
+        let child = self
+            .command(id, node.port)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let node = self.node_mut(id);
+        node.child = Some(child);
+        node.log_start = log_start;
+        node.stopped = false;
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        let mut child = node.child.take().expect("node is not running");
+        if node.stopped {
+            signal(child.id(), "CONT");
+            node.stopped = false;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts node `id` again on the same port and data dir (after `kill` or `terminate`).
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// SIGSTOP node `id`: it keeps its sockets but does nothing (a "zombie").
+    pub fn stop(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        signal(
+            node.child.as_ref().expect("node is not running").id(),
+            "STOP",
+        );
+        node.stopped = true;
+    }
+
+    /// SIGCONT node `id`.
+    pub fn cont(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        signal(
+            node.child.as_ref().expect("node is not running").id(),
+            "CONT",
+        );
+        node.stopped = false;
+    }
+
+    /// SIGTERM node `id`, wait (bounded) for it to exit, and return its exit status.
+    pub async fn terminate(&mut self, id: u64) -> ExitStatus {
+        let node = self.node_mut(id);
+        let mut child = node.child.take().expect("node is not running");
+        signal(child.id(), "TERM");
+        let status = poll_until(Duration::from_secs(10), "exit after SIGTERM", async || {
+            child.try_wait().unwrap()
+        })
+        .await;
+        status
+    }
+
+    /// Everything node `id` has logged, all incarnations.
+    pub fn log(&self, id: u64) -> String {
+        read_from(&self.node(id).log_path, 0)
+    }
+
+    /// What node `id` has logged since it was last (re)started.
+    pub fn log_since_start(&self, id: u64) -> String {
+        let node = self.node(id);
+        read_from(&node.log_path, node.log_start)
+    }
+
+    /// Waits until the current incarnation of node `id` has logged a line containing
+    /// `needle`, and returns that line.
+    pub async fn wait_for_log(&self, id: u64, needle: &str, deadline: Duration) -> String {
+        poll_until(
+            deadline,
+            &format!("node {id} to log {needle:?}"),
+            async || {
+                self.log_since_start(id)
+                    .lines()
+                    .find(|line| line.contains(needle))
+                    .map(str::to_string)
+            },
+        )
+        .await
+    }
+
+    /// Cluster/Status of node `id`, or why it could not be had (short timeout).
+    pub async fn status(&self, id: u64) -> Result<StatusResponse, String> {
+        let mut client = ClusterClient::new(channel(&self.addr(id)));
+        match tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {})).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status.to_string()),
+            Err(_) => Err("no answer".to_string()),
+        }
+    }
+
+    /// Statuses of every running, unfrozen node that answers.
+    pub async fn live_statuses(&self) -> Vec<StatusResponse> {
+        let mut statuses = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.is_live()) {
+            if let Ok(status) = self.status(node.id).await {
+                statuses.push(status);
+            }
+        }
+        statuses
+    }
+
+    /// Waits until exactly one live node is leader and every live node that answers reports
+    /// that leader in the same term; returns `(leader id, term)`.
+    pub async fn wait_for_leader(&self, deadline: Duration) -> (u64, u64) {
+        poll_until(deadline, "a single agreed leader", async || {
+            let statuses = self.live_statuses().await;
+            agreed_leader(&statuses)
+        })
+        .await
+    }
+
+    /// A raw KV client to node `id` (no retries, no redirects).
+    pub fn kv(&self, id: u64) -> KvClient<Channel> {
+        KvClient::new(channel(&self.addr(id)))
+    }
+
+    /// A library client over all endpoints.
+    pub fn client(&self) -> Client {
+        Client::with_options(
+            self.endpoints(),
+            ClientOptions::with_timeout(Duration::from_secs(10)),
+        )
+        .unwrap()
+    }
+
+    /// A library client talking to node `id` only.
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::with_options(
+            vec![self.addr(id)],
+            ClientOptions::with_timeout(Duration::from_secs(5)),
+        )
+        .unwrap()
+    }
+}
+
+/// `(leader, term)` if exactly one node says it leads and all others agree on it and the term.
+pub fn agreed_leader(statuses: &[StatusResponse]) -> Option<(u64, u64)> {
+    let mut leaders = statuses.iter().filter(|s| s.role == Role::Leader as i32);
+    let leader = leaders.next()?;
+    if leaders.next().is_some() {
+        return None;
+    }
+    statuses
+        .iter()
+        .all(|s| s.leader_id == leader.id && s.term == leader.term)
+        .then_some((leader.id, leader.term))
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.read_to_end(&mut bytes).unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                if node.stopped {
+                    let _ = Command::new("kill")
+                        .args(["-CONT", &child.id().to_string()])
+                        .status();
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = read_from(&node.log_path, 0);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("---- node {} log (last {} lines) ----", node.id, tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        let _ = &self.logs;
+    }
+}

@@ -154,8 +154,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            let (next, failures, bar, args) =
-                (next.clone(), failures.clone(), bar.clone(), args.clone());
+            let (next, done, failures, bar, args) = (
+                next.clone(),
+                done.clone(),
+                failures.clone(),
+                bar.clone(),
+                args.clone(),
+            );
             s.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {

@@ -429,6 +429,19 @@ impl RaftCore {
     ///   an AppendEntries from the new term's leader), reset the election timer.
     /// - Lower term: a request is rejected with our term; a reply is dropped.
     fn check_term(&mut self, msg: &Message) -> bool {
+        // Input no correct peer can send: a sender outside the cluster, or a term that could
+        // never be followed by an election (term + 1 would overflow). Refuse it before it can
+        // touch our term.
+        if !self.cfg.peers.contains(&msg.from) || msg.term == Term::MAX {
+            warn!(
+                node = self.cfg.id,
+                from = msg.from,
+                term = msg.term,
+                "refusing a message from a non-member or with an impossible term"
+            );
+            self.reject(msg);
+            return false;
+        }
         match self.mutation {
             Mutation::NoCheckTerm => return true,
             Mutation::CountStaleVotes
@@ -460,26 +473,32 @@ impl RaftCore {
                 term = msg.term,
                 "rejecting stale-term message"
             );
-            match msg.body {
-                MessageBody::RequestVote { .. } => {
-                    self.respond_now(msg, MessageBody::RequestVoteResponse { granted: false })
-                }
-                MessageBody::AppendEntries { read_ctx, .. } => self.respond_now(
-                    msg,
-                    MessageBody::AppendEntriesResponse {
-                        success: false,
-                        match_index: 0,
-                        conflict_index: 0,
-                        conflict_term: 0,
-                        read_ctx,
-                    },
-                ),
-                MessageBody::RequestVoteResponse { .. }
-                | MessageBody::AppendEntriesResponse { .. } => {}
-            }
+            self.reject(msg);
             return false;
         }
         true
+    }
+
+    /// Answers a request we will not act on (with our term, which lets a stale sender step
+    /// down); replies are simply dropped.
+    fn reject(&mut self, msg: &Message) {
+        match msg.body {
+            MessageBody::RequestVote { .. } => {
+                self.respond_now(msg, MessageBody::RequestVoteResponse { granted: false })
+            }
+            MessageBody::AppendEntries { read_ctx, .. } => self.respond_now(
+                msg,
+                MessageBody::AppendEntriesResponse {
+                    success: false,
+                    match_index: 0,
+                    conflict_index: 0,
+                    conflict_term: 0,
+                    read_ctx,
+                },
+            ),
+            MessageBody::RequestVoteResponse { .. } | MessageBody::AppendEntriesResponse { .. } => {
+            }
+        }
     }
 
     // ------------------------------------------------------------------ role changes

@@ -13,43 +13,93 @@ fn absurd_u64() -> impl Strategy<Value = u64> {
 }
 
 fn entry_strategy() -> impl Strategy<Value = Entry> {
-    (absurd_u64(), absurd_u64(), prop::option::of(prop::collection::vec(any::<u8>(), 0..8))).prop_map(
-        |(term, index, data)| Entry { term, index, payload: data.map_or(Payload::Noop, Payload::Command) },
+    (
+        absurd_u64(),
+        absurd_u64(),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
     )
+        .prop_map(|(term, index, data)| Entry {
+            term,
+            index,
+            payload: data.map_or(Payload::Noop, Payload::Command),
+        })
 }
 
 fn body_strategy() -> impl Strategy<Value = MessageBody> {
     prop_oneof![
-        (absurd_u64(), absurd_u64())
-            .prop_map(|(last_log_index, last_log_term)| MessageBody::RequestVote { last_log_index, last_log_term }),
+        (absurd_u64(), absurd_u64()).prop_map(|(last_log_index, last_log_term)| {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+            }
+        }),
         any::<bool>().prop_map(|granted| MessageBody::RequestVoteResponse { granted }),
-        (absurd_u64(), absurd_u64(), prop::collection::vec(entry_strategy(), 0..6), absurd_u64(), absurd_u64())
-            .prop_map(|(prev_log_index, prev_log_term, entries, leader_commit, read_ctx)| {
-                MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, read_ctx }
-            }),
+        (
+            absurd_u64(),
+            absurd_u64(),
+            prop::collection::vec(entry_strategy(), 0..6),
+            absurd_u64(),
+            absurd_u64()
+        )
+            .prop_map(
+                |(prev_log_index, prev_log_term, entries, leader_commit, read_ctx)| {
+                    MessageBody::AppendEntries {
+                        prev_log_index,
+                        prev_log_term,
+                        entries,
+                        leader_commit,
+                        read_ctx,
+                    }
+                }
+            ),
         // Well-formed appends that extend the log, so the core really accepts some input.
         (0u64..4, 1u64..4, 0u64..6).prop_map(|(prev, n, commit)| MessageBody::AppendEntries {
             prev_log_index: prev,
             prev_log_term: if prev == 0 { 0 } else { 1 },
-            entries: (1..=n).map(|i| Entry { term: 1, index: prev + i, payload: Payload::Noop }).collect(),
+            entries: (1..=n)
+                .map(|i| Entry {
+                    term: 1,
+                    index: prev + i,
+                    payload: Payload::Noop
+                })
+                .collect(),
             leader_commit: commit,
             read_ctx: 0,
         }),
-        (any::<bool>(), absurd_u64(), absurd_u64(), absurd_u64(), absurd_u64()).prop_map(
-            |(success, match_index, conflict_index, conflict_term, read_ctx)| MessageBody::AppendEntriesResponse {
-                success,
-                match_index,
-                conflict_index,
-                conflict_term,
-                read_ctx,
-            }
-        ),
+        (
+            any::<bool>(),
+            absurd_u64(),
+            absurd_u64(),
+            absurd_u64(),
+            absurd_u64()
+        )
+            .prop_map(
+                |(success, match_index, conflict_index, conflict_term, read_ctx)| {
+                    MessageBody::AppendEntriesResponse {
+                        success,
+                        match_index,
+                        conflict_index,
+                        conflict_term,
+                        read_ctx,
+                    }
+                }
+            ),
     ]
 }
 
 fn message_strategy() -> impl Strategy<Value = Message> {
-    (prop_oneof![1u64..5, Just(0u64), Just(u64::MAX)], prop_oneof![0u64..4, absurd_u64()], body_strategy())
-        .prop_map(|(from, term, body)| Message { from, to: 1, term, rpc_id: 99, body })
+    (
+        prop_oneof![1u64..5, Just(0u64), Just(u64::MAX)],
+        prop_oneof![0u64..4, absurd_u64()],
+        body_strategy(),
+    )
+        .prop_map(|(from, term, body)| Message {
+            from,
+            to: 1,
+            term,
+            rpc_id: 99,
+            body,
+        })
 }
 
 /// A core of 3 nodes in a chosen role: 0 follower, 1 candidate, 2 leader.
@@ -61,7 +111,12 @@ fn core_in_role(role: u8) -> RaftCore {
     }
     if role == 2 {
         let t = c.status().term;
-        c.step(msg(2, 1, t, MessageBody::RequestVoteResponse { granted: true }));
+        c.step(msg(
+            2,
+            1,
+            t,
+            MessageBody::RequestVoteResponse { granted: true },
+        ));
         take_ready(&mut c);
     }
     c

@@ -1,0 +1,661 @@
+//! `kvstore-chaos`: real processes under real faults.
+//!
+//! Starts a cluster of the real `kvstore` binary on loopback, drives concurrent clients through
+//! the gRPC API (the crate's client library, with exactly-once sessions), and injects faults on
+//! a schedule drawn from a seed: SIGKILL and restart, SIGSTOP/SIGCONT (a frozen leader is the
+//! zombie of the fencing problem), and network partitions. Every peer link (node i -> node j)
+//! goes through a loopback TCP proxy owned by this runner, so it can cut any link, one way or
+//! both. At the end it heals everything, reads every key back, checks the whole history for
+//! linearizability with `kvstore::lincheck`, and prints a summary ending in PASS or FAIL.
+//!
+//! ```text
+//! kvstore-chaos --seed 7 --duration 60 --nodes 3
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use kvstore::client::{Client, ClientError, ClientOptions};
+use kvstore::lincheck::{self, Op, OpKind, OpResult};
+use kvstore::pb;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Real-process fault run of a kvstore cluster.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Seed of the fault schedule and the workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of faults.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Cluster size (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// The kvstore binary (default: next to this one).
+    #[arg(long)]
+    kvstore: Option<PathBuf>,
+    /// Where data dirs and logs go (default: a new temporary folder, kept on failure).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// Time since the run started, in microseconds: the history's clock.
+fn micros(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One directed peer link through a proxy that can be cut.
+struct Link {
+    cut: watch::Sender<bool>,
+}
+
+async fn proxy(listener: TcpListener, target: u16, mut cut: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cut.changed() => continue,
+        };
+        let Ok((mut inbound, _)) = accepted else {
+            continue;
+        };
+        if *cut.borrow() {
+            continue; // dropped: the connection closes at once
+        }
+        let mut cut = cut.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                return;
+            };
+            tokio::select! {
+                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = async { while cut.changed().await.is_ok() { if *cut.borrow() { break; } } } => {}
+            }
+        });
+    }
+}
+
+struct Node {
+    id: u64,
+    port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+impl Node {
+    fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.child = Some(child);
+        self.stopped = false;
+        Ok(())
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    fn kill(&mut self) {
+        if self.stopped {
+            self.signal("-CONT");
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stopped = false;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    unknown: AtomicU64,
+}
+
+fn classify(e: &ClientError) -> bool {
+    // True if the error proves the write did not apply.
+    matches!(
+        e,
+        ClientError::InvalidArgument(_) | ClientError::FailedPrecondition(_)
+    )
+}
+
+async fn client_loop(
+    idx: usize,
+    endpoints: Vec<String>,
+    keys: usize,
+    seed: u64,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Op>>>,
+    counts: Arc<Counts>,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let Ok(mut client) = Client::with_options(
+        endpoints,
+        ClientOptions::with_timeout(Duration::from_secs(3)),
+    ) else {
+        return;
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", rng.random_range(0..keys));
+        let invoke = micros(start);
+        let (kind, outcome) = match rng.random_range(0..10u8) {
+            0..=4 => {
+                n += 1;
+                let value = format!("c{idx}-{n}");
+                let r = client.put(&key, &value).await;
+                (OpKind::Put(value), r.map(|_| OpResult::Put))
+            }
+            5..=8 => {
+                let r = client.get(&key, pb::Consistency::Linearizable).await;
+                (OpKind::Get, r.map(|g| OpResult::Get(g.value)))
+            }
+            _ => {
+                let r = client.delete(&key).await;
+                (OpKind::Delete, r.map(|d| OpResult::Delete(d.deleted)))
+            }
+        };
+        let complete = micros(start);
+        let op = match outcome {
+            Ok(result) => {
+                counts.ok.fetch_add(1, Ordering::Relaxed);
+                Some(Op {
+                    client: idx as u64,
+                    key,
+                    kind,
+                    invoke,
+                    complete: Some(complete),
+                    result: Some(result),
+                })
+            }
+            Err(e) if classify(&e) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(_) => {
+                counts.unknown.fetch_add(1, Ordering::Relaxed);
+                // A write that may have applied stays in the history with an unknown outcome;
+                // a read that failed constrains nothing.
+                (kind != OpKind::Get).then_some(Op {
+                    client: idx as u64,
+                    key,
+                    kind,
+                    invoke,
+                    complete: None,
+                    result: None,
+                })
+            }
+        };
+        if let Some(op) = op {
+            history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+        }
+    }
+}
+
+async fn leader_of(endpoints: &[String]) -> Option<(u64, u64)> {
+    let mut seen = BTreeSet::new();
+    for ep in endpoints {
+        let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{ep}")) else {
+            continue;
+        };
+        let Ok(ch) = ch
+            .connect_timeout(Duration::from_millis(200))
+            .timeout(Duration::from_millis(300))
+            .connect()
+            .await
+        else {
+            continue;
+        };
+        let mut c = pb::cluster_client::ClusterClient::new(ch);
+        if let Ok(s) = c.status(pb::StatusRequest {}).await {
+            let s = s.into_inner();
+            if s.role == pb::Role::Leader as i32 {
+                seen.insert((s.term, s.id));
+            }
+        }
+    }
+    seen.into_iter().next_back()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvstore-chaos: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kvstore-chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    if !(1..=7).contains(&args.nodes) {
+        bail!("--nodes must be between 1 and 7");
+    }
+    let bin = match &args.kvstore {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kvstore"),
+    };
+    if !bin.exists() {
+        bail!(
+            "kvstore binary not found at {} (build it, or pass --kvstore)",
+            bin.display()
+        );
+    }
+    let tmp;
+    let work = match &args.work_dir {
+        Some(p) => p.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!(
+                "kvstore-chaos-{}-{}",
+                args.seed,
+                std::process::id()
+            ));
+            tmp
+        }
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    let n = args.nodes;
+    println!(
+        "kvstore-chaos: seed {} , {} nodes, {} s of faults, {} clients, work dir {}",
+        args.seed,
+        n,
+        args.duration,
+        args.clients,
+        work.display()
+    );
+    println!(
+        "partitions: loopback TCP proxy on every peer link (node i -> node j), cut by the runner"
+    );
+
+    // Ports and proxies.
+    let ports: BTreeMap<u64, u16> = (1..=n)
+        .map(|i| Ok((i, free_port()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut links: BTreeMap<(u64, u64), Link> = BTreeMap::new();
+    let mut peer_args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for i in 1..=n {
+        for j in 1..=n {
+            if i == j {
+                continue;
+            }
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a proxy port")?;
+            let pport = listener.local_addr()?.port();
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(proxy(listener, ports[&j], rx));
+            links.insert((i, j), Link { cut: tx });
+            peer_args
+                .entry(i)
+                .or_default()
+                .push(format!("{j}=127.0.0.1:{pport}"));
+        }
+    }
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for i in 1..=n {
+        let mut a = vec![
+            "--id".to_string(),
+            i.to_string(),
+            "--port".into(),
+            ports[&i].to_string(),
+            "--data-dir".into(),
+            work.join(format!("node-{i}")).display().to_string(),
+            "--election-timeout-ms".into(),
+            "300".into(),
+            "--heartbeat-interval-ms".into(),
+            "30".into(),
+        ];
+        let peers = peer_args.remove(&i).unwrap_or_default();
+        if !peers.is_empty() {
+            a.push("--peers".into());
+            a.push(peers.join(","));
+        }
+        let mut node = Node {
+            id: i,
+            port: ports[&i],
+            args: a,
+            log: work.join(format!("node-{i}.log")),
+            child: None,
+            stopped: false,
+        };
+        node.start(&bin)?;
+        nodes.insert(i, node);
+    }
+    let endpoints: Vec<String> = ports.values().map(|p| format!("127.0.0.1:{p}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_of(&endpoints).await.is_none() {
+        if Instant::now() > deadline {
+            bail!(
+                "no leader elected within 10 s of start; see the logs in {}",
+                work.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Workload.
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let counts = Arc::new(Counts::default());
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        tasks.push(tokio::spawn(client_loop(
+            c,
+            endpoints.clone(),
+            args.keys,
+            args.seed.wrapping_mul(1000).wrapping_add(c as u64),
+            start,
+            stop.clone(),
+            history.clone(),
+            counts.clone(),
+        )));
+    }
+
+    // Leader watcher: counts distinct (term, leader) pairs.
+    let leaders = Arc::new(Mutex::new(BTreeSet::new()));
+    let watcher = {
+        let (eps, leaders, stop) = (endpoints.clone(), leaders.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(l) = leader_of(&eps).await {
+                    leaders.lock().unwrap_or_else(|p| p.into_inner()).insert(l);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // Faults.
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let fault_end = Instant::now() + Duration::from_secs(args.duration);
+    let mut down: BTreeMap<u64, Instant> = BTreeMap::new(); // killed, restart at
+    let mut frozen: BTreeMap<u64, Instant> = BTreeMap::new(); // stopped, resume at
+    let mut heal_at: Option<Instant> = None;
+    while Instant::now() < fault_end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        let now = Instant::now();
+        for (id, at) in down.clone() {
+            if at <= now {
+                if let Some(node) = nodes.get_mut(&id) {
+                    node.start(&bin)?;
+                }
+                down.remove(&id);
+            }
+        }
+        for (id, at) in frozen.clone() {
+            if at <= now {
+                if let Some(node) = nodes.get_mut(&id) {
+                    node.signal("-CONT");
+                    node.stopped = false;
+                }
+                frozen.remove(&id);
+            }
+        }
+        if heal_at.is_some_and(|h| h <= now) {
+            for l in links.values() {
+                let _ = l.cut.send(false);
+            }
+            heal_at = None;
+        }
+        // At most a minority disturbed by process faults at once, so the cluster keeps serving.
+        let disturbed = down.len() + frozen.len();
+        let minority = ((n - 1) / 2) as usize;
+        let target = rng.random_range(1..=n);
+        let leader = leader_of(&endpoints).await.map(|(_, id)| id);
+        let victim = if rng.random_bool(0.5) {
+            leader.unwrap_or(target)
+        } else {
+            target
+        };
+        let busy = down.contains_key(&victim) || frozen.contains_key(&victim);
+        match rng.random_range(0..4u8) {
+            0 if disturbed < minority && !busy => {
+                if let Some(node) = nodes.get_mut(&victim) {
+                    node.kill();
+                    println!(
+                        "[{:>6.1}s] SIGKILL node {victim}{}",
+                        start.elapsed().as_secs_f64(),
+                        if Some(victim) == leader {
+                            " (leader)"
+                        } else {
+                            ""
+                        }
+                    );
+                    down.insert(
+                        victim,
+                        now + Duration::from_millis(rng.random_range(500..3000)),
+                    );
+                    *faults.entry("sigkill").or_default() += 1;
+                }
+            }
+            1 if disturbed < minority && !busy => {
+                if let Some(node) = nodes.get_mut(&victim) {
+                    node.signal("-STOP");
+                    node.stopped = true;
+                    println!(
+                        "[{:>6.1}s] SIGSTOP node {victim}{}",
+                        start.elapsed().as_secs_f64(),
+                        if Some(victim) == leader {
+                            " (leader, now a zombie)"
+                        } else {
+                            ""
+                        }
+                    );
+                    frozen.insert(
+                        victim,
+                        now + Duration::from_millis(rng.random_range(1000..4000)),
+                    );
+                    *faults.entry("sigstop").or_default() += 1;
+                }
+            }
+            2 if heal_at.is_none() => {
+                let one_way = rng.random_bool(0.3);
+                for o in 1..=n {
+                    if o != victim {
+                        if let Some(l) = links.get(&(o, victim)) {
+                            let _ = l.cut.send(true);
+                        }
+                        if !one_way {
+                            if let Some(l) = links.get(&(victim, o)) {
+                                let _ = l.cut.send(true);
+                            }
+                        }
+                    }
+                }
+                println!(
+                    "[{:>6.1}s] PARTITION node {victim} {}",
+                    start.elapsed().as_secs_f64(),
+                    if one_way {
+                        "(one-way: it cannot be reached)"
+                    } else {
+                        "(isolated)"
+                    }
+                );
+                heal_at = Some(now + Duration::from_millis(rng.random_range(1000..4000)));
+                *faults
+                    .entry(if one_way {
+                        "one-way partition"
+                    } else {
+                        "partition"
+                    })
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    // Recovery: heal, resume, restart; let the clients finish; read everything back.
+    println!(
+        "[{:>6.1}s] faults stop: healing the network, resuming and restarting every node",
+        start.elapsed().as_secs_f64()
+    );
+    for l in links.values() {
+        let _ = l.cut.send(false);
+    }
+    for id in frozen.keys() {
+        if let Some(node) = nodes.get_mut(id) {
+            node.signal("-CONT");
+            node.stopped = false;
+        }
+    }
+    for id in down.keys() {
+        if let Some(node) = nodes.get_mut(id) {
+            node.start(&bin)?;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = watcher.await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader_of(&endpoints).await.is_none() {
+        if Instant::now() > deadline {
+            println!(
+                "FAIL (seed {}): no leader within 20 s after faults stopped; logs in {}",
+                args.seed,
+                work.display()
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut reader = Client::with_options(
+        endpoints.clone(),
+        ClientOptions::with_timeout(Duration::from_secs(10)),
+    )?;
+    let mut final_reads = 0;
+    for k in 0..args.keys {
+        let key = format!("k{k}");
+        let invoke = micros(start);
+        match reader.get(&key, pb::Consistency::Linearizable).await {
+            Ok(g) => {
+                final_reads += 1;
+                history.lock().unwrap_or_else(|p| p.into_inner()).push(Op {
+                    client: 999,
+                    key,
+                    kind: OpKind::Get,
+                    invoke,
+                    complete: Some(micros(start)),
+                    result: Some(OpResult::Get(g.value)),
+                });
+            }
+            Err(e) => {
+                println!(
+                    "FAIL (seed {}): final read of {key} failed on a healed cluster: {e}",
+                    args.seed
+                );
+                return Ok(false);
+            }
+        }
+    }
+
+    let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let verdict = lincheck::check(&history);
+    let leaders = leaders.lock().unwrap_or_else(|p| p.into_inner()).len();
+    println!("summary (seed {}):", args.seed);
+    println!(
+        "  operations: {} ok, {} failed, {} unknown; {} final reads",
+        counts.ok.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+        counts.unknown.load(Ordering::Relaxed),
+        final_reads
+    );
+    let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "  faults injected: {}",
+        if f.is_empty() {
+            "none".to_string()
+        } else {
+            f.join(", ")
+        }
+    );
+    println!("  leaders seen (distinct term, leader): {leaders}");
+    match verdict {
+        Ok(()) => {
+            println!("  history of {} operations is linearizable; every acknowledged write is accounted for", history.len());
+            println!("PASS (seed {})", args.seed);
+            if args.work_dir.is_none() {
+                drop(nodes);
+                let _ = std::fs::remove_dir_all(&work);
+            }
+            Ok(true)
+        }
+        Err(v) => {
+            println!("  {v}");
+            println!(
+                "FAIL (seed {}): logs and data kept in {}",
+                args.seed,
+                work.display()
+            );
+            Ok(false)
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn node_port(n: &Node) -> (u64, u16) {
+    (n.id, n.port)
+}

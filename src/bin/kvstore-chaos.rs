@@ -166,16 +166,23 @@ fn classify(e: &ClientError) -> bool {
     )
 }
 
+/// What the client tasks share with the runner.
+struct Shared {
+    start: Instant,
+    stop: AtomicBool,
+    history: Mutex<Vec<Op>>,
+    counts: Counts,
+}
+
 async fn client_loop(
     idx: usize,
     endpoints: Vec<String>,
     keys: usize,
     seed: u64,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<Vec<Op>>>,
-    counts: Arc<Counts>,
+    shared: Arc<Shared>,
 ) {
+    let (start, stop, history, counts) =
+        (shared.start, &shared.stop, &shared.history, &shared.counts);
     let mut rng = SmallRng::seed_from_u64(seed);
     let Ok(mut client) = Client::with_options(
         endpoints,
@@ -396,9 +403,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     // Workload.
     let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let counts = Arc::new(Counts::default());
+    let shared = Arc::new(Shared {
+        start,
+        stop: AtomicBool::new(false),
+        history: Mutex::new(Vec::new()),
+        counts: Counts::default(),
+    });
+    let (stop, history, counts) = (&shared.stop, &shared.history, &shared.counts);
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         tasks.push(tokio::spawn(client_loop(
@@ -406,19 +417,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             endpoints.clone(),
             args.keys,
             args.seed.wrapping_mul(1000).wrapping_add(c as u64),
-            start,
-            stop.clone(),
-            history.clone(),
-            counts.clone(),
+            shared.clone(),
         )));
     }
 
     // Leader watcher: counts distinct (term, leader) pairs.
     let leaders = Arc::new(Mutex::new(BTreeSet::new()));
     let watcher = {
-        let (eps, leaders, stop) = (endpoints.clone(), leaders.clone(), stop.clone());
+        let (eps, leaders, shared) = (endpoints.clone(), leaders.clone(), shared.clone());
         tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
                 if let Some(l) = leader_of(&eps).await {
                     leaders.lock().unwrap_or_else(|p| p.into_inner()).insert(l);
                 }

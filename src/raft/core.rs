@@ -445,11 +445,10 @@ impl RaftCore {
         match self.mutation {
             Mutation::NoCheckTerm => return true,
             Mutation::CountStaleVotes
-                if matches!(msg.body, MessageBody::RequestVoteResponse { .. }) =>
+                if matches!(msg.body, MessageBody::RequestVoteResponse { .. })
+                    && msg.term <= self.term =>
             {
-                if msg.term <= self.term {
-                    return true;
-                }
+                return true;
             }
             _ => {}
         }
@@ -603,7 +602,9 @@ impl RaftCore {
     }
 
     fn quorum(&self) -> usize {
-        (self.cfg.peers.len() + 1) / 2 + 1
+        // A majority of the voters (the peers plus this node).
+        let voters = self.cfg.peers.len() + 1;
+        voters / 2 + 1
     }
 
     fn has_quorum_of_votes(&self) -> bool {

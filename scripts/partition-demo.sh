@@ -82,7 +82,7 @@ log_since_start() { tail -n "+${LOG_START[$1]}" "$RUN_DIR/node-$1.log"; }
 wait_for_log() {
   local id=$1 pattern=$2 line
   for _ in $(seq 1 100); do
-    line=$(log_since_start "$id" | grep -F -m1 -- "$pattern" || true)
+    line=$(log_since_start "$id" | grep -E -m1 -- "$pattern" || true)
     if [[ -n $line ]]; then
       echo "$line"
       return 0
@@ -188,7 +188,7 @@ say "not acknowledged: $out"
 
 step "SIGCONT node $ZOMBIE; it must step down on seeing term $TERM"
 kill -CONT "${PIDS[$ZOMBIE]}"
-line=$(wait_for_log "$ZOMBIE" "[node $ZOMBIE] stepping down: saw term") ||
+line=$(wait_for_log "$ZOMBIE" "\\[node $ZOMBIE\\] stepping down: saw term [0-9]+ > my term $ZOMBIE_TERM") ||
   fail "node $ZOMBIE never logged 'stepping down: saw term' after SIGCONT"
 say "log: $line"
 read -r LEADER TERM < <(wait_for_leader "$ZOMBIE_TERM") || fail "the cluster did not settle on one leader"

@@ -346,8 +346,6 @@ mod tests {
                 _ => h.push(unknown(get(c, None, (s, e)))),
             }
         }
-        let t = std::time::Instant::now();
         assert_eq!(check(&h), Ok(()));
-        assert!(t.elapsed().as_secs() < 5);
     }
 }

@@ -469,11 +469,21 @@ fn one_fdatasync_of_the_db_file_per_persist() {
     let output = match cmd.output() {
         Ok(output) => output,
         Err(e) => {
+            // In CI the proof must run: .ci/run installs strace.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "strace is required in CI: {e}"
+            );
             eprintln!("SKIPPED: strace is not available ({e})");
             return;
         }
     };
     let Ok(text) = std::fs::read_to_string(&trace) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace could not trace in CI: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
         eprintln!(
             "SKIPPED: strace could not trace ({})",
             String::from_utf8_lossy(&output.stderr).trim()

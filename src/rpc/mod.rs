@@ -184,4 +184,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -52,6 +52,11 @@ struct Args {
     /// The kvstore binary (default: next to this one).
     #[arg(long)]
     kvstore: Option<PathBuf>,
+    /// How partitions are made: `netns` (each node in its own network namespace on a private
+    /// bridge; needs root and `ip`), `proxy` (a loopback TCP proxy on every peer link), or
+    /// `auto` (netns where the machine allows it, else proxy).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "proxy"])]
+    net: String,
     /// Where data dirs and logs go (default: a new temporary folder, kept on failure).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -97,9 +102,178 @@ async fn proxy(listener: TcpListener, target: u16, mut cut: watch::Receiver<bool
     }
 }
 
+/// Each node in its own network namespace, with a veth into a private bridge in the root
+/// namespace (where the runner and its clients live). Removed on drop.
+struct Netns {
+    tag: u32,
+    subnet: u8,
+    nodes: u64,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn ns(&self, i: u64) -> String {
+        format!("kvc{}n{}", self.tag, i)
+    }
+    fn veth(&self, i: u64) -> String {
+        format!("kv{}v{}", self.tag, i)
+    }
+    fn bridge(&self) -> String {
+        format!("kv{}br", self.tag)
+    }
+    fn addr(&self, i: u64) -> String {
+        format!("10.77.{}.{}", self.subnet, i)
+    }
+
+    fn setup(nodes: u64, seed: u64) -> anyhow::Result<Netns> {
+        let tag = std::process::id() % 100_000;
+        let net = Netns {
+            tag,
+            subnet: (seed % 200) as u8 + 20,
+            nodes,
+        };
+        let br = net.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.77.{}.254/24", net.subnet),
+            "dev",
+            &br,
+        ])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 1..=nodes {
+            let (ns, veth) = (net.ns(i), net.veth(i));
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["link", "set", &veth, "master", &br, "up"])?;
+            ip(&[
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for i in 1..=self.nodes {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// How the runner cuts links.
+enum Network {
+    Proxy(BTreeMap<(u64, u64), Link>),
+    Netns(Netns),
+}
+
+impl Network {
+    /// Cuts `victim` off: `one_way` means its peers cannot reach it (it may still try to reach
+    /// them; over TCP that fails too, but clients can still reach it), otherwise it is isolated
+    /// from everyone.
+    fn partition(&self, victim: u64, one_way: bool, n: u64) {
+        match self {
+            Network::Proxy(links) => {
+                for o in (1..=n).filter(|&o| o != victim) {
+                    if let Some(l) = links.get(&(o, victim)) {
+                        let _ = l.cut.send(true);
+                    }
+                    if !one_way {
+                        if let Some(l) = links.get(&(victim, o)) {
+                            let _ = l.cut.send(true);
+                        }
+                    }
+                }
+            }
+            Network::Netns(net) if one_way => {
+                for o in (1..=n).filter(|&o| o != victim) {
+                    let _ = ip(&[
+                        "netns",
+                        "exec",
+                        &net.ns(o),
+                        "ip",
+                        "route",
+                        "add",
+                        "blackhole",
+                        &format!("{}/32", net.addr(victim)),
+                    ]);
+                }
+            }
+            Network::Netns(net) => {
+                let _ = ip(&["link", "set", &net.veth(victim), "down"]);
+            }
+        }
+    }
+
+    fn heal(&self, n: u64) {
+        match self {
+            Network::Proxy(links) => {
+                for l in links.values() {
+                    let _ = l.cut.send(false);
+                }
+            }
+            Network::Netns(net) => {
+                for v in 1..=n {
+                    let _ = ip(&["link", "set", &net.veth(v), "up"]);
+                    for o in (1..=n).filter(|&o| o != v) {
+                        let _ = ip(&[
+                            "netns",
+                            "exec",
+                            &net.ns(o),
+                            "ip",
+                            "route",
+                            "del",
+                            "blackhole",
+                            &format!("{}/32", net.addr(v)),
+                        ]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Network::Proxy(_) => "partitions: loopback TCP proxy on every peer link (node i -> node j), cut by the runner",
+            Network::Netns(_) => "partitions: network namespaces, one per node, veth links on a private bridge (isolation: link down; one-way: blackhole routes in the peers' namespaces)",
+        }
+    }
+}
+
 struct Node {
     id: u64,
     port: u16,
+    /// The command: the kvstore binary itself, or `ip netns exec NS kvstore`.
+    program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -113,7 +287,7 @@ impl Node {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(bin)
+        let child = Command::new(&self.program)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -331,56 +505,90 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.clients,
         work.display()
     );
-    println!(
-        "partitions: loopback TCP proxy on every peer link (node i -> node j), cut by the runner"
-    );
-
-    // Ports and proxies.
-    let ports: BTreeMap<u64, u16> = (1..=n)
-        .map(|i| Ok((i, free_port()?)))
-        .collect::<anyhow::Result<_>>()?;
-    let mut links: BTreeMap<(u64, u64), Link> = BTreeMap::new();
-    let mut peer_args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for i in 1..=n {
-        for j in 1..=n {
-            if i == j {
-                continue;
+    // Where each node listens and how peers reach it.
+    let netns = match args.net.as_str() {
+        "proxy" => None,
+        mode => match Netns::setup(n, args.seed) {
+            Ok(net) => Some(net),
+            Err(e) if mode == "auto" => {
+                println!("network namespaces unavailable ({e:#}); falling back to the TCP proxy");
+                None
             }
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding a proxy port")?;
-            let pport = listener.local_addr()?.port();
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(proxy(listener, ports[&j], rx));
-            links.insert((i, j), Link { cut: tx });
-            peer_args
-                .entry(i)
-                .or_default()
-                .push(format!("{j}=127.0.0.1:{pport}"));
+            Err(e) => return Err(e.context("setting up network namespaces")),
+        },
+    };
+    let mut node_args: BTreeMap<u64, (PathBuf, Vec<String>, String, u16)> = BTreeMap::new();
+    let network = match netns {
+        Some(net) => {
+            for i in 1..=n {
+                let peers: Vec<String> = (1..=n)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("{j}={}:7000", net.addr(j)))
+                    .collect();
+                let mut a = vec![
+                    "netns".to_string(),
+                    "exec".into(),
+                    net.ns(i),
+                    bin.display().to_string(),
+                ];
+                a.extend([
+                    "--host".to_string(),
+                    net.addr(i),
+                    "--port".into(),
+                    "7000".into(),
+                ]);
+                if !peers.is_empty() {
+                    a.extend(["--peers".to_string(), peers.join(",")]);
+                }
+                node_args.insert(i, (PathBuf::from("ip"), a, net.addr(i), 7000));
+            }
+            Network::Netns(net)
         }
-    }
+        None => {
+            let ports: BTreeMap<u64, u16> = (1..=n)
+                .map(|i| Ok((i, free_port()?)))
+                .collect::<anyhow::Result<_>>()?;
+            let mut links: BTreeMap<(u64, u64), Link> = BTreeMap::new();
+            for i in 1..=n {
+                let mut peers = Vec::new();
+                for j in (1..=n).filter(|&j| j != i) {
+                    let listener = TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .context("binding a proxy port")?;
+                    let pport = listener.local_addr()?.port();
+                    let (tx, rx) = watch::channel(false);
+                    tokio::spawn(proxy(listener, ports[&j], rx));
+                    links.insert((i, j), Link { cut: tx });
+                    peers.push(format!("{j}=127.0.0.1:{pport}"));
+                }
+                let mut a = vec!["--port".to_string(), ports[&i].to_string()];
+                if !peers.is_empty() {
+                    a.extend(["--peers".to_string(), peers.join(",")]);
+                }
+                node_args.insert(i, (bin.clone(), a, "127.0.0.1".into(), ports[&i]));
+            }
+            Network::Proxy(links)
+        }
+    };
+    println!("{}", network.describe());
     let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
-    for i in 1..=n {
-        let mut a = vec![
+    let mut endpoints: Vec<String> = Vec::new();
+    for (i, (program, mut a, host, port)) in node_args {
+        a.extend([
             "--id".to_string(),
             i.to_string(),
-            "--port".into(),
-            ports[&i].to_string(),
             "--data-dir".into(),
             work.join(format!("node-{i}")).display().to_string(),
             "--election-timeout-ms".into(),
             "300".into(),
             "--heartbeat-interval-ms".into(),
             "30".into(),
-        ];
-        let peers = peer_args.remove(&i).unwrap_or_default();
-        if !peers.is_empty() {
-            a.push("--peers".into());
-            a.push(peers.join(","));
-        }
+        ]);
+        endpoints.push(format!("{host}:{port}"));
         let mut node = Node {
             id: i,
-            port: ports[&i],
+            port,
+            program,
             args: a,
             log: work.join(format!("node-{i}.log")),
             child: None,
@@ -389,7 +597,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         node.start(&bin)?;
         nodes.insert(i, node);
     }
-    let endpoints: Vec<String> = ports.values().map(|p| format!("127.0.0.1:{p}")).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while leader_of(&endpoints).await.is_none() {
         if Instant::now() > deadline {
@@ -462,9 +669,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
         if heal_at.is_some_and(|h| h <= now) {
-            for l in links.values() {
-                let _ = l.cut.send(false);
-            }
+            network.heal(n);
             heal_at = None;
         }
         // At most a minority disturbed by process faults at once, so the cluster keeps serving.
@@ -520,23 +725,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
             2 if heal_at.is_none() => {
                 let one_way = rng.random_bool(0.3);
-                for o in 1..=n {
-                    if o != victim {
-                        if let Some(l) = links.get(&(o, victim)) {
-                            let _ = l.cut.send(true);
-                        }
-                        if !one_way {
-                            if let Some(l) = links.get(&(victim, o)) {
-                                let _ = l.cut.send(true);
-                            }
-                        }
-                    }
-                }
+                network.partition(victim, one_way, n);
                 println!(
                     "[{:>6.1}s] PARTITION node {victim} {}",
                     start.elapsed().as_secs_f64(),
                     if one_way {
-                        "(one-way: it cannot be reached)"
+                        "(one-way: its peers cannot reach it)"
                     } else {
                         "(isolated)"
                     }
@@ -559,9 +753,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "[{:>6.1}s] faults stop: healing the network, resuming and restarting every node",
         start.elapsed().as_secs_f64()
     );
-    for l in links.values() {
-        let _ = l.cut.send(false);
-    }
+    network.heal(n);
     for id in frozen.keys() {
         if let Some(node) = nodes.get_mut(id) {
             node.signal("-CONT");

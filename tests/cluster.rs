@@ -19,6 +19,7 @@ const SECS_10: Duration = Duration::from_secs(10);
 
 fn put(key: &str, value: &str) -> PutRequest {
     PutRequest {
+        fence: None,
         key: key.into(),
         value: value.into(),
         session: None,
@@ -389,6 +390,7 @@ async fn a_resent_write_with_the_same_session_applies_once() {
     let (leader, _) = cluster.wait_for_leader(SECS_5).await;
     let mut kv = cluster.kv(leader);
     let with_session = |value: &str, sequence| PutRequest {
+        fence: None,
         key: "k".into(),
         value: value.into(),
         session: Some(Session {

@@ -125,6 +125,7 @@ impl Client {
     /// call, so treat the outcome as unknown).
     pub async fn put(&mut self, key: &str, value: &str) -> Result<Header, ClientError> {
         let request = pb::PutRequest {
+            fence: None,
             key: key.to_string(),
             value: value.to_string(),
             session: Some(self.next_session()),
@@ -171,6 +172,7 @@ impl Client {
     /// As for [`Client::put`].
     pub async fn delete(&mut self, key: &str) -> Result<DeleteResult, ClientError> {
         let request = pb::DeleteRequest {
+            fence: None,
             key: key.to_string(),
             session: Some(self.next_session()),
         };

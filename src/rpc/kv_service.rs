@@ -101,6 +101,7 @@ impl pb::kv_server::Kv for KvService {
         let command = Command::Put {
             key: req.key,
             value: req.value,
+            fence: None,
         };
         let (_, h) = self.write(command, req.session).await?;
         Ok(Response::new(pb::PutResponse { header: header(h) }))
@@ -128,7 +129,13 @@ impl pb::kv_server::Kv for KvService {
         let req = request.into_inner();
         validate_key(&req.key)?;
         let (outcome, h) = self
-            .write(Command::Delete { key: req.key }, req.session)
+            .write(
+                Command::Delete {
+                    key: req.key,
+                    fence: None,
+                },
+                req.session,
+            )
             .await?;
         Ok(Response::new(pb::DeleteResponse {
             header: header(h),

@@ -126,6 +126,7 @@ async fn put(node: &TestNode, key: &str, value: &str) -> Result<pb::PutResponse,
     node.kv()
         .await
         .put(pb::PutRequest {
+            fence: None,
             key: key.into(),
             value: value.into(),
             session: None,
@@ -179,6 +180,7 @@ async fn three_nodes_elect_replicate_redirect_and_fail_over() {
         calls.push(tokio::spawn(async move {
             let mut kv = kv;
             let req = pb::PutRequest {
+                fence: None,
                 key: format!("c{i}"),
                 value: i.to_string(),
                 session: None,
@@ -282,6 +284,7 @@ async fn single_node_serves_and_locked_data_dir_fails_to_start() {
         .kv()
         .await
         .delete(pb::DeleteRequest {
+            fence: None,
             key: "a".into(),
             session: None,
         })

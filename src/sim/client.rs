@@ -127,14 +127,18 @@ impl Client {
                     (
                         key.clone(),
                         OpKind::Put(value.clone()),
-                        self.write(Command::Put { key, value }),
+                        self.write(Command::Put {
+                            key,
+                            value,
+                            fence: None,
+                        }),
                     )
                 }
                 10..=16 => (key.clone(), OpKind::Get, ReqOp::Read(key)),
                 _ => (
                     key.clone(),
                     OpKind::Delete,
-                    self.write(Command::Delete { key }),
+                    self.write(Command::Delete { key, fence: None }),
                 ),
             }
         } else if let Some(key) = self.final_keys.pop_front() {

@@ -578,6 +578,8 @@ impl World {
             Some(Ok(SmOutcome::Put)) => Ok(OpResult::Put),
             Some(Ok(SmOutcome::Delete { existed })) => Ok(OpResult::Delete(existed)),
             Some(Err(err)) => Err(ReplyErr::Rejected(err.to_string())),
+            // Lock outcomes: the simulated clients do not issue lock commands yet.
+            Some(Ok(other)) => Err(ReplyErr::Rejected(format!("unexpected outcome {other:?}"))),
             None => Err(ReplyErr::LeadershipLost),
         };
         self.reply(&w, reply);

@@ -11,20 +11,67 @@ pub struct Session {
     pub sequence: u64,
 }
 
+/// A fencing token a write must carry: the write applies only if `token` is the current
+/// valid token of lock `lock`, checked at apply time, atomically with the write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The token the writer holds.
+    pub token: u64,
+}
+
 /// A state-machine command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Set `key` to `value`.
+    /// Set `key` to `value` (only if `fence` is current, when given).
     Put {
         /// key
         key: String,
         /// value
         value: String,
+        /// optional fencing token
+        fence: Option<Fence>,
     },
-    /// Remove `key`.
+    /// Remove `key` (only if `fence` is current, when given).
     Delete {
         /// key
         key: String,
+        /// optional fencing token
+        fence: Option<Fence>,
+    },
+    /// Grant lock `name` to `holder` with a lease of `ttl_ms` if it is free; renew it if
+    /// `holder` already holds it. The token of a grant is the index of the granting entry.
+    Acquire {
+        /// lock name
+        name: String,
+        /// who asks (an opaque client-chosen name)
+        holder: String,
+        /// lease length in milliseconds, measured by the leader only
+        ttl_ms: u64,
+    },
+    /// Renew the lease of `name` held with `token`.
+    KeepAlive {
+        /// lock name
+        name: String,
+        /// the holder's token
+        token: u64,
+    },
+    /// Give up lock `name` held with `token`.
+    Release {
+        /// lock name
+        name: String,
+        /// the holder's token
+        token: u64,
+    },
+    /// Proposed by the leader when the lease of `name` granted with `token` ran out on its
+    /// clock. A no-op if the lock has since been released, re-granted or renewed under
+    /// another token.
+    Expire {
+        /// lock name
+        name: String,
+        /// the token whose lease ran out
+        token: u64,
     },
 }
 
@@ -46,6 +93,25 @@ pub enum Outcome {
     Delete {
         /// whether the key existed
         existed: bool,
+    },
+    /// The lock is held by the caller with `token` (new grant or same-holder renewal).
+    Acquired {
+        /// the fencing token
+        token: u64,
+        /// the lease length
+        ttl_ms: u64,
+    },
+    /// A lease was renewed.
+    KeptAlive {
+        /// the lease length
+        ttl_ms: u64,
+    },
+    /// The lock was released.
+    Released,
+    /// An expiry was processed; false if it no longer matched the current holder.
+    Expired {
+        /// whether a lease actually ended
+        expired: bool,
     },
 }
 
@@ -87,8 +153,12 @@ mod tests {
             },
         ));
         let command = prop_oneof![
-            (".*", ".*").prop_map(|(key, value)| Command::Put { key, value }),
-            ".*".prop_map(|key| Command::Delete { key }),
+            (".*", ".*").prop_map(|(key, value)| Command::Put {
+                key,
+                value,
+                fence: None
+            }),
+            ".*".prop_map(|key| Command::Delete { key, fence: None }),
         ];
         (session, command).prop_map(|(session, command)| Proposal { session, command })
     }
@@ -97,7 +167,10 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let mut bytes = Proposal {
             session: None,
-            command: Command::Delete { key: "k".into() },
+            command: Command::Delete {
+                key: "k".into(),
+                fence: None,
+            },
         }
         .encode();
         bytes.push(0);

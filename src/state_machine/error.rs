@@ -16,4 +16,41 @@ pub enum ApplyError {
         /// the session's last applied sequence
         last: u64,
     },
+    /// Another holder has an unexpired lease on the lock.
+    #[error("lock {name} is held by {holder} (token {token})")]
+    LockHeld {
+        /// lock name
+        name: String,
+        /// current holder
+        holder: String,
+        /// current token
+        token: u64,
+    },
+    /// A lock operation (keep-alive, release) with a token that is not the current one.
+    #[error("stale token {token} for lock {name} ({})", current_text(*current))]
+    StaleToken {
+        /// lock name
+        name: String,
+        /// the token sent
+        token: u64,
+        /// the current valid token, if the lock is held
+        current: Option<u64>,
+    },
+    /// A fenced write whose token is not the current valid token of its lock; nothing changed.
+    #[error("stale fencing token {token} for lock {lock} ({})", current_text(*current))]
+    StaleFence {
+        /// lock name
+        lock: String,
+        /// the token sent
+        token: u64,
+        /// the current valid token, if the lock is held
+        current: Option<u64>,
+    },
+}
+
+fn current_text(current: Option<u64>) -> String {
+    match current {
+        Some(t) => format!("current {t}"),
+        None => "current: none, the lock is not held".to_string(),
+    }
 }

@@ -1,6 +1,6 @@
 //! [`StateMachine`]: the KV map, the applied index and the client sessions.
 
-use super::command::{Command, Outcome, Proposal};
+use super::command::{Command, Fence, Outcome, Proposal};
 use super::error::ApplyError;
 use super::sessions::{ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;
@@ -20,6 +20,20 @@ pub struct StateMachine {
     applied_index: LogIndex,
     /// Exactly-once sessions.
     sessions: Sessions,
+    /// Locks with a valid lease (a lock absent from the map is free). Lease time is measured
+    /// by the leader, which proposes `Expire`; this map never reads a clock.
+    locks: BTreeMap<String, LockInfo>,
+}
+
+/// A held lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// Who holds it.
+    pub holder: String,
+    /// Its fencing token: the log index of the entry that granted it. Tokens only grow.
+    pub token: u64,
+    /// The lease length the holder asked for.
+    pub ttl_ms: u64,
 }
 
 /// The snapshot format: everything that shapes future outcomes, in a stable order.
@@ -28,6 +42,7 @@ struct SnapshotData {
     applied_index: LogIndex,
     kv: BTreeMap<String, String>,
     sessions: Vec<ClientSession>,
+    locks: BTreeMap<String, LockInfo>,
 }
 
 /// A snapshot that could not be restored.
@@ -47,6 +62,7 @@ impl StateMachine {
             kv: BTreeMap::new(),
             applied_index: 0,
             sessions: Sessions::new(limits),
+            locks: BTreeMap::new(),
         }
     }
 
@@ -65,12 +81,12 @@ impl StateMachine {
         self.advance_to(index);
         let proposal = Proposal::decode(data).map_err(ApplyError::Undecodable)?;
         let Some(session) = proposal.session else {
-            return Ok(self.execute(proposal.command));
+            return self.execute(index, proposal.command);
         };
         match self.sessions.check(session, index)? {
             Verdict::Duplicate(outcome) => Ok(outcome),
             Verdict::Apply => {
-                let outcome = self.execute(proposal.command);
+                let outcome = self.execute(index, proposal.command)?;
                 self.sessions.record(session, outcome.clone(), index);
                 Ok(outcome)
             }
@@ -126,6 +142,7 @@ impl StateMachine {
             applied_index: self.applied_index,
             kv: self.kv.clone(),
             sessions: self.sessions.iter().cloned().collect(),
+            locks: self.locks.clone(),
         };
         // Serializing strings and integers into a Vec cannot fail.
         postcard::to_allocvec(&data).unwrap_or_default()
@@ -153,6 +170,7 @@ impl StateMachine {
             kv: snap.kv,
             applied_index: snap.applied_index,
             sessions,
+            locks: snap.locks,
         })
     }
 
@@ -166,16 +184,104 @@ impl StateMachine {
         self.sessions.expire(index);
     }
 
-    fn execute(&mut self, command: Command) -> Outcome {
+    fn execute(&mut self, index: LogIndex, command: Command) -> Result<Outcome, ApplyError> {
         match command {
-            Command::Put { key, value } => {
+            Command::Put { key, value, fence } => {
+                self.check_fence(fence.as_ref())?;
                 self.kv.insert(key, value);
-                Outcome::Put
+                Ok(Outcome::Put)
             }
-            Command::Delete { key } => Outcome::Delete {
-                existed: self.kv.remove(&key).is_some(),
+            Command::Delete { key, fence } => {
+                self.check_fence(fence.as_ref())?;
+                Ok(Outcome::Delete {
+                    existed: self.kv.remove(&key).is_some(),
+                })
+            }
+            Command::Acquire {
+                name,
+                holder,
+                ttl_ms,
+            } => match self.locks.get_mut(&name) {
+                None => {
+                    self.locks.insert(
+                        name,
+                        LockInfo {
+                            holder,
+                            token: index,
+                            ttl_ms,
+                        },
+                    );
+                    Ok(Outcome::Acquired {
+                        token: index,
+                        ttl_ms,
+                    })
+                }
+                // The same holder asking again renews its lease and keeps its token.
+                Some(l) if l.holder == holder => {
+                    l.ttl_ms = ttl_ms;
+                    Ok(Outcome::Acquired {
+                        token: l.token,
+                        ttl_ms,
+                    })
+                }
+                Some(l) => Err(ApplyError::LockHeld {
+                    name,
+                    holder: l.holder.clone(),
+                    token: l.token,
+                }),
             },
+            Command::KeepAlive { name, token } => match self.locks.get(&name) {
+                Some(l) if l.token == token => Ok(Outcome::KeptAlive { ttl_ms: l.ttl_ms }),
+                other => Err(ApplyError::StaleToken {
+                    current: other.map(|l| l.token),
+                    name,
+                    token,
+                }),
+            },
+            Command::Release { name, token } => match self.locks.get(&name) {
+                Some(l) if l.token == token => {
+                    self.locks.remove(&name);
+                    Ok(Outcome::Released)
+                }
+                other => Err(ApplyError::StaleToken {
+                    current: other.map(|l| l.token),
+                    name,
+                    token,
+                }),
+            },
+            Command::Expire { name, token } => {
+                let current = self.locks.get(&name).is_some_and(|l| l.token == token);
+                if current {
+                    self.locks.remove(&name);
+                }
+                Ok(Outcome::Expired { expired: current })
+            }
         }
+    }
+
+    /// A fenced write applies only if its token is the current valid token of its lock.
+    fn check_fence(&self, fence: Option<&Fence>) -> Result<(), ApplyError> {
+        let Some(f) = fence else { return Ok(()) };
+        let current = self.locks.get(&f.lock).map(|l| l.token);
+        if current == Some(f.token) {
+            Ok(())
+        } else {
+            Err(ApplyError::StaleFence {
+                lock: f.lock.clone(),
+                token: f.token,
+                current,
+            })
+        }
+    }
+
+    /// The lock `name` if it is held (its lease has not been expired or released).
+    pub fn lock(&self, name: &str) -> Option<&LockInfo> {
+        self.locks.get(name)
+    }
+
+    /// Every held lock, in name order (a new leader restarts each lease with its full TTL).
+    pub fn locks(&self) -> impl Iterator<Item = (&str, &LockInfo)> {
+        self.locks.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 

@@ -27,7 +27,7 @@ mod error;
 mod machine;
 mod sessions;
 
-pub use command::{Command, Outcome, Proposal, Session};
+pub use command::{Command, Fence, Outcome, Proposal, Session};
 pub use error::ApplyError;
-pub use machine::{SnapshotError, StateMachine};
+pub use machine::{LockInfo, SnapshotError, StateMachine};
 pub use sessions::SessionLimits;

@@ -6,13 +6,20 @@ fn put(key: &str, value: &str, session: Option<(u64, u64)>) -> Vec<u8> {
         Command::Put {
             key: key.into(),
             value: value.into(),
+            fence: None,
         },
         session,
     )
 }
 
 fn delete(key: &str, session: Option<(u64, u64)>) -> Vec<u8> {
-    proposal(Command::Delete { key: key.into() }, session)
+    proposal(
+        Command::Delete {
+            key: key.into(),
+            fence: None,
+        },
+        session,
+    )
 }
 
 fn proposal(command: Command, session: Option<(u64, u64)>) -> Vec<u8> {
@@ -258,9 +265,13 @@ mod apply_fuzz {
             )
                 .prop_map(|(kind, session, key, value)| {
                     let command = if kind == 0 {
-                        Command::Delete { key }
+                        Command::Delete { key, fence: None }
                     } else {
-                        Command::Put { key, value }
+                        Command::Put {
+                            key,
+                            value,
+                            fence: None,
+                        }
                     };
                     let session = session.map(|(client_id, sequence)| Session {
                         client_id,

@@ -2,7 +2,7 @@
 
 use super::error::{ClientError, Fatal};
 use super::pending::Pending;
-use super::request::{Header, Request};
+use super::request::{Header, ReadTarget, ReadValue, Request};
 use super::transport::Transport;
 use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
@@ -11,9 +11,9 @@ use crate::raft::{
     self, Entry, HardState, LogIndex, Message, NodeId, NotLeader, Payload, Proposed, RaftCore,
     Ready, Role, Term,
 };
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
 use crate::storage::SledStore;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,6 +24,20 @@ use tracing::{debug, error, info, warn, Instrument};
 /// After one input, at most this many more queued requests are taken before the Ready is
 /// handled, so one flush covers a whole burst (group commit) without starving ticks.
 const MAX_BATCH: usize = 256;
+
+/// Longest lease the driver will time, in ms (the Lock service accepts at most one day).
+const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The leader's clock for one held lock.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// The grant this lease belongs to.
+    token: u64,
+    /// When it runs out on this leader's monotonic clock.
+    deadline: Instant,
+    /// An `Expire` for it was proposed (in the current term); do not propose another.
+    expiring: bool,
+}
 
 /// Owns the core, the store and the state machine; see the module docs of `node`.
 pub struct Driver {
@@ -50,6 +64,13 @@ pub struct Driver {
     last_rpc_id: u64,
     /// gRPC calls waiting for the core's response to their peer request, by `rpc_id`.
     peer_waiters: HashMap<u64, oneshot::Sender<Message>>,
+    /// Lease deadlines of the held locks, kept only while leader (see `node` docs, Leases).
+    /// Invariant: empty unless `lease_term` is `Some`.
+    leases: BTreeMap<String, Lease>,
+    /// The term whose leadership `leases` was built in.
+    lease_term: Option<Term>,
+    /// Bumped when a lock is released or expires, so waiting acquirers retry.
+    locks_freed: watch::Sender<u64>,
 }
 
 impl Driver {
@@ -92,6 +113,9 @@ impl Driver {
             leading: None,
             last_rpc_id: 0,
             peer_waiters: HashMap::new(),
+            leases: BTreeMap::new(),
+            lease_term: None,
+            locks_freed: inbox.locks_freed,
         })
     }
 
@@ -163,6 +187,8 @@ impl Driver {
     fn on_tick(&mut self) {
         self.core.tick();
         self.pending.prune_closed();
+        self.sync_leases();
+        self.maybe_expire_leases();
     }
 
     /// Feeds one request to the core (or answers it at once).
@@ -178,16 +204,15 @@ impl Driver {
                 }
             },
             Request::Read {
-                key,
+                target,
                 linearizable: false,
                 reply,
             } => {
                 let header = self.header(self.sm.applied_index());
-                let value = self.sm.get(&key).map(str::to_owned);
-                let _ = reply.send(Ok((value, header)));
+                let _ = reply.send(Ok((self.read_value(&target), header)));
             }
             Request::Read {
-                key,
+                target,
                 linearizable: true,
                 reply,
             } => {
@@ -195,7 +220,7 @@ impl Driver {
                 match self.core.read_index(id) {
                     Ok(()) => {
                         self.leading = Some(self.core.status().term);
-                        self.pending.add_read(id, key, reply);
+                        self.pending.add_read(id, target, reply);
                     }
                     Err(NotLeader { leader }) => {
                         let _ = reply.send(Err(self.not_leader(leader)));
@@ -242,6 +267,9 @@ impl Driver {
             for rs in read_states {
                 self.pending.confirm_read(rs);
             }
+            // Lease bookkeeping first: a leader of a new term starts every lease from the
+            // state applied so far, then the entries below restart the ones they touch.
+            self.sync_leases();
             self.apply(committed_entries);
             self.serve_reads();
             self.check_leadership();
@@ -284,15 +312,23 @@ impl Driver {
     /// Applies committed entries in order and answers the writers waiting on them.
     fn apply(&mut self, committed: Vec<Entry>) {
         for entry in committed {
-            let result = match entry.payload {
-                Payload::Command(data) => Some(self.sm.apply(entry.index, &data)),
+            let result = match &entry.payload {
+                Payload::Command(data) => Some(self.sm.apply(entry.index, data)),
                 Payload::Noop => {
                     self.sm.apply_noop(entry.index);
                     None
                 }
             };
-            if let Some(Err(err)) = &result {
-                warn!(index = entry.index, error = %err, "command applied to an error");
+            match &result {
+                Some(Err(err)) => {
+                    warn!(index = entry.index, error = %err, "command applied to an error");
+                }
+                Some(Ok(outcome)) => {
+                    if let Payload::Command(data) = &entry.payload {
+                        self.after_lock_outcome(data, outcome);
+                    }
+                }
+                None => {}
             }
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
@@ -323,9 +359,126 @@ impl Driver {
             return;
         }
         let header = self.header(applied);
-        for (key, reply) in reads {
-            let value = self.sm.get(&key).map(str::to_owned);
-            let _ = reply.send(Ok((value, header)));
+        for (target, reply) in reads {
+            let _ = reply.send(Ok((self.read_value(&target), header)));
+        }
+    }
+
+    /// Reads a key or a lock from the local state.
+    fn read_value(&self, target: &ReadTarget) -> ReadValue {
+        match target {
+            ReadTarget::Key(key) => ReadValue::Key(self.sm.get(key).map(str::to_owned)),
+            ReadTarget::Lock(name) => ReadValue::Lock(self.sm.lock(name).cloned()),
+        }
+    }
+
+    /// Keeps `leases` in step with leadership: cleared when we do not lead; on leading a new
+    /// term, every held lock gets a full TTL from now (a lease never ends early because the
+    /// leader changed; it may last longer).
+    fn sync_leases(&mut self) {
+        let status = self.core.status();
+        if status.role != Role::Leader {
+            if self.lease_term.take().is_some() {
+                self.leases.clear();
+            }
+            return;
+        }
+        if self.lease_term == Some(status.term) {
+            return;
+        }
+        self.lease_term = Some(status.term);
+        let now = Instant::now();
+        self.leases = self
+            .sm
+            .locks()
+            .map(|(name, l)| (name.to_owned(), new_lease(l.token, l.ttl_ms, now)))
+            .collect();
+        if !self.leases.is_empty() {
+            info!(
+                term = status.term,
+                len = self.leases.len(),
+                "restarted every lease with its full ttl"
+            );
+        }
+    }
+
+    /// After a lock command applied: logs an expiry, wakes waiting acquirers when a lock was
+    /// freed, and (as leader) restarts or drops the lock's lease to match the state machine.
+    fn after_lock_outcome(&mut self, data: &[u8], outcome: &Outcome) {
+        let renewed = match outcome {
+            Outcome::Acquired { .. } | Outcome::KeptAlive { .. } => true,
+            Outcome::Released | Outcome::Expired { expired: true } => false,
+            Outcome::Put | Outcome::Delete { .. } | Outcome::Expired { expired: false } => {
+                return;
+            }
+        };
+        // The outcome says what happened; the command names the lock it happened to.
+        let Ok(proposal) = Proposal::decode(data) else {
+            return;
+        };
+        let name = match proposal.command {
+            Command::Expire { name, token } => {
+                info!(lock = %name, token, "lease expired: lock {name} token {token}");
+                name
+            }
+            Command::Acquire { name, .. }
+            | Command::KeepAlive { name, .. }
+            | Command::Release { name, .. } => name,
+            Command::Put { .. } | Command::Delete { .. } => return,
+        };
+        if !renewed {
+            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if self.lease_term.is_none() {
+            return;
+        }
+        // Resynchronise from the state machine, not the outcome: a session's cached outcome
+        // may describe an older grant.
+        match self.sm.lock(&name) {
+            None => {
+                self.leases.remove(&name);
+            }
+            Some(l) => {
+                let current = self.leases.get(&name).is_some_and(|e| e.token == l.token);
+                if renewed || !current {
+                    let lease = new_lease(l.token, l.ttl_ms, Instant::now());
+                    self.leases.insert(name, lease);
+                }
+            }
+        }
+    }
+
+    /// As leader: proposes, once each, the expiry of every lease whose deadline has passed.
+    fn maybe_expire_leases(&mut self) {
+        if self.lease_term.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(String, u64)> = self
+            .leases
+            .iter_mut()
+            .filter(|(_, l)| !l.expiring && l.deadline <= now)
+            .map(|(name, l)| {
+                l.expiring = true;
+                (name.clone(), l.token)
+            })
+            .collect();
+        for (name, token) in due {
+            let data = Proposal {
+                session: None,
+                command: Command::Expire {
+                    name: name.clone(),
+                    token,
+                },
+            }
+            .encode();
+            match self.core.propose(data) {
+                Ok(Proposed { index, .. }) => {
+                    debug!(lock = %name, token, index, "proposed lease expiry");
+                }
+                // Leadership is gone; the next sync clears the leases.
+                Err(NotLeader { .. }) => return,
+            }
         }
     }
 
@@ -405,6 +558,16 @@ impl Driver {
                 Request::Peer { .. } | Request::PeerReply { .. } => {}
             }
         }
+    }
+}
+
+/// A lease of `ttl_ms` starting at `now`.
+fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {
+    Lease {
+        token,
+        // Capped so the addition cannot overflow whatever a log entry says.
+        deadline: now + Duration::from_millis(ttl_ms.min(MAX_LEASE_MS)),
+        expiring: false,
     }
 }
 

@@ -18,6 +18,13 @@
 //!   that says it may or may not have been applied).
 //! - Responses to peer requests come from the core only, routed back by `rpc_id`.
 //! - A storage error is fatal: the loop stops and every waiter gets an error.
+//!
+//! # Leases
+//! Only the leader measures lease time, with the monotonic clock, in the driver (never in the
+//! state machine). It keeps a deadline per held lock: a new leader gives every held lock its
+//! full TTL from the moment it starts leading (a lease may outlive its TTL across a leader
+//! change, never end early); an applied grant or keep-alive restarts it. When a deadline
+//! passes, the leader proposes `Command::Expire` once, and the state machine decides.
 
 mod driver;
 mod error;
@@ -27,11 +34,11 @@ mod transport;
 
 pub use self::driver::Driver;
 pub use self::error::{ClientError, Fatal};
-pub use self::request::{Header, ReadResult, Request, WriteResult};
+pub use self::request::{Header, ReadResult, ReadTarget, ReadValue, Request, WriteResult};
 pub use self::transport::Transport;
 
 use crate::raft::{LogIndex, Message, NodeId, Role, Term};
-use crate::state_machine::Outcome;
+use crate::state_machine::{LockInfo, Outcome};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Capacity of the driver's inbox; beyond it requests get UNAVAILABLE "node overloaded".
@@ -75,6 +82,7 @@ impl NodeStatus {
 pub struct Inbox {
     rx: mpsc::Receiver<Request>,
     status: watch::Sender<NodeStatus>,
+    locks_freed: watch::Sender<u64>,
 }
 
 /// Creates a handle and the inbox the driver will read. Split from [`Driver::open`] because
@@ -82,14 +90,17 @@ pub struct Inbox {
 pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (status_tx, status_rx) = watch::channel(NodeStatus::initial(id));
+    let (freed_tx, freed_rx) = watch::channel(0);
     (
         NodeHandle {
             tx,
             status: status_rx,
+            locks_freed: freed_rx,
         },
         Inbox {
             rx,
             status: status_tx,
+            locks_freed: freed_tx,
         },
     )
 }
@@ -99,6 +110,8 @@ pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
 pub struct NodeHandle {
     tx: mpsc::Sender<Request>,
     status: watch::Receiver<NodeStatus>,
+    /// Counts locks released or expired on this node (a waiting `Acquire` retries on change).
+    locks_freed: watch::Receiver<u64>,
 }
 
 impl NodeHandle {
@@ -122,13 +135,44 @@ impl NodeHandle {
         key: String,
         linearizable: bool,
     ) -> Result<(Option<String>, Header), ClientError> {
+        match self.read_target(ReadTarget::Key(key), linearizable).await? {
+            (ReadValue::Key(value), h) => Ok((value, h)),
+            (ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),
+        }
+    }
+
+    /// Reads the state of lock `name` linearizably (leader + ReadIndex): its holder and
+    /// token, or `None` if it is free.
+    ///
+    /// # Errors
+    /// Not leader, leadership lost, overloaded, shutting down.
+    pub async fn read_lock(&self, name: String) -> Result<(Option<LockInfo>, Header), ClientError> {
+        match self.read_target(ReadTarget::Lock(name), true).await? {
+            (ReadValue::Lock(lock), h) => Ok((lock, h)),
+            (ReadValue::Key(_), _) => Err(ClientError::ShuttingDown),
+        }
+    }
+
+    async fn read_target(
+        &self,
+        target: ReadTarget,
+        linearizable: bool,
+    ) -> Result<(ReadValue, Header), ClientError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Read {
-            key,
+            target,
             linearizable,
             reply,
         })?;
         rx.await.unwrap_or(Err(ClientError::ShuttingDown))
+    }
+
+    /// A receiver that changes whenever this node applies a release or an expiry of a lock
+    /// (any lock). Subscribe before the attempt you want to retry, then await `changed()`.
+    pub fn watch_locks_freed(&self) -> watch::Receiver<u64> {
+        let mut rx = self.locks_freed.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Steps a peer request through the core and waits for the core's response.

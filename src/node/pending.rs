@@ -2,12 +2,12 @@
 //! read id until a quorum confirms them, then by (read index, id) until applied catches up.
 
 use super::error::ClientError;
-use super::request::{ReadResult, WriteResult};
+use super::request::{ReadResult, ReadTarget, WriteResult};
 use crate::raft::{LogIndex, ReadState, Term};
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::oneshot;
 
-type ReadWaiter = (String, oneshot::Sender<ReadResult>);
+type ReadWaiter = (ReadTarget, oneshot::Sender<ReadResult>);
 
 /// The waiters of one driver.
 #[derive(Debug, Default)]
@@ -53,8 +53,13 @@ impl Pending {
     }
 
     /// Registers a read the core is confirming.
-    pub(super) fn add_read(&mut self, id: u64, key: String, reply: oneshot::Sender<ReadResult>) {
-        self.unconfirmed_reads.insert(id, (key, reply));
+    pub(super) fn add_read(
+        &mut self,
+        id: u64,
+        target: ReadTarget,
+        reply: oneshot::Sender<ReadResult>,
+    ) {
+        self.unconfirmed_reads.insert(id, (target, reply));
     }
 
     /// A quorum confirmed read `rs.id`: it may be served once `rs.index` is applied.
@@ -119,16 +124,16 @@ mod tests {
         let a = p.next_read_id();
         let b = p.next_read_id();
         assert_ne!(a, b);
-        p.add_read(a, "a".into(), tx1);
-        p.add_read(b, "b".into(), tx2);
+        p.add_read(a, ReadTarget::Key("a".into()), tx1);
+        p.add_read(b, ReadTarget::Lock("b".into()), tx2);
         p.confirm_read(ReadState { id: a, index: 5 });
         p.confirm_read(ReadState { id: b, index: 7 });
         p.confirm_read(ReadState { id: 99, index: 1 });
         assert!(p.servable_reads(4).is_empty());
         let keys: Vec<_> = p.servable_reads(6).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec!["a".to_string()]);
+        assert_eq!(keys, vec![ReadTarget::Key("a".into())]);
         let keys: Vec<_> = p.servable_reads(7).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec!["b".to_string()]);
+        assert_eq!(keys, vec![ReadTarget::Lock("b".into())]);
     }
 
     #[test]
@@ -137,9 +142,9 @@ mod tests {
         let (wtx, mut wrx) = oneshot::channel();
         p.add_write(3, 2, wtx);
         let (rtx, mut rrx) = oneshot::channel();
-        p.add_read(1, "k".into(), rtx);
+        p.add_read(1, ReadTarget::Key("k".into()), rtx);
         let (ctx, mut crx) = oneshot::channel();
-        p.add_read(2, "c".into(), ctx);
+        p.add_read(2, ReadTarget::Key("c".into()), ctx);
         p.confirm_read(ReadState { id: 2, index: 3 });
         assert!(p.has_leader_bound());
         p.fail_leader_bound(&ClientError::LeadershipLost);

@@ -2,7 +2,7 @@
 
 use super::error::ClientError;
 use crate::raft::{LogIndex, Message, NodeId, Term};
-use crate::state_machine::Outcome;
+use crate::state_machine::{LockInfo, Outcome};
 use tokio::sync::oneshot;
 
 /// Where and when an answer took effect; sent with every client answer.
@@ -18,8 +18,26 @@ pub struct Header {
 
 /// Result of a write.
 pub type WriteResult = Result<(Outcome, Header), ClientError>;
-/// Result of a read: the value, if the key exists.
-pub type ReadResult = Result<(Option<String>, Header), ClientError>;
+/// Result of a read.
+pub type ReadResult = Result<(ReadValue, Header), ClientError>;
+
+/// What a read looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadTarget {
+    /// The value of a key.
+    Key(String),
+    /// The state of a lock.
+    Lock(String),
+}
+
+/// The answer to a read, matching its [`ReadTarget`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadValue {
+    /// The key's value, if the key exists.
+    Key(Option<String>),
+    /// The lock's holder and token, if it is held.
+    Lock(Option<LockInfo>),
+}
 
 /// A request into the driver loop.
 #[derive(Debug)]
@@ -31,10 +49,10 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<WriteResult>,
     },
-    /// Read a key.
+    /// Read a key or a lock.
     Read {
-        /// The key.
-        key: String,
+        /// What to read.
+        target: ReadTarget,
         /// ReadIndex (leader, confirmed by a quorum) or local state (any node, may be stale).
         linearizable: bool,
         /// Where the answer goes.

@@ -3,7 +3,7 @@
 
 use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb;
-use crate::state_machine::{Command, Outcome, Proposal, Session};
+use crate::state_machine::{Command, Fence, Outcome, Proposal, Session};
 use tonic::{Request, Response, Status};
 
 /// Longest key accepted, in bytes.
@@ -36,7 +36,8 @@ impl KvService {
     }
 }
 
-fn header(h: Header) -> Option<pb::ResponseHeader> {
+/// The wire header of an answer.
+pub fn header(h: Header) -> Option<pb::ResponseHeader> {
     Some(pb::ResponseHeader {
         node_id: h.node_id,
         term: h.term,
@@ -55,16 +56,38 @@ fn session_from_pb(s: Option<pb::Session>) -> Option<Session> {
 
 /// Rejects an empty or oversized key.
 fn validate_key(key: &str) -> Result<(), ClientError> {
-    if key.is_empty() {
-        return Err(ClientError::Invalid("key must not be empty".into()));
+    validate_name("key", key)
+}
+
+/// Rejects an empty `field` or one over [`MAX_KEY_BYTES`].
+pub fn validate_name(field: &str, value: &str) -> Result<(), ClientError> {
+    if value.is_empty() {
+        return Err(ClientError::Invalid(format!("{field} must not be empty")));
     }
-    if key.len() > MAX_KEY_BYTES {
+    if value.len() > MAX_KEY_BYTES {
         return Err(ClientError::Invalid(format!(
-            "key is {} bytes, the limit is {MAX_KEY_BYTES}",
-            key.len()
+            "{field} is {} bytes, the limit is {MAX_KEY_BYTES}",
+            value.len()
         )));
     }
     Ok(())
+}
+
+/// The fencing token a write carries, if any. A fence that is present must name a lock and a
+/// token (tokens start at 1).
+fn fence_from_pb(f: Option<pb::Fence>) -> Result<Option<Fence>, ClientError> {
+    let Some(f) = f else { return Ok(None) };
+    validate_name("fence lock", &f.lock)?;
+    if f.token == 0 {
+        return Err(ClientError::Invalid(format!(
+            "fence token for lock {} must not be 0: use the token Lock/Acquire returned",
+            f.lock
+        )));
+    }
+    Ok(Some(Fence {
+        lock: f.lock,
+        token: f.token,
+    }))
 }
 
 /// Rejects an oversized value.
@@ -101,7 +124,7 @@ impl pb::kv_server::Kv for KvService {
         let command = Command::Put {
             key: req.key,
             value: req.value,
-            fence: None,
+            fence: fence_from_pb(req.fence)?,
         };
         let (_, h) = self.write(command, req.session).await?;
         Ok(Response::new(pb::PutResponse { header: header(h) }))
@@ -128,15 +151,11 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
         validate_key(&req.key)?;
-        let (outcome, h) = self
-            .write(
-                Command::Delete {
-                    key: req.key,
-                    fence: None,
-                },
-                req.session,
-            )
-            .await?;
+        let command = Command::Delete {
+            key: req.key,
+            fence: fence_from_pb(req.fence)?,
+        };
+        let (outcome, h) = self.write(command, req.session).await?;
         Ok(Response::new(pb::DeleteResponse {
             header: header(h),
             deleted: matches!(outcome, Outcome::Delete { existed: true }),
@@ -157,6 +176,32 @@ mod tests {
         assert!(validate_value("").is_ok());
         assert!(validate_value(&"v".repeat(MAX_VALUE_BYTES)).is_ok());
         let e = validate_value(&"v".repeat(MAX_VALUE_BYTES + 1)).unwrap_err();
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn fences_must_name_a_lock_and_a_token() {
+        assert_eq!(fence_from_pb(None), Ok(None));
+        let f = |lock: &str, token| {
+            Some(pb::Fence {
+                lock: lock.into(),
+                token,
+            })
+        };
+        assert_eq!(
+            fence_from_pb(f("L", 7)),
+            Ok(Some(Fence {
+                lock: "L".into(),
+                token: 7
+            }))
+        );
+        let e = fence_from_pb(f("", 7)).unwrap_err();
+        assert_eq!(e.to_string(), "fence lock must not be empty");
+        let e = fence_from_pb(f("L", 0)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "fence token for lock L must not be 0: use the token Lock/Acquire returned"
+        );
         assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
     }
 

@@ -8,23 +8,26 @@
 //!
 //! # Invariants
 //! - Handlers never touch Raft state: they send a request to the driver and await its answer.
-//! - One port serves Raft, KV, Cluster, `grpc.health.v1` and reflection (v1 and v1alpha).
+//! - One port serves Raft, KV, Lock, Cluster, `grpc.health.v1` and reflection (v1 and v1alpha).
 
 pub mod cluster_service;
 pub mod convert;
 pub mod kv_service;
+pub mod lock_service;
 pub mod peer;
 pub mod raft_service;
 pub mod status;
 
 use self::cluster_service::ClusterService;
 use self::kv_service::KvService;
+use self::lock_service::LockService;
 use self::peer::{PeerAddrError, PeerSenders};
 use self::raft_service::RaftService;
 use crate::config::NodeConfig;
 use crate::node::{self, Driver, Fatal, NodeHandle};
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
+use crate::pb::lock_server::LockServer;
 use crate::pb::raft_server::RaftServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +145,7 @@ async fn serve(
         "",
         <RaftServer<RaftService> as NamedService>::NAME,
         <KvServer<KvService> as NamedService>::NAME,
+        <LockServer<LockService> as NamedService>::NAME,
         <ClusterServer<ClusterService> as NamedService>::NAME,
     ];
     for name in service_names {
@@ -157,6 +161,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(RaftServer::new(RaftService::new(config.id, handle.clone())))
         .add_service(KvServer::new(KvService::new(handle.clone())))
+        .add_service(LockServer::new(LockService::new(handle.clone())))
         .add_service(ClusterServer::new(ClusterService::new(
             config.clone(),
             handle,

@@ -75,5 +75,36 @@ mod tests {
         let s = Status::from(ClientError::Apply(ApplyError::Undecodable("x".into())));
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert_eq!(s.message(), "undecodable command: x");
+        let lock_errors = [
+            (
+                ApplyError::LockHeld {
+                    name: "L".into(),
+                    holder: "h1".into(),
+                    token: 4,
+                },
+                "lock L is held by h1 (token 4)",
+            ),
+            (
+                ApplyError::StaleToken {
+                    name: "L".into(),
+                    token: 4,
+                    current: Some(9),
+                },
+                "stale token 4 for lock L (current 9)",
+            ),
+            (
+                ApplyError::StaleFence {
+                    lock: "L".into(),
+                    token: 5,
+                    current: Some(9),
+                },
+                "stale fencing token 5 for lock L (current 9)",
+            ),
+        ];
+        for (err, msg) in lock_errors {
+            let s = Status::from(ClientError::Apply(err));
+            assert_eq!(s.code(), Code::FailedPrecondition);
+            assert_eq!(s.message(), msg);
+        }
     }
 }

@@ -348,6 +348,7 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
             "grpc.health.v1.Health",
             "kvstore.v1.Cluster",
             "kvstore.v1.KV",
+            "kvstore.v1.Lock",
             "kvstore.v1.Raft",
         ] {
             assert!(
@@ -357,7 +358,13 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
         }
     }
     let mut health = HealthClient::new(node.channel().await);
-    for service in ["", "kvstore.v1.KV", "kvstore.v1.Raft", "kvstore.v1.Cluster"] {
+    for service in [
+        "",
+        "kvstore.v1.KV",
+        "kvstore.v1.Lock",
+        "kvstore.v1.Raft",
+        "kvstore.v1.Cluster",
+    ] {
         let req = tonic_health::pb::HealthCheckRequest {
             service: service.into(),
         };

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::PeerSpec;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
+use crate::pb::lock_client::LockClient;
 use crate::pb::{self, Consistency};
 use std::time::Instant;
 use tokio::task::JoinHandle;
@@ -372,4 +373,305 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
         assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
     }
     node.stop().await;
+}
+
+// ---------------------------------------------------------------- locks
+
+async fn acquire(
+    node: &TestNode,
+    name: &str,
+    holder: &str,
+    ttl_ms: u64,
+    wait_ms: u64,
+) -> Result<pb::AcquireResponse, tonic::Status> {
+    LockClient::new(node.channel().await)
+        .acquire(pb::AcquireRequest {
+            name: name.into(),
+            holder: holder.into(),
+            ttl_ms,
+            wait_ms,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn keep_alive(
+    node: &TestNode,
+    name: &str,
+    token: u64,
+) -> Result<pb::KeepAliveResponse, tonic::Status> {
+    LockClient::new(node.channel().await)
+        .keep_alive(pb::KeepAliveRequest {
+            name: name.into(),
+            token,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn release(node: &TestNode, name: &str, token: u64) -> Result<(), tonic::Status> {
+    LockClient::new(node.channel().await)
+        .release(pb::ReleaseRequest {
+            name: name.into(),
+            token,
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn validate(node: &TestNode, name: &str, token: u64) -> pb::ValidateResponse {
+    LockClient::new(node.channel().await)
+        .validate(pb::ValidateRequest {
+            name: name.into(),
+            token,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn fenced_put(
+    node: &TestNode,
+    key: &str,
+    value: &str,
+    lock: &str,
+    token: u64,
+) -> Result<pb::PutResponse, tonic::Status> {
+    node.kv()
+        .await
+        .put(pb::PutRequest {
+            fence: Some(pb::Fence {
+                lock: lock.into(),
+                token,
+            }),
+            key: key.into(),
+            value: value.into(),
+            session: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Polls Validate until `token` is no longer valid for `name`; returns when that was seen.
+async fn wait_until_invalid(node: &TestNode, name: &str, token: u64) -> Instant {
+    let start = Instant::now();
+    loop {
+        if !validate(node, name, token).await.valid {
+            return Instant::now();
+        }
+        assert!(start.elapsed() < DEADLINE, "lease of {name} never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Keeps `name` alive every 100 ms for `total`; returns when the last keep-alive returned.
+async fn keep_alive_for(node: &TestNode, name: &str, token: u64, total: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        let r = keep_alive(node, name, token).await.unwrap();
+        let done = Instant::now();
+        if done - start >= total {
+            return done;
+        }
+        assert!(r.ttl_ms > 0);
+        // Pacing of the client's keep-alives, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_grant_renew_expire_and_fence_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(configs(1, dir.path()).await.remove(0)).await;
+    wait_for_leader(&[&node]).await;
+
+    // Grant, conflict, same-holder re-acquire.
+    let a = acquire(&node, "L", "h1", 300, 0).await.unwrap();
+    let t1 = a.token;
+    assert!(t1 >= 1);
+    assert_eq!(a.ttl_ms, 300);
+    assert_eq!(a.header.unwrap().index, t1, "token = granting index");
+    let err = acquire(&node, "L", "h2", 300, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.message(), format!("lock L is held by h1 (token {t1})"));
+    assert_eq!(acquire(&node, "L", "h1", 300, 0).await.unwrap().token, t1);
+    let v = validate(&node, "L", t1).await;
+    assert!(v.valid);
+    assert_eq!((v.current_token, v.holder.as_str()), (t1, "h1"));
+
+    // Keep-alives hold a 300 ms lease for over a second.
+    keep_alive_for(&node, "L", t1, Duration::from_millis(1100)).await;
+    assert!(
+        validate(&node, "L", t1).await.valid,
+        "kept-alive lease ended"
+    );
+    fenced_put(&node, "k", "by-h1", "L", t1).await.unwrap();
+
+    // Without keep-alives the lease expires about a ttl after the last renewal.
+    let last = Instant::now();
+    keep_alive(&node, "L", t1).await.unwrap();
+    let gone = wait_until_invalid(&node, "L", t1).await;
+    let took = gone - last;
+    assert!(
+        took >= Duration::from_millis(250),
+        "expired early: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(1100),
+        "expired late: {took:?}"
+    );
+    let v = validate(&node, "L", t1).await;
+    assert_eq!(
+        (v.valid, v.current_token, v.holder.as_str()),
+        (false, 0, "")
+    );
+
+    // The old holder's token is fenced off; a new holder's token is higher and works.
+    let t2 = acquire(&node, "L", "h2", 5000, 0).await.unwrap().token;
+    assert!(t2 > t1, "{t2} > {t1}");
+    let err = fenced_put(&node, "k", "late-h1", "L", t1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("stale fencing token {t1} for lock L (current {t2})")
+    );
+    fenced_put(&node, "k", "by-h2", "L", t2).await.unwrap();
+    assert_eq!(
+        get(&node, "k", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .value,
+        "by-h2"
+    );
+    let err = keep_alive(&node, "L", t1).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("stale token {t1} for lock L (current {t2})")
+    );
+    assert_eq!(
+        release(&node, "L", t1).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    release(&node, "L", t2).await.unwrap();
+    assert!(!validate(&node, "L", t2).await.valid);
+
+    // Malformed requests are refused before anything is proposed.
+    for (ttl, wait) in [(50, 0), (86_400_001, 0), (1000, 600_001)] {
+        let err = acquire(&node, "L", "h1", ttl, wait).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "ttl {ttl} wait {wait}");
+    }
+    let err = fenced_put(&node, "k", "v", "L", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = fenced_put(&node, "k", "v", "", 3).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_waits_for_a_release_or_gives_up_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(configs(1, dir.path()).await.remove(0)).await;
+    wait_for_leader(&[&node]).await;
+    let t1 = acquire(&node, "W", "h1", 60_000, 0).await.unwrap().token;
+
+    // A bounded wait ends with the holder's message.
+    let start = Instant::now();
+    let err = acquire(&node, "W", "h3", 1000, 300).await.unwrap_err();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.message(), format!("lock W is held by h1 (token {t1})"));
+
+    // A waiter gets the lock once the holder releases it.
+    let channel = node.channel().await;
+    let waiter = tokio::spawn(async move {
+        LockClient::new(channel)
+            .acquire(pb::AcquireRequest {
+                name: "W".into(),
+                holder: "h2".into(),
+                ttl_ms: 1000,
+                wait_ms: 10_000,
+            })
+            .await
+            .map(|r| r.into_inner())
+    });
+    // Give the waiter time to find the lock held (the result is the same if it has not).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "waiter did not wait");
+    let released = Instant::now();
+    release(&node, "W", t1).await.unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    assert!(got.token > t1);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "waiter was not woken promptly"
+    );
+    let v = validate(&node, "W", got.token).await;
+    assert!(v.valid);
+    assert_eq!(v.holder, "h2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_restarts_leases_and_tokens_keep_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for c in configs(3, dir.path()).await {
+        nodes.push(TestNode::start(c).await);
+    }
+    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let ttl = Duration::from_millis(1500);
+    let t1 = acquire(&nodes[l], "L", "a", 1500, 0).await.unwrap().token;
+    // Linearizable Validate is for the leader only, like Get.
+    let f = (l + 1) % 3;
+    let err = LockClient::new(nodes[f].channel().await)
+        .validate(pb::ValidateRequest {
+            name: "L".into(),
+            token: t1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.metadata().get("leader-id").is_some());
+
+    // Keep it alive until just before the leader dies.
+    let last_renewal = keep_alive_for(&nodes[l], "L", t1, Duration::from_millis(500)).await;
+    nodes[l].stop().await;
+    let rest: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != l)
+        .map(|(_, n)| n)
+        .collect();
+    let nl = rest[wait_for_leader(&rest).await];
+    let elected = Instant::now();
+
+    // The new leader restarted the lease with its full ttl: still valid, then it expires
+    // (nobody keeps it alive) no earlier than a ttl after the last renewal.
+    let v = validate(nl, "L", t1).await;
+    assert!(v.valid, "lease ended early on the new leader: {v:?}");
+    let gone = wait_until_invalid(nl, "L", t1).await;
+    assert!(
+        gone - last_renewal >= ttl,
+        "expired {:?} after the last renewal",
+        gone - last_renewal
+    );
+    assert!(
+        gone - elected <= ttl + Duration::from_millis(1000),
+        "expired {:?} after the election",
+        gone - elected
+    );
+
+    // Tokens keep growing across the leader change.
+    let t2 = acquire(nl, "L", "b", 1500, 0).await.unwrap().token;
+    assert!(t2 > t1, "{t2} > {t1}");
+    let err = fenced_put(nl, "k", "late-a", "L", t1).await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        format!("stale fencing token {t1} for lock L (current {t2})")
+    );
+    for n in &mut nodes {
+        n.stop().await;
+    }
 }

@@ -11,7 +11,7 @@ use crate::raft::{
     self, Entry, HardState, LogIndex, Message, NodeId, NotLeader, Payload, Proposed, RaftCore,
     Ready, Role, Term,
 };
-use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
+use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
 use crate::storage::SledStore;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -312,23 +312,23 @@ impl Driver {
     /// Applies committed entries in order and answers the writers waiting on them.
     fn apply(&mut self, committed: Vec<Entry>) {
         for entry in committed {
-            let result = match &entry.payload {
+            let mut result = match &entry.payload {
                 Payload::Command(data) => Some(self.sm.apply(entry.index, data)),
                 Payload::Noop => {
                     self.sm.apply_noop(entry.index);
                     None
                 }
             };
-            match &result {
-                Some(Err(err)) => {
+            match (&result, &entry.payload) {
+                (Some(Err(err)), _) => {
                     warn!(index = entry.index, error = %err, "command applied to an error");
                 }
-                Some(Ok(outcome)) => {
-                    if let Payload::Command(data) = &entry.payload {
-                        self.after_lock_outcome(data, outcome);
+                (Some(Ok(outcome)), Payload::Command(data)) => {
+                    if let Some(doomed) = self.after_lock_outcome(data, outcome) {
+                        result = Some(Err(doomed));
                     }
                 }
-                None => {}
+                _ => {}
             }
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
@@ -404,17 +404,20 @@ impl Driver {
 
     /// After a lock command applied: logs an expiry, wakes waiting acquirers when a lock was
     /// freed, and (as leader) restarts or drops the lock's lease to match the state machine.
-    fn after_lock_outcome(&mut self, data: &[u8], outcome: &Outcome) {
+    ///
+    /// Returns the error to answer instead of a renewal that came too late: this leader has
+    /// already proposed the expiry of that very grant, which will end it right after.
+    fn after_lock_outcome(&mut self, data: &[u8], outcome: &Outcome) -> Option<ApplyError> {
         let renewed = match outcome {
             Outcome::Acquired { .. } | Outcome::KeptAlive { .. } => true,
             Outcome::Released | Outcome::Expired { expired: true } => false,
             Outcome::Put | Outcome::Delete { .. } | Outcome::Expired { expired: false } => {
-                return;
+                return None;
             }
         };
         // The outcome says what happened; the command names the lock it happened to.
         let Ok(proposal) = Proposal::decode(data) else {
-            return;
+            return None;
         };
         let name = match proposal.command {
             Command::Expire { name, token } => {
@@ -424,14 +427,13 @@ impl Driver {
             Command::Acquire { name, .. }
             | Command::KeepAlive { name, .. }
             | Command::Release { name, .. } => name,
-            Command::Put { .. } | Command::Delete { .. } => return,
+            Command::Put { .. } | Command::Delete { .. } => return None,
         };
         if !renewed {
             self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
         }
-        if self.lease_term.is_none() {
-            return;
-        }
+        // Only the leader times leases.
+        self.lease_term?;
         // Resynchronise from the state machine, not the outcome: a session's cached outcome
         // may describe an older grant.
         match self.sm.lock(&name) {
@@ -439,13 +441,21 @@ impl Driver {
                 self.leases.remove(&name);
             }
             Some(l) => {
-                let current = self.leases.get(&name).is_some_and(|e| e.token == l.token);
-                if renewed || !current {
+                let lease = self.leases.get(&name).filter(|e| e.token == l.token);
+                if renewed && lease.is_some_and(|e| e.expiring) {
+                    return Some(ApplyError::StaleToken {
+                        token: l.token,
+                        name,
+                        current: None,
+                    });
+                }
+                if renewed || lease.is_none() {
                     let lease = new_lease(l.token, l.ttl_ms, Instant::now());
                     self.leases.insert(name, lease);
                 }
             }
         }
+        None
     }
 
     /// As leader: proposes, once each, the expiry of every lease whose deadline has passed.

@@ -135,6 +135,7 @@ impl NodeHandle {
         key: String,
         linearizable: bool,
     ) -> Result<(Option<String>, Header), ClientError> {
+        // The driver answers a read with the kind it asked for; the other arm is unreachable.
         match self.read_target(ReadTarget::Key(key), linearizable).await? {
             (ReadValue::Key(value), h) => Ok((value, h)),
             (ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),

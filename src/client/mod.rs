@@ -21,6 +21,7 @@
 //!   concurrent writes of one session could be applied out of order and one of them rejected
 //!   as stale. Use one `Client` per concurrent writer.
 
+mod duration;
 mod election;
 mod endpoints;
 mod error;
@@ -29,6 +30,7 @@ mod lock;
 mod options;
 mod retry;
 
+pub use duration::parse_duration;
 pub use election::{Election, Leadership};
 pub use error::ClientError;
 pub use kv_client::{Client, DeleteResult, GetResult, Header, NodeStatus};

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{free_port, poll_until, Cluster};
-use kvstore::client::{Client, Consistency};
+use kvstore::client::{Client, ClientError, Consistency, Election, Fence};
 use kvstore::pb::{GetRequest, PutRequest, Role, Session};
 use tonic::Code;
 
@@ -498,6 +498,179 @@ async fn kvctl_puts_gets_deletes_and_shows_status() {
     assert_ne!(bad.status.code(), Some(0));
     assert!(
         err.starts_with("kvctl: ") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- locks and fencing
+
+#[tokio::test]
+async fn a_lease_holder_that_stops_renewing_is_fenced_off_by_the_next_holder() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut a = cluster.client();
+    let mut b = cluster.client();
+    let ttl = Duration::from_millis(500);
+    let first = a.acquire("svc", "A", ttl, Duration::ZERO).await.unwrap();
+    let fence_a = Fence::new("svc", first.token);
+    a.put_fenced("orders/1", "by A", &fence_a).await.unwrap();
+    assert!(b.validate("svc", first.token).await.unwrap().valid);
+
+    // A sends no keep-alive (a frozen process). B waits for the lease to run out.
+    let started = Instant::now();
+    let second = b
+        .acquire("svc", "B", ttl, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "B waited for the lease"
+    );
+    assert!(
+        second.token > first.token,
+        "{} > {}",
+        second.token,
+        first.token
+    );
+
+    // The zombie A writes, renews and releases: all refused.
+    let rejected = a
+        .put_fenced("orders/2", "by A", &fence_a)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected,
+        ClientError::FailedPrecondition(format!(
+            "stale fencing token {} for lock svc (current {})",
+            first.token, second.token
+        ))
+    );
+    assert!(matches!(
+        a.keep_alive("svc", first.token).await,
+        Err(ClientError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        a.delete_fenced("orders/1", &fence_a).await,
+        Err(ClientError::FailedPrecondition(_))
+    ));
+    let check = a.validate("svc", first.token).await.unwrap();
+    assert!(!check.valid);
+    assert_eq!(
+        (check.current_token, check.holder.as_str()),
+        (second.token, "B")
+    );
+
+    let fence_b = Fence::new("svc", second.token);
+    b.put_fenced("orders/2", "by B", &fence_b).await.unwrap();
+    let got = b.get("orders/2", Consistency::Linearizable).await.unwrap();
+    assert_eq!(got.value.as_deref(), Some("by B"));
+    let got = b.get("orders/1", Consistency::Linearizable).await.unwrap();
+    assert_eq!(
+        got.value.as_deref(),
+        Some("by A"),
+        "A's fenced delete did not apply"
+    );
+}
+
+/// Acquires and releases `name` `times` times; returns the tokens.
+async fn acquire_release(client: &mut Client, name: &str, times: usize) -> Vec<u64> {
+    let mut tokens = Vec::new();
+    for _ in 0..times {
+        let lease = client
+            .acquire(name, "T", Duration::from_secs(5), Duration::ZERO)
+            .await
+            .unwrap();
+        client.release(name, lease.token).await.unwrap();
+        tokens.push(lease.token);
+    }
+    tokens
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase_across_a_leader_kill_and_a_full_restart() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let mut client = cluster.client();
+    let mut tokens = acquire_release(&mut client, "svc", 3).await;
+
+    cluster.kill(leader);
+    cluster.wait_for_leader(SECS_10).await;
+    tokens.extend(acquire_release(&mut client, "svc", 2).await);
+    cluster.restart(leader);
+
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leader(SECS_10).await;
+    let mut client = cluster.client();
+    tokens.extend(acquire_release(&mut client, "svc", 2).await);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens not strictly increasing: {tokens:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_election_survives_a_store_leader_kill_and_reports_loss_when_cut_off() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let ttl = Duration::from_millis(1500);
+    let mut a = Election::campaign(cluster.client(), "svc", "A", ttl)
+        .await
+        .unwrap();
+    a.put("k", "a1").await.unwrap();
+
+    // The store's leader dies: A's keep-alives move to the new leader, which restarts the
+    // lease with its full TTL, so A keeps the lock.
+    cluster.kill(leader);
+    cluster.wait_for_leader(SECS_10).await;
+    a.put("k", "a2").await.unwrap();
+    assert!(!a.is_lost());
+    cluster.restart(leader);
+
+    // The whole store goes away: A cannot renew and must give up within about a TTL.
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    let cut = Instant::now();
+    tokio::time::timeout(ttl * 2, a.wait_lost()).await.unwrap();
+    assert!(
+        cut.elapsed() <= ttl + Duration::from_millis(500),
+        "{:?}",
+        cut.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn kvctl_takes_validates_and_fences_with_a_lock() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let (code, token, _) = kvctl(
+        &cluster,
+        &["lock", "acquire", "svc", "--holder", "H", "--ttl", "5s"],
+    );
+    assert_eq!(code, 0);
+    let token = token.trim().to_string();
+    let fence = format!("svc:{token}");
+    assert_eq!(
+        kvctl(&cluster, &["lock", "validate", "svc", &token]).1,
+        "valid\n"
+    );
+    assert_eq!(kvctl(&cluster, &["put", "k", "v", "--fence", &fence]).0, 0);
+    assert_eq!(kvctl(&cluster, &["lock", "keepalive", "svc", &token]).0, 0);
+    assert_eq!(kvctl(&cluster, &["lock", "release", "svc", &token]).0, 0);
+    let (code, out, _) = kvctl(&cluster, &["lock", "validate", "svc", &token]);
+    assert_eq!(
+        (code, out.as_str()),
+        (1, "invalid (the lock is not held)\n")
+    );
+    let (code, _, err) = kvctl(&cluster, &["del", "k", "--fence", &fence]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("stale fencing token {token} for lock svc")),
         "{err}"
     );
 }

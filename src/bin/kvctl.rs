@@ -1,17 +1,23 @@
 //! kvctl: command-line client for kvstore.
 //!
 //! ```text
-//! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] put KEY VALUE | get KEY [--serializable] | del KEY | status
+//! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] COMMAND
+//!   put KEY VALUE [--fence NAME:TOKEN] | get KEY [--serializable] | del KEY [--fence NAME:TOKEN]
+//!   status
+//!   lock acquire NAME --holder H --ttl 5s [--wait 10s]   (prints the token)
+//!   lock keepalive NAME TOKEN | lock release NAME TOKEN | lock validate NAME TOKEN
 //! ```
-//! Output is plain text. Exit codes: 0 success, 1 `get` of a missing key, 2 any failure
-//! (one line on stderr: `kvctl: <message>`).
+//! Output is plain text. Exit codes: 0 success, 1 `get` of a missing key or `lock validate`
+//! of an invalid token, 2 any failure (one line on stderr: `kvctl: <message>`).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvstore::client::{Client, ClientOptions, Consistency, NodeStatus};
+use kvstore::client::{
+    parse_duration, Client, ClientOptions, Consistency, Fence, NodeStatus, Validation,
+};
 use kvstore::pb::Role;
 
 /// Command-line client for a kvstore cluster.
@@ -41,6 +47,9 @@ enum Command {
         key: String,
         /// The value.
         value: String,
+        /// Apply only while TOKEN is the current token of lock NAME.
+        #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
+        fence: Option<Fence>,
     },
     /// Print the value of KEY (exit 1 if it does not exist).
     Get {
@@ -55,9 +64,56 @@ enum Command {
     Del {
         /// The key.
         key: String,
+        /// Apply only while TOKEN is the current token of lock NAME.
+        #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
+        fence: Option<Fence>,
     },
     /// Show every node's role, term, leader, commit and applied index.
     Status,
+    /// Named locks with leases and fencing tokens.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LockCommand {
+    /// Take lock NAME (waiting up to --wait while someone else holds it); prints the token.
+    Acquire {
+        /// The lock's name.
+        name: String,
+        /// Who takes it (the same holder acquiring again gets the same token).
+        #[arg(long)]
+        holder: String,
+        /// Lease length (e.g. 5s, 500ms).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Duration,
+        /// How long to wait for the current holder (default: do not wait).
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
+    /// Renew the lease of NAME held with TOKEN; prints the lease length.
+    #[command(alias = "keep-alive")]
+    Keepalive {
+        /// The lock's name.
+        name: String,
+        /// The token it is held with.
+        token: u64,
+    },
+    /// Give up lock NAME held with TOKEN.
+    Release {
+        /// The lock's name.
+        name: String,
+        /// The token it is held with.
+        token: u64,
+    },
+    /// Is TOKEN the current token of NAME? Prints `valid` (exit 0) or
+    /// `invalid (current N, holder H)` (exit 1).
+    Validate {
+        /// The lock's name.
+        name: String,
+        /// The token to check.
+        token: u64,
+    },
 }
 
 /// A failure already worded for the user.
@@ -81,8 +137,12 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
         Client::with_options(args.endpoints, options).map_err(|e| Failure(e.to_string()))?;
     let failed = |e: kvstore::client::ClientError| Failure(e.to_string());
     match args.command {
-        Command::Put { key, value } => {
-            let header = client.put(&key, &value).await.map_err(failed)?;
+        Command::Put { key, value, fence } => {
+            let header = match &fence {
+                Some(fence) => client.put_fenced(&key, &value, fence).await,
+                None => client.put(&key, &value).await,
+            }
+            .map_err(failed)?;
             println!("OK (index {})", header.index);
         }
         Command::Get { key, serializable } => {
@@ -100,8 +160,12 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Del { key } => {
-            let result = client.delete(&key).await.map_err(failed)?;
+        Command::Del { key, fence } => {
+            let result = match &fence {
+                Some(fence) => client.delete_fenced(&key, fence).await,
+                None => client.delete(&key).await,
+            }
+            .map_err(failed)?;
             println!(
                 "{}",
                 if result.deleted {
@@ -118,8 +182,71 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                 return Err(Failure("no node is reachable".into()));
             }
         }
+        Command::Lock(command) => return run_lock(&mut client, command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_lock(client: &mut Client, command: LockCommand) -> Result<ExitCode, Failure> {
+    let failed = |e: kvstore::client::ClientError| Failure(e.to_string());
+    match command {
+        LockCommand::Acquire {
+            name,
+            holder,
+            ttl,
+            wait,
+        } => {
+            let lease = client
+                .acquire(&name, &holder, ttl, wait.unwrap_or_default())
+                .await
+                .map_err(failed)?;
+            println!("{}", lease.token);
+        }
+        LockCommand::Keepalive { name, token } => {
+            let ttl = client.keep_alive(&name, token).await.map_err(failed)?;
+            println!("OK (ttl {} ms)", ttl.as_millis());
+        }
+        LockCommand::Release { name, token } => {
+            client.release(&name, token).await.map_err(failed)?;
+            println!("released");
+        }
+        LockCommand::Validate { name, token } => {
+            let validation = client.validate(&name, token).await.map_err(failed)?;
+            println!("{}", describe_validation(&validation));
+            if !validation.valid {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `valid`, or `invalid (current N, holder H)` / `invalid (the lock is not held)`.
+fn describe_validation(validation: &Validation) -> String {
+    if validation.valid {
+        "valid".to_string()
+    } else if validation.current_token == 0 {
+        "invalid (the lock is not held)".to_string()
+    } else {
+        format!(
+            "invalid (current {}, holder {})",
+            validation.current_token, validation.holder
+        )
+    }
+}
+
+/// `NAME:TOKEN` (the name may itself contain colons; the token is after the last one).
+fn parse_fence(text: &str) -> Result<Fence, String> {
+    let (name, token) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid fence {text:?}; use NAME:TOKEN, e.g. order-service:42"))?;
+    if name.is_empty() {
+        return Err(format!("invalid fence {text:?}: the lock name is empty"));
+    }
+    let token = token
+        .parse::<u64>()
+        .map_err(|_| format!("invalid fence {text:?}: the token must be a number"))?;
+    Ok(Fence::new(name, token))
 }
 
 /// One row per node: `ID ADDRESS ROLE TERM LEADER COMMIT APPLIED` (whitespace-aligned, so
@@ -182,28 +309,6 @@ fn role_name(role: i32) -> &'static str {
     }
 }
 
-/// `10s`, `500ms`, `1m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}; use e.g. 10s, 500ms or 1m"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s or m")),
-    };
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("duration {text:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,14 +316,26 @@ mod tests {
     use kvstore::pb::StatusResponse;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
+    fn fences_parse_as_name_colon_token() {
+        assert_eq!(parse_fence("svc:42"), Ok(Fence::new("svc", 42)));
+        assert_eq!(parse_fence("a:b:7"), Ok(Fence::new("a:b", 7)));
+        assert!(parse_fence("svc").is_err());
+        assert!(parse_fence(":4").is_err());
+        assert!(parse_fence("svc:x").is_err());
+    }
+
+    #[test]
+    fn validation_is_described_in_one_word_or_with_the_current_holder() {
+        let mut v = Validation {
+            valid: true,
+            current_token: 7,
+            holder: "A".into(),
+        };
+        assert_eq!(describe_validation(&v), "valid");
+        v.valid = false;
+        assert_eq!(describe_validation(&v), "invalid (current 7, holder A)");
+        v.current_token = 0;
+        assert_eq!(describe_validation(&v), "invalid (the lock is not held)");
     }
 
     #[test]

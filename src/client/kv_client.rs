@@ -9,7 +9,7 @@ use tonic::Status;
 
 use super::endpoints::Endpoints;
 use super::retry::{classify, describe, Backoff, Verdict};
-use super::{ClientError, ClientOptions, Consistency};
+use super::{ClientError, ClientOptions, Consistency, Fence};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
@@ -107,6 +107,11 @@ impl Client {
         })
     }
 
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
     /// This client's session id (sent with every write).
     pub fn client_id(&self) -> u64 {
         self.client_id
@@ -124,8 +129,32 @@ impl Client {
     /// still have been applied; retrying with the same client is safe only for the same
     /// call, so treat the outcome as unknown).
     pub async fn put(&mut self, key: &str, value: &str) -> Result<Header, ClientError> {
+        self.put_with(key, value, None).await
+    }
+
+    /// Sets `key` to `value` only if `fence` names the current holder of its lock: the
+    /// store checks the token when it applies the write, atomically with it.
+    ///
+    /// # Errors
+    /// As for [`Client::put`]; a stale token is [`ClientError::FailedPrecondition`]
+    /// (`stale fencing token N for lock L (current M)`) and is never retried.
+    pub async fn put_fenced(
+        &mut self,
+        key: &str,
+        value: &str,
+        fence: &Fence,
+    ) -> Result<Header, ClientError> {
+        self.put_with(key, value, Some(fence.into())).await
+    }
+
+    async fn put_with(
+        &mut self,
+        key: &str,
+        value: &str,
+        fence: Option<pb::Fence>,
+    ) -> Result<Header, ClientError> {
         let request = pb::PutRequest {
-            fence: None,
+            fence,
             key: key.to_string(),
             value: value.to_string(),
             session: Some(self.next_session()),
@@ -171,8 +200,29 @@ impl Client {
     /// # Errors
     /// As for [`Client::put`].
     pub async fn delete(&mut self, key: &str) -> Result<DeleteResult, ClientError> {
+        self.delete_with(key, None).await
+    }
+
+    /// Deletes `key` only if `fence` names the current holder of its lock (see
+    /// [`Client::put_fenced`]).
+    ///
+    /// # Errors
+    /// As for [`Client::put_fenced`].
+    pub async fn delete_fenced(
+        &mut self,
+        key: &str,
+        fence: &Fence,
+    ) -> Result<DeleteResult, ClientError> {
+        self.delete_with(key, Some(fence.into())).await
+    }
+
+    async fn delete_with(
+        &mut self,
+        key: &str,
+        fence: Option<pb::Fence>,
+    ) -> Result<DeleteResult, ClientError> {
         let request = pb::DeleteRequest {
-            fence: None,
+            fence,
             key: key.to_string(),
             session: Some(self.next_session()),
         };
@@ -234,10 +284,28 @@ impl Client {
     /// Runs one operation until it succeeds, fails for good, or the deadline passes.
     /// `attempt` makes one RPC on a channel; it is called again for each retry with the
     /// same request (so a write keeps its session sequence).
-    async fn run<T, F, Fut>(
+    pub(super) async fn run<T, F, Fut>(
         &mut self,
         operation: &'static str,
         needs_leader: bool,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.run_waiting(operation, needs_leader, Duration::ZERO, attempt)
+            .await
+    }
+
+    /// [`Client::run`] for an operation the server may hold for up to `server_wait` (a lock
+    /// acquire that waits for the holder): that time is added to the overall deadline and to
+    /// each attempt's timeout.
+    pub(super) async fn run_waiting<T, F, Fut>(
+        &mut self,
+        operation: &'static str,
+        needs_leader: bool,
+        server_wait: Duration,
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
@@ -245,7 +313,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
-        let deadline = started + self.options.timeout;
+        let deadline = started + self.options.timeout + server_wait;
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
         let mut attempts = 0u32;
         let mut redirects_in_row = 0u32;
@@ -255,7 +323,7 @@ impl Client {
             let channel = self.endpoints.channel(&addr, &self.options)?;
             let wait = deadline
                 .saturating_duration_since(Instant::now())
-                .min(self.options.attempt_timeout);
+                .min(self.options.attempt_timeout + server_wait);
             attempts += 1;
             let mut pause = true;
             match tokio::time::timeout(wait, attempt(channel)).await {

@@ -1,5 +1,6 @@
-//! Rust client library for kvstore: leader discovery, redirects, bounded retries and
-//! exactly-once write sessions.
+//! Rust client library for kvstore: leader discovery, redirects, bounded retries,
+//! exactly-once write sessions, locks with fencing tokens and leader election
+//! ([`Election`]).
 //!
 //! May import: `crate::pb` (wire types) and tonic. Nothing else from the crate: the client
 //! speaks only the public gRPC contract (proto/kvstore.proto), exactly like a foreign client.
@@ -20,14 +21,20 @@
 //!   concurrent writes of one session could be applied out of order and one of them rejected
 //!   as stale. Use one `Client` per concurrent writer.
 
+mod duration;
+mod election;
 mod endpoints;
 mod error;
 mod kv_client;
+mod lock;
 mod options;
 mod retry;
 
+pub use duration::parse_duration;
+pub use election::{Election, Leadership};
 pub use error::ClientError;
 pub use kv_client::{Client, DeleteResult, GetResult, Header, NodeStatus};
+pub use lock::{Fence, Lease, Validation};
 pub use options::ClientOptions;
 
 /// Read consistency for [`Client::get`] (the wire enum).

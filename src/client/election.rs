@@ -1,0 +1,236 @@
+//! Leader election for client services on top of a kvstore lock: [`Election::campaign`]
+//! waits until it holds the lock, then keeps the lease alive in the background and reports
+//! its loss; [`Leadership`] writes fenced with the lock's token.
+//!
+//! # Timing assumption
+//! The store's leader measures a lease from the moment it applies the grant or renewal,
+//! which is after the client sent the request. The client counts the lease from the moment
+//! it *sent* the request that succeeded, so its own view of the lease ends first, provided
+//! its clock does not run slower than the store leader's (bounded clock-rate drift; no
+//! clock synchronisation is needed). When a renewal has not succeeded for a whole TTL
+//! measured that way, the client declares the leadership lost without asking anyone.
+//!
+//! That is only an early warning: a process can be paused (GC, SIGSTOP, a slow disk)
+//! between checking [`Leadership::is_lost`] and writing. The fence is what makes it safe:
+//! [`Leadership::put`] carries the token, and the store rejects it atomically at apply time
+//! once a newer token exists. So `put` does not consult `is_lost` itself; the store decides.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::kv_client::{DeleteResult, Header};
+use super::{Client, ClientError, ClientOptions, Fence};
+
+/// Renewals per TTL: the keep-alive runs every `ttl / RENEWALS_PER_TTL`.
+const RENEWALS_PER_TTL: u32 = 3;
+
+/// Pause between two failed renewal attempts (bounded by what is left of the lease).
+const RENEW_RETRY: Duration = Duration::from_millis(50);
+
+/// Campaigns for leadership (see the module doc).
+#[derive(Debug)]
+pub struct Election;
+
+impl Election {
+    /// Waits until `holder` holds lock `name` (retrying the acquire, each waiting up to a
+    /// third of `ttl` on the server, for as long as it takes; wrap it in a timeout to bound
+    /// it), then starts the background keep-alive (every `ttl / 3`).
+    ///
+    /// # Errors
+    /// Only errors retrying cannot fix (an invalid name or TTL); an unavailable cluster or a
+    /// lock held by someone else make it wait.
+    pub async fn campaign(
+        mut client: Client,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Leadership, ClientError> {
+        let wait = ttl / RENEWALS_PER_TTL;
+        let (token, renewed_at) = loop {
+            let sent = Instant::now();
+            match client.acquire(name, holder, ttl, wait).await {
+                Ok(lease) => {
+                    // A long-retried acquire leaves little of the lease by our count:
+                    // re-anchor it with a renewal before claiming leadership.
+                    if sent.elapsed() < wait {
+                        break (lease.token, sent);
+                    }
+                    let renew_sent = Instant::now();
+                    match client.keep_alive(name, lease.token).await {
+                        Ok(_) => break (lease.token, renew_sent),
+                        Err(e) if retryable_campaign_error(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if retryable_campaign_error(&e) => {
+                    // Held by someone else: the server already waited; a timeout: the
+                    // client already backed off. Try again at once.
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let keeper = Client::with_options(
+            client.endpoints().to_vec(),
+            ClientOptions {
+                timeout: wait,
+                attempt_timeout: client.options().attempt_timeout.min(wait),
+                ..client.options().clone()
+            },
+        )?;
+        let (lost_tx, lost) = watch::channel(false);
+        let task = KeepAliveTask(tokio::spawn(keep_alive(
+            keeper,
+            name.to_string(),
+            token,
+            ttl,
+            renewed_at,
+            lost_tx,
+        )));
+        Ok(Leadership {
+            client,
+            fence: Fence::new(name, token),
+            lost,
+            task,
+        })
+    }
+}
+
+/// A held lock: its token, a fenced writer, and the loss signal.
+#[derive(Debug)]
+pub struct Leadership {
+    client: Client,
+    fence: Fence,
+    lost: watch::Receiver<bool>,
+    task: KeepAliveTask,
+}
+
+impl Leadership {
+    /// The fencing token of this term of leadership.
+    pub fn token(&self) -> u64 {
+        self.fence.token
+    }
+
+    /// The fence every write of this leadership carries.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Whether the keep-alive has given the lease up (a renewal was refused, or none
+    /// succeeded for a whole TTL). Once true it stays true.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// A receiver that turns `true` when the leadership is lost.
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    /// Resolves when the leadership is lost.
+    pub async fn wait_lost(&mut self) {
+        // An error means the keep-alive task ended, which it does only after losing.
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Sets `key` to `value`, fenced with this leadership's token. The store rejects it
+    /// with [`ClientError::FailedPrecondition`] once a newer token exists (see the module
+    /// doc: this does not check [`Leadership::is_lost`] first).
+    ///
+    /// # Errors
+    /// As for [`Client::put_fenced`].
+    pub async fn put(&mut self, key: &str, value: &str) -> Result<Header, ClientError> {
+        self.client.put_fenced(key, value, &self.fence).await
+    }
+
+    /// Deletes `key`, fenced with this leadership's token.
+    ///
+    /// # Errors
+    /// As for [`Client::delete_fenced`].
+    pub async fn delete(&mut self, key: &str) -> Result<DeleteResult, ClientError> {
+        self.client.delete_fenced(key, &self.fence).await
+    }
+
+    /// Stops the keep-alive and releases the lock; returns the client.
+    ///
+    /// # Errors
+    /// The release failed (a stale token means the lock was already lost); the lease then
+    /// simply runs out.
+    pub async fn resign(mut self) -> Result<Client, ClientError> {
+        self.task.abort();
+        let token = self.fence.token;
+        let name = self.fence.lock.clone();
+        self.client.release(&name, token).await?;
+        Ok(self.into_client())
+    }
+
+    /// Stops the keep-alive without releasing (the lease runs out); returns the client.
+    pub fn into_client(self) -> Client {
+        self.task.abort();
+        self.client
+    }
+}
+
+/// The keep-alive task, aborted when the [`Leadership`] is dropped.
+#[derive(Debug)]
+struct KeepAliveTask(JoinHandle<()>);
+
+impl KeepAliveTask {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for KeepAliveTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether a campaign should try again after `error`.
+fn retryable_campaign_error(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::FailedPrecondition(_) | ClientError::Timeout { .. }
+    )
+}
+
+/// Renews the lease every `ttl / 3` until a renewal is refused or none succeeded for `ttl`
+/// since the last one was sent; then reports the loss and ends.
+async fn keep_alive(
+    mut client: Client,
+    name: String,
+    token: u64,
+    ttl: Duration,
+    mut renewed_at: Instant,
+    lost: watch::Sender<bool>,
+) {
+    let period = ttl / RENEWALS_PER_TTL;
+    'renewals: loop {
+        tokio::time::sleep_until(renewed_at + period).await;
+        loop {
+            let expires = renewed_at + ttl;
+            let now = Instant::now();
+            if now >= expires {
+                break 'renewals;
+            }
+            match tokio::time::timeout(expires - now, client.keep_alive(&name, token)).await {
+                Ok(Ok(_)) => {
+                    renewed_at = now;
+                    continue 'renewals;
+                }
+                Ok(Err(ClientError::FailedPrecondition(_))) | Err(_) => break 'renewals,
+                Ok(Err(_)) => {
+                    let left = expires.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(RENEW_RETRY.min(left)).await;
+                }
+            }
+        }
+    }
+    let _ = lost.send(true);
+}
+
+#[cfg(test)]
+mod tests;

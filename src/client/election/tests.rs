@@ -1,0 +1,320 @@
+//! Locks, fenced writes and the election helper against an in-process fake lock service
+//! (a small in-memory model of the server's rules, no Raft).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::*;
+use crate::pb;
+use crate::pb::kv_server::{Kv, KvServer};
+use crate::pb::lock_server::{Lock, LockServer};
+
+#[derive(Default)]
+struct State {
+    /// (holder, token, lease end)
+    held: Option<(String, u64, Instant)>,
+    next_token: u64,
+    /// Keep-alives answer UNAVAILABLE while set (a partitioned client).
+    keep_alive_unavailable: bool,
+    keep_alives: u32,
+    writes: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Default)]
+struct FakeLocks(Arc<Mutex<State>>);
+
+impl FakeLocks {
+    fn current(state: &mut State) -> Option<(String, u64)> {
+        match &state.held {
+            Some((_, _, end)) if *end <= Instant::now() => {
+                state.held = None;
+                None
+            }
+            Some((holder, token, _)) => Some((holder.clone(), *token)),
+            None => None,
+        }
+    }
+    fn check(&self, name: &str, token: u64, what: &str) -> Result<(), Status> {
+        let mut state = self.0.lock().unwrap();
+        match Self::current(&mut state) {
+            Some((_, current)) if current == token => Ok(()),
+            Some((_, current)) => Err(Status::failed_precondition(format!(
+                "stale {what} {token} for lock {name} (current {current})"
+            ))),
+            None => Err(Status::failed_precondition(format!(
+                "stale {what} {token} for lock {name} (current: none, the lock is not held)"
+            ))),
+        }
+    }
+    fn set_keep_alive_unavailable(&self, on: bool) {
+        self.0.lock().unwrap().keep_alive_unavailable = on;
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for FakeLocks {
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let r = request.into_inner();
+        let until = Instant::now() + Duration::from_millis(r.wait_ms);
+        loop {
+            {
+                let mut state = self.0.lock().unwrap();
+                let end = Instant::now() + Duration::from_millis(r.ttl_ms);
+                let token = match Self::current(&mut state) {
+                    Some((holder, token)) if holder == r.holder => Some(token),
+                    Some((holder, token)) if Instant::now() >= until => {
+                        return Err(Status::failed_precondition(format!(
+                            "lock {} is held by {holder} (token {token})",
+                            r.name
+                        )))
+                    }
+                    Some(_) => None,
+                    None => {
+                        state.next_token += 10;
+                        Some(state.next_token)
+                    }
+                };
+                if let Some(token) = token {
+                    state.held = Some((r.holder.clone(), token, end));
+                    return Ok(Response::new(pb::AcquireResponse {
+                        header: None,
+                        token,
+                        ttl_ms: r.ttl_ms,
+                    }));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    async fn keep_alive(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let r = request.into_inner();
+        {
+            let mut state = self.0.lock().unwrap();
+            state.keep_alives += 1;
+            if state.keep_alive_unavailable {
+                return Err(Status::unavailable("no leader elected yet"));
+            }
+        }
+        self.check(&r.name, r.token, "token")?;
+        let mut state = self.0.lock().unwrap();
+        let ttl = Duration::from_millis(600);
+        if let Some((_, _, end)) = &mut state.held {
+            *end = Instant::now() + ttl;
+        }
+        Ok(Response::new(pb::KeepAliveResponse {
+            header: None,
+            ttl_ms: 600,
+        }))
+    }
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        self.check(&r.name, r.token, "token")?;
+        self.0.lock().unwrap().held = None;
+        Ok(Response::new(pb::ReleaseResponse { header: None }))
+    }
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let r = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        let (holder, current) = Self::current(&mut state).unwrap_or_default();
+        Ok(Response::new(pb::ValidateResponse {
+            header: None,
+            valid: current != 0 && current == r.token,
+            current_token: current,
+            holder,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for FakeLocks {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let r = request.into_inner();
+        let fence = r.fence.unwrap_or_default();
+        self.check(&fence.lock, fence.token, "fencing token")?;
+        self.0.lock().unwrap().writes.push((r.key, fence.token));
+        Ok(Response::new(pb::PutResponse { header: None }))
+    }
+    async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let fence = request.into_inner().fence.unwrap_or_default();
+        self.check(&fence.lock, fence.token, "fencing token")?;
+        Ok(Response::new(pb::DeleteResponse {
+            header: None,
+            deleted: true,
+        }))
+    }
+}
+
+async fn serve(fake: FakeLocks) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LockServer::new(fake.clone()))
+            .add_service(KvServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+fn client(addr: &str) -> Client {
+    let options = ClientOptions {
+        timeout: Duration::from_millis(2000),
+        attempt_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    Client::with_options(vec![addr.to_string()], options).unwrap()
+}
+
+const TTL: Duration = Duration::from_millis(600);
+
+#[tokio::test]
+async fn acquire_validate_fenced_put_and_release() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let mut a = client(&addr);
+    let lease = a.acquire("svc", "A", TTL, Duration::ZERO).await.unwrap();
+    assert_eq!(lease.ttl, TTL);
+    let again = a.acquire("svc", "A", TTL, Duration::ZERO).await.unwrap();
+    assert_eq!(again.token, lease.token, "same holder, same token");
+
+    let mut b = client(&addr);
+    let held = b
+        .acquire("svc", "B", TTL, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        held,
+        ClientError::FailedPrecondition(format!("lock svc is held by A (token {})", lease.token))
+    );
+    let check = b.validate("svc", lease.token).await.unwrap();
+    assert!(check.valid);
+    assert_eq!(check.holder, "A");
+
+    let fence = Fence::new("svc", lease.token);
+    a.put_fenced("k", "v", &fence).await.unwrap();
+    a.delete_fenced("k", &fence).await.unwrap();
+    a.keep_alive("svc", lease.token).await.unwrap();
+    a.release("svc", lease.token).await.unwrap();
+    let stale = a.put_fenced("k", "w", &fence).await.unwrap_err();
+    assert!(
+        stale.to_string().contains(&format!(
+            "stale fencing token {} for lock svc (current: none",
+            lease.token
+        )),
+        "{stale}"
+    );
+    assert!(!b.validate("svc", lease.token).await.unwrap().valid);
+}
+
+#[tokio::test]
+async fn acquire_waits_for_the_holder_longer_than_the_attempt_timeout() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let mut a = client(&addr);
+    let first = a.acquire("svc", "A", TTL, Duration::ZERO).await.unwrap();
+    // B waits up to 2 s on the server (the attempt timeout is 300 ms); A's lease ends
+    // after 600 ms, then B gets a higher token.
+    let mut b = client(&addr);
+    let second = b
+        .acquire("svc", "B", TTL, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(second.token > first.token);
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_for_a_ttl_reports_loss_and_its_writes_are_fenced() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let mut a = Election::campaign(client(&addr), "svc", "A", TTL)
+        .await
+        .unwrap();
+    a.put("orders/1", "by A").await.unwrap();
+    // Renewals keep the lease past several TTLs.
+    tokio::time::sleep(TTL * 2).await;
+    assert!(!a.is_lost());
+    assert!(fake.0.lock().unwrap().keep_alives >= 3);
+
+    // A is cut off: its renewals fail. It must give up within about one TTL of the last
+    // renewal, on its own, and B takes over with a higher token.
+    fake.set_keep_alive_unavailable(true);
+    let cut = Instant::now();
+    let b_campaign = tokio::spawn(Election::campaign(client(&addr), "svc", "B", TTL));
+    tokio::time::timeout(TTL * 2, a.wait_lost()).await.unwrap();
+    assert!(a.is_lost());
+    assert!(cut.elapsed() <= TTL + Duration::from_millis(200));
+    fake.set_keep_alive_unavailable(false);
+    let mut b = b_campaign.await.unwrap().unwrap();
+    assert!(b.token() > a.token());
+
+    // The zombie A still tries to write: the store refuses it; B writes.
+    let rejected = a.put("orders/2", "by A").await.unwrap_err();
+    assert_eq!(
+        rejected,
+        ClientError::FailedPrecondition(format!(
+            "stale fencing token {} for lock svc (current {})",
+            a.token(),
+            b.token()
+        ))
+    );
+    b.put("orders/2", "by B").await.unwrap();
+    let writes = fake.0.lock().unwrap().writes.clone();
+    assert_eq!(
+        writes,
+        [
+            ("orders/1".to_string(), a.token()),
+            ("orders/2".to_string(), b.token())
+        ]
+    );
+    b.resign().await.unwrap();
+    assert_eq!(
+        client(&addr)
+            .validate("svc", 0)
+            .await
+            .unwrap()
+            .current_token,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_refused_renewal_is_reported_at_once() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let ttl = Duration::from_secs(3);
+    let mut a = Election::campaign(client(&addr), "svc", "A", ttl)
+        .await
+        .unwrap();
+    // Someone else holds the lock now (as after an expiry the client did not see): the
+    // first renewal, a third of the TTL later, is refused, and the loss reported then,
+    // not a whole TTL later.
+    fake.0.lock().unwrap().held = Some(("B".into(), 99, Instant::now() + ttl * 2));
+    let started = Instant::now();
+    tokio::time::timeout(ttl, a.wait_lost()).await.unwrap();
+    assert!(started.elapsed() < ttl / 2, "{:?}", started.elapsed());
+}

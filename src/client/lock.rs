@@ -1,0 +1,170 @@
+//! Named locks with leases and fencing tokens (the `Lock` service), as [`Client`] methods.
+//!
+//! Same discovery, redirect and retry rules as writes. Acquire is idempotent for one holder
+//! (the same holder acquiring again gets the same token), so a retried acquire is safe;
+//! keep-alive and release name the token, so resending them is harmless too.
+//! FAILED_PRECONDITION (stale token, lock held by someone else) is never retried.
+
+use std::time::Duration;
+
+use super::kv_client::Header;
+use super::{Client, ClientError};
+use crate::pb;
+use crate::pb::lock_client::LockClient;
+
+/// A fencing token for a write: the write applies only while `token` is the current token
+/// of lock `lock`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The token its holder was granted.
+    pub token: u64,
+}
+
+impl Fence {
+    /// A fence for `lock` with `token`.
+    pub fn new(lock: impl Into<String>, token: u64) -> Self {
+        Self {
+            lock: lock.into(),
+            token,
+        }
+    }
+}
+
+impl From<&Fence> for pb::Fence {
+    fn from(fence: &Fence) -> Self {
+        Self {
+            lock: fence.lock.clone(),
+            token: fence.token,
+        }
+    }
+}
+
+/// A granted (or renewed) lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token: the log index of the granting entry; strictly increasing across
+    /// grants, never reused.
+    pub token: u64,
+    /// The lease length the server granted.
+    pub ttl: Duration,
+    /// Where the grant took effect.
+    pub header: Header,
+}
+
+/// The answer to [`Client::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validation {
+    /// Whether the token asked about is the current valid token.
+    pub valid: bool,
+    /// The current token, or 0 when the lock is not held.
+    pub current_token: u64,
+    /// The current holder (empty when the lock is not held).
+    pub holder: String,
+}
+
+impl Client {
+    /// Takes lock `name` for `holder` with a lease of `ttl`, waiting up to `wait` while
+    /// another holder has an unexpired lease. Returns the fencing token.
+    ///
+    /// # Errors
+    /// [`ClientError::FailedPrecondition`] `lock NAME is held by HOLDER (token N)` when the
+    /// lock stayed held for the whole wait; otherwise as for [`Client::put`].
+    pub async fn acquire(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Lease, ClientError> {
+        let request = pb::AcquireRequest {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            ttl_ms: millis(ttl),
+            wait_ms: millis(wait),
+        };
+        let response = self
+            .run_waiting("acquire", true, wait, |channel| {
+                let request = request.clone();
+                async move { LockClient::new(channel).acquire(request).await }
+            })
+            .await?;
+        Ok(Lease {
+            token: response.token,
+            ttl: Duration::from_millis(response.ttl_ms),
+            header: response.header.into(),
+        })
+    }
+
+    /// Renews the lease of `name` held with `token`; returns the renewed lease length.
+    ///
+    /// # Errors
+    /// [`ClientError::FailedPrecondition`] when `token` is no longer current (the lease ran
+    /// out or someone else holds the lock); otherwise as for [`Client::put`].
+    pub async fn keep_alive(&mut self, name: &str, token: u64) -> Result<Duration, ClientError> {
+        let request = pb::KeepAliveRequest {
+            name: name.to_string(),
+            token,
+        };
+        let response = self
+            .run("keep-alive", true, |channel| {
+                let request = request.clone();
+                async move { LockClient::new(channel).keep_alive(request).await }
+            })
+            .await?;
+        Ok(Duration::from_millis(response.ttl_ms))
+    }
+
+    /// Gives up lock `name` held with `token`.
+    ///
+    /// # Errors
+    /// As for [`Client::keep_alive`].
+    pub async fn release(&mut self, name: &str, token: u64) -> Result<Header, ClientError> {
+        let request = pb::ReleaseRequest {
+            name: name.to_string(),
+            token,
+        };
+        let response = self
+            .run("release", true, |channel| {
+                let request = request.clone();
+                async move { LockClient::new(channel).release(request).await }
+            })
+            .await?;
+        Ok(response.header.into())
+    }
+
+    /// Whether `token` is the current valid token of `name` (a linearizable read on the
+    /// leader): the check an external system can make before accepting a write.
+    ///
+    /// # Errors
+    /// As for [`Client::get`].
+    pub async fn validate(&mut self, name: &str, token: u64) -> Result<Validation, ClientError> {
+        let request = pb::ValidateRequest {
+            name: name.to_string(),
+            token,
+        };
+        let response = self
+            .run("validate", true, |channel| {
+                let request = request.clone();
+                async move { LockClient::new(channel).validate(request).await }
+            })
+            .await?;
+        Ok(Validation {
+            valid: response.valid,
+            current_token: response.current_token,
+            holder: response.holder,
+        })
+    }
+}
+
+/// A duration in whole milliseconds for the wire (saturating; at least 1 for a non-zero
+/// duration, so a sub-millisecond TTL is not sent as "none").
+fn millis(duration: Duration) -> u64 {
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !duration.is_zero() {
+        1
+    } else {
+        ms
+    }
+}

@@ -176,8 +176,8 @@ LAST_SEQ=$(wlog "$ZOMBIE" | grep -oE "wrote orders/$SERVICE/$N-[0-9]+" | tail -n
 say "frozen after its write #$LAST_SEQ"
 
 step "Meanwhile SIGKILL the store's Raft leader (node $STORE_LEADER), then restart it"
-kill -KILL "${PIDS[$STORE_LEADER]}"
-wait "${PIDS[$STORE_LEADER]}" 2>/dev/null || true
+# The group's stderr also swallows bash's "Killed" job notice.
+{ kill -KILL "${PIDS[$STORE_LEADER]}" && wait "${PIDS[$STORE_LEADER]}"; } 2>/dev/null || true
 unset "PIDS[$STORE_LEADER]"
 KILLED=$STORE_LEADER
 STORE_LEADER=$(store_leader "$KILLED") || fail "no new store leader after killing node $KILLED"

@@ -145,8 +145,8 @@ out=$(kvctl --endpoints "$ALL" put demo-1 alpha) || fail "put demo-1 failed"
 say "kvctl put demo-1 alpha -> $out"
 
 step "SIGKILL the leader (node $LEADER)"
-kill -KILL "${PIDS[$LEADER]}"
-wait "${PIDS[$LEADER]}" 2>/dev/null || true
+# The group's stderr also swallows bash's "Killed" job notice.
+{ kill -KILL "${PIDS[$LEADER]}" && wait "${PIDS[$LEADER]}"; } 2>/dev/null || true
 unset "PIDS[$LEADER]"
 OLD_LEADER=$LEADER OLD_TERM=$TERM
 read -r LEADER TERM < <(wait_for_leader "$OLD_TERM" "$OLD_LEADER") ||

@@ -6,15 +6,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::client::{Client, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::client::{Answer, Client, ClientReply, ClientReq, ReplyErr, ReqOp};
 use super::invariants::Invariants;
+use super::lock_client::LockClient;
+use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, Mutation, NodeId, Payload, RaftCore, ReadState,
     Ready, Role, Term,
 };
-use crate::state_machine::{Outcome as SmOutcome, StateMachine};
+use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
 /// Simulated time, in microseconds.
 pub(crate) type Time = u64;
@@ -29,6 +31,8 @@ pub struct SimConfig {
     pub nodes: u64,
     /// Concurrent clients.
     pub clients: usize,
+    /// Services competing for one lock and writing under its fencing token.
+    pub lock_clients: usize,
     /// Distinct keys the clients use (few, so operations conflict).
     pub keys: usize,
     /// How long faults are injected, in simulated milliseconds.
@@ -50,6 +54,7 @@ impl SimConfig {
             seed,
             nodes: if seed % 4 == 3 { 5 } else { 3 },
             clients: 4,
+            lock_clients: 2,
             keys: 3,
             fault_ms: 3_000,
             liveness_ms: 10_000,
@@ -175,6 +180,10 @@ pub(crate) struct SimNode {
     ready_reads: Vec<(LogIndex, Waiting, String)>,
     next_read_id: u64,
     role: Role,
+    /// Leader only: lease deadlines on this node's clock, name -> (token, deadline).
+    leases: BTreeMap<String, (u64, Time)>,
+    /// Leader only: `Expire` proposals in flight, so each is proposed once.
+    expiring: BTreeSet<(String, u64)>,
 }
 
 pub(crate) struct World {
@@ -185,6 +194,8 @@ pub(crate) struct World {
     queue: BinaryHeap<Reverse<Queued>>,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
     clients: Vec<Client>,
+    lock_clients: Vec<LockClient>,
+    locks: LockCheck,
     /// Directed node-to-node links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     drop_rate: f64,
@@ -244,11 +255,19 @@ impl World {
                     ready_reads: Vec::new(),
                     next_read_id: 1,
                     role: Role::Follower,
+                    leases: BTreeMap::new(),
+                    expiring: BTreeSet::new(),
                 },
             );
         }
         let clients = (0..cfg.clients)
             .map(|i| Client::new(i, 1000 + i as u64, cfg.nodes))
+            .collect();
+        let lock_clients = (0..cfg.lock_clients)
+            .map(|i| {
+                let name = format!("service-{}", char::from(b'A' + (i % 26) as u8));
+                LockClient::new(cfg.clients + i, &name, 2000 + i as u64, cfg.nodes)
+            })
             .collect();
         let inv = Invariants::new(cfg.nodes);
         let mut w = World {
@@ -259,6 +278,8 @@ impl World {
             queue: BinaryHeap::new(),
             nodes,
             clients,
+            lock_clients,
+            locks: LockCheck::default(),
             cut: BTreeSet::new(),
             drop_rate: 0.0,
             dup_rate: 0.0,
@@ -274,7 +295,7 @@ impl World {
             let jitter = w.rng.random_range(0..TICK);
             w.schedule(jitter, Ev::Tick(id));
         }
-        for c in 0..w.cfg.clients {
+        for c in 0..w.cfg.clients + w.cfg.lock_clients {
             let d = w.rng.random_range(0..50 * MS);
             w.schedule(d, Ev::ClientWake(c));
         }
@@ -350,7 +371,7 @@ impl World {
         self.schedule(d, Ev::Deliver(node, Input::Client(req)));
     }
 
-    fn reply(&mut self, w: &Waiting, result: Result<OpResult, ReplyErr>) {
+    fn reply(&mut self, w: &Waiting, result: Result<Answer, ReplyErr>) {
         if self.faults_on && self.rng.random_bool(self.drop_rate) {
             return;
         }
@@ -393,7 +414,10 @@ impl World {
             return;
         };
         match input {
-            Input::Tick => n.core.tick(),
+            Input::Tick => {
+                n.core.tick();
+                self.expire_leases(id);
+            }
             Input::Msg(m) => {
                 if self.cfg.trace {
                     let line = format!(
@@ -455,6 +479,17 @@ impl World {
             if let Some(ss) = rd.soft_state {
                 let was_leader = n.role == Role::Leader;
                 n.role = ss.role;
+                if was_leader != (ss.role == Role::Leader) {
+                    // A new leader restarts every lease with its full TTL on its own clock;
+                    // a follower tracks none.
+                    let now = self.now;
+                    n.expiring.clear();
+                    n.leases =
+                        n.sm.locks()
+                            .filter(|_| ss.role == Role::Leader)
+                            .map(|(name, l)| (name.to_string(), (l.token, now + l.ttl_ms * MS)))
+                            .collect();
+                }
                 let term = n.core.status().term;
                 self.note(|| {
                     format!(
@@ -560,6 +595,11 @@ impl World {
             self.violation(msg);
             return;
         }
+        let proposal = match &e.payload {
+            Payload::Command(data) => Proposal::decode(data).ok(),
+            Payload::Noop => None,
+        };
+        let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
         let result = match &e.payload {
             Payload::Noop => {
                 n.sm.apply_noop(e.index);
@@ -567,6 +607,15 @@ impl World {
             }
             Payload::Command(data) => Some(n.sm.apply(e.index, data)),
         };
+        if let (Some(p), Some(b), Some(r)) = (&proposal, &before, &result) {
+            if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
+                self.fail.get_or_insert(format!("lock safety: {msg}"));
+            }
+            if n.role == Role::Leader {
+                track_lease(n, &p.command, r, self.now);
+            }
+        }
+        let lockish = proposal.as_ref().is_some_and(|p| is_lock_op(&p.command));
         let Some((term, w)) = n.pending_writes.remove(&e.index) else {
             return;
         };
@@ -575,11 +624,11 @@ impl World {
             return;
         }
         let reply = match result {
-            Some(Ok(SmOutcome::Put)) => Ok(OpResult::Put),
-            Some(Ok(SmOutcome::Delete { existed })) => Ok(OpResult::Delete(existed)),
-            Some(Err(err)) => Err(ReplyErr::Rejected(err.to_string())),
-            // Lock outcomes: the simulated clients do not issue lock commands yet.
-            Some(Ok(other)) => Err(ReplyErr::Rejected(format!("unexpected outcome {other:?}"))),
+            Some(Ok(outcome)) if lockish => Ok(Answer::Applied(outcome, e.index)),
+            Some(Ok(SmOutcome::Put)) => Ok(Answer::Kv(OpResult::Put)),
+            Some(Ok(SmOutcome::Delete { existed })) => Ok(Answer::Kv(OpResult::Delete(existed))),
+            Some(Ok(other)) => Ok(Answer::Applied(other, e.index)),
+            Some(Err(err)) => Err(ReplyErr::Rejected(err)),
             None => Err(ReplyErr::LeadershipLost),
         };
         self.reply(&w, reply);
@@ -600,7 +649,7 @@ impl World {
             .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
             .collect();
         for (w, v) in answers {
-            self.reply(&w, Ok(OpResult::Get(v)));
+            self.reply(&w, Ok(Answer::Kv(OpResult::Get(v))));
         }
     }
 
@@ -690,6 +739,7 @@ impl World {
         // Clients waiting on it see their connection drop.
         self.fail_pending(id, ReplyErr::ConnectionLost);
         self.inv.on_crash(id);
+        self.locks.on_crash(id);
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -723,6 +773,8 @@ impl World {
         n.sm = StateMachine::new();
         n.up = true;
         n.role = Role::Follower;
+        n.leases.clear();
+        n.expiring.clear();
         self.note(|| format!("RESTART node {id} (term {term}, {len} entries on disk)"));
         self.drive(id);
     }
@@ -834,6 +886,9 @@ impl World {
         for c in 0..self.clients.len() {
             self.clients[c].stop_new_ops();
         }
+        for c in &mut self.lock_clients {
+            c.stop_new_ops();
+        }
     }
 
     fn resume(&mut self, id: NodeId) {
@@ -890,15 +945,71 @@ impl World {
     }
 
     fn client_wake(&mut self, c: usize) {
+        if let Some(l) = c.checked_sub(self.clients.len()) {
+            let mut client = std::mem::take(&mut self.lock_clients[l]);
+            client.wake(self);
+            self.lock_clients[l] = client;
+            return;
+        }
         let mut client = std::mem::take(&mut self.clients[c]);
         client.wake(self);
         self.clients[c] = client;
     }
 
     fn client_reply(&mut self, c: usize, r: ClientReply) {
+        if let Some(l) = c.checked_sub(self.clients.len()) {
+            let mut client = std::mem::take(&mut self.lock_clients[l]);
+            client.on_reply(self, r);
+            self.lock_clients[l] = client;
+            return;
+        }
         let mut client = std::mem::take(&mut self.clients[c]);
         client.on_reply(self, r);
         self.clients[c] = client;
+    }
+
+    pub(crate) fn lock_check(&self) -> &LockCheck {
+        &self.locks
+    }
+
+    pub(crate) fn lock_check_mut(&mut self) -> &mut LockCheck {
+        &mut self.locks
+    }
+
+    fn clients_idle(&self) -> bool {
+        self.clients.iter().all(Client::idle) && self.lock_clients.iter().all(LockClient::idle)
+    }
+
+    /// On the leader, after a tick: propose `Expire` for every lease that ran out on its
+    /// clock, once per (lock, token) until it applies or leadership changes.
+    fn expire_leases(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.role != Role::Leader {
+            return;
+        }
+        let due: Vec<(String, u64)> = n
+            .leases
+            .iter()
+            .filter(|(name, (token, deadline))| {
+                *deadline <= now && !n.expiring.contains(&((*name).clone(), *token))
+            })
+            .map(|(name, (token, _))| (name.clone(), *token))
+            .collect();
+        for (name, token) in due {
+            let p = Proposal {
+                session: None,
+                command: Command::Expire {
+                    name: name.clone(),
+                    token,
+                },
+            };
+            if n.core.propose(p.encode()).is_ok() {
+                n.expiring.insert((name, token));
+            }
+        }
     }
 
     pub(crate) fn attempt_timeout() -> Time {
@@ -924,6 +1035,41 @@ impl World {
                     && s.last_index == ls.last_index
                     && n.sm.applied_index() == ls.commit
             })
+    }
+}
+
+fn is_lock_op(c: &Command) -> bool {
+    match c {
+        Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.is_some(),
+        _ => true,
+    }
+}
+
+/// The leader's lease bookkeeping after applying a command: a grant or keep-alive restarts
+/// the lease on the leader's clock; a release or expiry ends it.
+fn track_lease(
+    n: &mut SimNode,
+    c: &Command,
+    r: &Result<SmOutcome, crate::state_machine::ApplyError>,
+    now: Time,
+) {
+    match (c, r) {
+        (Command::Acquire { name, .. }, Ok(SmOutcome::Acquired { token, ttl_ms })) => {
+            n.leases.insert(name.clone(), (*token, now + ttl_ms * MS));
+        }
+        (Command::KeepAlive { name, token }, Ok(SmOutcome::KeptAlive { ttl_ms })) => {
+            n.leases.insert(name.clone(), (*token, now + ttl_ms * MS));
+        }
+        (Command::Release { name, .. }, Ok(SmOutcome::Released)) => {
+            n.leases.remove(name);
+        }
+        (Command::Expire { name, token }, Ok(SmOutcome::Expired { expired })) => {
+            n.expiring.remove(&(name.clone(), *token));
+            if *expired {
+                n.leases.remove(name);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -983,7 +1129,7 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         if let Some(msg) = w.fail.take() {
             return Err(fail(&mut w, msg));
         }
-        if w.now > fault_end && w.clients.iter().all(Client::idle) && w.converged() {
+        if w.now > fault_end && w.clients_idle() && w.converged() {
             break;
         }
         if w.now > deadline {
@@ -1021,7 +1167,7 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     for c in 0..w.clients.len() {
         w.schedule_client(c, 0);
     }
-    while !w.clients.iter().all(Client::idle) {
+    while !w.clients_idle() {
         if !w.step() {
             return Err(fail(
                 &mut w,

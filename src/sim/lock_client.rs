@@ -243,6 +243,11 @@ impl LockClient {
                 self.pending = None;
                 self.on_outcome(w, &command, started, Err(err));
             }
+            // What a node answers to a plain put: the checks below still apply.
+            Ok(Answer::Kv(crate::lincheck::OpResult::Put)) => {
+                self.pending = None;
+                self.on_outcome(w, &command, started, Ok((SmOutcome::Put, 0)));
+            }
             Ok(Answer::Kv(res)) => w.violation(format!(
                 "{} got a key-value answer {res:?} to {command:?}",
                 self.name

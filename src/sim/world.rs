@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub mutation: Mutation,
     /// Record a readable trace of events (for replaying a failing seed).
     pub trace: bool,
+    /// Checker test: the simulated driver drops the fence of every write it proposes (a
+    /// driver bug the lock checks must catch).
+    pub strip_fences: bool,
 }
 
 impl SimConfig {
@@ -60,6 +63,7 @@ impl SimConfig {
             liveness_ms: 10_000,
             mutation: Mutation::None,
             trace: false,
+            strip_fences: false,
         }
     }
 }
@@ -79,6 +83,12 @@ pub struct Outcome {
     pub events: u64,
     /// Highest commit index reached.
     pub commit: LogIndex,
+    /// Lock grants (new tokens) applied.
+    pub lock_grants: u64,
+    /// Fenced writes acknowledged as applied.
+    pub fenced_ok: u64,
+    /// Fenced writes answered with a stale fencing token.
+    pub fenced_stale: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -447,7 +457,16 @@ impl World {
             attempt: req.attempt,
         };
         match req.op {
-            ReqOp::Write(proposal) => match n.core.propose(proposal.encode()) {
+            ReqOp::Write(mut proposal) => match n.core.propose({
+                if self.cfg.strip_fences {
+                    if let Command::Put { fence, .. } | Command::Delete { fence, .. } =
+                        &mut proposal.command
+                    {
+                        *fence = None;
+                    }
+                }
+                proposal.encode()
+            }) {
                 Ok(p) => {
                     n.pending_writes.insert(p.index, (p.term, waiting));
                 }
@@ -1045,31 +1064,38 @@ fn is_lock_op(c: &Command) -> bool {
     }
 }
 
-/// The leader's lease bookkeeping after applying a command: a grant or keep-alive restarts
-/// the lease on the leader's clock; a release or expiry ends it.
+/// The leader's lease bookkeeping after applying a lock command, reconciled with the lock
+/// table rather than read off the outcome: a retried `Acquire` answered from the session
+/// cache carries the token of its first grant, which may have expired since (tracking that
+/// token would propose a no-op `Expire` on every tick, forever).
 fn track_lease(
     n: &mut SimNode,
     c: &Command,
     r: &Result<SmOutcome, crate::state_machine::ApplyError>,
     now: Time,
 ) {
-    match (c, r) {
-        (Command::Acquire { name, .. }, Ok(SmOutcome::Acquired { token, ttl_ms })) => {
-            n.leases.insert(name.clone(), (*token, now + ttl_ms * MS));
-        }
-        (Command::KeepAlive { name, token }, Ok(SmOutcome::KeptAlive { ttl_ms })) => {
-            n.leases.insert(name.clone(), (*token, now + ttl_ms * MS));
-        }
-        (Command::Release { name, .. }, Ok(SmOutcome::Released)) => {
-            n.leases.remove(name);
-        }
-        (Command::Expire { name, token }, Ok(SmOutcome::Expired { expired })) => {
-            n.expiring.remove(&(name.clone(), *token));
-            if *expired {
-                n.leases.remove(name);
-            }
-        }
-        _ => {}
+    let name = match c {
+        Command::Acquire { name, .. }
+        | Command::KeepAlive { name, .. }
+        | Command::Release { name, .. }
+        | Command::Expire { name, .. } => name,
+        Command::Put { .. } | Command::Delete { .. } => return,
+    };
+    if let Command::Expire { token, .. } = c {
+        n.expiring.remove(&(name.clone(), *token));
+    }
+    let Some((token, ttl_ms)) = n.sm.lock(name).map(|l| (l.token, l.ttl_ms)) else {
+        n.leases.remove(name);
+        return;
+    };
+    // A grant or keep-alive of the current token restarts its lease on the leader's clock.
+    let renewed = match (c, r) {
+        (Command::Acquire { .. }, Ok(SmOutcome::Acquired { token: t, .. }))
+        | (Command::KeepAlive { token: t, .. }, Ok(SmOutcome::KeptAlive { .. })) => *t == token,
+        _ => false,
+    };
+    if renewed || n.leases.get(name).map(|l| l.0) != Some(token) {
+        n.leases.insert(name.clone(), (token, now + ttl_ms * MS));
     }
 }
 
@@ -1243,6 +1269,9 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     w.outcome.ok = w.history.iter().filter(|o| o.result.is_some()).count() as u64;
     w.outcome.unknown = w.history.iter().filter(|o| o.result.is_none()).count() as u64;
     w.outcome.leader_changes = w.inv.leaders_seen();
+    w.outcome.lock_grants = w.locks.grants;
+    w.outcome.fenced_ok = w.locks.fenced_ok;
+    w.outcome.fenced_stale = w.locks.fenced_stale;
     w.outcome.commit = w
         .nodes
         .values()

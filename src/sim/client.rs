@@ -9,8 +9,8 @@ use rand::Rng;
 
 use super::world::{Time, World, OP_DEADLINE};
 use crate::lincheck::{Op, OpKind, OpResult};
-use crate::raft::NodeId;
-use crate::state_machine::{Command, Proposal, Session};
+use crate::raft::{LogIndex, NodeId};
+use crate::state_machine::{ApplyError, Command, Outcome as SmOutcome, Proposal, Session};
 
 /// A request from a client to a node.
 #[derive(Clone, Debug)]
@@ -30,7 +30,15 @@ pub(crate) enum ReqOp {
 #[derive(Clone, Debug)]
 pub(crate) struct ClientReply {
     pub(crate) attempt: u64,
-    pub(crate) result: Result<OpResult, ReplyErr>,
+    pub(crate) result: Result<Answer, ReplyErr>,
+}
+
+/// A successful answer: a key-value result, or the state machine's outcome of a lock command
+/// or fenced write with the index it applied at.
+#[derive(Clone, Debug)]
+pub(crate) enum Answer {
+    Kv(OpResult),
+    Applied(SmOutcome, LogIndex),
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +46,7 @@ pub(crate) enum ReplyErr {
     NotLeader(Option<NodeId>),
     LeadershipLost,
     ConnectionLost,
-    Rejected(String),
+    Rejected(ApplyError),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -225,7 +233,13 @@ impl Client {
             return; // an answer to an earlier attempt; the session makes the current one agree
         }
         match r.result {
-            Ok(res) => {
+            Ok(Answer::Applied(outcome, index)) => {
+                w.violation(format!(
+                    "client {} got a lock outcome {outcome:?} (index {index}) for a key-value operation",
+                    self.idx
+                ));
+            }
+            Ok(Answer::Kv(res)) => {
                 if let Some(cur) = self.current.take() {
                     let now = w.now();
                     if let Some(op) = w.history.get_mut(cur.hist) {
@@ -255,9 +269,9 @@ impl Client {
                 let backoff = w.rng().random_range(5_000..50_000);
                 self.retry_or_give_up(w, backoff);
             }
-            Err(ReplyErr::Rejected(msg)) => {
+            Err(ReplyErr::Rejected(err)) => {
                 w.violation(format!(
-                    "client {} got a deterministic rejection it never provoked: {msg}",
+                    "client {} got a deterministic rejection it never provoked: {err}",
                     self.idx
                 ));
             }

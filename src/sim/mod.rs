@@ -15,6 +15,8 @@
 
 mod client;
 mod invariants;
+mod lock_client;
+mod locks;
 mod world;
 
 pub use world::{run, Failure, Outcome, SimConfig};

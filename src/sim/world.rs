@@ -6,15 +6,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::client::{Client, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::client::{Answer, Client, ClientReply, ClientReq, ReplyErr, ReqOp};
 use super::invariants::Invariants;
+use super::lock_client::LockClient;
+use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, Mutation, NodeId, Payload, RaftCore, ReadState,
     Ready, Role, Term,
 };
-use crate::state_machine::{Outcome as SmOutcome, StateMachine};
+use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
 /// Simulated time, in microseconds.
 pub(crate) type Time = u64;
@@ -29,6 +31,8 @@ pub struct SimConfig {
     pub nodes: u64,
     /// Concurrent clients.
     pub clients: usize,
+    /// Services competing for one lock and writing under its fencing token.
+    pub lock_clients: usize,
     /// Distinct keys the clients use (few, so operations conflict).
     pub keys: usize,
     /// How long faults are injected, in simulated milliseconds.
@@ -40,6 +44,9 @@ pub struct SimConfig {
     pub mutation: Mutation,
     /// Record a readable trace of events (for replaying a failing seed).
     pub trace: bool,
+    /// Checker test: the simulated driver drops the fence of every write it proposes (a
+    /// driver bug the lock checks must catch).
+    pub strip_fences: bool,
 }
 
 impl SimConfig {
@@ -50,11 +57,13 @@ impl SimConfig {
             seed,
             nodes: if seed % 4 == 3 { 5 } else { 3 },
             clients: 4,
+            lock_clients: 2,
             keys: 3,
             fault_ms: 3_000,
             liveness_ms: 10_000,
             mutation: Mutation::None,
             trace: false,
+            strip_fences: false,
         }
     }
 }
@@ -74,6 +83,12 @@ pub struct Outcome {
     pub events: u64,
     /// Highest commit index reached.
     pub commit: LogIndex,
+    /// Lock grants (new tokens) applied.
+    pub lock_grants: u64,
+    /// Fenced writes acknowledged as applied.
+    pub fenced_ok: u64,
+    /// Fenced writes answered with a stale fencing token.
+    pub fenced_stale: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -175,6 +190,10 @@ pub(crate) struct SimNode {
     ready_reads: Vec<(LogIndex, Waiting, String)>,
     next_read_id: u64,
     role: Role,
+    /// Leader only: lease deadlines on this node's clock, name -> (token, deadline).
+    leases: BTreeMap<String, (u64, Time)>,
+    /// Leader only: `Expire` proposals in flight, so each is proposed once.
+    expiring: BTreeSet<(String, u64)>,
 }
 
 pub(crate) struct World {
@@ -185,6 +204,8 @@ pub(crate) struct World {
     queue: BinaryHeap<Reverse<Queued>>,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
     clients: Vec<Client>,
+    lock_clients: Vec<LockClient>,
+    locks: LockCheck,
     /// Directed node-to-node links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     drop_rate: f64,
@@ -244,11 +265,19 @@ impl World {
                     ready_reads: Vec::new(),
                     next_read_id: 1,
                     role: Role::Follower,
+                    leases: BTreeMap::new(),
+                    expiring: BTreeSet::new(),
                 },
             );
         }
         let clients = (0..cfg.clients)
             .map(|i| Client::new(i, 1000 + i as u64, cfg.nodes))
+            .collect();
+        let lock_clients = (0..cfg.lock_clients)
+            .map(|i| {
+                let name = format!("service-{}", char::from(b'A' + (i % 26) as u8));
+                LockClient::new(cfg.clients + i, &name, 2000 + i as u64, cfg.nodes)
+            })
             .collect();
         let inv = Invariants::new(cfg.nodes);
         let mut w = World {
@@ -259,6 +288,8 @@ impl World {
             queue: BinaryHeap::new(),
             nodes,
             clients,
+            lock_clients,
+            locks: LockCheck::default(),
             cut: BTreeSet::new(),
             drop_rate: 0.0,
             dup_rate: 0.0,
@@ -274,7 +305,7 @@ impl World {
             let jitter = w.rng.random_range(0..TICK);
             w.schedule(jitter, Ev::Tick(id));
         }
-        for c in 0..w.cfg.clients {
+        for c in 0..w.cfg.clients + w.cfg.lock_clients {
             let d = w.rng.random_range(0..50 * MS);
             w.schedule(d, Ev::ClientWake(c));
         }
@@ -350,7 +381,7 @@ impl World {
         self.schedule(d, Ev::Deliver(node, Input::Client(req)));
     }
 
-    fn reply(&mut self, w: &Waiting, result: Result<OpResult, ReplyErr>) {
+    fn reply(&mut self, w: &Waiting, result: Result<Answer, ReplyErr>) {
         if self.faults_on && self.rng.random_bool(self.drop_rate) {
             return;
         }
@@ -393,7 +424,10 @@ impl World {
             return;
         };
         match input {
-            Input::Tick => n.core.tick(),
+            Input::Tick => {
+                n.core.tick();
+                self.expire_leases(id);
+            }
             Input::Msg(m) => {
                 if self.cfg.trace {
                     let line = format!(
@@ -423,7 +457,16 @@ impl World {
             attempt: req.attempt,
         };
         match req.op {
-            ReqOp::Write(proposal) => match n.core.propose(proposal.encode()) {
+            ReqOp::Write(mut proposal) => match n.core.propose({
+                if self.cfg.strip_fences {
+                    if let Command::Put { fence, .. } | Command::Delete { fence, .. } =
+                        &mut proposal.command
+                    {
+                        *fence = None;
+                    }
+                }
+                proposal.encode()
+            }) {
                 Ok(p) => {
                     n.pending_writes.insert(p.index, (p.term, waiting));
                 }
@@ -455,6 +498,17 @@ impl World {
             if let Some(ss) = rd.soft_state {
                 let was_leader = n.role == Role::Leader;
                 n.role = ss.role;
+                if was_leader != (ss.role == Role::Leader) {
+                    // A new leader restarts every lease with its full TTL on its own clock;
+                    // a follower tracks none.
+                    let now = self.now;
+                    n.expiring.clear();
+                    n.leases =
+                        n.sm.locks()
+                            .filter(|_| ss.role == Role::Leader)
+                            .map(|(name, l)| (name.to_string(), (l.token, now + l.ttl_ms * MS)))
+                            .collect();
+                }
                 let term = n.core.status().term;
                 self.note(|| {
                     format!(
@@ -560,6 +614,11 @@ impl World {
             self.violation(msg);
             return;
         }
+        let proposal = match &e.payload {
+            Payload::Command(data) => Proposal::decode(data).ok(),
+            Payload::Noop => None,
+        };
+        let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
         let result = match &e.payload {
             Payload::Noop => {
                 n.sm.apply_noop(e.index);
@@ -567,6 +626,15 @@ impl World {
             }
             Payload::Command(data) => Some(n.sm.apply(e.index, data)),
         };
+        if let (Some(p), Some(b), Some(r)) = (&proposal, &before, &result) {
+            if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
+                self.fail.get_or_insert(format!("lock safety: {msg}"));
+            }
+            if n.role == Role::Leader {
+                track_lease(n, &p.command, r, self.now);
+            }
+        }
+        let lockish = proposal.as_ref().is_some_and(|p| is_lock_op(&p.command));
         let Some((term, w)) = n.pending_writes.remove(&e.index) else {
             return;
         };
@@ -575,11 +643,11 @@ impl World {
             return;
         }
         let reply = match result {
-            Some(Ok(SmOutcome::Put)) => Ok(OpResult::Put),
-            Some(Ok(SmOutcome::Delete { existed })) => Ok(OpResult::Delete(existed)),
-            Some(Err(err)) => Err(ReplyErr::Rejected(err.to_string())),
-            // Lock outcomes: the simulated clients do not issue lock commands yet.
-            Some(Ok(other)) => Err(ReplyErr::Rejected(format!("unexpected outcome {other:?}"))),
+            Some(Ok(outcome)) if lockish => Ok(Answer::Applied(outcome, e.index)),
+            Some(Ok(SmOutcome::Put)) => Ok(Answer::Kv(OpResult::Put)),
+            Some(Ok(SmOutcome::Delete { existed })) => Ok(Answer::Kv(OpResult::Delete(existed))),
+            Some(Ok(other)) => Ok(Answer::Applied(other, e.index)),
+            Some(Err(err)) => Err(ReplyErr::Rejected(err)),
             None => Err(ReplyErr::LeadershipLost),
         };
         self.reply(&w, reply);
@@ -600,7 +668,7 @@ impl World {
             .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
             .collect();
         for (w, v) in answers {
-            self.reply(&w, Ok(OpResult::Get(v)));
+            self.reply(&w, Ok(Answer::Kv(OpResult::Get(v))));
         }
     }
 
@@ -690,6 +758,7 @@ impl World {
         // Clients waiting on it see their connection drop.
         self.fail_pending(id, ReplyErr::ConnectionLost);
         self.inv.on_crash(id);
+        self.locks.on_crash(id);
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -723,6 +792,8 @@ impl World {
         n.sm = StateMachine::new();
         n.up = true;
         n.role = Role::Follower;
+        n.leases.clear();
+        n.expiring.clear();
         self.note(|| format!("RESTART node {id} (term {term}, {len} entries on disk)"));
         self.drive(id);
     }
@@ -834,6 +905,9 @@ impl World {
         for c in 0..self.clients.len() {
             self.clients[c].stop_new_ops();
         }
+        for c in &mut self.lock_clients {
+            c.stop_new_ops();
+        }
     }
 
     fn resume(&mut self, id: NodeId) {
@@ -890,15 +964,71 @@ impl World {
     }
 
     fn client_wake(&mut self, c: usize) {
+        if let Some(l) = c.checked_sub(self.clients.len()) {
+            let mut client = std::mem::take(&mut self.lock_clients[l]);
+            client.wake(self);
+            self.lock_clients[l] = client;
+            return;
+        }
         let mut client = std::mem::take(&mut self.clients[c]);
         client.wake(self);
         self.clients[c] = client;
     }
 
     fn client_reply(&mut self, c: usize, r: ClientReply) {
+        if let Some(l) = c.checked_sub(self.clients.len()) {
+            let mut client = std::mem::take(&mut self.lock_clients[l]);
+            client.on_reply(self, r);
+            self.lock_clients[l] = client;
+            return;
+        }
         let mut client = std::mem::take(&mut self.clients[c]);
         client.on_reply(self, r);
         self.clients[c] = client;
+    }
+
+    pub(crate) fn lock_check(&self) -> &LockCheck {
+        &self.locks
+    }
+
+    pub(crate) fn lock_check_mut(&mut self) -> &mut LockCheck {
+        &mut self.locks
+    }
+
+    fn clients_idle(&self) -> bool {
+        self.clients.iter().all(Client::idle) && self.lock_clients.iter().all(LockClient::idle)
+    }
+
+    /// On the leader, after a tick: propose `Expire` for every lease that ran out on its
+    /// clock, once per (lock, token) until it applies or leadership changes.
+    fn expire_leases(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.role != Role::Leader {
+            return;
+        }
+        let due: Vec<(String, u64)> = n
+            .leases
+            .iter()
+            .filter(|(name, (token, deadline))| {
+                *deadline <= now && !n.expiring.contains(&((*name).clone(), *token))
+            })
+            .map(|(name, (token, _))| (name.clone(), *token))
+            .collect();
+        for (name, token) in due {
+            let p = Proposal {
+                session: None,
+                command: Command::Expire {
+                    name: name.clone(),
+                    token,
+                },
+            };
+            if n.core.propose(p.encode()).is_ok() {
+                n.expiring.insert((name, token));
+            }
+        }
     }
 
     pub(crate) fn attempt_timeout() -> Time {
@@ -924,6 +1054,48 @@ impl World {
                     && s.last_index == ls.last_index
                     && n.sm.applied_index() == ls.commit
             })
+    }
+}
+
+fn is_lock_op(c: &Command) -> bool {
+    match c {
+        Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.is_some(),
+        _ => true,
+    }
+}
+
+/// The leader's lease bookkeeping after applying a lock command, reconciled with the lock
+/// table rather than read off the outcome: a retried `Acquire` answered from the session
+/// cache carries the token of its first grant, which may have expired since (tracking that
+/// token would propose a no-op `Expire` on every tick, forever).
+fn track_lease(
+    n: &mut SimNode,
+    c: &Command,
+    r: &Result<SmOutcome, crate::state_machine::ApplyError>,
+    now: Time,
+) {
+    let name = match c {
+        Command::Acquire { name, .. }
+        | Command::KeepAlive { name, .. }
+        | Command::Release { name, .. }
+        | Command::Expire { name, .. } => name,
+        Command::Put { .. } | Command::Delete { .. } => return,
+    };
+    if let Command::Expire { token, .. } = c {
+        n.expiring.remove(&(name.clone(), *token));
+    }
+    let Some((token, ttl_ms)) = n.sm.lock(name).map(|l| (l.token, l.ttl_ms)) else {
+        n.leases.remove(name);
+        return;
+    };
+    // A grant or keep-alive of the current token restarts its lease on the leader's clock.
+    let renewed = match (c, r) {
+        (Command::Acquire { .. }, Ok(SmOutcome::Acquired { token: t, .. }))
+        | (Command::KeepAlive { token: t, .. }, Ok(SmOutcome::KeptAlive { .. })) => *t == token,
+        _ => false,
+    };
+    if renewed || n.leases.get(name).map(|l| l.0) != Some(token) {
+        n.leases.insert(name.clone(), (token, now + ttl_ms * MS));
     }
 }
 
@@ -983,7 +1155,7 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
         if let Some(msg) = w.fail.take() {
             return Err(fail(&mut w, msg));
         }
-        if w.now > fault_end && w.clients.iter().all(Client::idle) && w.converged() {
+        if w.now > fault_end && w.clients_idle() && w.converged() {
             break;
         }
         if w.now > deadline {
@@ -1021,7 +1193,7 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     for c in 0..w.clients.len() {
         w.schedule_client(c, 0);
     }
-    while !w.clients.iter().all(Client::idle) {
+    while !w.clients_idle() {
         if !w.step() {
             return Err(fail(
                 &mut w,
@@ -1097,6 +1269,9 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     w.outcome.ok = w.history.iter().filter(|o| o.result.is_some()).count() as u64;
     w.outcome.unknown = w.history.iter().filter(|o| o.result.is_none()).count() as u64;
     w.outcome.leader_changes = w.inv.leaders_seen();
+    w.outcome.lock_grants = w.locks.grants;
+    w.outcome.fenced_ok = w.locks.fenced_ok;
+    w.outcome.fenced_stale = w.locks.fenced_stale;
     w.outcome.commit = w
         .nodes
         .values()

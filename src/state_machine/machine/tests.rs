@@ -297,3 +297,369 @@ mod apply_fuzz {
         }
     }
 }
+
+mod locks {
+    use super::{proposal, put};
+    use crate::state_machine::machine::{LockInfo, StateMachine};
+    use crate::state_machine::{ApplyError, Command, Fence, Outcome, SessionLimits};
+
+    fn acquire(name: &str, holder: &str, ttl_ms: u64) -> Vec<u8> {
+        let (name, holder) = (name.into(), holder.into());
+        proposal(
+            Command::Acquire {
+                name,
+                holder,
+                ttl_ms,
+            },
+            None,
+        )
+    }
+
+    fn keep_alive(name: &str, token: u64) -> Vec<u8> {
+        let name = name.into();
+        proposal(Command::KeepAlive { name, token }, None)
+    }
+
+    fn release(name: &str, token: u64) -> Vec<u8> {
+        let name = name.into();
+        proposal(Command::Release { name, token }, None)
+    }
+
+    fn expire(name: &str, token: u64) -> Vec<u8> {
+        let name = name.into();
+        proposal(Command::Expire { name, token }, None)
+    }
+
+    fn fence(lock: &str, token: u64) -> Option<Fence> {
+        let lock = lock.into();
+        Some(Fence { lock, token })
+    }
+
+    fn fenced_put(key: &str, value: &str, lock: &str, token: u64) -> Vec<u8> {
+        let (key, value) = (key.into(), value.into());
+        let fence = fence(lock, token);
+        proposal(Command::Put { key, value, fence }, None)
+    }
+
+    fn fenced_delete(key: &str, lock: &str, token: u64) -> Vec<u8> {
+        let key = key.into();
+        let fence = fence(lock, token);
+        proposal(Command::Delete { key, fence }, None)
+    }
+
+    fn held(holder: &str, token: u64, ttl_ms: u64) -> Option<LockInfo> {
+        let holder = holder.into();
+        Some(LockInfo {
+            holder,
+            token,
+            ttl_ms,
+        })
+    }
+
+    fn acquired(token: u64, ttl_ms: u64) -> Result<Outcome, ApplyError> {
+        Ok(Outcome::Acquired { token, ttl_ms })
+    }
+
+    #[test]
+    fn acquire_grants_with_the_granting_index_as_token() {
+        let mut sm = StateMachine::new();
+        sm.apply_noop(1);
+        sm.apply_noop(2);
+        assert_eq!(sm.apply(3, &acquire("L", "A", 300)), acquired(3, 300));
+        assert_eq!(sm.lock("L").cloned(), held("A", 3, 300));
+        assert_eq!(sm.lock("other"), None);
+        assert_eq!(sm.locks().count(), 1);
+    }
+
+    #[test]
+    fn same_holder_renews_with_the_same_token_and_the_new_ttl() {
+        let mut sm = StateMachine::new();
+        assert_eq!(sm.apply(1, &acquire("L", "A", 300)), acquired(1, 300));
+        assert_eq!(sm.apply(2, &acquire("L", "A", 900)), acquired(1, 900));
+        assert_eq!(sm.lock("L").cloned(), held("A", 1, 900));
+    }
+
+    #[test]
+    fn another_holder_is_told_who_holds_it() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        let err = sm.apply(2, &acquire("L", "B", 300)).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::LockHeld {
+                name: "L".into(),
+                holder: "A".into(),
+                token: 1
+            }
+        );
+        assert_eq!(err.to_string(), "lock L is held by A (token 1)");
+        assert_eq!(sm.lock("L").cloned(), held("A", 1, 300));
+        // Different locks are independent.
+        assert_eq!(sm.apply(3, &acquire("M", "B", 50)), acquired(3, 50));
+    }
+
+    #[test]
+    fn keep_alive_needs_the_current_token() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        assert_eq!(
+            sm.apply(2, &keep_alive("L", 1)),
+            Ok(Outcome::KeptAlive { ttl_ms: 300 })
+        );
+        let err = sm.apply(3, &keep_alive("L", 7)).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::StaleToken {
+                name: "L".into(),
+                token: 7,
+                current: Some(1)
+            }
+        );
+        assert_eq!(err.to_string(), "stale token 7 for lock L (current 1)");
+        let err = sm.apply(4, &keep_alive("free", 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stale token 1 for lock free (current: none, the lock is not held)"
+        );
+        assert_eq!(sm.lock("L").cloned(), held("A", 1, 300));
+    }
+
+    #[test]
+    fn release_frees_and_the_next_grant_gets_a_higher_token() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        // A wrong token does not release.
+        assert!(matches!(
+            sm.apply(2, &release("L", 9)),
+            Err(ApplyError::StaleToken {
+                current: Some(1),
+                ..
+            })
+        ));
+        assert_eq!(sm.apply(3, &release("L", 1)), Ok(Outcome::Released));
+        assert_eq!(sm.lock("L"), None);
+        // Releasing again: nothing is held any more.
+        assert!(matches!(
+            sm.apply(4, &release("L", 1)),
+            Err(ApplyError::StaleToken { current: None, .. })
+        ));
+        // The same holder re-acquiring after release gets a new token, not its old one.
+        assert_eq!(sm.apply(5, &acquire("L", "A", 300)), acquired(5, 300));
+        assert_eq!(sm.apply(6, &release("L", 5)), Ok(Outcome::Released));
+        assert_eq!(sm.apply(7, &acquire("L", "B", 300)), acquired(7, 300));
+    }
+
+    #[test]
+    fn expire_with_the_current_token_frees_the_lock() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        assert_eq!(
+            sm.apply(2, &expire("L", 1)),
+            Ok(Outcome::Expired { expired: true })
+        );
+        assert_eq!(sm.lock("L"), None);
+        assert_eq!(sm.apply(3, &acquire("L", "B", 300)), acquired(3, 300));
+    }
+
+    #[test]
+    fn expire_with_an_old_token_is_a_no_op_and_keeps_the_newer_grant() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        sm.apply(2, &expire("L", 1)).unwrap();
+        sm.apply(3, &acquire("L", "B", 300)).unwrap();
+        // A second Expire for A's lease (e.g. proposed twice, or by an older leader).
+        assert_eq!(
+            sm.apply(4, &expire("L", 1)),
+            Ok(Outcome::Expired { expired: false })
+        );
+        assert_eq!(sm.lock("L").cloned(), held("B", 3, 300));
+        // On a lock nobody holds, too.
+        assert_eq!(
+            sm.apply(5, &expire("free", 3)),
+            Ok(Outcome::Expired { expired: false })
+        );
+        assert_eq!(sm.locks().count(), 1);
+    }
+
+    #[test]
+    fn fenced_writes_with_the_current_token_apply() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        assert_eq!(sm.apply(2, &fenced_put("k", "v", "L", 1)), Ok(Outcome::Put));
+        assert_eq!(sm.get("k"), Some("v"));
+        assert_eq!(
+            sm.apply(3, &fenced_delete("k", "L", 1)),
+            Ok(Outcome::Delete { existed: true })
+        );
+        assert_eq!(sm.get("k"), None);
+    }
+
+    #[test]
+    fn a_zombie_writing_with_its_old_token_after_expiry_changes_nothing() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        sm.apply(2, &fenced_put("k", "a", "L", 1)).unwrap();
+        sm.apply(3, &expire("L", 1)).unwrap();
+        sm.apply(4, &acquire("L", "B", 300)).unwrap();
+        sm.apply(5, &fenced_put("k", "b", "L", 4)).unwrap();
+        let before = sm.snapshot();
+
+        // A, paused through its lease, wakes up and writes with token 1.
+        let err = sm.apply(6, &fenced_put("k", "a-late", "L", 1)).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::StaleFence {
+                lock: "L".into(),
+                token: 1,
+                current: Some(4)
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "stale fencing token 1 for lock L (current 4)"
+        );
+        let err = sm.apply(7, &fenced_delete("k", "L", 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stale fencing token 1 for lock L (current 4)"
+        );
+        assert_eq!(sm.get("k"), Some("b"));
+        assert_eq!(sm.lock("L").cloned(), held("B", 4, 300));
+        // Nothing but the applied index moved: restoring the earlier snapshot at index 7
+        // gives the same state.
+        let mut rebuilt = StateMachine::restore(&before, SessionLimits::default()).unwrap();
+        rebuilt.apply_noop(6);
+        rebuilt.apply_noop(7);
+        assert_eq!(rebuilt.snapshot(), sm.snapshot());
+    }
+
+    #[test]
+    fn a_fenced_write_on_a_lock_nobody_holds_is_stale() {
+        let mut sm = StateMachine::new();
+        let err = sm.apply(1, &fenced_put("k", "v", "L", 1)).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::StaleFence {
+                lock: "L".into(),
+                token: 1,
+                current: None
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "stale fencing token 1 for lock L (current: none, the lock is not held)"
+        );
+        // Also after the holder released it.
+        sm.apply(2, &acquire("L", "A", 300)).unwrap();
+        sm.apply(3, &release("L", 2)).unwrap();
+        assert!(matches!(
+            sm.apply(4, &fenced_delete("k", "L", 2)),
+            Err(ApplyError::StaleFence { current: None, .. })
+        ));
+        assert!(sm.is_empty());
+    }
+
+    #[test]
+    fn a_fence_on_another_lock_does_not_count() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        sm.apply(2, &acquire("M", "A", 300)).unwrap();
+        // Token 1 is current for L, not for M.
+        assert!(matches!(
+            sm.apply(3, &fenced_put("k", "v", "M", 1)),
+            Err(ApplyError::StaleFence {
+                current: Some(2),
+                ..
+            })
+        ));
+        assert_eq!(sm.get("k"), None);
+        // Unfenced writes ignore locks altogether.
+        assert_eq!(sm.apply(4, &put("k", "free", None)), Ok(Outcome::Put));
+    }
+
+    #[test]
+    fn snapshot_restore_keeps_locks() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        sm.apply(2, &acquire("M", "B", 700)).unwrap();
+        sm.apply(3, &expire("M", 2)).unwrap();
+        sm.apply(4, &acquire("M", "C", 900)).unwrap();
+        let mut restored = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
+        assert_eq!(restored.snapshot(), sm.snapshot());
+        let locks: Vec<(String, LockInfo)> = restored
+            .locks()
+            .map(|(n, l)| (n.to_string(), l.clone()))
+            .collect();
+        let want = vec![
+            ("L".to_string(), held("A", 1, 300).unwrap()),
+            ("M".to_string(), held("C", 4, 900).unwrap()),
+        ];
+        assert_eq!(locks, want);
+        // The restored machine enforces them: fences and holders carry over.
+        assert!(matches!(
+            restored.apply(5, &fenced_put("k", "v", "M", 2)),
+            Err(ApplyError::StaleFence {
+                current: Some(4),
+                ..
+            })
+        ));
+        assert_eq!(
+            restored.apply(6, &fenced_put("k", "v", "M", 4)),
+            Ok(Outcome::Put)
+        );
+        assert!(matches!(
+            restored.apply(7, &acquire("L", "B", 300)),
+            Err(ApplyError::LockHeld { token: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_retried_acquire_returns_the_cached_grant() {
+        let mut sm = StateMachine::new();
+        let ask = |holder: &str, seq| {
+            let (name, holder) = ("L".into(), holder.into());
+            let command = Command::Acquire {
+                name,
+                holder,
+                ttl_ms: 300,
+            };
+            proposal(command, Some((5, seq)))
+        };
+        assert_eq!(sm.apply(1, &ask("A", 1)), acquired(1, 300));
+        sm.apply(2, &expire("L", 1)).unwrap();
+        sm.apply(3, &acquire("L", "B", 300)).unwrap();
+        // The retry of A's acquire (same session and sequence) is answered from the cache:
+        // it does not apply again (which would fail with LockHeld by B).
+        assert_eq!(sm.apply(4, &ask("A", 1)), acquired(1, 300));
+        assert_eq!(sm.lock("L").cloned(), held("B", 3, 300));
+        // A new request of the same client does apply.
+        assert!(matches!(
+            sm.apply(5, &ask("A", 2)),
+            Err(ApplyError::LockHeld { token: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn tokens_of_successive_grants_strictly_increase() {
+        let mut sm = StateMachine::new();
+        let mut last = 0;
+        let mut index = 0;
+        for round in 0..20u64 {
+            index += 1;
+            let holder = if round % 2 == 0 { "A" } else { "B" };
+            let Ok(Outcome::Acquired { token, .. }) = sm.apply(index, &acquire("L", holder, 10))
+            else {
+                panic!("round {round}: lock not free")
+            };
+            assert!(token > last, "token {token} after {last}");
+            last = token;
+            index += 1;
+            let end = if round % 3 == 0 {
+                release("L", token)
+            } else {
+                expire("L", token)
+            };
+            sm.apply(index, &end).unwrap();
+        }
+    }
+}

@@ -64,6 +64,9 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Simulated lock clients competing for one lock with fenced writes (0 = KV clients only).
+    #[arg(long, default_value_t = 2)]
+    lock_clients: usize,
     /// Milliseconds of simulated faults per run.
     #[arg(long, default_value_t = 3000)]
     fault_ms: u64,
@@ -74,6 +77,7 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.mutation = args.mutation.into();
     c.trace = trace;
     c.fault_ms = args.fault_ms;
+    c.lock_clients = args.lock_clients;
     c
 }
 

@@ -67,6 +67,9 @@ struct Args {
     /// Simulated lock clients competing for one lock with fenced writes (0 = KV clients only).
     #[arg(long, default_value_t = 2)]
     lock_clients: usize,
+    /// Run the paper's base protocol, without PreVote and CheckQuorum.
+    #[arg(long)]
+    classic_raft: bool,
     /// Milliseconds of simulated faults per run.
     #[arg(long, default_value_t = 3000)]
     fault_ms: u64,
@@ -78,6 +81,7 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.trace = trace;
     c.fault_ms = args.fault_ms;
     c.lock_clients = args.lock_clients;
+    c.classic_raft = args.classic_raft;
     c
 }
 

@@ -21,6 +21,12 @@ pub struct Config {
     pub max_entries_per_message: usize,
     /// Upper bound on AppendEntries in flight to one follower that is replicating (pipelining).
     pub max_inflight: usize,
+    /// PreVote (Raft thesis §9.6): ask whether an election could be won before bumping the term.
+    pub pre_vote: bool,
+    /// CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an
+    /// election timeout steps down; followers that heard from a live leader within the
+    /// election timeout ignore vote requests (leader stickiness).
+    pub check_quorum: bool,
 }
 
 /// A configuration that cannot work.
@@ -56,6 +62,8 @@ impl Config {
             seed: id,
             max_entries_per_message: 512,
             max_inflight: 64,
+            pre_vote: true,
+            check_quorum: true,
         }
     }
 

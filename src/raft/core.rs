@@ -94,6 +94,9 @@ pub struct RaftCore {
 
     // Candidate state: votes received in this term (true = granted).
     votes: BTreeMap<NodeId, bool>,
+    /// While pre-campaigning (§9.6): the term we would campaign in, and the answers so far.
+    pre_campaign: Option<Term>,
+    pre_votes: BTreeMap<NodeId, bool>,
 
     // Leader state.
     progress: BTreeMap<NodeId, Progress>,
@@ -150,6 +153,8 @@ impl RaftCore {
             election_timeout: cfg.election_ticks,
             heartbeat_elapsed: 0,
             votes: BTreeMap::new(),
+            pre_campaign: None,
+            pre_votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             reads_before_commit: Vec::new(),
             pending_reads: VecDeque::new(),
@@ -196,6 +201,13 @@ impl RaftCore {
             MessageBody::RequestVoteResponse { granted } => {
                 self.handle_vote_response(msg.from, granted)
             }
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => self.handle_pre_vote(&msg, last_log_index, last_log_term),
+            MessageBody::PreVoteResponse { granted } => {
+                self.handle_pre_vote_response(msg.from, msg.term, granted)
+            }
             MessageBody::AppendEntries {
                 prev_log_index,
                 prev_log_term,
@@ -232,6 +244,20 @@ impl RaftCore {
     pub fn tick(&mut self) {
         match self.role {
             Role::Leader => {
+                self.election_elapsed += 1;
+                if self.cfg.check_quorum && self.election_elapsed >= self.cfg.election_ticks {
+                    self.election_elapsed = 0;
+                    if !self.quorum_recently_active() {
+                        info!(
+                            node = self.cfg.id,
+                            term = self.term,
+                            "[node {}] stepping down: lost contact with quorum",
+                            self.cfg.id
+                        );
+                        self.become_follower(self.term, None);
+                        return;
+                    }
+                }
                 self.heartbeat_elapsed += 1;
                 if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
                     self.heartbeat_elapsed = 0;
@@ -241,7 +267,11 @@ impl RaftCore {
             Role::Follower | Role::Candidate => {
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.election_timeout {
-                    self.become_candidate();
+                    if self.cfg.pre_vote && !self.cfg.peers.is_empty() {
+                        self.start_pre_campaign();
+                    } else {
+                        self.become_candidate();
+                    }
                 }
             }
         }
@@ -452,6 +482,27 @@ impl RaftCore {
             }
             _ => {}
         }
+        // The documented exceptions to "a higher term makes us follow it":
+        // - PreVote (thesis §9.6): a PreVote carries the term its sender *would* campaign in,
+        //   and a granted PreVote reply carries that same proposed term. Neither is adopted.
+        // - Leader stickiness (thesis §4.2.3, with CheckQuorum): a node that heard from a live
+        //   leader within the election timeout refuses a vote request of a higher term and
+        //   keeps its term, so a node rejoining from a partition cannot depose a healthy leader.
+        match msg.body {
+            MessageBody::PreVote { .. } if msg.term > self.term => return true,
+            MessageBody::PreVoteResponse { granted: true } => return true,
+            MessageBody::RequestVote { .. } if msg.term > self.term && self.in_lease() => {
+                debug!(
+                    node = self.cfg.id,
+                    from = msg.from,
+                    term = msg.term,
+                    "ignoring a vote request: the leader was heard from recently"
+                );
+                self.reject(msg);
+                return false;
+            }
+            _ => {}
+        }
         if msg.term > self.term {
             info!(
                 node = self.cfg.id,
@@ -485,6 +536,9 @@ impl RaftCore {
             MessageBody::RequestVote { .. } => {
                 self.respond_now(msg, MessageBody::RequestVoteResponse { granted: false })
             }
+            MessageBody::PreVote { .. } => {
+                self.respond_now(msg, MessageBody::PreVoteResponse { granted: false })
+            }
             MessageBody::AppendEntries { read_ctx, .. } => self.respond_now(
                 msg,
                 MessageBody::AppendEntriesResponse {
@@ -495,8 +549,9 @@ impl RaftCore {
                     read_ctx,
                 },
             ),
-            MessageBody::RequestVoteResponse { .. } | MessageBody::AppendEntriesResponse { .. } => {
-            }
+            MessageBody::RequestVoteResponse { .. }
+            | MessageBody::PreVoteResponse { .. }
+            | MessageBody::AppendEntriesResponse { .. } => {}
         }
     }
 
@@ -513,6 +568,7 @@ impl RaftCore {
         self.heartbeat_elapsed = 0;
         self.randomize_election_timeout();
         self.votes.clear();
+        self.pre_campaign = None;
         self.progress.clear();
         self.reads_before_commit.clear();
         self.pending_reads.clear();
@@ -640,6 +696,91 @@ impl RaftCore {
         self.respond_after_persist(msg, MessageBody::RequestVoteResponse { granted });
     }
 
+    /// True while a leader is known to be alive: a follower heard from it within the election
+    /// timeout, or this node leads and its quorum check has not failed (CheckQuorum only).
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    /// A leader's CheckQuorum test: did a majority (counting itself) answer since the last one?
+    fn quorum_recently_active(&mut self) -> bool {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    /// Election timeout with PreVote on: ask the others whether we could win the next term,
+    /// without touching our own term or vote (nothing to persist, nothing disrupted).
+    fn start_pre_campaign(&mut self) {
+        self.election_elapsed = 0;
+        self.randomize_election_timeout();
+        self.leader = None;
+        let proposed = self.term + 1;
+        self.pre_campaign = Some(proposed);
+        self.pre_votes.clear();
+        self.pre_votes.insert(self.cfg.id, true);
+        debug!(node = self.cfg.id, term = proposed, "starting pre-vote");
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for i in 0..self.cfg.peers.len() {
+            let to = self.cfg.peers[i];
+            self.msgs.push(Message {
+                from: self.cfg.id,
+                to,
+                term: proposed,
+                rpc_id: 0,
+                body: MessageBody::PreVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            });
+        }
+    }
+
+    /// PreVote receiver: grant if the proposed term is ahead of ours, the sender's log is at
+    /// least as up-to-date as ours (§5.4.1), and no leader is known to be alive. Changes no
+    /// state: no term, no vote, no timer.
+    fn handle_pre_vote(&mut self, msg: &Message, last_log_index: LogIndex, last_log_term: Term) {
+        let up_to_date =
+            (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let granted =
+            msg.term > self.term && up_to_date && self.role != Role::Leader && !self.in_lease();
+        let term = if granted { msg.term } else { self.term };
+        debug!(
+            node = self.cfg.id,
+            candidate = msg.from,
+            term = msg.term,
+            granted,
+            "pre-vote request"
+        );
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to: msg.from,
+            term,
+            rpc_id: msg.rpc_id,
+            body: MessageBody::PreVoteResponse { granted },
+        });
+    }
+
+    fn handle_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+        let Some(proposed) = self.pre_campaign else {
+            return;
+        };
+        if self.role == Role::Leader
+            || !self.cfg.peers.contains(&from)
+            || (granted && term != proposed)
+        {
+            return; // not pre-campaigning any more, or an answer to an earlier round
+        }
+        self.pre_votes.insert(from, granted);
+        if self.pre_votes.values().filter(|&&g| g).count() >= self.quorum() {
+            self.become_candidate();
+        }
+    }
+
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
         // A reply that no longer fits our role (we already won, or stepped down) is ignored.
         if self.role != Role::Candidate || !self.cfg.peers.contains(&from) {
@@ -688,6 +829,7 @@ impl RaftCore {
         }
         self.leader = Some(msg.from);
         self.election_elapsed = 0;
+        self.pre_campaign = None;
 
         // Reject malformed batches outright: indexes must follow prev_log_index contiguously
         // and no entry may come from a term after the sender's.
@@ -786,6 +928,7 @@ impl RaftCore {
         };
         // Any answer in our term confirms we were still leader when it was sent.
         pr.read_ack = pr.read_ack.max(read_ctx);
+        pr.recent_active = true;
         if success {
             // A follower cannot hold more than we sent; clamp hostile or buggy values.
             if pr.ack(match_index.min(last_index)) {

@@ -35,6 +35,21 @@ pub enum MessageBody {
         /// True means the sender voted for the receiver in `term`.
         granted: bool,
     },
+    /// PreVote (Raft thesis §9.6): "would you vote for me in `term`?", asked before bumping
+    /// the term, so a node that was cut off cannot disrupt a healthy leader. The message's
+    /// `term` is the term the sender would campaign in; nobody adopts it.
+    PreVote {
+        /// Index of the sender's last log entry.
+        last_log_index: LogIndex,
+        /// Term of the sender's last log entry.
+        last_log_term: Term,
+    },
+    /// Reply to PreVote. A grant carries the proposed term; a refusal carries the
+    /// responder's own term.
+    PreVoteResponse {
+        /// True if the responder would vote for the sender.
+        granted: bool,
+    },
     /// AppendEntries RPC (§5.3); a heartbeat when `entries` is empty.
     AppendEntries {
         /// Index of the entry just before `entries`.
@@ -70,6 +85,8 @@ impl MessageBody {
         match self {
             MessageBody::RequestVote { .. } => "RequestVote",
             MessageBody::RequestVoteResponse { .. } => "RequestVoteResponse",
+            MessageBody::PreVote { .. } => "PreVote",
+            MessageBody::PreVoteResponse { .. } => "PreVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
         }

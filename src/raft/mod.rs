@@ -33,6 +33,8 @@ mod fuzz_tests;
 #[cfg(test)]
 mod paper_tests;
 #[cfg(test)]
+mod prevote_tests;
+#[cfg(test)]
 mod testkit;
 
 pub use self::config::{Config, ConfigError};

@@ -31,6 +31,8 @@ pub(crate) struct Progress {
     pub(crate) stalled_rounds: u32,
     /// Highest ReadIndex round this follower confirmed in the current term.
     pub(crate) read_ack: u64,
+    /// Answered since the leader's last CheckQuorum test.
+    pub(crate) recent_active: bool,
 }
 
 impl Progress {
@@ -42,6 +44,7 @@ impl Progress {
             inflight: std::collections::VecDeque::new(),
             stalled_rounds: 0,
             read_ack: 0,
+            recent_active: false,
         }
     }
 

@@ -11,6 +11,17 @@ pub(crate) fn cfg(id: NodeId, peers: &[NodeId]) -> Config {
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
     c.max_inflight = 4;
+    // The paper's base protocol; PreVote and CheckQuorum have their own tests (`cfg_full`).
+    c.pre_vote = false;
+    c.check_quorum = false;
+    c
+}
+
+/// The production configuration: PreVote and CheckQuorum on.
+pub(crate) fn cfg_full(id: NodeId, peers: &[NodeId]) -> Config {
+    let mut c = cfg(id, peers);
+    c.pre_vote = true;
+    c.check_quorum = true;
     c
 }
 
@@ -96,6 +107,11 @@ pub(crate) struct Net {
 
 impl Net {
     pub(crate) fn new(n: u64) -> Net {
+        Net::with_config(n, false)
+    }
+
+    /// A network whose cores use PreVote and CheckQuorum when `full` is set.
+    pub(crate) fn with_config(n: u64, full: bool) -> Net {
         let mut net = Net {
             nodes: BTreeMap::new(),
             stores: BTreeMap::new(),
@@ -104,7 +120,14 @@ impl Net {
             cut: BTreeSet::new(),
         };
         for id in 1..=n {
-            net.nodes.insert(id, core(id, n, 0, None, &[]));
+            let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
+            let c = if full {
+                cfg_full(id, &peers)
+            } else {
+                cfg(id, &peers)
+            };
+            let core = RaftCore::new(c, HardState::default(), vec![]).unwrap();
+            net.nodes.insert(id, core);
             net.stores.insert(id, MemStorage::default());
             net.applied.insert(id, Vec::new());
             net.reads.insert(id, Vec::new());

@@ -73,14 +73,22 @@ fn check_sender(id: NodeId, field: &str) -> Result<(), Status> {
 pub fn vote_request_in(req: pb::RequestVoteRequest, me: NodeId) -> Result<Message, Status> {
     check_sender(req.candidate_id, "candidate_id")?;
     check_to(req.to, me)?;
+    let (last_log_index, last_log_term) = (req.last_log_index, req.last_log_term);
     Ok(Message {
         from: req.candidate_id,
         to: me,
         term: req.term,
         rpc_id: 0,
-        body: MessageBody::RequestVote {
-            last_log_index: req.last_log_index,
-            last_log_term: req.last_log_term,
+        body: if req.pre_vote {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            }
+        } else {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+            }
         },
     })
 }
@@ -140,6 +148,13 @@ pub fn vote_response_out(msg: Message) -> Result<pb::RequestVoteResponse, Status
             term: msg.term,
             vote_granted: granted,
             from: msg.from,
+            pre_vote: false,
+        }),
+        MessageBody::PreVoteResponse { granted } => Ok(pb::RequestVoteResponse {
+            term: msg.term,
+            vote_granted: granted,
+            from: msg.from,
+            pre_vote: true,
         }),
         _ => Err(wrong_response(&msg, "RequestVote")),
     }
@@ -194,6 +209,18 @@ impl TryFrom<Message> for PeerRequest {
                 last_log_index,
                 last_log_term,
                 to: msg.to,
+                pre_vote: false,
+            })),
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
+                term: msg.term,
+                candidate_id: msg.from,
+                last_log_index,
+                last_log_term,
+                to: msg.to,
+                pre_vote: true,
             })),
             MessageBody::AppendEntries {
                 prev_log_index,
@@ -223,8 +250,14 @@ pub fn vote_response_in(resp: pb::RequestVoteResponse, peer: NodeId, me: NodeId)
         to: me,
         term: resp.term,
         rpc_id: 0,
-        body: MessageBody::RequestVoteResponse {
-            granted: resp.vote_granted,
+        body: if resp.pre_vote {
+            MessageBody::PreVoteResponse {
+                granted: resp.vote_granted,
+            }
+        } else {
+            MessageBody::RequestVoteResponse {
+                granted: resp.vote_granted,
+            }
         },
     }
 }
@@ -369,6 +402,7 @@ mod tests {
     #[test]
     fn misdirected_message_names_both_nodes() {
         let req = pb::RequestVoteRequest {
+            pre_vote: false,
             term: 1,
             candidate_id: 1,
             last_log_index: 0,

@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub liveness_ms: u64,
     /// A deliberate protocol bug to switch on (mutation mode).
     pub mutation: Mutation,
+    /// Run the paper's base protocol, without PreVote and CheckQuorum (which hide some
+    /// mutations: a stale vote rarely matters when elections are pre-checked).
+    pub classic_raft: bool,
     /// Record a readable trace of events (for replaying a failing seed).
     pub trace: bool,
     /// Checker test: the simulated driver drops the fence of every write it proposes (a
@@ -62,6 +65,7 @@ impl SimConfig {
             fault_ms: 3_000,
             liveness_ms: 10_000,
             mutation: Mutation::None,
+            classic_raft: false,
             trace: false,
             strip_fences: false,
         }
@@ -219,13 +223,17 @@ pub(crate) struct World {
     fail: Option<String>,
 }
 
-fn raft_config(id: NodeId, n: u64, seed: u64) -> Config {
+fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool) -> Config {
     let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
     c.max_inflight = 8;
     c.max_entries_per_message = 64;
     c.seed = seed;
+    if classic {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    }
     c
 }
 
@@ -242,7 +250,7 @@ impl World {
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.nodes {
             let mut core = RaftCore::new(
-                raft_config(id, cfg.nodes, rng.random()),
+                raft_config(id, cfg.nodes, rng.random(), cfg.classic_raft),
                 HardState::default(),
                 vec![],
             )
@@ -765,6 +773,7 @@ impl World {
         let seed = self.rng.random();
         let mutation = self.cfg.mutation;
         let n_nodes = self.cfg.nodes;
+        let classic = self.cfg.classic_raft;
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -779,7 +788,7 @@ impl World {
             }
         };
         let (term, len) = (hs.term, log.len());
-        match RaftCore::new(raft_config(id, n_nodes, seed), hs, log) {
+        match RaftCore::new(raft_config(id, n_nodes, seed, classic), hs, log) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;
@@ -1106,7 +1115,13 @@ fn short(m: &Message) -> String {
             last_log_index,
             last_log_term,
         } => format!("last=({last_log_index},t{last_log_term})"),
-        B::RequestVoteResponse { granted } => format!("granted={granted}"),
+        B::RequestVoteResponse { granted } | B::PreVoteResponse { granted } => {
+            format!("granted={granted}")
+        }
+        B::PreVote {
+            last_log_index,
+            last_log_term,
+        } => format!("pre-vote last=({last_log_index},t{last_log_term})"),
         B::AppendEntries {
             prev_log_index,
             prev_log_term,

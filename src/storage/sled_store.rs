@@ -110,6 +110,16 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Gives the store up after a failed write, flush or sync, without closing sled.
+    ///
+    /// Dropping a sled database flushes it, and after an I/O error sled's flush waits
+    /// forever for a write that will never complete (and would retry writing and syncing
+    /// what already failed once). So the database is leaked instead: the process is about
+    /// to exit, and the OS closes its files and releases the data dir's lock.
+    pub fn abandon(self) {
+        std::mem::forget(self.inner);
+    }
+
     /// The data dir.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

@@ -806,6 +806,19 @@ async fn a_full_disk_stops_one_node_cleanly_the_others_serve_and_it_recovers() {
         assert_eq!(got.value.as_deref(), Some(value(j).as_str()), "big-{j}");
     }
 
+    // Started again on the still-full disk, it stops again the same way (it does not hang).
+    cluster.restart(FULL);
+    let status = cluster.wait_for_exit(FULL, SECS_10).await;
+    let log = cluster.log_since_start(FULL);
+    assert_eq!(status.code(), Some(3), "restart on a full disk:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.starts_with("kvstore: ") && last.contains(&dir),
+        "{log}"
+    );
+    eprintln!("restarted on the full disk: {last}");
+
     // The disk comes back: the node restarts on what it had made durable and catches up.
     tmpfs.resize("64m");
     cluster.restart(FULL);

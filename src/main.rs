@@ -2,12 +2,18 @@
 //!
 //! Parses flags into a validated [`NodeConfig`], installs logging (stderr, `RUST_LOG`,
 //! default `info`), binds the listener, and runs the node until SIGINT or SIGTERM. Errors
-//! are printed as one line, `kvstore: <what happened>`, with a non-zero exit code.
+//! are printed as one line, `kvstore: <what happened>`, with a non-zero exit code:
+//! [`EXIT_STORAGE`] when the data dir failed (could not be opened, or a write, flush or
+//! fsync failed while running: the node stops at the first one and never retries it), 1 for
+//! anything else. After a storage failure, fix the disk and start the node again: it
+//! recovers from what was durable and catches up from the leader.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::Context as _;
 use clap::Parser;
 use kvstore::config::{self, NodeConfig};
+use kvstore::node::Fatal;
+use kvstore::rpc::RunError;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +21,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// Exit code of a node stopped by its storage (data dir unusable, or a failed write or fsync).
+const EXIT_STORAGE: u8 = 3;
 
 /// One node of a Raft-replicated key-value store.
 #[derive(Debug, Parser)]
@@ -82,8 +91,18 @@ fn main() -> ExitCode {
         Err(err) => {
             // Not eprintln!: it panics when stderr is closed (a supervisor that went away).
             let _ = writeln!(std::io::stderr(), "kvstore: {err:#}");
-            ExitCode::FAILURE
+            exit_code(&err)
         }
+    }
+}
+
+/// [`EXIT_STORAGE`] for a storage failure, 1 for anything else.
+fn exit_code(err: &anyhow::Error) -> ExitCode {
+    match err.downcast_ref::<RunError>() {
+        Some(RunError::Fatal(Fatal::Storage(_) | Fatal::StorageTask { .. })) => {
+            ExitCode::from(EXIT_STORAGE)
+        }
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -674,3 +674,169 @@ async fn kvctl_takes_validates_and_fences_with_a_lock() {
         "{err}"
     );
 }
+
+/// A tmpfs mounted on a directory for the length of a test; unmounted on drop (also after a
+/// failed assertion), so no test leaves a mount behind. Drop it after the processes using it.
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "4m") on `dir`, or says why it could not.
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Grows (or shrinks) the mounted tmpfs in place, keeping its files.
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount of {} failed", self.dir.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: detaches even if a process still holds a file open there.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Whether this process runs as root (uid 0), read from /proc without libc.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_one_node_cleanly_the_others_serve_and_it_recovers() {
+    if !is_root() {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    // Node 3's data dir is a 4 MiB tmpfs. Declared before the cluster: dropped after it.
+    const FULL: u64 = 3;
+    let mut mount: Result<Tmpfs, String> = Err("not mounted".into());
+    let mut cluster = Cluster::start_with(3, |node| {
+        if node.id == FULL {
+            mount = Tmpfs::mount(node.data_dir(), "4m");
+        }
+    });
+    let tmpfs = match mount {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dir = cluster.node(FULL).data_dir().display().to_string();
+    cluster.wait_for_leader(SECS_5).await;
+    let mut client = cluster.client();
+
+    // 200 KiB values (the limit is 1 MiB) until the node on the tmpfs stops.
+    let value = |i: usize| format!("{i:06}{}", "v".repeat(200 * 1024));
+    let mut acked = Vec::new();
+    let mut i = 0;
+    let started = Instant::now();
+    let status = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "node {FULL} still running after {i} writes of 200 KiB on a 4 MiB tmpfs"
+        );
+        let key = format!("big-{i}");
+        if client.put(&key, &value(i)).await.is_ok() {
+            acked.push(i);
+        }
+        i += 1;
+        if let Some(status) = cluster.try_exit(FULL) {
+            break status;
+        }
+    };
+    let log = cluster.log_since_start(FULL);
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit code of a storage failure:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "no panic on a full disk:\n{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line:\n{log}");
+    assert!(errors[0].contains(&dir), "error names {dir}: {}", errors[0]);
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.starts_with("kvstore: ") && last.contains(&dir),
+        "last line is the one-line error naming {dir}: {last}"
+    );
+    eprintln!("node {FULL} stopped after {i} writes: {}", errors[0]);
+
+    // The other two keep serving, and every acknowledged write is there.
+    for j in i..i + 3 {
+        client.put(&format!("big-{j}"), &value(j)).await.unwrap();
+        acked.push(j);
+    }
+    for &j in &acked {
+        let got = client
+            .get(&format!("big-{j}"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(got.value.as_deref(), Some(value(j).as_str()), "big-{j}");
+    }
+
+    // Started again on the still-full disk, it stops again the same way (it does not hang).
+    cluster.restart(FULL);
+    let status = cluster.wait_for_exit(FULL, SECS_10).await;
+    let log = cluster.log_since_start(FULL);
+    assert_eq!(status.code(), Some(3), "restart on a full disk:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.starts_with("kvstore: ") && last.contains(&dir),
+        "{log}"
+    );
+    eprintln!("restarted on the full disk: {last}");
+
+    // The disk comes back: the node restarts on what it had made durable and catches up.
+    tmpfs.resize("64m");
+    cluster.restart(FULL);
+    let (leader, _) = cluster.wait_for_leader(SECS_10).await;
+    assert_ne!(leader, FULL, "it rejoins as a follower");
+    let commit = cluster.status(leader).await.unwrap().commit_index;
+    poll_until(
+        SECS_10,
+        "the restarted node to apply the commit",
+        async || {
+            let s = cluster.status(FULL).await.ok()?;
+            (s.role == Role::Follower as i32 && s.last_applied >= commit).then_some(())
+        },
+    )
+    .await;
+    let last_key = format!("big-{}", acked.last().unwrap());
+    let last_value = value(*acked.last().unwrap());
+    wait_until_node_has(&cluster, FULL, &last_key, &last_value).await;
+    drop(cluster);
+    drop(tmpfs);
+}

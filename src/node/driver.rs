@@ -167,8 +167,16 @@ impl Driver {
                 ticker.reset();
             }
             if let Err(err) = self.handle_ready().await {
-                error!(error = %err, "storage failed, stopping the node");
-                self.reject_everything(&ClientError::ShuttingDown);
+                // The one line this failure logs; main prints the error once more and exits.
+                // Never retried: after a failed write or fsync the disk state is unknown.
+                error!(
+                    data_dir = %self.config.data_dir.display(),
+                    error = %err,
+                    "storage failed, stopping the node"
+                );
+                self.reject_everything(&ClientError::StorageFailed(err.to_string()));
+                // Not dropped: closing sled would flush again and hang (see `abandon`).
+                self.store.abandon();
                 return Err(err);
             }
             // The core answers a peer request within the Ready cycle of its input; a request
@@ -257,7 +265,9 @@ impl Driver {
             // (1) Messages that depend on nothing unpersisted (a leader's appends may overlap
             //     its own fsync).
             self.send(messages);
-            // (2) Persist hard state and entries, one flush for the batch; errors are fatal.
+            // (2) Persist hard state and entries, one flush for the batch; errors are fatal:
+            //     `?` returns before (3) and (4), so no ack or vote that depends on this
+            //     batch is sent and nothing it commits is applied or answered.
             if must_persist {
                 self.persist(hard_state, entries).await?;
             }
@@ -305,7 +315,10 @@ impl Driver {
         let mut store = self.store.clone();
         tokio::task::spawn_blocking(move || store.persist(hard_state.as_ref(), &entries))
             .await
-            .map_err(|e| Fatal::StorageTask(e.to_string()))??;
+            .map_err(|e| Fatal::StorageTask {
+                dir: self.config.data_dir.clone(),
+                cause: e.to_string(),
+            })??;
         Ok(())
     }
 

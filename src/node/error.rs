@@ -27,6 +27,10 @@ pub enum ClientError {
     /// The node is stopping.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The node is stopping because its storage failed; the request may or may not have
+    /// been applied by the rest of the cluster. Carries the storage error, on one line.
+    #[error("node is stopping: storage failed ({0}); retry on another node")]
+    StorageFailed(String),
     /// The driver's inbox is full.
     #[error("node overloaded, retry")]
     Overloaded,
@@ -38,7 +42,8 @@ pub enum ClientError {
     Apply(#[from] ApplyError),
 }
 
-/// An error that stops the node (the process exits non-zero).
+/// An error that stops the node (the process exits non-zero). Logged once by the driver,
+/// never retried: after a failed write or fsync the node's disk state is unknown.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
     /// sled failed: the data dir cannot be opened, read, written or flushed. Never retried.
@@ -48,6 +53,11 @@ pub enum Fatal {
     #[error("invalid raft configuration: {0}")]
     Config(#[from] crate::raft::ConfigError),
     /// A blocking storage task panicked or was cancelled.
-    #[error("storage task failed: {0}")]
-    StorageTask(String),
+    #[error("storage task for data dir {} failed: {cause}", dir.display())]
+    StorageTask {
+        /// the data dir
+        dir: std::path::PathBuf,
+        /// why
+        cause: String,
+    },
 }

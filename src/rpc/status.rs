@@ -25,6 +25,7 @@ impl From<ClientError> for Status {
             ClientError::NoLeader
             | ClientError::LeadershipLost
             | ClientError::ShuttingDown
+            | ClientError::StorageFailed(_)
             | ClientError::Overloaded => Status::unavailable(message),
             ClientError::Invalid(_) => Status::invalid_argument(message),
             ClientError::Apply(_) => Status::failed_precondition(message),
@@ -60,6 +61,11 @@ mod tests {
             ),
             (ClientError::ShuttingDown, Code::Unavailable, "node is shutting down"),
             (ClientError::Overloaded, Code::Unavailable, "node overloaded, retry"),
+            (
+                ClientError::StorageFailed("cannot sync /d/db to disk: No space left".into()),
+                Code::Unavailable,
+                "node is stopping: storage failed (cannot sync /d/db to disk: No space left); retry on another node",
+            ),
             (
                 ClientError::Invalid("key must not be empty".into()),
                 Code::InvalidArgument,

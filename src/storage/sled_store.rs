@@ -57,9 +57,17 @@ impl SledStore {
         })?;
         let lock = lock_dir(&dir)?;
 
-        let open_err = |e: sled::Error| StorageError::Open {
-            dir: dir.clone(),
-            cause: describe_sled(&e),
+        let open_err = |e: sled::Error| match e {
+            // A disk fault (e.g. ENOSPC while sled recovers), not an incompatible database.
+            sled::Error::Io(_) => StorageError::Sled {
+                dir: dir.clone(),
+                op: "open the database",
+                cause: describe_sled(&e),
+            },
+            _ => StorageError::Open {
+                dir: dir.clone(),
+                cause: describe_sled(&e),
+            },
         };
         // No background flusher: durability is persist()'s job, with one explicit
         // flush + fdatasync per call (sled's own timer would only add syncs).
@@ -68,32 +76,36 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(open_err)?;
-        let meta = db.open_tree(META_TREE).map_err(open_err)?;
-        let log = db.open_tree(LOG_TREE).map_err(open_err)?;
+        let opened = (|| {
+            let meta = db.open_tree(META_TREE).map_err(open_err)?;
+            let log = db.open_tree(LOG_TREE).map_err(open_err)?;
 
-        let db_path = dir.join("db");
-        let db_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&db_path)
-            .map_err(|cause| StorageError::Sync {
-                path: db_path.clone(),
+            let db_path = dir.join("db");
+            let db_file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&db_path)
+                .map_err(|cause| StorageError::Sync {
+                    path: db_path.clone(),
+                    cause,
+                })?;
+            // Make what sled created durable once: its files' contents and their directory
+            // entries (a fresh `db` file is useless if its name is lost in a crash).
+            db.flush().map_err(|e| StorageError::Sled {
+                dir: dir.clone(),
+                op: "flush the database",
+                cause: describe_sled(&e),
+            })?;
+            db_file.sync_all().map_err(|cause| StorageError::Sync {
+                path: db_path,
                 cause,
             })?;
-        // Make what sled created durable once: its files' contents and their directory
-        // entries (a fresh `db` file is useless if its name is lost in a crash).
-        db.flush().map_err(|e| StorageError::Sled {
-            dir: dir.clone(),
-            op: "flush the database",
-            cause: describe_sled(&e),
-        })?;
-        db_file.sync_all().map_err(|cause| StorageError::Sync {
-            path: db_path,
-            cause,
-        })?;
-        sync_path(&dir.join("conf"))?;
-        sync_path(&dir)?;
-
+            sync_path(&dir.join("conf"))?;
+            sync_path(&dir)?;
+            Ok((meta, log, db_file))
+        })();
+        // On an I/O error, dropping sled would flush again and may hang (see `abandon`).
+        let (meta, log, db_file) = opened.inspect_err(|_| std::mem::forget(db.clone()))?;
         let store = Self {
             inner: Arc::new(Inner {
                 db,
@@ -106,8 +118,20 @@ impl SledStore {
                 _lock: lock,
             }),
         };
-        store.sync_new_blobs()?;
+        store
+            .sync_new_blobs()
+            .inspect_err(|_| store.clone().abandon())?;
         Ok(store)
+    }
+
+    /// Gives the store up after a failed write, flush or sync, without closing sled.
+    ///
+    /// Dropping a sled database flushes it, and after an I/O error sled's flush waits
+    /// forever for a write that will never complete (and would retry writing and syncing
+    /// what already failed once). So the database is leaked instead: the process is about
+    /// to exit, and the OS closes its files and releases the data dir's lock.
+    pub fn abandon(self) {
+        std::mem::forget(self.inner);
     }
 
     /// The data dir.

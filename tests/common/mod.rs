@@ -105,6 +105,12 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n) with explicit `ID=127.0.0.1:PORT` peers; `n == 1` runs
     /// a single-node cluster (no `--peers`).
     pub fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {})
+    }
+
+    /// Like [`start`](Self::start), but calls `prepare` on every node (its data dir exists
+    /// and is empty) before any process starts, e.g. to mount a small filesystem there.
+    pub fn start_with(n: u64, mut prepare: impl FnMut(&Node)) -> Cluster {
         let logs = TempDir::new().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -124,6 +130,7 @@ impl Cluster {
                 peers,
             });
         }
+        nodes.iter().for_each(&mut prepare);
         let mut cluster = Cluster { nodes, logs };
         for id in 1..=n {
             cluster.spawn(id);
@@ -237,6 +244,27 @@ impl Cluster {
         })
         .await;
         status
+    }
+
+    /// Waits (bounded) for node `id` to exit on its own, reaps it, and returns its exit
+    /// status; it can then be started again with [`restart`](Self::restart).
+    pub async fn wait_for_exit(&mut self, id: u64, deadline: Duration) -> ExitStatus {
+        let node = self.node_mut(id);
+        let child = node.child.as_mut().expect("node is not running");
+        let status = poll_until(deadline, &format!("node {id} to exit"), async || {
+            child.try_wait().unwrap()
+        })
+        .await;
+        node.child = None;
+        status
+    }
+
+    /// If node `id` has exited on its own, reaps it and returns its exit status.
+    pub fn try_exit(&mut self, id: u64) -> Option<ExitStatus> {
+        let node = self.node_mut(id);
+        let status = node.child.as_mut()?.try_wait().unwrap()?;
+        node.child = None;
+        Some(status)
     }
 
     /// Everything node `id` has logged, all incarnations.

@@ -41,4 +41,7 @@ pub use self::config::{Config, ConfigError};
 pub use self::core::{Mutation, NotLeader, Proposed, RaftCore};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};
-pub use self::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};
+pub use self::types::{
+    Entry, HardState, LogIndex, NodeId, Payload, Role, Snapshot, SnapshotMeta, SoftState, Status,
+    Term,
+};

@@ -1,18 +1,21 @@
 //! The storage contract the driver persists `Ready` batches through, and [`MemStorage`],
 //! an in-memory implementation for tests and the simulator.
 //!
-//! The core itself keeps the whole log in memory (there is no compaction yet), so storage is
-//! only written by the driver and read once, at start-up, to rebuild the core.
+//! The core keeps the log after its latest snapshot in memory, so storage is written by the
+//! driver and read at start-up to rebuild the core, and when a follower needs the snapshot.
 
-use super::types::{Entry, HardState};
+use super::types::{Entry, HardState, Snapshot};
 
 /// Durable home of a node's hard state and log.
 pub trait LogStore {
     /// Error type; every error is fatal to the node.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Loads what was persisted: the hard state and the whole log in index order
-    /// (indexes contiguous from 1).
+    /// Loads what was persisted: the hard state and the log after the latest snapshot, in
+    /// index order (indexes contiguous from `snapshot.index + 1`, or from 1 without a
+    /// snapshot). Entries the snapshot covers are not returned; if the stored entry at the
+    /// snapshot's index has another term (a crash in the middle of installing a leader's
+    /// snapshot), no entry is returned.
     ///
     /// # Errors
     /// The store could not be read or is corrupt.
@@ -29,6 +32,25 @@ pub trait LogStore {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<(), Self::Error>;
+
+    /// The latest durable snapshot, its checksum verified, or `None` if there is none.
+    ///
+    /// # Errors
+    /// The snapshot could not be read or is corrupt.
+    fn snapshot(&self) -> Result<Option<Snapshot>, Self::Error>;
+
+    /// Makes `snapshot` the latest, durably, then drops the log entries it covers.
+    ///
+    /// A crash at any moment leaves either the old state or the new one: the snapshot is
+    /// written in full and made durable under a new name before it replaces the old one, and
+    /// only then are log entries removed. If the stored log holds entry `meta.index` with
+    /// `meta.term`, the entries after it stay (the node compacting its own log); otherwise the
+    /// whole log goes (a follower installing a leader's snapshot, Raft Figure 13 step 7).
+    /// A snapshot not newer than the current one is ignored.
+    ///
+    /// # Errors
+    /// The write or a sync failed; the node must stop.
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Self::Error>;
 }
 
 /// In-memory [`LogStore`]. "Durable" here means "survives a simulated crash", i.e. whatever
@@ -37,8 +59,17 @@ pub trait LogStore {
 pub struct MemStorage {
     /// Persisted hard state.
     pub hard_state: HardState,
-    /// Persisted log (index order, contiguous from 1).
+    /// Persisted log (index order, contiguous from `snapshot.index + 1`, or from 1).
     pub entries: Vec<Entry>,
+    /// Latest snapshot.
+    pub snapshot: Option<Snapshot>,
+}
+
+impl MemStorage {
+    /// Index of the last entry the snapshot covers (0 without one).
+    fn offset(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.meta.index)
+    }
 }
 
 /// MemStorage never fails.
@@ -62,10 +93,36 @@ impl LogStore for MemStorage {
             self.hard_state = *hs;
         }
         if let Some(first) = entries.first() {
-            let keep = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
-            self.entries.truncate(keep);
+            let keep = first.index.saturating_sub(1).saturating_sub(self.offset());
+            self.entries
+                .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
             self.entries.extend_from_slice(entries);
         }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Option<Snapshot>, Infallible> {
+        Ok(self.snapshot.clone())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Infallible> {
+        let meta = snapshot.meta;
+        if meta.index <= self.offset() {
+            return Ok(());
+        }
+        let offset = self.offset();
+        let at = |i: u64| usize::try_from(i - offset - 1).ok();
+        let matches = meta.index > offset
+            && at(meta.index)
+                .and_then(|p| self.entries.get(p))
+                .is_some_and(|e| e.term == meta.term);
+        if matches {
+            let drop = at(meta.index).map_or(0, |p| p + 1);
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = Some(snapshot.clone());
         Ok(())
     }
 }
@@ -81,6 +138,39 @@ mod tests {
             index,
             payload: Payload::Noop,
         }
+    }
+
+    fn snap(index: u64, term: u64) -> Snapshot {
+        Snapshot {
+            meta: crate::raft::SnapshotMeta { index, term },
+            data: bytes::Bytes::from_static(b"state"),
+        }
+    }
+
+    #[test]
+    fn own_snapshot_keeps_the_log_after_it() {
+        let mut s = MemStorage::default();
+        s.persist(None, &[e(1, 1), e(1, 2), e(2, 3), e(2, 4)])
+            .unwrap();
+        s.install_snapshot(&snap(2, 1)).unwrap();
+        assert_eq!(s.load().unwrap().1, vec![e(2, 3), e(2, 4)]);
+        // Truncation after the snapshot still works with the offset.
+        s.persist(None, &[e(3, 4)]).unwrap();
+        assert_eq!(s.load().unwrap().1, vec![e(2, 3), e(3, 4)]);
+        // An older snapshot is ignored.
+        s.install_snapshot(&snap(1, 1)).unwrap();
+        assert_eq!(s.snapshot().unwrap().unwrap().meta.index, 2);
+    }
+
+    #[test]
+    fn leader_snapshot_with_another_history_drops_the_whole_log() {
+        let mut s = MemStorage::default();
+        s.persist(None, &[e(1, 1), e(1, 2), e(1, 3)]).unwrap();
+        s.install_snapshot(&snap(3, 2)).unwrap();
+        assert!(s.load().unwrap().1.is_empty());
+        s.install_snapshot(&snap(9, 4)).unwrap();
+        assert!(s.load().unwrap().1.is_empty());
+        assert_eq!(s.snapshot().unwrap().unwrap().meta.index, 9);
     }
 
     #[test]

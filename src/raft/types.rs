@@ -43,6 +43,25 @@ pub struct HardState {
     pub commit: LogIndex,
 }
 
+/// The last log entry a snapshot covers (Raft §7, "last included index and term").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot covers.
+    pub index: LogIndex,
+    /// Term of that entry.
+    pub term: Term,
+}
+
+/// A state-machine snapshot: where it ends in the log, and the state machine's own bytes
+/// (opaque to Raft and to storage). `data` is cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The last entry it covers.
+    pub meta: SnapshotMeta,
+    /// The serialized state machine as of `meta.index`.
+    pub data: bytes::Bytes,
+}
+
 /// A node's role (Raft §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

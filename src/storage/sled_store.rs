@@ -5,7 +5,7 @@ use super::keys::{
     decode_value, encode_value, index_of_key, log_key, HARD_STATE_KEY, LOG_TREE, META_TREE,
 };
 use crate::raft::storage::LogStore;
-use crate::raft::{Entry, HardState, LogIndex, Payload};
+use crate::raft::{Entry, HardState, LogIndex, Payload, Snapshot};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::BTreeSet;
@@ -361,6 +361,22 @@ impl LogStore for SledStore {
             }
         }
         self.sync()
+    }
+
+    fn snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        // Snapshot files are being added (issue 5); until then a node never has one.
+        Ok(None)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        Err(StorageError::Sled {
+            dir: self.inner.dir.clone(),
+            op: "install a snapshot",
+            cause: format!(
+                "snapshot files are not supported yet (snapshot at index {})",
+                snapshot.meta.index
+            ),
+        })
     }
 }
 

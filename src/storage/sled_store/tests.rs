@@ -79,6 +79,31 @@ fn persist<F: Fixture>(f: &mut F, hard_state: Option<HardState>, entries: &[Entr
     f.store().persist(hard_state.as_ref(), entries).unwrap();
 }
 
+/// A snapshot whose data names where it ends.
+fn snap(index: u64, term: u64) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta { index, term },
+        data: bytes::Bytes::from(format!("state at {index}/{term}")),
+    }
+}
+
+fn install<F: Fixture>(f: &mut F, snapshot: &Snapshot) {
+    f.store().install_snapshot(snapshot).unwrap();
+}
+
+fn latest<F: Fixture>(f: &mut F) -> Option<Snapshot> {
+    f.store().snapshot().unwrap()
+}
+
+/// Checks the log and snapshot, then the same after a restart.
+fn check_with_reopen<F: Fixture>(f: &mut F, log: &[Entry], snapshot: Option<&Snapshot>) {
+    for _ in 0..2 {
+        assert_eq!(load(f).1, log);
+        assert_eq!(latest(f).as_ref(), snapshot);
+        f.reopen();
+    }
+}
+
 /// The contract of `LogStore`, one function per rule.
 mod suite {
     use super::*;
@@ -172,6 +197,103 @@ mod suite {
         f.reopen();
         assert_eq!(load(&mut f).1, log);
     }
+
+    // ---- snapshots ----
+
+    pub(super) fn no_snapshot_at_first<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=2));
+        check_with_reopen(&mut f, &entries(1, 1..=2), None);
+    }
+
+    pub(super) fn own_snapshot_keeps_the_log_after_it<F: Fixture>() {
+        let mut f = F::new();
+        let mut log = entries(1, 1..=2);
+        log.extend(entries(2, 3..=4));
+        persist(&mut f, Some(hs(2, Some(1), 4)), &log);
+        install(&mut f, &snap(2, 1));
+        check_with_reopen(&mut f, &log[2..], Some(&snap(2, 1)));
+        assert_eq!(load(&mut f).0, hs(2, Some(1), 4), "hard state untouched");
+        // A conflicting suffix after the snapshot is still replaced.
+        persist(&mut f, None, &[e(3, 4)]);
+        check_with_reopen(&mut f, &[e(2, 3), e(3, 4)], Some(&snap(2, 1)));
+    }
+
+    pub(super) fn snapshot_at_the_last_entry_empties_the_log<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=3));
+        install(&mut f, &snap(3, 1));
+        check_with_reopen(&mut f, &[], Some(&snap(3, 1)));
+        persist(&mut f, None, &entries(1, 4..=5));
+        check_with_reopen(&mut f, &entries(1, 4..=5), Some(&snap(3, 1)));
+    }
+
+    /// Raft Figure 13 step 7: a leader's snapshot whose last entry we hold with another term.
+    pub(super) fn snapshot_of_another_history_drops_the_log<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=5));
+        install(&mut f, &snap(3, 2));
+        check_with_reopen(&mut f, &[], Some(&snap(3, 2)));
+        persist(&mut f, None, &[e(2, 4)]);
+        check_with_reopen(&mut f, &[e(2, 4)], Some(&snap(3, 2)));
+    }
+
+    /// A follower far behind: the snapshot ends past its log.
+    pub(super) fn snapshot_past_the_log_drops_it<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=3));
+        install(&mut f, &snap(10, 1));
+        check_with_reopen(&mut f, &[], Some(&snap(10, 1)));
+        persist(&mut f, None, &entries(2, 11..=12));
+        check_with_reopen(&mut f, &entries(2, 11..=12), Some(&snap(10, 1)));
+    }
+
+    pub(super) fn snapshot_not_newer_is_ignored<F: Fixture>() {
+        let mut f = F::new();
+        persist(&mut f, None, &entries(1, 1..=6));
+        install(&mut f, &snap(4, 1));
+        install(&mut f, &snap(3, 1));
+        install(&mut f, &snap(4, 2));
+        check_with_reopen(&mut f, &entries(1, 5..=6), Some(&snap(4, 1)));
+    }
+
+    pub(super) fn persist_ignores_entries_the_snapshot_covers<F: Fixture>() {
+        let mut f = F::new();
+        install(&mut f, &snap(5, 1));
+        persist(&mut f, Some(hs(1, None, 5)), &entries(1, 3..=7));
+        check_with_reopen(&mut f, &entries(1, 6..=7), Some(&snap(5, 1)));
+        assert_eq!(load(&mut f).0, hs(1, None, 5));
+        // Only covered entries: nothing changes but the hard state.
+        persist(&mut f, Some(hs(2, None, 5)), &entries(1, 1..=2));
+        check_with_reopen(&mut f, &entries(1, 6..=7), Some(&snap(5, 1)));
+        assert_eq!(load(&mut f).0, hs(2, None, 5));
+    }
+
+    pub(super) fn snapshots_replace_each_other<F: Fixture>() {
+        let mut f = F::new();
+        for round in 1..=5u64 {
+            persist(&mut f, None, &entries(round, 10 * round - 9..=10 * round));
+            install(&mut f, &snap(10 * round - 2, round));
+            let tail = entries(round, 10 * round - 1..=10 * round);
+            check_with_reopen(&mut f, &tail, Some(&snap(10 * round - 2, round)));
+        }
+    }
+
+    pub(super) fn snapshot_data_round_trips<F: Fixture>() {
+        let mut f = F::new();
+        let empty = Snapshot {
+            meta: SnapshotMeta { index: 1, term: 1 },
+            data: bytes::Bytes::new(),
+        };
+        install(&mut f, &empty);
+        check_with_reopen(&mut f, &[], Some(&empty));
+        let big = Snapshot {
+            meta: SnapshotMeta { index: 2, term: 1 },
+            data: (0..3_000_000u32).map(|i| (i % 251) as u8).collect(),
+        };
+        install(&mut f, &big);
+        check_with_reopen(&mut f, &[], Some(&big));
+    }
 }
 
 macro_rules! conformance {
@@ -209,6 +331,42 @@ macro_rules! conformance {
             #[test]
             fn noop_and_empty_payloads() {
                 suite::noop_and_empty_payloads::<$fixture>();
+            }
+            #[test]
+            fn no_snapshot_at_first() {
+                suite::no_snapshot_at_first::<$fixture>();
+            }
+            #[test]
+            fn own_snapshot_keeps_the_log_after_it() {
+                suite::own_snapshot_keeps_the_log_after_it::<$fixture>();
+            }
+            #[test]
+            fn snapshot_at_the_last_entry_empties_the_log() {
+                suite::snapshot_at_the_last_entry_empties_the_log::<$fixture>();
+            }
+            #[test]
+            fn snapshot_of_another_history_drops_the_log() {
+                suite::snapshot_of_another_history_drops_the_log::<$fixture>();
+            }
+            #[test]
+            fn snapshot_past_the_log_drops_it() {
+                suite::snapshot_past_the_log_drops_it::<$fixture>();
+            }
+            #[test]
+            fn snapshot_not_newer_is_ignored() {
+                suite::snapshot_not_newer_is_ignored::<$fixture>();
+            }
+            #[test]
+            fn persist_ignores_entries_the_snapshot_covers() {
+                suite::persist_ignores_entries_the_snapshot_covers::<$fixture>();
+            }
+            #[test]
+            fn snapshots_replace_each_other() {
+                suite::snapshots_replace_each_other::<$fixture>();
+            }
+            #[test]
+            fn snapshot_data_round_trips() {
+                suite::snapshot_data_round_trips::<$fixture>();
             }
         }
     };
@@ -294,7 +452,8 @@ fn flip_and_expect_corrupt(tree: fn(&Inner) -> &sled::Tree, key: &[u8], what: &s
     let msg = err.to_string();
     assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
     let want = format!(
-        "{what} in {} is corrupt (checksum mismatch)",
+        "{what} in the sled database {} is corrupt (checksum mismatch); stop the node, remove \
+         its data dir and restart it empty so it catches up from the leader",
         f.dir.path().display()
     );
     assert_eq!(msg, want);
@@ -302,7 +461,11 @@ fn flip_and_expect_corrupt(tree: fn(&Inner) -> &sled::Tree, key: &[u8], what: &s
 
 #[test]
 fn flipped_byte_in_a_log_entry_is_corrupt() {
-    flip_and_expect_corrupt(|i| &i.log, &log_key(2), "log entry 2");
+    flip_and_expect_corrupt(
+        |i| &i.log,
+        &log_key(2),
+        "log entry 2 (key 0000000000000002 of tree \"log\")",
+    );
 }
 
 #[test]
@@ -316,8 +479,11 @@ fn gap_in_the_log_is_corrupt() {
     persist(&mut f, None, &entries(1, 1..=4));
     f.store().inner.log.remove(log_key(3)).unwrap();
     let msg = f.store().load().unwrap_err().to_string();
-    assert!(msg.starts_with("log entry 4 in "), "{msg}");
-    assert!(msg.contains("expected index 3"), "{msg}");
+    assert!(msg.starts_with("log entry 4 (key "), "{msg}");
+    assert!(
+        msg.contains("expected index 3: the log must be contiguous from 1"),
+        "{msg}"
+    );
 }
 
 #[test]

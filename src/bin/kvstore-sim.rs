@@ -25,6 +25,7 @@ enum MutationArg {
     CountStaleVotes,
     CommitOldTerms,
     AckBeforePersist,
+    InstallStaleSnapshot,
 }
 
 impl From<MutationArg> for Mutation {
@@ -35,6 +36,7 @@ impl From<MutationArg> for Mutation {
             MutationArg::CountStaleVotes => Mutation::CountStaleVotes,
             MutationArg::CommitOldTerms => Mutation::CommitOldTerms,
             MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
+            MutationArg::InstallStaleSnapshot => Mutation::InstallStaleSnapshot,
         }
     }
 }
@@ -55,6 +57,10 @@ struct Args {
     /// Print the event trace of the (single) run.
     #[arg(long)]
     trace: bool,
+
+    /// With --trace: how many of the last events to print.
+    #[arg(long, default_value_t = 400)]
+    trace_lines: usize,
     /// Switch on a deliberate protocol bug, to show the simulator finds it.
     #[arg(long, value_enum, default_value = "none")]
     mutation: MutationArg,
@@ -73,6 +79,13 @@ struct Args {
     /// Milliseconds of simulated faults per run.
     #[arg(long, default_value_t = 3000)]
     fault_ms: u64,
+    /// Compact every N applied entries on every node (0 = never) instead of the seed's
+    /// choice.
+    #[arg(long, value_name = "N")]
+    snapshot_every: Option<u64>,
+    /// Do not inject disk failures.
+    #[arg(long)]
+    no_disk_faults: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -82,6 +95,10 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.fault_ms = args.fault_ms;
     c.lock_clients = args.lock_clients;
     c.classic_raft = args.classic_raft;
+    if let Some(n) = args.snapshot_every {
+        c.snapshot_every = n;
+    }
+    c.disk_faults = !args.no_disk_faults;
     c
 }
 
@@ -95,8 +112,22 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
                 .unwrap_or_default()
         ),
     };
+    // Every flag that shapes the run, so the command replays exactly this run.
+    let mut extra = String::new();
+    if args.lock_clients != 2 {
+        extra += &format!(" --lock-clients {}", args.lock_clients);
+    }
+    if args.classic_raft {
+        extra += " --classic-raft";
+    }
+    if let Some(n) = args.snapshot_every {
+        extra += &format!(" --snapshot-every {n}");
+    }
+    if args.no_disk_faults {
+        extra += " --no-disk-faults";
+    }
     format!(
-        "scripts/sim.sh --seed {seed} --trace --fault-ms {}{m}",
+        "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",
         args.fault_ms
     )
 }
@@ -126,7 +157,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Err(f) => {
                 if args.trace {
-                    let skip = f.trace.len().saturating_sub(400);
+                    let skip = f.trace.len().saturating_sub(args.trace_lines);
                     if skip > 0 {
                         println!("... ({skip} earlier events omitted)");
                     }

@@ -54,6 +54,9 @@ pub enum Mutation {
     CommitOldTerms,
     /// Vote grants and append acks leave before what they promise is durable.
     AckBeforePersist,
+    /// A follower installs a leader's snapshot even when it already has everything the
+    /// snapshot covers (a late or duplicated InstallSnapshot rolls its state back).
+    InstallStaleSnapshot,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the

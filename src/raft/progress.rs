@@ -76,10 +76,24 @@ impl Progress {
         if index > self.matched {
             self.matched = index;
             self.stalled_rounds = 0;
-            self.next = self.next.max(index + 1);
-            if self.state != ProgressState::Replicate {
-                self.state = ProgressState::Replicate;
-                self.inflight.clear();
+            match self.state {
+                ProgressState::Replicate => self.next = self.next.max(index + 1),
+                // The follower's log matches ours up to `index`: stream from right after it
+                // (`next` may be past it: a probe point, not a known match).
+                ProgressState::Probe => {
+                    self.state = ProgressState::Replicate;
+                    self.inflight.clear();
+                    self.next = index + 1;
+                }
+                ProgressState::Snapshot => {
+                    // Only the snapshot's own answer (or a later match) ends the wait; a
+                    // heartbeat answer below it leaves the snapshot in flight.
+                    if self.inflight.front().is_none_or(|&snap| index >= snap) {
+                        self.state = ProgressState::Replicate;
+                        self.inflight.clear();
+                        self.next = index + 1;
+                    }
+                }
             }
             return true;
         }
@@ -169,7 +183,13 @@ mod tests {
         p.become_snapshot(50);
         assert!(!p.can_send(8));
         assert!(!p.ack(0), "a heartbeat answer does not end the snapshot");
-        assert_eq!(p.state, ProgressState::Snapshot);
+        assert!(p.ack(40), "a match below the snapshot is recorded");
+        assert_eq!(
+            p.state,
+            ProgressState::Snapshot,
+            "but the snapshot is still awaited"
+        );
+        assert!(!p.can_send(8));
         assert!(p.ack(50));
         assert_eq!(
             (p.state, p.matched, p.next),

@@ -53,6 +53,8 @@ pub struct SimConfig {
     /// Each node snapshots its state machine and compacts its log once this many entries
     /// were applied since its last snapshot; 0 = never.
     pub snapshot_every: u64,
+    /// Also inject disk failures (a node's write fails and it stops).
+    pub disk_faults: bool,
 }
 
 impl SimConfig {
@@ -74,6 +76,7 @@ impl SimConfig {
             // Most seeds compact, at varied rates (so followers often need snapshots);
             // one in four never does.
             snapshot_every: [0, 7, 20, 60][(seed / 4 % 4) as usize],
+            disk_faults: true,
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Outcome {
     pub lock_grants: u64,
     /// Fenced writes acknowledged as applied.
     pub fenced_ok: u64,
+    /// Nodes stopped by a failed disk write.
+    pub disk_failures: u64,
     /// Snapshots nodes took of their own state (log compactions).
     pub snapshots_taken: u64,
     /// Leader snapshots installed by followers.
@@ -209,6 +214,8 @@ pub(crate) struct SimNode {
     leases: BTreeMap<String, (u64, Time)>,
     /// Leader only: `Expire` proposals in flight, so each is proposed once.
     expiring: BTreeSet<(String, u64)>,
+    /// The next write to this node's disk fails (a full or broken disk).
+    disk_fails: bool,
 }
 
 pub(crate) struct World {
@@ -286,6 +293,7 @@ impl World {
                     role: Role::Follower,
                     leases: BTreeMap::new(),
                     expiring: BTreeSet::new(),
+                    disk_fails: false,
                 },
             );
         }
@@ -587,6 +595,18 @@ impl World {
             return;
         };
         if n.incarnation != incarnation || !n.up {
+            return;
+        }
+        if n.disk_fails {
+            // The write failed: the node stops at once, like the driver (one error line,
+            // exit 3), without sending what the write promised or applying anything; part
+            // of the write may have reached the disk. It restarts once the disk is back.
+            n.disk_fails = false;
+            self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
+            self.outcome.disk_failures += 1;
+            self.crash(id);
+            let down = self.rng.random_range(100 * MS..1_000 * MS);
+            self.schedule(down, Ev::Restart(id));
             return;
         }
         let Some(rd) = n.busy.take() else { return };
@@ -926,7 +946,14 @@ impl World {
         self.outcome.faults += 1;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let pick = ids[self.rng.random_range(0..ids.len())];
-        match self.rng.random_range(0..10u8) {
+        let kinds = if self.cfg.disk_faults { 11 } else { 10 };
+        match self.rng.random_range(0..kinds) {
+            10 => {
+                if let Some(n) = self.nodes.get_mut(&pick) {
+                    n.disk_fails = true;
+                    self.note(|| format!("DISK of node {pick} will fail its next write"));
+                }
+            }
             0 | 1 => {
                 self.crash(pick);
                 let down = self.rng.random_range(50 * MS..1_500 * MS);

@@ -121,7 +121,7 @@ impl RaftCore {
         self.pre_campaign = None;
 
         let meta = snapshot.meta;
-        if meta.index <= self.commit {
+        if meta.index <= self.commit && self.mutation != super::Mutation::InstallStaleSnapshot {
             // Nothing new: our committed prefix already covers it (and matches the leader's).
             debug!(
                 node = self.cfg.id,

@@ -1011,3 +1011,165 @@ fn malformed_snapshot_name_fails_at_start() {
         "{msg}"
     );
 }
+
+// ---- crash (SIGKILL) in the middle of snapshotting ----
+
+const SNAP_ROUND: u64 = 20;
+const SNAP_CHILD_SAYS: &str = "KVSTORE-CHILD-ROUND ";
+
+/// The snapshot the crash child installs in round `round`: it covers all but the last 5
+/// entries of the round, and its data (~64 KiB) names its index.
+fn round_snapshot(round: u64) -> Snapshot {
+    let index = round * SNAP_ROUND - 5;
+    let data = format!("{index:>16}").repeat(4096);
+    Snapshot {
+        meta: SnapshotMeta { index, term: 1 },
+        data: bytes::Bytes::from(data),
+    }
+}
+
+#[test]
+#[ignore = "helper: run in a child process by snapshots_survive_sigkill_at_any_point"]
+fn snapshot_crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let mut store = SledStore::open(Path::new(&dir)).unwrap();
+    for round in 1.. {
+        let first = (round - 1) * SNAP_ROUND + 1;
+        let last = round * SNAP_ROUND;
+        store
+            .persist(Some(&hs(1, Some(1), last)), &entries(1, first..=last))
+            .unwrap();
+        store.install_snapshot(&round_snapshot(round)).unwrap();
+        println!("{SNAP_CHILD_SAYS}{round}");
+    }
+}
+
+/// A child persists and snapshots in a loop; it is killed at whatever point it reached after
+/// reporting round `n`, for a few `n`. Each time, the reopened store holds a verified snapshot
+/// at least as new as the last reported one and a contiguous log after it up to at least the
+/// last reported entry.
+#[test]
+fn snapshots_survive_sigkill_at_any_point() {
+    for kill_after in [3, 7, 12] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = child_command("snapshot_crash_child", tmp.path())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut reported = 0;
+        for line in stdout.lines() {
+            if let Some((_, n)) = line.unwrap().split_once(SNAP_CHILD_SAYS) {
+                reported = n.trim().parse().unwrap();
+                if reported >= kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(reported >= kill_after, "child died after round {reported}");
+
+        let store = SledStore::open(tmp.path()).unwrap();
+        let snapshot = store.snapshot().unwrap().unwrap();
+        let round = (snapshot.meta.index + 5) / SNAP_ROUND;
+        assert!(round >= reported, "snapshot of round {round} < {reported}");
+        assert_eq!(snapshot, round_snapshot(round));
+        let (hard_state, log) = store.load().unwrap();
+        let first = snapshot.meta.index + 1;
+        let last = first + log.len() as u64 - 1;
+        assert_eq!(log, entries(1, first..=last));
+        assert!(last >= reported * SNAP_ROUND && hard_state.commit >= last);
+    }
+}
+
+// ---- restart time with a large snapshot ----
+
+/// An encoded put of key `i` (16-byte key, 100-byte value).
+fn put(i: u64) -> Vec<u8> {
+    use crate::state_machine::{Command, Proposal};
+    Proposal {
+        session: None,
+        command: Command::Put {
+            key: format!("key-{i:012}"),
+            value: format!("{i:0>100}"),
+            fence: None,
+        },
+    }
+    .encode()
+}
+
+/// Restart time for a snapshot of 1,000,000 keys (16-byte keys, 100-byte values) and 10,000
+/// log entries after it. Run with
+/// `cargo test --release --lib restart_time -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: run in release mode"]
+fn restart_time_with_a_million_keys() {
+    use crate::state_machine::{SessionLimits, StateMachine};
+    use std::time::Instant;
+    const KEYS: u64 = 1_000_000;
+    const TAIL: u64 = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut machine = StateMachine::new();
+        for i in 1..=KEYS {
+            machine.apply(i, &put(i)).unwrap();
+        }
+        let mut store = SledStore::open(tmp.path()).unwrap();
+        let t = Instant::now();
+        let data = bytes::Bytes::from(machine.snapshot());
+        let serialize = t.elapsed();
+        let t = Instant::now();
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: KEYS,
+                term: 1,
+            },
+            data,
+        };
+        store.install_snapshot(&snapshot).unwrap();
+        println!(
+            "snapshot: {} bytes; serialize {serialize:?}, install (write + fsync) {:?}",
+            snapshot.data.len(),
+            t.elapsed()
+        );
+        let tail: Vec<Entry> = (KEYS + 1..=KEYS + TAIL)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                payload: Payload::Command(put(index - KEYS)),
+            })
+            .collect();
+        for batch in tail.chunks(100) {
+            store.persist(None, batch).unwrap();
+        }
+    }
+    let start = Instant::now();
+    let store = SledStore::open(tmp.path()).unwrap();
+    let open = start.elapsed();
+    let t = Instant::now();
+    let (_, log) = store.load().unwrap();
+    let load = t.elapsed();
+    let t = Instant::now();
+    let snapshot = store.snapshot().unwrap().unwrap();
+    let read = t.elapsed();
+    let t = Instant::now();
+    let mut machine = StateMachine::restore(&snapshot.data, SessionLimits::default()).unwrap();
+    let restore = t.elapsed();
+    let t = Instant::now();
+    for entry in &log {
+        let Payload::Command(data) = &entry.payload else {
+            panic!("a put")
+        };
+        machine.apply(entry.index, data).unwrap();
+    }
+    let replay = t.elapsed();
+    let total = start.elapsed();
+    assert_eq!(log.len() as u64, TAIL);
+    assert_eq!(machine.len(), KEYS as usize);
+    println!(
+        "restart: open {open:?}, load {TAIL} entries {load:?}, read + verify snapshot {read:?}, \
+         restore {restore:?}, replay {replay:?}; total {total:?}"
+    );
+}

@@ -68,6 +68,17 @@ impl SledStore {
         let lock = lock_dir(&dir)?;
         // Created before the data dir's fsync below, which makes its name durable.
         let snapshots = SnapshotDir::create(&dir)?;
+        // Before sled opens: a `.tmp` left by a write that failed on a full disk is removed
+        // before sled needs the space.
+        let scan = snapshots.scan()?;
+        if scan.removed_tmp + scan.removed_old > 0 {
+            tracing::info!(
+                dir = %snapshots.path().display(),
+                tmp = scan.removed_tmp,
+                old = scan.removed_old,
+                "removed leftover snapshot files"
+            );
+        }
 
         let open_err = |e: sled::Error| match e {
             // A disk fault (e.g. ENOSPC while sled recovers), not an incompatible database.
@@ -127,7 +138,7 @@ impl SledStore {
                 synced_blobs: Mutex::new(BTreeSet::new()),
                 sync_count: AtomicU64::new(0),
                 snapshots,
-                snapshot: Mutex::new(None),
+                snapshot: Mutex::new(scan.latest),
                 log_bytes: AtomicU64::new(0),
                 dir,
                 _lock: lock,
@@ -135,29 +146,13 @@ impl SledStore {
         };
         store
             .sync_new_blobs()
-            .and_then(|()| store.recover_snapshot())
+            .and_then(|()| match scan.latest {
+                // Finish a compaction a crash interrupted.
+                Some(meta) => store.compact_log(meta),
+                None => Ok(()),
+            })
             .inspect_err(|_| store.clone().abandon())?;
         Ok(store)
-    }
-
-    /// The start-up half of `install_snapshot`: removes leftover `.tmp` files, checks the
-    /// latest snapshot's header, removes older snapshot files, and finishes a compaction a
-    /// crash interrupted (log entries the snapshot covers still in sled).
-    fn recover_snapshot(&self) -> Result<(), StorageError> {
-        let scan = self.inner.snapshots.scan()?;
-        if scan.removed_tmp + scan.removed_old > 0 {
-            tracing::info!(
-                dir = %self.inner.snapshots.path().display(),
-                tmp = scan.removed_tmp,
-                old = scan.removed_old,
-                "removed leftover snapshot files"
-            );
-        }
-        *self.lock_snapshot() = scan.latest;
-        match scan.latest {
-            Some(meta) => self.compact_log(meta),
-            None => Ok(()),
-        }
     }
 
     /// Gives the store up after a failed write, flush or sync, without closing sled.

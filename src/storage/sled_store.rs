@@ -262,6 +262,16 @@ impl SledStore {
         self.inner.log_bytes.load(Ordering::Relaxed)
     }
 
+    /// Steps 1 and 2 of `install_snapshot`: the snapshot file is durable under its final name
+    /// and is the latest.
+    fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let dir = &self.inner.snapshots;
+        let tmp = dir.write_tmp(snapshot)?;
+        dir.publish(&tmp, snapshot.meta)?;
+        *self.lock_snapshot() = Some(snapshot.meta);
+        Ok(())
+    }
+
     /// Step 3 of `install_snapshot` (and redone at start-up): removes from sled the entries
     /// `meta` covers, in one batch made durable with one sync. If the stored entry at
     /// `meta.index` has `meta.term`, the entries after it stay; otherwise the log is another
@@ -406,7 +416,10 @@ impl LogStore for SledStore {
             if let Some(meta) = snapshot.filter(|m| m.index == index) {
                 if entry.term != meta.term {
                     // Another history than the snapshot's: none of it is this node's log.
-                    log.clear();
+                    debug_assert!(
+                        log.is_empty(),
+                        "invariant: the snapshot's entry comes first"
+                    );
                     break;
                 }
                 continue;
@@ -506,18 +519,6 @@ impl LogStore for SledStore {
         self.publish_snapshot(snapshot)?;
         self.compact_log(meta)?;
         self.inner.snapshots.remove_older(meta)
-    }
-}
-
-impl SledStore {
-    /// Steps 1 and 2 of `install_snapshot`: the snapshot file is durable under its final name
-    /// and is the latest.
-    fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let dir = &self.inner.snapshots;
-        let tmp = dir.write_tmp(snapshot)?;
-        dir.publish(&tmp, snapshot.meta)?;
-        *self.lock_snapshot() = Some(snapshot.meta);
-        Ok(())
     }
 }
 

@@ -121,7 +121,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
-                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {})", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit);
+                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed);
                 ExitCode::SUCCESS
             }
             Err(f) => {
@@ -148,6 +148,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .context("--start + --seeds overflows")?;
     let next = Arc::new(AtomicU64::new(args.start));
     let done = Arc::new(AtomicU64::new(0));
+    // Totals over passing seeds: ops ok, snapshots taken, snapshots installed.
+    let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
@@ -162,9 +164,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            let (next, done, failures, bar, args) = (
+            let (next, done, totals, failures, bar, args) = (
                 next.clone(),
                 done.clone(),
+                totals.clone(),
                 failures.clone(),
                 bar.clone(),
                 args.clone(),
@@ -174,7 +177,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 if seed >= end {
                     return;
                 }
-                if let Err(f) = run(config(&args, seed, false)) {
+                let result = run(config(&args, seed, false));
+                if let Ok(o) = &result {
+                    for (t, v) in
+                        totals
+                            .iter()
+                            .zip([o.ok, o.snapshots_taken, o.snapshots_installed])
+                    {
+                        t.fetch_add(v, Ordering::Relaxed);
+                    }
+                }
+                if let Err(f) = result {
                     bar.suspend(|| report(&args, &f));
                     let mut all = failures.lock().unwrap_or_else(|p| p.into_inner());
                     all.push(f);
@@ -198,6 +211,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         ran - failures.len() as u64,
         failures.len()
+    );
+    println!(
+        "in passing seeds: {} client ops acknowledged, {} snapshots taken, {} snapshots installed by lagging followers",
+        totals[0].load(Ordering::Relaxed),
+        totals[1].load(Ordering::Relaxed),
+        totals[2].load(Ordering::Relaxed)
     );
     if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
         println!(

@@ -92,6 +92,7 @@ impl SledStore {
                 cause: describe_sled(&e),
             },
         };
+        wait_for_sled_lock(&dir);
         // No background flusher: durability is persist()'s job, with one explicit
         // flush + fdatasync per call (sled's own timer would only add syncs).
         let db = sled::Config::new()
@@ -525,6 +526,29 @@ impl LogStore for SledStore {
 /// How a corruption message names log entry `index`: its index and its sled key.
 fn entry_name(index: LogIndex) -> String {
     format!("log entry {index} (key {index:016x} of tree \"log\")")
+}
+
+/// Waits (up to 5 s) until no earlier sled instance in this process still locks `<dir>/db`.
+///
+/// sled releases its lock on `db` when the last of its threads lets go of the database, which
+/// can be a little after the `Db` is dropped (its thread pool may still be writing or
+/// truncating the file). A store reopened at once by the same process, as after an in-process
+/// restart, would fail with sled's "could not acquire lock". Other processes are kept out by
+/// `<dir>/LOCK`, held by now, so whoever holds sled's lock is on its way out. On timeout sled's
+/// own open reports the lock.
+fn wait_for_sled_lock(dir: &Path) {
+    let Ok(db) = File::open(dir.join("db")) else {
+        return; // a new data dir, or sled's open will report what is wrong
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // `try_lock` (flock) conflicts with sled's flock on another open file description.
+    while let Err(TryLockError::WouldBlock) = db.try_lock() {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Dropping `db` releases the lock for sled to take.
 }
 
 /// Takes the exclusive lock on `<dir>/LOCK`.

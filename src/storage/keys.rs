@@ -5,7 +5,10 @@
 //!   LOCK        empty file; an exclusive lock on it (File::try_lock) marks the dir as in use
 //!   db, conf    sled 0.34's log file and its config (sled's format, not ours)
 //!   blobs/      sled's files for values too large for one log segment (> ~128 KiB)
-//!   snap.*      sled's recovery snapshots
+//!   snap.*      sled's recovery snapshots (not ours: ours are below)
+//!   snapshots/  state-machine snapshots: snapshot-<index 020>-<term 020>.snap, normally
+//!               exactly one; `*.tmp` only while one is being written (format and naming in
+//!               `snapshot_file.rs`)
 //! ```
 //!
 //! Inside sled there are two trees, one per concern:
@@ -14,6 +17,10 @@
 //! |--------|--------------------------------------|------------------------------------|
 //! | `meta` | `b"hard_state"`                      | postcard([`HardState`]) + CRC32    |
 //! | `log`  | log index as a big-endian `u64`      | postcard([`Entry`]) + CRC32        |
+//!
+//! The `log` tree holds the log after the latest snapshot (indexes contiguous from the
+//! snapshot's index + 1, or from 1 without one); only for the moment between a snapshot's
+//! rename and its compaction does it also hold entries the snapshot covers.
 //!
 //! Big-endian index keys sort like the numbers they encode, so a tree iteration is the log
 //! in index order, and "every entry from index i on" is one range scan.

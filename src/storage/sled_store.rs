@@ -68,6 +68,17 @@ impl SledStore {
         let lock = lock_dir(&dir)?;
         // Created before the data dir's fsync below, which makes its name durable.
         let snapshots = SnapshotDir::create(&dir)?;
+        // Before sled opens: a `.tmp` left by a write that failed on a full disk is removed
+        // before sled needs the space.
+        let scan = snapshots.scan()?;
+        if scan.removed_tmp + scan.removed_old > 0 {
+            tracing::info!(
+                dir = %snapshots.path().display(),
+                tmp = scan.removed_tmp,
+                old = scan.removed_old,
+                "removed leftover snapshot files"
+            );
+        }
 
         let open_err = |e: sled::Error| match e {
             // A disk fault (e.g. ENOSPC while sled recovers), not an incompatible database.
@@ -81,6 +92,7 @@ impl SledStore {
                 cause: describe_sled(&e),
             },
         };
+        wait_for_sled_lock(&dir);
         // No background flusher: durability is persist()'s job, with one explicit
         // flush + fdatasync per call (sled's own timer would only add syncs).
         let db = sled::Config::new()
@@ -127,7 +139,7 @@ impl SledStore {
                 synced_blobs: Mutex::new(BTreeSet::new()),
                 sync_count: AtomicU64::new(0),
                 snapshots,
-                snapshot: Mutex::new(None),
+                snapshot: Mutex::new(scan.latest),
                 log_bytes: AtomicU64::new(0),
                 dir,
                 _lock: lock,
@@ -135,29 +147,13 @@ impl SledStore {
         };
         store
             .sync_new_blobs()
-            .and_then(|()| store.recover_snapshot())
+            .and_then(|()| match scan.latest {
+                // Finish a compaction a crash interrupted.
+                Some(meta) => store.compact_log(meta),
+                None => Ok(()),
+            })
             .inspect_err(|_| store.clone().abandon())?;
         Ok(store)
-    }
-
-    /// The start-up half of `install_snapshot`: removes leftover `.tmp` files, checks the
-    /// latest snapshot's header, removes older snapshot files, and finishes a compaction a
-    /// crash interrupted (log entries the snapshot covers still in sled).
-    fn recover_snapshot(&self) -> Result<(), StorageError> {
-        let scan = self.inner.snapshots.scan()?;
-        if scan.removed_tmp + scan.removed_old > 0 {
-            tracing::info!(
-                dir = %self.inner.snapshots.path().display(),
-                tmp = scan.removed_tmp,
-                old = scan.removed_old,
-                "removed leftover snapshot files"
-            );
-        }
-        *self.lock_snapshot() = scan.latest;
-        match scan.latest {
-            Some(meta) => self.compact_log(meta),
-            None => Ok(()),
-        }
     }
 
     /// Gives the store up after a failed write, flush or sync, without closing sled.
@@ -265,6 +261,16 @@ impl SledStore {
     /// compares it with its size threshold to decide when to snapshot. Valid after `load`.
     pub fn log_bytes_since_snapshot(&self) -> u64 {
         self.inner.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Steps 1 and 2 of `install_snapshot`: the snapshot file is durable under its final name
+    /// and is the latest.
+    fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let dir = &self.inner.snapshots;
+        let tmp = dir.write_tmp(snapshot)?;
+        dir.publish(&tmp, snapshot.meta)?;
+        *self.lock_snapshot() = Some(snapshot.meta);
+        Ok(())
     }
 
     /// Step 3 of `install_snapshot` (and redone at start-up): removes from sled the entries
@@ -411,7 +417,10 @@ impl LogStore for SledStore {
             if let Some(meta) = snapshot.filter(|m| m.index == index) {
                 if entry.term != meta.term {
                     // Another history than the snapshot's: none of it is this node's log.
-                    log.clear();
+                    debug_assert!(
+                        log.is_empty(),
+                        "invariant: the snapshot's entry comes first"
+                    );
                     break;
                 }
                 continue;
@@ -514,21 +523,32 @@ impl LogStore for SledStore {
     }
 }
 
-impl SledStore {
-    /// Steps 1 and 2 of `install_snapshot`: the snapshot file is durable under its final name
-    /// and is the latest.
-    fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let dir = &self.inner.snapshots;
-        let tmp = dir.write_tmp(snapshot)?;
-        dir.publish(&tmp, snapshot.meta)?;
-        *self.lock_snapshot() = Some(snapshot.meta);
-        Ok(())
-    }
-}
-
 /// How a corruption message names log entry `index`: its index and its sled key.
 fn entry_name(index: LogIndex) -> String {
     format!("log entry {index} (key {index:016x} of tree \"log\")")
+}
+
+/// Waits (up to 5 s) until no earlier sled instance in this process still locks `<dir>/db`.
+///
+/// sled releases its lock on `db` when the last of its threads lets go of the database, which
+/// can be a little after the `Db` is dropped (its thread pool may still be writing or
+/// truncating the file). A store reopened at once by the same process, as after an in-process
+/// restart, would fail with sled's "could not acquire lock". Other processes are kept out by
+/// `<dir>/LOCK`, held by now, so whoever holds sled's lock is on its way out. On timeout sled's
+/// own open reports the lock.
+fn wait_for_sled_lock(dir: &Path) {
+    let Ok(db) = File::open(dir.join("db")) else {
+        return; // a new data dir, or sled's open will report what is wrong
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // `try_lock` (flock) conflicts with sled's flock on another open file description.
+    while let Err(TryLockError::WouldBlock) = db.try_lock() {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Dropping `db` releases the lock for sled to take.
 }
 
 /// Takes the exclusive lock on `<dir>/LOCK`.

@@ -132,16 +132,24 @@ impl SnapshotDir {
             let path = path.clone();
             move |cause| StorageError::File { path, op, cause }
         };
-        let mut file = File::create(&path).map_err(io("create"))?;
-        file.write_all(&header).map_err(io("write"))?;
-        file.write_all(&snapshot.data).map_err(io("write"))?;
-        file.write_all(&crc.finalize().to_le_bytes())
-            .map_err(io("write"))?;
-        file.sync_data().map_err(|cause| StorageError::Sync {
-            path: path.clone(),
-            cause,
-        })?;
-        Ok(path)
+        let written = File::create(&path)
+            .map_err(io("create"))
+            .and_then(|mut file| {
+                file.write_all(&header).map_err(io("write"))?;
+                file.write_all(&snapshot.data).map_err(io("write"))?;
+                file.write_all(&crc.finalize().to_le_bytes())
+                    .map_err(io("write"))?;
+                file.sync_data().map_err(|cause| StorageError::Sync {
+                    path: path.clone(),
+                    cause,
+                })
+            });
+        if written.is_err() {
+            // Best effort, so a full disk is not kept full by our own leftover (the next
+            // start removes it anyway); the write's error is the one that matters.
+            let _ = std::fs::remove_file(&path);
+        }
+        written.map(|()| path)
     }
 
     /// Step 2 of publishing: renames the synced `tmp` file to its final name and fsyncs the

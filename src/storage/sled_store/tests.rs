@@ -47,6 +47,28 @@ impl Fixture for MemFixture {
     }
 }
 
+/// Orders spawning a child process against closing and reopening a store.
+///
+/// A child holds a copy of every file descriptor of this process from its fork until its exec
+/// closes them (they are close-on-exec), so a store this thread drops in that window keeps its
+/// locks (our LOCK flock, sled's lock on `db`) until the child's exec, and reopening it at
+/// once fails as "locked". Spawns take this for writing, drop-and-reopen for reading. Not a
+/// concern for the node, which spawns nothing.
+static FORK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Drops `store` (which held `dir`), then opens `dir` again.
+fn reopen_dir(store: Option<SledStore>, dir: &Path) -> Result<SledStore, StorageError> {
+    let _no_fork = FORK.read().unwrap_or_else(PoisonError::into_inner);
+    drop(store);
+    SledStore::open(dir)
+}
+
+/// Spawns `cmd` with no store being reopened meanwhile (see [`FORK`]).
+fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let _forking = FORK.write().unwrap_or_else(PoisonError::into_inner);
+    cmd.spawn()
+}
+
 struct SledFixture {
     store: Option<SledStore>,
     dir: tempfile::TempDir,
@@ -66,8 +88,7 @@ impl Fixture for SledFixture {
         self.store.as_mut().unwrap()
     }
     fn reopen(&mut self) {
-        drop(self.store.take());
-        self.store = Some(SledStore::open(self.dir.path()).unwrap());
+        self.store = Some(reopen_dir(self.store.take(), self.dir.path()).unwrap());
     }
 }
 
@@ -401,9 +422,7 @@ fn second_open_of_a_locked_dir_fails_with_locked() {
     );
     assert!(!msg.contains('\n'));
     // The lock goes with the store.
-    let dir = f.dir;
-    drop(f.store);
-    SledStore::open(dir.path()).unwrap();
+    reopen_dir(f.store, f.dir.path()).unwrap();
 }
 
 #[test]
@@ -419,8 +438,7 @@ fn clones_share_the_lock_and_the_counter() {
         SledStore::open(f.dir.path()),
         Err(StorageError::Locked { .. })
     ));
-    drop(clone);
-    SledStore::open(f.dir.path()).unwrap();
+    reopen_dir(Some(clone), f.dir.path()).unwrap();
 }
 
 #[test]
@@ -583,7 +601,7 @@ fn crash_child() {
 fn persisted_batches_survive_sigkill() {
     use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = child_command("crash_child", tmp.path()).spawn().unwrap();
+    let mut child = spawn(&mut child_command("crash_child", tmp.path())).unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut reported_done = false;
     for line in stdout.lines() {
@@ -632,7 +650,7 @@ fn one_fdatasync_of_the_db_file_per_persist() {
         .env(CHILD_DIR_ENV, &data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let output = match cmd.output() {
+    let output = match spawn(&mut cmd).and_then(std::process::Child::wait_with_output) {
         Ok(output) => output,
         Err(e) => {
             // In CI the proof must run: .ci/run installs strace.
@@ -702,13 +720,18 @@ fn dir_size(dir: &Path) -> (u64, u64) {
 /// round appends `PER_SNAPSHOT` entries, then installs a snapshot covering them (the state of
 /// the same keys, so its size is constant); the store restarts every 25 rounds. sled 0.34 with
 /// its default 512 KiB segments reuses the segments the removed entries free: measured, the
-/// data dir stays at 2.7 MB (5 sled segments + one snapshot) while 15 MB of log go through it
-/// (without the snapshots it grows to 15 MB).
+/// data dir stays at 2.7 to 3.3 MB (5 or 6 sled segments + one snapshot) while 15 MB of log go
+/// through it (without the snapshots it grows to 15 MB).
+///
+/// sled frees and truncates segments in the background, so a busy machine can see it lag: the
+/// size after each restart (when the previous instance's threads are done, see
+/// `wait_for_sled_lock`) must be within `SETTLED`, and within `TRANSIENT` at every round.
 #[test]
 fn disk_use_stays_bounded_under_endless_overwrites() {
     const PER_SNAPSHOT: u64 = 250;
     const ROUNDS: u64 = 100;
-    const BOUND: u64 = 4 << 20;
+    const SETTLED: u64 = 4 << 20;
+    const TRANSIENT: u64 = 8 << 20;
     let mut f = SledFixture::new();
     let state = bytes::Bytes::from(vec![7u8; 100_000]);
     let mut written = 0;
@@ -737,19 +760,22 @@ fn disk_use_stays_bounded_under_endless_overwrites() {
                 data: state.clone(),
             },
         );
-        if round % 25 == 0 {
+        let bound = if round % 25 == 0 {
             f.reopen();
             assert_eq!(load(&mut f).1, vec![]);
             assert_eq!(latest(&mut f).unwrap().meta, meta);
-        }
+            SETTLED
+        } else {
+            TRANSIENT
+        };
         let (_, allocated) = dir_size(f.dir.path());
         largest = largest.max(allocated);
         assert!(
-            allocated <= BOUND,
+            allocated <= bound,
             "round {round}: the data dir takes {allocated} bytes after {written} bytes of log"
         );
     }
-    assert!(written > 3 * BOUND, "the test writes enough to matter");
+    assert!(written > 3 * SETTLED, "the test writes enough to matter");
     eprintln!("largest data dir: {largest} bytes; log bytes written: {written}");
 }
 
@@ -927,9 +953,8 @@ fn damage_and_expect(damage: impl FnOnce(&Path), at_open: bool, reason: &str) {
     // The older file is still there, as after a crash before its removal.
     f.store().publish_snapshot(&snap(4, 1)).unwrap();
     let path = snap_path(&f, 4, 1);
-    drop(f.store.take());
     damage(&path);
-    let err = match SledStore::open(f.dir.path()) {
+    let err = match reopen_dir(f.store.take(), f.dir.path()) {
         Err(err) => {
             assert!(at_open, "open failed: {err}");
             err
@@ -1001,13 +1026,172 @@ fn malformed_snapshot_name_fails_at_start() {
     let f = SledFixture::new();
     let path = f.dir.path().join("snapshots/snapshot-12-x.snap");
     std::fs::write(&path, b"").unwrap();
-    drop(f.store);
-    let msg = SledStore::open(f.dir.path()).err().unwrap().to_string();
+    let msg = reopen_dir(f.store, f.dir.path()).err().unwrap().to_string();
     assert!(
         msg.starts_with(&format!(
             "snapshot file {} is corrupt (the name",
             path.display()
         )),
         "{msg}"
+    );
+}
+
+// ---- crash (SIGKILL) in the middle of snapshotting ----
+
+const SNAP_ROUND: u64 = 20;
+const SNAP_CHILD_SAYS: &str = "KVSTORE-CHILD-ROUND ";
+
+/// The snapshot the crash child installs in round `round`: it covers all but the last 5
+/// entries of the round, and its data (~64 KiB) names its index.
+fn round_snapshot(round: u64) -> Snapshot {
+    let index = round * SNAP_ROUND - 5;
+    let data = format!("{index:>16}").repeat(4096);
+    Snapshot {
+        meta: SnapshotMeta { index, term: 1 },
+        data: bytes::Bytes::from(data),
+    }
+}
+
+#[test]
+#[ignore = "helper: run in a child process by snapshots_survive_sigkill_at_any_point"]
+fn snapshot_crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let mut store = SledStore::open(Path::new(&dir)).unwrap();
+    for round in 1.. {
+        let first = (round - 1) * SNAP_ROUND + 1;
+        let last = round * SNAP_ROUND;
+        store
+            .persist(Some(&hs(1, Some(1), last)), &entries(1, first..=last))
+            .unwrap();
+        store.install_snapshot(&round_snapshot(round)).unwrap();
+        println!("{SNAP_CHILD_SAYS}{round}");
+    }
+}
+
+/// A child persists and snapshots in a loop; it is killed at whatever point it reached after
+/// reporting round `n`, for a few `n`. Each time, the reopened store holds a verified snapshot
+/// at least as new as the last reported one and a contiguous log after it up to at least the
+/// last reported entry.
+#[test]
+fn snapshots_survive_sigkill_at_any_point() {
+    for kill_after in [3, 7, 12] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = spawn(&mut child_command("snapshot_crash_child", tmp.path())).unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut reported = 0;
+        for line in stdout.lines() {
+            if let Some((_, n)) = line.unwrap().split_once(SNAP_CHILD_SAYS) {
+                reported = n.trim().parse().unwrap();
+                if reported >= kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(reported >= kill_after, "child died after round {reported}");
+
+        let store = SledStore::open(tmp.path()).unwrap();
+        let snapshot = store.snapshot().unwrap().unwrap();
+        let round = (snapshot.meta.index + 5) / SNAP_ROUND;
+        assert!(round >= reported, "snapshot of round {round} < {reported}");
+        assert_eq!(snapshot, round_snapshot(round));
+        let (hard_state, log) = store.load().unwrap();
+        let first = snapshot.meta.index + 1;
+        let last = first + log.len() as u64 - 1;
+        assert_eq!(log, entries(1, first..=last));
+        assert!(last >= reported * SNAP_ROUND && hard_state.commit >= last);
+    }
+}
+
+// ---- restart time with a large snapshot ----
+
+/// An encoded put of key `i` (16-byte key, 100-byte value).
+fn put(i: u64) -> Vec<u8> {
+    use crate::state_machine::{Command, Proposal};
+    Proposal {
+        session: None,
+        command: Command::Put {
+            key: format!("key-{i:012}"),
+            value: format!("{i:0>100}"),
+            fence: None,
+        },
+    }
+    .encode()
+}
+
+/// Restart time for a snapshot of 1,000,000 keys (16-byte keys, 100-byte values) and 10,000
+/// log entries after it. Run with
+/// `cargo test --release --lib restart_time -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: run in release mode"]
+fn restart_time_with_a_million_keys() {
+    use crate::state_machine::{SessionLimits, StateMachine};
+    use std::time::Instant;
+    const KEYS: u64 = 1_000_000;
+    const TAIL: u64 = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut machine = StateMachine::new();
+        for i in 1..=KEYS {
+            machine.apply(i, &put(i)).unwrap();
+        }
+        let mut store = SledStore::open(tmp.path()).unwrap();
+        let t = Instant::now();
+        let data = bytes::Bytes::from(machine.snapshot());
+        let serialize = t.elapsed();
+        let t = Instant::now();
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: KEYS,
+                term: 1,
+            },
+            data,
+        };
+        store.install_snapshot(&snapshot).unwrap();
+        println!(
+            "snapshot: {} bytes; serialize {serialize:?}, install (write + fsync) {:?}",
+            snapshot.data.len(),
+            t.elapsed()
+        );
+        let tail: Vec<Entry> = (KEYS + 1..=KEYS + TAIL)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                payload: Payload::Command(put(index - KEYS)),
+            })
+            .collect();
+        for batch in tail.chunks(100) {
+            store.persist(None, batch).unwrap();
+        }
+    }
+    let start = Instant::now();
+    let store = SledStore::open(tmp.path()).unwrap();
+    let open = start.elapsed();
+    let t = Instant::now();
+    let (_, log) = store.load().unwrap();
+    let load = t.elapsed();
+    let t = Instant::now();
+    let snapshot = store.snapshot().unwrap().unwrap();
+    let read = t.elapsed();
+    let t = Instant::now();
+    let mut machine = StateMachine::restore(&snapshot.data, SessionLimits::default()).unwrap();
+    let restore = t.elapsed();
+    let t = Instant::now();
+    for entry in &log {
+        let Payload::Command(data) = &entry.payload else {
+            panic!("a put")
+        };
+        machine.apply(entry.index, data).unwrap();
+    }
+    let replay = t.elapsed();
+    let total = start.elapsed();
+    assert_eq!(log.len() as u64, TAIL);
+    assert_eq!(machine.len(), KEYS as usize);
+    println!(
+        "restart: open {open:?}, load {TAIL} entries {load:?}, read + verify snapshot {read:?}, \
+         restore {restore:?}, replay {replay:?}; total {total:?}"
     );
 }

@@ -7,8 +7,6 @@ use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
 use super::{BenchConfig, BenchError, ReadConsistency};
 
-/// How long to wait for the cluster to name a leader.
-const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on one connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between two leader probes.
@@ -90,10 +88,10 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<EtcdCon
             Ok(None) => "no leader elected".to_string(),
             Err(e) => e.to_string(),
         };
-        if started.elapsed() > LEADER_DEADLINE {
+        if started.elapsed() > config.leader_timeout {
             return Err(BenchError::NoLeader {
                 endpoints: config.endpoints.join(","),
-                waited_s: LEADER_DEADLINE.as_secs(),
+                waited_s: config.leader_timeout.as_secs_f64(),
                 last,
             });
         }

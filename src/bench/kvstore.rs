@@ -11,8 +11,6 @@ use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::{Consistency, GetRequest, PutRequest, Role, StatusRequest};
 
-/// How long to wait for a leader to be named.
-const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on one status probe or one connection attempt.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between two rounds of status probes.
@@ -101,7 +99,8 @@ fn endpoint(addr: &str) -> Result<Endpoint, BenchError> {
 }
 
 /// Asks every endpoint for its status until one is leader or names one.
-async fn find_leader(endpoints: &[String]) -> Result<String, BenchError> {
+async fn find_leader(config: &BenchConfig) -> Result<String, BenchError> {
+    let endpoints = &config.endpoints;
     let started = Instant::now();
     let mut last = "no answer yet".to_string();
     loop {
@@ -122,10 +121,10 @@ async fn find_leader(endpoints: &[String]) -> Result<String, BenchError> {
                 Err(_) => last = format!("{addr}: no answer within {PROBE_TIMEOUT:?}"),
             }
         }
-        if started.elapsed() > LEADER_DEADLINE {
+        if started.elapsed() > config.leader_timeout {
             return Err(BenchError::NoLeader {
                 endpoints: endpoints.join(","),
-                waited_s: LEADER_DEADLINE.as_secs(),
+                waited_s: config.leader_timeout.as_secs_f64(),
                 last,
             });
         }
@@ -135,7 +134,7 @@ async fn find_leader(endpoints: &[String]) -> Result<String, BenchError> {
 
 /// The leader's address and `config.connections` connected clients to it.
 pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<KvConn>), BenchError> {
-    let leader = find_leader(&config.endpoints).await?;
+    let leader = find_leader(config).await?;
     let mut pool = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
         let channel = endpoint(&leader)?

@@ -109,6 +109,8 @@ pub struct BenchConfig {
     pub preload: bool,
     /// Bound on one request; a request that takes longer counts as an error.
     pub request_timeout: Duration,
+    /// How long to wait for the cluster to name a leader before giving up.
+    pub leader_timeout: Duration,
     /// Draw a progress bar on stderr (indicatif hides it when stderr is not a terminal).
     pub progress: bool,
 }
@@ -120,12 +122,12 @@ pub enum BenchError {
     #[error("invalid option: {0}")]
     Invalid(String),
     /// No node named a leader before the deadline.
-    #[error("no leader found among {endpoints} within {waited_s} s (last answer: {last}); is the cluster running?")]
+    #[error("no leader found among {endpoints} within {waited_s:.1} s (last answer: {last}); is the cluster running?")]
     NoLeader {
         /// The endpoints asked.
         endpoints: String,
-        /// How long we asked.
-        waited_s: u64,
+        /// How long we asked, in seconds.
+        waited_s: f64,
         /// The last error or answer seen.
         last: String,
     },
@@ -240,6 +242,7 @@ mod tests {
             warmup: Duration::ZERO,
             preload: true,
             request_timeout: Duration::from_secs(1),
+            leader_timeout: Duration::from_secs(1),
             progress: false,
         }
     }

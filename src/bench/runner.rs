@@ -259,6 +259,7 @@ mod tests {
                 warmup,
                 preload: false,
                 request_timeout: Duration::from_secs(1),
+                leader_timeout: Duration::from_secs(1),
                 progress: false,
             },
             value: String::new(),

@@ -70,6 +70,9 @@ struct Args {
     /// A request not answered within this long counts as an error.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Give up if no leader is named within this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_timeout: Duration,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -114,6 +117,7 @@ impl From<Args> for BenchConfig {
             warmup: args.warmup,
             preload: !args.no_preload,
             request_timeout: args.timeout,
+            leader_timeout: args.leader_timeout,
             progress: !args.no_progress,
         }
     }

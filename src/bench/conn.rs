@@ -8,9 +8,9 @@ use super::{BenchConfig, BenchError, ReadConsistency, Target};
 pub(crate) enum Conn {
     /// kvstore's `KV` service.
     Kvstore(KvConn),
-    /// etcd's KV service.
+    /// etcd's KV service (boxed: etcd-client's handle is several times larger).
     #[cfg(feature = "etcd")]
-    Etcd(super::etcd::EtcdConn),
+    Etcd(Box<super::etcd::EtcdConn>),
 }
 
 impl Conn {
@@ -57,7 +57,7 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<Conn>),
         #[cfg(feature = "etcd")]
         Target::Etcd => {
             let (leader, pool) = super::etcd::connect(config).await?;
-            Ok((leader, pool.into_iter().map(Conn::Etcd).collect()))
+            Ok((leader, pool.into_iter().map(|c| Conn::Etcd(Box::new(c))).collect()))
         }
         #[cfg(not(feature = "etcd"))]
         Target::Etcd => Err(BenchError::EtcdNotBuilt),

@@ -188,6 +188,7 @@ fi
   echo "memory: $(free -h | awk '/^Mem:/ { print $2 }')"
   echo "disk: $(df -h "$RUN_DIR" | awk 'NR == 2 { print $1 " (" $2 ")" }'), data dirs under $(dirname "$RUN_DIR")"
   echo "kernel: $(uname -r)"
+  echo "load average before the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
   [[ $VS_ETCD == 1 ]] && echo "etcd: $(etcd --version | head -1)"
   echo "command: scripts/bench.sh $ARGS"
   echo "matrix: workloads [$WORKLOADS], clients [$CLIENTS], $DURATION measured after $WARMUP warmup, 100-byte values, $KEY_SPACE keys"
@@ -212,7 +213,8 @@ profile_leader() {
   [[ -n $id ]] || { say "perf: no leader to profile"; return; }
   pid=${PIDS[kvstore-$id]}
   say "perf: recording kvstore leader (node $id, pid $pid) for the measured run"
-  perf record -F 499 -g -p "$pid" -o "$OUT/perf.data" -- sleep "$(secs "$DURATION")" \
+  perf record -F 299 --call-graph dwarf,16384 -p "$pid" -o "$RUN_DIR/perf.data" \
+    -- sleep "$(secs "$DURATION")" \
     >"$RUN_DIR/perf.log" 2>&1 &
   PIDS[perf]=$!
 }
@@ -261,13 +263,22 @@ for workload in "${WORKLOAD_LIST[@]}"; do
   done
 done
 
+echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+
 # ---------------------------------------------------------------- 5. table and plots
 step "Results ($RESULTS)"
 "$BIN/kvstore-plot" "$RESULTS" --out "$OUT" --font "$FONT" \
   --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, 3 nodes"
-if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
-  perf report -i "$OUT/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 \
-    2>/dev/null | grep -v '^$' | head -120 >"$OUT/perf-leader.txt" || true
-  say "perf profile of the leader: $OUT/perf-leader.txt (raw data: $OUT/perf.data)"
+if [[ $PERF == 1 && -f $RUN_DIR/perf.data ]]; then
+  {
+    echo "# kvstore leader under put with $PERF_CLIENTS clients: self time (flat), then inclusive time"
+    echo "# of the kvstore functions (children), from perf record --call-graph dwarf"
+    perf report -i "$RUN_DIR/perf.data" --stdio --no-children -g none --sort dso,symbol \
+      --percent-limit 0.7 -w 8,16,100 2>/dev/null | grep -v '^$'
+    echo
+    perf report -i "$RUN_DIR/perf.data" --stdio --children -g none --sort symbol --dsos kvstore \
+      --percent-limit 3 -w 8,8,110 2>/dev/null | grep -v '^$' | head -70
+  } | cut -c1-160 | sed -E 's/ +- +- *$//; s/ *$//' >"$OUT/perf-leader.txt" || true
+  say "perf profile of the leader: $OUT/perf-leader.txt"
 fi
 say "machine: $OUT/machine.txt"

@@ -60,6 +60,16 @@ struct Args {
     /// Leader heartbeat interval in milliseconds (also the node's tick).
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_interval_ms: u64,
+
+    /// Snapshot the state and compact the log after this many applied entries.
+    #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_entries: u64,
+
+    /// ... or after this many bytes of applied commands (default 64 MiB).
+    #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_bytes: u64,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -74,6 +84,8 @@ impl TryFrom<Args> for NodeConfig {
             peers: config::parse_peers(&a.peers, a.id)?,
             election_timeout: Duration::from_millis(a.election_timeout_ms),
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+            snapshot_entries: a.snapshot_entries,
+            snapshot_bytes: a.snapshot_bytes,
         };
         config.validate()?;
         Ok(config)
@@ -99,9 +111,9 @@ fn main() -> ExitCode {
 /// [`EXIT_STORAGE`] for a storage failure, 1 for anything else.
 fn exit_code(err: &anyhow::Error) -> ExitCode {
     match err.downcast_ref::<RunError>() {
-        Some(RunError::Fatal(Fatal::Storage(_) | Fatal::StorageTask { .. })) => {
-            ExitCode::from(EXIT_STORAGE)
-        }
+        Some(RunError::Fatal(
+            Fatal::Storage(_) | Fatal::StorageTask { .. } | Fatal::BadSnapshot { .. },
+        )) => ExitCode::from(EXIT_STORAGE),
         _ => ExitCode::FAILURE,
     }
 }

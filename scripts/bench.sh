@@ -188,6 +188,12 @@ fi
   echo "memory: $(free -h | awk '/^Mem:/ { print $2 }')"
   echo "disk: $(df -h "$RUN_DIR" | awk 'NR == 2 { print $1 " (" $2 ")" }'), data dirs under $(dirname "$RUN_DIR")"
   echo "kernel: $(uname -r)"
+  # The physical floor of a put: one synchronous write on this disk (plus the network).
+  echo "synchronous 512-byte write on the data disk (dd oflag=dsync, 500 writes): $(
+    dd if=/dev/zero of="$RUN_DIR/dsync.test" bs=512 count=500 oflag=dsync 2>&1 |
+      awk '/copied/ { for (i = 1; i <= NF; i++) if ($i ~ /^s,?$/) t = $(i - 1); printf "%.0f us per write", t * 1e6 / 500 }'
+  )"
+  rm -f "$RUN_DIR/dsync.test"
   echo "load average before the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
   [[ $VS_ETCD == 1 ]] && echo "etcd: $(etcd --version | head -1)"
   echo "command: scripts/bench.sh $ARGS"

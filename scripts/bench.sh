@@ -219,7 +219,7 @@ profile_leader() {
   [[ -n $id ]] || { say "perf: no leader to profile"; return; }
   pid=${PIDS[kvstore-$id]}
   say "perf: recording kvstore leader (node $id, pid $pid) for the measured run"
-  perf record -F 299 --call-graph dwarf,16384 -p "$pid" -o "$RUN_DIR/perf.data" \
+  perf record -F 299 --call-graph dwarf,16384 -p "$pid" -o "$OUT/perf.data" \
     -- sleep "$(secs "$DURATION")" \
     >"$RUN_DIR/perf.log" 2>&1 &
   PIDS[perf]=$!
@@ -275,16 +275,16 @@ echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/m
 step "Results ($RESULTS)"
 "$BIN/kvstore-plot" "$RESULTS" --out "$OUT" --font "$FONT" \
   --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, 3 nodes"
-if [[ $PERF == 1 && -f $RUN_DIR/perf.data ]]; then
+if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
   {
     echo "# kvstore leader under put with $PERF_CLIENTS clients: self time (flat), then inclusive time"
     echo "# of the kvstore functions (children), from perf record --call-graph dwarf"
-    perf report -i "$RUN_DIR/perf.data" --stdio --no-children -g none --sort dso,symbol \
+    perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol \
       --percent-limit 0.7 -w 8,16,100 2>/dev/null | grep -v '^$'
     echo
-    perf report -i "$RUN_DIR/perf.data" --stdio --children -g none --sort symbol --dsos kvstore \
+    perf report -i "$OUT/perf.data" --stdio --children -g none --sort symbol --dsos kvstore \
       --percent-limit 3 -w 8,8,110 2>/dev/null | grep -v '^$' | head -70
   } | cut -c1-160 | sed -E 's/ +- +- *$//; s/ *$//' >"$OUT/perf-leader.txt" || true
-  say "perf profile of the leader: $OUT/perf-leader.txt"
+  say "perf profile of the leader: $OUT/perf-leader.txt (raw: $OUT/perf.data)"
 fi
 say "machine: $OUT/machine.txt"

@@ -57,7 +57,10 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<Conn>),
         #[cfg(feature = "etcd")]
         Target::Etcd => {
             let (leader, pool) = super::etcd::connect(config).await?;
-            Ok((leader, pool.into_iter().map(|c| Conn::Etcd(Box::new(c))).collect()))
+            Ok((
+                leader,
+                pool.into_iter().map(|c| Conn::Etcd(Box::new(c))).collect(),
+            ))
         }
         #[cfg(not(feature = "etcd"))]
         Target::Etcd => Err(BenchError::EtcdNotBuilt),

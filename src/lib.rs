@@ -6,12 +6,14 @@
 //!   node/     the driver: one task owns the Raft core, storage and state machine
 //!   rpc/      tonic services and peer clients; proto <-> core conversions
 //!   client/   Rust client: leader discovery, redirects, retries, sessions
+//!   bench/    load generator behind kvstore-bench (kvstore, and etcd with feature `etcd`)
 //!   storage/  sled: hard state and log; the fsync discipline
 //!   raft/     PURE consensus core
 //!   state_machine/  PURE KV state machine
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod lincheck;

@@ -1,0 +1,300 @@
+//! The closed loop: one task per client, a shared stop condition, a progress bar.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinSet;
+
+use super::conn::{connect, Conn};
+use super::report::{describe_limit, ClientStats};
+use super::{BenchConfig, BenchError, Limit, Report, Workload};
+
+/// How often the progress bar is redrawn.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+/// Concurrent writers while preloading the key space.
+const PRELOAD_WRITERS: u64 = 32;
+
+/// The key of index `i`: fixed width, so every key has the same size.
+fn key(i: u64) -> String {
+    format!("bench/{i:012}")
+}
+
+/// A value of `size` printable bytes (the wire type is a string).
+fn value(size: usize, rng: &mut SmallRng) -> String {
+    (0..size)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+/// What all clients share.
+struct Shared {
+    /// When measuring starts (end of the warmup).
+    measure_start: Instant,
+    /// When a client stops starting requests (duration limit only).
+    deadline: Option<Instant>,
+    /// Measured requests started so far (total limit only).
+    started: AtomicU64,
+    /// Measured requests completed, for the progress bar.
+    completed: AtomicU64,
+    config: BenchConfig,
+    value: String,
+}
+
+impl Shared {
+    /// Whether the next request, starting at `now`, is measured; `None` to stop.
+    fn admit(&self, now: Instant) -> Option<bool> {
+        if self.deadline.is_some_and(|d| now >= d) {
+            return None;
+        }
+        let measured = now >= self.measure_start;
+        if measured {
+            if let Limit::Total(total) = self.config.limit {
+                if self.started.fetch_add(1, Ordering::Relaxed) >= total {
+                    return None;
+                }
+            }
+        }
+        Some(measured)
+    }
+}
+
+/// Runs one benchmark as `config` says and returns its report.
+///
+/// # Errors
+/// Invalid options, no leader, a failed connection or preload. Failed requests during the
+/// run are not errors: the report counts them.
+pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    config.validate()?;
+    let (leader, pool) = connect(config).await?;
+    let mut rng = SmallRng::seed_from_u64(0x6b76_7374);
+    let value = value(config.value_size, &mut rng);
+    if config.reads() && config.preload {
+        preload(config, &pool, &value).await?;
+    }
+
+    let measure_start = Instant::now() + config.warmup;
+    let shared = Arc::new(Shared {
+        measure_start,
+        deadline: match config.limit {
+            Limit::Duration(d) => Some(measure_start + d),
+            Limit::Total(_) => None,
+        },
+        started: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+        config: config.clone(),
+        value,
+    });
+    let mut clients = JoinSet::new();
+    for i in 0..config.clients {
+        let conn = pool[i % pool.len()].clone();
+        let stats = ClientStats::new().map_err(|e| BenchError::Invalid(e.to_string()))?;
+        clients.spawn(client(i as u64, conn, Arc::clone(&shared), stats));
+    }
+    let progress = progress_bar(config);
+    let mut stats = ClientStats::new().map_err(|e| BenchError::Invalid(e.to_string()))?;
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            joined = clients.join_next() => match joined {
+                Some(Ok(client_stats)) => stats.merge(client_stats),
+                Some(Err(e)) => stats.error(format!("client task failed: {e}")),
+                None => break,
+            },
+            _ = tick.tick() => update_progress(&progress, &shared),
+        }
+    }
+    let elapsed = Instant::now().saturating_duration_since(measure_start);
+    progress.finish_and_clear();
+    Ok(Report::new(config, leader, elapsed.as_secs_f64(), &stats))
+}
+
+/// One closed-loop client: the next request leaves when the previous one is answered.
+async fn client(
+    id: u64,
+    mut conn: Conn,
+    shared: Arc<Shared>,
+    mut stats: ClientStats,
+) -> ClientStats {
+    let config = &shared.config;
+    let mut rng = SmallRng::seed_from_u64(id);
+    loop {
+        let start = Instant::now();
+        let Some(measured) = shared.admit(start) else {
+            break;
+        };
+        let key = key(rng.random_range(0..config.key_space));
+        let read = match config.workload {
+            Workload::Put => false,
+            Workload::Get => true,
+            Workload::Mixed => rng.random_bool(config.read_ratio),
+        };
+        // A write "finds" nothing, so both operations yield a `found` flag.
+        let op = async {
+            if read {
+                conn.get(key, config.consistency).await
+            } else {
+                conn.put(key, &shared.value).await.map(|()| false)
+            }
+        };
+        let result = tokio::time::timeout(config.request_timeout, op).await;
+        if !measured {
+            continue;
+        }
+        match result {
+            Ok(Ok(found)) => {
+                stats.record(start.elapsed().as_micros() as u64);
+                if read {
+                    stats.reads += 1;
+                    stats.not_found += u64::from(!found);
+                } else {
+                    stats.writes += 1;
+                }
+                shared.completed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(kind)) => stats.error(kind),
+            Err(_) => stats.error(format!(
+                "timeout: no answer within {:?}",
+                config.request_timeout
+            )),
+        }
+    }
+    stats
+}
+
+/// Writes every key of the key space once, `PRELOAD_WRITERS` at a time.
+async fn preload(config: &BenchConfig, pool: &[Conn], value: &str) -> Result<(), BenchError> {
+    let writers = PRELOAD_WRITERS.min(config.key_space);
+    let mut tasks = JoinSet::new();
+    for w in 0..writers {
+        let mut conn = pool[w as usize % pool.len()].clone();
+        let value = value.to_string();
+        let (space, timeout) = (config.key_space, config.request_timeout);
+        tasks.spawn(async move {
+            for i in (w..space).step_by(writers as usize) {
+                match tokio::time::timeout(timeout, conn.put(key(i), &value)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(kind)) => return Err(format!("put {}: {kind}", key(i))),
+                    Err(_) => return Err(format!("put {}: no answer within {timeout:?}", key(i))),
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined
+            .map_err(|e| BenchError::Preload(e.to_string()))?
+            .map_err(BenchError::Preload)?;
+    }
+    Ok(())
+}
+
+fn progress_bar(config: &BenchConfig) -> ProgressBar {
+    if !config.progress {
+        return ProgressBar::hidden();
+    }
+    let (len, template) = match config.limit {
+        Limit::Duration(d) => (d.as_millis() as u64, "{prefix} [{bar:30}] {msg}"),
+        Limit::Total(n) => (n, "{prefix} [{bar:30}] {pos}/{len} {msg}"),
+    };
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!(
+        "{} {} x{} for {}",
+        config.target,
+        config.workload,
+        config.clients,
+        describe_limit(config.limit)
+    ));
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, shared: &Shared) {
+    let now = Instant::now();
+    if now < shared.measure_start {
+        bar.set_message("warming up");
+        return;
+    }
+    let ops = shared.completed.load(Ordering::Relaxed);
+    let secs = now.duration_since(shared.measure_start).as_secs_f64();
+    match shared.config.limit {
+        Limit::Duration(_) => bar.set_position((secs * 1000.0) as u64),
+        Limit::Total(_) => bar.set_position(ops),
+    }
+    let rate = if secs > 0.0 { ops as f64 / secs } else { 0.0 };
+    bar.set_message(format!("{ops} ops, {rate:.0} ops/s"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(limit: Limit, warmup: Duration) -> Shared {
+        let measure_start = Instant::now() + warmup;
+        Shared {
+            measure_start,
+            deadline: match limit {
+                Limit::Duration(d) => Some(measure_start + d),
+                Limit::Total(_) => None,
+            },
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            config: BenchConfig {
+                target: super::super::Target::Kvstore,
+                endpoints: vec!["127.0.0.1:1".into()],
+                workload: Workload::Put,
+                consistency: super::super::ReadConsistency::Linearizable,
+                read_ratio: 0.0,
+                clients: 1,
+                connections: 1,
+                limit,
+                key_space: 10,
+                value_size: 10,
+                warmup,
+                preload: false,
+                request_timeout: Duration::from_secs(1),
+                leader_timeout: Duration::from_secs(1),
+                progress: false,
+            },
+            value: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_total_limit_admits_exactly_that_many_measured_requests() {
+        let s = shared(Limit::Total(3), Duration::ZERO);
+        let now = Instant::now() + Duration::from_millis(1);
+        let admitted: Vec<_> = (0..5).map(|_| s.admit(now)).collect();
+        assert_eq!(admitted, [Some(true), Some(true), Some(true), None, None]);
+    }
+
+    #[test]
+    fn warmup_requests_are_admitted_unmeasured_and_the_deadline_stops_clients() {
+        let s = shared(
+            Limit::Duration(Duration::from_secs(5)),
+            Duration::from_secs(60),
+        );
+        assert_eq!(s.admit(Instant::now()), Some(false));
+        assert_eq!(
+            s.started.load(Ordering::Relaxed),
+            0,
+            "warmup does not count"
+        );
+        assert_eq!(s.admit(s.measure_start), Some(true));
+        assert_eq!(s.admit(s.measure_start + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn keys_have_a_fixed_width_and_values_the_asked_size() {
+        assert_eq!(key(7).len(), key(123_456).len());
+        let v = value(100, &mut SmallRng::seed_from_u64(1));
+        assert_eq!(v.len(), 100);
+        assert!(v.bytes().all(|b| b.is_ascii_lowercase()));
+    }
+}

@@ -30,6 +30,32 @@ pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
 /// The shape every `--peers` item must have, quoted in errors.
 const PEER_ITEM_SHAPE: &str = "expected PORT, HOST:PORT or ID=HOST:PORT";
 
+/// How the leader confirms a linearizable read (`--read-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// A heartbeat round confirms leadership for each batch of reads (Raft thesis §6.4).
+    #[default]
+    ReadIndex,
+    /// No round while the leader holds a lease: a quorum answered a heartbeat sent less than
+    /// an election timeout (minus a margin) ago. Assumes bounded clock-rate drift between
+    /// nodes (see `raft/core/lease.rs`); every node must use the same mode.
+    Lease,
+}
+
+impl std::str::FromStr for ReadMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "readindex" => Ok(ReadMode::ReadIndex),
+            "lease" => Ok(ReadMode::Lease),
+            other => Err(format!(
+                "unknown read mode {other:?}: expected lease or readindex"
+            )),
+        }
+    }
+}
+
 /// Another member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -56,6 +82,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// Leader heartbeat interval; also the period of the driver's tick.
     pub heartbeat_interval: Duration,
+    /// How linearizable reads are confirmed.
+    pub read_mode: ReadMode,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -106,6 +134,7 @@ impl NodeConfig {
             peers: Vec::new(),
             election_timeout: DEFAULT_ELECTION_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            read_mode: ReadMode::ReadIndex,
         }
     }
 

@@ -60,6 +60,12 @@ struct Args {
     /// Leader heartbeat interval in milliseconds (also the node's tick).
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_interval_ms: u64,
+
+    /// How the leader confirms linearizable reads: `readindex` (a heartbeat round per batch
+    /// of reads) or `lease` (no round while a quorum answered recently; assumes bounded
+    /// clock drift between nodes). Use the same mode on every node.
+    #[arg(long, default_value = "readindex", value_name = "MODE")]
+    read_mode: config::ReadMode,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -74,6 +80,7 @@ impl TryFrom<Args> for NodeConfig {
             peers: config::parse_peers(&a.peers, a.id)?,
             election_timeout: Duration::from_millis(a.election_timeout_ms),
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+            read_mode: a.read_mode,
         };
         config.validate()?;
         Ok(config)

@@ -71,6 +71,8 @@ pub struct Driver {
     lease_term: Option<Term>,
     /// Bumped when a lock is released or expires, so waiting acquirers retry.
     locks_freed: watch::Sender<u64>,
+    /// Keeps the core's lease clock in step with real time (`handover.rs`).
+    clock: handover::TickClock,
 }
 
 impl Driver {
@@ -90,6 +92,7 @@ impl Driver {
         rc.election_ticks = config.election_ticks();
         rc.heartbeat_ticks = 1;
         rc.seed = start_seed(config.id);
+        rc.lease_reads = config.read_mode == crate::config::ReadMode::Lease;
         info!(
             node_id = config.id,
             term = hard_state.term,
@@ -116,6 +119,7 @@ impl Driver {
             leases: BTreeMap::new(),
             lease_term: None,
             locks_freed: inbox.locks_freed,
+            clock: handover::TickClock::new(),
         })
     }
 
@@ -193,7 +197,9 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
+        self.clock.catch_up(&mut self.core, self.tick);
         self.core.tick();
+        self.clock.ticked();
         self.pending.prune_closed();
         self.sync_leases();
         self.maybe_expire_leases();
@@ -207,8 +213,8 @@ impl Driver {
                     self.leading = Some(term);
                     self.pending.add_write(index, term, reply);
                 }
-                Err(NotLeader { leader }) => {
-                    let _ = reply.send(Err(self.not_leader(leader)));
+                Err(e) => {
+                    let _ = reply.send(Err(self.refused(e)));
                 }
             },
             Request::Read {
@@ -225,6 +231,8 @@ impl Driver {
                 reply,
             } => {
                 let id = self.pending.next_read_id();
+                // A lease is measured in ticks: count the ones a stall made us miss first.
+                self.clock.catch_up(&mut self.core, self.tick);
                 match self.core.read_index(id) {
                     Ok(()) => {
                         self.leading = Some(self.core.status().term);
@@ -244,6 +252,12 @@ impl Driver {
             Request::PeerReply { mut msg } => {
                 msg.rpc_id = 0;
                 self.core.step(msg);
+            }
+            Request::TransferLeadership { target, reply } => {
+                let _ = reply.send(self.transfer_leadership(target));
+            }
+            Request::HandOver { reply } => {
+                let _ = reply.send(self.hand_over());
             }
         }
     }
@@ -499,8 +513,8 @@ impl Driver {
                 Ok(Proposed { index, .. }) => {
                     debug!(lock = %name, token, index, "proposed lease expiry");
                 }
-                // Leadership is gone; the next sync clears the leases.
-                Err(NotLeader { .. }) => return,
+                // Leadership is gone (or being handed over); the next sync clears the leases.
+                Err(_) => return,
             }
         }
     }
@@ -578,11 +592,16 @@ impl Driver {
                 Request::Read { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Request::Peer { .. } | Request::PeerReply { .. } => {}
+                Request::TransferLeadership { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::Peer { .. } | Request::PeerReply { .. } | Request::HandOver { .. } => {}
             }
         }
     }
 }
+
+mod handover;
 
 /// A lease of `ttl_ms` starting at `now`.
 fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {

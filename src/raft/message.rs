@@ -77,6 +77,22 @@ pub enum MessageBody {
         /// Echo of the request's `read_ctx`.
         read_ctx: u64,
     },
+    /// Leadership transfer (Raft thesis §3.10): the leader tells a caught-up follower to start
+    /// an election now, skipping PreVote. Acted on only when it comes from the receiver's
+    /// current-term leader.
+    TimeoutNow,
+    /// Reply to TimeoutNow (an acknowledgement; the leader needs nothing from it).
+    TimeoutNowResponse,
+    /// A RequestVote sent by a candidate campaigning because its leader sent it TimeoutNow.
+    /// Voters do not apply leader stickiness to it (the leader asked for this election);
+    /// the term rules and the log up-to-date check (§5.4.1) apply as to any vote request.
+    /// Answered with `RequestVoteResponse`.
+    TransferRequestVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+    },
 }
 
 impl MessageBody {
@@ -89,14 +105,20 @@ impl MessageBody {
             MessageBody::PreVoteResponse { .. } => "PreVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TimeoutNowResponse => "TimeoutNowResponse",
+            MessageBody::TransferRequestVote { .. } => "TransferRequestVote",
         }
     }
 
-    /// True for the two request kinds (which expect exactly one response).
+    /// True for the request kinds (which expect exactly one response).
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. }
+            MessageBody::RequestVote { .. }
+                | MessageBody::AppendEntries { .. }
+                | MessageBody::TimeoutNow
+                | MessageBody::TransferRequestVote { .. }
         )
     }
 }

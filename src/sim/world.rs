@@ -478,7 +478,7 @@ impl World {
                 Ok(p) => {
                     n.pending_writes.insert(p.index, (p.term, waiting));
                 }
-                Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
+                Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader()))),
             },
             ReqOp::Read(key) => {
                 let rid = n.next_read_id;
@@ -1143,6 +1143,11 @@ fn short(m: &Message) -> String {
         } => {
             format!("ok={success} match={match_index} hint=({conflict_index},t{conflict_term})")
         }
+        B::TimeoutNow | B::TimeoutNowResponse => String::new(),
+        B::TransferRequestVote {
+            last_log_index,
+            last_log_term,
+        } => format!("transfer last=({last_log_index},t{last_log_term})"),
     }
 }
 

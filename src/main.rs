@@ -121,7 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr} (is another node using this port?)"))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    kvstore::rpc::run(listener, config, shutdown).await?;
+    // On SIGTERM/SIGINT a leader hands leadership over before stopping.
+    kvstore::rpc::run_until_signal(listener, config, shutdown).await?;
     Ok(())
 }
 

@@ -121,7 +121,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
-                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {})", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit);
+                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.transfers, o.lease_reads);
                 ExitCode::SUCCESS
             }
             Err(f) => {
@@ -148,6 +148,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .context("--start + --seeds overflows")?;
     let next = Arc::new(AtomicU64::new(args.start));
     let done = Arc::new(AtomicU64::new(0));
+    // Leadership transfers started, and reads served by lease, over the passing seeds.
+    let (transfers, lease_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
@@ -169,12 +171,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 bar.clone(),
                 args.clone(),
             );
+            let (transfers, lease_reads) = (transfers.clone(), lease_reads.clone());
             s.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {
                     return;
                 }
-                if let Err(f) = run(config(&args, seed, false)) {
+                let result = run(config(&args, seed, false));
+                if let Ok(o) = &result {
+                    transfers.fetch_add(o.transfers, Ordering::Relaxed);
+                    lease_reads.fetch_add(o.lease_reads, Ordering::Relaxed);
+                }
+                if let Err(f) = result {
                     bar.suspend(|| report(&args, &f));
                     let mut all = failures.lock().unwrap_or_else(|p| p.into_inner());
                     all.push(f);
@@ -198,6 +206,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         ran - failures.len() as u64,
         failures.len()
+    );
+    println!(
+        "{} leadership transfers started, {} reads served by lease (lease mode on seeds = 1 mod 3)",
+        transfers.load(Ordering::Relaxed),
+        lease_reads.load(Ordering::Relaxed)
     );
     if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
         println!(

@@ -23,7 +23,30 @@ fn fixed_seeds_pass_every_check() {
         total.lock_grants += out.lock_grants;
         total.fenced_ok += out.fenced_ok;
         total.fenced_stale += out.fenced_stale;
+        total.transfers += out.transfers;
+        total.transfer_campaigns += out.transfer_campaigns;
+        total.lease_reads += out.lease_reads;
     }
+    eprintln!(
+        "{FIXED_SEEDS} seeds: {} leadership transfers started, {} reached their target, {} reads served by lease",
+        total.transfers, total.transfer_campaigns, total.lease_reads
+    );
+    // Transfers ran under faults and lease mode served reads, or they were not tested.
+    assert!(
+        total.transfers > FIXED_SEEDS / 10,
+        "only {} transfers",
+        total.transfers
+    );
+    assert!(
+        total.transfer_campaigns > FIXED_SEEDS / 20,
+        "only {} transfer elections",
+        total.transfer_campaigns
+    );
+    assert!(
+        total.lease_reads > FIXED_SEEDS,
+        "only {} lease reads",
+        total.lease_reads
+    );
     eprintln!(
         "{FIXED_SEEDS} seeds: {} lock grants, {} fenced writes applied, {} rejected as stale",
         total.lock_grants, total.fenced_ok, total.fenced_stale

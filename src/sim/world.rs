@@ -50,6 +50,9 @@ pub struct SimConfig {
     /// Checker test: the simulated driver drops the fence of every write it proposes (a
     /// driver bug the lock checks must catch).
     pub strip_fences: bool,
+    /// Lease-based reads (`--read-mode lease`); ignored with `classic_raft`, which has no
+    /// CheckQuorum to make leases safe.
+    pub lease_reads: bool,
 }
 
 impl SimConfig {
@@ -68,6 +71,7 @@ impl SimConfig {
             classic_raft: false,
             trace: false,
             strip_fences: false,
+            lease_reads: seed % 3 == 1,
         }
     }
 }
@@ -93,6 +97,12 @@ pub struct Outcome {
     pub fenced_ok: u64,
     /// Fenced writes answered with a stale fencing token.
     pub fenced_stale: u64,
+    /// Leadership transfers started by the fault schedule.
+    pub transfers: u64,
+    /// Elections started by a TimeoutNow (transfers that reached their target).
+    pub transfer_campaigns: u64,
+    /// Linearizable reads served by lease, without a heartbeat round.
+    pub lease_reads: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -124,6 +134,8 @@ enum Input {
     Msg(Message),
     Tick,
     Client(ClientReq),
+    /// An operator's `kvctl transfer-leader`, to this node.
+    Transfer(NodeId),
 }
 
 #[derive(Debug)]
@@ -198,6 +210,10 @@ pub(crate) struct SimNode {
     leases: BTreeMap<String, (u64, Time)>,
     /// Leader only: `Expire` proposals in flight, so each is proposed once.
     expiring: BTreeSet<(String, u64)>,
+    /// The lease clock as the driver keeps it: when this life started, and the ticks
+    /// credited to the core since (see `catch_up_clock`).
+    born: Time,
+    ticks_given: u64,
 }
 
 pub(crate) struct World {
@@ -223,7 +239,7 @@ pub(crate) struct World {
     fail: Option<String>,
 }
 
-fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool) -> Config {
+fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool, lease: bool) -> Config {
     let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
@@ -234,6 +250,7 @@ fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool) -> Config {
         c.pre_vote = false;
         c.check_quorum = false;
     }
+    c.lease_reads = lease && !classic;
     c
 }
 
@@ -250,7 +267,13 @@ impl World {
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.nodes {
             let mut core = RaftCore::new(
-                raft_config(id, cfg.nodes, rng.random(), cfg.classic_raft),
+                raft_config(
+                    id,
+                    cfg.nodes,
+                    rng.random(),
+                    cfg.classic_raft,
+                    cfg.lease_reads,
+                ),
                 HardState::default(),
                 vec![],
             )
@@ -275,6 +298,8 @@ impl World {
                     role: Role::Follower,
                     leases: BTreeMap::new(),
                     expiring: BTreeSet::new(),
+                    born: 0,
+                    ticks_given: 0,
                 },
             );
         }
@@ -428,14 +453,17 @@ impl World {
     }
 
     fn input(&mut self, id: NodeId, input: Input) {
+        self.catch_up_clock(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
         match input {
             Input::Tick => {
                 n.core.tick();
+                n.ticks_given += 1;
                 self.expire_leases(id);
             }
+            Input::Transfer(target) => self.transfer(id, target),
             Input::Msg(m) => {
                 if self.cfg.trace {
                     let line = format!(
@@ -450,7 +478,11 @@ impl World {
                 let Some(n) = self.nodes.get_mut(&id) else {
                     return;
                 };
+                let timeout_now = m.body == crate::raft::MessageBody::TimeoutNow;
                 n.core.step(m);
+                if timeout_now && n.core.status().role == Role::Candidate {
+                    self.outcome.transfer_campaigns += 1;
+                }
             }
             Input::Client(req) => self.client_request(id, req),
         }
@@ -483,8 +515,10 @@ impl World {
             ReqOp::Read(key) => {
                 let rid = n.next_read_id;
                 n.next_read_id += 1;
+                let by_lease = n.core.lease_reads_served();
                 match n.core.read_index(rid) {
                     Ok(()) => {
+                        self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
                         n.pending_reads.insert(rid, (waiting, key));
                     }
                     Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
@@ -774,6 +808,7 @@ impl World {
         let mutation = self.cfg.mutation;
         let n_nodes = self.cfg.nodes;
         let classic = self.cfg.classic_raft;
+        let (lease, now) = (self.cfg.lease_reads, self.now);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -788,7 +823,7 @@ impl World {
             }
         };
         let (term, len) = (hs.term, log.len());
-        match RaftCore::new(raft_config(id, n_nodes, seed, classic), hs, log) {
+        match RaftCore::new(raft_config(id, n_nodes, seed, classic, lease), hs, log) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;
@@ -803,6 +838,8 @@ impl World {
         n.role = Role::Follower;
         n.leases.clear();
         n.expiring.clear();
+        n.born = now;
+        n.ticks_given = 0;
         self.note(|| format!("RESTART node {id} (term {term}, {len} entries on disk)"));
         self.drive(id);
     }
@@ -816,7 +853,7 @@ impl World {
         self.outcome.faults += 1;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let pick = ids[self.rng.random_range(0..ids.len())];
-        match self.rng.random_range(0..10u8) {
+        match self.rng.random_range(0..11u8) {
             0 | 1 => {
                 self.crash(pick);
                 let down = self.rng.random_range(50 * MS..1_500 * MS);
@@ -875,6 +912,18 @@ impl World {
                 self.dup_rate = [0.0, 0.02, 0.1][self.rng.random_range(0..3)];
                 let (d, u) = (self.drop_rate, self.dup_rate);
                 self.note(|| format!("NETWORK drop={d} dup={u}"));
+            }
+            10 => {
+                // An operator moves leadership (kvctl transfer-leader) to a random node; the
+                // request goes to whoever leads, through the network like a client's.
+                if let Some(l) = ids
+                    .iter()
+                    .copied()
+                    .find(|i| self.nodes[i].up && self.nodes[i].role == Role::Leader)
+                {
+                    let d = self.net_delay();
+                    self.schedule(d, Ev::Deliver(l, Input::Transfer(pick)));
+                }
             }
             7 => {
                 if !self.slow_disk.insert(pick) {
@@ -1065,6 +1114,8 @@ impl World {
             })
     }
 }
+
+mod transfer;
 
 fn is_lock_op(c: &Command) -> bool {
     match c {

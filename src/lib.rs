@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod faultnet;
 pub mod lincheck;
 pub mod node;
 pub mod pb;

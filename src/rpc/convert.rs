@@ -465,7 +465,7 @@ mod tests {
             panic!("expected a vote");
         };
         assert!(wire.leadership_transfer && !wire.pre_vote);
-        assert_eq!(vote_request_in(wire.clone(), 1).unwrap(), vote);
+        assert_eq!(vote_request_in(wire, 1).unwrap(), vote);
         let both = pb::RequestVoteRequest {
             pre_vote: true,
             ..wire

@@ -23,6 +23,10 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default heartbeat interval (also the driver's tick).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// Default number of applied entries between snapshots.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+/// Default bytes of applied commands between snapshots (64 MiB).
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
 /// The election timeout must be at least this many heartbeat intervals, so a few lost or
 /// late heartbeats do not start an election.
 pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
@@ -82,6 +86,11 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// Leader heartbeat interval; also the period of the driver's tick.
     pub heartbeat_interval: Duration,
+    /// Take a snapshot and compact the log once this many entries were applied since the
+    /// last one.
+    pub snapshot_entries: u64,
+    /// ... or once the commands applied since the last one reach this many bytes.
+    pub snapshot_bytes: u64,
     /// How linearizable reads are confirmed.
     pub read_mode: ReadMode,
 }
@@ -134,6 +143,8 @@ impl NodeConfig {
             peers: Vec::new(),
             election_timeout: DEFAULT_ELECTION_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             read_mode: ReadMode::ReadIndex,
         }
     }

@@ -61,6 +61,15 @@ struct Args {
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_interval_ms: u64,
 
+    /// Snapshot the state and compact the log after this many applied entries.
+    #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_entries: u64,
+
+    /// ... or after this many bytes of applied commands (default 64 MiB).
+    #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_bytes: u64,
     /// How the leader confirms linearizable reads: `readindex` (a heartbeat round per batch
     /// of reads) or `lease` (no round while a quorum answered recently; assumes bounded
     /// clock drift between nodes). Use the same mode on every node.
@@ -80,6 +89,8 @@ impl TryFrom<Args> for NodeConfig {
             peers: config::parse_peers(&a.peers, a.id)?,
             election_timeout: Duration::from_millis(a.election_timeout_ms),
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+            snapshot_entries: a.snapshot_entries,
+            snapshot_bytes: a.snapshot_bytes,
             read_mode: a.read_mode,
         };
         config.validate()?;
@@ -106,9 +117,9 @@ fn main() -> ExitCode {
 /// [`EXIT_STORAGE`] for a storage failure, 1 for anything else.
 fn exit_code(err: &anyhow::Error) -> ExitCode {
     match err.downcast_ref::<RunError>() {
-        Some(RunError::Fatal(Fatal::Storage(_) | Fatal::StorageTask { .. })) => {
-            ExitCode::from(EXIT_STORAGE)
-        }
+        Some(RunError::Fatal(
+            Fatal::Storage(_) | Fatal::StorageTask { .. } | Fatal::BadSnapshot { .. },
+        )) => ExitCode::from(EXIT_STORAGE),
         _ => ExitCode::FAILURE,
     }
 }

@@ -25,6 +25,7 @@ enum MutationArg {
     CountStaleVotes,
     CommitOldTerms,
     AckBeforePersist,
+    InstallStaleSnapshot,
 }
 
 impl From<MutationArg> for Mutation {
@@ -35,6 +36,7 @@ impl From<MutationArg> for Mutation {
             MutationArg::CountStaleVotes => Mutation::CountStaleVotes,
             MutationArg::CommitOldTerms => Mutation::CommitOldTerms,
             MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
+            MutationArg::InstallStaleSnapshot => Mutation::InstallStaleSnapshot,
         }
     }
 }
@@ -55,6 +57,10 @@ struct Args {
     /// Print the event trace of the (single) run.
     #[arg(long)]
     trace: bool,
+
+    /// With --trace: how many of the last events to print.
+    #[arg(long, default_value_t = 400)]
+    trace_lines: usize,
     /// Switch on a deliberate protocol bug, to show the simulator finds it.
     #[arg(long, value_enum, default_value = "none")]
     mutation: MutationArg,
@@ -73,6 +79,17 @@ struct Args {
     /// Milliseconds of simulated faults per run.
     #[arg(long, default_value_t = 3000)]
     fault_ms: u64,
+    /// Compact every N applied entries on every node (0 = never) instead of the seed's
+    /// choice.
+    #[arg(long, value_name = "N")]
+    snapshot_every: Option<u64>,
+    /// Do not inject disk failures.
+    #[arg(long)]
+    no_disk_faults: bool,
+    /// Do not inject leadership transfers (the fault schedule then draws as it did before
+    /// transfers existed).
+    #[arg(long)]
+    no_transfers: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -82,6 +99,11 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.fault_ms = args.fault_ms;
     c.lock_clients = args.lock_clients;
     c.classic_raft = args.classic_raft;
+    if let Some(n) = args.snapshot_every {
+        c.snapshot_every = n;
+    }
+    c.disk_faults = !args.no_disk_faults;
+    c.transfers = !args.no_transfers;
     c
 }
 
@@ -95,8 +117,25 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
                 .unwrap_or_default()
         ),
     };
+    // Every flag that shapes the run, so the command replays exactly this run.
+    let mut extra = String::new();
+    if args.lock_clients != 2 {
+        extra += &format!(" --lock-clients {}", args.lock_clients);
+    }
+    if args.classic_raft {
+        extra += " --classic-raft";
+    }
+    if let Some(n) = args.snapshot_every {
+        extra += &format!(" --snapshot-every {n}");
+    }
+    if args.no_disk_faults {
+        extra += " --no-disk-faults";
+    }
+    if args.no_transfers {
+        extra += " --no-transfers";
+    }
     format!(
-        "scripts/sim.sh --seed {seed} --trace --fault-ms {}{m}",
+        "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",
         args.fault_ms
     )
 }
@@ -121,12 +160,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
-                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.transfers, o.lease_reads);
+                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed, o.transfers, o.lease_reads);
                 ExitCode::SUCCESS
             }
             Err(f) => {
                 if args.trace {
-                    let skip = f.trace.len().saturating_sub(400);
+                    let skip = f.trace.len().saturating_sub(args.trace_lines);
                     if skip > 0 {
                         println!("... ({skip} earlier events omitted)");
                     }
@@ -148,6 +187,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .context("--start + --seeds overflows")?;
     let next = Arc::new(AtomicU64::new(args.start));
     let done = Arc::new(AtomicU64::new(0));
+    // Totals over passing seeds: ops ok, snapshots taken, snapshots installed.
+    let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     // Leadership transfers started, and reads served by lease, over the passing seeds.
     let (transfers, lease_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
@@ -164,9 +205,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            let (next, done, failures, bar, args) = (
+            let (next, done, totals, failures, bar, args) = (
                 next.clone(),
                 done.clone(),
+                totals.clone(),
                 failures.clone(),
                 bar.clone(),
                 args.clone(),
@@ -179,6 +221,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
                 let result = run(config(&args, seed, false));
                 if let Ok(o) = &result {
+                    for (t, v) in
+                        totals
+                            .iter()
+                            .zip([o.ok, o.snapshots_taken, o.snapshots_installed])
+                    {
+                        t.fetch_add(v, Ordering::Relaxed);
+                    }
                     transfers.fetch_add(o.transfers, Ordering::Relaxed);
                     lease_reads.fetch_add(o.lease_reads, Ordering::Relaxed);
                 }
@@ -206,6 +255,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         ran - failures.len() as u64,
         failures.len()
+    );
+    println!(
+        "in passing seeds: {} client ops acknowledged, {} snapshots taken, {} snapshots installed by lagging followers",
+        totals[0].load(Ordering::Relaxed),
+        totals[1].load(Ordering::Relaxed),
+        totals[2].load(Ordering::Relaxed)
     );
     println!(
         "{} leadership transfers started, {} reads served by lease (lease mode on seeds = 1 mod 3)",

@@ -8,8 +8,8 @@ use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
 use crate::raft::storage::LogStore;
 use crate::raft::{
-    self, Entry, HardState, LogIndex, Message, NodeId, NotLeader, Payload, Proposed, RaftCore,
-    Ready, Role, Term,
+    self, Entry, HardState, LogIndex, Message, MessageBody, NodeId, NotLeader, Payload, Proposed,
+    RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
 use crate::storage::SledStore;
@@ -71,6 +71,10 @@ pub struct Driver {
     lease_term: Option<Term>,
     /// Bumped when a lock is released or expires, so waiting acquirers retry.
     locks_freed: watch::Sender<u64>,
+    /// A leader's snapshot that arrived and decoded, waiting for the core to accept it.
+    incoming_snapshot: Option<(SnapshotMeta, StateMachine)>,
+    /// Bytes of commands applied since the last snapshot (for `--snapshot-bytes`).
+    bytes_since_snapshot: u64,
     /// Keeps the core's lease clock in step with real time (`handover.rs`).
     clock: handover::TickClock,
 }
@@ -88,6 +92,20 @@ impl Driver {
     ) -> Result<Self, Fatal> {
         let store = SledStore::open(&config.data_dir)?;
         let (hard_state, log) = store.load()?;
+        let snapshot = store.snapshot()?;
+        let (snapshot_meta, sm) = match snapshot {
+            None => (SnapshotMeta::default(), StateMachine::new()),
+            Some(snap) => {
+                let sm = StateMachine::restore(&snap.data, Default::default()).map_err(|e| {
+                    Fatal::BadSnapshot {
+                        dir: config.data_dir.clone(),
+                        index: snap.meta.index,
+                        cause: e.to_string(),
+                    }
+                })?;
+                (snap.meta, sm)
+            }
+        };
         let mut rc = raft::Config::new(config.id, config.peer_ids());
         rc.election_ticks = config.election_ticks();
         rc.heartbeat_ticks = 1;
@@ -97,18 +115,19 @@ impl Driver {
             node_id = config.id,
             term = hard_state.term,
             commit = hard_state.commit,
-            last_index = log.last().map_or(0, |e| e.index),
+            snapshot_index = snapshot_meta.index,
+            last_index = log.last().map_or(snapshot_meta.index, |e| e.index),
             data_dir = %config.data_dir.display(),
             "opened node state"
         );
-        let core = RaftCore::new(rc, hard_state, log)?;
+        let core = RaftCore::restore(rc, hard_state, snapshot_meta, log)?;
         Ok(Driver {
             id: config.id,
             tick: config.heartbeat_interval,
             config,
             core,
             store,
-            sm: StateMachine::new(),
+            sm,
             transport,
             inbox: inbox.rx,
             status: inbox.status,
@@ -119,6 +138,8 @@ impl Driver {
             leases: BTreeMap::new(),
             lease_term: None,
             locks_freed: inbox.locks_freed,
+            incoming_snapshot: None,
+            bytes_since_snapshot: 0,
             clock: handover::TickClock::new(),
         })
     }
@@ -244,6 +265,18 @@ impl Driver {
                 }
             }
             Request::Peer { mut msg, reply } => {
+                if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
+                    // Decode before the core sees it: a snapshot that is not a state machine
+                    // is refused here and never touches the log or the store.
+                    match StateMachine::restore(&snapshot.data, Default::default()) {
+                        Ok(sm) => self.incoming_snapshot = Some((snapshot.meta, sm)),
+                        Err(e) => {
+                            warn!(from = msg.from, error = %e, "refusing an undecodable snapshot");
+                            let _ = reply.send(self.refusal(&msg));
+                            return;
+                        }
+                    }
+                }
                 self.last_rpc_id += 1;
                 msg.rpc_id = self.last_rpc_id;
                 self.peer_waiters.insert(msg.rpc_id, reply);
@@ -269,6 +302,7 @@ impl Driver {
             let must_persist = ready.must_persist();
             let Ready {
                 soft_state: _,
+                snapshot,
                 hard_state,
                 entries,
                 messages,
@@ -282,6 +316,9 @@ impl Driver {
             // (2) Persist hard state and entries, one flush for the batch; errors are fatal:
             //     `?` returns before (3) and (4), so no ack or vote that depends on this
             //     batch is sent and nothing it commits is applied or answered.
+            if let Some(snapshot) = snapshot {
+                self.install_snapshot(snapshot).await?;
+            }
             if must_persist {
                 self.persist(hard_state, entries).await?;
             }
@@ -299,13 +336,119 @@ impl Driver {
             self.check_leadership();
             // (5) Tell the core the batch is handled.
             self.core.advance();
+            self.maybe_snapshot().await?;
         }
         Ok(())
     }
 
+    /// A leader's snapshot the core accepted: store it durably, then replace the state
+    /// machine with it (decoded when it arrived).
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), Fatal> {
+        let meta = snapshot.meta;
+        let sm = match self.incoming_snapshot.take() {
+            Some((m, sm)) if m == meta => sm,
+            // Not the one decoded on arrival (cannot happen: the core accepts only what it
+            // was just given); decode again rather than trust it.
+            _ => StateMachine::restore(&snapshot.data, Default::default()).map_err(|e| {
+                Fatal::BadSnapshot {
+                    dir: self.config.data_dir.clone(),
+                    index: meta.index,
+                    cause: e.to_string(),
+                }
+            })?,
+        };
+        let mut store = self.store.clone();
+        self.blocking(move || store.install_snapshot(&snapshot))
+            .await?;
+        self.sm = sm;
+        self.bytes_since_snapshot = 0;
+        info!(
+            index = meta.index,
+            term = meta.term,
+            keys = self.sm.len(),
+            "installed the leader's snapshot"
+        );
+        Ok(())
+    }
+
+    /// Takes a snapshot of the state machine and compacts the log once enough was applied
+    /// since the last one (`--snapshot-entries`, `--snapshot-bytes`).
+    async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        let meta = self.core.applied_snapshot_meta();
+        let since = meta.index - self.core.snapshot_meta().index;
+        if since < self.config.snapshot_entries
+            && self.bytes_since_snapshot < self.config.snapshot_bytes
+        {
+            return Ok(());
+        }
+        debug_assert_eq!(meta.index, self.sm.applied_index());
+        let started = Instant::now();
+        let snapshot = Snapshot {
+            meta,
+            data: self.sm.snapshot().into(),
+        };
+        let bytes = snapshot.data.len();
+        let mut store = self.store.clone();
+        self.blocking(move || store.install_snapshot(&snapshot))
+            .await?;
+        self.core.compact(meta.index);
+        self.bytes_since_snapshot = 0;
+        info!(
+            index = meta.index,
+            term = meta.term,
+            bytes,
+            entries = since,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+
+    /// Runs a storage call on the blocking pool and waits for it.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
+    ) -> Result<T, Fatal> {
+        Ok(tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Fatal::StorageTask {
+                dir: self.config.data_dir.clone(),
+                cause: e.to_string(),
+            })??)
+    }
+
+    /// The answer to a peer request refused before it reached the core.
+    fn refusal(&self, req: &Message) -> Message {
+        Message {
+            from: self.id,
+            to: req.from,
+            term: self.core.status().term,
+            rpc_id: req.rpc_id,
+            body: MessageBody::AppendEntriesResponse {
+                success: false,
+                match_index: 0,
+                conflict_index: 0,
+                conflict_term: 0,
+                read_ctx: 0,
+            },
+        }
+    }
+
     /// Routes responses to waiting peer calls and everything else to the transport.
     fn send(&mut self, messages: Vec<Message>) {
-        for msg in messages {
+        for mut msg in messages {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut msg.body {
+                // The core names the snapshot; its bytes live in the store.
+                match self.store.snapshot() {
+                    Ok(Some(stored)) => *snapshot = stored,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Reported, not fatal here: the same file is read at the next start.
+                        error!(error = %e, "cannot read the snapshot to send to node {}", msg.to);
+                        continue;
+                    }
+                }
+            }
             if msg.rpc_id == 0 {
                 self.transport.send(msg);
             } else if let Some(waiter) = self.peer_waiters.remove(&msg.rpc_id) {
@@ -327,20 +470,18 @@ impl Driver {
         entries: Vec<Entry>,
     ) -> Result<(), Fatal> {
         let mut store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.persist(hard_state.as_ref(), &entries))
+        self.blocking(move || store.persist(hard_state.as_ref(), &entries))
             .await
-            .map_err(|e| Fatal::StorageTask {
-                dir: self.config.data_dir.clone(),
-                cause: e.to_string(),
-            })??;
-        Ok(())
     }
 
     /// Applies committed entries in order and answers the writers waiting on them.
     fn apply(&mut self, committed: Vec<Entry>) {
         for entry in committed {
             let mut result = match &entry.payload {
-                Payload::Command(data) => Some(self.sm.apply(entry.index, data)),
+                Payload::Command(data) => {
+                    self.bytes_since_snapshot += data.len() as u64;
+                    Some(self.sm.apply(entry.index, data))
+                }
                 Payload::Noop => {
                     self.sm.apply_noop(entry.index);
                     None

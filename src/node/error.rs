@@ -62,6 +62,16 @@ pub enum Fatal {
     /// sled failed: the data dir cannot be opened, read, written or flushed. Never retried.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The stored snapshot does not decode into a state machine.
+    #[error("snapshot at index {index} in data dir {} does not decode: {cause}; remove the data dir and restart the node so it catches up from the leader", dir.display())]
+    BadSnapshot {
+        /// the data dir
+        dir: std::path::PathBuf,
+        /// the snapshot's last included index
+        index: u64,
+        /// why
+        cause: String,
+    },
     /// The Raft configuration derived from the node config is invalid.
     #[error("invalid raft configuration: {0}")]
     Config(#[from] crate::raft::ConfigError),

@@ -14,9 +14,12 @@ use tracing::{debug, info, warn};
 use super::config::{Config, ConfigError};
 use super::log::RaftLog;
 use super::message::{Message, MessageBody};
-use super::progress::Progress;
+use super::progress::{Progress, ProgressState};
 use super::ready::{ReadState, Ready};
-use super::types::{Entry, HardState, LogIndex, NodeId, Payload, Role, SoftState, Status, Term};
+use super::types::{
+    Entry, HardState, LogIndex, NodeId, Payload, Role, Snapshot, SnapshotMeta, SoftState, Status,
+    Term,
+};
 
 /// The node is not the leader (or cannot serve the request as leader right now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +79,14 @@ pub enum Mutation {
     CommitOldTerms,
     /// Vote grants and append acks leave before what they promise is durable.
     AckBeforePersist,
+    /// A follower installs a leader's snapshot even when it already has everything the
+    /// snapshot covers (a late or duplicated InstallSnapshot rolls its state back).
+    InstallStaleSnapshot,
 }
+
+/// How many times longer than an append window a snapshot may go unanswered before the
+/// leader sends it again.
+const SNAPSHOT_STALL_FACTOR: u32 = 20;
 
 /// A linearizable read waiting for a quorum to confirm this leader (Raft thesis §6.4).
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +159,8 @@ pub struct RaftCore {
     prev_hard: HardState,
     in_flight: Option<InFlight>,
     mutation: Mutation,
+    /// A leader's snapshot accepted by this follower, handed out in the next Ready.
+    pending_snapshot: Option<Snapshot>,
 }
 
 impl RaftCore {
@@ -162,20 +174,36 @@ impl RaftCore {
         hard_state: HardState,
         log: Vec<Entry>,
     ) -> Result<Self, ConfigError> {
+        Self::restore(config, hard_state, SnapshotMeta::default(), log)
+    }
+
+    /// Rebuilds a core from storage that holds a snapshot: `log` holds the entries after
+    /// `snapshot.index`. The caller restores the state machine from the same snapshot, so
+    /// the core starts with everything up to `snapshot.index` applied.
+    ///
+    /// # Errors
+    /// The configuration is invalid.
+    pub fn restore(
+        config: Config,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        log: Vec<Entry>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut peers = config.peers.clone();
         peers.sort_unstable();
         let cfg = Config { peers, ..config };
-        let log = RaftLog::restore(log);
-        // The stored commit index is a hint; it can be ahead of a log whose tail did not reach disk.
-        let commit = hard_state.commit.min(log.last_index());
+        let log = RaftLog::restore(snapshot, log);
+        // The stored commit index is a hint; it can be ahead of a log whose tail did not reach
+        // disk. A snapshot holds only committed entries.
+        let commit = hard_state.commit.min(log.last_index()).max(snapshot.index);
         let mut core = RaftCore {
             rng: SmallRng::seed_from_u64(cfg.seed),
             term: hard_state.term,
             vote: hard_state.vote,
             log,
             commit,
-            applied: 0,
+            applied: snapshot.index,
             role: Role::Follower,
             leader: None,
             election_elapsed: 0,
@@ -206,6 +234,7 @@ impl RaftCore {
             },
             in_flight: None,
             mutation: Mutation::None,
+            pending_snapshot: None,
             cfg,
         };
         core.randomize_election_timeout();
@@ -267,6 +296,9 @@ impl RaftCore {
                 conflict_term,
                 read_ctx,
             ),
+            MessageBody::InstallSnapshot { ref snapshot } => {
+                self.handle_install_snapshot(&msg, snapshot)
+            }
             MessageBody::TimeoutNow => self.handle_timeout_now(&msg),
             MessageBody::TimeoutNowResponse => {}
             MessageBody::TransferRequestVote {
@@ -383,6 +415,7 @@ impl RaftCore {
             || self.term != self.prev_hard.term
             || self.vote != self.prev_hard.vote
             || self.commit.min(self.log.persisted()) > self.applied
+            || self.pending_snapshot.is_some()
     }
 
     /// Takes the pending work. The driver must handle it (see `ready.rs`) and call
@@ -428,6 +461,7 @@ impl RaftCore {
         }
         Ready {
             soft_state,
+            snapshot: self.pending_snapshot.take(),
             hard_state,
             entries,
             messages: std::mem::take(&mut self.msgs),
@@ -558,7 +592,11 @@ impl RaftCore {
                 msg.term,
                 self.term
             );
-            let leader = matches!(msg.body, MessageBody::AppendEntries { .. }).then_some(msg.from);
+            let leader = matches!(
+                msg.body,
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+            )
+            .then_some(msg.from);
             self.become_follower(msg.term, leader);
             return true;
         }
@@ -596,6 +634,17 @@ impl RaftCore {
                     read_ctx,
                 },
             ),
+            // Answered like an append: that is the reply InstallSnapshot has.
+            MessageBody::InstallSnapshot { .. } => self.reject(&Message {
+                body: MessageBody::AppendEntries {
+                    prev_log_index: 0,
+                    prev_log_term: 0,
+                    entries: Vec::new(),
+                    leader_commit: 0,
+                    read_ctx: 0,
+                },
+                ..msg.clone()
+            }),
             MessageBody::RequestVoteResponse { .. }
             | MessageBody::PreVoteResponse { .. }
             | MessageBody::AppendEntriesResponse { .. } => {}
@@ -901,6 +950,12 @@ impl RaftCore {
             return;
         }
 
+        // What our snapshot covers is committed, so it matches the leader's log: re-anchor a
+        // message that starts inside it at the snapshot (e.g. a late append from before an
+        // install).
+        let (prev_log_index, prev_log_term, entries) =
+            self.anchor_at_snapshot(prev_log_index, prev_log_term, entries);
+
         match self.log.term(prev_log_index) {
             None => {
                 // Our log is too short: retry right after our last entry.
@@ -989,7 +1044,17 @@ impl RaftCore {
             if pr.ack(match_index.min(last_index)) {
                 self.maybe_commit();
             }
+        } else if pr.state == ProgressState::Snapshot {
+            // A late rejection of an append sent before the snapshot: keep waiting for the
+            // snapshot's answer (or its stall timeout).
         } else {
+            if conflict_term == 0 && conflict_index <= pr.matched {
+                // The follower's log is shorter than what it acknowledged in this term: it
+                // lost its data (a wiped data dir), or this is an old rejection overtaken by
+                // later acks. Either way, start again from what it says it holds; a leader
+                // that trusted the old match would wait forever.
+                pr.matched = conflict_index.saturating_sub(1);
+            }
             // §5.3 fast back-off with the follower's conflict hint.
             let hinted = if conflict_term == 0 {
                 conflict_index
@@ -1053,6 +1118,10 @@ impl RaftCore {
         if !pr.can_send(max_inflight) || pr.next > last {
             return;
         }
+        if pr.next <= self.log.snapshot().index {
+            self.send_snapshot(peer);
+            return;
+        }
         let prev_log_index = pr.next - 1;
         let Some(prev_log_term) = self.log.term(prev_log_index) else {
             // next is never past last + 1; fall back to probing from the end.
@@ -1078,12 +1147,19 @@ impl RaftCore {
     fn heartbeat_round(&mut self) {
         self.lease_new_round();
         let stall_rounds = (self.cfg.election_ticks / self.cfg.heartbeat_ticks / 2).max(2);
+        // A snapshot can take much longer to stream than a batch of entries.
+        let snapshot_stall_rounds = stall_rounds.saturating_mul(SNAPSHOT_STALL_FACTOR);
         for i in 0..self.cfg.peers.len() {
             let p = self.cfg.peers[i];
             let Some(pr) = self.progress.get_mut(&p) else {
                 continue;
             };
-            if pr.stalled(stall_rounds) {
+            let limit = if pr.state == ProgressState::Snapshot {
+                snapshot_stall_rounds
+            } else {
+                stall_rounds
+            };
+            if pr.stalled(limit) {
                 debug!(
                     node = self.cfg.id,
                     peer = p,
@@ -1104,7 +1180,13 @@ impl RaftCore {
         let Some(pr) = self.progress.get(&peer) else {
             return;
         };
-        let prev_log_index = pr.matched;
+        // A match inside our compacted prefix has no known term: anchor at 0, which always
+        // matches (the follower then only learns that we lead; the snapshot does the rest).
+        let prev_log_index = if self.log.is_compacted(pr.matched) {
+            0
+        } else {
+            pr.matched
+        };
         let prev_log_term = self.log.term(prev_log_index).unwrap_or(0);
         let body = MessageBody::AppendEntries {
             prev_log_index,
@@ -1191,6 +1273,7 @@ impl RaftCore {
 }
 
 mod lease;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod transfer;

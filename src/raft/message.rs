@@ -1,7 +1,7 @@
 //! Messages between Raft cores. Every input that comes from another node is a [`Message`],
 //! replies included, so that every one of them passes `check_term` in `RaftCore::step`.
 
-use super::types::{Entry, LogIndex, NodeId, Term};
+use super::types::{Entry, LogIndex, NodeId, Snapshot, Term};
 
 /// A message from one node's core to another's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +77,15 @@ pub enum MessageBody {
         /// Echo of the request's `read_ctx`.
         read_ctx: u64,
     },
+    /// InstallSnapshot RPC (Raft §7, Figure 13): the leader's latest snapshot, for a
+    /// follower that needs entries the leader has compacted. The core sends it with the
+    /// snapshot's meta and empty `data`: the driver attaches its stored snapshot (the state
+    /// machine's bytes never live in the core), and the transport streams it in chunks.
+    /// The answer is an `AppendEntriesResponse` whose `match_index` is the snapshot's index.
+    InstallSnapshot {
+        /// The snapshot: last included index and term, and the state machine's bytes.
+        snapshot: Snapshot,
+    },
     /// Leadership transfer (Raft thesis §3.10): the leader tells a caught-up follower to start
     /// an election now, skipping PreVote. Acted on only when it comes from the receiver's
     /// current-term leader.
@@ -105,6 +114,7 @@ impl MessageBody {
             MessageBody::PreVoteResponse { .. } => "PreVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::TimeoutNowResponse => "TimeoutNowResponse",
             MessageBody::TransferRequestVote { .. } => "TransferRequestVote",
@@ -117,6 +127,7 @@ impl MessageBody {
             self,
             MessageBody::RequestVote { .. }
                 | MessageBody::AppendEntries { .. }
+                | MessageBody::InstallSnapshot { .. }
                 | MessageBody::TimeoutNow
                 | MessageBody::TransferRequestVote { .. }
         )

@@ -12,6 +12,9 @@ pub(crate) enum ProgressState {
     /// The follower's log matched at `next - 1`: stream entries optimistically, up to a window
     /// of in-flight messages.
     Replicate,
+    /// The follower needs entries we compacted: a snapshot is on its way (its index is the
+    /// one entry of `inflight`); send nothing else until it is answered or stalls.
+    Snapshot,
 }
 
 /// Replication state of one follower, owned by the leader.
@@ -53,6 +56,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.inflight.is_empty(),
             ProgressState::Replicate => self.inflight.len() < max_inflight,
+            ProgressState::Snapshot => false,
         }
     }
 
@@ -72,10 +76,24 @@ impl Progress {
         if index > self.matched {
             self.matched = index;
             self.stalled_rounds = 0;
-            self.next = self.next.max(index + 1);
-            if self.state == ProgressState::Probe {
-                self.state = ProgressState::Replicate;
-                self.inflight.clear();
+            match self.state {
+                ProgressState::Replicate => self.next = self.next.max(index + 1),
+                // The follower's log matches ours up to `index`: stream from right after it
+                // (`next` may be past it: a probe point, not a known match).
+                ProgressState::Probe => {
+                    self.state = ProgressState::Replicate;
+                    self.inflight.clear();
+                    self.next = index + 1;
+                }
+                ProgressState::Snapshot => {
+                    // Only the snapshot's own answer (or a later match) ends the wait; a
+                    // heartbeat answer below it leaves the snapshot in flight.
+                    if self.inflight.front().is_none_or(|&snap| index >= snap) {
+                        self.state = ProgressState::Replicate;
+                        self.inflight.clear();
+                        self.next = index + 1;
+                    }
+                }
             }
             return true;
         }
@@ -97,6 +115,15 @@ impl Progress {
         }
         self.stalled_rounds += 1;
         self.stalled_rounds >= limit
+    }
+
+    /// A snapshot covering up to `index` was sent: wait for its answer.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot;
+        self.next = index + 1;
+        self.inflight.clear();
+        self.inflight.push_back(index);
+        self.stalled_rounds = 0;
     }
 
     /// Falls back to probing from `next` (after a rejection, or a window that stalled).
@@ -148,6 +175,27 @@ mod tests {
         assert!(!p.stalled(3), "progress resets the count");
         p.ack(9);
         assert!(!p.stalled(1), "nothing in flight is never a stall");
+    }
+
+    #[test]
+    fn snapshot_pauses_sending_until_acknowledged() {
+        let mut p = Progress::new(1);
+        p.become_snapshot(50);
+        assert!(!p.can_send(8));
+        assert!(!p.ack(0), "a heartbeat answer does not end the snapshot");
+        assert!(p.ack(40), "a match below the snapshot is recorded");
+        assert_eq!(
+            p.state,
+            ProgressState::Snapshot,
+            "but the snapshot is still awaited"
+        );
+        assert!(!p.can_send(8));
+        assert!(p.ack(50));
+        assert_eq!(
+            (p.state, p.matched, p.next),
+            (ProgressState::Replicate, 50, 51)
+        );
+        assert!(p.can_send(8));
     }
 
     #[test]

@@ -3,15 +3,17 @@
 //!
 //! 1. send `messages` (they depend on nothing unpersisted; a leader's AppendEntries may
 //!    overlap its own fsync, Raft thesis §10.2.1);
-//! 2. persist `hard_state` (if any) and `entries` (truncating the stored log from
-//!    `entries[0].index` first), then flush to disk once for the whole batch;
+//! 2. install `snapshot` (if any): store it durably (`LogStore::install_snapshot`) and
+//!    replace the state machine with it; then persist `hard_state` (if any) and `entries`
+//!    (truncating the stored log from `entries[0].index` first), then flush to disk once for
+//!    the whole batch;
 //! 3. send `persisted_messages` (vote grants, append acks: they promise what was just persisted);
 //! 4. apply `committed_entries` in order and answer the clients waiting on them; serve
 //!    `read_states` once the applied index reaches their index;
 //! 5. call `RaftCore::advance(ready)`.
 
 use super::message::Message;
-use super::types::{Entry, HardState, LogIndex, SoftState};
+use super::types::{Entry, HardState, LogIndex, Snapshot, SoftState};
 
 /// A ReadIndex request that became safe to serve (Raft thesis §6.4): once the state machine
 /// has applied `index`, a read served from it is linearizable.
@@ -28,6 +30,9 @@ pub struct ReadState {
 pub struct Ready {
     /// Set when role or leader changed since the last Ready.
     pub soft_state: Option<SoftState>,
+    /// A leader's snapshot this follower accepted: install it before everything else in
+    /// step 2 (the entries and committed entries of this batch come after it).
+    pub snapshot: Option<Snapshot>,
     /// Set when term, vote or commit changed: persist before step 3.
     pub hard_state: Option<HardState>,
     /// Entries to persist. If `entries[0].index` is at or below the last stored index, the
@@ -46,6 +51,6 @@ pub struct Ready {
 impl Ready {
     /// True if the driver must persist something (and so flush) for this batch.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty()
+        self.snapshot.is_some() || self.hard_state.is_some() || !self.entries.is_empty()
     }
 }

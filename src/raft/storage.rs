@@ -23,7 +23,8 @@ pub trait LogStore {
 
     /// Persists a Ready batch and makes it durable before returning: writes `hard_state` if
     /// given, removes every stored entry with index `>= entries[0].index`, appends `entries`,
-    /// then flushes to disk once.
+    /// then flushes to disk once. Entries at or below the snapshot's index are ignored: the
+    /// snapshot covers them (they are committed, so they cannot differ from it).
     ///
     /// # Errors
     /// The write or the flush failed; the node must stop (never retry an fsync).
@@ -92,6 +93,8 @@ impl LogStore for MemStorage {
         if let Some(hs) = hard_state {
             self.hard_state = *hs;
         }
+        let offset = self.offset();
+        let entries = &entries[entries.partition_point(|e| e.index <= offset)..];
         if let Some(first) = entries.first() {
             let keep = first.index.saturating_sub(1).saturating_sub(self.offset());
             self.entries

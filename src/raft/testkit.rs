@@ -103,6 +103,10 @@ pub(crate) struct Net {
     pub(crate) reads: BTreeMap<NodeId, Vec<ReadState>>,
     /// Directed links that drop everything.
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
+    /// Snapshots each node installed from a leader, in order.
+    pub(crate) installed: BTreeMap<NodeId, Vec<SnapshotMeta>>,
+    /// Messages delivered so far, by kind.
+    pub(crate) delivered: BTreeMap<&'static str, u64>,
 }
 
 impl Net {
@@ -118,6 +122,8 @@ impl Net {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             cut: BTreeSet::new(),
+            installed: BTreeMap::new(),
+            delivered: BTreeMap::new(),
         };
         for id in 1..=n {
             let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
@@ -131,8 +137,30 @@ impl Net {
             net.stores.insert(id, MemStorage::default());
             net.applied.insert(id, Vec::new());
             net.reads.insert(id, Vec::new());
+            net.installed.insert(id, Vec::new());
         }
         net
+    }
+
+    /// Snapshots `id`'s state at its applied index (the data names the index) and compacts
+    /// its log, the way the driver does.
+    pub(crate) fn compact(&mut self, id: NodeId) -> SnapshotMeta {
+        let core = self.nodes.get_mut(&id).unwrap();
+        let meta = core.applied_snapshot_meta();
+        let data = bytes::Bytes::from(format!("state@{}", meta.index));
+        self.stores
+            .get_mut(&id)
+            .unwrap()
+            .install_snapshot(&Snapshot { meta, data })
+            .unwrap();
+        core.compact(meta.index);
+        meta
+    }
+
+    /// Loses `id`'s whole data dir and restarts it empty.
+    pub(crate) fn wipe(&mut self, id: NodeId) {
+        self.stores.insert(id, MemStorage::default());
+        self.restart(id);
     }
 
     /// Isolates `id` from everyone (both directions).
@@ -158,12 +186,19 @@ impl Net {
                 let core = self.nodes.get_mut(&id).unwrap();
                 while core.has_ready() {
                     let rd = core.ready();
-                    outbox.extend(rd.messages.iter().cloned());
-                    self.stores
-                        .get_mut(&id)
-                        .unwrap()
-                        .persist(rd.hard_state.as_ref(), &rd.entries)
-                        .unwrap();
+                    let store = self.stores.get_mut(&id).unwrap();
+                    for mut m in rd.messages.iter().cloned() {
+                        // The driver attaches the stored snapshot's bytes.
+                        if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+                            *snapshot = store.snapshot().unwrap().unwrap();
+                        }
+                        outbox.push(m);
+                    }
+                    if let Some(snap) = &rd.snapshot {
+                        store.install_snapshot(snap).unwrap();
+                        self.installed.get_mut(&id).unwrap().push(snap.meta);
+                    }
+                    store.persist(rd.hard_state.as_ref(), &rd.entries).unwrap();
                     outbox.extend(rd.persisted_messages.iter().cloned());
                     self.applied
                         .get_mut(&id)
@@ -183,6 +218,7 @@ impl Net {
                 if self.cut.contains(&(m.from, m.to)) {
                     continue;
                 }
+                *self.delivered.entry(m.body.kind()).or_default() += 1;
                 if let Some(c) = self.nodes.get_mut(&m.to) {
                     c.step(m);
                 }
@@ -221,9 +257,14 @@ impl Net {
         let n = self.nodes.len() as u64;
         let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
         let (hs, log) = self.stores[&id].load().unwrap();
+        let snap = self.stores[&id]
+            .snapshot()
+            .unwrap()
+            .map_or_else(SnapshotMeta::default, |s| s.meta);
         let mut c = cfg(id, &peers);
         c.seed = id * 1000 + hs.term;
-        self.nodes.insert(id, RaftCore::new(c, hs, log).unwrap());
+        self.nodes
+            .insert(id, RaftCore::restore(c, hs, snap, log).unwrap());
         self.applied.insert(id, Vec::new());
     }
 

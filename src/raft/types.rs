@@ -54,12 +54,22 @@ pub struct SnapshotMeta {
 
 /// A state-machine snapshot: where it ends in the log, and the state machine's own bytes
 /// (opaque to Raft and to storage). `data` is cheap to clone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The last entry it covers.
     pub meta: SnapshotMeta,
     /// The serialized state machine as of `meta.index`.
     pub data: bytes::Bytes,
+}
+
+impl std::fmt::Debug for Snapshot {
+    /// The data is shown by size only: it can be large and is unreadable anyway.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("meta", &self.meta)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
 }
 
 /// A node's role (Raft §5.1).

@@ -3,7 +3,7 @@
 //! never reaches the core.
 
 use crate::pb;
-use crate::raft::{Entry, Message, MessageBody, NodeId, Payload};
+use crate::raft::{Entry, Message, MessageBody, NodeId, Payload, Snapshot, SnapshotMeta};
 use tonic::Status;
 
 impl TryFrom<pb::Entry> for Entry {
@@ -195,6 +195,8 @@ pub enum PeerRequest {
     Vote(pb::RequestVoteRequest),
     /// For `Raft/AppendEntries`.
     Append(pb::AppendEntriesRequest),
+    /// For `Raft/InstallSnapshot`: the chunks to stream.
+    Snapshot(Vec<pb::InstallSnapshotChunk>),
     /// For `Raft/TimeoutNow`.
     TimeoutNow(pb::TimeoutNowRequest),
 }
@@ -245,6 +247,9 @@ impl TryFrom<Message> for PeerRequest {
                 to: msg.to,
                 read_ctx,
             })),
+            MessageBody::InstallSnapshot { ref snapshot } => Ok(PeerRequest::Snapshot(
+                snapshot_chunks(&msg, snapshot, SNAPSHOT_CHUNK_BYTES),
+            )),
             MessageBody::TransferRequestVote {
                 last_log_index,
                 last_log_term,
@@ -300,6 +305,169 @@ pub fn append_response_in(resp: pb::AppendEntriesResponse, peer: NodeId, me: Nod
             conflict_term: resp.conflict_term,
             read_ctx: resp.read_ctx,
         },
+    }
+}
+
+/// Bytes of snapshot data per `InstallSnapshotChunk`.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest snapshot a node accepts (a bound on what a peer can make it buffer).
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
+
+/// Splits a snapshot into chunks of at most `chunk` bytes (at least one chunk, the last
+/// marked `done` with the CRC32 of the whole data).
+fn snapshot_chunks(
+    msg: &Message,
+    snapshot: &Snapshot,
+    chunk: usize,
+) -> Vec<pb::InstallSnapshotChunk> {
+    let data = &snapshot.data;
+    let header = pb::InstallSnapshotChunk {
+        term: msg.term,
+        leader_id: msg.from,
+        to: msg.to,
+        last_included_index: snapshot.meta.index,
+        last_included_term: snapshot.meta.term,
+        total_size: data.len() as u64,
+        ..Default::default()
+    };
+    let mut chunks: Vec<pb::InstallSnapshotChunk> = data
+        .chunks(chunk.max(1))
+        .scan(0u64, |offset, part| {
+            let c = pb::InstallSnapshotChunk {
+                offset: *offset,
+                data: part.to_vec(),
+                ..header.clone()
+            };
+            *offset += part.len() as u64;
+            Some(c)
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(header);
+    }
+    if let Some(last) = chunks.last_mut() {
+        last.done = true;
+        last.crc32 = crc32fast::hash(data);
+    }
+    chunks
+}
+
+/// Reassembles an incoming `InstallSnapshot` stream, checking every chunk against the first
+/// one and the data against its size and checksum.
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    me: NodeId,
+    first: Option<pb::InstallSnapshotChunk>,
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl SnapshotReceiver {
+    /// A receiver for node `me`.
+    pub fn new(me: NodeId) -> Self {
+        SnapshotReceiver {
+            me,
+            first: None,
+            data: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Takes the next chunk.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT if the chunk does not continue the stream (other header, wrong
+    /// offset, past the announced size, data after the last chunk, bad checksum),
+    /// FAILED_PRECONDITION if the snapshot is not for this node.
+    pub fn push(&mut self, chunk: pb::InstallSnapshotChunk) -> Result<(), Status> {
+        let bad = |what: String| Err(Status::invalid_argument(format!("InstallSnapshot: {what}")));
+        if self.done {
+            return bad("data after the last chunk".into());
+        }
+        let first = match &self.first {
+            Some(f) => f,
+            None => {
+                check_sender(chunk.leader_id, "leader_id")?;
+                check_to(chunk.to, self.me)?;
+                if chunk.total_size > MAX_SNAPSHOT_BYTES {
+                    return bad(format!(
+                        "snapshot of {} bytes is larger than the {MAX_SNAPSHOT_BYTES}-byte limit",
+                        chunk.total_size
+                    ));
+                }
+                self.first.insert(pb::InstallSnapshotChunk {
+                    data: Vec::new(),
+                    ..chunk.clone()
+                })
+            }
+        };
+        let same_header = (chunk.term, chunk.leader_id, chunk.to)
+            == (first.term, first.leader_id, first.to)
+            && (
+                chunk.last_included_index,
+                chunk.last_included_term,
+                chunk.total_size,
+            ) == (
+                first.last_included_index,
+                first.last_included_term,
+                first.total_size,
+            );
+        if !same_header {
+            return bad("a chunk's header differs from the first chunk's".into());
+        }
+        if chunk.offset != self.data.len() as u64 {
+            return bad(format!(
+                "chunk at offset {} but {} bytes received so far",
+                chunk.offset,
+                self.data.len()
+            ));
+        }
+        let total = first.total_size;
+        if self.data.len() as u64 + chunk.data.len() as u64 > total {
+            return bad(format!("more data than the announced {total} bytes"));
+        }
+        self.data.extend_from_slice(&chunk.data);
+        if chunk.done {
+            self.done = true;
+            if self.data.len() as u64 != total {
+                return bad(format!(
+                    "stream ended after {} of {total} bytes",
+                    self.data.len()
+                ));
+            }
+            if crc32fast::hash(&self.data) != chunk.crc32 {
+                return bad("checksum mismatch: the snapshot was damaged in transit".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The complete snapshot as a message for the core.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT if the stream was empty or ended before its last chunk.
+    pub fn finish(self) -> Result<Message, Status> {
+        let (Some(first), true) = (self.first, self.done) else {
+            return Err(Status::invalid_argument(
+                "InstallSnapshot: the stream ended before its last chunk",
+            ));
+        };
+        Ok(Message {
+            from: first.leader_id,
+            to: self.me,
+            term: first.term,
+            rpc_id: 0,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        index: first.last_included_index,
+                        term: first.last_included_term,
+                    },
+                    data: self.data.into(),
+                },
+            },
+        })
     }
 }
 
@@ -574,5 +742,78 @@ mod tests {
             append_request_in(no_leader, 2).unwrap_err().code(),
             Code::InvalidArgument
         );
+    }
+
+    fn snapshot_msg(data: &'static [u8]) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 4,
+            rpc_id: 0,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta { index: 90, term: 3 },
+                    data: bytes::Bytes::from_static(data),
+                },
+            },
+        }
+    }
+
+    fn chunks_of(msg: &Message, size: usize) -> Vec<pb::InstallSnapshotChunk> {
+        let MessageBody::InstallSnapshot { snapshot } = &msg.body else {
+            unreachable!()
+        };
+        snapshot_chunks(msg, snapshot, size)
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_chunks() {
+        for data in [&b""[..], b"a", b"0123456789abcdef0123"] {
+            let msg = snapshot_msg(data);
+            let chunks = chunks_of(&msg, 7);
+            assert_eq!(chunks.len(), data.len().div_ceil(7).max(1));
+            let mut rx = SnapshotReceiver::new(2);
+            for c in chunks {
+                rx.push(c).unwrap();
+            }
+            assert_eq!(rx.finish().unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn damaged_or_incomplete_snapshot_streams_are_refused() {
+        let msg = snapshot_msg(b"0123456789abcdef0123");
+        let push_all = |chunks: Vec<pb::InstallSnapshotChunk>| {
+            let mut rx = SnapshotReceiver::new(2);
+            for c in chunks {
+                rx.push(c)?;
+            }
+            rx.finish()
+        };
+        let mut flipped = chunks_of(&msg, 7);
+        flipped[1].data[0] ^= 1;
+        assert!(push_all(flipped)
+            .unwrap_err()
+            .message()
+            .contains("checksum"));
+        let mut missing = chunks_of(&msg, 7);
+        missing.remove(1);
+        assert!(push_all(missing).unwrap_err().message().contains("offset"));
+        let mut truncated = chunks_of(&msg, 7);
+        truncated.pop();
+        assert!(push_all(truncated).unwrap_err().message().contains("ended"));
+        let mut other = chunks_of(&msg, 7);
+        other[2].last_included_index = 91;
+        assert!(push_all(other).unwrap_err().message().contains("header"));
+        let mut huge = chunks_of(&msg, 7);
+        huge[0].total_size = MAX_SNAPSHOT_BYTES + 1;
+        assert!(push_all(huge).is_err());
+        let mut misdirected = chunks_of(&msg, 7);
+        misdirected[0].to = 3;
+        assert_eq!(
+            push_all(misdirected).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert!(push_all(Vec::new()).is_err());
     }
 }

@@ -26,6 +26,8 @@ use tracing::{debug, info, trace, warn, Instrument};
 pub const QUEUE_CAPACITY: usize = 1024;
 /// Calls in flight to one peer at a time.
 pub const MAX_INFLIGHT: usize = 64;
+/// Longest a snapshot transfer may take before the leader gives up on that attempt.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A peer address that is not a valid URI authority.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +64,17 @@ impl PeerSenders {
                     reason: e.to_string(),
                 })?
                 .connect_timeout(config.election_timeout)
-                .timeout(config.election_timeout * 2)
                 .tcp_nodelay(true);
+            // Snapshots stream for as long as their size needs, on their own connection so
+            // they never hold up appends and heartbeats.
+            let snapshot_endpoint = endpoint.clone().timeout(SNAPSHOT_TIMEOUT);
+            let endpoint = endpoint.timeout(config.election_timeout * 2);
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let sender = PeerSender {
                 me: config.id,
                 peer: peer.clone(),
                 client: RaftClient::new(endpoint.connect_lazy()),
+                snapshot_client: RaftClient::new(snapshot_endpoint.connect_lazy()),
                 node: node.clone(),
                 inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
                 health: Arc::new(Health::new(
@@ -163,6 +169,8 @@ struct PeerSender {
     me: NodeId,
     peer: PeerSpec,
     client: RaftClient<Channel>,
+    /// A separate connection for snapshot streams, without the short per-call timeout.
+    snapshot_client: RaftClient<Channel>,
     node: NodeHandle,
     /// One permit per call in flight.
     inflight: Arc<Semaphore>,
@@ -205,6 +213,7 @@ impl PeerSender {
                 me: self.me,
                 peer: self.peer.clone(),
                 client: self.client.clone(),
+                snapshot_client: self.snapshot_client.clone(),
                 node: self.node.clone(),
                 health: self.health.clone(),
             };
@@ -228,6 +237,7 @@ struct Call {
     me: NodeId,
     peer: PeerSpec,
     client: RaftClient<Channel>,
+    snapshot_client: RaftClient<Channel>,
     node: NodeHandle,
     health: Arc<Health>,
 }
@@ -246,6 +256,13 @@ impl Call {
                 "AppendEntries",
                 self.client
                     .append_entries(req)
+                    .await
+                    .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
+            ),
+            PeerRequest::Snapshot(chunks) => (
+                "InstallSnapshot",
+                self.snapshot_client
+                    .install_snapshot(tokio_stream::iter(chunks))
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),

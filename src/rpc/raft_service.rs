@@ -5,7 +5,7 @@ use super::convert;
 use crate::node::NodeHandle;
 use crate::pb;
 use crate::raft::NodeId;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// The Raft service of one node.
 #[derive(Clone, Debug)]
@@ -37,6 +37,20 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let msg = convert::append_request_in(request.into_inner(), self.id)?;
+        let reply = self.node.peer_request(msg).await?;
+        Ok(Response::new(convert::append_response_out(reply)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut receiver = convert::SnapshotReceiver::new(self.id);
+        while let Some(chunk) = stream.message().await? {
+            receiver.push(chunk)?;
+        }
+        let msg = receiver.finish()?;
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::append_response_out(reply)?))
     }

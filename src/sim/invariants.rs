@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use super::world::SimNode;
-use crate::raft::{Entry, LogIndex, NodeId, Role, Term};
+use crate::raft::{Entry, LogIndex, NodeId, Role, SnapshotMeta, Term};
 
 fn digest(e: &Entry) -> u64 {
     let mut h = DefaultHasher::new();
@@ -74,7 +74,21 @@ impl Invariants {
         self.election_safety(id, term, fail);
         // Leader Completeness: it holds every entry committed in an earlier term.
         let Some(n) = nodes.get(&id) else { return };
+        let snap = n.core.snapshot_meta();
         for (&index, &(t, d, _)) in self.committed.iter().filter(|(_, c)| c.2 < term) {
+            if index < snap.index {
+                continue; // compacted into its snapshot, checked when the snapshot was made
+            }
+            if index == snap.index {
+                if snap.term != t {
+                    fail.get_or_insert(format!(
+                        "Leader Completeness: node {id}, leader of term {term}, has a snapshot ending at committed index {index} with term {} instead of {t}",
+                        snap.term
+                    ));
+                    return;
+                }
+                continue;
+            }
             match n.core.entry(index) {
                 Some(e) if e.term == t && digest(e) == d => {}
                 other => {
@@ -110,7 +124,7 @@ impl Invariants {
             let prev = if e.index <= 1 {
                 0
             } else {
-                n.core.entry(e.index - 1).map_or(0, |p| p.term)
+                n.core.term_of(e.index - 1).unwrap_or(0)
             };
             let got = (digest(e), prev);
             let want = *self.written.entry((e.index, e.term)).or_insert(got);
@@ -160,10 +174,12 @@ impl Invariants {
                         .or_insert((e.term, digest(e), s.term));
                 }
             }
-            let last_term = n.core.entry(s.last_index).map_or(0, |e| e.term);
+            let last_term = n.core.term_of(s.last_index).unwrap_or(0);
+            let compacted = n.core.snapshot_meta().index;
             if let Some(&(t, idx, idx_term)) = self.leader_mark.get(&id) {
                 if t == s.term
-                    && (s.last_index < idx || n.core.entry(idx).map(|e| e.term) != Some(idx_term))
+                    && (s.last_index < idx
+                        || (idx >= compacted && n.core.term_of(idx) != Some(idx_term)))
                 {
                     fail.get_or_insert(format!(
                         "Leader Append-Only: leader {id} of term {t} lost or rewrote entry {idx}"
@@ -174,6 +190,25 @@ impl Invariants {
                 .insert(id, (s.term, s.last_index, last_term));
         } else {
             self.leader_mark.remove(&id);
+        }
+    }
+
+    /// A node installed a leader's snapshot: it must end at an index that was applied (by
+    /// someone) with the same term, since only committed state is snapshotted.
+    pub(crate) fn on_snapshot(
+        &mut self,
+        id: NodeId,
+        meta: SnapshotMeta,
+        fail: &mut Option<String>,
+    ) {
+        match self.applied.get(&meta.index) {
+            Some(&(t, _)) if t == meta.term => {}
+            other => {
+                fail.get_or_insert(format!(
+                    "State Machine Safety: node {id} installed a snapshot ending at index {} term {}, but what was applied there is {other:?}",
+                    meta.index, meta.term
+                ));
+            }
         }
     }
 

@@ -65,6 +65,16 @@ impl LockCheck {
         self.models.remove(&id);
     }
 
+    /// A node's state machine was replaced by a snapshot: its replay continues from the
+    /// snapshot's lock table (tokens of fenced writes seen so far stay: they only grow).
+    pub(crate) fn on_snapshot(&mut self, id: NodeId, sm: &StateMachine) {
+        let model = self.models.entry(id).or_default();
+        model.locks = sm
+            .locks()
+            .map(|(n, l)| (n.to_string(), (l.holder.clone(), l.token)))
+            .collect();
+    }
+
     pub(crate) fn before(sm: &StateMachine, p: &Proposal) -> Before {
         let duplicate = p.session.is_some_and(|s| {
             sm.session_sequence(s.client_id)

@@ -23,6 +23,9 @@ fn fixed_seeds_pass_every_check() {
         total.lock_grants += out.lock_grants;
         total.fenced_ok += out.fenced_ok;
         total.fenced_stale += out.fenced_stale;
+        total.snapshots_taken += out.snapshots_taken;
+        total.snapshots_installed += out.snapshots_installed;
+        total.disk_failures += out.disk_failures;
         total.transfers += out.transfers;
         total.transfer_campaigns += out.transfer_campaigns;
         total.lease_reads += out.lease_reads;
@@ -46,6 +49,26 @@ fn fixed_seeds_pass_every_check() {
         total.lease_reads > FIXED_SEEDS,
         "only {} lease reads",
         total.lease_reads
+    );
+    eprintln!(
+        "{FIXED_SEEDS} seeds: {} snapshots taken, {} installed, {} disk failures",
+        total.snapshots_taken, total.snapshots_installed, total.disk_failures
+    );
+    // Compaction, snapshot installs and failing disks really happened under the faults.
+    assert!(
+        total.snapshots_taken > 5 * FIXED_SEEDS,
+        "only {} snapshots taken",
+        total.snapshots_taken
+    );
+    assert!(
+        total.snapshots_installed > FIXED_SEEDS,
+        "only {} snapshots installed",
+        total.snapshots_installed
+    );
+    assert!(
+        total.disk_failures > FIXED_SEEDS / 4,
+        "only {} disk failures",
+        total.disk_failures
     );
     eprintln!(
         "{FIXED_SEEDS} seeds: {} lock grants, {} fenced writes applied, {} rejected as stale",
@@ -100,6 +123,13 @@ fn first_caught(m: Mutation, limit: u64) -> Option<(u64, String)> {
     (0..limit).find_map(|seed| {
         let mut c = SimConfig::for_seed(seed);
         c.mutation = m;
+        // Snapshots only where the mutation is about them; no disk faults (they came later
+        // and would change every seed's random stream).
+        if m != Mutation::InstallStaleSnapshot {
+            c.snapshot_every = 0;
+        }
+        c.disk_faults = false;
+        c.transfers = false;
         // The Raft mutations keep the key-value workload they were calibrated on (lock
         // clients change every seed's random stream).
         c.lock_clients = 0;
@@ -126,6 +156,21 @@ fn mutation_count_stale_votes_is_caught() {
         "expected two leaders in one term, got: {msg}"
     );
     eprintln!("CountStaleVotes caught at seed {seed}");
+}
+
+#[test]
+fn mutation_install_stale_snapshot_is_caught() {
+    let (seed, msg) = first_caught(Mutation::InstallStaleSnapshot, 200)
+        .expect("installing a stale snapshot went unnoticed");
+    eprintln!("InstallStaleSnapshot caught at seed {seed}: {msg}");
+}
+
+/// Regression: a heartbeat answer below an in-flight snapshot switched the follower's
+/// progress to replicating past entries it never received, and it never caught up.
+#[test]
+fn a_follower_restarting_behind_a_compacted_leader_catches_up() {
+    let out = run(SimConfig::for_seed(3147)).unwrap_or_else(|f| panic!("{}", replay_hint(&f)));
+    assert!(out.snapshots_installed > 0);
 }
 
 #[test]

@@ -13,8 +13,8 @@ use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
-    Config, Entry, HardState, LogIndex, Message, Mutation, NodeId, Payload, RaftCore, ReadState,
-    Ready, Role, Term,
+    Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation, NodeId, Payload, RaftCore,
+    ReadState, Ready, Role, Snapshot, Term,
 };
 use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
@@ -50,9 +50,17 @@ pub struct SimConfig {
     /// Checker test: the simulated driver drops the fence of every write it proposes (a
     /// driver bug the lock checks must catch).
     pub strip_fences: bool,
+    /// Each node snapshots its state machine and compacts its log once this many entries
+    /// were applied since its last snapshot; 0 = never.
+    pub snapshot_every: u64,
+    /// Also inject disk failures (a node's write fails and it stops).
+    pub disk_faults: bool,
     /// Lease-based reads (`--read-mode lease`); ignored with `classic_raft`, which has no
     /// CheckQuorum to make leases safe.
     pub lease_reads: bool,
+    /// Operators move leadership (`kvctl transfer-leader`) as one of the fault events. Off,
+    /// the fault schedule draws exactly as before transfers existed.
+    pub transfers: bool,
 }
 
 impl SimConfig {
@@ -71,7 +79,12 @@ impl SimConfig {
             classic_raft: false,
             trace: false,
             strip_fences: false,
+            // Most seeds compact, at varied rates (so followers often need snapshots);
+            // one in four never does.
+            snapshot_every: [0, 7, 20, 60][(seed / 4 % 4) as usize],
+            disk_faults: true,
             lease_reads: seed % 3 == 1,
+            transfers: true,
         }
     }
 }
@@ -95,6 +108,12 @@ pub struct Outcome {
     pub lock_grants: u64,
     /// Fenced writes acknowledged as applied.
     pub fenced_ok: u64,
+    /// Nodes stopped by a failed disk write.
+    pub disk_failures: u64,
+    /// Snapshots nodes took of their own state (log compactions).
+    pub snapshots_taken: u64,
+    /// Leader snapshots installed by followers.
+    pub snapshots_installed: u64,
     /// Fenced writes answered with a stale fencing token.
     pub fenced_stale: u64,
     /// Leadership transfers started by the fault schedule.
@@ -175,6 +194,7 @@ impl Ord for Queued {
 
 /// A Ready whose persistence is in progress on the simulated disk.
 struct InFlightReady {
+    snapshot: Option<Snapshot>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
     persisted_messages: Vec<Message>,
@@ -210,6 +230,8 @@ pub(crate) struct SimNode {
     leases: BTreeMap<String, (u64, Time)>,
     /// Leader only: `Expire` proposals in flight, so each is proposed once.
     expiring: BTreeSet<(String, u64)>,
+    /// The next write to this node's disk fails (a full or broken disk).
+    disk_fails: bool,
     /// The lease clock as the driver keeps it: when this life started, and the ticks
     /// credited to the core since (see `catch_up_clock`).
     born: Time,
@@ -298,6 +320,7 @@ impl World {
                     role: Role::Follower,
                     leases: BTreeMap::new(),
                     expiring: BTreeSet::new(),
+                    disk_fails: false,
                     born: 0,
                     ticks_given: 0,
                 },
@@ -571,9 +594,11 @@ impl World {
             }
             // 1. Messages that depend on nothing unpersisted go out now.
             for m in rd.messages {
+                let m = self.attach_snapshot(id, m);
                 self.send(m);
             }
             let inflight = InFlightReady {
+                snapshot: rd.snapshot,
                 hard_state: rd.hard_state,
                 entries: rd.entries,
                 persisted_messages: rd.persisted_messages,
@@ -581,7 +606,10 @@ impl World {
                 read_states: rd.read_states,
             };
             // 2. Persist: takes simulated disk time when there is something to write.
-            if inflight.hard_state.is_some() || !inflight.entries.is_empty() {
+            if inflight.snapshot.is_some()
+                || inflight.hard_state.is_some()
+                || !inflight.entries.is_empty()
+            {
                 let slow = self.slow_disk.contains(&id);
                 let d = if slow {
                     self.rng.random_range(20 * MS..120 * MS)
@@ -607,7 +635,25 @@ impl World {
         if n.incarnation != incarnation || !n.up {
             return;
         }
+        if n.disk_fails {
+            // The write failed: the node stops at once, like the driver (one error line,
+            // exit 3), without sending what the write promised or applying anything; part
+            // of the write may have reached the disk. It restarts once the disk is back.
+            n.disk_fails = false;
+            self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
+            self.outcome.disk_failures += 1;
+            self.crash(id);
+            let down = self.rng.random_range(100 * MS..1_000 * MS);
+            self.schedule(down, Ev::Restart(id));
+            return;
+        }
         let Some(rd) = n.busy.take() else { return };
+        if let Some(snap) = &rd.snapshot {
+            self.install(id, snap);
+        }
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if let Err(e) = n.store.persist(rd.hard_state.as_ref(), &rd.entries) {
             self.violation(format!("memory storage failed: {e}"));
         }
@@ -640,6 +686,72 @@ impl World {
         };
         n.core.advance();
         self.inv.after_step(id, &self.nodes, &mut self.fail);
+        self.maybe_snapshot(id);
+    }
+
+    /// The driver attaches the stored snapshot to the core's InstallSnapshot message.
+    fn attach_snapshot(&mut self, id: NodeId, mut m: Message) -> Message {
+        if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+            match self.nodes.get(&id).map(|n| n.store.snapshot()) {
+                Some(Ok(Some(stored))) => *snapshot = stored,
+                _ => self.violation(format!(
+                    "node {id} sent a snapshot it does not have in storage"
+                )),
+            }
+        }
+        m
+    }
+
+    /// Stores a leader's snapshot durably and replaces the state machine with it.
+    fn install(&mut self, id: NodeId, snap: &Snapshot) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let sm = match StateMachine::restore(&snap.data, Default::default()) {
+            Ok(sm) => sm,
+            Err(e) => {
+                self.violation(format!(
+                    "node {id}: snapshot {:?} does not decode: {e}",
+                    snap.meta
+                ));
+                return;
+            }
+        };
+        if sm.applied_index() != snap.meta.index {
+            let msg = format!(
+                "node {id}: snapshot {:?} holds a state machine applied to {}",
+                snap.meta,
+                sm.applied_index()
+            );
+            self.violation(msg);
+            return;
+        }
+        let _ = n.store.install_snapshot(snap);
+        n.sm = sm;
+        self.locks.on_snapshot(id, &n.sm);
+        self.inv.on_snapshot(id, snap.meta, &mut self.fail);
+        self.outcome.snapshots_installed += 1;
+        self.note(|| format!("node {id} installed snapshot {:?}", snap.meta));
+    }
+
+    /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let every = self.cfg.snapshot_every;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let meta = n.core.applied_snapshot_meta();
+        if every == 0 || meta.index < n.core.snapshot_meta().index + every {
+            return;
+        }
+        let snap = Snapshot {
+            meta,
+            data: n.sm.snapshot().into(),
+        };
+        let _ = n.store.install_snapshot(&snap);
+        n.core.compact(meta.index);
+        self.outcome.snapshots_taken += 1;
+        self.note(|| format!("node {id} took snapshot {meta:?} and compacted its log"));
     }
 
     fn apply(&mut self, id: NodeId, e: Entry) {
@@ -778,6 +890,11 @@ impl World {
         // A write in progress may land whole, not at all, or torn (a prefix of it).
         let mut torn_note = String::new();
         if let Some(rd) = n.busy.take() {
+            // A snapshot is written first and switched to atomically (write new, sync,
+            // rename): it landed or it did not.
+            if let (Some(snap), true) = (&rd.snapshot, torn != 0) {
+                let _ = n.store.install_snapshot(snap);
+            }
             let (hs, k) = match torn {
                 0 => (None, 0),
                 1 => (rd.hard_state, rd.entries.len()),
@@ -823,7 +940,24 @@ impl World {
             }
         };
         let (term, len) = (hs.term, log.len());
-        match RaftCore::new(raft_config(id, n_nodes, seed, classic, lease), hs, log) {
+        let snap = n.store.snapshot().ok().flatten();
+        let meta = snap.as_ref().map_or_else(Default::default, |s| s.meta);
+        n.sm = match &snap {
+            None => StateMachine::new(),
+            Some(s) => match StateMachine::restore(&s.data, Default::default()) {
+                Ok(sm) => sm,
+                Err(e) => {
+                    self.violation(format!("node {id}: stored snapshot does not decode: {e}"));
+                    return;
+                }
+            },
+        };
+        match RaftCore::restore(
+            raft_config(id, n_nodes, seed, classic, lease),
+            hs,
+            meta,
+            log,
+        ) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;
@@ -833,14 +967,19 @@ impl World {
                 return;
             }
         }
-        n.sm = StateMachine::new();
+        self.locks.on_snapshot(id, &n.sm);
         n.up = true;
         n.role = Role::Follower;
         n.leases.clear();
         n.expiring.clear();
         n.born = now;
         n.ticks_given = 0;
-        self.note(|| format!("RESTART node {id} (term {term}, {len} entries on disk)"));
+        self.note(|| {
+            format!(
+                "RESTART node {id} (term {term}, snapshot {}, {len} entries on disk)",
+                meta.index
+            )
+        });
         self.drive(id);
     }
 
@@ -853,7 +992,14 @@ impl World {
         self.outcome.faults += 1;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let pick = ids[self.rng.random_range(0..ids.len())];
-        match self.rng.random_range(0..11u8) {
+        let kinds = 10 + u8::from(self.cfg.disk_faults) + u8::from(self.cfg.transfers);
+        match self.rng.random_range(0..kinds) {
+            10 if self.cfg.disk_faults => {
+                if let Some(n) = self.nodes.get_mut(&pick) {
+                    n.disk_fails = true;
+                    self.note(|| format!("DISK of node {pick} will fail its next write"));
+                }
+            }
             0 | 1 => {
                 self.crash(pick);
                 let down = self.rng.random_range(50 * MS..1_500 * MS);
@@ -913,7 +1059,7 @@ impl World {
                 let (d, u) = (self.drop_rate, self.dup_rate);
                 self.note(|| format!("NETWORK drop={d} dup={u}"));
             }
-            10 => {
+            10 | 11 => {
                 // An operator moves leadership (kvctl transfer-leader) to a random node; the
                 // request goes to whoever leads, through the network like a client's.
                 if let Some(l) = ids
@@ -1194,6 +1340,12 @@ fn short(m: &Message) -> String {
         } => {
             format!("ok={success} match={match_index} hint=({conflict_index},t{conflict_term})")
         }
+        B::InstallSnapshot { snapshot } => format!(
+            "snapshot=({},t{}) {} bytes",
+            snapshot.meta.index,
+            snapshot.meta.term,
+            snapshot.data.len()
+        ),
         B::TimeoutNow | B::TimeoutNowResponse => String::new(),
         B::TransferRequestVote {
             last_log_index,

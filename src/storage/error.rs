@@ -40,11 +40,11 @@ pub enum StorageError {
         cause: String,
     },
     /// A stored value failed its checksum, does not decode, or the log has a gap.
-    #[error("{what} in {} is corrupt ({reason})", dir.display())]
+    #[error("{what} in the sled database {} is corrupt ({reason}); {RECOVER}", dir.display())]
     Corrupt {
-        /// the data dir
+        /// the data dir (sled's database: `db`, `conf`, `blobs/`)
         dir: PathBuf,
-        /// what is corrupt, e.g. "log entry 17" or "hard state"
+        /// what is corrupt, e.g. `log entry 17 (key 0000000000000011 of tree "log")`
         what: String,
         /// why, e.g. "checksum mismatch"
         reason: String,
@@ -78,7 +78,31 @@ pub enum StorageError {
         /// why
         cause: std::io::Error,
     },
+    /// A snapshot file has a bad name, header, length or checksum. Never served, and never
+    /// replaced by an older snapshot.
+    #[error("snapshot file {} is corrupt ({reason}); {RECOVER}", path.display())]
+    CorruptSnapshot {
+        /// the file
+        path: PathBuf,
+        /// why, e.g. "checksum mismatch"
+        reason: String,
+    },
+    /// A snapshot file (or the snapshot dir) could not be created, written, renamed, read,
+    /// listed or removed.
+    #[error("cannot {op} {}: {cause}", path.display())]
+    File {
+        /// the file or directory
+        path: PathBuf,
+        /// the operation, e.g. "write"
+        op: &'static str,
+        /// why
+        cause: std::io::Error,
+    },
 }
+
+/// What an operator does about a corrupt data dir (the end of every corruption message).
+const RECOVER: &str =
+    "stop the node, remove its data dir and restart it empty so it catches up from the leader";
 
 /// sled's error on one line (its `Corruption` variant would print a backtrace).
 pub(crate) fn describe_sled(e: &sled::Error) -> String {

@@ -25,6 +25,7 @@
 mod error;
 mod keys;
 mod sled_store;
+mod snapshot_file;
 
 pub use error::StorageError;
 pub use sled_store::SledStore;

@@ -4,8 +4,9 @@ use super::error::{describe_sled, StorageError};
 use super::keys::{
     decode_value, encode_value, index_of_key, log_key, HARD_STATE_KEY, LOG_TREE, META_TREE,
 };
+use super::snapshot_file::{self, sync_path, SnapshotDir};
 use crate::raft::storage::LogStore;
-use crate::raft::{Entry, HardState, LogIndex, Payload, Snapshot};
+use crate::raft::{Entry, HardState, LogIndex, Payload, Snapshot, SnapshotMeta};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::BTreeSet;
@@ -36,6 +37,15 @@ struct Inner {
     synced_blobs: Mutex<BTreeSet<OsString>>,
     /// Number of completed `persist` syncs (flush + fdatasync), for tests and metrics.
     sync_count: AtomicU64,
+    /// `<dir>/snapshots`.
+    snapshots: SnapshotDir,
+    /// The latest published snapshot. Readers open its file while holding the lock, and
+    /// `install_snapshot` replaces it (after the rename) before removing older files, so a
+    /// reader always opens a file that exists.
+    snapshot: Mutex<Option<SnapshotMeta>>,
+    /// Encoded bytes of the log entries written after the snapshot, see
+    /// [`SledStore::log_bytes_since_snapshot`].
+    log_bytes: AtomicU64,
     dir: PathBuf,
     /// Holds the exclusive lock on `<dir>/LOCK` for as long as the store lives.
     _lock: File,
@@ -56,6 +66,8 @@ impl SledStore {
             cause,
         })?;
         let lock = lock_dir(&dir)?;
+        // Created before the data dir's fsync below, which makes its name durable.
+        let snapshots = SnapshotDir::create(&dir)?;
 
         let open_err = |e: sled::Error| match e {
             // A disk fault (e.g. ENOSPC while sled recovers), not an incompatible database.
@@ -114,14 +126,38 @@ impl SledStore {
                 db_file,
                 synced_blobs: Mutex::new(BTreeSet::new()),
                 sync_count: AtomicU64::new(0),
+                snapshots,
+                snapshot: Mutex::new(None),
+                log_bytes: AtomicU64::new(0),
                 dir,
                 _lock: lock,
             }),
         };
         store
             .sync_new_blobs()
+            .and_then(|()| store.recover_snapshot())
             .inspect_err(|_| store.clone().abandon())?;
         Ok(store)
+    }
+
+    /// The start-up half of `install_snapshot`: removes leftover `.tmp` files, checks the
+    /// latest snapshot's header, removes older snapshot files, and finishes a compaction a
+    /// crash interrupted (log entries the snapshot covers still in sled).
+    fn recover_snapshot(&self) -> Result<(), StorageError> {
+        let scan = self.inner.snapshots.scan()?;
+        if scan.removed_tmp + scan.removed_old > 0 {
+            tracing::info!(
+                dir = %self.inner.snapshots.path().display(),
+                tmp = scan.removed_tmp,
+                old = scan.removed_old,
+                "removed leftover snapshot files"
+            );
+        }
+        *self.lock_snapshot() = scan.latest;
+        match scan.latest {
+            Some(meta) => self.compact_log(meta),
+            None => Ok(()),
+        }
     }
 
     /// Gives the store up after a failed write, flush or sync, without closing sled.
@@ -209,6 +245,67 @@ impl SledStore {
         Ok(())
     }
 
+    /// The latest snapshot's meta, locked (see [`Inner::snapshot`]).
+    fn lock_snapshot(&self) -> std::sync::MutexGuard<'_, Option<SnapshotMeta>> {
+        self.inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Index of the last entry the latest snapshot covers (0 without one).
+    fn snapshot_index(&self) -> LogIndex {
+        self.lock_snapshot().map_or(0, |m| m.index)
+    }
+
+    /// An upper bound on the bytes of log the node has written since its latest snapshot:
+    /// the encoded size of the entries `load` returned plus every entry persisted since
+    /// (entries later overwritten by a conflicting suffix still count until the next
+    /// snapshot), reset by `install_snapshot` to the size of the entries it keeps. The driver
+    /// compares it with its size threshold to decide when to snapshot. Valid after `load`.
+    pub fn log_bytes_since_snapshot(&self) -> u64 {
+        self.inner.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Step 3 of `install_snapshot` (and redone at start-up): removes from sled the entries
+    /// `meta` covers, in one batch made durable with one sync. If the stored entry at
+    /// `meta.index` has `meta.term`, the entries after it stay; otherwise the log is another
+    /// history (or too short) and all of it goes. Does nothing, and does not sync, when no
+    /// stored entry is at or below `meta.index`.
+    fn compact_log(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let log = &self.inner.log;
+        let read_err = |e: sled::Error| self.sled_err("read the log", &e);
+        let Some((first, _)) = log.first().map_err(read_err)? else {
+            return Ok(());
+        };
+        if index_of_key(&first).is_some_and(|i| i > meta.index) {
+            return Ok(());
+        }
+        let keeps_tail = match log.get(log_key(meta.index)).map_err(read_err)? {
+            Some(raw) => {
+                let entry: Entry = decode_value(&raw)
+                    .map_err(|reason| self.corrupt(entry_name(meta.index), reason))?;
+                entry.term == meta.term
+            }
+            None => false,
+        };
+        let mut batch = sled::Batch::default();
+        let mut kept_bytes = 0u64;
+        for item in log.iter() {
+            let (key, value) = item.map_err(read_err)?;
+            if keeps_tail && index_of_key(&key).is_some_and(|i| i > meta.index) {
+                kept_bytes += value.len() as u64;
+            } else {
+                batch.remove(key);
+            }
+        }
+        log.apply_batch(batch)
+            .map_err(|e| self.sled_err("remove the compacted log", &e))?;
+        self.sync()?;
+        self.inner.log_bytes.store(kept_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn sled_err(&self, op: &'static str, e: &sled::Error) -> StorageError {
         StorageError::Sled {
             dir: self.inner.dir.clone(),
@@ -234,11 +331,13 @@ impl SledStore {
     }
 
     /// The `log` batch for `entries`: insert them, and remove every stored entry after the
-    /// last of them (those before it are overwritten by the inserts).
-    fn log_batch(&self, entries: &[Entry]) -> Result<sled::Batch, StorageError> {
+    /// last of them (those before it are overwritten by the inserts). Also returns the bytes
+    /// of the values it inserts.
+    fn log_batch(&self, entries: &[Entry]) -> Result<(sled::Batch, u64), StorageError> {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
         let Some(last) = entries.last() else {
-            return Ok(batch);
+            return Ok((batch, bytes));
         };
         debug_assert!(
             entries.windows(2).all(|w| w[1].index == w[0].index + 1),
@@ -251,6 +350,7 @@ impl SledStore {
             };
             let value = encode_value(entry, hint)
                 .map_err(|e| self.encode_err(format!("log entry {}", entry.index), e))?;
+            bytes += value.len() as u64;
             batch.insert(&log_key(entry.index), value);
         }
         // Usually an empty range: only a conflicting longer suffix has entries past `last`.
@@ -262,15 +362,18 @@ impl SledStore {
             let (key, _) = item.map_err(|e| self.sled_err("read the log", &e))?;
             batch.remove(key);
         }
-        Ok(batch)
+        Ok((batch, bytes))
     }
 }
 
 impl LogStore for SledStore {
     type Error = StorageError;
 
-    /// Loads the hard state and the whole log, checking every checksum and that the log is
-    /// contiguous from index 1.
+    /// Loads the hard state and the log after the latest snapshot, checking every checksum
+    /// and that the log is contiguous from the snapshot's index + 1 (or from 1). Entries the
+    /// snapshot covers are skipped unread; if the stored entry at the snapshot's index has
+    /// another term (only possible if a compaction was interrupted and not redone), no entry
+    /// is returned.
     fn load(&self) -> Result<(HardState, Vec<Entry>), StorageError> {
         let inner = &self.inner;
         let hard_state = match inner
@@ -283,33 +386,51 @@ impl LogStore for SledStore {
             }
             None => HardState::default(),
         };
+        let snapshot = *self.lock_snapshot();
+        let offset = snapshot.map_or(0, |m| m.index);
         // No capacity hint: sled's `len()` walks the whole tree, doubling the cost of a load.
         let mut log = Vec::new();
-        let mut expected: LogIndex = 1;
-        for item in inner.log.iter() {
+        let mut bytes = 0u64;
+        let mut expected: LogIndex = offset.saturating_add(1);
+        for item in inner.log.range(log_key(offset)..) {
             let (key, raw) = item.map_err(|e| self.sled_err("read the log", &e))?;
             let Some(index) = index_of_key(&key) else {
-                return Err(
-                    self.corrupt(format!("log key {key:?}"), "not an 8-byte index".to_owned())
-                );
-            };
-            let what = || format!("log entry {index}");
-            if index != expected {
                 return Err(self.corrupt(
-                    what(),
-                    format!("expected index {expected}: the log must be contiguous from 1"),
+                    format!("log key {key:?} of tree \"log\""),
+                    "not an 8-byte index".to_owned(),
                 ));
-            }
-            let entry: Entry = decode_value(&raw).map_err(|reason| self.corrupt(what(), reason))?;
+            };
+            let entry: Entry =
+                decode_value(&raw).map_err(|reason| self.corrupt(entry_name(index), reason))?;
             if entry.index != index {
                 return Err(self.corrupt(
-                    what(),
+                    entry_name(index),
                     format!("stored under index {index} but says index {}", entry.index),
                 ));
             }
+            if let Some(meta) = snapshot.filter(|m| m.index == index) {
+                if entry.term != meta.term {
+                    // Another history than the snapshot's: none of it is this node's log.
+                    log.clear();
+                    break;
+                }
+                continue;
+            }
+            if index != expected {
+                let from = match snapshot {
+                    Some(m) => format!("{} (the snapshot ends at index {})", m.index + 1, m.index),
+                    None => "1".to_owned(),
+                };
+                return Err(self.corrupt(
+                    entry_name(index),
+                    format!("expected index {expected}: the log must be contiguous from {from}"),
+                ));
+            }
+            bytes += raw.len() as u64;
             log.push(entry);
             expected = index.saturating_add(1);
         }
+        inner.log_bytes.store(bytes, Ordering::Relaxed);
         Ok((hard_state, log))
     }
 
@@ -321,6 +442,9 @@ impl LogStore for SledStore {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        // Entries the snapshot covers are committed, so already in it: never store them.
+        let offset = self.snapshot_index();
+        let entries = &entries[entries.partition_point(|e| e.index <= offset)..];
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }
@@ -330,6 +454,7 @@ impl LogStore for SledStore {
             .transpose()
             .map_err(|e| self.encode_err("hard state".into(), e))?;
         let write_err = |e: &sled::Error| self.sled_err("write the hard state and log", e);
+        let (batch, bytes) = self.log_batch(entries)?;
         match (hard_state, entries.is_empty()) {
             (Some(hs), true) => {
                 inner
@@ -338,13 +463,9 @@ impl LogStore for SledStore {
                     .map_err(|e| write_err(&e))?;
             }
             (None, _) => {
-                inner
-                    .log
-                    .apply_batch(self.log_batch(entries)?)
-                    .map_err(|e| write_err(&e))?;
+                inner.log.apply_batch(batch).map_err(|e| write_err(&e))?;
             }
             (Some(hs), false) => {
-                let batch = self.log_batch(entries)?;
                 (&inner.meta, &inner.log)
                     .transaction(|(meta, log)| {
                         meta.insert(HARD_STATE_KEY, hs.as_slice())?;
@@ -360,24 +481,54 @@ impl LogStore for SledStore {
                     })?;
             }
         }
-        self.sync()
+        self.sync()?;
+        inner.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
+    /// Reads the latest snapshot file in full and verifies its header and checksum.
     fn snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        // Snapshot files are being added (issue 5); until then a node never has one.
-        Ok(None)
+        let (meta, file) = {
+            // Open under the lock: install_snapshot removes older files only after replacing
+            // the meta, and an open file stays readable after its removal.
+            let latest = self.lock_snapshot();
+            let Some(meta) = *latest else {
+                return Ok(None);
+            };
+            (meta, self.inner.snapshots.open(meta)?)
+        };
+        let path = self.inner.snapshots.file_path(meta);
+        snapshot_file::read(file, &path, meta).map(Some)
     }
 
+    /// Publishes `snapshot` (write `.tmp`, fdatasync, rename, fsync the dir), then removes the
+    /// log entries it covers from sled (one batch, one sync), then older snapshot files.
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        Err(StorageError::Sled {
-            dir: self.inner.dir.clone(),
-            op: "install a snapshot",
-            cause: format!(
-                "snapshot files are not supported yet (snapshot at index {})",
-                snapshot.meta.index
-            ),
-        })
+        let meta = snapshot.meta;
+        if meta.index <= self.snapshot_index() {
+            return Ok(());
+        }
+        self.publish_snapshot(snapshot)?;
+        self.compact_log(meta)?;
+        self.inner.snapshots.remove_older(meta)
     }
+}
+
+impl SledStore {
+    /// Steps 1 and 2 of `install_snapshot`: the snapshot file is durable under its final name
+    /// and is the latest.
+    fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let dir = &self.inner.snapshots;
+        let tmp = dir.write_tmp(snapshot)?;
+        dir.publish(&tmp, snapshot.meta)?;
+        *self.lock_snapshot() = Some(snapshot.meta);
+        Ok(())
+    }
+}
+
+/// How a corruption message names log entry `index`: its index and its sled key.
+fn entry_name(index: LogIndex) -> String {
+    format!("log entry {index} (key {index:016x} of tree \"log\")")
 }
 
 /// Takes the exclusive lock on `<dir>/LOCK`.
@@ -401,16 +552,6 @@ fn lock_dir(dir: &Path) -> Result<File, StorageError> {
         }),
         Err(TryLockError::Error(cause)) => Err(lock_err(cause)),
     }
-}
-
-/// fsyncs a file or directory by path.
-fn sync_path(path: &Path) -> Result<(), StorageError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|cause| StorageError::Sync {
-            path: path.to_path_buf(),
-            cause,
-        })
 }
 
 #[cfg(test)]

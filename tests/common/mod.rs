@@ -59,6 +59,8 @@ impl Node {
 pub struct Cluster {
     nodes: Vec<Node>,
     logs: TempDir,
+    /// Flags added to every node's command line.
+    extra_args: Vec<String>,
 }
 
 /// A loopback port nobody listens on right now (bind port 0, read it, release it).
@@ -113,9 +115,18 @@ impl Cluster {
     /// Like [`start`](Self::start), but calls `prepare` on every node (its data dir exists
     /// and is empty) before any process starts, e.g. to mount a small filesystem there.
     pub fn start_with(n: u64, prepare: impl FnMut(&Node)) -> Cluster {
+        Self::start_full(n, &[], prepare)
+    }
+
+    /// Like [`start`](Self::start), with `args` added to every node's command line.
+    pub fn start_args(n: u64, args: &[&str]) -> Cluster {
+        Self::start_full(n, args, |_| {})
+    }
+
+    fn start_full(n: u64, args: &[&str], prepare: impl FnMut(&Node)) -> Cluster {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let direct = ports.clone();
-        Self::build(ports, |_, to| direct[(to - 1) as usize], prepare)
+        Self::build(ports, |_, to| direct[(to - 1) as usize], args, prepare)
     }
 
     /// Like [`start`](Self::start), but every peer link (node i's calls to node j) goes
@@ -131,15 +142,16 @@ impl Cluster {
                 links.insert((from, to), link);
             }
         }
-        let cluster = Self::build(ports, |from, to| via[&(from, to)], |_| {});
+        let cluster = Self::build(ports, |from, to| via[&(from, to)], &[], |_| {});
         (cluster, Links(links))
     }
 
     /// Starts nodes on `ports` (ids 1..), node `from` reaching node `to` at port
-    /// `peer_port(from, to)` on loopback.
+    /// `peer_port(from, to)` on loopback, each with `args` added to its command line.
     fn build(
         ports: Vec<u16>,
         peer_port: impl Fn(u64, u64) -> u16,
+        args: &[&str],
         mut prepare: impl FnMut(&Node),
     ) -> Cluster {
         let logs = TempDir::new().unwrap();
@@ -162,7 +174,11 @@ impl Cluster {
             });
         }
         nodes.iter().for_each(&mut prepare);
-        let mut cluster = Cluster { nodes, logs };
+        let mut cluster = Cluster {
+            nodes,
+            logs,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+        };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -199,6 +215,7 @@ impl Cluster {
                 "--heartbeat-interval-ms",
                 &HEARTBEAT_INTERVAL_MS.to_string(),
             ])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         if !node.peers.is_empty() {
@@ -238,6 +255,20 @@ impl Cluster {
         }
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Deletes everything in node `id`'s data dir (the node must be down).
+    pub fn wipe(&mut self, id: u64) {
+        let node = self.node(id);
+        assert!(node.child.is_none(), "wipe node {id} only while it is down");
+        for entry in std::fs::read_dir(node.data_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
     }
 
     /// Starts node `id` again on the same port and data dir (after `kill` or `terminate`).

@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use super::{NotLeader, RaftCore};
 use crate::raft::message::{Message, MessageBody};
+use crate::raft::progress::ProgressState;
 use crate::raft::types::{NodeId, Role};
 
 /// A transfer in progress (leader only; cleared by every role or term change).
@@ -88,7 +89,8 @@ impl RaftCore {
         // caught up already, hand over now.
         let last = self.log.last_index();
         if let Some(pr) = self.progress.get_mut(&target) {
-            if pr.matched < last {
+            // (A snapshot in flight is left to finish: it is the catching up.)
+            if pr.matched < last && pr.state != ProgressState::Snapshot {
                 pr.become_probe(pr.matched + 1);
             }
         }

@@ -34,6 +34,32 @@ pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
 /// The shape every `--peers` item must have, quoted in errors.
 const PEER_ITEM_SHAPE: &str = "expected PORT, HOST:PORT or ID=HOST:PORT";
 
+/// How the leader confirms a linearizable read (`--read-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// A heartbeat round confirms leadership for each batch of reads (Raft thesis §6.4).
+    #[default]
+    ReadIndex,
+    /// No round while the leader holds a lease: a quorum answered a heartbeat sent less than
+    /// an election timeout (minus a margin) ago. Assumes bounded clock-rate drift between
+    /// nodes (see `raft/core/lease.rs`); every node must use the same mode.
+    Lease,
+}
+
+impl std::str::FromStr for ReadMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "readindex" => Ok(ReadMode::ReadIndex),
+            "lease" => Ok(ReadMode::Lease),
+            other => Err(format!(
+                "unknown read mode {other:?}: expected lease or readindex"
+            )),
+        }
+    }
+}
+
 /// Another member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -65,6 +91,8 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// ... or once the commands applied since the last one reach this many bytes.
     pub snapshot_bytes: u64,
+    /// How linearizable reads are confirmed.
+    pub read_mode: ReadMode,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -117,6 +145,7 @@ impl NodeConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
+            read_mode: ReadMode::ReadIndex,
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod faultnet;
 pub mod lincheck;
 pub mod node;
 pub mod pb;

@@ -70,6 +70,11 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_BYTES, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_bytes: u64,
+    /// How the leader confirms linearizable reads: `readindex` (a heartbeat round per batch
+    /// of reads) or `lease` (no round while a quorum answered recently; assumes bounded
+    /// clock drift between nodes). Use the same mode on every node.
+    #[arg(long, default_value = "readindex", value_name = "MODE")]
+    read_mode: config::ReadMode,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -86,6 +91,7 @@ impl TryFrom<Args> for NodeConfig {
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
             snapshot_entries: a.snapshot_entries,
             snapshot_bytes: a.snapshot_bytes,
+            read_mode: a.read_mode,
         };
         config.validate()?;
         Ok(config)
@@ -126,7 +132,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr} (is another node using this port?)"))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    kvstore::rpc::run(listener, config, shutdown).await?;
+    // On SIGTERM/SIGINT a leader hands leadership over before stopping.
+    kvstore::rpc::run_until_signal(listener, config, shutdown).await?;
     Ok(())
 }
 

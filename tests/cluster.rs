@@ -896,3 +896,187 @@ async fn a_full_disk_stops_one_node_cleanly_the_others_serve_and_it_recovers() {
     drop(cluster);
     drop(tmpfs);
 }
+
+// ---------------------------------------------------------------- leadership transfer
+
+/// The node after `id` in 1..=3.
+fn next_node(id: u64) -> u64 {
+    id % 3 + 1
+}
+
+#[tokio::test]
+async fn kvctl_transfer_leader_moves_leadership_and_writes_keep_working() {
+    let cluster = Cluster::start(3);
+    let (old, term) = cluster.wait_for_leader(SECS_10).await;
+    let target = next_node(old);
+    let (code, out, err) = kvctl(&cluster, &["put", "before", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("OK"), "{out}");
+
+    let started = Instant::now();
+    let (code, out, err) = kvctl(&cluster, &["transfer-leader", &target.to_string()]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "transfer-leader failed: {err}");
+    assert!(
+        out.starts_with(&format!("node {target} is the leader (term ")),
+        "{out}"
+    );
+    eprintln!("kvctl transfer-leader {old} -> {target} took {took:?}");
+    let (leader, new_term) = cluster.wait_for_leader(SECS_10).await;
+    assert_eq!(leader, target, "the named node leads");
+    assert_eq!(
+        new_term,
+        term + 1,
+        "one election, no PreVote round, no retries"
+    );
+    assert!(cluster.log(old).contains(&format!(
+        "[node {old}] transferring leadership to node {target}"
+    )));
+    assert!(cluster.log(target).contains(&format!(
+        "[node {target}] leader {old} handed leadership over"
+    )));
+
+    // Writes and linearizable reads work through the new leader.
+    let (code, _, err) = kvctl(&cluster, &["put", "after", "2"]);
+    assert_eq!(code, 0, "{err}");
+    for (key, value) in [("before", "1"), ("after", "2")] {
+        let (code, out, err) = kvctl(&cluster, &["get", key]);
+        assert_eq!((code, out.trim()), (0, value), "{err}");
+    }
+    // Asking for the current leader is a no-op; a non-member is refused in one line.
+    let (code, out, _) = kvctl(&cluster, &["transfer-leader", &target.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("node {target} is the leader")));
+    let (code, _, err) = kvctl(&cluster, &["transfer-leader", "9"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        "kvctl: invalid argument: node 9 is not a member of the cluster"
+    );
+}
+
+/// Waits until node `id` has applied everything the leader has committed.
+async fn wait_caught_up(cluster: &Cluster, id: u64) {
+    poll_until(SECS_10, &format!("node {id} to catch up"), async || {
+        let statuses = cluster.live_statuses().await;
+        let (leader, _) = common::agreed_leader(&statuses)?;
+        let commit = statuses.iter().find(|s| s.id == leader)?.commit_index;
+        let me = statuses.iter().find(|s| s.id == id)?;
+        (statuses.len() == 3 && me.last_applied >= commit).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_fails_no_client_write_and_loses_none() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_10).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writer = Client::with_options(
+        cluster.endpoints(),
+        kvstore::client::ClientOptions::with_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut failed, mut slowest) = (0u64, Vec::new(), Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                match writer.put(&format!("w{acked}"), &acked.to_string()).await {
+                    Ok(_) => acked += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                slowest = slowest.max(started.elapsed());
+            }
+            (acked, failed, slowest)
+        })
+    };
+    let mut handed_over = 0;
+    for id in 1..=3 {
+        let was_leader = cluster.status(id).await.unwrap().role == Role::Leader as i32;
+        let status = cluster.terminate(id).await;
+        assert!(status.success(), "node {id} exited with {status}");
+        if was_leader {
+            assert!(
+                cluster
+                    .log_since_start(id)
+                    .contains("handed leadership over before shutting down"),
+                "leader {id} handed over before exiting"
+            );
+            handed_over += 1;
+        }
+        cluster.restart(id);
+        wait_caught_up(&cluster, id).await;
+    }
+    assert!(handed_over >= 1, "the leader was restarted too");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed, slowest) = writing.await.unwrap();
+    eprintln!("rolling restart: {acked} writes acknowledged, slowest took {slowest:?}");
+    assert!(failed.is_empty(), "failed client writes: {failed:?}");
+    assert!(acked > 20, "only {acked} writes during the restart");
+    let mut reader = cluster.client();
+    for i in 0..acked {
+        let got = reader
+            .get(&format!("w{i}"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(got.value, Some(i.to_string()), "acknowledged write w{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_reach_its_followers_is_replaced_and_stops_acknowledging_writes() {
+    let (cluster, links) = Cluster::start_behind_proxies(3).await;
+    let (old, term) = cluster.wait_for_leader(SECS_10).await;
+    let mut client = cluster.client();
+    write_keys(&mut client, 10).await;
+
+    // One-way: the old leader's calls to its followers fail; theirs to it still arrive.
+    for other in (1..=3).filter(|&o| o != old) {
+        links.cut(old, other);
+    }
+    let (leader, new_term) = poll_until(SECS_10, "a new leader among the others", async || {
+        let mut statuses = Vec::new();
+        for id in (1..=3).filter(|&o| o != old) {
+            statuses.push(cluster.status(id).await.ok()?);
+        }
+        common::agreed_leader(&statuses).filter(|&(l, t)| l != old && t > term)
+    })
+    .await;
+    assert_ne!(leader, old);
+    // The old leader learns the new term from the new leader's heartbeats (they reach it)
+    // or gives up by CheckQuorum; either way it stops leading...
+    poll_until(SECS_10, "the old leader to step down", async || {
+        let s = cluster.status(old).await.ok()?;
+        (s.role != Role::Leader as i32).then_some(())
+    })
+    .await;
+    // ...and never acknowledges a write sent to it directly.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        cluster.kv(old).put(put("zombie", "x")),
+    )
+    .await;
+    assert!(
+        !matches!(answer, Ok(Ok(_))),
+        "old leader acknowledged a write"
+    );
+    // The cluster keeps taking writes; after healing nothing acknowledged is lost.
+    client.put("key-during", "cut").await.unwrap();
+    links.heal();
+    let (_, healed_term) = cluster.wait_for_leader(SECS_10).await;
+    assert!(healed_term >= new_term);
+    assert_keys(&mut client, 10).await;
+    let got = client
+        .get("key-during", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.value.as_deref(), Some("cut"));
+    let zombie = client
+        .get("zombie", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(zombie.value, None, "the refused write was never applied");
+    wait_until_node_has(&cluster, old, "key-during", "cut").await;
+}

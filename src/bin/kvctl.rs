@@ -4,6 +4,7 @@
 //! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] COMMAND
 //!   put KEY VALUE [--fence NAME:TOKEN] | get KEY [--serializable] | del KEY [--fence NAME:TOKEN]
 //!   status
+//!   transfer-leader ID                                     (waits until node ID leads)
 //!   lock acquire NAME --holder H --ttl 5s [--wait 10s]   (prints the token)
 //!   lock keepalive NAME TOKEN | lock release NAME TOKEN | lock validate NAME TOKEN
 //! ```
@@ -73,6 +74,12 @@ enum Command {
     /// Named locks with leases and fencing tokens.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Move leadership to node ID and wait until it leads (the leader hands over: it catches
+    /// ID up, then ID is elected at once; writes pause meanwhile and clients retry them).
+    TransferLeader {
+        /// The node that should lead.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +190,10 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
             }
         }
         Command::Lock(command) => return run_lock(&mut client, command).await,
+        Command::TransferLeader { id } => {
+            let term = client.transfer_leadership(id).await.map_err(failed)?;
+            println!("node {id} is the leader (term {term})");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,13 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use kvstore::client::{Client, ClientError, ClientOptions};
+use kvstore::faultnet::Link;
 use kvstore::lincheck::{self, Op, OpKind, OpResult};
 use kvstore::pb;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// Real-process fault run of a kvstore cluster.
 #[derive(Parser, Debug)]
@@ -70,36 +68,6 @@ fn micros(start: Instant) -> u64 {
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     Ok(l.local_addr()?.port())
-}
-
-/// One directed peer link through a proxy that can be cut.
-struct Link {
-    cut: watch::Sender<bool>,
-}
-
-async fn proxy(listener: TcpListener, target: u16, mut cut: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = cut.changed() => continue,
-        };
-        let Ok((mut inbound, _)) = accepted else {
-            continue;
-        };
-        if *cut.borrow() {
-            continue; // dropped: the connection closes at once
-        }
-        let mut cut = cut.clone();
-        tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                return;
-            };
-            tokio::select! {
-                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = async { while cut.changed().await.is_ok() { if *cut.borrow() { break; } } } => {}
-            }
-        });
-    }
 }
 
 /// Each node in its own network namespace, with a veth into a private bridge in the root
@@ -205,11 +173,11 @@ impl Network {
             Network::Proxy(links) => {
                 for o in (1..=n).filter(|&o| o != victim) {
                     if let Some(l) = links.get(&(o, victim)) {
-                        let _ = l.cut.send(true);
+                        l.set_cut(true);
                     }
                     if !one_way {
                         if let Some(l) = links.get(&(victim, o)) {
-                            let _ = l.cut.send(true);
+                            l.set_cut(true);
                         }
                     }
                 }
@@ -238,7 +206,7 @@ impl Network {
         match self {
             Network::Proxy(links) => {
                 for l in links.values() {
-                    let _ = l.cut.send(false);
+                    l.set_cut(false);
                 }
             }
             Network::Netns(net) => {
@@ -552,13 +520,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             for i in 1..=n {
                 let mut peers = Vec::new();
                 for j in (1..=n).filter(|&j| j != i) {
-                    let listener = TcpListener::bind("127.0.0.1:0")
+                    let (pport, link) = Link::spawn(ports[&j])
                         .await
                         .context("binding a proxy port")?;
-                    let pport = listener.local_addr()?.port();
-                    let (tx, rx) = watch::channel(false);
-                    tokio::spawn(proxy(listener, ports[&j], rx));
-                    links.insert((i, j), Link { cut: tx });
+                    links.insert((i, j), link);
                     peers.push(format!("{j}=127.0.0.1:{pport}"));
                 }
                 let mut a = vec!["--port".to_string(), ports[&i].to_string()];

@@ -86,6 +86,10 @@ struct Args {
     /// Do not inject disk failures.
     #[arg(long)]
     no_disk_faults: bool,
+    /// Do not inject leadership transfers (the fault schedule then draws as it did before
+    /// transfers existed).
+    #[arg(long)]
+    no_transfers: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -99,6 +103,7 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
         c.snapshot_every = n;
     }
     c.disk_faults = !args.no_disk_faults;
+    c.transfers = !args.no_transfers;
     c
 }
 
@@ -126,6 +131,9 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
     if args.no_disk_faults {
         extra += " --no-disk-faults";
     }
+    if args.no_transfers {
+        extra += " --no-transfers";
+    }
     format!(
         "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",
         args.fault_ms
@@ -152,7 +160,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
-                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed);
+                println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed, o.transfers, o.lease_reads);
                 ExitCode::SUCCESS
             }
             Err(f) => {
@@ -181,6 +189,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let done = Arc::new(AtomicU64::new(0));
     // Totals over passing seeds: ops ok, snapshots taken, snapshots installed.
     let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    // Leadership transfers started, and reads served by lease, over the passing seeds.
+    let (transfers, lease_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
@@ -203,6 +213,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 bar.clone(),
                 args.clone(),
             );
+            let (transfers, lease_reads) = (transfers.clone(), lease_reads.clone());
             s.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {
@@ -217,6 +228,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     {
                         t.fetch_add(v, Ordering::Relaxed);
                     }
+                    transfers.fetch_add(o.transfers, Ordering::Relaxed);
+                    lease_reads.fetch_add(o.lease_reads, Ordering::Relaxed);
                 }
                 if let Err(f) = result {
                     bar.suspend(|| report(&args, &f));
@@ -248,6 +261,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
         totals[0].load(Ordering::Relaxed),
         totals[1].load(Ordering::Relaxed),
         totals[2].load(Ordering::Relaxed)
+    );
+    println!(
+        "{} leadership transfers started, {} reads served by lease (lease mode on seeds = 1 mod 3)",
+        transfers.load(Ordering::Relaxed),
+        lease_reads.load(Ordering::Relaxed)
     );
     if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
         println!(

@@ -21,6 +21,7 @@
 //!   concurrent writes of one session could be applied out of order and one of them rejected
 //!   as stale. Use one `Client` per concurrent writer.
 
+mod admin;
 mod duration;
 mod election;
 mod endpoints;

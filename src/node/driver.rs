@@ -75,6 +75,8 @@ pub struct Driver {
     incoming_snapshot: Option<(SnapshotMeta, StateMachine)>,
     /// Bytes of commands applied since the last snapshot (for `--snapshot-bytes`).
     bytes_since_snapshot: u64,
+    /// Keeps the core's lease clock in step with real time (`handover.rs`).
+    clock: handover::TickClock,
 }
 
 impl Driver {
@@ -108,6 +110,7 @@ impl Driver {
         rc.election_ticks = config.election_ticks();
         rc.heartbeat_ticks = 1;
         rc.seed = start_seed(config.id);
+        rc.lease_reads = config.read_mode == crate::config::ReadMode::Lease;
         info!(
             node_id = config.id,
             term = hard_state.term,
@@ -137,6 +140,7 @@ impl Driver {
             locks_freed: inbox.locks_freed,
             incoming_snapshot: None,
             bytes_since_snapshot: 0,
+            clock: handover::TickClock::new(),
         })
     }
 
@@ -214,7 +218,9 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
+        self.clock.catch_up(&mut self.core, self.tick);
         self.core.tick();
+        self.clock.ticked();
         self.pending.prune_closed();
         self.sync_leases();
         self.maybe_expire_leases();
@@ -228,8 +234,8 @@ impl Driver {
                     self.leading = Some(term);
                     self.pending.add_write(index, term, reply);
                 }
-                Err(NotLeader { leader }) => {
-                    let _ = reply.send(Err(self.not_leader(leader)));
+                Err(e) => {
+                    let _ = reply.send(Err(self.refused(e)));
                 }
             },
             Request::Read {
@@ -246,6 +252,8 @@ impl Driver {
                 reply,
             } => {
                 let id = self.pending.next_read_id();
+                // A lease is measured in ticks: count the ones a stall made us miss first.
+                self.clock.catch_up(&mut self.core, self.tick);
                 match self.core.read_index(id) {
                     Ok(()) => {
                         self.leading = Some(self.core.status().term);
@@ -277,6 +285,12 @@ impl Driver {
             Request::PeerReply { mut msg } => {
                 msg.rpc_id = 0;
                 self.core.step(msg);
+            }
+            Request::TransferLeadership { target, reply } => {
+                let _ = reply.send(self.transfer_leadership(target));
+            }
+            Request::HandOver { reply } => {
+                let _ = reply.send(self.hand_over());
             }
         }
     }
@@ -640,8 +654,8 @@ impl Driver {
                 Ok(Proposed { index, .. }) => {
                     debug!(lock = %name, token, index, "proposed lease expiry");
                 }
-                // Leadership is gone; the next sync clears the leases.
-                Err(NotLeader { .. }) => return,
+                // Leadership is gone (or being handed over); the next sync clears the leases.
+                Err(_) => return,
             }
         }
     }
@@ -719,11 +733,16 @@ impl Driver {
                 Request::Read { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Request::Peer { .. } | Request::PeerReply { .. } => {}
+                Request::TransferLeadership { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::Peer { .. } | Request::PeerReply { .. } | Request::HandOver { .. } => {}
             }
         }
     }
 }
+
+mod handover;
 
 /// A lease of `ttl_ms` starting at `now`.
 fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {

@@ -40,6 +40,19 @@ pub enum ClientError {
     /// The command applied, deterministically, to an error.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// The leader is handing leadership over and takes no writes meanwhile.
+    #[error("leadership transfer in progress; retry")]
+    TransferInProgress,
+    /// A leadership transfer did not complete in time.
+    #[error("leadership transfer to node {target} did not complete within {waited_ms} ms; node {leader} still leads, retry")]
+    TransferTimedOut {
+        /// The requested new leader.
+        target: NodeId,
+        /// How long the node waited.
+        waited_ms: u128,
+        /// Who leads now (0 if unknown).
+        leader: NodeId,
+    },
 }
 
 /// An error that stops the node (the process exits non-zero). Logged once by the driver,

@@ -28,6 +28,7 @@
 
 mod driver;
 mod error;
+mod handover;
 mod pending;
 mod request;
 mod transport;

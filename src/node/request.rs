@@ -70,4 +70,17 @@ pub enum Request {
         /// The response (its `from` is the peer).
         msg: Message,
     },
+    /// Start handing leadership to `target` (answered at once: started, or why not).
+    TransferLeadership {
+        /// The node that should lead.
+        target: NodeId,
+        /// The term the transfer starts in, or the error.
+        reply: oneshot::Sender<Result<Term, ClientError>>,
+    },
+    /// Shutdown of a leader: hand leadership to the most up-to-date peer. Answered with the
+    /// target and the current term, or `None` when this node does not lead (or has no peers).
+    HandOver {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Option<(NodeId, Term)>>,
+    },
 }

@@ -27,6 +27,11 @@ pub struct Config {
     /// election timeout steps down; followers that heard from a live leader within the
     /// election timeout ignore vote requests (leader stickiness).
     pub check_quorum: bool,
+    /// Lease-based linearizable reads (see `core/lease.rs`): while a quorum acknowledged a
+    /// heartbeat round sent less than the lease ago, the leader serves reads without a new
+    /// round. Needs `check_quorum` (the followers' stickiness is what makes the lease safe),
+    /// and every node of the cluster must run with the same setting.
+    pub lease_reads: bool,
 }
 
 /// A configuration that cannot work.
@@ -49,6 +54,9 @@ pub enum ConfigError {
     /// A zero limit.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// Lease reads rely on CheckQuorum's leader stickiness.
+    #[error("lease reads need check_quorum")]
+    LeaseWithoutCheckQuorum,
 }
 
 impl Config {
@@ -64,6 +72,7 @@ impl Config {
             max_inflight: 64,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
         }
     }
 
@@ -103,6 +112,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return Err(ConfigError::ZeroLimit("max_inflight"));
+        }
+        if self.lease_reads && !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
         Ok(())
     }

@@ -29,6 +29,31 @@ pub struct NotLeader {
     pub leader: Option<NodeId>,
 }
 
+/// Why a proposal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// This node leads but is handing leadership over to `target` (Raft thesis §3.10): it
+    /// takes no new entries until the transfer completes or is abandoned. Retry shortly.
+    #[error("leadership transfer to node {target} in progress")]
+    TransferInProgress {
+        /// The node leadership is being transferred to.
+        target: NodeId,
+    },
+}
+
+impl ProposeError {
+    /// The leader to retry at, if known (this node itself while a transfer is in progress).
+    pub fn leader(&self) -> Option<NodeId> {
+        match self {
+            ProposeError::NotLeader(e) => e.leader,
+            ProposeError::TransferInProgress { .. } => None,
+        }
+    }
+}
+
 /// Where a proposal went in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proposed {
@@ -121,6 +146,10 @@ pub struct RaftCore {
     need_broadcast: bool,
     /// A read round was started and its heartbeat is not sent yet.
     read_round_open: bool,
+    /// Leader only: the leadership transfer in progress, if any (`transfer.rs`).
+    transfer: Option<transfer::Transfer>,
+    /// The lease clock and, as leader, when each heartbeat round was sent (`lease.rs`).
+    lease: lease::LeaseState,
 
     // Output waiting for the driver.
     msgs: Vec<Message>,
@@ -189,6 +218,8 @@ impl RaftCore {
             read_round: 0,
             need_broadcast: false,
             read_round_open: false,
+            transfer: None,
+            lease: lease::LeaseState::default(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
@@ -268,12 +299,20 @@ impl RaftCore {
             MessageBody::InstallSnapshot { ref snapshot } => {
                 self.handle_install_snapshot(&msg, snapshot)
             }
+            MessageBody::TimeoutNow => self.handle_timeout_now(&msg),
+            MessageBody::TimeoutNowResponse => {}
+            MessageBody::TransferRequestVote {
+                last_log_index,
+                last_log_term,
+            } => self.handle_request_vote(&msg, last_log_index, last_log_term),
         }
     }
 
     /// Advances logical time by one tick: followers and candidates count toward an election,
     /// leaders toward the next heartbeat.
     pub fn tick(&mut self) {
+        self.lease_tick();
+        self.transfer_tick();
         match self.role {
             Role::Leader => {
                 self.election_elapsed += 1;
@@ -313,12 +352,17 @@ impl RaftCore {
     /// `ready()`, batched with whatever else was proposed meanwhile.
     ///
     /// # Errors
-    /// [`NotLeader`] if this node is not the leader.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<Proposed, NotLeader> {
+    /// [`ProposeError::NotLeader`] if this node is not the leader,
+    /// [`ProposeError::TransferInProgress`] while it hands leadership over.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
         if self.role != Role::Leader {
             return Err(NotLeader {
                 leader: self.leader,
-            });
+            }
+            .into());
+        }
+        if let Some(t) = &self.transfer {
+            return Err(ProposeError::TransferInProgress { target: t.target });
         }
         let index = self.log.last_index() + 1;
         self.log.push(Entry {
@@ -349,6 +393,9 @@ impl RaftCore {
             // §6.4 step 1: until an entry of its own term commits, a new leader does not know
             // the true commit index. Its no-op will commit soon.
             self.reads_before_commit.push(id);
+            return Ok(());
+        }
+        if self.try_lease_read(id) {
             return Ok(());
         }
         self.start_read(id);
@@ -601,6 +648,11 @@ impl RaftCore {
             MessageBody::RequestVoteResponse { .. }
             | MessageBody::PreVoteResponse { .. }
             | MessageBody::AppendEntriesResponse { .. } => {}
+            MessageBody::TransferRequestVote { .. } => {
+                self.respond_now(msg, MessageBody::RequestVoteResponse { granted: false })
+            }
+            MessageBody::TimeoutNow => self.respond_now(msg, MessageBody::TimeoutNowResponse),
+            MessageBody::TimeoutNowResponse => {}
         }
     }
 
@@ -624,6 +676,8 @@ impl RaftCore {
         self.read_round = 0;
         self.need_broadcast = false;
         self.read_round_open = false;
+        self.transfer = None;
+        self.lease.reset_for_term();
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -749,8 +803,8 @@ impl RaftCore {
     /// timeout, or this node leads and its quorum check has not failed (CheckQuorum only).
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.cfg.election_ticks
+            && ((self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks)
+                || self.lease_sticky())
     }
 
     /// A leader's CheckQuorum test: did a majority (counting itself) answer since the last one?
@@ -879,6 +933,7 @@ impl RaftCore {
         self.leader = Some(msg.from);
         self.election_elapsed = 0;
         self.pre_campaign = None;
+        self.lease_heard_from_leader();
 
         // Reject malformed batches outright: indexes must follow prev_log_index contiguously
         // and no entry may come from a term after the sender's.
@@ -1020,6 +1075,7 @@ impl RaftCore {
         }
         self.confirm_reads();
         self.send_append(from);
+        self.maybe_send_timeout_now(from);
     }
 
     /// Figure 2 / Figure 8: advance the commit index to the highest index stored on a quorum,
@@ -1089,6 +1145,7 @@ impl RaftCore {
     /// Heartbeat (§5.2): every follower hears from us; followers whose window stalled (lost
     /// messages) fall back to probing; the heartbeat carries the current read round.
     fn heartbeat_round(&mut self) {
+        self.lease_new_round();
         let stall_rounds = (self.cfg.election_ticks / self.cfg.heartbeat_ticks / 2).max(2);
         // A snapshot can take much longer to stream than a batch of entries.
         let snapshot_stall_rounds = stall_rounds.saturating_mul(SNAPSHOT_STALL_FACTOR);
@@ -1215,6 +1272,10 @@ impl RaftCore {
     }
 }
 
+mod lease;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod transfer;
+
+pub use self::transfer::TransferError;

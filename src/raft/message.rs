@@ -86,6 +86,22 @@ pub enum MessageBody {
         /// The snapshot: last included index and term, and the state machine's bytes.
         snapshot: Snapshot,
     },
+    /// Leadership transfer (Raft thesis §3.10): the leader tells a caught-up follower to start
+    /// an election now, skipping PreVote. Acted on only when it comes from the receiver's
+    /// current-term leader.
+    TimeoutNow,
+    /// Reply to TimeoutNow (an acknowledgement; the leader needs nothing from it).
+    TimeoutNowResponse,
+    /// A RequestVote sent by a candidate campaigning because its leader sent it TimeoutNow.
+    /// Voters do not apply leader stickiness to it (the leader asked for this election);
+    /// the term rules and the log up-to-date check (§5.4.1) apply as to any vote request.
+    /// Answered with `RequestVoteResponse`.
+    TransferRequestVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: LogIndex,
+        /// Term of the candidate's last log entry.
+        last_log_term: Term,
+    },
 }
 
 impl MessageBody {
@@ -99,16 +115,21 @@ impl MessageBody {
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TimeoutNowResponse => "TimeoutNowResponse",
+            MessageBody::TransferRequestVote { .. } => "TransferRequestVote",
         }
     }
 
-    /// True for the two request kinds (which expect exactly one response).
+    /// True for the request kinds (which expect exactly one response).
     pub fn is_request(&self) -> bool {
         matches!(
             self,
             MessageBody::RequestVote { .. }
                 | MessageBody::AppendEntries { .. }
                 | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
+                | MessageBody::TransferRequestVote { .. }
         )
     }
 }

@@ -38,7 +38,7 @@ mod prevote_tests;
 mod testkit;
 
 pub use self::config::{Config, ConfigError};
-pub use self::core::{Mutation, NotLeader, Proposed, RaftCore};
+pub use self::core::{Mutation, NotLeader, ProposeError, Proposed, RaftCore, TransferError};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};
 pub use self::types::{

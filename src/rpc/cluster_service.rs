@@ -68,7 +68,27 @@ impl pb::cluster_server::Cluster for ClusterService {
             &self.node.status(),
         )))
     }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        let target = request.into_inner().target_id;
+        if target == 0 {
+            return Err(Status::invalid_argument("target_id must not be 0"));
+        }
+        let wait = self.config.election_timeout * TRANSFER_WAIT_ELECTIONS;
+        let (leader_id, term) = self.node.transfer_leadership(target, wait).await?;
+        Ok(Response::new(pb::TransferLeadershipResponse {
+            leader_id,
+            term,
+        }))
+    }
 }
+
+/// `TransferLeadership` waits this many election timeouts for the target to take over (the
+/// leader abandons the transfer after one).
+const TRANSFER_WAIT_ELECTIONS: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,9 @@ fn check_sender(id: NodeId, field: &str) -> Result<(), Status> {
 pub fn vote_request_in(req: pb::RequestVoteRequest, me: NodeId) -> Result<Message, Status> {
     check_sender(req.candidate_id, "candidate_id")?;
     check_to(req.to, me)?;
+    if req.leadership_transfer {
+        return transfer_vote_request_in(req, me);
+    }
     let (last_log_index, last_log_term) = (req.last_log_index, req.last_log_term);
     Ok(Message {
         from: req.candidate_id,
@@ -194,6 +197,8 @@ pub enum PeerRequest {
     Append(pb::AppendEntriesRequest),
     /// For `Raft/InstallSnapshot`: the chunks to stream.
     Snapshot(Vec<pb::InstallSnapshotChunk>),
+    /// For `Raft/TimeoutNow`.
+    TimeoutNow(pb::TimeoutNowRequest),
 }
 
 impl TryFrom<Message> for PeerRequest {
@@ -212,6 +217,7 @@ impl TryFrom<Message> for PeerRequest {
                 last_log_term,
                 to: msg.to,
                 pre_vote: false,
+                leadership_transfer: false,
             })),
             MessageBody::PreVote {
                 last_log_index,
@@ -223,6 +229,7 @@ impl TryFrom<Message> for PeerRequest {
                 last_log_term,
                 to: msg.to,
                 pre_vote: true,
+                leadership_transfer: false,
             })),
             MessageBody::AppendEntries {
                 prev_log_index,
@@ -243,6 +250,23 @@ impl TryFrom<Message> for PeerRequest {
             MessageBody::InstallSnapshot { ref snapshot } => Ok(PeerRequest::Snapshot(
                 snapshot_chunks(&msg, snapshot, SNAPSHOT_CHUNK_BYTES),
             )),
+            MessageBody::TransferRequestVote {
+                last_log_index,
+                last_log_term,
+            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
+                term: msg.term,
+                candidate_id: msg.from,
+                last_log_index,
+                last_log_term,
+                to: msg.to,
+                pre_vote: false,
+                leadership_transfer: true,
+            })),
+            MessageBody::TimeoutNow => Ok(PeerRequest::TimeoutNow(pb::TimeoutNowRequest {
+                term: msg.term,
+                leader_id: msg.from,
+                to: msg.to,
+            })),
             _ => Err(msg),
         }
     }
@@ -447,6 +471,66 @@ impl SnapshotReceiver {
     }
 }
 
+/// A RequestVote with the leadership-transfer flag (already checked to be for `me`).
+fn transfer_vote_request_in(req: pb::RequestVoteRequest, me: NodeId) -> Result<Message, Status> {
+    if req.pre_vote {
+        return Err(Status::invalid_argument(
+            "a vote request cannot be both a pre-vote and a leadership transfer",
+        ));
+    }
+    Ok(Message {
+        from: req.candidate_id,
+        to: me,
+        term: req.term,
+        rpc_id: 0,
+        body: MessageBody::TransferRequestVote {
+            last_log_index: req.last_log_index,
+            last_log_term: req.last_log_term,
+        },
+    })
+}
+
+/// An incoming TimeoutNow, for the core.
+///
+/// # Errors
+/// INVALID_ARGUMENT without a sender, FAILED_PRECONDITION if it is not for `me`.
+pub fn timeout_now_request_in(req: pb::TimeoutNowRequest, me: NodeId) -> Result<Message, Status> {
+    check_sender(req.leader_id, "leader_id")?;
+    check_to(req.to, me)?;
+    Ok(Message {
+        from: req.leader_id,
+        to: me,
+        term: req.term,
+        rpc_id: 0,
+        body: MessageBody::TimeoutNow,
+    })
+}
+
+/// The core's answer to a TimeoutNow, for the wire.
+///
+/// # Errors
+/// INTERNAL if the core answered with another message kind.
+pub fn timeout_now_response_out(msg: Message) -> Result<pb::TimeoutNowResponse, Status> {
+    match msg.body {
+        MessageBody::TimeoutNowResponse => Ok(pb::TimeoutNowResponse {
+            term: msg.term,
+            from: msg.from,
+        }),
+        _ => Err(wrong_response(&msg, "TimeoutNow")),
+    }
+}
+
+/// A peer's TimeoutNow answer, for the core (`from` is the peer we called).
+pub fn timeout_now_response_in(resp: pb::TimeoutNowResponse, peer: NodeId, me: NodeId) -> Message {
+    Message {
+        from: peer,
+        to: me,
+        term: resp.term,
+        rpc_id: 0,
+        body: MessageBody::TimeoutNowResponse,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +618,54 @@ mod tests {
     }
 
     #[test]
+    fn transfer_messages_round_trip_through_the_wire() {
+        let vote = Message {
+            from: 3,
+            to: 1,
+            term: 8,
+            rpc_id: 0,
+            body: MessageBody::TransferRequestVote {
+                last_log_index: 4,
+                last_log_term: 7,
+            },
+        };
+        let PeerRequest::Vote(wire) = PeerRequest::try_from(vote.clone()).unwrap() else {
+            panic!("expected a vote");
+        };
+        assert!(wire.leadership_transfer && !wire.pre_vote);
+        assert_eq!(vote_request_in(wire, 1).unwrap(), vote);
+        let both = pb::RequestVoteRequest {
+            pre_vote: true,
+            ..wire
+        };
+        assert_eq!(
+            vote_request_in(both, 1).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+
+        let now = Message {
+            from: 1,
+            to: 2,
+            term: 8,
+            rpc_id: 0,
+            body: MessageBody::TimeoutNow,
+        };
+        let PeerRequest::TimeoutNow(wire) = PeerRequest::try_from(now.clone()).unwrap() else {
+            panic!("expected a TimeoutNow");
+        };
+        assert_eq!(timeout_now_request_in(wire, 2).unwrap(), now);
+        let ack = Message {
+            from: 2,
+            to: 1,
+            term: 8,
+            rpc_id: 0,
+            body: MessageBody::TimeoutNowResponse,
+        };
+        let wire = timeout_now_response_out(ack.clone()).unwrap();
+        assert_eq!(timeout_now_response_in(wire, 2, 1), ack);
+    }
+
+    #[test]
     fn responses_round_trip() {
         let vote = Message {
             from: 2,
@@ -571,6 +703,7 @@ mod tests {
     fn misdirected_message_names_both_nodes() {
         let req = pb::RequestVoteRequest {
             pre_vote: false,
+            leadership_transfer: false,
             term: 1,
             candidate_id: 1,
             last_log_index: 0,

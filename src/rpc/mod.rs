@@ -81,8 +81,32 @@ pub enum RunError {
 /// process) or that failed while running, or a server failure.
 pub async fn run(
     listener: TcpListener,
+    config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_node(listener, config, shutdown, None).await
+}
+
+/// [`run`] for the `kvstore` binary: when `signal` is cancelled (SIGTERM, SIGINT), a leader
+/// first hands leadership to its most up-to-date peer and waits, at most two election
+/// timeouts, until it no longer leads, so clients see no election gap; then the node stops as
+/// [`run`] does. A follower stops at once.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_until_signal(
+    listener: TcpListener,
+    config: NodeConfig,
+    signal: CancellationToken,
+) -> Result<(), RunError> {
+    run_node(listener, config, CancellationToken::new(), Some(signal)).await
+}
+
+async fn run_node(
+    listener: TcpListener,
     mut config: NodeConfig,
     shutdown: CancellationToken,
+    handover: Option<CancellationToken>,
 ) -> Result<(), RunError> {
     if config.port == 0 {
         config.port = listener.local_addr().map_err(RunError::Listener)?.port();
@@ -106,6 +130,17 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    if let Some(signal) = handover {
+        let (node, stop, bound) = (handle.clone(), stop.clone(), config.election_timeout * 2);
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = signal.cancelled() => {}
+                _ = stop.cancelled() => return,
+            }
+            node.hand_over(bound).await;
+            stop.cancel();
+        });
+    }
     let driver_stop = stop.clone();
     let driver_task = tracker.spawn(async move {
         let result = driver.run(driver_stop.clone()).await;

@@ -266,6 +266,12 @@ impl Call {
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
+            PeerRequest::TimeoutNow(req) => (
+                "TimeoutNow",
+                self.client.timeout_now(req).await.map(|r| {
+                    convert::timeout_now_response_in(r.into_inner(), self.peer.id, self.me)
+                }),
+            ),
         };
         match result {
             Ok(reply) => {

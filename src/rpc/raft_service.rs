@@ -54,4 +54,13 @@ impl pb::raft_server::Raft for RaftService {
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::append_response_out(reply)?))
     }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let msg = convert::timeout_now_request_in(request.into_inner(), self.id)?;
+        let reply = self.node.peer_request(msg).await?;
+        Ok(Response::new(convert::timeout_now_response_out(reply)?))
+    }
 }

@@ -26,7 +26,9 @@ impl From<ClientError> for Status {
             | ClientError::LeadershipLost
             | ClientError::ShuttingDown
             | ClientError::StorageFailed(_)
-            | ClientError::Overloaded => Status::unavailable(message),
+            | ClientError::Overloaded
+            | ClientError::TransferInProgress => Status::unavailable(message),
+            ClientError::TransferTimedOut { .. } => Status::deadline_exceeded(message),
             ClientError::Invalid(_) => Status::invalid_argument(message),
             ClientError::Apply(_) => Status::failed_precondition(message),
         }

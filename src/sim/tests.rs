@@ -26,7 +26,30 @@ fn fixed_seeds_pass_every_check() {
         total.snapshots_taken += out.snapshots_taken;
         total.snapshots_installed += out.snapshots_installed;
         total.disk_failures += out.disk_failures;
+        total.transfers += out.transfers;
+        total.transfer_campaigns += out.transfer_campaigns;
+        total.lease_reads += out.lease_reads;
     }
+    eprintln!(
+        "{FIXED_SEEDS} seeds: {} leadership transfers started, {} reached their target, {} reads served by lease",
+        total.transfers, total.transfer_campaigns, total.lease_reads
+    );
+    // Transfers ran under faults and lease mode served reads, or they were not tested.
+    assert!(
+        total.transfers > FIXED_SEEDS / 10,
+        "only {} transfers",
+        total.transfers
+    );
+    assert!(
+        total.transfer_campaigns > FIXED_SEEDS / 20,
+        "only {} transfer elections",
+        total.transfer_campaigns
+    );
+    assert!(
+        total.lease_reads > FIXED_SEEDS,
+        "only {} lease reads",
+        total.lease_reads
+    );
     eprintln!(
         "{FIXED_SEEDS} seeds: {} snapshots taken, {} installed, {} disk failures",
         total.snapshots_taken, total.snapshots_installed, total.disk_failures
@@ -106,6 +129,7 @@ fn first_caught(m: Mutation, limit: u64) -> Option<(u64, String)> {
             c.snapshot_every = 0;
         }
         c.disk_faults = false;
+        c.transfers = false;
         // The Raft mutations keep the key-value workload they were calibrated on (lock
         // clients change every seed's random stream).
         c.lock_clients = 0;

@@ -55,6 +55,12 @@ pub struct SimConfig {
     pub snapshot_every: u64,
     /// Also inject disk failures (a node's write fails and it stops).
     pub disk_faults: bool,
+    /// Lease-based reads (`--read-mode lease`); ignored with `classic_raft`, which has no
+    /// CheckQuorum to make leases safe.
+    pub lease_reads: bool,
+    /// Operators move leadership (`kvctl transfer-leader`) as one of the fault events. Off,
+    /// the fault schedule draws exactly as before transfers existed.
+    pub transfers: bool,
 }
 
 impl SimConfig {
@@ -77,6 +83,8 @@ impl SimConfig {
             // one in four never does.
             snapshot_every: [0, 7, 20, 60][(seed / 4 % 4) as usize],
             disk_faults: true,
+            lease_reads: seed % 3 == 1,
+            transfers: true,
         }
     }
 }
@@ -108,6 +116,12 @@ pub struct Outcome {
     pub snapshots_installed: u64,
     /// Fenced writes answered with a stale fencing token.
     pub fenced_stale: u64,
+    /// Leadership transfers started by the fault schedule.
+    pub transfers: u64,
+    /// Elections started by a TimeoutNow (transfers that reached their target).
+    pub transfer_campaigns: u64,
+    /// Linearizable reads served by lease, without a heartbeat round.
+    pub lease_reads: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -139,6 +153,8 @@ enum Input {
     Msg(Message),
     Tick,
     Client(ClientReq),
+    /// An operator's `kvctl transfer-leader`, to this node.
+    Transfer(NodeId),
 }
 
 #[derive(Debug)]
@@ -216,6 +232,10 @@ pub(crate) struct SimNode {
     expiring: BTreeSet<(String, u64)>,
     /// The next write to this node's disk fails (a full or broken disk).
     disk_fails: bool,
+    /// The lease clock as the driver keeps it: when this life started, and the ticks
+    /// credited to the core since (see `catch_up_clock`).
+    born: Time,
+    ticks_given: u64,
 }
 
 pub(crate) struct World {
@@ -241,7 +261,7 @@ pub(crate) struct World {
     fail: Option<String>,
 }
 
-fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool) -> Config {
+fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool, lease: bool) -> Config {
     let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
@@ -252,6 +272,7 @@ fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool) -> Config {
         c.pre_vote = false;
         c.check_quorum = false;
     }
+    c.lease_reads = lease && !classic;
     c
 }
 
@@ -268,7 +289,13 @@ impl World {
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.nodes {
             let mut core = RaftCore::new(
-                raft_config(id, cfg.nodes, rng.random(), cfg.classic_raft),
+                raft_config(
+                    id,
+                    cfg.nodes,
+                    rng.random(),
+                    cfg.classic_raft,
+                    cfg.lease_reads,
+                ),
                 HardState::default(),
                 vec![],
             )
@@ -294,6 +321,8 @@ impl World {
                     leases: BTreeMap::new(),
                     expiring: BTreeSet::new(),
                     disk_fails: false,
+                    born: 0,
+                    ticks_given: 0,
                 },
             );
         }
@@ -447,14 +476,17 @@ impl World {
     }
 
     fn input(&mut self, id: NodeId, input: Input) {
+        self.catch_up_clock(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
         match input {
             Input::Tick => {
                 n.core.tick();
+                n.ticks_given += 1;
                 self.expire_leases(id);
             }
+            Input::Transfer(target) => self.transfer(id, target),
             Input::Msg(m) => {
                 if self.cfg.trace {
                     let line = format!(
@@ -469,7 +501,11 @@ impl World {
                 let Some(n) = self.nodes.get_mut(&id) else {
                     return;
                 };
+                let timeout_now = m.body == crate::raft::MessageBody::TimeoutNow;
                 n.core.step(m);
+                if timeout_now && n.core.status().role == Role::Candidate {
+                    self.outcome.transfer_campaigns += 1;
+                }
             }
             Input::Client(req) => self.client_request(id, req),
         }
@@ -497,13 +533,15 @@ impl World {
                 Ok(p) => {
                     n.pending_writes.insert(p.index, (p.term, waiting));
                 }
-                Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
+                Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader()))),
             },
             ReqOp::Read(key) => {
                 let rid = n.next_read_id;
                 n.next_read_id += 1;
+                let by_lease = n.core.lease_reads_served();
                 match n.core.read_index(rid) {
                     Ok(()) => {
+                        self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
                         n.pending_reads.insert(rid, (waiting, key));
                     }
                     Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
@@ -887,6 +925,7 @@ impl World {
         let mutation = self.cfg.mutation;
         let n_nodes = self.cfg.nodes;
         let classic = self.cfg.classic_raft;
+        let (lease, now) = (self.cfg.lease_reads, self.now);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -913,7 +952,12 @@ impl World {
                 }
             },
         };
-        match RaftCore::restore(raft_config(id, n_nodes, seed, classic), hs, meta, log) {
+        match RaftCore::restore(
+            raft_config(id, n_nodes, seed, classic, lease),
+            hs,
+            meta,
+            log,
+        ) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;
@@ -928,6 +972,8 @@ impl World {
         n.role = Role::Follower;
         n.leases.clear();
         n.expiring.clear();
+        n.born = now;
+        n.ticks_given = 0;
         self.note(|| {
             format!(
                 "RESTART node {id} (term {term}, snapshot {}, {len} entries on disk)",
@@ -946,9 +992,9 @@ impl World {
         self.outcome.faults += 1;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let pick = ids[self.rng.random_range(0..ids.len())];
-        let kinds = if self.cfg.disk_faults { 11 } else { 10 };
+        let kinds = 10 + u8::from(self.cfg.disk_faults) + u8::from(self.cfg.transfers);
         match self.rng.random_range(0..kinds) {
-            10 => {
+            10 if self.cfg.disk_faults => {
                 if let Some(n) = self.nodes.get_mut(&pick) {
                     n.disk_fails = true;
                     self.note(|| format!("DISK of node {pick} will fail its next write"));
@@ -1012,6 +1058,18 @@ impl World {
                 self.dup_rate = [0.0, 0.02, 0.1][self.rng.random_range(0..3)];
                 let (d, u) = (self.drop_rate, self.dup_rate);
                 self.note(|| format!("NETWORK drop={d} dup={u}"));
+            }
+            10 | 11 => {
+                // An operator moves leadership (kvctl transfer-leader) to a random node; the
+                // request goes to whoever leads, through the network like a client's.
+                if let Some(l) = ids
+                    .iter()
+                    .copied()
+                    .find(|i| self.nodes[i].up && self.nodes[i].role == Role::Leader)
+                {
+                    let d = self.net_delay();
+                    self.schedule(d, Ev::Deliver(l, Input::Transfer(pick)));
+                }
             }
             7 => {
                 if !self.slow_disk.insert(pick) {
@@ -1203,6 +1261,8 @@ impl World {
     }
 }
 
+mod transfer;
+
 fn is_lock_op(c: &Command) -> bool {
     match c {
         Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.is_some(),
@@ -1286,6 +1346,11 @@ fn short(m: &Message) -> String {
             snapshot.meta.term,
             snapshot.data.len()
         ),
+        B::TimeoutNow | B::TimeoutNowResponse => String::new(),
+        B::TransferRequestVote {
+            last_log_index,
+            last_log_term,
+        } => format!("transfer last=({last_log_index},t{last_log_term})"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! to synchronise.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use kvstore::client::{Client, ClientOptions};
+use kvstore::faultnet::Link;
 use kvstore::pb::cluster_client::ClusterClient;
 use kvstore::pb::kv_client::KvClient;
 use kvstore::pb::{Role, StatusRequest, StatusResponse};
@@ -121,14 +123,44 @@ impl Cluster {
         Self::start_full(n, args, |_| {})
     }
 
-    fn start_full(n: u64, args: &[&str], mut prepare: impl FnMut(&Node)) -> Cluster {
-        let logs = TempDir::new().unwrap();
+    fn start_full(n: u64, args: &[&str], prepare: impl FnMut(&Node)) -> Cluster {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let direct = ports.clone();
+        Self::build(ports, |_, to| direct[(to - 1) as usize], args, prepare)
+    }
+
+    /// Like [`start`](Self::start), but every peer link (node i's calls to node j) goes
+    /// through a cuttable loopback proxy ([`kvstore::faultnet`]); clients connect directly.
+    pub async fn start_behind_proxies(n: u64) -> (Cluster, Links) {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut links = BTreeMap::new();
+        let mut via = BTreeMap::new();
+        for from in 1..=n {
+            for to in (1..=n).filter(|&to| to != from) {
+                let (port, link) = Link::spawn(ports[(to - 1) as usize]).await.unwrap();
+                via.insert((from, to), port);
+                links.insert((from, to), link);
+            }
+        }
+        let cluster = Self::build(ports, |from, to| via[&(from, to)], &[], |_| {});
+        (cluster, Links(links))
+    }
+
+    /// Starts nodes on `ports` (ids 1..), node `from` reaching node `to` at port
+    /// `peer_port(from, to)` on loopback, each with `args` added to its command line.
+    fn build(
+        ports: Vec<u16>,
+        peer_port: impl Fn(u64, u64) -> u16,
+        args: &[&str],
+        mut prepare: impl FnMut(&Node),
+    ) -> Cluster {
+        let logs = TempDir::new().unwrap();
+        let n = ports.len() as u64;
         let mut nodes = Vec::new();
         for id in 1..=n {
             let peers = (1..=n)
                 .filter(|&p| p != id)
-                .map(|p| format!("{p}=127.0.0.1:{}", ports[(p - 1) as usize]))
+                .map(|p| format!("{p}=127.0.0.1:{}", peer_port(id, p)))
                 .collect();
             nodes.push(Node {
                 id,
@@ -376,6 +408,24 @@ impl Cluster {
             ClientOptions::with_timeout(Duration::from_secs(5)),
         )
         .unwrap()
+    }
+}
+
+/// The proxied peer links of a cluster started with [`Cluster::start_behind_proxies`].
+pub struct Links(BTreeMap<(u64, u64), Link>);
+
+impl Links {
+    /// Cuts node `from`'s calls to node `to` (requests and their answers); `to`'s calls to
+    /// `from` still go through.
+    pub fn cut(&self, from: u64, to: u64) {
+        self.0[&(from, to)].set_cut(true);
+    }
+
+    /// Heals every link.
+    pub fn heal(&self) {
+        for link in self.0.values() {
+            link.set_cut(false);
+        }
     }
 }
 

@@ -380,7 +380,10 @@ fn single_node_commits_on_its_own_flush() {
 fn followers_refuse_proposals_and_reads_with_leader_hint() {
     let mut c = core(2, 3, 1, None, &[]);
     c.step(append(3, 2, 1, (0, 0), vec![], 0));
-    assert_eq!(c.propose(vec![1]), Err(NotLeader { leader: Some(3) }));
+    assert_eq!(
+        c.propose(vec![1]),
+        Err(NotLeader { leader: Some(3) }.into())
+    );
     assert_eq!(c.read_index(1), Err(NotLeader { leader: Some(3) }));
 }
 

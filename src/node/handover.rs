@@ -1,0 +1,88 @@
+//! Leadership transfer as seen by the gRPC layer: start it in the driver, then wait on the
+//! published status until the target leads (or a bound passes). Graceful shutdown of a leader
+//! uses the same path toward its most up-to-date peer.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{ClientError, NodeHandle, NodeStatus, Request};
+use crate::raft::{NodeId, Role, Term};
+
+impl NodeHandle {
+    /// Hands leadership to `target` and waits until this node sees it lead, at most `wait`.
+    /// Returns the new leader's id and term.
+    ///
+    /// # Errors
+    /// Not leader (a redirect), an unknown target ([`ClientError::Invalid`]),
+    /// [`ClientError::TransferTimedOut`] after `wait`, overloaded or shutting down.
+    pub async fn transfer_leadership(
+        &self,
+        target: NodeId,
+        wait: Duration,
+    ) -> Result<(NodeId, Term), ClientError> {
+        let now = self.status();
+        if now.id == target && now.role == Role::Leader {
+            return Ok((target, now.term));
+        }
+        let started = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::TransferLeadership { target, reply })?;
+        let term = rx.await.unwrap_or(Err(ClientError::ShuttingDown))?;
+        let took_over = |s: &NodeStatus| s.term > term && s.leader == Some(target);
+        match self.wait_status(wait, took_over).await {
+            Some(s) if took_over(&s) => Ok((target, s.term)),
+            Some(s) => Err(ClientError::TransferTimedOut {
+                target,
+                waited_ms: started.elapsed().as_millis(),
+                leader: s.leader.unwrap_or(0),
+            }),
+            None => Err(ClientError::ShuttingDown),
+        }
+    }
+
+    /// Graceful shutdown: if this node leads, hands leadership to its most up-to-date peer and
+    /// waits, at most `bound`, until it no longer leads. Returns at once on a follower.
+    pub async fn hand_over(&self, bound: Duration) {
+        let (reply, rx) = oneshot::channel();
+        if self.submit(Request::HandOver { reply }).is_err() {
+            return;
+        }
+        let Ok(Some((target, term))) = rx.await else {
+            return;
+        };
+        let gone = |s: &NodeStatus| s.role != Role::Leader || s.term > term;
+        match self.wait_status(bound, gone).await {
+            Some(s) if gone(&s) => info!(
+                target,
+                term = s.term,
+                leader = ?s.leader,
+                "handed leadership over before shutting down"
+            ),
+            _ => warn!(
+                target,
+                bound_ms = bound.as_millis() as u64,
+                "leadership hand-over did not complete in time; shutting down anyway"
+            ),
+        }
+    }
+
+    /// Waits until the published status satisfies `done` or `wait` passes; returns the last
+    /// status seen, or `None` if the driver is gone.
+    async fn wait_status(
+        &self,
+        wait: Duration,
+        done: impl Fn(&NodeStatus) -> bool,
+    ) -> Option<NodeStatus> {
+        let mut rx = self.watch_status();
+        let waited = tokio::time::timeout(wait, async {
+            rx.wait_for(|s| done(s)).await.map(|s| s.clone()).ok()
+        })
+        .await;
+        match waited {
+            Ok(found) => found,
+            Err(_elapsed) => Some(self.status()),
+        }
+    }
+}

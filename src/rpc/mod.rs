@@ -33,12 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long shutdown waits for in-flight tasks (peer calls, the driver) before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -210,8 +211,17 @@ async fn serve(
                 .await;
         }
     };
+    // Accepted sockets get TCP_NODELAY: without it a small answer can wait ~40 ms for the
+    // peer's delayed ACK (Nagle), on client calls and on AppendEntries replies alike.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        })
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -26,6 +26,7 @@ enum MutationArg {
     CommitOldTerms,
     AckBeforePersist,
     InstallStaleSnapshot,
+    LeaseIgnoresStalls,
 }
 
 impl From<MutationArg> for Mutation {
@@ -37,6 +38,7 @@ impl From<MutationArg> for Mutation {
             MutationArg::CommitOldTerms => Mutation::CommitOldTerms,
             MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
             MutationArg::InstallStaleSnapshot => Mutation::InstallStaleSnapshot,
+            MutationArg::LeaseIgnoresStalls => Mutation::LeaseIgnoresStalls,
         }
     }
 }

@@ -82,6 +82,10 @@ pub enum Mutation {
     /// A follower installs a leader's snapshot even when it already has everything the
     /// snapshot covers (a late or duplicated InstallSnapshot rolls its state back).
     InstallStaleSnapshot,
+    /// The lease clock counts only the ticks the node handled: `advance_clock` (the time a
+    /// stalled process missed) is ignored, so a leader paused past its lease believes it still
+    /// holds it when it resumes (a lease kept in timer ticks instead of a monotonic clock).
+    LeaseIgnoresStalls,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the

@@ -99,6 +99,11 @@ impl Client {
         self.current.is_none() && self.final_keys.is_empty() && self.stop
     }
 
+    /// The client's next attempts go to `node` (a scenario's stale client-side leader cache).
+    pub(crate) fn point_at(&mut self, node: NodeId) {
+        self.leader_guess = node;
+    }
+
     pub(crate) fn stop_new_ops(&mut self) {
         self.stop = true;
     }

@@ -19,7 +19,12 @@ mod lock_client;
 mod locks;
 mod world;
 
-pub use world::{run, Failure, Outcome, SimConfig};
+pub use world::{
+    run, Answered, Failure, Outcome, RoleChange, Scenario, ScriptedFault, SimConfig,
+    ELECTION_TIMEOUT,
+};
 
+#[cfg(test)]
+mod scenario_tests;
 #[cfg(test)]
 mod tests;

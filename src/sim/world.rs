@@ -19,8 +19,8 @@ use crate::raft::{
 use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
 /// Simulated time, in microseconds.
-pub(crate) type Time = u64;
-const MS: Time = 1_000;
+pub type Time = u64;
+pub(crate) const MS: Time = 1_000;
 
 /// Parameters of one simulated run.
 #[derive(Clone, Debug)]
@@ -61,6 +61,9 @@ pub struct SimConfig {
     /// Operators move leadership (`kvctl transfer-leader`) as one of the fault events. Off,
     /// the fault schedule draws exactly as before transfers existed.
     pub transfers: bool,
+    /// CheckQuorum (and the leader stickiness that comes with it); off only for control runs
+    /// of the scripted scenarios. Lease reads need it: off, `lease_reads` is ignored.
+    pub check_quorum: bool,
 }
 
 impl SimConfig {
@@ -85,6 +88,7 @@ impl SimConfig {
             disk_faults: true,
             lease_reads: seed % 3 == 1,
             transfers: true,
+            check_quorum: true,
         }
     }
 }
@@ -254,6 +258,11 @@ pub(crate) struct World {
     dup_rate: f64,
     slow_disk: BTreeSet<NodeId>,
     faults_on: bool,
+    /// False in a scripted scenario (`scenario.rs`): no random faults, no random long delays;
+    /// the test applies its faults and the world records role changes and answers.
+    random_faults: bool,
+    roles: Vec<scenario::RoleChange>,
+    answers: Vec<scenario::Answered>,
     pub(crate) history: Vec<Op>,
     inv: Invariants,
     trace: Vec<String>,
@@ -261,23 +270,27 @@ pub(crate) struct World {
     fail: Option<String>,
 }
 
-fn raft_config(id: NodeId, n: u64, seed: u64, classic: bool, lease: bool) -> Config {
+fn raft_config(id: NodeId, seed: u64, sim: &SimConfig) -> Config {
+    let (n, classic) = (sim.nodes, sim.classic_raft);
+    let quorum_checked = sim.check_quorum && !classic;
     let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
-    c.election_ticks = 10;
+    c.election_ticks = ELECTION_TICKS;
     c.heartbeat_ticks = 1;
     c.max_inflight = 8;
     c.max_entries_per_message = 64;
     c.seed = seed;
     if classic {
         c.pre_vote = false;
-        c.check_quorum = false;
     }
-    c.lease_reads = lease && !classic;
+    c.check_quorum = quorum_checked;
+    c.lease_reads = sim.lease_reads && quorum_checked;
     c
 }
 
 /// Tick interval of every simulated node (heartbeat), so elections time out after 100-200 ms.
 const TICK: Time = 10 * MS;
+/// Election timeout of every simulated node, in ticks (randomized up to twice this).
+const ELECTION_TICKS: u32 = 10;
 /// A client attempt with no answer after this is retried elsewhere.
 const ATTEMPT_TIMEOUT: Time = 300 * MS;
 /// A client operation with no answer after this is given up: its outcome is unknown.
@@ -285,17 +298,16 @@ pub(crate) const OP_DEADLINE: Time = 2_000 * MS;
 
 impl World {
     fn new(cfg: SimConfig) -> World {
+        World::build(cfg, true)
+    }
+
+    /// A world with random faults (`run`), or a scripted one (`Scenario`).
+    fn build(cfg: SimConfig, random_faults: bool) -> World {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.nodes {
             let mut core = RaftCore::new(
-                raft_config(
-                    id,
-                    cfg.nodes,
-                    rng.random(),
-                    cfg.classic_raft,
-                    cfg.lease_reads,
-                ),
+                raft_config(id, rng.random(), &cfg),
                 HardState::default(),
                 vec![],
             )
@@ -351,6 +363,9 @@ impl World {
             dup_rate: 0.0,
             slow_disk: BTreeSet::new(),
             faults_on: true,
+            random_faults,
+            roles: Vec::new(),
+            answers: Vec::new(),
             history: Vec::new(),
             inv,
             trace: Vec::new(),
@@ -365,10 +380,12 @@ impl World {
             let d = w.rng.random_range(0..50 * MS);
             w.schedule(d, Ev::ClientWake(c));
         }
-        let first_fault = w.rng.random_range(100 * MS..400 * MS);
-        w.schedule(first_fault, Ev::Fault);
-        let end = w.cfg.fault_ms * MS;
-        w.schedule(end, Ev::EndFaults);
+        if random_faults {
+            let first_fault = w.rng.random_range(100 * MS..400 * MS);
+            w.schedule(first_fault, Ev::Fault);
+            let end = w.cfg.fault_ms * MS;
+            w.schedule(end, Ev::EndFaults);
+        }
         w
     }
 
@@ -401,7 +418,7 @@ impl World {
         // a rare very long delay (a retransmission, a stalled socket) that outlives a whole
         // election: the delivery of a stale vote or append long after its term.
         let p: f64 = self.rng.random();
-        if self.faults_on && p < 0.02 {
+        if self.faults_on && self.random_faults && p < 0.02 {
             self.rng.random_range(50 * MS..600 * MS)
         } else if p < 0.10 {
             self.rng.random_range(2 * MS..40 * MS)
@@ -575,6 +592,15 @@ impl World {
                             .collect();
                 }
                 let term = n.core.status().term;
+                if !self.random_faults {
+                    self.roles.push(scenario::RoleChange {
+                        at: self.now,
+                        node: id,
+                        role: ss.role,
+                        leader: ss.leader,
+                        term,
+                    });
+                }
                 self.note(|| {
                     format!(
                         "node {id} is {} in term {term} (leader {:?})",
@@ -796,6 +822,13 @@ impl World {
             self.reply(&w, Err(ReplyErr::LeadershipLost));
             return;
         }
+        if !self.random_faults && matches!(result, Some(Ok(_))) {
+            self.answers.push(scenario::Answered {
+                at: self.now,
+                node: id,
+                write: Some(e.index),
+            });
+        }
         let reply = match result {
             Some(Ok(outcome)) if lockish => Ok(Answer::Applied(outcome, e.index)),
             Some(Ok(SmOutcome::Put)) => Ok(Answer::Kv(OpResult::Put)),
@@ -822,6 +855,13 @@ impl World {
             .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
             .collect();
         for (w, v) in answers {
+            if !self.random_faults {
+                self.answers.push(scenario::Answered {
+                    at: self.now,
+                    node: id,
+                    write: None,
+                });
+            }
             self.reply(&w, Ok(Answer::Kv(OpResult::Get(v))));
         }
     }
@@ -923,9 +963,8 @@ impl World {
     fn restart(&mut self, id: NodeId) {
         let seed = self.rng.random();
         let mutation = self.cfg.mutation;
-        let n_nodes = self.cfg.nodes;
-        let classic = self.cfg.classic_raft;
-        let (lease, now) = (self.cfg.lease_reads, self.now);
+        let config = raft_config(id, seed, &self.cfg);
+        let now = self.now;
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -952,12 +991,7 @@ impl World {
                 }
             },
         };
-        match RaftCore::restore(
-            raft_config(id, n_nodes, seed, classic, lease),
-            hs,
-            meta,
-            log,
-        ) {
+        match RaftCore::restore(config, hs, meta, log) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;
@@ -1261,7 +1295,10 @@ impl World {
     }
 }
 
+mod scenario;
 mod transfer;
+
+pub use scenario::{Answered, RoleChange, Scenario, ScriptedFault, ELECTION_TIMEOUT};
 
 fn is_lock_op(c: &Command) -> bool {
     match c {
@@ -1360,9 +1397,14 @@ fn short(m: &Message) -> String {
 /// A [`Failure`] describing the first violation found.
 pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     let fault_end = cfg.fault_ms * MS;
-    let deadline = fault_end + cfg.liveness_ms * MS;
-    let seed = cfg.seed;
-    let mut w = World::new(cfg);
+    settle(World::new(cfg), fault_end)
+}
+
+/// After the faults (which end at `fault_end`): recovery until every client is idle and the
+/// cluster has converged, final reads, and the end-of-run checks.
+fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
+    let deadline = fault_end + w.cfg.liveness_ms * MS;
+    let seed = w.cfg.seed;
     let fail = |w: &mut World, message: String| Failure {
         seed,
         at: w.now,

@@ -72,6 +72,9 @@ impl RaftCore {
     /// process was stalled; the driver skips missed ticks so as not to start an election).
     /// Only the lease clock moves; election and heartbeat timers do not.
     pub fn advance_clock(&mut self, ticks: u64) {
+        if self.mutation == super::Mutation::LeaseIgnoresStalls {
+            return;
+        }
         self.lease.clock = self.lease.clock.saturating_add(ticks);
     }
 

@@ -1,0 +1,449 @@
+//! Scripted scenarios in the simulator (`world/scenario.rs`): the whole cluster (real core,
+//! real state machine, clients, every invariant, linearizability at the end) under one chosen
+//! fault at a chosen time, with the timing it produces measured in simulated time. Each
+//! property comes with a control run in which it fails: the scenario is able to tell.
+//!
+//! Timings: ticks of 10 ms, an election timeout of 10 ticks (100 ms, randomized in
+//! [100, 200) ms per node and reset), heartbeats every tick.
+
+use super::world::{Time, MS};
+use super::*;
+use crate::raft::{Mutation, NodeId, Role, Term};
+
+/// A cluster for a scenario: `nodes` nodes, the seed's clients (4 key-value clients, 2 lock
+/// clients), the seed's snapshot rate, ReadIndex reads.
+fn config(seed: u64, nodes: u64) -> SimConfig {
+    let mut c = SimConfig::for_seed(seed);
+    c.nodes = nodes;
+    c.lease_reads = false;
+    c
+}
+
+fn fail(f: Failure) -> String {
+    let trace = f.trace.join("\n");
+    format!("{f}\n{trace}")
+}
+
+/// Runs until one leader is followed by every node and has committed its whole log.
+fn settled_leader(s: &mut Scenario) -> NodeId {
+    let by = s.now() + 2_000 * MS;
+    let found = s
+        .run_until_true(by, |s| {
+            let Some(l) = s.leader() else { return false };
+            let Some(ls) = s.status(l) else { return false };
+            ls.commit == ls.last_index
+                && (1..=s.nodes()).all(|i| s.status(i).is_some_and(|st| st.leader == Some(l)))
+        })
+        .unwrap_or_else(|f| panic!("{}", fail(f)));
+    assert!(found.is_some(), "no settled leader by {by} us");
+    s.leader()
+        .unwrap_or_else(|| panic!("a leader was just seen"))
+}
+
+fn term(s: &Scenario, id: NodeId) -> Term {
+    s.status(id).map_or(0, |st| st.term)
+}
+
+fn max_term(s: &Scenario) -> Term {
+    (1..=s.nodes()).map(|i| term(s, i)).max().unwrap_or(0)
+}
+
+fn is_leader(s: &Scenario, id: NodeId) -> bool {
+    s.status(id).is_some_and(|st| st.role == Role::Leader)
+}
+
+// ------------------------------------------------------------------ 1. PreVote: a flapping node
+
+/// What a flapping run saw between the first isolation and the last heal.
+struct Flap {
+    leader: NodeId,
+    term_before: Term,
+    max_term_after: Term,
+    /// Elections during the flapping: a node became candidate or leader, or the leader
+    /// changed role.
+    elections: usize,
+    leader_kept: bool,
+}
+
+/// Isolates the first follower 10 times for 3 election timeouts (longer than two of its
+/// randomized timeouts: it campaigns while cut off), healing for 2 timeouts in between,
+/// with the clients running.
+fn flap(seed: u64, nodes: u64, classic_raft: bool) -> Result<Flap, Failure> {
+    let mut c = config(seed, nodes);
+    c.classic_raft = classic_raft;
+    let mut s = Scenario::new(c);
+    let leader = settled_leader(&mut s);
+    let follower = (1..=nodes).find(|&i| i != leader).unwrap_or(1);
+    let term_before = term(&s, leader);
+    let changes_before = s.role_changes().len();
+    let mut leader_kept = true;
+    let mut watch = |s: &mut Scenario, period: Time| {
+        s.run_until_true(s.now() + period, |s| {
+            leader_kept &= is_leader(s, leader);
+            false
+        })
+    };
+    for _ in 0..10 {
+        s.apply(ScriptedFault::Isolate(follower));
+        watch(&mut s, 3 * ELECTION_TIMEOUT)?;
+        s.apply(ScriptedFault::Heal);
+        watch(&mut s, 2 * ELECTION_TIMEOUT)?;
+    }
+    let flap = Flap {
+        leader,
+        term_before,
+        max_term_after: max_term(&s),
+        elections: s.role_changes()[changes_before..]
+            .iter()
+            .filter(|c| c.role != Role::Follower || c.node == leader)
+            .count(),
+        leader_kept: leader_kept && is_leader(&s, leader),
+    };
+    s.finish()?;
+    Ok(flap)
+}
+
+#[test]
+fn prevote_a_flapping_follower_never_disrupts_the_leader() {
+    for (seed, nodes) in [(1, 3), (2, 3), (3, 5), (4, 5)] {
+        let f = flap(seed, nodes, false).unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert!(
+            f.leader_kept,
+            "seed {seed}, {nodes} nodes: leader {} lost leadership",
+            f.leader
+        );
+        assert_eq!(
+            f.max_term_after, f.term_before,
+            "seed {seed}, {nodes} nodes: a term went up"
+        );
+        assert_eq!(f.elections, 0, "seed {seed}, {nodes} nodes");
+    }
+}
+
+/// Control: without PreVote (and CheckQuorum) the same schedule bumps the term and deposes
+/// the leader, so the test above can fail.
+#[test]
+fn control_without_prevote_a_flapping_follower_disrupts_the_leader() {
+    for (seed, nodes) in [(1, 3), (3, 5)] {
+        let f = flap(seed, nodes, true).unwrap_or_else(|e| panic!("{}", fail(e)));
+        eprintln!(
+            "classic Raft, seed {seed}, {nodes} nodes: term {} -> {}, {} elections",
+            f.term_before, f.max_term_after, f.elections
+        );
+        assert!(f.max_term_after > f.term_before, "seed {seed}: term stayed");
+        assert!(!f.leader_kept, "seed {seed}: leader {} kept", f.leader);
+    }
+}
+
+// ------------------------------------------------------------------ 2. CheckQuorum
+
+/// What a run with a cut-off leader saw.
+struct CutLeader {
+    /// Simulated time from the cut until the old leader stepped down (`None`: it never did).
+    step_down_after: Option<Time>,
+    /// Writes the old leader acknowledged that it proposed after the cut.
+    acked_after_cut: usize,
+    /// Writes acknowledged by another leader after the cut.
+    acked_by_new_leader: usize,
+}
+
+/// Cuts the settled leader off (`deaf`: it still reaches its followers but hears nothing;
+/// else both directions; clients reach it either way) for 1.5 s, then heals.
+fn cut_leader(seed: u64, nodes: u64, deaf: bool, check_quorum: bool) -> Result<CutLeader, Failure> {
+    let mut c = config(seed, nodes);
+    c.check_quorum = check_quorum;
+    let mut s = Scenario::new(c);
+    let leader = settled_leader(&mut s);
+    // Everything it proposes from now on has a higher index: it must never be acknowledged.
+    let last_at_cut = s.status(leader).map_or(0, |st| st.last_index);
+    let cut_at = s.now();
+    s.apply(if deaf {
+        ScriptedFault::Deaf(leader)
+    } else {
+        ScriptedFault::Isolate(leader)
+    });
+    let end = cut_at + 1_500 * MS;
+    let down = s.run_until_true(end, |s| !is_leader(s, leader))?;
+    s.run_until(end)?;
+    let acked_after_cut = s
+        .answers()
+        .iter()
+        .filter(|a| a.node == leader && a.write.is_some_and(|i| i > last_at_cut))
+        .count();
+    let acked_by_new_leader = s
+        .answers()
+        .iter()
+        .filter(|a| a.node != leader && a.at > cut_at && a.write.is_some())
+        .count();
+    s.finish()?;
+    Ok(CutLeader {
+        step_down_after: down.map(|t| t - cut_at),
+        acked_after_cut,
+        acked_by_new_leader,
+    })
+}
+
+const CUT_SEEDS: std::ops::Range<u64> = 0..8;
+
+fn check_quorum_case(deaf: bool) {
+    let mut delays = Vec::new();
+    for seed in CUT_SEEDS {
+        let nodes = if seed % 2 == 0 { 3 } else { 5 };
+        let r = cut_leader(seed, nodes, deaf, true).unwrap_or_else(|e| panic!("{}", fail(e)));
+        let after = r
+            .step_down_after
+            .unwrap_or_else(|| panic!("seed {seed}: the cut-off leader never stepped down"));
+        assert!(
+            after <= 2 * ELECTION_TIMEOUT,
+            "seed {seed}: stepped down {after} us after the cut"
+        );
+        assert_eq!(
+            r.acked_after_cut, 0,
+            "seed {seed}: the cut-off leader acked"
+        );
+        assert!(
+            r.acked_by_new_leader > 0,
+            "seed {seed}: no new leader served"
+        );
+        delays.push(after / MS);
+    }
+    eprintln!(
+        "CheckQuorum ({}): step-down after {delays:?} ms (bound {} ms)",
+        if deaf {
+            "deaf leader"
+        } else {
+            "isolated leader"
+        },
+        2 * ELECTION_TIMEOUT / MS
+    );
+}
+
+#[test]
+fn check_quorum_an_isolated_leader_steps_down_within_two_election_timeouts() {
+    check_quorum_case(false);
+}
+
+#[test]
+fn check_quorum_a_deaf_leader_steps_down_within_two_election_timeouts() {
+    check_quorum_case(true);
+}
+
+/// Control: without CheckQuorum the cut-off leader stays leader for the whole 1.5 s.
+#[test]
+fn control_without_check_quorum_a_cut_off_leader_stays_leader() {
+    for deaf in [false, true] {
+        let r = cut_leader(0, 3, deaf, false).unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert_eq!(r.step_down_after, None, "deaf={deaf}");
+    }
+}
+
+// ------------------------------------------------------------------ 3. Leadership transfer
+
+/// How a transfer under loss to a lagging target ended.
+#[derive(Debug)]
+struct TransferRun {
+    /// Entries the target lacked when the transfer started.
+    lag: u64,
+    /// From the leader starting the transfer until it no longer carried it out.
+    resolved_after: Time,
+    /// The target leads (handed over) rather than the old leader (abandoned).
+    completed: bool,
+    outcome: Outcome,
+}
+
+/// The target is cut off for 4 election timeouts while the clients write (it lags), then the
+/// network heals with 20% message loss and 5% duplication, and an operator asks for the
+/// transfer; the loss stops 600 ms later. `pause_target`: the target is paused as the
+/// transfer starts, so it cannot take over.
+fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Failure> {
+    let mut s = Scenario::new(config(seed, nodes));
+    let leader = settled_leader(&mut s);
+    let target = (1..=nodes).rev().find(|&i| i != leader).unwrap_or(1);
+    s.apply(ScriptedFault::Isolate(target));
+    let heal = s.now() + 4 * ELECTION_TIMEOUT;
+    s.run_until(heal)?;
+    s.apply(ScriptedFault::Heal);
+    s.apply(ScriptedFault::Loss {
+        drop: 0.2,
+        dup: 0.05,
+    });
+    let lag = s.status(leader).map_or(0, |st| st.last_index)
+        - s.status(target).map_or(0, |st| st.last_index);
+    s.apply(ScriptedFault::Transfer(target));
+    if pause_target {
+        s.apply(ScriptedFault::Pause(target));
+    }
+    let mut started = None;
+    let resolved = s.run_until_true(heal + 1_000 * MS, |s| {
+        let carrying = s.transfer_target(leader) == Some(target);
+        if carrying && started.is_none() {
+            started = Some(s.now());
+        }
+        started.is_some() && !carrying
+    })?;
+    let (Some(started), Some(resolved)) = (started, resolved) else {
+        panic!("seed {seed}: transfer started at {started:?}, resolved at {resolved:?}");
+    };
+    let completed = !is_leader(&s, leader);
+    s.run_until(heal + 600 * MS)?;
+    s.apply(ScriptedFault::Loss {
+        drop: 0.0,
+        dup: 0.0,
+    });
+    s.run_until(heal + 1_200 * MS)?;
+    Ok(TransferRun {
+        lag,
+        resolved_after: resolved - started,
+        completed,
+        outcome: s.finish()?,
+    })
+}
+
+#[test]
+fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
+    let (mut completed, mut abandoned) = (0, 0u32);
+    let mut figures = Vec::new();
+    for seed in 0..8 {
+        let nodes = if seed % 2 == 0 { 3 } else { 5 };
+        let r = transfer(seed, nodes, false).unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert!(r.lag > 0, "seed {seed}: the target did not lag");
+        // The leader abandons at its 10th tick after starting, or hands over before.
+        assert!(r.resolved_after <= ELECTION_TIMEOUT, "seed {seed}: {r:?}");
+        // Clients retried through the loss and the change of leader; none gave up.
+        assert_eq!(r.outcome.unknown, 0, "seed {seed}: operations gave up");
+        if r.completed {
+            completed += 1;
+        } else {
+            abandoned += 1;
+        }
+        figures.push((r.lag, r.resolved_after / MS, r.completed));
+    }
+    eprintln!(
+        "transfers: {completed} completed, {abandoned} abandoned; (lag entries, ms to resolve, completed): {figures:?}"
+    );
+    assert!(
+        completed > 0,
+        "no transfer completed: the scenario is too harsh"
+    );
+}
+
+/// Control: a target that cannot take over (paused) makes the leader abandon the transfer
+/// after one election timeout and serve writes again.
+#[test]
+fn control_a_transfer_to_a_paused_target_is_abandoned() {
+    for seed in 0..2 {
+        let r = transfer(seed, 3, true).unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert!(!r.completed, "seed {seed}: a paused target took over");
+        assert!(
+            r.resolved_after > ELECTION_TIMEOUT - 20 * MS && r.resolved_after <= ELECTION_TIMEOUT,
+            "seed {seed}: abandoned after {} us",
+            r.resolved_after
+        );
+    }
+}
+
+// ------------------------------------------------------------------ 4. Lease reads
+
+/// What a run with a paused lease leader saw.
+struct PausedLeader {
+    /// Reads the old leader answered after it resumed (its lease long over).
+    reads_after_resume: usize,
+    /// Writes the new leader acknowledged while the old one was paused.
+    writes_meanwhile: usize,
+    result: Result<Outcome, Failure>,
+}
+
+/// Lease mode. The settled leader is paused (SIGSTOP) and cut off from its peers (clients
+/// still reach it) for 1 s, ten times its lease: the others elect a new leader and take
+/// writes. Then it resumes, still cut off, and every client's cached leader points at it for
+/// 300 ms; then the network heals.
+///
+/// Why the pause and the cut: a leader that keeps running steps down by CheckQuorum within
+/// two election timeouts, before anything else can go wrong; a paused one skips its missed
+/// ticks, so CheckQuorum does not fire at resume, and only its lease clock (caught up by the
+/// driver) tells it the lease is over. The cut keeps the new leader's messages, which queued
+/// while it was paused, from deposing it at resume before the clients' reads arrive.
+fn paused_lease_leader(seed: u64, mutation: Mutation) -> PausedLeader {
+    let mut c = config(seed, 3);
+    c.lease_reads = true;
+    c.mutation = mutation;
+    let mut s = Scenario::new(c);
+    let leader = settled_leader(&mut s);
+    let run = |s: &mut Scenario| -> Result<(usize, usize), Failure> {
+        s.run_until(s.now() + 300 * MS)?;
+        let paused_at = s.now();
+        s.apply(ScriptedFault::Pause(leader));
+        s.apply(ScriptedFault::Isolate(leader));
+        let resume = paused_at + 1_000 * MS;
+        s.run_until(resume)?;
+        s.apply(ScriptedFault::Resume(leader));
+        s.apply(ScriptedFault::ClientsTo(leader));
+        s.run_until(resume + 300 * MS)?;
+        s.apply(ScriptedFault::Heal);
+        let count = |s: &Scenario, node_is_leader: bool, write: bool, from: Time, to: Time| {
+            s.answers()
+                .iter()
+                .filter(|a| {
+                    (a.node == leader) == node_is_leader
+                        && a.write.is_some() == write
+                        && (from..to).contains(&a.at)
+                })
+                .count()
+        };
+        Ok((
+            count(s, true, false, resume, resume + 300 * MS),
+            count(s, false, true, paused_at, resume),
+        ))
+    };
+    match run(&mut s) {
+        Ok((reads_after_resume, writes_meanwhile)) => PausedLeader {
+            reads_after_resume,
+            writes_meanwhile,
+            result: s.finish(),
+        },
+        Err(f) => PausedLeader {
+            reads_after_resume: 0,
+            writes_meanwhile: 0,
+            result: Err(f),
+        },
+    }
+}
+
+const LEASE_SEEDS: std::ops::Range<u64> = 0..6;
+
+#[test]
+fn lease_a_resumed_leader_past_its_lease_serves_no_read() {
+    for seed in LEASE_SEEDS {
+        let r = paused_lease_leader(seed, Mutation::None);
+        let out = r.result.unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert!(
+            r.writes_meanwhile > 0,
+            "seed {seed}: no new leader took writes"
+        );
+        assert_eq!(
+            r.reads_after_resume, 0,
+            "seed {seed}: served by an expired lease"
+        );
+        assert!(out.lease_reads > 0, "seed {seed}: no lease read at all");
+    }
+}
+
+/// Control: a lease clock that stands still while the process is stalled
+/// (`Mutation::LeaseIgnoresStalls`) serves stale reads at resume, and the linearizability
+/// check catches them.
+#[test]
+fn mutation_lease_ignores_stalls_is_caught_by_the_paused_leader_scenario() {
+    let mut caught = Vec::new();
+    for seed in LEASE_SEEDS {
+        let r = paused_lease_leader(seed, Mutation::LeaseIgnoresStalls);
+        if let Err(f) = r.result {
+            assert!(f.message.contains("not linearizable"), "{}", f.message);
+            caught.push(seed);
+        }
+    }
+    eprintln!("LeaseIgnoresStalls caught at seeds {caught:?} of {LEASE_SEEDS:?}");
+    assert!(
+        caught.len() * 2 >= LEASE_SEEDS.count(),
+        "caught only at {caught:?}"
+    );
+}

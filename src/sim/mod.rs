@@ -21,7 +21,7 @@ mod world;
 
 pub use world::{
     run, Answered, Failure, Outcome, RoleChange, Scenario, ScriptedFault, SimConfig,
-    ELECTION_TIMEOUT,
+    ELECTION_TIMEOUT, MAX_DELAY,
 };
 
 #[cfg(test)]

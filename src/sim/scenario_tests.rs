@@ -141,6 +141,9 @@ fn control_without_prevote_a_flapping_follower_disrupts_the_leader() {
 struct CutLeader {
     /// Simulated time from the cut until the old leader stepped down (`None`: it never did).
     step_down_after: Option<Time>,
+    /// Simulated time from the last message it received (sent before the cut, it may arrive
+    /// after it) until it stepped down.
+    step_down_after_heard: Option<Time>,
     /// Writes the old leader acknowledged that it proposed after the cut.
     acked_after_cut: usize,
     /// Writes acknowledged by another leader after the cut.
@@ -154,6 +157,8 @@ fn cut_leader(seed: u64, nodes: u64, deaf: bool, check_quorum: bool) -> Result<C
     c.check_quorum = check_quorum;
     let mut s = Scenario::new(c);
     let leader = settled_leader(&mut s);
+    // Cut at a different phase of the leader's CheckQuorum period in every seed.
+    s.run_until(s.now() + 300 * MS + seed * 37 * MS % ELECTION_TIMEOUT)?;
     // Everything it proposes from now on has a higher index: it must never be acknowledged.
     let last_at_cut = s.status(leader).map_or(0, |st| st.last_index);
     let cut_at = s.now();
@@ -164,6 +169,7 @@ fn cut_leader(seed: u64, nodes: u64, deaf: bool, check_quorum: bool) -> Result<C
     });
     let end = cut_at + 1_500 * MS;
     let down = s.run_until_true(end, |s| !is_leader(s, leader))?;
+    let heard = s.last_heard(leader).unwrap_or(0).max(cut_at);
     s.run_until(end)?;
     let acked_after_cut = s
         .answers()
@@ -178,6 +184,7 @@ fn cut_leader(seed: u64, nodes: u64, deaf: bool, check_quorum: bool) -> Result<C
     s.finish()?;
     Ok(CutLeader {
         step_down_after: down.map(|t| t - cut_at),
+        step_down_after_heard: down.map(|t| t - heard),
         acked_after_cut,
         acked_by_new_leader,
     })
@@ -193,8 +200,13 @@ fn check_quorum_case(deaf: bool) {
         let after = r
             .step_down_after
             .unwrap_or_else(|| panic!("seed {seed}: the cut-off leader never stepped down"));
+        let after_heard = r.step_down_after_heard.unwrap_or(after);
         assert!(
-            after <= 2 * ELECTION_TIMEOUT,
+            after_heard <= 2 * ELECTION_TIMEOUT,
+            "seed {seed}: stepped down {after_heard} us after it last heard from a peer"
+        );
+        assert!(
+            after <= 2 * ELECTION_TIMEOUT + MAX_DELAY,
             "seed {seed}: stepped down {after} us after the cut"
         );
         assert_eq!(
@@ -205,17 +217,10 @@ fn check_quorum_case(deaf: bool) {
             r.acked_by_new_leader > 0,
             "seed {seed}: no new leader served"
         );
-        delays.push(after / MS);
+        delays.push((after / MS, after_heard / MS));
     }
-    eprintln!(
-        "CheckQuorum ({}): step-down after {delays:?} ms (bound {} ms)",
-        if deaf {
-            "deaf leader"
-        } else {
-            "isolated leader"
-        },
-        2 * ELECTION_TIMEOUT / MS
-    );
+    let what = if deaf { "deaf" } else { "isolated" };
+    eprintln!("CheckQuorum, {what} leader: (ms from the cut, ms from the last message heard) to step-down: {delays:?}");
 }
 
 #[test]
@@ -246,8 +251,10 @@ struct TransferRun {
     lag: u64,
     /// From the leader starting the transfer until it no longer carried it out.
     resolved_after: Time,
-    /// The target leads (handed over) rather than the old leader (abandoned).
+    /// The old leader stepped down (handed over) rather than took writes again (abandoned).
     completed: bool,
+    /// How long two nodes both believed they led.
+    two_leaders_for: Time,
     outcome: Outcome,
 }
 
@@ -273,19 +280,33 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
     if pause_target {
         s.apply(ScriptedFault::Pause(target));
     }
-    let mut started = None;
-    let resolved = s.run_until_true(heal + 1_000 * MS, |s| {
+    // Watched until the loss stops: when the leader starts carrying the transfer out, when
+    // it stops (handed over, or abandoned), and for how long two nodes both believe they
+    // lead (in different terms: one leader per term is checked after every event).
+    let (mut started, mut resolved, mut completed) = (None, None, false);
+    let (mut overlap, mut since) = (0, None::<Time>);
+    s.run_until_true(heal + 600 * MS, |s| {
         let carrying = s.transfer_target(leader) == Some(target);
         if carrying && started.is_none() {
             started = Some(s.now());
         }
-        started.is_some() && !carrying
+        if started.is_some() && !carrying && resolved.is_none() {
+            resolved = Some(s.now());
+            completed = !is_leader(s, leader);
+        }
+        match (s.leaders().len() > 1, since) {
+            (true, None) => since = Some(s.now()),
+            (false, Some(t)) => {
+                overlap += s.now() - t;
+                since = None;
+            }
+            _ => {}
+        }
+        false
     })?;
     let (Some(started), Some(resolved)) = (started, resolved) else {
         panic!("seed {seed}: transfer started at {started:?}, resolved at {resolved:?}");
     };
-    let completed = !is_leader(&s, leader);
-    s.run_until(heal + 600 * MS)?;
     s.apply(ScriptedFault::Loss {
         drop: 0.0,
         dup: 0.0,
@@ -295,6 +316,7 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
         lag,
         resolved_after: resolved - started,
         completed,
+        two_leaders_for: overlap,
         outcome: s.finish()?,
     })
 }
@@ -316,10 +338,15 @@ fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
         } else {
             abandoned += 1;
         }
-        figures.push((r.lag, r.resolved_after / MS, r.completed));
+        figures.push((
+            r.lag,
+            r.resolved_after / MS,
+            r.completed,
+            r.two_leaders_for / MS,
+        ));
     }
     eprintln!(
-        "transfers: {completed} completed, {abandoned} abandoned; (lag entries, ms to resolve, completed): {figures:?}"
+        "transfers: {completed} completed, {abandoned} abandoned; (lag entries, ms to resolve, completed, ms with two leaders): {figures:?}"
     );
     assert!(
         completed > 0,
@@ -369,43 +396,37 @@ fn paused_lease_leader(seed: u64, mutation: Mutation) -> PausedLeader {
     c.mutation = mutation;
     let mut s = Scenario::new(c);
     let leader = settled_leader(&mut s);
-    let run = |s: &mut Scenario| -> Result<(usize, usize), Failure> {
-        s.run_until(s.now() + 300 * MS)?;
-        let paused_at = s.now();
-        s.apply(ScriptedFault::Pause(leader));
-        s.apply(ScriptedFault::Isolate(leader));
-        let resume = paused_at + 1_000 * MS;
-        s.run_until(resume)?;
-        s.apply(ScriptedFault::Resume(leader));
-        s.apply(ScriptedFault::ClientsTo(leader));
-        s.run_until(resume + 300 * MS)?;
-        s.apply(ScriptedFault::Heal);
-        let count = |s: &Scenario, node_is_leader: bool, write: bool, from: Time, to: Time| {
-            s.answers()
-                .iter()
-                .filter(|a| {
-                    (a.node == leader) == node_is_leader
-                        && a.write.is_some() == write
-                        && (from..to).contains(&a.at)
-                })
-                .count()
-        };
-        Ok((
-            count(s, true, false, resume, resume + 300 * MS),
-            count(s, false, true, paused_at, resume),
-        ))
-    };
-    match run(&mut s) {
-        Ok((reads_after_resume, writes_meanwhile)) => PausedLeader {
-            reads_after_resume,
-            writes_meanwhile,
-            result: s.finish(),
-        },
-        Err(f) => PausedLeader {
+    let paused = s.now() + 300 * MS;
+    let resumed = paused + 1_000 * MS;
+    let healed = resumed + 300 * MS;
+    let script = [
+        (paused, ScriptedFault::Pause(leader)),
+        (paused, ScriptedFault::Isolate(leader)),
+        (resumed, ScriptedFault::Resume(leader)),
+        (resumed, ScriptedFault::ClientsTo(leader)),
+        (healed, ScriptedFault::Heal),
+    ];
+    if let Err(f) = s.play(&script) {
+        return PausedLeader {
             reads_after_resume: 0,
             writes_meanwhile: 0,
             result: Err(f),
-        },
+        };
+    }
+    let count = |by_old_leader: bool, write: bool, window: std::ops::Range<Time>| {
+        s.answers()
+            .iter()
+            .filter(|a| {
+                (a.node == leader) == by_old_leader
+                    && a.write.is_some() == write
+                    && window.contains(&a.at)
+            })
+            .count()
+    };
+    PausedLeader {
+        reads_after_resume: count(true, false, resumed..healed),
+        writes_meanwhile: count(false, true, paused..resumed),
+        result: s.finish(),
     }
 }
 
@@ -438,10 +459,11 @@ fn mutation_lease_ignores_stalls_is_caught_by_the_paused_leader_scenario() {
         let r = paused_lease_leader(seed, Mutation::LeaseIgnoresStalls);
         if let Err(f) = r.result {
             assert!(f.message.contains("not linearizable"), "{}", f.message);
-            caught.push(seed);
+            // (seed, reads the expired leader served after resuming)
+            caught.push((seed, r.reads_after_resume));
         }
     }
-    eprintln!("LeaseIgnoresStalls caught at seeds {caught:?} of {LEASE_SEEDS:?}");
+    eprintln!("LeaseIgnoresStalls caught at (seed, reads served by the expired leader): {caught:?} of seeds {LEASE_SEEDS:?}");
     assert!(
         caught.len() * 2 >= LEASE_SEEDS.count(),
         "caught only at {caught:?}"

@@ -291,6 +291,8 @@ fn raft_config(id: NodeId, seed: u64, sim: &SimConfig) -> Config {
 const TICK: Time = 10 * MS;
 /// Election timeout of every simulated node, in ticks (randomized up to twice this).
 const ELECTION_TICKS: u32 = 10;
+/// The longest network delay outside the rare long delays of random faults (exclusive).
+const MAX_NET_DELAY: Time = 40 * MS;
 /// A client attempt with no answer after this is retried elsewhere.
 const ATTEMPT_TIMEOUT: Time = 300 * MS;
 /// A client operation with no answer after this is given up: its outcome is unknown.
@@ -421,7 +423,7 @@ impl World {
         if self.faults_on && self.random_faults && p < 0.02 {
             self.rng.random_range(50 * MS..600 * MS)
         } else if p < 0.10 {
-            self.rng.random_range(2 * MS..40 * MS)
+            self.rng.random_range(2 * MS..MAX_NET_DELAY)
         } else {
             self.rng.random_range(50..1_500)
         }
@@ -1298,7 +1300,7 @@ impl World {
 mod scenario;
 mod transfer;
 
-pub use scenario::{Answered, RoleChange, Scenario, ScriptedFault, ELECTION_TIMEOUT};
+pub use scenario::{Answered, RoleChange, Scenario, ScriptedFault, ELECTION_TIMEOUT, MAX_DELAY};
 
 fn is_lock_op(c: &Command) -> bool {
     match c {

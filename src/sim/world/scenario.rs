@@ -9,12 +9,21 @@
 //! outlives an election), so timings measured here are the protocol's own. The RNG still
 //! draws network delays, disk latencies and client choices from the seed.
 
-use super::{settle, Ev, Failure, Input, Outcome, SimConfig, Time, World, ELECTION_TICKS, TICK};
+use super::{
+    settle, Ev, Failure, Input, Outcome, SimConfig, Time, World, ELECTION_TICKS, MAX_NET_DELAY,
+    TICK,
+};
+use std::collections::BTreeMap;
+
 use crate::raft::{LogIndex, NodeId, Role, Status, Term};
 
 /// The (base) election timeout of every simulated node: 100 ms; each node draws its own in
 /// `[1, 2)` times this at every reset.
 pub const ELECTION_TIMEOUT: Time = ELECTION_TICKS as Time * TICK;
+
+/// The longest a message can be in flight in a scenario (no random long delays): a message
+/// sent just before a cut can still arrive this much later.
+pub const MAX_DELAY: Time = MAX_NET_DELAY;
 
 /// A fault a scenario applies (see [`Scenario::apply`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +82,8 @@ pub struct Answered {
 /// A world driven by a test instead of a random fault schedule.
 pub struct Scenario {
     w: World,
+    /// When each node last received a message from a peer.
+    heard: BTreeMap<NodeId, Time>,
 }
 
 impl Scenario {
@@ -81,6 +92,7 @@ impl Scenario {
     pub fn new(cfg: SimConfig) -> Scenario {
         Scenario {
             w: World::build(cfg, false),
+            heard: BTreeMap::new(),
         }
     }
 
@@ -170,12 +182,13 @@ impl Scenario {
         if pred(self) {
             return Ok(Some(self.w.now));
         }
-        while self
-            .w
-            .queue
-            .peek()
-            .is_some_and(|std::cmp::Reverse(q)| q.at <= deadline)
-        {
+        while let Some(std::cmp::Reverse(next)) = self.w.queue.peek() {
+            if next.at > deadline {
+                break;
+            }
+            if let Ev::Deliver(to, Input::Msg(_)) = next.ev {
+                self.heard.insert(to, next.at);
+            }
             self.w.step();
             if let Some(message) = self.w.fail.take() {
                 return Err(Failure {
@@ -228,6 +241,11 @@ impl Scenario {
     /// The transfer `id` is carrying out, if it leads and is handing leadership over.
     pub fn transfer_target(&self, id: NodeId) -> Option<NodeId> {
         self.w.nodes.get(&id).and_then(|n| n.core.transfer_target())
+    }
+
+    /// When `id` last received a message from a peer (delivered: sent before any cut).
+    pub fn last_heard(&self, id: NodeId) -> Option<Time> {
+        self.heard.get(&id).copied()
     }
 
     /// Every role change so far, in order.

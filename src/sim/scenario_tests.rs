@@ -253,6 +253,8 @@ struct TransferRun {
     resolved_after: Time,
     /// The old leader stepped down (handed over) rather than took writes again (abandoned).
     completed: bool,
+    /// The target led at some point before the loss stopped.
+    target_led: bool,
     /// How long two nodes both believed they led.
     two_leaders_for: Time,
     outcome: Outcome,
@@ -274,8 +276,10 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
         drop: 0.2,
         dup: 0.05,
     });
-    let lag = s.status(leader).map_or(0, |st| st.last_index)
-        - s.status(target).map_or(0, |st| st.last_index);
+    let lag = s
+        .status(leader)
+        .map_or(0, |st| st.last_index)
+        .saturating_sub(s.status(target).map_or(0, |st| st.last_index));
     s.apply(ScriptedFault::Transfer(target));
     if pause_target {
         s.apply(ScriptedFault::Pause(target));
@@ -283,7 +287,7 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
     // Watched until the loss stops: when the leader starts carrying the transfer out, when
     // it stops (handed over, or abandoned), and for how long two nodes both believe they
     // lead (in different terms: one leader per term is checked after every event).
-    let (mut started, mut resolved, mut completed) = (None, None, false);
+    let (mut started, mut resolved, mut completed, mut target_led) = (None, None, false, false);
     let (mut overlap, mut since) = (0, None::<Time>);
     s.run_until_true(heal + 600 * MS, |s| {
         let carrying = s.transfer_target(leader) == Some(target);
@@ -294,6 +298,7 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
             resolved = Some(s.now());
             completed = !is_leader(s, leader);
         }
+        target_led |= is_leader(s, target);
         match (s.leaders().len() > 1, since) {
             (true, None) => since = Some(s.now()),
             (false, Some(t)) => {
@@ -316,6 +321,7 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
         lag,
         resolved_after: resolved - started,
         completed,
+        target_led,
         two_leaders_for: overlap,
         outcome: s.finish()?,
     })
@@ -333,6 +339,7 @@ fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
         assert!(r.resolved_after <= ELECTION_TIMEOUT, "seed {seed}: {r:?}");
         // Clients retried through the loss and the change of leader; none gave up.
         assert_eq!(r.outcome.unknown, 0, "seed {seed}: operations gave up");
+        assert_eq!(r.completed, r.target_led, "seed {seed}: {r:?}");
         if r.completed {
             completed += 1;
         } else {
@@ -360,6 +367,10 @@ fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
 fn control_a_transfer_to_a_paused_target_is_abandoned() {
     for seed in 0..2 {
         let r = transfer(seed, 3, true).unwrap_or_else(|e| panic!("{}", fail(e)));
+        eprintln!(
+            "transfer to a paused target, seed {seed}: abandoned after {} ms",
+            r.resolved_after / MS
+        );
         assert!(!r.completed, "seed {seed}: a paused target took over");
         assert!(
             r.resolved_after > ELECTION_TIMEOUT - 20 * MS && r.resolved_after <= ELECTION_TIMEOUT,

@@ -11,6 +11,10 @@
 //! history is linearizable (`crate::lincheck`), every node applied the same state, and once
 //! faults stop the cluster elects a leader and converges within a bound.
 //!
+//! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
+//! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows
+//! (`scenario_tests.rs`), with the same end-of-run checks.
+//!
 //! What it may import: `raft`, `state_machine`, `lincheck`, std, rand. No tokio, no clock.
 
 mod client;

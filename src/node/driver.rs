@@ -77,6 +77,8 @@ pub struct Driver {
     bytes_since_snapshot: u64,
     /// Keeps the core's lease clock in step with real time (`handover.rs`).
     clock: handover::TickClock,
+    /// A snapshot being stored on the blocking pool (`snapshot.rs`).
+    snapshot_task: Option<snapshot::SnapshotTask>,
 }
 
 impl Driver {
@@ -141,6 +143,7 @@ impl Driver {
             incoming_snapshot: None,
             bytes_since_snapshot: 0,
             clock: handover::TickClock::new(),
+            snapshot_task: None,
         })
     }
 
@@ -161,12 +164,17 @@ impl Driver {
         let mut last_tick = Instant::now();
         self.publish_status();
         loop {
+            let mut failed = None;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     info!("shutting down");
                     self.reject_everything(&ClientError::ShuttingDown);
-                    return Ok(());
+                    // The store outlives no task that writes to it.
+                    return self.drain_snapshot().await;
+                }
+                done = snapshot::snapshot_done(&mut self.snapshot_task) => {
+                    failed = self.finish_snapshot(done).err();
                 }
                 req = self.inbox.recv() => match req {
                     Some(req) => self.handle_request(req),
@@ -191,7 +199,11 @@ impl Driver {
                 last_tick = Instant::now();
                 ticker.reset();
             }
-            if let Err(err) = self.handle_ready().await {
+            let handled = match failed {
+                Some(err) => Err(err),
+                None => self.handle_ready().await,
+            };
+            if let Err(err) = handled {
                 // The one line this failure logs; main prints the error once more and exits.
                 // Never retried: after a failed write or fsync the disk state is unknown.
                 error!(
@@ -336,7 +348,7 @@ impl Driver {
             self.check_leadership();
             // (5) Tell the core the batch is handled.
             self.core.advance();
-            self.maybe_snapshot().await?;
+            self.maybe_snapshot();
         }
         Ok(())
     }
@@ -357,6 +369,8 @@ impl Driver {
                 }
             })?,
         };
+        // Ours (older: the core accepts only snapshots past its commit) must not race it.
+        self.drain_snapshot().await?;
         let mut store = self.store.clone();
         self.blocking(move || store.install_snapshot(&snapshot))
             .await?;
@@ -367,39 +381,6 @@ impl Driver {
             term = meta.term,
             keys = self.sm.len(),
             "installed the leader's snapshot"
-        );
-        Ok(())
-    }
-
-    /// Takes a snapshot of the state machine and compacts the log once enough was applied
-    /// since the last one (`--snapshot-entries`, `--snapshot-bytes`).
-    async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
-        let meta = self.core.applied_snapshot_meta();
-        let since = meta.index - self.core.snapshot_meta().index;
-        if since < self.config.snapshot_entries
-            && self.bytes_since_snapshot < self.config.snapshot_bytes
-        {
-            return Ok(());
-        }
-        debug_assert_eq!(meta.index, self.sm.applied_index());
-        let started = Instant::now();
-        let snapshot = Snapshot {
-            meta,
-            data: self.sm.snapshot().into(),
-        };
-        let bytes = snapshot.data.len();
-        let mut store = self.store.clone();
-        self.blocking(move || store.install_snapshot(&snapshot))
-            .await?;
-        self.core.compact(meta.index);
-        self.bytes_since_snapshot = 0;
-        info!(
-            index = meta.index,
-            term = meta.term,
-            bytes,
-            entries = since,
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot taken, log compacted"
         );
         Ok(())
     }
@@ -743,6 +724,7 @@ impl Driver {
 }
 
 mod handover;
+mod snapshot;
 
 /// A lease of `ttl_ms` starting at `now`.
 fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {

@@ -2,12 +2,13 @@
 //! snapshot and compacts sled's log on the blocking pool while the loop goes on serving
 //! writes and reads; the core drops its in-memory prefix only once the store reports it done.
 //!
-//! Crash safety is the store's `install_snapshot` argument unchanged (file written, synced and
-//! renamed before any log entry is removed; an interrupted compaction is redone at start-up):
-//! the only new thing is that `persist` calls run meanwhile on another thread. They touch
-//! only entries after the snapshot's index (a persist never carries an applied entry, and
-//! the snapshot covers only applied ones), so the two never write the same sled keys, and
-//! each makes its own batch durable with its own flush + fdatasync. Until the core compacts,
+//! The store publishes the file (written, synced and renamed) and leaves the entries it
+//! covers to be removed a few at a time by later `persist` calls (`SledStore::
+//! install_own_snapshot`; an interrupted removal is finished at start-up). Meanwhile
+//! `persist` calls run on another thread: they write only entries after the snapshot's index
+//! (a persist never carries an applied entry, and the snapshot covers only applied ones), so
+//! the two never write the same sled keys, and each makes its own work durable with its own
+//! flush + fdatasync. Until the core compacts,
 //! it still holds every entry the snapshot covers, so a lagging follower is served from
 //! memory; a follower sent a snapshot gets the newest published one (at or after the core's).
 
@@ -68,9 +69,7 @@ impl Driver {
         let bytes = snapshot.data.len();
         self.bytes_since_snapshot = 0;
         let mut store = self.store.clone();
-        let handle = tokio::task::spawn_blocking(move || {
-            crate::raft::storage::LogStore::install_snapshot(&mut store, &snapshot)
-        });
+        let handle = tokio::task::spawn_blocking(move || store.install_own_snapshot(&snapshot));
         self.snapshot_task = Some(SnapshotTask {
             meta,
             bytes,

@@ -25,6 +25,11 @@ use tracing::{debug, error, info, warn, Instrument};
 /// handled, so one flush covers a whole burst (group commit) without starving ticks.
 const MAX_BATCH: usize = 256;
 
+/// Writes and linearizable reads waiting for the core at most; beyond it new ones are
+/// refused with UNAVAILABLE "node overloaded" (the inbox bounds how fast they arrive, this
+/// bounds how many pile up while nothing commits, e.g. with the followers gone).
+const MAX_PENDING: usize = 65_536;
+
 /// Longest lease the driver will time, in ms (the Lock service accepts at most one day).
 const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -79,6 +84,9 @@ pub struct Driver {
     clock: handover::TickClock,
     /// A snapshot being stored on the blocking pool (`snapshot.rs`).
     snapshot_task: Option<snapshot::SnapshotTask>,
+    /// Size of the latest snapshot (0 without one): the next waits until a quarter of it
+    /// was applied in commands (`snapshot.rs`).
+    snapshot_size: u64,
 }
 
 impl Driver {
@@ -95,6 +103,7 @@ impl Driver {
         let store = SledStore::open(&config.data_dir)?;
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
+        let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -144,6 +153,7 @@ impl Driver {
             bytes_since_snapshot: 0,
             clock: handover::TickClock::new(),
             snapshot_task: None,
+            snapshot_size,
         })
     }
 
@@ -240,6 +250,21 @@ impl Driver {
 
     /// Feeds one request to the core (or answers it at once).
     fn handle_request(&mut self, req: Request) {
+        let req = match req {
+            Request::Propose { reply, .. } if self.pending.len() >= MAX_PENDING => {
+                let _ = reply.send(Err(ClientError::Overloaded));
+                return;
+            }
+            Request::Read {
+                linearizable: true,
+                reply,
+                ..
+            } if self.pending.len() >= MAX_PENDING => {
+                let _ = reply.send(Err(ClientError::Overloaded));
+                return;
+            }
+            req => req,
+        };
         match req {
             Request::Propose { data, reply } => match self.core.propose(data) {
                 Ok(Proposed { index, term }) => {
@@ -371,11 +396,13 @@ impl Driver {
         };
         // Ours (older: the core accepts only snapshots past its commit) must not race it.
         self.drain_snapshot().await?;
+        let size = snapshot.data.len() as u64;
         let mut store = self.store.clone();
         self.blocking(move || store.install_snapshot(&snapshot))
             .await?;
         self.sm = sm;
         self.bytes_since_snapshot = 0;
+        self.snapshot_size = size;
         info!(
             index = meta.index,
             term = meta.term,

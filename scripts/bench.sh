@@ -277,7 +277,7 @@ run_one() {
       match($0, /"throughput_ops_s":[0-9.]+/); ops = substr($0, RSTART + 19, RLENGTH - 19)
       cpu = ticks / hz
       printf "%-7s %-4s %4d clients: servers used %6.2f CPU s, %6.1f us per op\n", sys, wl, c, cpu,
-        ops > 0 ? cpu * 1e6 / (ops * (secs + warm)) : 0
+        (ops > 0 ? cpu * 1e6 / (ops * (secs + warm)) : 0)
     }' >>"$OUT/cpu.txt"
   RUN=$((RUN + 1))
   printf '    [%2d/%d] %-7s %-4s %3s clients: %s\n' "$RUN" "$TOTAL" "$system" "$workload" "$clients" \

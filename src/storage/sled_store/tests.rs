@@ -1239,3 +1239,12 @@ fn an_own_snapshot_of_another_history_drops_the_log_at_once() {
     assert_eq!(f.store().trim_pending(), 0);
     check_with_reopen(&mut f, &[], Some(&snap(3, 2)));
 }
+
+#[test]
+fn a_fresh_store_has_nothing_to_trim() {
+    let mut f = SledFixture::new();
+    assert_eq!(f.store().trim_pending(), 0);
+    persist(&mut f, None, &entries(1, 1..=2));
+    assert_eq!(stored_indexes(&mut f), vec![1, 2]);
+    assert_eq!(f.store().trim_pending(), 0);
+}

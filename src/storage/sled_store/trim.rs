@@ -18,13 +18,21 @@ use std::sync::PoisonError;
 /// keeps up with appends).
 const TRIM_PER_PERSIST: u64 = 256;
 
-/// The stored entries a durable snapshot covers that are still to be removed.
-#[derive(Clone, Copy, Debug, Default)]
+/// The stored entries a durable snapshot covers that are still to be removed (none while
+/// `next > to`).
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Trim {
     /// The first index possibly still stored.
     next: LogIndex,
     /// The last index to remove (the snapshot's).
     to: LogIndex,
+}
+
+impl Default for Trim {
+    /// Nothing to remove (log indexes start at 1).
+    fn default() -> Self {
+        Trim { next: 1, to: 0 }
+    }
 }
 
 impl SledStore {

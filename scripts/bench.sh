@@ -2,7 +2,7 @@
 # Benchmark a 3-node kvstore cluster, and with --vs-etcd a 3-node etcd cluster beside it, on
 # loopback, with the same load generator (kvstore-bench), and print a comparison table.
 #
-#   scripts/bench.sh [--vs-etcd] [--quick] [--duration 5s] [--warmup 1s]
+#   scripts/bench.sh [--vs-etcd] [--quick] [--duration 5s] [--warmup 1s] [--nodes 3|5]
 #                    [--clients "1 16 64 256"] [--workloads "put get"] [--key-space 10000]
 #                    [--out target/bench] [--perf]
 #
@@ -10,13 +10,14 @@
 #  1. installs what is missing (Debian packages: fonts-dejavu-core for the plots; with
 #     --vs-etcd also etcd-server, and protobuf-compiler which etcd-client's build needs)
 #  2. builds kvstore, kvstore-bench and kvstore-plot in release mode
-#  3. starts 3 kvstore nodes (and 3 etcd members) with data dirs in one temp folder, so both
-#     systems fsync to the same disk
+#  3. starts 3 (or --nodes 5) kvstore nodes (and as many etcd members) with data dirs in one
+#     temp folder, so both systems fsync to the same disk
 #  4. runs the matrix: every workload x every client count, 100-byte values, each run
 #     `--warmup` unmeasured then `--duration` measured; the two systems alternate run by run
 #     (kvstore first in one cell, etcd first in the next) so drift hits both alike
 #  5. writes OUT/results.jsonl (one kvstore-bench JSON report per run), OUT/table.md,
-#     OUT/throughput.png, OUT/latency.png, OUT/machine.txt, and prints the table
+#     OUT/throughput.png, OUT/latency.png, OUT/machine.txt, OUT/cpu.txt (CPU seconds the
+#     servers used in each run, and per operation), and prints the table
 #
 # --quick: clients 1 and 16, 1 s per run, 0.5 s warmup: well under a minute once built.
 # --perf: records a perf profile of the kvstore leader during the put run with 64 clients
@@ -39,6 +40,7 @@ WORKLOADS="put get"
 KEY_SPACE=10000
 OUT=$ROOT/target/bench
 PERF=0
+NODES=3
 
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -51,22 +53,28 @@ while [[ $# -gt 0 ]]; do
     --workloads) WORKLOADS=$2; shift ;;
     --key-space) KEY_SPACE=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --nodes) NODES=$2; shift ;;
     --perf) PERF=1 ;;
     -h|--help) usage ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+[[ $NODES == 3 || $NODES == 5 ]] || { echo "bench.sh: --nodes must be 3 or 5, not $NODES" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
 declare -A PIDS=()
-KV_PORTS=(9301 9302 9303)
-ETCD_CLIENT_PORTS=(23791 23792 23793)
-ETCD_PEER_PORTS=(23801 23802 23803)
-KV_ENDPOINTS=127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303
-ETCD_ENDPOINTS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+KV_PORTS=() ETCD_CLIENT_PORTS=() ETCD_PEER_PORTS=() KV_ENDPOINTS="" ETCD_ENDPOINTS=""
+for ((i = 1; i <= NODES; i++)); do
+  KV_PORTS+=($((9300 + i)))
+  ETCD_CLIENT_PORTS+=($((23790 + i)))
+  ETCD_PEER_PORTS+=($((23800 + i)))
+  KV_ENDPOINTS+="${KV_ENDPOINTS:+,}127.0.0.1:$((9300 + i))"
+  ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}127.0.0.1:$((23790 + i))"
+done
+NODE_INDEXES=$(seq 0 $((NODES - 1)))
 
 # Seconds in a kvstore-bench duration (500ms, 5s, 1m, or a bare number of seconds).
 secs() {
@@ -128,10 +136,10 @@ cargo build --release --features "$FEATURES" --bin kvstore --bin kvctl --bin kvs
 # ---------------------------------------------------------------- 3. clusters
 start_kvstore() {
   local i id peers j
-  for i in 0 1 2; do
+  for i in $NODE_INDEXES; do
     id=$((i + 1))
     peers=()
-    for j in 0 1 2; do
+    for j in $NODE_INDEXES; do
       [[ $j == "$i" ]] || peers+=("$((j + 1))=127.0.0.1:${KV_PORTS[$j]}")
     done
     "$BIN/kvstore" --id "$id" --port "${KV_PORTS[$i]}" --peers "$(IFS=,; echo "${peers[*]}")" \
@@ -142,10 +150,10 @@ start_kvstore() {
 
 start_etcd() {
   local i cluster=""
-  for i in 0 1 2; do
+  for i in $NODE_INDEXES; do
     cluster+="${cluster:+,}etcd-$((i + 1))=http://127.0.0.1:${ETCD_PEER_PORTS[$i]}"
   done
-  for i in 0 1 2; do
+  for i in $NODE_INDEXES; do
     etcd --name "etcd-$((i + 1))" --data-dir "$RUN_DIR/etcd-$((i + 1))" \
       --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
       --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
@@ -172,12 +180,12 @@ wait_for_kvstore() {
   die "kvstore elected no leader within 10 s; see $RUN_DIR/kvstore-*.log"
 }
 
-step "Starting 3 kvstore nodes on $KV_ENDPOINTS (data in $RUN_DIR)"
+step "Starting $NODES kvstore nodes on $KV_ENDPOINTS (data in $RUN_DIR)"
 start_kvstore
 wait_for_kvstore
 say "leader: node $(kvstore_leader)"
 if [[ $VS_ETCD == 1 ]]; then
-  step "Starting 3 etcd members on $ETCD_ENDPOINTS ($(etcd --version | head -1), data in $RUN_DIR)"
+  step "Starting $NODES etcd members on $ETCD_ENDPOINTS ($(etcd --version | head -1), data in $RUN_DIR)"
   start_etcd
 fi
 
@@ -197,11 +205,12 @@ fi
   echo "load average before the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
   [[ $VS_ETCD == 1 ]] && echo "etcd: $(etcd --version | head -1)"
   echo "command: scripts/bench.sh $ARGS"
-  echo "matrix: workloads [$WORKLOADS], clients [$CLIENTS], $DURATION measured after $WARMUP warmup, 100-byte values, $KEY_SPACE keys"
+  echo "matrix: $NODES nodes, workloads [$WORKLOADS], clients [$CLIENTS], $DURATION measured after $WARMUP warmup, 100-byte values, $KEY_SPACE keys"
 } >"$OUT/machine.txt"
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
+: >"$OUT/cpu.txt"
 SYSTEMS=(kvstore)
 [[ $VS_ETCD == 1 ]] && SYSTEMS=(kvstore etcd)
 read -ra CLIENT_LIST <<<"$CLIENTS"
@@ -225,8 +234,19 @@ profile_leader() {
   PIDS[perf]=$!
 }
 
+# CPU ticks (user + system) used so far by the server processes of one system.
+server_ticks() {
+  local name total=0
+  for name in "${!PIDS[@]}"; do
+    [[ $name == "$1"-* ]] || continue
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/${PIDS[$name]}/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
 run_one() {
-  local system=$1 workload=$2 clients=$3 endpoints preload=() report
+  local system=$1 workload=$2 clients=$3 endpoints preload=() report ticks
+  ticks=$(server_ticks "$system")
   endpoints=$KV_ENDPOINTS
   [[ $system == etcd ]] && endpoints=$ETCD_ENDPOINTS
   # Read workloads need the key space written once per system; later runs reuse it.
@@ -250,6 +270,15 @@ run_one() {
       --json "${preload[@]}")
   fi
   echo "$report" >>"$RESULTS"
+  # Includes the warmup (and a read workload's first preload), so it is a slight overestimate.
+  echo "$report" | awk -v sys="$system" -v wl="$workload" -v c="$clients" \
+    -v ticks=$(( $(server_ticks "$system") - ticks )) -v hz="$(getconf CLK_TCK)" \
+    -v secs="$(secs "$DURATION")" -v warm="$(secs "$WARMUP")" '{
+      match($0, /"throughput_ops_s":[0-9.]+/); ops = substr($0, RSTART + 19, RLENGTH - 19)
+      cpu = ticks / hz
+      printf "%-7s %-4s %4d clients: servers used %6.2f CPU s, %6.1f us per op\n", sys, wl, c, cpu,
+        (ops > 0 ? cpu * 1e6 / (ops * (secs + warm)) : 0)
+    }' >>"$OUT/cpu.txt"
   RUN=$((RUN + 1))
   printf '    [%2d/%d] %-7s %-4s %3s clients: %s\n' "$RUN" "$TOTAL" "$system" "$workload" "$clients" \
     "$(echo "$report" | sed -E 's/.*"ops":([0-9]+).*"errors":([0-9]+).*"throughput_ops_s":([0-9.]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\3 ops\/s, p50 \4 us, p99 \5 us, \2 errors/' | awk '{ $1 = sprintf("%.0f", $1); print }')"
@@ -274,7 +303,7 @@ echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/m
 # ---------------------------------------------------------------- 5. table and plots
 step "Results ($RESULTS)"
 "$BIN/kvstore-plot" "$RESULTS" --out "$OUT" --font "$FONT" \
-  --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, 3 nodes"
+  --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, $NODES nodes"
 if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
   {
     echo "# kvstore leader under put with $PERF_CLIENTS clients: self time (flat), then inclusive time"
@@ -287,4 +316,5 @@ if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
   } | cut -c1-160 | sed -E 's/ +- +- *$//; s/ *$//' >"$OUT/perf-leader.txt" || true
   say "perf profile of the leader: $OUT/perf-leader.txt (raw: $OUT/perf.data)"
 fi
+say "server CPU per run: $OUT/cpu.txt"
 say "machine: $OUT/machine.txt"

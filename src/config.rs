@@ -87,7 +87,7 @@ pub struct NodeConfig {
     /// Leader heartbeat interval; also the period of the driver's tick.
     pub heartbeat_interval: Duration,
     /// Take a snapshot and compact the log once this many entries were applied since the
-    /// last one.
+    /// last one, and their commands add up to a quarter of the last snapshot's size.
     pub snapshot_entries: u64,
     /// ... or once the commands applied since the last one reach this many bytes.
     pub snapshot_bytes: u64,

@@ -61,7 +61,8 @@ struct Args {
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_interval_ms: u64,
 
-    /// Snapshot the state and compact the log after this many applied entries.
+    /// Snapshot the state and compact the log after this many applied entries (once their
+    /// commands add up to a quarter of the last snapshot's size).
     #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_ENTRIES, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_entries: u64,

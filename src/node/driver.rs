@@ -25,6 +25,11 @@ use tracing::{debug, error, info, warn, Instrument};
 /// handled, so one flush covers a whole burst (group commit) without starving ticks.
 const MAX_BATCH: usize = 256;
 
+/// Writes and linearizable reads waiting for the core at most; beyond it new ones are
+/// refused with UNAVAILABLE "node overloaded" (the inbox bounds how fast they arrive, this
+/// bounds how many pile up while nothing commits, e.g. with the followers gone).
+const MAX_PENDING: usize = 65_536;
+
 /// Longest lease the driver will time, in ms (the Lock service accepts at most one day).
 const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -77,6 +82,11 @@ pub struct Driver {
     bytes_since_snapshot: u64,
     /// Keeps the core's lease clock in step with real time (`handover.rs`).
     clock: handover::TickClock,
+    /// A snapshot being stored on the blocking pool (`snapshot.rs`).
+    snapshot_task: Option<snapshot::SnapshotTask>,
+    /// Size of the latest snapshot (0 without one): the next waits until a quarter of it
+    /// was applied in commands (`snapshot.rs`).
+    snapshot_size: u64,
 }
 
 impl Driver {
@@ -93,6 +103,7 @@ impl Driver {
         let store = SledStore::open(&config.data_dir)?;
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
+        let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -141,6 +152,8 @@ impl Driver {
             incoming_snapshot: None,
             bytes_since_snapshot: 0,
             clock: handover::TickClock::new(),
+            snapshot_task: None,
+            snapshot_size,
         })
     }
 
@@ -161,12 +174,17 @@ impl Driver {
         let mut last_tick = Instant::now();
         self.publish_status();
         loop {
+            let mut failed = None;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     info!("shutting down");
                     self.reject_everything(&ClientError::ShuttingDown);
-                    return Ok(());
+                    // The store outlives no task that writes to it.
+                    return self.drain_snapshot().await;
+                }
+                done = snapshot::snapshot_done(&mut self.snapshot_task) => {
+                    failed = self.finish_snapshot(done).err();
                 }
                 req = self.inbox.recv() => match req {
                     Some(req) => self.handle_request(req),
@@ -191,7 +209,11 @@ impl Driver {
                 last_tick = Instant::now();
                 ticker.reset();
             }
-            if let Err(err) = self.handle_ready().await {
+            let handled = match failed {
+                Some(err) => Err(err),
+                None => self.handle_ready().await,
+            };
+            if let Err(err) = handled {
                 // The one line this failure logs; main prints the error once more and exits.
                 // Never retried: after a failed write or fsync the disk state is unknown.
                 error!(
@@ -228,6 +250,21 @@ impl Driver {
 
     /// Feeds one request to the core (or answers it at once).
     fn handle_request(&mut self, req: Request) {
+        let req = match req {
+            Request::Propose { reply, .. } if self.pending.len() >= MAX_PENDING => {
+                let _ = reply.send(Err(ClientError::Overloaded));
+                return;
+            }
+            Request::Read {
+                linearizable: true,
+                reply,
+                ..
+            } if self.pending.len() >= MAX_PENDING => {
+                let _ = reply.send(Err(ClientError::Overloaded));
+                return;
+            }
+            req => req,
+        };
         match req {
             Request::Propose { data, reply } => match self.core.propose(data) {
                 Ok(Proposed { index, term }) => {
@@ -336,7 +373,7 @@ impl Driver {
             self.check_leadership();
             // (5) Tell the core the batch is handled.
             self.core.advance();
-            self.maybe_snapshot().await?;
+            self.maybe_snapshot();
         }
         Ok(())
     }
@@ -357,49 +394,20 @@ impl Driver {
                 }
             })?,
         };
+        // Ours (older: the core accepts only snapshots past its commit) must not race it.
+        self.drain_snapshot().await?;
+        let size = snapshot.data.len() as u64;
         let mut store = self.store.clone();
         self.blocking(move || store.install_snapshot(&snapshot))
             .await?;
         self.sm = sm;
         self.bytes_since_snapshot = 0;
+        self.snapshot_size = size;
         info!(
             index = meta.index,
             term = meta.term,
             keys = self.sm.len(),
             "installed the leader's snapshot"
-        );
-        Ok(())
-    }
-
-    /// Takes a snapshot of the state machine and compacts the log once enough was applied
-    /// since the last one (`--snapshot-entries`, `--snapshot-bytes`).
-    async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
-        let meta = self.core.applied_snapshot_meta();
-        let since = meta.index - self.core.snapshot_meta().index;
-        if since < self.config.snapshot_entries
-            && self.bytes_since_snapshot < self.config.snapshot_bytes
-        {
-            return Ok(());
-        }
-        debug_assert_eq!(meta.index, self.sm.applied_index());
-        let started = Instant::now();
-        let snapshot = Snapshot {
-            meta,
-            data: self.sm.snapshot().into(),
-        };
-        let bytes = snapshot.data.len();
-        let mut store = self.store.clone();
-        self.blocking(move || store.install_snapshot(&snapshot))
-            .await?;
-        self.core.compact(meta.index);
-        self.bytes_since_snapshot = 0;
-        info!(
-            index = meta.index,
-            term = meta.term,
-            bytes,
-            entries = since,
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot taken, log compacted"
         );
         Ok(())
     }
@@ -743,6 +751,7 @@ impl Driver {
 }
 
 mod handover;
+mod snapshot;
 
 /// A lease of `ttl_ms` starting at `now`.
 fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {

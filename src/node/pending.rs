@@ -104,6 +104,11 @@ impl Pending {
         !self.writes.is_empty() || !self.unconfirmed_reads.is_empty()
     }
 
+    /// Number of writes and reads waiting.
+    pub(super) fn len(&self) -> usize {
+        self.writes.len() + self.unconfirmed_reads.len() + self.confirmed_reads.len()
+    }
+
     /// Forgets waiters whose caller went away (deadline or cancelled call).
     pub(super) fn prune_closed(&mut self) {
         self.writes.retain(|_, (_, r)| !r.is_closed());

@@ -46,6 +46,8 @@ struct Inner {
     /// Encoded bytes of the log entries written after the snapshot, see
     /// [`SledStore::log_bytes_since_snapshot`].
     log_bytes: AtomicU64,
+    /// Covered entries still to be removed lazily (`trim.rs`).
+    trim: Mutex<trim::Trim>,
     dir: PathBuf,
     /// Holds the exclusive lock on `<dir>/LOCK` for as long as the store lives.
     _lock: File,
@@ -141,6 +143,7 @@ impl SledStore {
                 snapshots,
                 snapshot: Mutex::new(scan.latest),
                 log_bytes: AtomicU64::new(0),
+                trim: Mutex::new(trim::Trim::default()),
                 dir,
                 _lock: lock,
             }),
@@ -308,6 +311,7 @@ impl SledStore {
         log.apply_batch(batch)
             .map_err(|e| self.sled_err("remove the compacted log", &e))?;
         self.sync()?;
+        self.trim_done_to(meta.index);
         self.inner.log_bytes.store(kept_bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -463,7 +467,12 @@ impl LogStore for SledStore {
             .transpose()
             .map_err(|e| self.encode_err("hard state".into(), e))?;
         let write_err = |e: &sled::Error| self.sled_err("write the hard state and log", e);
-        let (batch, bytes) = self.log_batch(entries)?;
+        let (mut batch, bytes) = self.log_batch(entries)?;
+        // Entries a published snapshot covers go a few at a time, in batches written anyway.
+        let trimmed = match (&hard_state, entries.is_empty()) {
+            (Some(_), true) => None,
+            _ => self.add_trim(&mut batch, entries.len()),
+        };
         match (hard_state, entries.is_empty()) {
             (Some(hs), true) => {
                 inner
@@ -492,6 +501,9 @@ impl LogStore for SledStore {
         }
         self.sync()?;
         inner.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(next) = trimmed {
+            self.trimmed(next);
+        }
         Ok(())
     }
 
@@ -573,6 +585,8 @@ fn lock_dir(dir: &Path) -> Result<File, StorageError> {
         Err(TryLockError::Error(cause)) => Err(lock_err(cause)),
     }
 }
+
+mod trim;
 
 #[cfg(test)]
 mod tests;

@@ -1195,3 +1195,56 @@ fn restart_time_with_a_million_keys() {
          restore {restore:?}, replay {replay:?}; total {total:?}"
     );
 }
+
+/// Own snapshots publish at once and leave the covered entries to later persists, at least
+/// 256 per persist; the log loads the same at every step and after a restart.
+#[test]
+fn an_own_snapshot_is_published_at_once_and_its_entries_removed_by_later_persists() {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(1, Some(1), 600)), &entries(1, 1..=600));
+    f.store().install_own_snapshot(&snap(500, 1)).unwrap();
+    assert_eq!(latest(&mut f), Some(snap(500, 1)));
+    assert_eq!(snapshot_files(&f), vec![snap_name(500, 1)]);
+    assert_eq!(f.store().trim_pending(), 500, "nothing removed yet");
+    assert_eq!(stored_indexes(&mut f).len(), 600);
+    assert_eq!(load(&mut f).1, entries(1, 501..=600));
+
+    persist(&mut f, None, &entries(1, 601..=601));
+    assert_eq!(f.store().trim_pending(), 500 - 256);
+    assert_eq!(stored_indexes(&mut f).first(), Some(&257));
+    persist(&mut f, None, &entries(1, 602..=602));
+    assert_eq!(f.store().trim_pending(), 0);
+    assert_eq!(stored_indexes(&mut f), (501..=602).collect::<Vec<_>>());
+    check_with_reopen(&mut f, &entries(1, 501..=602), Some(&snap(500, 1)));
+}
+
+/// A crash before the removals: the restart finishes them and loads the same log.
+#[test]
+fn a_restart_finishes_the_removals_an_own_snapshot_left() {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(1, Some(1), 10)), &entries(1, 1..=10));
+    f.store().install_own_snapshot(&snap(8, 1)).unwrap();
+    f.reopen();
+    assert_eq!(stored_indexes(&mut f), vec![9, 10]);
+    check_with_reopen(&mut f, &entries(1, 9..=10), Some(&snap(8, 1)));
+}
+
+/// A snapshot whose entry the log holds with another term is installed in full at once.
+#[test]
+fn an_own_snapshot_of_another_history_drops_the_log_at_once() {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(1, Some(1), 4)), &entries(1, 1..=4));
+    f.store().install_own_snapshot(&snap(3, 2)).unwrap();
+    assert_eq!(stored_indexes(&mut f), Vec::<u64>::new());
+    assert_eq!(f.store().trim_pending(), 0);
+    check_with_reopen(&mut f, &[], Some(&snap(3, 2)));
+}
+
+#[test]
+fn a_fresh_store_has_nothing_to_trim() {
+    let mut f = SledFixture::new();
+    assert_eq!(f.store().trim_pending(), 0);
+    persist(&mut f, None, &entries(1, 1..=2));
+    assert_eq!(stored_indexes(&mut f), vec![1, 2]);
+    assert_eq!(f.store().trim_pending(), 0);
+}

@@ -89,18 +89,10 @@ step() { printf '\n==> %s\n' "$*"; }
 say() { printf '    %s\n' "$*"; }
 die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 
+source scripts/lib.sh
+
 cleanup() {
-  local name pid
-  for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
-  for name in "${!PIDS[@]}"; do
-    pid=${PIDS[$name]}
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   rm -rf "$RUN_DIR"
 }
 trap cleanup EXIT

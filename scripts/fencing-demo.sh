@@ -41,22 +41,11 @@ fail() {
   exit 1
 }
 
-stop_pid() {
-  local pid=$1
-  kill -CONT "$pid" 2>/dev/null || true
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+source scripts/lib.sh
 
 cleanup() {
-  local key
-  for key in "${!WORKERS[@]}"; do stop_pid "${WORKERS[$key]}"; done
-  for key in "${!PIDS[@]}"; do stop_pid "${PIDS[$key]}"; done
+  stop_pids "${WORKERS[@]}"
+  stop_pids "${PIDS[@]}"
   if [[ $RESULT == PASS ]]; then rm -rf "$RUN_DIR"; fi
 }
 trap cleanup EXIT
@@ -66,14 +55,6 @@ kvctl() { "$BIN/kvctl" "$@"; }
 
 # Prefixes each line of stdin with the time.
 stamp() { while IFS= read -r line; do echo "$(now) $line"; done; }
-
-peers_of() {
-  local id=$1 peers=() p
-  for p in "${IDS[@]}"; do
-    [[ $p == "$id" ]] || peers+=("$p=$(addr "$p")")
-  done
-  (IFS=,; echo "${peers[*]}")
-}
 
 start_node() {
   local id=$1

@@ -34,36 +34,16 @@ fail() {
   exit 1
 }
 
+source scripts/lib.sh
+
 cleanup() {
-  local id pid
-  for id in "${!PIDS[@]}"; do
-    pid=${PIDS[$id]}
-    kill -CONT "$pid" 2>/dev/null || true
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for id in "${!PIDS[@]}"; do
-    pid=${PIDS[$id]}
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if [[ $RESULT == PASS ]]; then rm -rf "$RUN_DIR"; fi
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 kvctl() { "$BIN/kvctl" "$@"; }
-
-peers_of() {
-  local id=$1 peers=() p
-  for p in "${IDS[@]}"; do
-    [[ $p == "$id" ]] || peers+=("$p=$(addr "$p")")
-  done
-  (IFS=,; echo "${peers[*]}")
-}
 
 start_node() {
   local id=$1 log=$RUN_DIR/node-$1.log

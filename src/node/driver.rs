@@ -417,12 +417,21 @@ impl Driver {
         &self,
         f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
     ) -> Result<T, Fatal> {
-        Ok(tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Fatal::StorageTask {
-                dir: self.config.data_dir.clone(),
-                cause: e.to_string(),
-            })??)
+        let done = tokio::task::spawn_blocking(f).await;
+        self.storage_task_result(done)
+    }
+
+    /// The result of a storage call run on the blocking pool: its own error, or the task's
+    /// failure (a panic or a cancellation), both fatal.
+    fn storage_task_result<T>(
+        &self,
+        done: Result<Result<T, crate::storage::StorageError>, tokio::task::JoinError>,
+    ) -> Result<T, Fatal> {
+        done.map_err(|e| Fatal::StorageTask {
+            dir: self.config.data_dir.clone(),
+            cause: e.to_string(),
+        })?
+        .map_err(Fatal::from)
     }
 
     /// The answer to a peer request refused before it reached the core.

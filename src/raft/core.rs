@@ -918,26 +918,10 @@ impl RaftCore {
             conflict_term,
             read_ctx,
         };
-        match self.role {
-            Role::Leader => {
-                // Two leaders in one term would break Election Safety; never act on it.
-                warn!(
-                    node = self.cfg.id,
-                    from = msg.from,
-                    term = self.term,
-                    "AppendEntries from another leader of my term"
-                );
-                self.respond_now(msg, reject(0, 0));
-                return;
-            }
-            // §5.2: a candidate that hears from the leader of its term returns to follower.
-            Role::Candidate => self.become_follower(self.term, Some(msg.from)),
-            Role::Follower => {}
+        if !self.follow_leader_of_term(msg) {
+            self.respond_now(msg, reject(0, 0));
+            return;
         }
-        self.leader = Some(msg.from);
-        self.election_elapsed = 0;
-        self.pre_campaign = None;
-        self.lease_heard_from_leader();
 
         // Reject malformed batches outright: indexes must follow prev_log_index contiguously
         // and no entry may come from a term after the sender's.
@@ -1020,6 +1004,32 @@ impl RaftCore {
                 read_ctx,
             },
         );
+    }
+
+    /// A message only the leader of our term sends (AppendEntries, InstallSnapshot): a
+    /// candidate returns to follower (§5.2), and the leader is noted as alive (election timer,
+    /// lease stickiness). Returns false if we lead this term ourselves: two leaders in one
+    /// term would break Election Safety, so the caller refuses the message.
+    pub(super) fn follow_leader_of_term(&mut self, msg: &Message) -> bool {
+        match self.role {
+            Role::Leader => {
+                warn!(
+                    node = self.cfg.id,
+                    from = msg.from,
+                    term = self.term,
+                    kind = msg.body.kind(),
+                    "leader message from another leader of my term"
+                );
+                return false;
+            }
+            Role::Candidate => self.become_follower(self.term, Some(msg.from)),
+            Role::Follower => {}
+        }
+        self.leader = Some(msg.from);
+        self.election_elapsed = 0;
+        self.pre_campaign = None;
+        self.lease_heard_from_leader();
+        true
     }
 
     // ------------------------------------------------------------------ replication: leader

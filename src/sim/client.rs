@@ -120,7 +120,7 @@ impl Client {
             Phase::Idle => self.start_next(w),
             Phase::Waiting { sent_at, .. } if now >= sent_at + World::attempt_timeout() => {
                 // No answer: try another node.
-                self.leader_guess = self.other_node(w);
+                self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                 self.retry_or_give_up(w, 0);
             }
             Phase::Backoff { until } if now >= until => self.send(w),
@@ -205,14 +205,6 @@ impl Client {
         w.schedule_client(self.idx, World::attempt_timeout());
     }
 
-    fn other_node(&self, w: &mut World) -> NodeId {
-        let mut n = self.leader_guess;
-        while n == self.leader_guess && self.nodes > 1 {
-            n = w.rng().random_range(1..=self.nodes);
-        }
-        n
-    }
-
     fn retry_or_give_up(&mut self, w: &mut World, backoff: Time) {
         let now = w.now();
         let Some(cur) = &self.current else { return };
@@ -263,14 +255,14 @@ impl Client {
                         w.rng().random_range(0..2_000)
                     }
                     _ => {
-                        self.leader_guess = self.other_node(w);
+                        self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                         w.rng().random_range(10_000..50_000)
                     }
                 };
                 self.retry_or_give_up(w, backoff);
             }
             Err(ReplyErr::LeadershipLost | ReplyErr::ConnectionLost) => {
-                self.leader_guess = self.other_node(w);
+                self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                 let backoff = w.rng().random_range(5_000..50_000);
                 self.retry_or_give_up(w, backoff);
             }
@@ -282,4 +274,13 @@ impl Client {
             }
         }
     }
+}
+
+/// A random node other than `current` (of `nodes`), for a client trying elsewhere.
+pub(crate) fn other_node(w: &mut World, current: NodeId, nodes: u64) -> NodeId {
+    let mut n = current;
+    while n == current && nodes > 1 {
+        n = w.rng().random_range(1..=nodes);
+    }
+    n
 }

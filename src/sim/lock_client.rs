@@ -9,7 +9,7 @@
 
 use rand::Rng;
 
-use super::client::{Answer, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::client::{other_node, Answer, ClientReply, ClientReq, ReplyErr, ReqOp};
 use super::world::{Time, World, OP_DEADLINE};
 use crate::raft::NodeId;
 use crate::state_machine::{ApplyError, Command, Fence, Outcome as SmOutcome, Proposal, Session};
@@ -85,7 +85,7 @@ impl LockClient {
             match p.backoff_until {
                 Some(until) if now >= until => self.send(w),
                 None if now >= p.sent_at + World::attempt_timeout() => {
-                    self.leader_guess = self.other_node(w);
+                    self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                     self.retry_or_give_up(w, 0);
                 }
                 _ => {}
@@ -199,14 +199,6 @@ impl LockClient {
         w.schedule_client(self.idx, World::attempt_timeout());
     }
 
-    fn other_node(&self, w: &mut World) -> NodeId {
-        let mut n = self.leader_guess;
-        while n == self.leader_guess && self.nodes > 1 {
-            n = w.rng().random_range(1..=self.nodes);
-        }
-        n
-    }
-
     fn retry_or_give_up(&mut self, w: &mut World, backoff: Time) {
         let now = w.now();
         let Some(p) = &mut self.pending else { return };
@@ -259,14 +251,14 @@ impl LockClient {
                         w.rng().random_range(0..2 * MS)
                     }
                     _ => {
-                        self.leader_guess = self.other_node(w);
+                        self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                         w.rng().random_range(10 * MS..50 * MS)
                     }
                 };
                 self.retry_or_give_up(w, backoff);
             }
             Err(ReplyErr::LeadershipLost | ReplyErr::ConnectionLost) => {
-                self.leader_guess = self.other_node(w);
+                self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                 let backoff = w.rng().random_range(5 * MS..50 * MS);
                 self.retry_or_give_up(w, backoff);
             }

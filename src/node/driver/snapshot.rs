@@ -92,7 +92,7 @@ impl Driver {
         let Some(task) = self.snapshot_task.take() else {
             return Ok(());
         };
-        self.check_snapshot(done)?;
+        self.storage_task_result(done)?;
         self.core.compact(task.meta.index);
         info!(
             index = task.meta.index,
@@ -110,16 +110,8 @@ impl Driver {
     pub(super) async fn drain_snapshot(&mut self) -> Result<(), Fatal> {
         if let Some(task) = self.snapshot_task.take() {
             let done = task.handle.await;
-            self.check_snapshot(done)?;
+            self.storage_task_result(done)?;
         }
         Ok(())
-    }
-
-    fn check_snapshot(&self, done: SnapshotDone) -> Result<(), Fatal> {
-        done.map_err(|e| Fatal::StorageTask {
-            dir: self.config.data_dir.clone(),
-            cause: e.to_string(),
-        })?
-        .map_err(Fatal::from)
     }
 }

@@ -6,7 +6,7 @@ use tracing::{debug, info, warn};
 
 use super::RaftCore;
 use crate::raft::message::{Message, MessageBody};
-use crate::raft::types::{Entry, LogIndex, NodeId, Role, Snapshot, SnapshotMeta, Term};
+use crate::raft::types::{Entry, LogIndex, NodeId, Snapshot, SnapshotMeta, Term};
 
 impl RaftCore {
     /// The meta a snapshot of the state machine taken now must carry: the last applied entry
@@ -103,22 +103,10 @@ impl RaftCore {
             conflict_term: 0,
             read_ctx: 0,
         };
-        match self.role {
-            Role::Leader => {
-                warn!(
-                    node = self.cfg.id,
-                    from = msg.from,
-                    "InstallSnapshot from another leader of my term"
-                );
-                self.respond_now(msg, answer(false, 0));
-                return;
-            }
-            Role::Candidate => self.become_follower(self.term, Some(msg.from)),
-            Role::Follower => {}
+        if !self.follow_leader_of_term(msg) {
+            self.respond_now(msg, answer(false, 0));
+            return;
         }
-        self.leader = Some(msg.from);
-        self.election_elapsed = 0;
-        self.pre_campaign = None;
 
         let meta = snapshot.meta;
         if meta.index <= self.commit && self.mutation != super::Mutation::InstallStaleSnapshot {

@@ -17,13 +17,8 @@ ENDPOINTS=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003
 
 port_of() { echo $((9000 + $1)); }
 
-peers_of() {
-  local id=$1 peers=() p
-  for p in "${IDS[@]}"; do
-    [[ $p == "$id" ]] || peers+=("$p=127.0.0.1:$(port_of "$p")")
-  done
-  (IFS=,; echo "${peers[*]}")
-}
+addr() { echo "127.0.0.1:$(port_of "$1")"; }
+source scripts/lib.sh
 
 is_running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -20,7 +20,7 @@
 #     servers used in each run, and per operation), and prints the table
 #
 # --quick: clients 1 and 16, 1 s per run, 0.5 s warmup: well under a minute once built.
-# --perf: records a perf profile of the kvstore leader during the put run with 64 clients
+# --perf: records a perf profile of the kvstore leader during the first workload's run with 64 clients
 #   (or the largest count below it) into OUT/perf-leader.txt (Debian package linux-perf).
 #
 # Figures from a shared or small machine are noisy: the load generator and all six servers
@@ -249,7 +249,7 @@ run_one() {
   # Read workloads need the key space written once per system; later runs reuse it.
   if [[ $workload != put && -n ${PRELOADED[$system]:-} ]]; then preload=(--no-preload); fi
   [[ $workload != put ]] && PRELOADED[$system]=1
-  if [[ $PERF == 1 && $system == kvstore && $workload == put && $clients == "$PERF_CLIENTS" ]]; then
+  if [[ $PERF == 1 && $system == kvstore && $workload == "${WORKLOAD_LIST[0]}" && $clients == "$PERF_CLIENTS" ]]; then
     # Start recording when the warmup ends: run the bench in the background meanwhile.
     "$BIN/kvstore-bench" "$workload" --target "$system" --endpoints "$endpoints" \
       --clients "$clients" --duration "$DURATION" --warmup "$WARMUP" --key-space "$KEY_SPACE" \
@@ -304,7 +304,7 @@ step "Results ($RESULTS)"
   --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, $NODES nodes"
 if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
   {
-    echo "# kvstore leader under put with $PERF_CLIENTS clients: self time (flat), then inclusive time"
+    echo "# kvstore leader under ${WORKLOAD_LIST[0]} with $PERF_CLIENTS clients: self time (flat), then inclusive time"
     echo "# of the kvstore functions (children), from perf record --call-graph dwarf"
     perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol \
       --percent-limit 0.7 -w 8,16,100 2>/dev/null | grep -v '^$'

@@ -150,6 +150,11 @@ pub struct RaftCore {
     need_broadcast: bool,
     /// A read round was started and its heartbeat is not sent yet.
     read_round_open: bool,
+    /// The read round carried by the latest heartbeat broadcast. A round opened meanwhile is
+    /// sent only once a quorum confirmed this one (or with the next periodic heartbeat), so
+    /// under read load one round is in flight at a time and each carries every read that
+    /// arrived during the previous one.
+    read_round_sent: u64,
     /// Leader only: the leadership transfer in progress, if any (`transfer.rs`).
     transfer: Option<transfer::Transfer>,
     /// The lease clock and, as leader, when each heartbeat round was sent (`lease.rs`).
@@ -222,6 +227,7 @@ impl RaftCore {
             read_round: 0,
             need_broadcast: false,
             read_round_open: false,
+            read_round_sent: 0,
             transfer: None,
             lease: lease::LeaseState::default(),
             msgs: Vec::new(),
@@ -428,12 +434,12 @@ impl RaftCore {
         if self.need_broadcast {
             self.need_broadcast = false;
             self.broadcast_append();
-            if self.read_round_open {
-                self.read_round_open = false;
+            if self.read_round_open && self.confirmed_read_round() >= self.read_round_sent {
                 for i in 0..self.cfg.peers.len() {
                     let p = self.cfg.peers[i];
                     self.send_heartbeat(p);
                 }
+                self.read_round_sent_now();
             }
         }
         let soft = self.soft_state();
@@ -680,6 +686,7 @@ impl RaftCore {
         self.read_round = 0;
         self.need_broadcast = false;
         self.read_round_open = false;
+        self.read_round_sent = 0;
         self.transfer = None;
         self.lease.reset_for_term();
     }
@@ -1184,6 +1191,7 @@ impl RaftCore {
             }
             self.send_heartbeat(p);
         }
+        self.read_round_sent_now();
         self.confirm_reads();
     }
 
@@ -1223,11 +1231,13 @@ impl RaftCore {
             });
             return;
         }
-        // Reads that arrive before the next `ready()` share one heartbeat round.
+        // Reads that arrive before the round is sent share it (see `read_round_sent`).
         if !self.read_round_open {
             self.read_round += 1;
             self.read_round_open = true;
-            self.need_broadcast = true;
+            if self.confirmed_read_round() >= self.read_round_sent {
+                self.need_broadcast = true;
+            }
         }
         self.pending_reads.push_back(PendingRead {
             id,
@@ -1236,15 +1246,30 @@ impl RaftCore {
         });
     }
 
-    /// Serves every pending read whose round a quorum (counting ourselves) has confirmed.
+    /// The latest read round a quorum (counting ourselves) has answered.
+    fn confirmed_read_round(&self) -> u64 {
+        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
+        acks.push(u64::MAX);
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        acks[self.quorum() - 1]
+    }
+
+    /// Heartbeats carrying the current read round just went to every peer.
+    fn read_round_sent_now(&mut self) {
+        self.read_round_sent = self.read_round;
+        self.read_round_open = false;
+    }
+
+    /// Serves every pending read whose round a quorum (counting ourselves) has confirmed, and
+    /// lets a waiting round go out once the one in flight is confirmed.
     fn confirm_reads(&mut self) {
         if self.pending_reads.is_empty() {
             return;
         }
-        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
-        acks.push(u64::MAX);
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acks[self.quorum() - 1];
+        let confirmed = self.confirmed_read_round();
+        if self.read_round_open && confirmed >= self.read_round_sent {
+            self.need_broadcast = true;
+        }
         while let Some(r) = self.pending_reads.front().copied() {
             if r.round > confirmed {
                 break;

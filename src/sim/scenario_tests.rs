@@ -329,7 +329,7 @@ fn transfer(seed: u64, nodes: u64, pause_target: bool) -> Result<TransferRun, Fa
 
 #[test]
 fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
-    let (mut completed, mut abandoned) = (0, 0u32);
+    let (mut completed, mut abandoned, mut target_lost) = (0, 0u32, 0u32);
     let mut figures = Vec::new();
     for seed in 0..8 {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
@@ -339,11 +339,14 @@ fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
         assert!(r.resolved_after <= ELECTION_TIMEOUT, "seed {seed}: {r:?}");
         // Clients retried through the loss and the change of leader; none gave up.
         assert_eq!(r.outcome.unknown, 0, "seed {seed}: operations gave up");
-        assert_eq!(r.completed, r.target_led, "seed {seed}: {r:?}");
-        if r.completed {
-            completed += 1;
-        } else {
-            abandoned += 1;
+        // The target leading means the old leader handed over. The converse does not hold:
+        // under loss the target's own votes can be lost after the old leader stepped down
+        // (seed 1: it is elected in the next election instead; `finish` checks that one is).
+        assert!(!r.target_led || r.completed, "seed {seed}: {r:?}");
+        match (r.completed, r.target_led) {
+            (true, true) => completed += 1,
+            (true, false) => target_lost += 1,
+            (false, _) => abandoned += 1,
         }
         figures.push((
             r.lag,
@@ -353,7 +356,7 @@ fn transfer_to_a_lagging_target_under_loss_completes_or_is_abandoned_in_time() {
         ));
     }
     eprintln!(
-        "transfers: {completed} completed, {abandoned} abandoned; (lag entries, ms to resolve, completed, ms with two leaders): {figures:?}"
+        "transfers: {completed} completed, {abandoned} abandoned, {target_lost} handed over but the target lost its election; (lag entries, ms to resolve, completed, ms with two leaders): {figures:?}"
     );
     assert!(
         completed > 0,

@@ -149,11 +149,14 @@ fn mutation_no_check_term_is_caught() {
 
 #[test]
 fn mutation_count_stale_votes_is_caught() {
+    // Rare in random schedules (about 1 seed in 800: a grant must be delayed past its
+    // sender's next term); `raft::core::tests::a_stale_vote_counted_makes_two_leaders_of_one_term`
+    // builds that schedule on purpose.
     let (seed, msg) =
-        first_caught(Mutation::CountStaleVotes, 200).expect("counting stale votes went unnoticed");
+        first_caught(Mutation::CountStaleVotes, 2000).expect("counting stale votes went unnoticed");
     assert!(
-        msg.contains("Election Safety"),
-        "expected two leaders in one term, got: {msg}"
+        msg.contains("Election Safety") || msg.contains("Leader Completeness"),
+        "expected two leaders in one term (or a leader missing a committed entry), got: {msg}"
     );
     eprintln!("CountStaleVotes caught at seed {seed}");
 }

@@ -458,8 +458,24 @@ fn new_leader_defers_reads_until_its_noop_commits() {
         })
         .expect("a heartbeat carrying the read round");
     assert!(round > 0);
-    c.step(msg(
-        3,
+    c.step(read_ack(3, term, round));
+    let rd = take_ready(&mut c);
+    assert_eq!(rd.read_states, vec![ReadState { id: 9, index: 1 }]);
+}
+
+/// The read round carried by the heartbeats of `rd` to `to`, if `rd` has one.
+fn heartbeat_round(rd: &Ready, to: NodeId) -> Option<u64> {
+    rd.messages.iter().find_map(|m| match &m.body {
+        MessageBody::AppendEntries {
+            read_ctx, entries, ..
+        } if m.to == to && entries.is_empty() => Some(*read_ctx),
+        _ => None,
+    })
+}
+
+fn read_ack(from: NodeId, term: Term, round: u64) -> Message {
+    msg(
+        from,
         1,
         term,
         MessageBody::AppendEntriesResponse {
@@ -469,9 +485,75 @@ fn new_leader_defers_reads_until_its_noop_commits() {
             conflict_term: 0,
             read_ctx: round,
         },
-    ));
+    )
+}
+
+/// A leader of term 1 whose no-op is committed, so reads need only a heartbeat round.
+fn leader_ready_for_reads() -> (RaftCore, Term) {
+    let mut c = leader(0, &[]);
+    let term = c.status().term;
+    c.step(append_resp(2, 1, term, true, 1));
+    take_ready(&mut c);
+    (c, term)
+}
+
+/// The ids of the reads the next Ready serves.
+fn served_reads(c: &mut RaftCore) -> Vec<u64> {
+    take_ready(c).read_states.iter().map(|r| r.id).collect()
+}
+
+#[test]
+fn one_read_round_in_flight_carries_every_read_that_arrived_meanwhile() {
+    let (mut c, term) = leader_ready_for_reads();
+    c.read_index(1).unwrap();
+    let first = heartbeat_round(&take_ready(&mut c), 2).expect("the first read starts a round");
+    // Reads arriving while that round is out wait for it: no new heartbeats.
+    c.read_index(2).unwrap();
+    c.read_index(3).unwrap();
     let rd = take_ready(&mut c);
-    assert_eq!(rd.read_states, vec![ReadState { id: 9, index: 1 }]);
+    assert_eq!(
+        heartbeat_round(&rd, 2),
+        None,
+        "a second round while one is out"
+    );
+    assert!(rd.read_states.is_empty());
+    // The first round is confirmed: read 1 is served and the next round goes out at once.
+    c.step(read_ack(2, term, first));
+    let rd = take_ready(&mut c);
+    assert_eq!(rd.read_states, vec![ReadState { id: 1, index: 1 }]);
+    let second = heartbeat_round(&rd, 3).expect("the waiting reads' round is sent");
+    assert!(second > first);
+    // An answer to the old round serves none of the waiting reads.
+    c.step(read_ack(3, term, first));
+    assert!(take_ready(&mut c).read_states.is_empty());
+    c.step(read_ack(3, term, second));
+    let served = served_reads(&mut c);
+    assert_eq!(served, vec![2, 3]);
+}
+
+#[test]
+fn a_waiting_read_round_goes_out_with_the_next_heartbeat_if_answers_are_lost() {
+    let (mut c, term) = leader_ready_for_reads();
+    c.read_index(1).unwrap();
+    let first = heartbeat_round(&take_ready(&mut c), 2).expect("a round");
+    c.read_index(2).unwrap();
+    take_ready(&mut c);
+    // The first round's answers are lost; the periodic heartbeat carries the waiting round.
+    let mut round = None;
+    for _ in 0..20 {
+        c.tick();
+        if c.has_ready() {
+            round = round.or(heartbeat_round(&take_ready(&mut c), 2));
+        }
+        if round.is_some() {
+            break;
+        }
+    }
+    let round = round.expect("a heartbeat within one heartbeat interval");
+    assert!(round > first);
+    c.step(read_ack(2, term, round));
+    let served = served_reads(&mut c);
+    assert_eq!(served, vec![1, 2]);
 }
 
 // ---------------------------------------------------------------- hostile input
@@ -509,4 +591,62 @@ impl RaftCore {
         self.step(m);
         self.in_flight = saved;
     }
+}
+
+// ---------------------------------------------------------------- mutations, on purpose
+
+/// Node 1 asks node 2 for its vote in term 2; the grant is delayed until node 1 campaigns
+/// again in term 3, while node 3 wins term 3 with node 2's vote. Returns the roles of nodes
+/// 1 and 3 in term 3 after node 1 finally receives the stale grant.
+fn stale_grant_arrives(mutation: Mutation) -> (Role, Role) {
+    let until_term = |c: &mut RaftCore, term: Term| {
+        for _ in 0..100 {
+            if c.status().term >= term {
+                break;
+            }
+            c.tick();
+        }
+        assert_eq!(c.status().term, term);
+        take_ready(c)
+    };
+    let mut n1 = core(1, 3, 1, None, &[]);
+    n1.set_mutation(mutation);
+    let ask = all_msgs(&until_term(&mut n1, 2));
+    let mut n2 = core(2, 3, 1, None, &[]);
+    let to_n2 = ask
+        .iter()
+        .find(|m| m.to == 2)
+        .expect("a vote request")
+        .clone();
+    n2.step(to_n2);
+    let stale_grant = all_msgs(&take_ready(&mut n2)).remove(0);
+    assert_eq!(stale_grant.term, 2);
+    until_term(&mut n1, 3); // its term-3 requests are lost
+    let mut n3 = core(3, 3, 2, None, &[]);
+    let ask3 = all_msgs(&until_term(&mut n3, 3));
+    n2.step(
+        ask3.iter()
+            .find(|m| m.to == 2)
+            .expect("a vote request")
+            .clone(),
+    );
+    for grant in all_msgs(&take_ready(&mut n2)) {
+        n3.step(grant);
+    }
+    n1.step(stale_grant);
+    (n1.status().role, n3.status().role)
+}
+
+#[test]
+fn a_stale_vote_counted_makes_two_leaders_of_one_term() {
+    assert_eq!(
+        stale_grant_arrives(Mutation::CountStaleVotes),
+        (Role::Leader, Role::Leader),
+        "the mutation should elect both"
+    );
+    // Control: the term gate refuses the term-2 grant in term 3.
+    assert_eq!(
+        stale_grant_arrives(Mutation::None),
+        (Role::Candidate, Role::Leader)
+    );
 }

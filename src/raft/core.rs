@@ -358,7 +358,7 @@ impl RaftCore {
     /// # Errors
     /// [`ProposeError::NotLeader`] if this node is not the leader,
     /// [`ProposeError::TransferInProgress`] while it hands leadership over.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+    pub fn propose(&mut self, data: impl Into<bytes::Bytes>) -> Result<Proposed, ProposeError> {
         if self.role != Role::Leader {
             return Err(NotLeader {
                 leader: self.leader,
@@ -372,7 +372,7 @@ impl RaftCore {
         self.log.push(Entry {
             term: self.term,
             index,
-            payload: Payload::Command(data),
+            payload: Payload::Command(data.into()),
         });
         self.need_broadcast = true;
         Ok(Proposed {

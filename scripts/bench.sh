@@ -236,9 +236,14 @@ server_ticks() {
   echo "$total"
 }
 
+# CPU ticks used so far by this shell's finished children: the load generator's runs (and a
+# few short tools like awk and sleep).
+client_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
+
 run_one() {
-  local system=$1 workload=$2 clients=$3 endpoints preload=() report ticks
+  local system=$1 workload=$2 clients=$3 endpoints preload=() report ticks cticks
   ticks=$(server_ticks "$system")
+  cticks=$(client_ticks)
   endpoints=$KV_ENDPOINTS
   [[ $system == etcd ]] && endpoints=$ETCD_ENDPOINTS
   # Read workloads need the key space written once per system; later runs reuse it.
@@ -265,11 +270,12 @@ run_one() {
   # Includes the warmup (and a read workload's first preload), so it is a slight overestimate.
   echo "$report" | awk -v sys="$system" -v wl="$workload" -v c="$clients" \
     -v ticks=$(( $(server_ticks "$system") - ticks )) -v hz="$(getconf CLK_TCK)" \
+    -v cticks=$(( $(client_ticks) - cticks )) \
     -v secs="$(secs "$DURATION")" -v warm="$(secs "$WARMUP")" '{
       match($0, /"throughput_ops_s":[0-9.]+/); ops = substr($0, RSTART + 19, RLENGTH - 19)
-      cpu = ticks / hz
-      printf "%-7s %-4s %4d clients: servers used %6.2f CPU s, %6.1f us per op\n", sys, wl, c, cpu,
-        (ops > 0 ? cpu * 1e6 / (ops * (secs + warm)) : 0)
+      cpu = ticks / hz; ccpu = cticks / hz; n = ops * (secs + warm)
+      printf "%-7s %-4s %4d clients: servers used %6.2f CPU s, %6.1f us per op; load generator %6.2f CPU s, %6.1f us per op\n",
+        sys, wl, c, cpu, (n > 0 ? cpu * 1e6 / n : 0), ccpu, (n > 0 ? ccpu * 1e6 / n : 0)
     }' >>"$OUT/cpu.txt"
   RUN=$((RUN + 1))
   printf '    [%2d/%d] %-7s %-4s %3s clients: %s\n' "$RUN" "$TOTAL" "$system" "$workload" "$clients" \

@@ -19,6 +19,11 @@ use clap::Parser;
 use kvstore::bench::{self, BenchConfig, Limit, ReadConsistency, Target, Workload};
 use kvstore::client::parse_duration;
 
+/// mimalloc, as in the node: the load generator shares the cores with the servers it measures,
+/// so its own CPU per request should be small (`cpu.txt` of scripts/bench.sh reports it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Default kvstore endpoints (scripts/cluster.sh's cluster).
 const KVSTORE_ENDPOINTS: &str = "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003";
 /// Default etcd endpoint.

@@ -132,10 +132,8 @@ impl RaftCore {
         {
             return None;
         }
-        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
-        acks.push(u64::MAX);
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acks[self.quorum() - 1];
+        let acks = self.progress.values().map(|p| p.read_ack);
+        let confirmed = super::quorum_value(acks.chain([u64::MAX]), self.quorum());
         // The latest noted round at or before the confirmed one was sent no later than it
         // (rounds opened by reads are not noted): a conservative send time.
         let (_, &sent) = self.lease.rounds.range(..=confirmed).next_back()?;

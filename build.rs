@@ -12,6 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Entry data and snapshot chunks decode as slices of the received buffer (no copy
+        // per entry) and encode from the core's reference-counted payloads.
+        .bytes(".kvstore.v1.Entry.data")
+        .bytes(".kvstore.v1.InstallSnapshotChunk.data")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| Entry {
                 term: 1,
                 index: i,
-                payload: Payload::Command(put(i - args.keys, &format!("{value}-{i}"))),
+                payload: Payload::Command(put(i - args.keys, &format!("{value}-{i}")).into()),
             })
             .collect();
         for chunk in entries.chunks(1000) {

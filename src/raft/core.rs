@@ -172,6 +172,17 @@ pub struct RaftCore {
     pending_snapshot: Option<Snapshot>,
 }
 
+/// The highest value that at least `quorum` of `values` (one per voter) have reached: the
+/// `quorum`-th highest, or 0 if there are fewer values. Called for every append and read
+/// acknowledgement, so it counts (clusters are small) rather than sorting a copy.
+fn quorum_value<I: Iterator<Item = u64> + Clone>(values: I, quorum: usize) -> u64 {
+    values
+        .clone()
+        .filter(|&v| values.clone().filter(|&w| w >= v).count() >= quorum)
+        .max()
+        .unwrap_or(0)
+}
+
 impl RaftCore {
     /// Rebuilds a core from what storage holds (or an empty state for a new node).
     /// It starts as a follower with no known leader.
@@ -364,7 +375,7 @@ impl RaftCore {
     /// # Errors
     /// [`ProposeError::NotLeader`] if this node is not the leader,
     /// [`ProposeError::TransferInProgress`] while it hands leadership over.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+    pub fn propose(&mut self, data: impl Into<bytes::Bytes>) -> Result<Proposed, ProposeError> {
         if self.role != Role::Leader {
             return Err(NotLeader {
                 leader: self.leader,
@@ -378,7 +389,7 @@ impl RaftCore {
         self.log.push(Entry {
             term: self.term,
             index,
-            payload: Payload::Command(data),
+            payload: Payload::Command(data.into()),
         });
         self.need_broadcast = true;
         Ok(Proposed {
@@ -1102,11 +1113,9 @@ impl RaftCore {
     /// Figure 2 / Figure 8: advance the commit index to the highest index stored on a quorum,
     /// but only by counting replicas of an entry from the current term (§5.4.2).
     fn maybe_commit(&mut self) {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.matched).collect();
         // The leader's own copy counts only once durable.
-        matched.push(self.log.persisted());
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
+        let matched = self.progress.values().map(|p| p.matched);
+        let candidate = quorum_value(matched.chain([self.log.persisted()]), self.quorum());
         let current_term = self.log.term(candidate) == Some(self.term)
             || self.mutation == Mutation::CommitOldTerms;
         if candidate > self.commit && current_term {
@@ -1248,10 +1257,8 @@ impl RaftCore {
 
     /// The latest read round a quorum (counting ourselves) has answered.
     fn confirmed_read_round(&self) -> u64 {
-        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
-        acks.push(u64::MAX);
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        acks[self.quorum() - 1]
+        let acks = self.progress.values().map(|p| p.read_ack);
+        quorum_value(acks.chain([u64::MAX]), self.quorum())
     }
 
     /// Heartbeats carrying the current read round just went to every peer.

@@ -21,7 +21,7 @@ fn entry_strategy() -> impl Strategy<Value = Entry> {
         .prop_map(|(term, index, data)| Entry {
             term,
             index,
-            payload: data.map_or(Payload::Noop, Payload::Command),
+            payload: data.map_or(Payload::Noop, |d| Payload::Command(d.into())),
         })
 }
 

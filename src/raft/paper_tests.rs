@@ -29,7 +29,7 @@ fn entry(term: Term, index: LogIndex) -> Entry {
     Entry {
         term,
         index,
-        payload: Payload::Command(vec![index as u8]),
+        payload: Payload::Command(vec![index as u8].into()),
     }
 }
 
@@ -439,7 +439,7 @@ fn fig2_all_nodes_apply_the_same_sequence_across_leader_failure() {
         net.applied[&id]
             .iter()
             .filter_map(|e| match &e.payload {
-                Payload::Command(d) => Some(d.clone()),
+                Payload::Command(d) => Some(d.to_vec()),
                 Payload::Noop => None,
             })
             .collect()

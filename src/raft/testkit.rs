@@ -32,7 +32,7 @@ pub(crate) fn entries(terms: &[Term]) -> Vec<Entry> {
         .map(|(i, &t)| Entry {
             term: t,
             index: i as u64 + 1,
-            payload: Payload::Command(vec![i as u8]),
+            payload: Payload::Command(vec![i as u8].into()),
         })
         .collect()
 }

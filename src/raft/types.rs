@@ -15,8 +15,10 @@ pub enum Payload {
     /// The entry a new leader appends at the start of its term (Raft §8), so it can
     /// commit entries of earlier terms and serve ReadIndex reads.
     Noop,
-    /// An opaque state-machine command.
-    Command(Vec<u8>),
+    /// An opaque state-machine command. Reference-counted: the copies that go to storage,
+    /// to every follower and to the state machine share one buffer. Encoded by serde (so by
+    /// storage's postcard) exactly as a `Vec<u8>` was: a length, then the bytes.
+    Command(bytes::Bytes),
 }
 
 /// One entry of the replicated log.
@@ -117,4 +119,56 @@ pub struct Status {
     pub commit: LogIndex,
     /// Index of the last log entry (persisted or not).
     pub last_index: LogIndex,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log entry as it was stored before payloads became `Bytes`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum VecPayload {
+        Noop,
+        Command(Vec<u8>),
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct VecEntry {
+        term: Term,
+        index: LogIndex,
+        payload: VecPayload,
+    }
+
+    #[test]
+    fn entries_encode_as_they_did_with_vec_payloads() {
+        for data in [vec![], vec![1, 2, 3], vec![0xab; 300]] {
+            let old = VecEntry {
+                term: 7,
+                index: 1 << 40,
+                payload: VecPayload::Command(data.clone()),
+            };
+            let new = Entry {
+                term: 7,
+                index: 1 << 40,
+                payload: Payload::Command(data.into()),
+            };
+            let old_bytes = postcard::to_allocvec(&old).unwrap();
+            assert_eq!(postcard::to_allocvec(&new).unwrap(), old_bytes);
+            assert_eq!(postcard::from_bytes::<Entry>(&old_bytes).unwrap(), new);
+        }
+        let noop = postcard::to_allocvec(&VecEntry {
+            term: 1,
+            index: 2,
+            payload: VecPayload::Noop,
+        })
+        .unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Entry>(&noop).unwrap(),
+            Entry {
+                term: 1,
+                index: 2,
+                payload: Payload::Noop
+            }
+        );
+    }
 }

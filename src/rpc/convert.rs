@@ -4,7 +4,14 @@
 
 use crate::pb;
 use crate::raft::{Entry, Message, MessageBody, NodeId, Payload, Snapshot, SnapshotMeta};
+use bytes::{Bytes, BytesMut};
 use tonic::Status;
+
+/// Below this many bytes of entry data in all, an AppendEntries' entries are copied out of
+/// the received message into one buffer of their own; from it on they stay slices of it.
+/// A slice keeps the whole receive buffer alive (tonic's is at least 8 KiB) for as long as
+/// the entry stays in the in-memory log, which for one small entry would be ~50x its size.
+const SHARE_RECEIVE_BUFFER_FROM: usize = 4096;
 
 impl TryFrom<pb::Entry> for Entry {
     type Error = Status;
@@ -37,7 +44,7 @@ impl TryFrom<pb::Entry> for Entry {
 impl From<Entry> for pb::Entry {
     fn from(e: Entry) -> Self {
         let (r#type, data) = match e.payload {
-            Payload::Noop => (pb::EntryType::Noop, Vec::new()),
+            Payload::Noop => (pb::EntryType::Noop, Bytes::new()),
             Payload::Command(data) => (pb::EntryType::Command, data),
         };
         pb::Entry {
@@ -104,8 +111,11 @@ pub fn vote_request_in(req: pb::RequestVoteRequest, me: NodeId) -> Result<Messag
 pub fn append_request_in(req: pb::AppendEntriesRequest, me: NodeId) -> Result<Message, Status> {
     check_sender(req.leader_id, "leader_id")?;
     check_to(req.to, me)?;
+    let data_len: usize = req.entries.iter().map(|e| e.data.len()).sum();
+    let mut own_buffer =
+        (data_len < SHARE_RECEIVE_BUFFER_FROM).then(|| BytesMut::with_capacity(data_len));
     let mut entries = Vec::with_capacity(req.entries.len());
-    for (i, e) in req.entries.into_iter().enumerate() {
+    for (i, mut e) in req.entries.into_iter().enumerate() {
         let expected = req
             .prev_log_index
             .saturating_add(1)
@@ -116,6 +126,10 @@ pub fn append_request_in(req: pb::AppendEntriesRequest, me: NodeId) -> Result<Me
                 req.prev_log_index.saturating_add(1),
                 e.index
             )));
+        }
+        if let Some(buf) = &mut own_buffer {
+            buf.extend_from_slice(&e.data);
+            e.data = buf.split().freeze();
         }
         entries.push(Entry::try_from(e)?);
     }
@@ -336,7 +350,7 @@ fn snapshot_chunks(
         .scan(0u64, |offset, part| {
             let c = pb::InstallSnapshotChunk {
                 offset: *offset,
-                data: part.to_vec(),
+                data: data.slice_ref(part),
                 ..header.clone()
             };
             *offset += part.len() as u64;
@@ -397,7 +411,7 @@ impl SnapshotReceiver {
                     ));
                 }
                 self.first.insert(pb::InstallSnapshotChunk {
-                    data: Vec::new(),
+                    data: Bytes::new(),
                     ..chunk.clone()
                 })
             }
@@ -540,7 +554,7 @@ mod tests {
         Entry {
             term,
             index,
-            payload: Payload::Command(data.to_vec()),
+            payload: Payload::Command(Bytes::copy_from_slice(data)),
         }
     }
 
@@ -566,7 +580,7 @@ mod tests {
                 term: 1,
                 index: 1,
                 r#type: t,
-                data: vec![],
+                data: Bytes::new(),
             };
             let s = Entry::try_from(e).unwrap_err();
             assert_eq!(s.code(), Code::InvalidArgument);
@@ -580,7 +594,25 @@ mod tests {
 
     #[test]
     fn append_request_round_trips_through_the_wire() {
-        let msg = Message {
+        let msg = appends(vec![cmd(4, 6, b"x"), cmd(4, 7, b"y")]);
+        let PeerRequest::Append(wire) = PeerRequest::try_from(msg.clone()).unwrap() else {
+            panic!("expected an append");
+        };
+        assert_eq!(append_request_in(wire, 2).unwrap(), msg);
+    }
+
+    /// An AppendEntries as the follower's gRPC server decodes it: from one received buffer.
+    fn received(msg: &Message) -> (Bytes, pb::AppendEntriesRequest) {
+        let PeerRequest::Append(wire) = PeerRequest::try_from(msg.clone()).unwrap() else {
+            panic!("expected an append");
+        };
+        let buf = Bytes::from(prost::Message::encode_to_vec(&wire));
+        let decoded = <pb::AppendEntriesRequest as prost::Message>::decode(buf.clone()).unwrap();
+        (buf, decoded)
+    }
+
+    fn appends(entries: Vec<Entry>) -> Message {
+        Message {
             from: 1,
             to: 2,
             term: 4,
@@ -588,15 +620,52 @@ mod tests {
             body: MessageBody::AppendEntries {
                 prev_log_index: 5,
                 prev_log_term: 3,
-                entries: vec![cmd(4, 6, b"x"), cmd(4, 7, b"y")],
+                entries,
                 leader_commit: 5,
                 read_ctx: 9,
             },
-        };
-        let PeerRequest::Append(wire) = PeerRequest::try_from(msg.clone()).unwrap() else {
+        }
+    }
+
+    fn command_data(msg: &Message) -> Vec<Bytes> {
+        let MessageBody::AppendEntries { entries, .. } = &msg.body else {
             panic!("expected an append");
         };
-        assert_eq!(append_request_in(wire, 2).unwrap(), msg);
+        entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Command(d) => Some(d.clone()),
+                Payload::Noop => None,
+            })
+            .collect()
+    }
+
+    fn inside(part: &Bytes, buf: &Bytes) -> bool {
+        let range = buf.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn large_appends_share_the_received_buffer() {
+        let big = vec![7u8; SHARE_RECEIVE_BUFFER_FROM];
+        let msg = appends(vec![cmd(4, 6, &big), cmd(4, 7, b"y")]);
+        let (buf, wire) = received(&msg);
+        let got = append_request_in(wire, 2).unwrap();
+        assert_eq!(got, msg);
+        for d in command_data(&got) {
+            assert!(inside(&d, &buf), "entry data was copied out of the message");
+        }
+    }
+
+    #[test]
+    fn small_appends_are_copied_out_of_the_received_buffer() {
+        let msg = appends(vec![cmd(4, 6, b"x"), cmd(4, 7, b"yz")]);
+        let (buf, wire) = received(&msg);
+        let got = append_request_in(wire, 2).unwrap();
+        assert_eq!(got, msg);
+        for d in command_data(&got) {
+            assert!(!inside(&d, &buf), "a small entry pins the receive buffer");
+        }
     }
 
     #[test]
@@ -791,7 +860,9 @@ mod tests {
             rx.finish()
         };
         let mut flipped = chunks_of(&msg, 7);
-        flipped[1].data[0] ^= 1;
+        let mut damaged = flipped[1].data.to_vec();
+        damaged[0] ^= 1;
+        flipped[1].data = damaged.into();
         assert!(push_all(flipped)
             .unwrap_err()
             .message()

@@ -24,7 +24,7 @@ fn pb_entry() -> impl Strategy<Value = pb::Entry> {
             term,
             index,
             r#type,
-            data,
+            data: data.into(),
         })
 }
 

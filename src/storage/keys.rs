@@ -118,7 +118,7 @@ mod tests {
         let entry = Entry {
             term: 3,
             index: 9,
-            payload: Payload::Command(b"hello".to_vec()),
+            payload: Payload::Command(b"hello".to_vec().into()),
         };
         let stored = encode_value(&entry, 16).unwrap();
         assert_eq!(decode_value::<Entry>(&stored), Ok(entry));

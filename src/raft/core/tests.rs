@@ -650,3 +650,17 @@ fn a_stale_vote_counted_makes_two_leaders_of_one_term() {
         (Role::Candidate, Role::Leader)
     );
 }
+
+proptest::proptest! {
+    /// `quorum_value` is the `quorum`-th highest value, as sorting a copy would find it.
+    #[test]
+    fn quorum_value_is_the_quorum_th_highest(
+        values in proptest::collection::vec(0u64..6, 1..8),
+        quorum in 1usize..8,
+    ) {
+        let mut sorted = values.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let want = sorted.get(quorum - 1).copied().unwrap_or(0);
+        proptest::prop_assert_eq!(super::quorum_value(values.iter().copied(), quorum), want);
+    }
+}

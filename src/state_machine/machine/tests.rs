@@ -233,6 +233,16 @@ fn snapshot_restore_preserves_data_index_and_sessions() {
     );
     assert_eq!(restored.session_sequence(2), Some(4));
     assert_eq!(restored.snapshot(), sm.snapshot());
+    // Written from borrowed state, byte for byte the owned format restore reads.
+    let owned = SnapshotData {
+        applied_index: sm.applied_index,
+        kv: sm.kv.clone(),
+        sessions: sm.sessions.iter().cloned().collect(),
+        locks: sm.locks.clone(),
+    };
+    let snapshot = sm.snapshot();
+    assert_eq!(snapshot, postcard::to_allocvec(&owned).unwrap());
+    assert_eq!(snapshot.len(), snapshot.capacity());
 
     // Shrunk limits keep the most recently used session.
     let small = SessionLimits {

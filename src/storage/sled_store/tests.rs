@@ -10,7 +10,7 @@ fn e(term: u64, index: u64) -> Entry {
     Entry {
         term,
         index,
-        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes()),
+        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes().into()),
     }
 }
 
@@ -211,7 +211,7 @@ mod suite {
             Entry {
                 term: 1,
                 index: 2,
-                payload: Payload::Command(vec![]),
+                payload: Payload::Command(vec![].into()),
             },
         ];
         persist(&mut f, None, &log);
@@ -523,7 +523,7 @@ fn large_entries_go_to_blob_files_that_are_synced_and_survive_reopen() {
     let big = Entry {
         term: 1,
         index: 1,
-        payload: Payload::Command(vec![0xab; 600 * 1024]),
+        payload: Payload::Command(vec![0xab; 600 * 1024].into()),
     };
     persist(&mut f, None, std::slice::from_ref(&big));
     let synced = f.store().inner.synced_blobs.lock().unwrap().len();
@@ -742,7 +742,7 @@ fn disk_use_stays_bounded_under_endless_overwrites() {
             .map(|index| Entry {
                 term: 1,
                 index,
-                payload: Payload::Command(vec![(index % 100) as u8; 600]),
+                payload: Payload::Command(vec![(index % 100) as u8; 600].into()),
             })
             .collect();
         for chunk in batch.chunks(125) {
@@ -1160,7 +1160,7 @@ fn restart_time_with_a_million_keys() {
             .map(|index| Entry {
                 term: 1,
                 index,
-                payload: Payload::Command(put(index - KEYS)),
+                payload: Payload::Command(put(index - KEYS).into()),
             })
             .collect();
         for batch in tail.chunks(100) {

@@ -78,6 +78,7 @@
 
 mod error;
 mod keys;
+mod segment_log;
 mod sled_store;
 mod snapshot_file;
 

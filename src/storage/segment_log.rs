@@ -470,6 +470,18 @@ impl SegmentLog {
     pub(crate) fn segment_paths(&self) -> Vec<PathBuf> {
         self.segments.iter().map(|s| s.path.clone()).collect()
     }
+
+    /// Indexes of the entries the records replay to, before any snapshot file is applied
+    /// (for tests).
+    #[cfg(test)]
+    pub(crate) fn stored_indexes(&self) -> Vec<LogIndex> {
+        let mut replay = Replay::default();
+        for segment in &self.segments {
+            let raw = read_file(&segment.path).unwrap_or_default();
+            let _ = replay.segment(&raw, &segment.path, false);
+        }
+        replay.entries.iter().map(|e| e.index).collect()
+    }
 }
 
 /// The replay of records, in order (see the module doc).

@@ -177,36 +177,49 @@ fn open_writes_the_snapshot_record_a_crash_left_out() {
     }
 }
 
-/// Cuts the last record at every kind of point: header, body, last byte; and zeros after it.
+/// Cuts the last record at every kind of point (header, body, last byte), as a crash leaves
+/// it: the rest of the preallocated file zero, or (a record past the preallocation) the file
+/// ending there; and with garbage after it.
 #[test]
 fn a_torn_last_record_is_cut_off_and_earlier_batches_stay() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), None);
     log.append(1, &entries(1, 1..=3)).unwrap();
     let path = log.segment_paths()[0].clone();
-    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let good = log.active_len as usize;
     log.append(4, &entries(1, 4..=6)).unwrap();
+    let end = log.active_len as usize;
     drop(log);
     let full = std::fs::read(&path).unwrap();
-    let record = full.len() - good;
-    for cut in [1, 4, 7, 8, 9, 20, record / 2, record - 1] {
-        std::fs::write(&path, &full[..good + cut]).unwrap();
+    assert_eq!(full.len() as u64, SEGMENT_BYTES, "preallocated");
+    let record = end - good;
+    let zeroed = |cut: usize| {
+        let mut raw = full.clone();
+        raw[good + cut..end].fill(0);
+        raw
+    };
+    let mut garbage = full.clone();
+    garbage[good + 3..end + 100].fill(0xa5);
+    let mut torn: Vec<Vec<u8>> = [1, 4, 7, 8, 9, 20, record / 2, record - 1]
+        .into_iter()
+        .flat_map(|cut| [zeroed(cut), full[..good + cut].to_vec()])
+        .collect();
+    torn.push(garbage);
+    for (n, raw) in torn.into_iter().enumerate() {
+        std::fs::write(&path, &raw).unwrap();
         let (mut log, replayed) = open(tmp.path(), None);
-        assert_eq!(replayed.entries, entries(1, 1..=3), "cut at {cut}");
+        assert_eq!(replayed.entries, entries(1, 1..=3), "case {n}");
         assert_eq!(replayed.commit, Some(1));
-        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
+        assert_eq!(log.active_len as usize, good);
+        let after = std::fs::read(&path).unwrap();
+        assert!(after[good..].iter().all(|&b| b == 0), "case {n}: zeroed");
         // The log goes on after the cut.
         log.append(7, &entries(2, 4..=4)).unwrap();
         drop(log);
         let mut want = entries(1, 1..=3);
         want.push(e(2, 4));
-        assert_eq!(reopened(tmp.path(), None), want, "cut at {cut}");
+        assert_eq!(reopened(tmp.path(), None), want, "case {n}");
     }
-    // A size extended with zeros (the data blocks never written).
-    let mut zeros = full[..good].to_vec();
-    zeros.resize(good + 4096, 0);
-    std::fs::write(&path, zeros).unwrap();
-    assert_eq!(reopened(tmp.path(), None), entries(1, 1..=3));
 }
 
 fn expect_corrupt(err: StorageError, path: &Path, offset: usize, reason: &str) {
@@ -227,7 +240,7 @@ fn a_bad_record_followed_by_a_valid_one_is_corrupt() {
     let (mut log, _) = open(tmp.path(), None);
     log.append(1, &entries(1, 1..=2)).unwrap();
     let path = log.segment_paths()[0].clone();
-    let second = std::fs::metadata(&path).unwrap().len() as usize;
+    let second = log.active_len as usize;
     log.append(1, &entries(1, 3..=4)).unwrap();
     log.append(1, &entries(1, 5..=6)).unwrap();
     drop(log);
@@ -251,11 +264,12 @@ fn a_bad_record_in_an_earlier_segment_is_corrupt() {
     log.append(1, &[big(1, 2)]).unwrap();
     let first = log.segment_paths()[0].clone();
     drop(log);
-    // Its last record cut short: in the last segment that would be a torn write.
-    let raw = std::fs::read(&first).unwrap();
-    std::fs::write(&first, &raw[..raw.len() - 1]).unwrap();
+    // Its only record damaged: in the last segment that would be a torn write.
+    let mut raw = std::fs::read(&first).unwrap();
+    raw[100] ^= 1;
+    std::fs::write(&first, &raw).unwrap();
     let err = SegmentLog::open(tmp.path(), None).unwrap_err();
-    expect_corrupt(err, &first, 0, "a record of");
+    expect_corrupt(err, &first, 0, "checksum mismatch");
 }
 
 #[test]

@@ -32,9 +32,9 @@
 //! # Segments, and why deleting them needs no care
 //! Every write goes to the last (active) segment. When it would grow past
 //! [`SEGMENT_BYTES`], a new segment is created and the log dir fsynced before its first record
-//! is written. A new segment is preallocated: written full of zeros and synced once, so the
-//! records overwrite it in place and their `fdatasync` has no file size to commit. Records end
-//! where only zeros follow. Compaction appends a Snapshot record (synced), then unlinks every other segment
+//! is written. The active segment is preallocated ahead of its records, [`PREALLOC_BYTES`] of
+//! zeros at a time, written and synced once, so records overwrite it in place and their
+//! `fdatasync` has no file size to commit. Records end where only zeros follow. Compaction appends a Snapshot record (synced), then unlinks every other segment
 //! whose entries are all at or below the snapshot's index; the unlinks are made durable by
 //! the next directory fsync (the next new segment, or the next start).
 //!
@@ -64,6 +64,8 @@ use std::path::{Path, PathBuf};
 pub(crate) const LOG_DIR: &str = "log";
 /// A segment takes new records until it holds this many bytes (a single record may pass it).
 pub(crate) const SEGMENT_BYTES: u64 = 4 << 20;
+/// The active segment is zero-filled this far ahead of its records (up to [`SEGMENT_BYTES`]).
+pub(crate) const PREALLOC_BYTES: u64 = 1 << 20;
 const PREFIX: &str = "segment-";
 const SUFFIX: &str = ".log";
 /// Length and CRC.
@@ -169,9 +171,10 @@ pub(crate) struct SegmentLog {
     segments: Vec<Segment>,
     /// The active segment, open for writing at `active_len`.
     active: File,
-    /// Where its records end: every byte before is a synced record, every byte after (up to
-    /// the preallocated [`SEGMENT_BYTES`]) is zero.
+    /// Where its records end: every byte before is a synced record, every byte after is zero.
     active_len: u64,
+    /// Its file length: zeros from `active_len` on, synced.
+    active_alloc: u64,
     /// Segments were unlinked since the dir's last fsync (made durable with the next one).
     unlinked: bool,
     /// Reused for every record, so a persist allocates nothing once it has grown.
@@ -216,7 +219,7 @@ impl SegmentLog {
                     offset = end,
                     "log segment ended in a torn write (a crash mid-persist), cut off there"
                 );
-                zero_from(&segment.path, end as u64, raw.len() - end)?;
+                zero_from(&segment.path, end as u64, (raw.len() - end) as u64)?;
             }
             active_len = end as u64;
         }
@@ -233,7 +236,13 @@ impl SegmentLog {
                 op: "open",
                 cause,
             })?;
-        // New and truncated files, unlinks a crash interrupted, and the dir's own name.
+        let stat_err = |cause| StorageError::File {
+            path: active_path.clone(),
+            op: "stat",
+            cause,
+        };
+        let active_alloc = active.metadata().map_err(stat_err)?.len();
+        // New files, unlinks a crash interrupted, and the dir's own name.
         sync_path(&dir)?;
         sync_path(data_dir)?;
         let mut log = SegmentLog {
@@ -241,6 +250,7 @@ impl SegmentLog {
             segments,
             active,
             active_len,
+            active_alloc,
             unlinked: false,
             buf: Vec::new(),
             tail: Tail::default(),
@@ -429,6 +439,7 @@ impl SegmentLog {
         if self.active_len > 0 && self.active_len + record_len > SEGMENT_BYTES {
             self.roll()?;
         }
+        self.reserve(self.active_len + record_len)?;
         let active = self.segments.len() - 1;
         let segment = &mut self.segments[active];
         let io_err = |op, cause| StorageError::File {
@@ -450,6 +461,28 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Zero-fills the active segment up to at least `end`, [`PREALLOC_BYTES`] at a time (up to
+    /// [`SEGMENT_BYTES`]), synced: one fsync per step, and the `fdatasync` of every record
+    /// before the next step has no file size to commit. A record larger than a segment (alone
+    /// in it) is simply appended.
+    fn reserve(&mut self, end: u64) -> Result<(), StorageError> {
+        if end <= self.active_alloc || end > SEGMENT_BYTES {
+            return Ok(());
+        }
+        let target = (self.active_alloc + PREALLOC_BYTES)
+            .min(SEGMENT_BYTES)
+            .max(end);
+        let path = &self.segments[self.segments.len() - 1].path;
+        zero(
+            &self.active,
+            path,
+            self.active_alloc,
+            target - self.active_alloc,
+        )?;
+        self.active_alloc = target;
+        Ok(())
+    }
+
     /// Starts a new segment, durably: created, then the directory fsynced (which also makes
     /// earlier unlinks durable).
     fn roll(&mut self) -> Result<(), StorageError> {
@@ -460,6 +493,7 @@ impl SegmentLog {
         self.segments.push(segment);
         self.active = file;
         self.active_len = 0;
+        self.active_alloc = PREALLOC_BYTES;
         Ok(())
     }
 
@@ -746,7 +780,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
     Ok(segments)
 }
 
-/// Creates segment `seq`, preallocated: [`SEGMENT_BYTES`] of zeros, written and synced
+/// Creates segment `seq`, preallocated: [`PREALLOC_BYTES`] of zeros, written and synced
 /// (not `fallocate`d: writing into unwritten extents would again change metadata at every
 /// sync). The caller fsyncs the directory.
 fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError> {
@@ -761,7 +795,7 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError>
             op: "create",
             cause,
         })?;
-    zero(&file, &path, 0, SEGMENT_BYTES as usize)?;
+    zero(&file, &path, 0, PREALLOC_BYTES)?;
     Ok((
         Segment {
             seq,
@@ -781,13 +815,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Writes `len` zeros at `offset` of `file`, then syncs it.
-fn zero(file: &File, path: &Path, offset: u64, len: usize) -> Result<(), StorageError> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0; CHUNK.min(len)];
+fn zero(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0; CHUNK.min(len) as usize];
     let mut done = 0;
     while done < len {
         let n = CHUNK.min(len - done);
-        file.write_all_at(&zeros[..n], offset + done as u64)
+        file.write_all_at(&zeros[..n as usize], offset + done)
             .map_err(|cause| StorageError::File {
                 path: path.to_path_buf(),
                 op: "write",
@@ -803,7 +837,7 @@ fn zero(file: &File, path: &Path, offset: u64, len: usize) -> Result<(), Storage
 
 /// Overwrites a torn write at `offset` of `path` (`len` bytes to the end) with zeros, durably,
 /// so the records written after it are followed by zeros again.
-fn zero_from(path: &Path, offset: u64, len: usize) -> Result<(), StorageError> {
+fn zero_from(path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
     let file = OpenOptions::new()
         .write(true)
         .open(path)

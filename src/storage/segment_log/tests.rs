@@ -191,7 +191,7 @@ fn a_torn_last_record_is_cut_off_and_earlier_batches_stay() {
     let end = log.active_len as usize;
     drop(log);
     let full = std::fs::read(&path).unwrap();
-    assert_eq!(full.len() as u64, SEGMENT_BYTES, "preallocated");
+    assert_eq!(full.len() as u64, PREALLOC_BYTES, "preallocated");
     let record = end - good;
     let zeroed = |cut: usize| {
         let mut raw = full.clone();

@@ -1321,13 +1321,13 @@ fn an_own_snapshot_keeps_the_log_after_it() {
 
 /// Cost of `persist` on this machine's disk (a temp dir): 10,000 batches of one entry and
 /// 1,000 batches of 64 entries, 100-byte commands. Measured on the 2-core VM shared with
-/// other builds (so wall times vary 5x from run to run; CPU time is steadier), old = sled
-/// `log` tree, new = segment files:
+/// other builds (ext4; old = sled `log` tree at 19f4a7e, new = segment files), in a quiet
+/// moment (under load, wall times vary 5x from run to run; CPU time is steadier):
 ///
 /// | batches        | CPU per persist, old -> new | wall per persist, old -> new   |
 /// |----------------|-----------------------------|--------------------------------|
-/// | 10,000 x 1     | 89-95 us -> 18-19 us        | 150-590 us -> 110-590 us       |
-/// | 1,000 x 64     | 390-510 us -> 20 us         | 585-2,010 us -> 96-146 us      |
+/// | 10,000 x 1     | 83-84 us -> 11-12 us        | 173-188 us -> 90-91 us         |
+/// | 1,000 x 64     | 370-380 us -> 20 us         | 463-530 us -> 105 us           |
 ///
 /// Without preallocated segments (appending, so every fdatasync commits a new file size to
 /// the ext4 journal) the new store took 3,090 us per 1-entry persist against sled's 185 us.

@@ -39,15 +39,33 @@ pub enum StorageError {
         /// sled's reason, on one line
         cause: String,
     },
-    /// A stored value failed its checksum, does not decode, or the log has a gap.
-    #[error("{what} in the sled database {} is corrupt ({reason}); {RECOVER}", dir.display())]
+    /// The hard state in sled failed its checksum or does not decode, or the replayed log
+    /// has a gap.
+    #[error("{what} in {} is corrupt ({reason}); {RECOVER}", dir.display())]
     Corrupt {
-        /// the data dir (sled's database: `db`, `conf`, `blobs/`)
+        /// the data dir (sled's database), or its log dir
         dir: PathBuf,
-        /// what is corrupt, e.g. `log entry 17 (key 0000000000000011 of tree "log")`
+        /// what is corrupt, e.g. `log entry 17` or `hard state`
         what: String,
+        /// why, e.g. "expected index 3: the log must be contiguous from 1"
+        reason: String,
+    },
+    /// A record of a log segment file is damaged (and is not a torn write at the very end of
+    /// the last segment, which start-up cuts off).
+    #[error("log segment {} is corrupt at byte {offset} ({reason}); {RECOVER}", path.display())]
+    CorruptLog {
+        /// the segment file
+        path: PathBuf,
+        /// where the bad record starts
+        offset: u64,
         /// why, e.g. "checksum mismatch"
         reason: String,
+    },
+    /// The data dir keeps its log in sled's `log` tree, the layout before segment files.
+    #[error("data dir {} keeps its log in sled's \"log\" tree, the layout of an older kvstore version, which this one does not read; {RECOVER}", dir.display())]
+    OldLayout {
+        /// the data dir
+        dir: PathBuf,
     },
     /// A value could not be encoded.
     #[error("cannot encode {what} for data dir {}: {cause}", dir.display())]

@@ -1,4 +1,5 @@
-//! sled-backed durable storage: the only module that knows sled.
+//! Durable storage: the Raft log in our own segment files, the term and vote in sled, the
+//! state-machine snapshot in a file. The only module that knows sled.
 //!
 //! [`SledStore`] implements [`LogStore`](crate::raft::storage::LogStore): it loads the hard
 //! state and the log after the latest snapshot at start-up, persists each `Ready` batch
@@ -8,13 +9,24 @@
 //! ```text
 //! <data-dir>/
 //!   LOCK                 held with an exclusive lock while a store is open
-//!   db, conf, blobs/, snap.*   sled's database: trees `meta` (hard state) and `log`
+//!   db, conf, snap.*     sled's database: tree `meta`, the hard state (term and vote)
+//!   log/
+//!     segment-<seq>.log  the log: records appended in seq order (1, 2, ...)
 //!   snapshots/
 //!     snapshot-<index>-<term>.snap   the latest snapshot: header, data, CRC32
 //!     snapshot-<index>-<term>.snap.tmp   only while one is written (removed at start-up)
 //! ```
-//! `keys.rs` documents the trees and the value encoding, `snapshot_file.rs` the snapshot file
-//! format. Indexes and terms in file names are 20-digit zero-padded decimals.
+//! `keys.rs` documents sled's tree and the value encoding, `segment_log.rs` the segment and
+//! record format and how records replay, `snapshot_file.rs` the snapshot file format.
+//! Numbers in file names are 20-digit zero-padded decimals.
+//!
+//! # Persisting a batch
+//! `persist` encodes the batch's entries and commit index as one record in a reused buffer
+//! and appends it to the active segment with one `write` and one `fdatasync`. If the term or
+//! vote changed (elections only), it first writes them to sled and makes that durable (sled's
+//! flush, then `fdatasync` of sled's `db` file): a crash between the two leaves the new term
+//! with the old log, never entries of a term newer than the stored one. A segment past 4 MiB
+//! is followed by a new one, and the `log/` dir is fsynced before its first record counts.
 //!
 //! # Installing a snapshot, and why a crash at any point is safe
 //! `install_snapshot(s)` (the node compacting its own log, or a follower installing the
@@ -22,10 +34,11 @@
 //! 1. writes `s` to `snapshot-….snap.tmp` and fdatasyncs it;
 //! 2. renames it to `snapshot-….snap` and fsyncs `snapshots/`: from here on `s` is the
 //!    latest snapshot, durably, and the old log entries are merely dead weight;
-//! 3. removes the log entries `s` covers from sled in one batch, made durable with the same
-//!    flush + fdatasync as `persist`: all of them up to `s.index` if the stored entry at
-//!    `s.index` has `s.term` (the entries after it stay), else the whole log (another
-//!    history, or a log shorter than the snapshot: Raft Figure 13 step 7);
+//! 3. appends a Snapshot record to the log and fdatasyncs it: it keeps the entries after
+//!    `s.index` if the log holds entry `s.index` with `s.term` (the entries after it stay),
+//!    else none (another history, or a log shorter than the snapshot: Raft Figure 13 step 7);
+//!    then unlinks the segments whose entries are all at or below `s.index` (made durable by
+//!    the next directory fsync; replay is the same whichever of them reappear);
 //! 4. removes the older snapshot files.
 //!
 //! Open redoes what a crash may have cut short, so every intermediate state restarts right:
@@ -33,9 +46,11 @@
 //!   snapshot and log are intact (the old file is only removed in step 4);
 //! - crash between 2 and 3 (the rename is atomic; before the directory fsync either name may
 //!   survive, and both are complete files): the new file is the latest, and start-up
-//!   performs step 3 again with the same decision, since sled is as it was. Until then `load`
+//!   performs step 3 with the same decision, since the log is as it was. Until then `load`
 //!   skips covered entries and returns none if the entry at the index has another term;
-//! - crash between 3 and 4: older snapshot files are removed at start-up.
+//! - crash between 3 and 4: older snapshot files are removed at start-up;
+//! - crash in the middle of a `persist`: the record it was writing is cut short or garbled
+//!   at the end of the last segment (never acknowledged), and start-up truncates it away.
 //!
 //! Start-up reads only the newest `.snap` file: its name, header and length must agree, or
 //! open fails. `snapshot()` reads it in full and checks its CRC32. A damaged latest snapshot
@@ -43,14 +58,12 @@
 //! committed entries whose log is gone).
 //!
 //! # Bounded disk use
-//! Each snapshot leaves one file and a log holding only the entries after it. sled 0.34 (in
-//! its default 512 KiB segments) reuses the segments freed by removed entries: under an
-//! endless stream of overwrites of the same keys the data dir stays at ~2.7 MB (5 sled
-//! segments + the snapshot) after 15 MB of log (test
-//! `disk_use_stays_bounded_under_endless_overwrites`). The segment size is left at sled's
-//! default: sled refuses to open a database with another segment size than it was created
-//! with. [`SledStore::log_bytes_since_snapshot`] gives the driver the log's size for its
-//! snapshot threshold.
+//! Each snapshot leaves one file, and its compaction unlinks every segment but the active
+//! one whose entries it covers: under an endless stream of overwrites of the same keys the
+//! data dir holds one snapshot, at most one segment of dead entries plus the log since the
+//! snapshot, and sled's small database (test `disk_use_stays_bounded_under_endless_overwrites`).
+//! [`SledStore::log_bytes_since_snapshot`] gives the driver the log's size for its snapshot
+//! threshold.
 //!
 //! # What this module may import
 //! std, sled, serde/postcard, crc32fast, bytes, thiserror, tracing, and the `raft` types it
@@ -60,24 +73,27 @@
 //! # Invariants
 //! - The data dir is locked (`<dir>/LOCK`, `File::try_lock`) before sled opens it, for as long
 //!   as the store lives; a second process fails with [`StorageError::Locked`].
-//! - `persist` returns only after its writes are on disk: one sled write (atomic across the
-//!   `meta` and `log` trees), one `flush`, then `fdatasync` on sled's log file (and on any new
-//!   blob file). sled 0.34's `flush` alone ends in `sync_file_range`, which is not durable
-//!   (sled issue #1452), and its background flusher is disabled, so those syncs are the only
-//!   ones on the write path: exactly one per `persist` (see `sync_count`).
-//! - `persist` and `install_snapshot` are called by one owner (the driver), one at a time;
-//!   `snapshot()` and `load()` may run on any clone meanwhile (a reader keeps the snapshot
-//!   file it opened even if a newer one replaces it).
-//! - Every stored value carries a CRC32, and so does every snapshot file; `load` rejects a
-//!   bad checksum, an undecodable value or a gap in the log with [`StorageError::Corrupt`]
-//!   naming the sled database dir and the key, and a damaged snapshot file is
-//!   [`StorageError::CorruptSnapshot`] naming the file. Both say what to do: wipe the node's
-//!   data dir so it catches up from the leader.
+//! - `persist` returns only after its writes are on disk: exactly one `fdatasync`, of the
+//!   active segment, unless the term or vote changed (then sled's flush + `fdatasync` of its
+//!   `db` file first; sled 0.34's `flush` alone ends in `sync_file_range`, which is not
+//!   durable, sled issue #1452, and its background flusher is disabled). See `sync_count`.
+//! - `persist` and `install_snapshot` are called by one owner each (the driver, and its
+//!   snapshot task), serialized by a lock; `snapshot()` and `load()` may run on any clone
+//!   meanwhile (a reader keeps the snapshot file it opened even if a newer one replaces it).
+//! - Every log record carries a CRC32, and so do the hard state and every snapshot file. A
+//!   bad record is [`StorageError::CorruptLog`] naming the segment and byte offset (unless it
+//!   is a torn write at the very end of the last segment, which start-up cuts off and logs at
+//!   info); a gap in the log or a bad hard state is [`StorageError::Corrupt`]; a damaged
+//!   snapshot file is [`StorageError::CorruptSnapshot`] naming the file. All say what to do:
+//!   wipe the node's data dir so it catches up from the leader.
+//! - A data dir whose log is in sled's `log` tree (the layout before segment files) is
+//!   refused with [`StorageError::OldLayout`], never silently emptied.
 //! - Every error is fatal to the node: a failed fsync is never retried.
 #![warn(missing_docs)]
 
 mod error;
 mod keys;
+mod segment_log;
 mod sled_store;
 mod snapshot_file;
 

@@ -1,23 +1,19 @@
-//! [`SledStore`]: the hard state and log in sled, made durable with an explicit fdatasync.
+//! [`SledStore`]: the log in our own segment files ([`SegmentLog`]), the term and vote in
+//! sled, the snapshot in a file.
 
 use super::error::{describe_sled, StorageError};
-use super::keys::{
-    decode_value, encode_value, index_of_key, log_key, HARD_STATE_KEY, LOG_TREE, META_TREE,
-};
+use super::keys::{decode_value, encode_value, HARD_STATE_KEY, LOG_TREE, META_TREE};
+use super::segment_log::SegmentLog;
 use super::snapshot_file::{self, sync_path, SnapshotDir};
 use crate::raft::storage::LogStore;
-use crate::raft::{Entry, HardState, LogIndex, Payload, Snapshot, SnapshotMeta};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
-use std::collections::BTreeSet;
-use std::ffi::OsString;
+use crate::raft::{Entry, HardState, LogIndex, Snapshot, SnapshotMeta};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// The node's sled database. Cheap to clone (clones share the database, the lock and the
-/// sync counter); only one clone should call [`persist`](LogStore::persist), the driver.
+/// The node's storage. Cheap to clone (clones share the files, the lock and the sync
+/// counter); only one clone should call [`persist`](LogStore::persist), the driver.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
@@ -26,16 +22,11 @@ pub struct SledStore {
 /// Field order is drop order: sled closes before the lock on the data dir is released.
 struct Inner {
     db: sled::Db,
-    /// Tree `meta`: the hard state.
+    /// Tree `meta`: the hard state (its term and vote; the commit index is in the log).
     meta: sled::Tree,
-    /// Tree `log`: entries keyed by big-endian index.
-    log: sled::Tree,
     /// sled's log file `<dir>/db`, kept open to `fdatasync` it after every flush.
     db_file: File,
-    /// Names of the files under `<dir>/blobs` already synced (sled writes a blob once and
-    /// never changes it, so each needs one sync).
-    synced_blobs: Mutex<BTreeSet<OsString>>,
-    /// Number of completed `persist` syncs (flush + fdatasync), for tests and metrics.
+    /// Number of `persist` calls that synced something, for tests and metrics.
     sync_count: AtomicU64,
     /// `<dir>/snapshots`.
     snapshots: SnapshotDir,
@@ -46,21 +37,33 @@ struct Inner {
     /// Encoded bytes of the log entries written after the snapshot, see
     /// [`SledStore::log_bytes_since_snapshot`].
     log_bytes: AtomicU64,
-    /// Covered entries still to be removed lazily (`trim.rs`).
-    trim: Mutex<trim::Trim>,
+    /// Everything `persist`, compaction and `load` share, under one lock: the first two may
+    /// run on different threads (the driver compacts on the blocking pool).
+    writer: Mutex<Writer>,
     dir: PathBuf,
     /// Holds the exclusive lock on `<dir>/LOCK` for as long as the store lives.
     _lock: File,
 }
 
+/// The segment log and what `persist` compares with.
+struct Writer {
+    log: SegmentLog,
+    /// The hard state in sled: its term and vote are the durable ones.
+    stored: HardState,
+    /// The log `open` replayed, until the first `load` takes it or a write makes it stale.
+    loaded: Option<Vec<Entry>>,
+}
+
 impl SledStore {
-    /// Opens (creating if needed) and locks the data dir.
+    /// Opens (creating if needed) and locks the data dir, then replays the log (cutting off a
+    /// torn write a crash left at its end, and finishing a compaction it interrupted).
     ///
     /// The lock is taken before sled opens anything, so a second process fails with
     /// [`StorageError::Locked`] without touching the database.
     ///
     /// # Errors
-    /// The dir cannot be created/opened, is locked by another process, or is corrupt.
+    /// The dir cannot be created/opened, is locked by another process, is corrupt, or keeps
+    /// its log in the older layout (sled's `log` tree).
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|cause| StorageError::CreateDir {
@@ -96,7 +99,8 @@ impl SledStore {
         };
         wait_for_sled_lock(&dir);
         // No background flusher: durability is persist()'s job, with one explicit
-        // flush + fdatasync per call (sled's own timer would only add syncs).
+        // flush + fdatasync when the term or vote changes (sled's own timer would only add
+        // syncs).
         let db = sled::Config::new()
             .path(&dir)
             .flush_every_ms(None)
@@ -104,7 +108,20 @@ impl SledStore {
             .map_err(open_err)?;
         let opened = (|| {
             let meta = db.open_tree(META_TREE).map_err(open_err)?;
-            let log = db.open_tree(LOG_TREE).map_err(open_err)?;
+            // The older layout kept the log in sled: refuse it rather than lose it.
+            if db.tree_names().iter().any(|name| name == LOG_TREE)
+                && !db.open_tree(LOG_TREE).map_err(open_err)?.is_empty()
+            {
+                return Err(StorageError::OldLayout { dir: dir.clone() });
+            }
+            let stored = match meta.get(HARD_STATE_KEY).map_err(open_err)? {
+                Some(raw) => decode_value(&raw).map_err(|reason| StorageError::Corrupt {
+                    dir: dir.clone(),
+                    what: HARD_STATE_WHAT.to_owned(),
+                    reason,
+                })?,
+                None => HardState::default(),
+            };
 
             let db_path = dir.join("db");
             let db_file = OpenOptions::new()
@@ -128,35 +145,31 @@ impl SledStore {
             })?;
             sync_path(&dir.join("conf"))?;
             sync_path(&dir)?;
-            Ok((meta, log, db_file))
+            let (log, replayed) = SegmentLog::open(&dir, scan.latest)?;
+            Ok((meta, db_file, stored, log, replayed.entries))
         })();
-        // On an I/O error, dropping sled would flush again and may hang (see `abandon`).
-        let (meta, log, db_file) = opened.inspect_err(|_| std::mem::forget(db.clone()))?;
-        let store = Self {
+        // On an error, dropping sled would flush again and may hang (see `abandon`).
+        let (meta, db_file, stored, log, loaded) =
+            opened.inspect_err(|_| std::mem::forget(db.clone()))?;
+        let log_bytes = log.tail_bytes();
+        Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 meta,
-                log,
                 db_file,
-                synced_blobs: Mutex::new(BTreeSet::new()),
                 sync_count: AtomicU64::new(0),
                 snapshots,
                 snapshot: Mutex::new(scan.latest),
-                log_bytes: AtomicU64::new(0),
-                trim: Mutex::new(trim::Trim::default()),
+                log_bytes: AtomicU64::new(log_bytes),
+                writer: Mutex::new(Writer {
+                    log,
+                    stored,
+                    loaded: Some(loaded),
+                }),
                 dir,
                 _lock: lock,
             }),
-        };
-        store
-            .sync_new_blobs()
-            .and_then(|()| match scan.latest {
-                // Finish a compaction a crash interrupted.
-                Some(meta) => store.compact_log(meta),
-                None => Ok(()),
-            })
-            .inspect_err(|_| store.clone().abandon())?;
-        Ok(store)
+        })
     }
 
     /// Gives the store up after a failed write, flush or sync, without closing sled.
@@ -174,16 +187,17 @@ impl SledStore {
         &self.inner.dir
     }
 
-    /// How many times [`persist`](LogStore::persist) flushed and synced (once per call that
-    /// had something to write).
+    /// How many [`persist`](LogStore::persist) calls synced (every call that had something
+    /// to write: one `fdatasync` of the active log segment, preceded by sled's flush +
+    /// `fdatasync` when the term or vote changed).
     pub fn sync_count(&self) -> u64 {
         self.inner.sync_count.load(Ordering::Relaxed)
     }
 
-    /// Makes everything written so far durable: sled's flush (which on Linux ends in
-    /// `sync_file_range`, not an fsync, sled issue #1452), then `fdatasync` on sled's log file
-    /// and on any new blob file.
-    fn sync(&self) -> Result<(), StorageError> {
+    /// Makes sled's writes durable: its flush (which on Linux ends in `sync_file_range`, not
+    /// an fsync, sled issue #1452), then `fdatasync` on sled's log file. sled holds only the
+    /// hard state (tens of bytes), so it never writes a blob file.
+    fn sync_sled(&self) -> Result<(), StorageError> {
         let inner = &self.inner;
         inner
             .db
@@ -195,59 +209,19 @@ impl SledStore {
             .map_err(|cause| StorageError::Sync {
                 path: inner.dir.join("db"),
                 cause,
-            })?;
-        self.sync_new_blobs()?;
-        inner.sync_count.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            })
     }
 
-    /// fdatasyncs the files under `<dir>/blobs` not synced yet, then the directory itself so
-    /// their names survive a crash. Usually the directory is empty and this is one readdir.
-    fn sync_new_blobs(&self) -> Result<(), StorageError> {
-        let blob_dir = self.inner.dir.join("blobs");
-        let sync_err = |cause| StorageError::Sync {
-            path: blob_dir.clone(),
-            cause,
-        };
-        let mut synced = self
-            .inner
-            .synced_blobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut present = BTreeSet::new();
-        let mut any_new = false;
-        let entries = match std::fs::read_dir(&blob_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(sync_err(e)),
-        };
-        for entry in entries {
-            let name = entry.map_err(sync_err)?.file_name();
-            if !synced.contains(&name) {
-                let path = blob_dir.join(&name);
-                match File::open(&path) {
-                    Ok(file) => file
-                        .sync_data()
-                        .map_err(|cause| StorageError::Sync { path, cause })?,
-                    // sled garbage-collected it between readdir and open: nothing to sync.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(cause) => return Err(StorageError::Sync { path, cause }),
-                }
-                any_new = true;
-            }
-            present.insert(name);
-        }
-        if any_new {
-            sync_path(&blob_dir)?;
-        }
-        *synced = present;
-        Ok(())
-    }
-
-    /// The latest snapshot's meta, locked (see [`Inner::snapshot`]).
-    fn lock_snapshot(&self) -> std::sync::MutexGuard<'_, Option<SnapshotMeta>> {
+    fn lock_snapshot(&self) -> MutexGuard<'_, Option<SnapshotMeta>> {
         self.inner
             .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.inner
+            .writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -257,11 +231,10 @@ impl SledStore {
         self.lock_snapshot().map_or(0, |m| m.index)
     }
 
-    /// An upper bound on the bytes of log the node has written since its latest snapshot:
-    /// the encoded size of the entries `load` returned plus every entry persisted since
+    /// Bytes of log entries written since the latest snapshot, as stored in the segments
     /// (entries later overwritten by a conflicting suffix still count until the next
     /// snapshot), reset by `install_snapshot` to the size of the entries it keeps. The driver
-    /// compares it with its size threshold to decide when to snapshot. Valid after `load`.
+    /// compares it with its size threshold to decide when to snapshot.
     pub fn log_bytes_since_snapshot(&self) -> u64 {
         self.inner.log_bytes.load(Ordering::Relaxed)
     }
@@ -276,44 +249,26 @@ impl SledStore {
         Ok(())
     }
 
-    /// Step 3 of `install_snapshot` (and redone at start-up): removes from sled the entries
-    /// `meta` covers, in one batch made durable with one sync. If the stored entry at
-    /// `meta.index` has `meta.term`, the entries after it stay; otherwise the log is another
-    /// history (or too short) and all of it goes. Does nothing, and does not sync, when no
-    /// stored entry is at or below `meta.index`.
+    /// Step 3 of `install_snapshot` (redone at start-up if a crash skipped it): a Snapshot
+    /// record in the log, synced, then the segments it covers are unlinked. It keeps the
+    /// entries after `meta.index` if the log holds entry `meta.index` with `meta.term`,
+    /// else none (another history, or a log shorter than the snapshot).
     fn compact_log(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let log = &self.inner.log;
-        let read_err = |e: sled::Error| self.sled_err("read the log", &e);
-        let Some((first, _)) = log.first().map_err(read_err)? else {
-            return Ok(());
-        };
-        if index_of_key(&first).is_some_and(|i| i > meta.index) {
-            return Ok(());
-        }
-        let keeps_tail = match log.get(log_key(meta.index)).map_err(read_err)? {
-            Some(raw) => {
-                let entry: Entry = decode_value(&raw)
-                    .map_err(|reason| self.corrupt(entry_name(meta.index), reason))?;
-                entry.term == meta.term
-            }
-            None => false,
-        };
-        let mut batch = sled::Batch::default();
-        let mut kept_bytes = 0u64;
-        for item in log.iter() {
-            let (key, value) = item.map_err(read_err)?;
-            if keeps_tail && index_of_key(&key).is_some_and(|i| i > meta.index) {
-                kept_bytes += value.len() as u64;
-            } else {
-                batch.remove(key);
-            }
-        }
-        log.apply_batch(batch)
-            .map_err(|e| self.sled_err("remove the compacted log", &e))?;
-        self.sync()?;
-        self.trim_done_to(meta.index);
-        self.inner.log_bytes.store(kept_bytes, Ordering::Relaxed);
+        let mut writer = self.lock_writer();
+        writer.loaded = None;
+        let kept = writer.log.compact(meta)?;
+        self.inner.log_bytes.store(kept, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Stores a snapshot of this node's own applied state: the same as
+    /// [`install_snapshot`](LogStore::install_snapshot), which no longer removes entries one
+    /// by one (a Snapshot record and a few unlinks), so it needs no lazy variant.
+    ///
+    /// # Errors
+    /// Writing, syncing or renaming a file failed.
+    pub fn install_own_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.install_snapshot(snapshot)
     }
 
     fn sled_err(&self, op: &'static str, e: &sled::Error) -> StorageError {
@@ -323,133 +278,40 @@ impl SledStore {
             cause: describe_sled(e),
         }
     }
-
-    fn corrupt(&self, what: String, reason: String) -> StorageError {
-        StorageError::Corrupt {
-            dir: self.inner.dir.clone(),
-            what,
-            reason,
-        }
-    }
-
-    fn encode_err(&self, what: String, cause: postcard::Error) -> StorageError {
-        StorageError::Encode {
-            dir: self.inner.dir.clone(),
-            what,
-            cause,
-        }
-    }
-
-    /// The `log` batch for `entries`: insert them, and remove every stored entry after the
-    /// last of them (those before it are overwritten by the inserts). Also returns the bytes
-    /// of the values it inserts.
-    fn log_batch(&self, entries: &[Entry]) -> Result<(sled::Batch, u64), StorageError> {
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        let Some(last) = entries.last() else {
-            return Ok((batch, bytes));
-        };
-        debug_assert!(
-            entries.windows(2).all(|w| w[1].index == w[0].index + 1),
-            "invariant: a persisted batch of entries is contiguous"
-        );
-        for entry in entries {
-            let hint = match &entry.payload {
-                Payload::Noop => 24,
-                Payload::Command(data) => data.len() + 32,
-            };
-            let value = encode_value(entry, hint)
-                .map_err(|e| self.encode_err(format!("log entry {}", entry.index), e))?;
-            bytes += value.len() as u64;
-            batch.insert(&log_key(entry.index), value);
-        }
-        // Usually an empty range: only a conflicting longer suffix has entries past `last`.
-        for item in self
-            .inner
-            .log
-            .range(log_key(last.index.saturating_add(1))..)
-        {
-            let (key, _) = item.map_err(|e| self.sled_err("read the log", &e))?;
-            batch.remove(key);
-        }
-        Ok((batch, bytes))
-    }
 }
+
+/// How a corruption message names the hard state.
+const HARD_STATE_WHAT: &str = "the hard state (sled tree \"meta\")";
 
 impl LogStore for SledStore {
     type Error = StorageError;
 
-    /// Loads the hard state and the log after the latest snapshot, checking every checksum
-    /// and that the log is contiguous from the snapshot's index + 1 (or from 1). Entries the
-    /// snapshot covers are skipped unread; if the stored entry at the snapshot's index has
-    /// another term (only possible if a compaction was interrupted and not redone), no entry
-    /// is returned.
+    /// Loads the hard state (term and vote from sled, the commit index from the last record
+    /// of the log) and the log after the latest snapshot. The first call after `open` returns
+    /// what `open` replayed (every record's checksum checked, the log contiguous from the
+    /// snapshot's index + 1, or from 1); later calls replay the segment files again.
     fn load(&self) -> Result<(HardState, Vec<Entry>), StorageError> {
-        let inner = &self.inner;
-        let hard_state = match inner
-            .meta
-            .get(HARD_STATE_KEY)
-            .map_err(|e| self.sled_err("read the hard state", &e))?
-        {
-            Some(raw) => {
-                decode_value(&raw).map_err(|reason| self.corrupt("hard state".into(), reason))?
-            }
-            None => HardState::default(),
-        };
         let snapshot = *self.lock_snapshot();
-        let offset = snapshot.map_or(0, |m| m.index);
-        // No capacity hint: sled's `len()` walks the whole tree, doubling the cost of a load.
-        let mut log = Vec::new();
-        let mut bytes = 0u64;
-        let mut expected: LogIndex = offset.saturating_add(1);
-        for item in inner.log.range(log_key(offset)..) {
-            let (key, raw) = item.map_err(|e| self.sled_err("read the log", &e))?;
-            let Some(index) = index_of_key(&key) else {
-                return Err(self.corrupt(
-                    format!("log key {key:?} of tree \"log\""),
-                    "not an 8-byte index".to_owned(),
-                ));
-            };
-            let entry: Entry =
-                decode_value(&raw).map_err(|reason| self.corrupt(entry_name(index), reason))?;
-            if entry.index != index {
-                return Err(self.corrupt(
-                    entry_name(index),
-                    format!("stored under index {index} but says index {}", entry.index),
-                ));
-            }
-            if let Some(meta) = snapshot.filter(|m| m.index == index) {
-                if entry.term != meta.term {
-                    // Another history than the snapshot's: none of it is this node's log.
-                    debug_assert!(
-                        log.is_empty(),
-                        "invariant: the snapshot's entry comes first"
-                    );
-                    break;
-                }
-                continue;
-            }
-            if index != expected {
-                let from = match snapshot {
-                    Some(m) => format!("{} (the snapshot ends at index {})", m.index + 1, m.index),
-                    None => "1".to_owned(),
-                };
-                return Err(self.corrupt(
-                    entry_name(index),
-                    format!("expected index {expected}: the log must be contiguous from {from}"),
-                ));
-            }
-            bytes += raw.len() as u64;
-            log.push(entry);
-            expected = index.saturating_add(1);
+        let mut writer = self.lock_writer();
+        let entries = match writer.loaded.take() {
+            Some(entries) => entries,
+            None => writer.log.read(snapshot)?.entries,
+        };
+        let mut hard_state = writer.stored;
+        if let Some(commit) = writer.log.commit() {
+            hard_state.commit = commit;
         }
-        inner.log_bytes.store(bytes, Ordering::Relaxed);
-        Ok((hard_state, log))
+        self.inner
+            .log_bytes
+            .store(writer.log.tail_bytes(), Ordering::Relaxed);
+        Ok((hard_state, entries))
     }
 
-    /// Writes the hard state and entries in one atomic sled write (a transaction over both
-    /// trees when both change, so a crash never keeps one without the other), then flushes and
-    /// fdatasyncs once. A call with nothing to write returns at once without syncing.
+    /// Writes the term and vote to sled if they changed (flush + fdatasync of sled's `db`),
+    /// then the entries and the commit index as one record appended to the active log
+    /// segment (one write, one fdatasync). sled first: a crash between the two must never
+    /// leave entries of a term newer than the stored one. A call with nothing to write
+    /// returns at once without syncing.
     fn persist(
         &mut self,
         hard_state: Option<&HardState>,
@@ -462,47 +324,36 @@ impl LogStore for SledStore {
             return Ok(());
         }
         let inner = &self.inner;
-        let hard_state = hard_state
-            .map(|hs| encode_value(hs, 32))
-            .transpose()
-            .map_err(|e| self.encode_err("hard state".into(), e))?;
-        let write_err = |e: &sled::Error| self.sled_err("write the hard state and log", e);
-        let (mut batch, bytes) = self.log_batch(entries)?;
-        // Entries a published snapshot covers go a few at a time, in batches written anyway.
-        let trimmed = match (&hard_state, entries.is_empty()) {
-            (Some(_), true) => None,
-            _ => self.add_trim(&mut batch, entries.len()),
-        };
-        match (hard_state, entries.is_empty()) {
-            (Some(hs), true) => {
-                inner
-                    .meta
-                    .insert(HARD_STATE_KEY, hs)
-                    .map_err(|e| write_err(&e))?;
-            }
-            (None, _) => {
-                inner.log.apply_batch(batch).map_err(|e| write_err(&e))?;
-            }
-            (Some(hs), false) => {
-                (&inner.meta, &inner.log)
-                    .transaction(|(meta, log)| {
-                        meta.insert(HARD_STATE_KEY, hs.as_slice())?;
-                        log.apply_batch(&batch)?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(|e| match e {
-                        TransactionError::Storage(e) => write_err(&e),
-                        // The closure never aborts.
-                        TransactionError::Abort(()) => {
-                            write_err(&sled::Error::Unsupported("transaction aborted".into()))
-                        }
-                    })?;
-            }
+        let mut writer = self.lock_writer();
+        writer.loaded = None;
+        let mut synced = false;
+        if let Some(hs) =
+            hard_state.filter(|hs| (hs.term, hs.vote) != (writer.stored.term, writer.stored.vote))
+        {
+            let value = encode_value(hs, 32).map_err(|cause| StorageError::Encode {
+                dir: inner.dir.clone(),
+                what: "hard state".to_owned(),
+                cause,
+            })?;
+            inner
+                .meta
+                .insert(HARD_STATE_KEY, value)
+                .map_err(|e| self.sled_err("write the hard state", &e))?;
+            self.sync_sled()?;
+            writer.stored = *hs;
+            synced = true;
         }
-        self.sync()?;
-        inner.log_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(next) = trimmed {
-            self.trimmed(next);
+        let commit = match hard_state {
+            Some(hs) => hs.commit,
+            None => writer.log.commit().unwrap_or(writer.stored.commit),
+        };
+        if !entries.is_empty() || writer.log.commit() != Some(commit) {
+            let bytes = writer.log.append(commit, entries)?;
+            inner.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+            synced = true;
+        }
+        if synced {
+            inner.sync_count.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -522,8 +373,8 @@ impl LogStore for SledStore {
         snapshot_file::read(file, &path, meta).map(Some)
     }
 
-    /// Publishes `snapshot` (write `.tmp`, fdatasync, rename, fsync the dir), then removes the
-    /// log entries it covers from sled (one batch, one sync), then older snapshot files.
+    /// Publishes `snapshot` (write `.tmp`, fdatasync, rename, fsync the dir), then compacts
+    /// the log (a synced Snapshot record, then unlinks), then removes older snapshot files.
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.meta;
         if meta.index <= self.snapshot_index() {
@@ -533,11 +384,6 @@ impl LogStore for SledStore {
         self.compact_log(meta)?;
         self.inner.snapshots.remove_older(meta)
     }
-}
-
-/// How a corruption message names log entry `index`: its index and its sled key.
-fn entry_name(index: LogIndex) -> String {
-    format!("log entry {index} (key {index:016x} of tree \"log\")")
 }
 
 /// Waits (up to 5 s) until no earlier sled instance in this process still locks `<dir>/db`.
@@ -585,8 +431,6 @@ fn lock_dir(dir: &Path) -> Result<File, StorageError> {
         Err(TryLockError::Error(cause)) => Err(lock_err(cause)),
     }
 }
-
-mod trim;
 
 #[cfg(test)]
 mod tests;

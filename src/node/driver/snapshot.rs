@@ -1,14 +1,13 @@
 //! Log compaction off the loop: the driver serializes the state machine, then stores the
-//! snapshot and compacts sled's log on the blocking pool while the loop goes on serving
+//! snapshot and compacts the log on the blocking pool while the loop goes on serving
 //! writes and reads; the core drops its in-memory prefix only once the store reports it done.
 //!
-//! The store publishes the file (written, synced and renamed) and leaves the entries it
-//! covers to be removed a few at a time by later `persist` calls (`SledStore::
-//! install_own_snapshot`; an interrupted removal is finished at start-up). Meanwhile
-//! `persist` calls run on another thread: they write only entries after the snapshot's index
-//! (a persist never carries an applied entry, and the snapshot covers only applied ones), so
-//! the two never write the same sled keys, and each makes its own work durable with its own
-//! flush + fdatasync. Until the core compacts,
+//! The store publishes the file (written, synced and renamed), appends a Snapshot record to
+//! its segment log and deletes the segments the snapshot covers (`SledStore::
+//! install_own_snapshot`). Meanwhile `persist` calls run on another thread: the store
+//! serializes the two appends to the segment log, and a persist never carries an applied
+//! entry (the snapshot covers only applied ones), so the record cannot drop a newer entry.
+//! Until the core compacts,
 //! it still holds every entry the snapshot covers, so a lagging follower is served from
 //! memory; a follower sent a snapshot gets the newest published one (at or after the core's).
 

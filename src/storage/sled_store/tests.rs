@@ -1,8 +1,10 @@
 //! The `LogStore` conformance suite, run against `MemStorage` and `SledStore`, and the
-//! sled-specific tests: crash (SIGKILL) recovery, corruption, the lock, and the sync count.
+//! `SledStore` tests: crash (SIGKILL) recovery, torn writes, corruption, the lock, the sync
+//! count (and its strace proof), bounded disk use, snapshot crash states.
 
 use super::*;
 use crate::raft::storage::MemStorage;
+use crate::raft::Payload;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -456,84 +458,181 @@ fn open_creates_a_missing_dir_and_fails_in_one_line_on_a_file() {
     assert!(msg.contains("plain-file") && !msg.contains('\n'), "{msg}");
 }
 
-/// Flips one byte of a stored value through sled itself, then expects load to name the key.
-fn flip_and_expect_corrupt(tree: fn(&Inner) -> &sled::Tree, key: &[u8], what: &str) {
-    let mut f = SledFixture::new();
-    persist(&mut f, Some(hs(2, Some(1), 1)), &entries(2, 1..=3));
-    {
-        let t = tree(&f.store().inner);
-        let mut raw = t.get(key).unwrap().unwrap().to_vec();
-        raw[1] ^= 0x01;
-        t.insert(key, raw).unwrap();
+/// The segment files of `f`'s store.
+fn segment_paths(f: &mut SledFixture) -> Vec<PathBuf> {
+    f.store().lock_writer().log.segment_paths()
+}
+
+/// Start offsets of the records of the segment at `path`, and where they end, last.
+fn record_offsets(path: &Path) -> Vec<usize> {
+    let raw = std::fs::read(path).unwrap();
+    let mut offsets = vec![0];
+    let mut at = 0;
+    loop {
+        let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return offsets; // the preallocated zeros
+        }
+        at += 8 + len;
+        offsets.push(at);
     }
-    let err = f.store().load().unwrap_err();
+}
+
+/// Persists batches 1..=2, 3, 4..=6 as three records of one segment; returns the segment.
+fn three_records(f: &mut SledFixture) -> PathBuf {
+    persist(f, Some(hs(2, Some(1), 1)), &entries(2, 1..=2));
+    persist(f, None, &entries(2, 3..=3));
+    persist(f, Some(hs(2, Some(1), 3)), &entries(2, 4..=6));
+    let paths = segment_paths(f);
+    assert_eq!(paths.len(), 1);
+    paths[0].clone()
+}
+
+fn expect_corrupt_at_open(f: SledFixture, start: &str, reason: &str) {
+    let err = reopen_dir(f.store, f.dir.path()).err().unwrap();
     let msg = err.to_string();
-    assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
-    let want = format!(
-        "{what} in the sled database {} is corrupt (checksum mismatch); stop the node, remove \
-         its data dir and restart it empty so it catches up from the leader",
-        f.dir.path().display()
+    assert!(msg.starts_with(start), "{msg}\nwant: {start}");
+    assert!(msg.contains(reason), "{msg}");
+    assert!(
+        msg.ends_with(
+            "; stop the node, remove its data dir and restart it empty so it catches up from the \
+             leader"
+        ),
+        "{msg}"
     );
-    assert_eq!(msg, want);
+    assert!(!msg.contains('\n'), "{msg}");
 }
 
 #[test]
 fn flipped_byte_in_a_log_entry_is_corrupt() {
-    flip_and_expect_corrupt(
-        |i| &i.log,
-        &log_key(2),
-        "log entry 2 (key 0000000000000002 of tree \"log\")",
+    let mut f = SledFixture::new();
+    let path = three_records(&mut f);
+    let second = record_offsets(&path)[1];
+    rewrite(&path, |raw| raw[second + 30] ^= 0x01);
+    let start = format!(
+        "log segment {} is corrupt at byte {second} (",
+        path.display()
     );
+    expect_corrupt_at_open(f, &start, "checksum mismatch, followed by a valid record");
 }
 
 #[test]
 fn flipped_byte_in_the_hard_state_is_corrupt() {
-    flip_and_expect_corrupt(|i| &i.meta, HARD_STATE_KEY, "hard state");
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(2, Some(1), 1)), &entries(2, 1..=3));
+    {
+        let meta = &f.store().inner.meta;
+        let mut raw = meta.get(HARD_STATE_KEY).unwrap().unwrap().to_vec();
+        raw[1] ^= 0x01;
+        meta.insert(HARD_STATE_KEY, raw).unwrap();
+    }
+    let start = format!(
+        "the hard state (sled tree \"meta\") in {} is corrupt (checksum mismatch)",
+        f.dir.path().display()
+    );
+    expect_corrupt_at_open(f, &start, "");
+}
+
+/// Cuts the record of entry 3 (see [`three_records`]) out of `path`, then expects start-up to
+/// report the gap before entry 4 with `reason`.
+fn cut_entry_3_and_expect_a_gap(f: SledFixture, path: &Path, reason: &str) {
+    let offsets = record_offsets(path);
+    rewrite(path, |raw| {
+        raw.drain(offsets[1]..offsets[2]);
+    });
+    let start = format!(
+        "log entry 4 in {} is corrupt",
+        f.dir.path().join("log").display()
+    );
+    expect_corrupt_at_open(f, &start, reason);
 }
 
 #[test]
 fn gap_in_the_log_is_corrupt() {
     let mut f = SledFixture::new();
-    persist(&mut f, None, &entries(1, 1..=4));
-    f.store().inner.log.remove(log_key(3)).unwrap();
-    let msg = f.store().load().unwrap_err().to_string();
-    assert!(msg.starts_with("log entry 4 (key "), "{msg}");
-    assert!(
-        msg.contains("expected index 3: the log must be contiguous from 1"),
-        "{msg}"
-    );
+    let path = three_records(&mut f);
+    let reason = "(expected index 3: the log must be contiguous from 1)";
+    cut_entry_3_and_expect_a_gap(f, &path, reason);
 }
 
+/// A crash while the last batch was being written: it is cut off at start-up, wherever the
+/// write stopped, and the batches before it load intact, with their commit index.
 #[test]
-fn entry_under_the_wrong_key_is_corrupt() {
+fn a_torn_last_batch_is_cut_off_and_the_earlier_ones_load() {
     let mut f = SledFixture::new();
-    persist(&mut f, None, &entries(1, 1..=2));
-    let moved = encode_value(&e(1, 9), 16).unwrap();
-    f.store().inner.log.insert(log_key(2), moved).unwrap();
-    let msg = f.store().load().unwrap_err().to_string();
-    assert!(
-        msg.contains("stored under index 2 but says index 9"),
-        "{msg}"
-    );
+    let path = three_records(&mut f);
+    let offsets = record_offsets(&path);
+    let full = std::fs::read(&path).unwrap();
+    let (last, end) = (offsets[2], offsets[3]);
+    for cut in [last + 1, last + 8, last + 9, (last + end) / 2, end - 1] {
+        let mut raw = full.clone();
+        raw[cut..end].fill(0);
+        std::fs::write(&path, &raw).unwrap();
+        f.reopen();
+        let want = (hs(2, Some(1), 1), entries(2, 1..=3));
+        assert_eq!(load(&mut f), want, "cut {cut}");
+        let after = std::fs::read(&path).unwrap();
+        assert!(after[last..].iter().all(|&b| b == 0), "cut {cut}: zeroed");
+        persist(&mut f, Some(hs(2, Some(1), 3)), &entries(2, 4..=6));
+        check_with_reopen(&mut f, &entries(2, 1..=6), None);
+    }
 }
 
+/// A crash after the new term and vote reached sled, before the batch's record did: the
+/// restart has the new term with the old log and commit index, never the reverse.
 #[test]
-fn large_entries_go_to_blob_files_that_are_synced_and_survive_reopen() {
+fn a_crash_between_the_hard_state_and_the_log_keeps_the_older_log() {
     let mut f = SledFixture::new();
-    let big = Entry {
-        term: 1,
-        index: 1,
-        payload: Payload::Command(vec![0xab; 600 * 1024].into()),
-    };
-    persist(&mut f, None, std::slice::from_ref(&big));
-    let synced = f.store().inner.synced_blobs.lock().unwrap().len();
-    let on_disk = std::fs::read_dir(f.dir.path().join("blobs"))
-        .unwrap()
-        .count();
-    assert!(on_disk > 0, "a 600 KiB value should be a sled blob");
-    assert_eq!(synced, on_disk, "every blob file is synced by persist");
+    persist(&mut f, Some(hs(1, Some(1), 2)), &entries(1, 1..=2));
+    // What persist(hs(2, Some(3), 3), [e(2, 3)]) writes to sled before its record.
+    let stored = encode_value(&hs(2, Some(3), 3), 32).unwrap();
+    f.store().inner.meta.insert(HARD_STATE_KEY, stored).unwrap();
+    f.store().sync_sled().unwrap();
     f.reopen();
-    assert_eq!(load(&mut f).1, vec![big]);
+    assert_eq!(load(&mut f), (hs(2, Some(3), 2), entries(1, 1..=2)));
+}
+
+#[test]
+fn a_data_dir_with_a_log_in_sled_is_refused_in_one_line() {
+    let f = SledFixture::new();
+    f.store
+        .as_ref()
+        .unwrap()
+        .inner
+        .db
+        .open_tree(LOG_TREE)
+        .unwrap()
+        .insert([0; 8], b"x".to_vec())
+        .unwrap();
+    let err = reopen_dir(f.store, f.dir.path()).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::OldLayout { .. }), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "data dir {} keeps its log in sled's \"log\" tree, the layout of an older kvstore",
+            f.dir.path().display()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn entries_larger_than_a_segment_survive_reopen() {
+    let mut f = SledFixture::new();
+    let big = |index| Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(vec![index as u8; 5 << 20].into()),
+    };
+    persist(&mut f, None, &[big(1)]);
+    persist(&mut f, None, &[big(2), e(1, 3)]);
+    assert_eq!(
+        segment_paths(&mut f).len(),
+        2,
+        "the second batch starts a segment"
+    );
+    check_with_reopen(&mut f, &[big(1), big(2), e(1, 3)], None);
 }
 
 // ---- crash recovery: a child process persists, reports, and is killed with SIGKILL ----
@@ -629,21 +728,23 @@ fn persisted_batches_survive_sigkill() {
 // ---- the fsync discipline, observed from outside with strace ----
 
 #[test]
-#[ignore = "helper: run under strace by one_fdatasync_of_the_db_file_per_persist"]
+#[ignore = "helper: run under strace by one_fdatasync_of_the_log_segment_per_persist"]
 fn strace_child() {
     drop(child_persists_batches());
 }
 
-/// Counts the fdatasync calls a child makes while persisting `CHILD_BATCHES` batches: exactly
-/// one per batch, each on sled's `db` file. Skipped (with a note) where strace cannot run.
+/// Traces the fsync and fdatasync calls a child makes while persisting `CHILD_BATCHES`
+/// batches: exactly one fdatasync of the log segment per batch, plus one of sled's `db` file
+/// for each batch that changes the term or vote; every fsync is part of `open`. Skipped (with
+/// a note) where strace cannot run.
 #[test]
-fn one_fdatasync_of_the_db_file_per_persist() {
+fn one_fdatasync_of_the_log_segment_per_persist() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let trace = tmp.path().join("trace");
     let inner = child_command("strace_child", &data);
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-y", "-qq", "-e", "trace=fdatasync", "-o"])
+    cmd.args(["-f", "-y", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
         .arg(&trace)
         .arg(inner.get_program())
         .args(inner.get_args())
@@ -675,15 +776,31 @@ fn one_fdatasync_of_the_db_file_per_persist() {
         return;
     };
     assert!(output.status.success(), "traced child failed: {output:?}");
-    let calls: Vec<&str> = text.lines().filter(|l| l.contains("fdatasync(")).collect();
+    let fdatasyncs: Vec<&str> = text.lines().filter(|l| l.contains("fdatasync(")).collect();
+    let on_segment = fdatasyncs
+        .iter()
+        .filter(|l| l.contains("/log/segment-00000000000000000001.log>"))
+        .count() as u64;
+    let on_db = fdatasyncs.iter().filter(|l| l.contains("/db>")).count() as u64;
+    let mut stored = (0, None);
+    let term_or_vote_changes = crash_batches()
+        .iter()
+        .filter_map(|(hard_state, _)| hard_state.as_ref())
+        .filter(|hs| std::mem::replace(&mut stored, (hs.term, hs.vote)) != (hs.term, hs.vote))
+        .count() as u64;
+    assert_eq!(on_segment, CHILD_BATCHES, "one per batch:\n{text}");
     assert_eq!(
-        calls.len() as u64,
-        CHILD_BATCHES,
-        "fdatasync calls:\n{text}"
+        on_db, term_or_vote_changes,
+        "one per term or vote change:\n{text}"
     );
-    for call in calls {
-        assert!(call.contains("/db>"), "fdatasync of something else: {call}");
-    }
+    assert_eq!(
+        fdatasyncs.len() as u64,
+        on_segment + on_db,
+        "nothing else:\n{text}"
+    );
+    // The fsyncs of open: sled's files and dir, the log dir, the data dir.
+    let fsyncs = text.lines().filter(|l| l.contains("fsync(")).count();
+    assert!(fsyncs <= 8, "{fsyncs} fsyncs, all at open:\n{text}");
 }
 
 #[test]
@@ -718,24 +835,21 @@ fn dir_size(dir: &Path) -> (u64, u64) {
 
 /// Disk use stays bounded under an endless stream of overwrites of the same keys: every
 /// round appends `PER_SNAPSHOT` entries, then installs a snapshot covering them (the state of
-/// the same keys, so its size is constant); the store restarts every 25 rounds. sled 0.34 with
-/// its default 512 KiB segments reuses the segments the removed entries free: measured, the
-/// data dir stays at 2.7 to 3.3 MB (5 or 6 sled segments + one snapshot) while 15 MB of log go
-/// through it (without the snapshots it grows to 15 MB).
-///
-/// sled frees and truncates segments in the background, so a busy machine can see it lag: the
-/// size after each restart (when the previous instance's threads are done, see
-/// `wait_for_sled_lock`) must be within `SETTLED`, and within `TRANSIENT` at every round.
+/// the same keys, so its size is constant); the store restarts every 25 rounds. Compaction
+/// unlinks every segment but the active one, so the data dir holds at most the active segment
+/// (up to `SEGMENT_BYTES` plus one batch), the segment before it while the next snapshot is
+/// due, one snapshot and sled's small database, while 15 MB of log go through it.
 #[test]
 fn disk_use_stays_bounded_under_endless_overwrites() {
+    use crate::storage::segment_log::SEGMENT_BYTES;
     const PER_SNAPSHOT: u64 = 250;
     const ROUNDS: u64 = 100;
-    const SETTLED: u64 = 4 << 20;
-    const TRANSIENT: u64 = 8 << 20;
+    const BOUND: u64 = SEGMENT_BYTES + (2 << 20);
     let mut f = SledFixture::new();
     let state = bytes::Bytes::from(vec![7u8; 100_000]);
     let mut written = 0;
     let mut largest = 0;
+    let mut segments_seen = std::collections::BTreeSet::new();
     for round in 1..=ROUNDS {
         let first = (round - 1) * PER_SNAPSHOT + 1;
         let batch: Vec<Entry> = (first..first + PER_SNAPSHOT)
@@ -760,22 +874,30 @@ fn disk_use_stays_bounded_under_endless_overwrites() {
                 data: state.clone(),
             },
         );
-        let bound = if round % 25 == 0 {
+        if round % 25 == 0 {
             f.reopen();
             assert_eq!(load(&mut f).1, vec![]);
             assert_eq!(latest(&mut f).unwrap().meta, meta);
-            SETTLED
-        } else {
-            TRANSIENT
-        };
+        }
+        let segments = segment_paths(&mut f);
+        assert_eq!(
+            segments.len(),
+            1,
+            "round {round}: covered segments are unlinked"
+        );
+        segments_seen.extend(segments);
         let (_, allocated) = dir_size(f.dir.path());
         largest = largest.max(allocated);
         assert!(
-            allocated <= bound,
+            allocated <= BOUND,
             "round {round}: the data dir takes {allocated} bytes after {written} bytes of log"
         );
     }
-    assert!(written > 3 * SETTLED, "the test writes enough to matter");
+    assert!(written > 2 * BOUND, "the test writes enough to matter");
+    assert!(
+        segments_seen.len() >= 3,
+        "the log rolled: {segments_seen:?}"
+    );
     eprintln!("largest data dir: {largest} bytes; log bytes written: {written}");
 }
 
@@ -799,18 +921,13 @@ fn snap_path(f: &SledFixture, index: u64, term: u64) -> PathBuf {
     f.dir.path().join("snapshots").join(snap_name(index, term))
 }
 
-/// Indexes of the entries sled holds, whatever load would make of them.
+/// Indexes of the entries the log segments replay to, whatever the snapshot file makes of
+/// them.
 fn stored_indexes(f: &mut SledFixture) -> Vec<u64> {
-    f.store()
-        .inner
-        .log
-        .iter()
-        .keys()
-        .map(|k| index_of_key(&k.unwrap()).unwrap())
-        .collect()
+    f.store().lock_writer().log.stored_indexes()
 }
 
-/// A store with entries 1..=6 (term 1) and a snapshot at 2: log 3..=6 in sled.
+/// A store with entries 1..=6 (term 1) and a snapshot at 2: log 3..=6.
 fn store_with_snapshot_at_2() -> SledFixture {
     let mut f = SledFixture::new();
     persist(&mut f, Some(hs(1, Some(1), 6)), &entries(1, 1..=6));
@@ -851,8 +968,8 @@ fn crash_after_the_tmp_write_restarts_from_the_old_snapshot() {
     check_with_reopen(&mut f, &entries(1, 3..=6), Some(&snap(2, 1)));
 }
 
-/// Crash after step 2 (renamed, dir synced) of the node's own snapshot: the log entries it
-/// covers are still in sled. `load` skips them; start-up removes them.
+/// Crash after step 2 (renamed, dir synced) of the node's own snapshot: the log has no
+/// Snapshot record for it. `load` skips the entries it covers; start-up writes the record.
 #[test]
 fn crash_after_the_rename_finishes_the_compaction_at_start() {
     let mut f = store_with_snapshot_at_2();
@@ -886,7 +1003,7 @@ fn crash_after_the_rename_of_a_leader_snapshot_drops_the_other_history() {
     check_with_reopen(&mut f, &entries(2, 5..=5), Some(&snap(4, 2)));
 }
 
-/// Crash after step 3 (sled compacted), before the older file is removed.
+/// Crash after step 3 (the log compacted), before the older file is removed.
 #[test]
 fn crash_before_removing_the_old_file_removes_it_at_start() {
     let mut f = store_with_snapshot_at_2();
@@ -912,17 +1029,18 @@ fn a_reader_keeps_the_snapshot_it_opened() {
 
 #[test]
 fn log_bytes_since_snapshot_counts_the_log_after_it() {
+    use crate::storage::segment_log::entry_len;
     let mut f = SledFixture::new();
-    let size = |i: u64| encode_value(&e(1, i), 0).unwrap().len() as u64;
+    let size = |i: u64| entry_len(&e(1, i));
     persist(&mut f, None, &entries(1, 1..=4));
     assert_eq!(
         f.store().log_bytes_since_snapshot(),
-        (1..=4).map(size).sum()
+        (1..=4).map(size).sum::<u64>()
     );
     install(&mut f, &snap(2, 1));
     assert_eq!(f.store().log_bytes_since_snapshot(), size(3) + size(4));
     f.reopen();
-    assert_eq!(f.store().log_bytes_since_snapshot(), 0, "known after load");
+    assert_eq!(f.store().log_bytes_since_snapshot(), size(3) + size(4));
     load(&mut f);
     assert_eq!(f.store().log_bytes_since_snapshot(), size(3) + size(4));
     install(&mut f, &snap(9, 1));
@@ -931,19 +1049,12 @@ fn log_bytes_since_snapshot_counts_the_log_after_it() {
 
 #[test]
 fn gap_after_the_snapshot_is_corrupt() {
-    let mut f = store_with_snapshot_at_2();
-    f.store().inner.log.remove(log_key(3)).unwrap();
-    let msg = f.store().load().unwrap_err().to_string();
-    assert!(
-        msg.starts_with("log entry 4 (key 0000000000000004"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(
-            "expected index 3: the log must be contiguous from 3 (the snapshot ends at index 2)"
-        ),
-        "{msg}"
-    );
+    let mut f = SledFixture::new();
+    let path = three_records(&mut f);
+    install(&mut f, &snap(2, 2));
+    let reason =
+        "(expected index 3: the log must be contiguous from 3 (the snapshot ends at index 2))";
+    cut_entry_3_and_expect_a_gap(f, &path, reason);
 }
 
 /// Damages the latest snapshot file of a store with snapshots at 2 then 4, then expects the
@@ -1196,55 +1307,77 @@ fn restart_time_with_a_million_keys() {
     );
 }
 
-/// Own snapshots publish at once and leave the covered entries to later persists, at least
-/// 256 per persist; the log loads the same at every step and after a restart.
+/// The driver's entry point for its own snapshots keeps the log after them.
 #[test]
-fn an_own_snapshot_is_published_at_once_and_its_entries_removed_by_later_persists() {
+fn an_own_snapshot_keeps_the_log_after_it() {
     let mut f = SledFixture::new();
     persist(&mut f, Some(hs(1, Some(1), 600)), &entries(1, 1..=600));
     f.store().install_own_snapshot(&snap(500, 1)).unwrap();
-    assert_eq!(latest(&mut f), Some(snap(500, 1)));
     assert_eq!(snapshot_files(&f), vec![snap_name(500, 1)]);
-    assert_eq!(f.store().trim_pending(), 500, "nothing removed yet");
-    assert_eq!(stored_indexes(&mut f).len(), 600);
-    assert_eq!(load(&mut f).1, entries(1, 501..=600));
-
+    assert_eq!(stored_indexes(&mut f), (501..=600).collect::<Vec<_>>());
     persist(&mut f, None, &entries(1, 601..=601));
-    assert_eq!(f.store().trim_pending(), 500 - 256);
-    assert_eq!(stored_indexes(&mut f).first(), Some(&257));
-    persist(&mut f, None, &entries(1, 602..=602));
-    assert_eq!(f.store().trim_pending(), 0);
-    assert_eq!(stored_indexes(&mut f), (501..=602).collect::<Vec<_>>());
-    check_with_reopen(&mut f, &entries(1, 501..=602), Some(&snap(500, 1)));
+    check_with_reopen(&mut f, &entries(1, 501..=601), Some(&snap(500, 1)));
 }
 
-/// A crash before the removals: the restart finishes them and loads the same log.
+/// Cost of `persist` on this machine's disk (a temp dir): 10,000 batches of one entry and
+/// 1,000 batches of 64 entries, 100-byte commands. Measured on the 2-core VM shared with
+/// other builds (ext4; old = sled `log` tree at 19f4a7e, new = segment files), in a quiet
+/// moment (under load, wall times vary 5x from run to run; CPU time is steadier):
+///
+/// | batches        | CPU per persist, old -> new | wall per persist, old -> new   |
+/// |----------------|-----------------------------|--------------------------------|
+/// | 10,000 x 1     | 83-84 us -> 11-12 us        | 173-188 us -> 90-91 us         |
+/// | 1,000 x 64     | 370-380 us -> 20 us         | 463-530 us -> 105 us           |
+///
+/// Without preallocated segments (appending, so every fdatasync commits a new file size to
+/// the ext4 journal) the new store took 3,090 us per 1-entry persist against sled's 185 us.
+/// Run with
+/// `cargo test --release --lib persist_cost -- --ignored --nocapture`.
 #[test]
-fn a_restart_finishes_the_removals_an_own_snapshot_left() {
-    let mut f = SledFixture::new();
-    persist(&mut f, Some(hs(1, Some(1), 10)), &entries(1, 1..=10));
-    f.store().install_own_snapshot(&snap(8, 1)).unwrap();
-    f.reopen();
-    assert_eq!(stored_indexes(&mut f), vec![9, 10]);
-    check_with_reopen(&mut f, &entries(1, 9..=10), Some(&snap(8, 1)));
+#[ignore = "measurement: run in release mode"]
+fn persist_cost() {
+    use std::time::Instant;
+    let command = |index: u64| Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(vec![(index % 251) as u8; 100].into()),
+    };
+    for (batches, per_batch) in [(10_000u64, 1u64), (1_000, 64)] {
+        let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let mut store = SledStore::open(tmp.path()).unwrap();
+        store.persist(Some(&hs(1, Some(1), 0)), &[]).unwrap();
+        let (start, cpu) = (Instant::now(), process_cpu_ms());
+        let mut slowest = std::time::Duration::ZERO;
+        for b in 0..batches {
+            let first = b * per_batch + 1;
+            let batch: Vec<Entry> = (first..first + per_batch).map(command).collect();
+            let one = Instant::now();
+            store
+                .persist(Some(&hs(1, Some(1), first.saturating_sub(1))), &batch)
+                .unwrap();
+            slowest = slowest.max(one.elapsed());
+        }
+        let took = start.elapsed();
+        let cpu = process_cpu_ms() - cpu;
+        println!(
+            "persist_cost: {batches} persists of {per_batch} x 100-byte entries: {took:?} \
+             ({:.1} us per persist, slowest {slowest:?}), CPU of the whole process {cpu} ms \
+             ({:.1} us per persist)",
+            took.as_secs_f64() * 1e6 / batches as f64,
+            cpu as f64 * 1e3 / batches as f64
+        );
+    }
 }
 
-/// A snapshot whose entry the log holds with another term is installed in full at once.
-#[test]
-fn an_own_snapshot_of_another_history_drops_the_log_at_once() {
-    let mut f = SledFixture::new();
-    persist(&mut f, Some(hs(1, Some(1), 4)), &entries(1, 1..=4));
-    f.store().install_own_snapshot(&snap(3, 2)).unwrap();
-    assert_eq!(stored_indexes(&mut f), Vec::<u64>::new());
-    assert_eq!(f.store().trim_pending(), 0);
-    check_with_reopen(&mut f, &[], Some(&snap(3, 2)));
-}
-
-#[test]
-fn a_fresh_store_has_nothing_to_trim() {
-    let mut f = SledFixture::new();
-    assert_eq!(f.store().trim_pending(), 0);
-    persist(&mut f, None, &entries(1, 1..=2));
-    assert_eq!(stored_indexes(&mut f), vec![1, 2]);
-    assert_eq!(f.store().trim_pending(), 0);
+/// User + system CPU time of this process (all threads) so far, in ms (Linux, 10 ms ticks).
+fn process_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which ends in ')'): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10
 }

@@ -1,0 +1,303 @@
+//! Records, replay, segments, torn tails and corruption of [`SegmentLog`].
+
+use super::*;
+
+fn e(term: u64, index: u64) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes().into()),
+    }
+}
+
+fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    range.map(|i| e(term, i)).collect()
+}
+
+/// An entry that nearly fills a segment: the next big one starts a new segment, a small one
+/// still fits.
+fn big(term: u64, index: u64) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(vec![index as u8; SEGMENT_BYTES as usize - 4096].into()),
+    }
+}
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta { index, term }
+}
+
+fn open(dir: &Path, snapshot: Option<SnapshotMeta>) -> (SegmentLog, Replayed) {
+    SegmentLog::open(dir, snapshot).unwrap()
+}
+
+fn reopened(dir: &Path, snapshot: Option<SnapshotMeta>) -> Vec<Entry> {
+    let (log, replayed) = open(dir, snapshot);
+    assert_eq!(
+        log.read(snapshot).unwrap(),
+        replayed,
+        "read agrees with open"
+    );
+    replayed.entries
+}
+
+#[test]
+fn names_round_trip() {
+    assert_eq!(segment_name(7), "segment-00000000000000000007.log");
+    assert_eq!(parse_name(&segment_name(u64::MAX)), Some(u64::MAX));
+    for bad in ["segment-7.log", "segment-0000000000000000000x.log", "other"] {
+        assert_eq!(parse_name(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn replay_follows_persists_truncations_and_commit_hints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, replayed) = open(tmp.path(), None);
+    assert_eq!(replayed, Replayed::default());
+    log.append(0, &entries(1, 1..=5)).unwrap();
+    log.append(2, &[e(2, 3)]).unwrap(); // drops 4 and 5
+    log.append(3, &[]).unwrap(); // commit only
+    let noop = Entry {
+        term: 2,
+        index: 4,
+        payload: Payload::Noop,
+    };
+    log.append(3, std::slice::from_ref(&noop)).unwrap();
+    drop(log);
+    let (log, replayed) = open(tmp.path(), None);
+    let mut want = entries(1, 1..=2);
+    want.extend([e(2, 3), noop]);
+    assert_eq!(replayed.entries, want);
+    assert_eq!(replayed.commit, Some(3));
+    assert_eq!(log.segment_paths().len(), 1);
+}
+
+#[test]
+fn full_segments_roll_and_covered_ones_are_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    for i in 1..=3 {
+        log.append(i, &[big(1, i)]).unwrap();
+    }
+    log.append(3, &entries(1, 4..=5)).unwrap();
+    let paths = log.segment_paths();
+    assert_eq!(paths.len(), 3, "one big entry per segment: {paths:?}");
+    // Entries 4 and 5 share the last segment with entry 3: only the first two can go.
+    log.compact(meta(4, 1)).unwrap();
+    assert_eq!(log.segment_paths(), paths[2..].to_vec());
+    assert!(!paths[0].exists() && !paths[1].exists());
+    assert_eq!(log.tail_bytes(), entry_len(&e(1, 5)));
+    drop(log);
+    assert_eq!(reopened(tmp.path(), Some(meta(4, 1))), entries(1, 5..=5));
+}
+
+/// A crash before the unlinks were durable: the deleted segments reappear, in any subset.
+#[test]
+fn deleted_segments_that_reappear_replay_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(0, &[big(1, 1)]).unwrap();
+    log.append(0, &entries(1, 2..=10)).unwrap();
+    log.append(0, &[big(2, 5)]).unwrap(); // truncates 6..=10, in its own segment
+    log.append(0, &entries(2, 6..=8)).unwrap();
+    log.append(0, &[big(2, 9)]).unwrap();
+    log.append(8, &entries(2, 10..=12)).unwrap();
+    let paths = log.segment_paths();
+    let saved: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    log.compact(meta(9, 2)).unwrap();
+    let left = log.segment_paths();
+    assert!(left.len() < paths.len(), "compaction deleted segments");
+    drop(log);
+    let want = entries(2, 10..=12);
+    assert_eq!(reopened(tmp.path(), Some(meta(9, 2))), want);
+    for mask in 0..(1u32 << paths.len()) {
+        for (i, (path, raw)) in paths.iter().zip(&saved).enumerate() {
+            if mask & (1 << i) != 0 && !left.contains(path) {
+                std::fs::write(path, raw).unwrap();
+            }
+        }
+        assert_eq!(
+            reopened(tmp.path(), Some(meta(9, 2))),
+            want,
+            "mask {mask:b}"
+        );
+    }
+}
+
+/// Once the segment holding the snapshot's entry is gone, replay cannot re-check the term:
+/// the record's `last` carries the decision, both ways.
+#[test]
+fn the_snapshot_record_keeps_its_decision_after_the_entry_is_deleted() {
+    for (term, want) in [(1, entries(1, 3..=4)), (2, vec![])] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), None);
+        log.append(0, &[e(1, 1), big(1, 2)]).unwrap();
+        log.append(2, &entries(1, 3..=4)).unwrap();
+        log.compact(meta(2, term)).unwrap();
+        assert_eq!(log.segment_paths().len(), 1, "the first segment is deleted");
+        drop(log);
+        assert_eq!(
+            reopened(tmp.path(), Some(meta(2, term))),
+            want,
+            "term {term}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_of_another_history_drops_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(0, &entries(1, 1..=5)).unwrap();
+    assert_eq!(log.compact(meta(3, 2)).unwrap(), 0);
+    log.append(0, &entries(2, 4..=4)).unwrap();
+    drop(log);
+    assert_eq!(reopened(tmp.path(), Some(meta(3, 2))), entries(2, 4..=4));
+}
+
+/// A crash between publishing a snapshot and writing its record: open compacts, so entries
+/// written later are not hidden behind those of another history.
+#[test]
+fn open_writes_the_snapshot_record_a_crash_left_out() {
+    for (term, kept, next) in [(1, entries(1, 4..=5), e(3, 6)), (2, vec![], e(3, 4))] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), None);
+        log.append(0, &entries(1, 1..=5)).unwrap();
+        drop(log);
+        let snapshot = Some(meta(3, term));
+        let (mut log, replayed) = open(tmp.path(), snapshot);
+        assert_eq!(replayed.entries, kept, "term {term}");
+        log.append(0, std::slice::from_ref(&next)).unwrap();
+        drop(log);
+        let mut want = kept;
+        want.push(next);
+        assert_eq!(reopened(tmp.path(), snapshot), want, "term {term}");
+    }
+}
+
+/// Cuts the last record at every kind of point (header, body, last byte), as a crash leaves
+/// it: the rest of the preallocated file zero, or (a record past the preallocation) the file
+/// ending there; and with garbage after it.
+#[test]
+fn a_torn_last_record_is_cut_off_and_earlier_batches_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(1, &entries(1, 1..=3)).unwrap();
+    let path = log.segment_paths()[0].clone();
+    let good = log.active_len as usize;
+    log.append(4, &entries(1, 4..=6)).unwrap();
+    let end = log.active_len as usize;
+    drop(log);
+    let full = std::fs::read(&path).unwrap();
+    assert_eq!(full.len() as u64, PREALLOC_BYTES, "preallocated");
+    let record = end - good;
+    let zeroed = |cut: usize| {
+        let mut raw = full.clone();
+        raw[good + cut..end].fill(0);
+        raw
+    };
+    let mut garbage = full.clone();
+    garbage[good + 3..end + 100].fill(0xa5);
+    let mut torn: Vec<Vec<u8>> = [1, 4, 7, 8, 9, 20, record / 2, record - 1]
+        .into_iter()
+        .flat_map(|cut| [zeroed(cut), full[..good + cut].to_vec()])
+        .collect();
+    torn.push(garbage);
+    for (n, raw) in torn.into_iter().enumerate() {
+        std::fs::write(&path, &raw).unwrap();
+        let (mut log, replayed) = open(tmp.path(), None);
+        assert_eq!(replayed.entries, entries(1, 1..=3), "case {n}");
+        assert_eq!(replayed.commit, Some(1));
+        assert_eq!(log.active_len as usize, good);
+        let after = std::fs::read(&path).unwrap();
+        assert!(after[good..].iter().all(|&b| b == 0), "case {n}: zeroed");
+        // The log goes on after the cut.
+        log.append(7, &entries(2, 4..=4)).unwrap();
+        drop(log);
+        let mut want = entries(1, 1..=3);
+        want.push(e(2, 4));
+        assert_eq!(reopened(tmp.path(), None), want, "case {n}");
+    }
+}
+
+fn expect_corrupt(err: StorageError, path: &Path, offset: usize, reason: &str) {
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::CorruptLog { .. }), "{msg}");
+    let want = format!(
+        "log segment {} is corrupt at byte {offset} ({reason}",
+        path.display()
+    );
+    assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
+    assert!(msg.ends_with("so it catches up from the leader"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn a_bad_record_followed_by_a_valid_one_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(1, &entries(1, 1..=2)).unwrap();
+    let path = log.segment_paths()[0].clone();
+    let second = log.active_len as usize;
+    log.append(1, &entries(1, 3..=4)).unwrap();
+    log.append(1, &entries(1, 5..=6)).unwrap();
+    drop(log);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[second + 20] ^= 0x08;
+    std::fs::write(&path, &raw).unwrap();
+    let err = SegmentLog::open(tmp.path(), None).unwrap_err();
+    expect_corrupt(
+        err,
+        &path,
+        second,
+        "checksum mismatch, followed by a valid record",
+    );
+}
+
+#[test]
+fn a_bad_record_in_an_earlier_segment_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(1, &[big(1, 1)]).unwrap();
+    log.append(1, &[big(1, 2)]).unwrap();
+    let first = log.segment_paths()[0].clone();
+    drop(log);
+    // Its only record damaged: in the last segment that would be a torn write.
+    let mut raw = std::fs::read(&first).unwrap();
+    raw[100] ^= 1;
+    std::fs::write(&first, &raw).unwrap();
+    let err = SegmentLog::open(tmp.path(), None).unwrap_err();
+    expect_corrupt(err, &first, 0, "checksum mismatch");
+}
+
+#[test]
+fn a_valid_record_that_does_not_decode_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.buf = vec![0; HEADER_LEN];
+    log.buf.push(9);
+    log.write_record(0).unwrap();
+    let path = log.segment_paths()[0].clone();
+    drop(log);
+    let err = SegmentLog::open(tmp.path(), None).unwrap_err();
+    expect_corrupt(err, &path, 0, "checksum matches but unknown record kind 9");
+}
+
+#[test]
+fn a_gap_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(0, &entries(1, 1..=2)).unwrap();
+    // An Entries record starting past the end, never written by persist.
+    log.tail = Tail::new(1, &entries(1, 1..=9));
+    log.append(0, &entries(1, 5..=5)).unwrap();
+    drop(log);
+    let msg = SegmentLog::open(tmp.path(), None).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("log entry 5 in ")
+            && msg.contains("expected index 3: the log must be contiguous from 1"),
+        "{msg}"
+    );
+}

@@ -99,3 +99,21 @@ mod snapshot_file;
 
 pub use error::StorageError;
 pub use sled_store::SledStore;
+
+/// Log entries for the storage tests: `e(term, index)` carries a command naming both.
+#[cfg(test)]
+mod test_entries {
+    use crate::raft::{Entry, Payload};
+
+    pub(crate) fn e(term: u64, index: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes().into()),
+        }
+    }
+
+    pub(crate) fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range.map(|i| e(term, i)).collect()
+    }
+}

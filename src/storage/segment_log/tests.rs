@@ -2,17 +2,7 @@
 
 use super::*;
 
-fn e(term: u64, index: u64) -> Entry {
-    Entry {
-        term,
-        index,
-        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes().into()),
-    }
-}
-
-fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
-    range.map(|i| e(term, i)).collect()
-}
+use crate::storage::test_entries::{e, entries};
 
 /// An entry that nearly fills a segment: the next big one starts a new segment, a small one
 /// still fits.

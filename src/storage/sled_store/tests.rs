@@ -8,17 +8,7 @@ use crate::raft::Payload;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-fn e(term: u64, index: u64) -> Entry {
-    Entry {
-        term,
-        index,
-        payload: Payload::Command(format!("cmd-{term}-{index}").into_bytes().into()),
-    }
-}
-
-fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
-    range.map(|i| e(term, i)).collect()
-}
+use crate::storage::test_entries::{e, entries};
 
 fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
     HardState { term, vote, commit }

@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--vs-etcd] [--quick] [--duration 5s] [--warmup 1s] [--nodes 3|5]
 #                    [--clients "1 16 64 256"] [--workloads "put get"] [--key-space 10000]
-#                    [--out target/bench] [--perf]
+#                    [--out target/bench] [--perf] [--perf-node leader|follower]
 #
 # What it does:
 #  1. installs what is missing (Debian packages: fonts-dejavu-core for the plots; with
@@ -21,7 +21,8 @@
 #
 # --quick: clients 1 and 16, 1 s per run, 0.5 s warmup: well under a minute once built.
 # --perf: records a perf profile of the kvstore leader during the first workload's run with 64 clients
-#   (or the largest count below it) into OUT/perf-leader.txt (Debian package linux-perf).
+#   (or the largest count below it) into OUT/perf-leader.txt (Debian package linux-perf);
+#   with --perf-node follower, of a follower instead, into OUT/perf-follower.txt.
 #
 # Figures from a shared or small machine are noisy: the load generator and all six servers
 # share its cores. Stops every process it started on exit, also on Ctrl-C.
@@ -40,9 +41,10 @@ WORKLOADS="put get"
 KEY_SPACE=10000
 OUT=$ROOT/target/bench
 PERF=0
+PERF_NODE=leader
 NODES=3
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --vs-etcd) VS_ETCD=1 ;;
@@ -55,6 +57,8 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift ;;
     --nodes) NODES=$2; shift ;;
     --perf) PERF=1 ;;
+    --perf-node) PERF=1; PERF_NODE=$2; shift
+      [[ $PERF_NODE == leader || $PERF_NODE == follower ]] || { echo "bench.sh: --perf-node takes leader or follower" >&2; exit 2; } ;;
     -h|--help) usage ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -218,8 +222,9 @@ profile_leader() {
   local id pid
   id=$(kvstore_leader)
   [[ -n $id ]] || { say "perf: no leader to profile"; return; }
+  if [[ $PERF_NODE == follower ]]; then id=$(( id % NODES + 1 )); fi
   pid=${PIDS[kvstore-$id]}
-  say "perf: recording kvstore leader (node $id, pid $pid) for the measured run"
+  say "perf: recording kvstore $PERF_NODE (node $id, pid $pid) for the measured run"
   perf record -F 299 --call-graph dwarf,16384 -p "$pid" -o "$OUT/perf.data" \
     -- sleep "$(secs "$DURATION")" \
     >"$RUN_DIR/perf.log" 2>&1 &
@@ -304,15 +309,15 @@ step "Results ($RESULTS)"
   --subtitle "$(date -u +%Y-%m-%d), $(nproc) cores, $NODES nodes"
 if [[ $PERF == 1 && -f $OUT/perf.data ]]; then
   {
-    echo "# kvstore leader under ${WORKLOAD_LIST[0]} with $PERF_CLIENTS clients: self time (flat), then inclusive time"
+    echo "# kvstore $PERF_NODE under ${WORKLOAD_LIST[0]} with $PERF_CLIENTS clients: self time (flat), then inclusive time"
     echo "# of the kvstore functions (children), from perf record --call-graph dwarf"
     perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol \
       --percent-limit 0.7 -w 8,16,100 2>/dev/null | grep -v '^$'
     echo
     perf report -i "$OUT/perf.data" --stdio --children -g none --sort symbol --dsos kvstore \
       --percent-limit 3 -w 8,8,110 2>/dev/null | grep -v '^$' | head -70
-  } | cut -c1-160 | sed -E 's/ +- +- *$//; s/ *$//' >"$OUT/perf-leader.txt" || true
-  say "perf profile of the leader: $OUT/perf-leader.txt (raw: $OUT/perf.data)"
+  } | cut -c1-160 | sed -E 's/ +- +- *$//; s/ *$//' >"$OUT/perf-$PERF_NODE.txt" || true
+  say "perf profile of the $PERF_NODE: $OUT/perf-$PERF_NODE.txt (raw: $OUT/perf.data)"
 fi
 say "server CPU per run: $OUT/cpu.txt"
 say "machine: $OUT/machine.txt"

@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--vs-etcd] [--quick] [--duration 5s] [--warmup 1s] [--nodes 3|5]
 #                    [--clients "1 16 64 256"] [--workloads "put get"] [--key-space 10000]
-#                    [--out target/bench] [--perf] [--perf-node leader|follower]
+#                    [--out target/bench] [--perf] [--perf-node leader|follower] [--ports 9300]
 #
 # What it does:
 #  1. installs what is missing (Debian packages: fonts-dejavu-core for the plots; with
@@ -24,6 +24,9 @@
 #   (or the largest count below it) into OUT/perf-leader.txt (Debian package linux-perf);
 #   with --perf-node follower, of a follower instead, into OUT/perf-follower.txt.
 #
+# --ports N: kvstore listens on N+1.., etcd on N+11.. (clients) and N+21.. (peers); give two
+#   runs at once different N.
+#
 # Figures from a shared or small machine are noisy: the load generator and all six servers
 # share its cores. Stops every process it started on exit, also on Ctrl-C.
 set -euo pipefail
@@ -42,9 +45,10 @@ KEY_SPACE=10000
 OUT=$ROOT/target/bench
 PERF=0
 PERF_NODE=leader
+PORTS=9300
 NODES=3
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --vs-etcd) VS_ETCD=1 ;;
@@ -57,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift ;;
     --nodes) NODES=$2; shift ;;
     --perf) PERF=1 ;;
+    --ports) PORTS=$2; shift ;;
     --perf-node) PERF=1; PERF_NODE=$2; shift
       [[ $PERF_NODE == leader || $PERF_NODE == follower ]] || { echo "bench.sh: --perf-node takes leader or follower" >&2; exit 2; } ;;
     -h|--help) usage ;;
@@ -72,11 +77,11 @@ RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
 declare -A PIDS=()
 KV_PORTS=() ETCD_CLIENT_PORTS=() ETCD_PEER_PORTS=() KV_ENDPOINTS="" ETCD_ENDPOINTS=""
 for ((i = 1; i <= NODES; i++)); do
-  KV_PORTS+=($((9300 + i)))
-  ETCD_CLIENT_PORTS+=($((23790 + i)))
-  ETCD_PEER_PORTS+=($((23800 + i)))
-  KV_ENDPOINTS+="${KV_ENDPOINTS:+,}127.0.0.1:$((9300 + i))"
-  ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}127.0.0.1:$((23790 + i))"
+  KV_PORTS+=($((PORTS + i)))
+  ETCD_CLIENT_PORTS+=($((PORTS + 10 + i)))
+  ETCD_PEER_PORTS+=($((PORTS + 20 + i)))
+  KV_ENDPOINTS+="${KV_ENDPOINTS:+,}127.0.0.1:$((PORTS + i))"
+  ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}127.0.0.1:$((PORTS + 10 + i))"
 done
 NODE_INDEXES=$(seq 0 $((NODES - 1)))
 

@@ -171,6 +171,33 @@ impl Health {
         self.retry_at_ms.store(0, Ordering::Relaxed);
         self.failures.swap(0, Ordering::Relaxed) > 0
     }
+
+    /// Records a success, logging the end of a streak.
+    fn report_success(&self, peer: &PeerSpec) {
+        if self.succeeded() {
+            info!(addr = %peer.addr, "peer reachable again");
+        }
+    }
+
+    /// Records a failed call (`kind` is the RPC), warning once per streak.
+    fn report_failure(&self, peer: &PeerSpec, kind: &str, status: &tonic::Status) {
+        if self.failed() {
+            warn!(
+                addr = %peer.addr,
+                kind,
+                code = ?status.code(),
+                error = status.message(),
+                "peer call failed; will keep retrying"
+            );
+        } else {
+            debug!(
+                kind,
+                code = ?status.code(),
+                error = status.message(),
+                "peer call failed"
+            );
+        }
+    }
 }
 
 /// The sender task of one peer.
@@ -376,20 +403,8 @@ impl StreamReader {
     async fn run(mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) {
         let status = self.read(requests).await;
         self.window.permits.close();
-        if self.health.failed() {
-            warn!(
-                addr = %self.peer.addr,
-                code = ?status.code(),
-                error = status.message(),
-                "append stream failed; will keep retrying"
-            );
-        } else {
-            debug!(
-                code = ?status.code(),
-                error = status.message(),
-                "append stream failed"
-            );
-        }
+        self.health
+            .report_failure(&self.peer, "AppendStream", &status);
     }
 
     /// Returns why the stream ended.
@@ -410,9 +425,7 @@ impl StreamReader {
                 answer = answers.next() => match answer {
                     Some(Ok(resp)) => {
                         self.window.answered();
-                        if self.health.succeeded() {
-                            info!(addr = %self.peer.addr, "peer reachable again");
-                        }
+                        self.health.report_success(&self.peer);
                         self.node
                             .peer_reply(convert::append_response_in(resp, self.peer.id, self.me));
                     }
@@ -479,28 +492,10 @@ impl Call {
         };
         match result {
             Ok(reply) => {
-                if self.health.succeeded() {
-                    info!(addr = %self.peer.addr, "peer reachable again");
-                }
+                self.health.report_success(&self.peer);
                 self.node.peer_reply(reply);
             }
-            Err(status) => {
-                if self.health.failed() {
-                    warn!(
-                        addr = %self.peer.addr,
-                        code = ?status.code(),
-                        error = status.message(),
-                        "peer call failed; will keep retrying"
-                    );
-                } else {
-                    debug!(
-                        kind,
-                        code = ?status.code(),
-                        error = status.message(),
-                        "peer call failed"
-                    );
-                }
-            }
+            Err(status) => self.health.report_failure(&self.peer, kind, &status),
         }
     }
 }

@@ -123,6 +123,16 @@ async fn wait_for_leader(nodes: &[&TestNode]) -> usize {
     }
 }
 
+/// Starts `n` nodes with data in `dir`; returns them and the leader's position.
+async fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<TestNode>, usize) {
+    let mut nodes = Vec::new();
+    for c in configs(n, dir).await {
+        nodes.push(TestNode::start(c).await);
+    }
+    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    (nodes, l)
+}
+
 async fn put(node: &TestNode, key: &str, value: &str) -> Result<pb::PutResponse, tonic::Status> {
     node.kv()
         .await
@@ -154,12 +164,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_redirect_and_fail_over() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(3, dir.path()).await;
-    let mut nodes = Vec::new();
-    for c in cfgs {
-        nodes.push(TestNode::start(c).await);
-    }
-    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let (mut nodes, l) = start_cluster(3, dir.path()).await;
     let leader_id = nodes[l].config.id;
 
     // A write through the leader is acknowledged with where it took effect.
@@ -762,12 +767,7 @@ async fn append_stream_answers_every_pipelined_append_and_ends_on_a_bad_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_reopens_the_append_stream_to_a_restarted_follower() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(3, dir.path()).await;
-    let mut nodes = Vec::new();
-    for c in cfgs {
-        nodes.push(TestNode::start(c).await);
-    }
-    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let (mut nodes, l) = start_cluster(3, dir.path()).await;
     let f = (l + 1) % 3;
     put(&nodes[l], "k", "before").await.unwrap();
 

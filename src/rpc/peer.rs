@@ -402,9 +402,11 @@ struct StreamReader {
 impl StreamReader {
     async fn run(mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) {
         let status = self.read(requests).await;
-        self.window.permits.close();
+        // Recorded before the window closes: the sender opens the next stream only then, so a
+        // success on it cannot come first and make this failure look like a new streak.
         self.health
             .report_failure(&self.peer, "AppendStream", &status);
+        self.window.permits.close();
     }
 
     /// Returns why the stream ended.

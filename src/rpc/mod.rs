@@ -195,7 +195,11 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RaftServer::new(RaftService::new(config.id, handle.clone())))
+        .add_service(RaftServer::new(RaftService::new(
+            config.id,
+            handle.clone(),
+            stop.clone(),
+        )))
         .add_service(KvServer::new(KvService::new(handle.clone())))
         .add_service(LockServer::new(LockService::new(handle.clone())))
         .add_service(ClusterServer::new(ClusterService::new(

@@ -1,22 +1,29 @@
 //! Outgoing peer traffic: one sender task per peer, behind [`crate::node::Transport`].
 //!
 //! Each sender owns a lazily connecting tonic `Channel` (tonic reconnects on the next call
-//! after a failure), turns each core message into the matching unary RPC, keeps up to
-//! [`MAX_INFLIGHT`] calls in flight (pipelining), and feeds every reply back into the driver
-//! as a message, so replies pass `check_term` in the core like everything else. Failures are
-//! dropped: the core resends on its next heartbeat or election timeout. Nothing here ever
-//! blocks the driver: `send` only does a `try_send` on a bounded queue.
+//! after a failure). AppendEntries (entries and heartbeats) go, in order, into one long-lived
+//! `AppendStream` call per peer, with up to [`MAX_INFLIGHT`] of them unanswered (pipelining);
+//! a reader task per stream feeds each answer back into the driver. The other messages become
+//! unary calls, up to [`MAX_INFLIGHT`] in flight. Every reply enters the driver as a message,
+//! so it passes `check_term` in the core like everything else. Failures are dropped: a broken
+//! stream loses what was in flight on it and is reopened on the next append, and the core
+//! resends on its next heartbeat or election timeout. A stream whose oldest unanswered append
+//! is older than twice the election timeout counts as broken. Nothing here ever blocks the
+//! driver: `send` only does a `try_send` on a bounded queue.
 
 use super::convert::{self, PeerRequest};
 use crate::config::{NodeConfig, PeerSpec};
 use crate::node::{NodeHandle, Transport};
+use crate::pb;
 use crate::pb::raft_client::RaftClient;
 use crate::raft::{Message, NodeId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
@@ -24,7 +31,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 /// Messages queued for one peer before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
-/// Calls in flight to one peer at a time.
+/// Unary calls in flight to one peer at a time, and appends unanswered on its stream.
 pub const MAX_INFLIGHT: usize = 64;
 /// Longest a snapshot transfer may take before the leader gives up on that attempt.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -81,6 +88,8 @@ impl PeerSenders {
                     config.heartbeat_interval,
                     config.election_timeout,
                 )),
+                stall: config.election_timeout * 2,
+                stream: None,
                 tracker: tracker.clone(),
                 stop: stop.clone(),
             };
@@ -162,6 +171,33 @@ impl Health {
         self.retry_at_ms.store(0, Ordering::Relaxed);
         self.failures.swap(0, Ordering::Relaxed) > 0
     }
+
+    /// Records a success, logging the end of a streak.
+    fn report_success(&self, peer: &PeerSpec) {
+        if self.succeeded() {
+            info!(addr = %peer.addr, "peer reachable again");
+        }
+    }
+
+    /// Records a failed call (`kind` is the RPC), warning once per streak.
+    fn report_failure(&self, peer: &PeerSpec, kind: &str, status: &tonic::Status) {
+        if self.failed() {
+            warn!(
+                addr = %peer.addr,
+                kind,
+                code = ?status.code(),
+                error = status.message(),
+                "peer call failed; will keep retrying"
+            );
+        } else {
+            debug!(
+                kind,
+                code = ?status.code(),
+                error = status.message(),
+                "peer call failed"
+            );
+        }
+    }
 }
 
 /// The sender task of one peer.
@@ -175,12 +211,16 @@ struct PeerSender {
     /// One permit per call in flight.
     inflight: Arc<Semaphore>,
     health: Arc<Health>,
+    /// A stream whose oldest unanswered append is this old is given up.
+    stall: Duration,
+    /// The open append stream, if any.
+    stream: Option<AppendStream>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
 
 impl PeerSender {
-    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+    async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
         loop {
             let msg = tokio::select! {
                 biased;
@@ -195,6 +235,12 @@ impl PeerSender {
                 continue;
             }
             let request = match PeerRequest::try_from(msg) {
+                Ok(PeerRequest::Append(req)) => {
+                    if !self.append(req).await {
+                        return;
+                    }
+                    continue;
+                }
                 Ok(r) => r,
                 Err(msg) => {
                     debug!(kind = msg.body.kind(), "not a request: dropped");
@@ -228,6 +274,179 @@ impl PeerSender {
                 }
                 .in_current_span(),
             );
+        }
+    }
+
+    /// Writes `req` into the append stream, opening one if there is none or it broke, after
+    /// waiting for room in its window. Returns false when stopping.
+    async fn append(&mut self, req: pb::AppendEntriesRequest) -> bool {
+        let stream = match self.stream.take() {
+            Some(s) if !s.window.permits.is_closed() => s,
+            _ => self.open_stream(),
+        };
+        let acquired = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return false,
+            p = stream.window.permits.acquire() => match p {
+                // The reader gives the permit back when the answer arrives.
+                Ok(permit) => {
+                    permit.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if !acquired {
+            // The stream broke while we waited: this append is lost like those in flight.
+            trace!("append stream broke: append dropped");
+            return true;
+        }
+        stream.window.sent(Instant::now());
+        if stream.requests.try_send(req).is_err() {
+            // The call is over (never full: the window bounds what is queued); the reader
+            // records why, and the next append opens a new stream.
+            stream.window.permits.close();
+            return true;
+        }
+        self.stream = Some(stream);
+        true
+    }
+
+    /// Starts an `AppendStream` call, and the task that reads its answers.
+    fn open_stream(&self) -> AppendStream {
+        let (requests, rx) = mpsc::channel(MAX_INFLIGHT);
+        let window = Arc::new(Window::new());
+        let reader = StreamReader {
+            me: self.me,
+            peer: self.peer.clone(),
+            client: self.client.clone(),
+            node: self.node.clone(),
+            health: self.health.clone(),
+            window: window.clone(),
+            stall: self.stall,
+        };
+        let stop = self.stop.clone();
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = reader.run(rx) => {}
+                }
+            }
+            .in_current_span(),
+        );
+        AppendStream { requests, window }
+    }
+}
+
+/// The sender's end of an open `AppendStream` call.
+struct AppendStream {
+    requests: mpsc::Sender<pb::AppendEntriesRequest>,
+    window: Arc<Window>,
+}
+
+/// The appends written to one stream and not answered yet.
+#[derive(Debug)]
+struct Window {
+    /// One permit per append that may still be written; closed when the stream broke.
+    permits: Semaphore,
+    /// When each unanswered append was written, oldest first.
+    sent: Mutex<VecDeque<Instant>>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            permits: Semaphore::new(MAX_INFLIGHT),
+            sent: Mutex::new(VecDeque::with_capacity(MAX_INFLIGHT)),
+        }
+    }
+
+    fn sent_times(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        // The deque is left consistent at every point: a panic elsewhere cannot poison it.
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sent(&self, at: Instant) {
+        self.sent_times().push_back(at);
+    }
+
+    /// One answer arrived. Answers come in completion order, not request order, but each
+    /// request is answered once, so dropping the oldest time keeps the count and the oldest
+    /// time no younger than the oldest unanswered request's.
+    fn answered(&self) {
+        if self.sent_times().pop_front().is_some() {
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// When the oldest unanswered append was written.
+    fn oldest(&self) -> Option<Instant> {
+        self.sent_times().front().copied()
+    }
+}
+
+/// Reads the answers of one `AppendStream` call into the driver, until it breaks.
+struct StreamReader {
+    me: NodeId,
+    peer: PeerSpec,
+    client: RaftClient<Channel>,
+    node: NodeHandle,
+    health: Arc<Health>,
+    window: Arc<Window>,
+    stall: Duration,
+}
+
+impl StreamReader {
+    async fn run(mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) {
+        let status = self.read(requests).await;
+        // Recorded before the window closes: the sender opens the next stream only then, so a
+        // success on it cannot come first and make this failure look like a new streak.
+        self.health
+            .report_failure(&self.peer, "AppendStream", &status);
+        self.window.permits.close();
+    }
+
+    /// Returns why the stream ended.
+    async fn read(&mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) -> tonic::Status {
+        let mut answers = match self
+            .client
+            .append_stream(ReceiverStream::new(requests))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return status,
+        };
+        // Checks for a stalled stream; rearmed only when it fires, not per answer.
+        let check = tokio::time::sleep(self.stall);
+        tokio::pin!(check);
+        loop {
+            tokio::select! {
+                answer = answers.next() => match answer {
+                    Some(Ok(resp)) => {
+                        self.window.answered();
+                        self.health.report_success(&self.peer);
+                        self.node
+                            .peer_reply(convert::append_response_in(resp, self.peer.id, self.me));
+                    }
+                    Some(Err(status)) => return status,
+                    None => return tonic::Status::unavailable("the peer ended the append stream"),
+                },
+                () = &mut check => {
+                    let now = Instant::now();
+                    let oldest = self.window.oldest();
+                    if oldest.is_some_and(|t| now.duration_since(t) >= self.stall) {
+                        return tonic::Status::deadline_exceeded(format!(
+                            "no answer to an append for {:?}",
+                            self.stall
+                        ));
+                    }
+                    let next = oldest.unwrap_or(now) + self.stall;
+                    check.as_mut().reset(next.into());
+                }
+            }
         }
     }
 }
@@ -275,28 +494,10 @@ impl Call {
         };
         match result {
             Ok(reply) => {
-                if self.health.succeeded() {
-                    info!(addr = %self.peer.addr, "peer reachable again");
-                }
+                self.health.report_success(&self.peer);
                 self.node.peer_reply(reply);
             }
-            Err(status) => {
-                if self.health.failed() {
-                    warn!(
-                        addr = %self.peer.addr,
-                        code = ?status.code(),
-                        error = status.message(),
-                        "peer call failed; will keep retrying"
-                    );
-                } else {
-                    debug!(
-                        kind,
-                        code = ?status.code(),
-                        error = status.message(),
-                        "peer call failed"
-                    );
-                }
-            }
+            Err(status) => self.health.report_failure(&self.peer, kind, &status),
         }
     }
 }

@@ -1,23 +1,41 @@
 //! `kvstore.v1.Raft`: peer RPCs. Each request goes through the driver into the core, and the
 //! answer is the core's own response message (so it passed `check_term` like everything else).
+//!
+//! `AppendStream` carries a leader's appends over one long-lived stream: each request goes to
+//! the driver as it arrives, without waiting for the answers of the ones before it (a follower
+//! answers an append only after its fsync, so waiting would serialise pipelining and group
+//! commit), and the answers go out in completion order. No task is spawned: the response
+//! stream itself reads the requests and polls the pending answers.
 
 use super::convert;
 use crate::node::NodeHandle;
 use crate::pb;
 use crate::raft::NodeId;
+use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status, Streaming};
+
+/// Requests of one `AppendStream` waiting for the core's answer at a time; the stream is not
+/// read further until one is answered.
+pub const STREAM_WINDOW: usize = 256;
 
 /// The Raft service of one node.
 #[derive(Clone, Debug)]
 pub struct RaftService {
     id: NodeId,
     node: NodeHandle,
+    stop: CancellationToken,
 }
 
 impl RaftService {
-    /// A service answering for node `id` through `node`.
-    pub fn new(id: NodeId, node: NodeHandle) -> Self {
-        RaftService { id, node }
+    /// A service answering for node `id` through `node`. `stop` ends the open append streams
+    /// (the server's graceful shutdown waits for every call to end, and a stream does not end
+    /// on its own).
+    pub fn new(id: NodeId, node: NodeHandle, stop: CancellationToken) -> Self {
+        RaftService { id, node, stop }
     }
 }
 
@@ -41,6 +59,22 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(convert::append_response_out(reply)?))
     }
 
+    type AppendStreamStream = AppendAnswers;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        Ok(Response::new(AppendAnswers {
+            id: self.id,
+            node: self.node.clone(),
+            requests: Some(request.into_inner()),
+            pending: FuturesUnordered::new(),
+            ended: false,
+            stop: Box::pin(self.stop.clone().cancelled_owned()),
+        }))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
@@ -62,5 +96,91 @@ impl pb::raft_server::Raft for RaftService {
         let msg = convert::timeout_now_request_in(request.into_inner(), self.id)?;
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::timeout_now_response_out(reply)?))
+    }
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+
+/// The response stream of one `AppendStream` call.
+///
+/// A request that fails (does not convert, or the driver refuses or drops it) ends the stream
+/// with the status the unary `AppendEntries` would have returned, answers still pending
+/// included: so on a live stream every request is answered exactly once, which is what lets
+/// the leader count its unanswered requests.
+pub struct AppendAnswers {
+    id: NodeId,
+    node: NodeHandle,
+    /// `None` once the leader closed its side.
+    requests: Option<Streaming<pb::AppendEntriesRequest>>,
+    pending: FuturesUnordered<Answer>,
+    /// An error was sent: nothing follows it.
+    ended: bool,
+    /// The node is stopping.
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl AppendAnswers {
+    fn answer(&self, req: pb::AppendEntriesRequest) -> Result<Answer, Status> {
+        let msg = convert::append_request_in(req, self.id)?;
+        let node = self.node.clone();
+        Ok(Box::pin(async move {
+            let reply = node.peer_request(msg).await?;
+            convert::append_response_out(reply)
+        }))
+    }
+
+    fn end(&mut self, status: Status) -> Poll<Option<Result<pb::AppendEntriesResponse, Status>>> {
+        tracing::debug!(code = ?status.code(), error = status.message(), "append stream ended");
+        self.ended = true;
+        self.requests = None;
+        self.pending = FuturesUnordered::new();
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl Stream for AppendAnswers {
+    type Item = Result<pb::AppendEntriesResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.stop.as_mut().poll(cx).is_ready() {
+            return this.end(Status::unavailable("the node is shutting down"));
+        }
+        // Take in every request that has arrived (up to the window), so each reaches the
+        // driver at once; this registers for the next one.
+        while this.pending.len() < STREAM_WINDOW {
+            let Some(requests) = this.requests.as_mut() else {
+                break;
+            };
+            match requests.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(req))) => match this.answer(req) {
+                    Ok(answer) => this.pending.push(answer),
+                    Err(status) => return this.end(status),
+                },
+                Poll::Ready(Some(Err(status))) => return this.end(status),
+                Poll::Ready(None) => this.requests = None,
+                Poll::Pending => break,
+            }
+        }
+        match this.pending.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(resp))) => Poll::Ready(Some(Ok(resp))),
+            Poll::Ready(Some(Err(status))) => this.end(status),
+            // Nothing pending: done if the leader closed its side, else the read above waits.
+            Poll::Ready(None) if this.requests.is_none() => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendAnswers")
+            .field("id", &self.id)
+            .field("pending", &self.pending.len())
+            .field("reading", &self.requests.is_some())
+            .finish()
     }
 }

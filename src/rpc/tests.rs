@@ -123,6 +123,16 @@ async fn wait_for_leader(nodes: &[&TestNode]) -> usize {
     }
 }
 
+/// Starts `n` nodes with data in `dir`; returns them and the leader's position.
+async fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<TestNode>, usize) {
+    let mut nodes = Vec::new();
+    for c in configs(n, dir).await {
+        nodes.push(TestNode::start(c).await);
+    }
+    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    (nodes, l)
+}
+
 async fn put(node: &TestNode, key: &str, value: &str) -> Result<pb::PutResponse, tonic::Status> {
     node.kv()
         .await
@@ -154,12 +164,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_redirect_and_fail_over() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(3, dir.path()).await;
-    let mut nodes = Vec::new();
-    for c in cfgs {
-        nodes.push(TestNode::start(c).await);
-    }
-    let l = wait_for_leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let (mut nodes, l) = start_cluster(3, dir.path()).await;
     let leader_id = nodes[l].config.id;
 
     // A write through the leader is acknowledged with where it took effect.
@@ -671,6 +676,123 @@ async fn new_leader_restarts_leases_and_tokens_keep_growing() {
         err.message(),
         format!("stale fencing token {t1} for lock L (current {t2})")
     );
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// An append from leader 2 in `term` to node 1 of one `Noop` entry at `index` (none if 0).
+fn append_to_1(term: u64, index: u64) -> pb::AppendEntriesRequest {
+    let entries = (index > 0)
+        .then(|| pb::Entry {
+            term,
+            index,
+            r#type: pb::EntryType::Noop as i32,
+            data: Default::default(),
+        })
+        .into_iter()
+        .collect();
+    pb::AppendEntriesRequest {
+        term,
+        leader_id: 2,
+        prev_log_index: index.saturating_sub(1),
+        prev_log_term: if index > 1 { term } else { 0 },
+        entries,
+        leader_commit: 0,
+        to: 1,
+        read_ctx: index,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_stream_answers_every_pipelined_append_and_ends_on_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgs = configs(3, dir.path()).await;
+    // Only node 1 runs; we play its leader, node 2.
+    let mut node = TestNode::start(cfgs[0].clone()).await;
+    let mut raft = pb::raft_client::RaftClient::new(node.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let mut answers = raft
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // 200 appends (one entry each) and a heartbeat, all written before any answer is read.
+    const N: u64 = 200;
+    for i in 1..=N {
+        tx.send(append_to_1(7, i)).await.unwrap();
+    }
+    tx.send(append_to_1(7, 0)).await.unwrap();
+    let mut matched = std::collections::BTreeSet::new();
+    for _ in 0..=N {
+        let a = tokio::time::timeout(DEADLINE, answers.message())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("the stream stays open");
+        assert_eq!((a.term, a.from), (7, 1), "{a:?}");
+        assert!(a.success, "{a:?}");
+        // Each answer echoes its request's ReadIndex context; entry i is matched at i.
+        if a.read_ctx > 0 {
+            assert_eq!(a.match_index, a.read_ctx, "{a:?}");
+        }
+        assert!(matched.insert(a.read_ctx), "answered twice: {a:?}");
+    }
+    assert_eq!(matched, (0..=N).collect(), "every append answered once");
+    assert_eq!(node.status().await.unwrap().last_log_index, N);
+
+    // A message for another node ends the stream with the unary call's status.
+    let mut bad = append_to_1(7, N + 1);
+    bad.to = 3;
+    tx.send(bad).await.unwrap();
+    let err = tokio::time::timeout(DEADLINE, answers.message())
+        .await
+        .expect("an answer in time")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // An open stream does not hold up the node's shutdown.
+    let (tx2, rx2) = tokio::sync::mpsc::channel(1);
+    let _idle = raft
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, node.stop())
+        .await
+        .expect("the node stops with a stream open");
+    drop(tx2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_reopens_the_append_stream_to_a_restarted_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, l) = start_cluster(3, dir.path()).await;
+    let f = (l + 1) % 3;
+    put(&nodes[l], "k", "before").await.unwrap();
+
+    // Restart the follower on the same port: the leader's stream to it breaks.
+    nodes[f].stop().await;
+    put(&nodes[l], "k", "while-down").await.unwrap();
+    nodes[f] = TestNode::start(nodes[f].config.clone()).await;
+
+    // Appends written after the restart reach it over a new stream.
+    for i in 0..20 {
+        put(&nodes[l], "k", &format!("after-{i}")).await.unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = get(&nodes[f], "k", Consistency::Serializable).await {
+            if r.value == "after-19" {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "restarted follower never received the new appends"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for n in &mut nodes {
         n.stop().await;
     }

@@ -215,6 +215,25 @@ pub enum PeerRequest {
     TimeoutNow(pb::TimeoutNowRequest),
 }
 
+/// The RequestVote call for a vote, PreVote or transfer vote request `msg`.
+fn vote(
+    msg: &Message,
+    last_log_index: u64,
+    last_log_term: u64,
+    pre_vote: bool,
+    leadership_transfer: bool,
+) -> PeerRequest {
+    PeerRequest::Vote(pb::RequestVoteRequest {
+        term: msg.term,
+        candidate_id: msg.from,
+        last_log_index,
+        last_log_term,
+        to: msg.to,
+        pre_vote,
+        leadership_transfer,
+    })
+}
+
 impl TryFrom<Message> for PeerRequest {
     /// Responses are not sent on their own: they travel back on the request's call.
     type Error = Message;
@@ -224,27 +243,11 @@ impl TryFrom<Message> for PeerRequest {
             MessageBody::RequestVote {
                 last_log_index,
                 last_log_term,
-            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
-                term: msg.term,
-                candidate_id: msg.from,
-                last_log_index,
-                last_log_term,
-                to: msg.to,
-                pre_vote: false,
-                leadership_transfer: false,
-            })),
+            } => Ok(vote(&msg, last_log_index, last_log_term, false, false)),
             MessageBody::PreVote {
                 last_log_index,
                 last_log_term,
-            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
-                term: msg.term,
-                candidate_id: msg.from,
-                last_log_index,
-                last_log_term,
-                to: msg.to,
-                pre_vote: true,
-                leadership_transfer: false,
-            })),
+            } => Ok(vote(&msg, last_log_index, last_log_term, true, false)),
             MessageBody::AppendEntries {
                 prev_log_index,
                 prev_log_term,
@@ -267,15 +270,7 @@ impl TryFrom<Message> for PeerRequest {
             MessageBody::TransferRequestVote {
                 last_log_index,
                 last_log_term,
-            } => Ok(PeerRequest::Vote(pb::RequestVoteRequest {
-                term: msg.term,
-                candidate_id: msg.from,
-                last_log_index,
-                last_log_term,
-                to: msg.to,
-                pre_vote: false,
-                leadership_transfer: true,
-            })),
+            } => Ok(vote(&msg, last_log_index, last_log_term, false, true)),
             MessageBody::TimeoutNow => Ok(PeerRequest::TimeoutNow(pb::TimeoutNowRequest {
                 term: msg.term,
                 leader_id: msg.from,

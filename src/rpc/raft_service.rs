@@ -54,9 +54,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let msg = convert::append_request_in(request.into_inner(), self.id)?;
-        let reply = self.node.peer_request(msg).await?;
-        Ok(Response::new(convert::append_response_out(reply)?))
+        let answer = append_answer(self.id, &self.node, request.into_inner())?;
+        Ok(Response::new(answer.await?))
     }
 
     type AppendStreamStream = AppendAnswers;
@@ -101,6 +100,22 @@ impl pb::raft_server::Raft for RaftService {
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
 
+/// Converts one AppendEntries request (refusing a malformed one at once) and returns the
+/// future of its answer from node `id`'s driver: the unary call awaits it, a stream collects
+/// it with the others.
+fn append_answer(
+    id: NodeId,
+    node: &NodeHandle,
+    req: pb::AppendEntriesRequest,
+) -> Result<Answer, Status> {
+    let msg = convert::append_request_in(req, id)?;
+    let node = node.clone();
+    Ok(Box::pin(async move {
+        let reply = node.peer_request(msg).await?;
+        convert::append_response_out(reply)
+    }))
+}
+
 /// The response stream of one `AppendStream` call.
 ///
 /// A request that fails (does not convert, or the driver refuses or drops it) ends the stream
@@ -120,15 +135,6 @@ pub struct AppendAnswers {
 }
 
 impl AppendAnswers {
-    fn answer(&self, req: pb::AppendEntriesRequest) -> Result<Answer, Status> {
-        let msg = convert::append_request_in(req, self.id)?;
-        let node = self.node.clone();
-        Ok(Box::pin(async move {
-            let reply = node.peer_request(msg).await?;
-            convert::append_response_out(reply)
-        }))
-    }
-
     fn end(&mut self, status: Status) -> Poll<Option<Result<pb::AppendEntriesResponse, Status>>> {
         tracing::debug!(code = ?status.code(), error = status.message(), "append stream ended");
         self.ended = true;
@@ -156,7 +162,7 @@ impl Stream for AppendAnswers {
                 break;
             };
             match requests.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(req))) => match this.answer(req) {
+                Poll::Ready(Some(Ok(req))) => match append_answer(this.id, &this.node, req) {
                     Ok(answer) => this.pending.push(answer),
                     Err(status) => return this.end(status),
                 },

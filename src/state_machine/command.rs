@@ -115,16 +115,21 @@ pub enum Outcome {
     },
 }
 
+/// postcard bytes of `value` in one allocation of exactly their length (which `Bytes::from`
+/// then takes over without another), instead of a Vec grown several times. Serializing plain
+/// strings, integers and maps into a growable Vec cannot fail; the empty fallback is
+/// unreachable.
+pub(super) fn encode_exact<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let size = postcard::experimental::serialized_size(value).unwrap_or_default();
+    postcard::to_extend(value, Vec::with_capacity(size)).unwrap_or_default()
+}
+
 impl Proposal {
     /// Encodes for a log entry.
     pub fn encode(&self) -> Vec<u8> {
-        // Sized first, so the bytes are written into one allocation of exactly their length
-        // (which `Bytes::from` then takes over without another allocation) instead of
-        // growing a Vec several times per command.
-        let size = postcard::experimental::serialized_size(self).unwrap_or_default();
-        // Serializing plain strings and integers into a growable Vec cannot fail; the empty
-        // fallback is unreachable and would decode as `Undecodable` on every replica alike.
-        postcard::to_extend(self, Vec::with_capacity(size)).unwrap_or_default()
+        // An empty result (unreachable, see `encode_exact`) would decode as `Undecodable` on
+        // every replica alike.
+        encode_exact(self)
     }
 
     /// Decodes from a log entry. Never panics, whatever the bytes.

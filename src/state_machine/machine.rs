@@ -1,6 +1,6 @@
 //! [`StateMachine`]: the KV map, the applied index and the client sessions.
 
-use super::command::{Command, Fence, Outcome, Proposal};
+use super::command::{encode_exact, Command, Fence, Outcome, Proposal};
 use super::error::ApplyError;
 use super::sessions::{ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;
@@ -154,10 +154,7 @@ impl StateMachine {
             sessions: self.sessions.iter().collect(),
             locks: &self.locks,
         };
-        // Sized first: one allocation of exactly the snapshot's length, not a doubling Vec.
-        let size = postcard::experimental::serialized_size(&data).unwrap_or_default();
-        // Serializing strings and integers into a Vec cannot fail.
-        postcard::to_extend(&data, Vec::with_capacity(size)).unwrap_or_default()
+        encode_exact(&data)
     }
 
     /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes.

@@ -175,8 +175,6 @@ pub(crate) struct SegmentLog {
     active_len: u64,
     /// Its file length: zeros from `active_len` on, synced.
     active_alloc: u64,
-    /// Segments were unlinked since the dir's last fsync (made durable with the next one).
-    unlinked: bool,
     /// Reused for every record, so a persist allocates nothing once it has grown.
     buf: Vec<u8>,
     tail: Tail,
@@ -251,7 +249,6 @@ impl SegmentLog {
             active,
             active_len,
             active_alloc,
-            unlinked: false,
             buf: Vec::new(),
             tail: Tail::default(),
             commit: replay.commit,
@@ -263,12 +260,12 @@ impl SegmentLog {
                 // the decision `compact` takes.
                 let log_entries = &replay.entries;
                 let at = log_entries.partition_point(|e| e.index < meta.index);
-                let last = match log_entries.get(at) {
-                    Some(e) if e.index == meta.index && e.term == meta.term => {
-                        log_entries.last().map_or(meta.index, |e| e.index)
-                    }
-                    _ => meta.index,
-                };
+                let term_at = log_entries
+                    .get(at)
+                    .filter(|e| e.index == meta.index)
+                    .map(|e| e.term);
+                let last_index = log_entries.last().map_or(meta.index, |e| e.index);
+                let last = keep_after(meta, term_at, last_index);
                 log.record_snapshot(meta, last)?;
                 replay.snapshot(meta.index, last);
             }
@@ -367,7 +364,11 @@ impl SegmentLog {
         if snapshot.index <= self.snapshot_index {
             return Ok(self.tail.bytes());
         }
-        let last = self.keep_after(snapshot);
+        let last = keep_after(
+            snapshot,
+            self.tail.term_at(snapshot.index),
+            self.tail.last(),
+        );
         self.record_snapshot(snapshot, last)?;
         Ok(self.tail.compact(snapshot.index, last))
     }
@@ -393,16 +394,6 @@ impl SegmentLog {
         self.remove_covered()
     }
 
-    /// The `last` of a Snapshot record for `snapshot`: the log's last index if it holds the
-    /// snapshot's entry with the snapshot's term, else the snapshot's index (keep nothing).
-    fn keep_after(&self, snapshot: SnapshotMeta) -> LogIndex {
-        if self.tail.term_at(snapshot.index) == Some(snapshot.term) {
-            self.tail.last()
-        } else {
-            snapshot.index
-        }
-    }
-
     /// Unlinks the segments before the active one whose entries the last Snapshot record
     /// covers.
     fn remove_covered(&mut self) -> Result<(), StorageError> {
@@ -416,7 +407,6 @@ impl SegmentLog {
                     op: "remove",
                     cause,
                 })?;
-                self.unlinked = true;
             } else {
                 kept.push(segment);
             }
@@ -489,7 +479,6 @@ impl SegmentLog {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let (segment, file) = create_segment(&self.dir, seq)?;
         sync_path(&self.dir)?;
-        self.unlinked = false;
         self.segments.push(segment);
         self.active = file;
         self.active_len = 0;
@@ -634,6 +623,17 @@ impl Replay {
         let end = self.entries.partition_point(|e| e.index <= last);
         self.entries.truncate(end);
         self.snapshot_index = self.snapshot_index.max(index);
+    }
+}
+
+/// The `last` of a Snapshot record for `snapshot`, given the term of the log's entry at the
+/// snapshot's index (if it holds one) and its last index: that last index if the entry has the
+/// snapshot's term, else the snapshot's index (keep nothing).
+fn keep_after(snapshot: SnapshotMeta, term_at: Option<Term>, last_index: LogIndex) -> LogIndex {
+    if term_at == Some(snapshot.term) {
+        last_index
+    } else {
+        snapshot.index
     }
 }
 

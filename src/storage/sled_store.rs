@@ -261,16 +261,6 @@ impl SledStore {
         Ok(())
     }
 
-    /// Stores a snapshot of this node's own applied state: the same as
-    /// [`install_snapshot`](LogStore::install_snapshot), which no longer removes entries one
-    /// by one (a Snapshot record and a few unlinks), so it needs no lazy variant.
-    ///
-    /// # Errors
-    /// Writing, syncing or renaming a file failed.
-    pub fn install_own_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.install_snapshot(snapshot)
-    }
-
     fn sled_err(&self, op: &'static str, e: &sled::Error) -> StorageError {
         StorageError::Sled {
             dir: self.inner.dir.clone(),

@@ -3,8 +3,8 @@
 //! writes and reads; the core drops its in-memory prefix only once the store reports it done.
 //!
 //! The store publishes the file (written, synced and renamed), appends a Snapshot record to
-//! its segment log and deletes the segments the snapshot covers (`SledStore::
-//! install_own_snapshot`). Meanwhile `persist` calls run on another thread: the store
+//! its segment log and deletes the segments the snapshot covers (`LogStore::
+//! install_snapshot`). Meanwhile `persist` calls run on another thread: the store
 //! serializes the two appends to the segment log, and a persist never carries an applied
 //! entry (the snapshot covers only applied ones), so the record cannot drop a newer entry.
 //! Until the core compacts,
@@ -18,6 +18,7 @@ use tracing::info;
 
 use super::Driver;
 use crate::node::error::Fatal;
+use crate::raft::storage::LogStore as _;
 use crate::raft::{Snapshot, SnapshotMeta};
 use crate::storage::StorageError;
 
@@ -75,7 +76,7 @@ impl Driver {
         self.bytes_since_snapshot = 0;
         self.snapshot_size = bytes as u64;
         let mut store = self.store.clone();
-        let handle = tokio::task::spawn_blocking(move || store.install_own_snapshot(&snapshot));
+        let handle = tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot));
         self.snapshot_task = Some(SnapshotTask {
             meta,
             bytes,

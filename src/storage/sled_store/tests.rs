@@ -1302,7 +1302,7 @@ fn restart_time_with_a_million_keys() {
 fn an_own_snapshot_keeps_the_log_after_it() {
     let mut f = SledFixture::new();
     persist(&mut f, Some(hs(1, Some(1), 600)), &entries(1, 1..=600));
-    f.store().install_own_snapshot(&snap(500, 1)).unwrap();
+    f.store().install_snapshot(&snap(500, 1)).unwrap();
     assert_eq!(snapshot_files(&f), vec![snap_name(500, 1)]);
     assert_eq!(stored_indexes(&mut f), (501..=600).collect::<Vec<_>>());
     persist(&mut f, None, &entries(1, 601..=601));

@@ -11,9 +11,18 @@
 //! node or by an explicit `ID=`), in the order given. For a cluster of N nodes whose ids are
 //! 1..=N this means: list the other nodes in increasing id order, and every node agrees on
 //! every id without spelling them out.
+//!
+//! Items are refused at startup, each in one line: an item that names this node itself (its
+//! own id, or its own `HOST:PORT`), an item with a URL scheme (`http://...`), and two items
+//! with the same id or the same address.
+//!
+//! # Cluster identity
+//! [`NodeConfig::members`] (this node and its peers, ids and addresses) and
+//! [`NodeConfig::cluster_token`] (`--initial-cluster-token`) are what the data dir records at
+//! first start and compares with on every later start (`storage/sled_store/identity.rs`).
 
 use crate::raft::NodeId;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +36,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 /// Default bytes of applied commands between snapshots (64 MiB).
 pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
+/// Default `--initial-cluster-token` (etcd's name for the same idea).
+pub const DEFAULT_CLUSTER_TOKEN: &str = "kvstore-cluster";
 /// The election timeout must be at least this many heartbeat intervals, so a few lost or
 /// late heartbeats do not start an election.
 pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
@@ -93,6 +104,9 @@ pub struct NodeConfig {
     pub snapshot_bytes: u64,
     /// How linearizable reads are confirmed.
     pub read_mode: ReadMode,
+    /// Mixed into the cluster id the data dir records at first start, so two clusters with
+    /// the same members (say, a test cluster rebuilt on the same addresses) get different ids.
+    pub cluster_token: String,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -115,6 +129,19 @@ pub enum ConfigError {
     /// Two peers with the same address.
     #[error("invalid --peers: address {0} appears twice")]
     DuplicateAddress(String),
+    /// A peer at this node's own address.
+    #[error("invalid --peers: {addr} is this node's own address (--host {host} --port {port}): list only the other nodes")]
+    PeerIsSelf {
+        /// The peer's address as given.
+        addr: String,
+        /// `--host`.
+        host: String,
+        /// `--port`.
+        port: u16,
+    },
+    /// An empty `--initial-cluster-token`.
+    #[error("--initial-cluster-token must not be empty")]
+    EmptyClusterToken,
     /// The heartbeat interval is below 1 ms.
     #[error("--heartbeat-interval-ms must be at least 1")]
     HeartbeatTooShort,
@@ -146,6 +173,7 @@ impl NodeConfig {
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             read_mode: ReadMode::ReadIndex,
+            cluster_token: DEFAULT_CLUSTER_TOKEN.to_string(),
         }
     }
 
@@ -159,6 +187,9 @@ impl NodeConfig {
         }
         if self.host.is_empty() {
             return Err(ConfigError::EmptyHost);
+        }
+        if self.cluster_token.is_empty() {
+            return Err(ConfigError::EmptyClusterToken);
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -182,6 +213,13 @@ impl NodeConfig {
             }
             if !addrs.insert(p.addr.as_str()) {
                 return Err(ConfigError::DuplicateAddress(p.addr.clone()));
+            }
+            if self.is_own_address(&p.addr) {
+                return Err(ConfigError::PeerIsSelf {
+                    addr: p.addr.clone(),
+                    host: self.host.clone(),
+                    port: self.port,
+                });
             }
         }
         if self.heartbeat_interval < Duration::from_millis(1) {
@@ -210,6 +248,33 @@ impl NodeConfig {
             .iter()
             .find(|p| p.id == id)
             .map(|p| p.addr.clone())
+    }
+
+    /// Every member, this node included: id -> `HOST:PORT`.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        self.peers
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .chain([(self.id, self.address())])
+            .collect()
+    }
+
+    /// Whether `addr` (`HOST:PORT`) is where this node listens: the same port, and the same
+    /// host or two names of this machine (`localhost`, `127.0.0.1`, `::1`, `0.0.0.0`, `::`).
+    fn is_own_address(&self, addr: &str) -> bool {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return false;
+        };
+        if port.parse::<u16>().ok() != Some(self.port) {
+            return false;
+        }
+        let local = |h: &str| {
+            matches!(
+                h.trim_start_matches('[').trim_end_matches(']'),
+                "localhost" | "127.0.0.1" | "::1" | "0.0.0.0" | "::"
+            )
+        };
+        host.eq_ignore_ascii_case(&self.host) || (local(host) && local(&self.host))
     }
 
     /// The ids of the other members.
@@ -284,6 +349,11 @@ fn parse_peer_item(item: &str) -> Result<(Option<NodeId>, String), ConfigError> 
     if item.is_empty() {
         return Err(bad("empty item (stray comma?)"));
     }
+    if item.contains("://") {
+        return Err(bad(
+            "drop the URL scheme: expected PORT, HOST:PORT or ID=HOST:PORT",
+        ));
+    }
     let (id, rest) = match item.split_once('=') {
         Some((id, rest)) => {
             let id: NodeId = id.trim().parse().map_err(|_| bad(PEER_ITEM_SHAPE))?;
@@ -298,7 +368,7 @@ fn parse_peer_item(item: &str) -> Result<(Option<NodeId>, String), ConfigError> 
         Some((host, port)) => (host, port),
         None => (DEFAULT_HOST, rest),
     };
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err(bad(PEER_ITEM_SHAPE));
     }
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
@@ -444,6 +514,96 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         c.host = String::new();
         assert_eq!(c.validate(), Err(ConfigError::EmptyHost));
+    }
+
+    /// `--peers` on top of `NodeConfig::new(id, port)`, validated: the refusal, if any.
+    fn refusal(id: NodeId, port: u16, peers: &str) -> Option<String> {
+        let mut c = NodeConfig::new(id, port);
+        c.peers = match parse_peers(peers, id) {
+            Ok(p) => p,
+            Err(e) => return Some(e.to_string()),
+        };
+        c.validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn peers_naming_this_node_are_refused_in_one_line() {
+        // Its own id, explicit.
+        assert_eq!(
+            refusal(2, 9002, "1=9001,2=9002").as_deref(),
+            Some("invalid --peers: 2=127.0.0.1:9002 has this node's own id: list only the other nodes")
+        );
+        // Its own address, under an implicit id (node 2 on 9002 listing all three ports).
+        assert_eq!(
+            refusal(2, 9002, "9001,9002,9003").as_deref(),
+            Some("invalid --peers: 127.0.0.1:9002 is this node's own address (--host 127.0.0.1 --port 9002): list only the other nodes")
+        );
+        // Another name of the same host and port.
+        assert_eq!(
+            refusal(1, 9001, "3=localhost:9001").as_deref(),
+            Some("invalid --peers: localhost:9001 is this node's own address (--host 127.0.0.1 --port 9001): list only the other nodes")
+        );
+        // The same port on another host is another node.
+        assert_eq!(refusal(1, 9001, "10.0.0.2:9001"), None);
+    }
+
+    #[test]
+    fn peers_with_a_url_scheme_are_refused_in_one_line() {
+        assert_eq!(
+            refusal(1, 9001, "http://127.0.0.1:9002").as_deref(),
+            Some("invalid --peers item \"http://127.0.0.1:9002\": drop the URL scheme: expected PORT, HOST:PORT or ID=HOST:PORT")
+        );
+        assert_eq!(
+            refusal(1, 9001, "9002,3=https://h:9003").as_deref(),
+            Some("invalid --peers item \"3=https://h:9003\": drop the URL scheme: expected PORT, HOST:PORT or ID=HOST:PORT")
+        );
+        assert_eq!(
+            refusal(1, 9001, "h/x:9002").as_deref(),
+            Some("invalid --peers item \"h/x:9002\": expected PORT, HOST:PORT or ID=HOST:PORT")
+        );
+    }
+
+    #[test]
+    fn duplicated_peers_are_refused_in_one_line() {
+        assert_eq!(
+            refusal(1, 9001, "2=9002,2=9003").as_deref(),
+            Some("invalid --peers: peer id 2 appears twice")
+        );
+        assert_eq!(
+            refusal(1, 9001, "9002,3=127.0.0.1:9002").as_deref(),
+            Some("invalid --peers: address 127.0.0.1:9002 appears twice")
+        );
+        let mut c = NodeConfig::new(1, 9001);
+        c.peers = vec![peer(2, "h:1"), peer(2, "h:2")];
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid --peers: peer id 2 appears twice"
+        );
+        c.peers = vec![peer(1, "h:1")];
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid --peers: peer h:1 has this node's own id 1: list only the other nodes"
+        );
+    }
+
+    #[test]
+    fn members_include_this_node_and_an_empty_token_is_refused() {
+        let mut c = NodeConfig::new(2, 9002);
+        c.peers = parse_peers("9001,9003", 2).unwrap();
+        assert_eq!(
+            c.members(),
+            BTreeMap::from([
+                (1, "127.0.0.1:9001".to_string()),
+                (2, "127.0.0.1:9002".to_string()),
+                (3, "127.0.0.1:9003".to_string())
+            ])
+        );
+        assert_eq!(c.cluster_token, DEFAULT_CLUSTER_TOKEN);
+        c.cluster_token = String::new();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--initial-cluster-token must not be empty"
+        );
     }
 
     #[test]

@@ -34,12 +34,13 @@ const EXIT_STORAGE: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(name = "kvstore", version, about)]
 struct Args {
-    /// This node's id (1, 2, 3, ...; unique in the cluster, never 0).
-    #[arg(long, default_value_t = 1)]
+    /// This node's id (1, 2, 3, ...; unique in the cluster, never 0). Required: the data dir
+    /// records it at first start and refuses another one later.
+    #[arg(long)]
     id: u64,
 
-    /// Port for gRPC (clients and peers share it).
-    #[arg(long, default_value_t = 9001)]
+    /// Port for gRPC (clients and peers share it). Required.
+    #[arg(long)]
     port: u16,
 
     /// The other nodes, comma-separated; each item is PORT (host 127.0.0.1), HOST:PORT or
@@ -81,6 +82,12 @@ struct Args {
     /// clock drift between nodes). Use the same mode on every node.
     #[arg(long, default_value = "readindex", value_name = "MODE")]
     read_mode: config::ReadMode,
+
+    /// Mixed into the cluster id the data dir records at first start (with the members' ids
+    /// and addresses), so clusters with the same members get different ids. Give every node
+    /// the same token; a later start with another token is refused.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_TOKEN, value_name = "TOKEN")]
+    initial_cluster_token: String,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -98,6 +105,7 @@ impl TryFrom<Args> for NodeConfig {
             snapshot_entries: a.snapshot_entries,
             snapshot_bytes: a.snapshot_bytes,
             read_mode: a.read_mode,
+            cluster_token: a.initial_cluster_token,
         };
         config.validate()?;
         Ok(config)
@@ -196,8 +204,24 @@ mod tests {
 
     #[test]
     fn defaults_make_a_single_node() {
-        let c = parse(&[]).unwrap();
+        let c = parse(&["--id", "1", "--port", "9001"]).unwrap();
         assert_eq!(c, NodeConfig::new(1, 9001));
+    }
+
+    #[test]
+    fn id_and_port_are_required() {
+        for args in [&[][..], &["--port", "9001"], &["--id", "1"]] {
+            let e = parse(args).unwrap_err();
+            assert!(
+                e.starts_with("error: the following required arguments were not provided"),
+                "{args:?}: {e}"
+            );
+        }
+        let e = parse(&["--id", "1"]).unwrap_err();
+        assert!(
+            e.contains("--port <PORT>") && !e.contains("--id <ID>"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -222,14 +246,22 @@ mod tests {
 
     #[test]
     fn bad_combinations_are_one_line_errors() {
-        let e = parse(&["--election-timeout-ms", "100"]).unwrap_err();
+        let e = parse(&[
+            "--id",
+            "1",
+            "--port",
+            "9001",
+            "--election-timeout-ms",
+            "100",
+        ])
+        .unwrap_err();
         assert_eq!(
             e,
             "--election-timeout-ms (100 ms) must be at least 5 x --heartbeat-interval-ms (50 ms)"
         );
-        let e = parse(&["--id", "0"]).unwrap_err();
+        let e = parse(&["--id", "0", "--port", "9001"]).unwrap_err();
         assert_eq!(e, "--id must not be 0: node ids start at 1");
-        let e = parse(&["--peers", "x"]).unwrap_err();
+        let e = parse(&["--id", "1", "--port", "9001", "--peers", "x"]).unwrap_err();
         assert!(e.starts_with("invalid --peers item \"x\""), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use crate::raft::{
     RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
-use crate::storage::SledStore;
+use crate::storage::{ClusterIdentity, SledStore};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -90,17 +90,20 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Opens and loads the store and rebuilds the core from it.
+    /// Opens the store as this cluster member (checking, or at first start recording, the
+    /// data dir's cluster identity), loads it and rebuilds the core from it.
     ///
     /// # Errors
-    /// The data dir cannot be opened (locked by another process, unreadable, corrupt), or
-    /// the derived Raft configuration is invalid.
+    /// The data dir cannot be opened (locked by another process, unreadable, corrupt), it
+    /// belongs to another node or cluster than the config says, or the derived Raft
+    /// configuration is invalid.
     pub fn open(
         config: Arc<NodeConfig>,
         inbox: Inbox,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, Fatal> {
-        let store = SledStore::open(&config.data_dir)?;
+        let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
+        let store = SledStore::open_as(&config.data_dir, &identity)?;
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);

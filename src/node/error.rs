@@ -3,7 +3,7 @@
 
 use crate::raft::NodeId;
 use crate::state_machine::ApplyError;
-use crate::storage::StorageError;
+use crate::storage::{IdentityError, IdentityMismatch, StorageError};
 
 /// Why one client or peer request failed. `rpc/status.rs` turns these into gRPC statuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +75,10 @@ pub enum Fatal {
     /// The Raft configuration derived from the node config is invalid.
     #[error("invalid raft configuration: {0}")]
     Config(#[from] crate::raft::ConfigError),
+    /// The flags disagree with the cluster identity the data dir recorded (another `--id`,
+    /// another member set, another cluster token): the node refuses to start.
+    #[error(transparent)]
+    Identity(#[from] IdentityMismatch),
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task for data dir {} failed: {cause}", dir.display())]
     StorageTask {
@@ -83,4 +87,13 @@ pub enum Fatal {
         /// why
         cause: String,
     },
+}
+
+impl From<IdentityError> for Fatal {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Mismatch(m) => Fatal::Identity(m),
+            IdentityError::Storage(s) => Fatal::Storage(s),
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! | tree   | key              | value                              |
 //! |--------|------------------|------------------------------------|
 //! | `meta` | `b"hard_state"`  | postcard([`HardState`]) + CRC32    |
+//! | `meta` | `b"identity"`    | postcard((1u8, `ClusterIdentity`)) + CRC32, written once at first start (`sled_store/identity.rs`) |
 //!
 //! Only its term and vote count: they change at elections only, so sled is written (and
 //! synced) rarely. The commit index a load returns is the last one the log recorded

@@ -9,7 +9,8 @@
 //! ```text
 //! <data-dir>/
 //!   LOCK                 held with an exclusive lock while a store is open
-//!   db, conf, snap.*     sled's database: tree `meta`, the hard state (term and vote)
+//!   db, conf, snap.*     sled's database: tree `meta`, the hard state (term and vote) and
+//!                        the cluster identity (sled_store/identity.rs)
 //!   log/
 //!     segment-<seq>.log  the log: records appended in seq order (1, 2, ...)
 //!   snapshots/
@@ -99,6 +100,7 @@ mod snapshot_file;
 
 pub use error::StorageError;
 pub use sled_store::SledStore;
+pub use sled_store::{ClusterIdentity, IdentityError, IdentityMismatch};
 
 /// Log entries for the storage tests: `e(term, index)` carries a command naming both.
 #[cfg(test)]

@@ -422,5 +422,8 @@ fn lock_dir(dir: &Path) -> Result<File, StorageError> {
     }
 }
 
+mod identity;
+pub use identity::{ClusterIdentity, IdentityError, IdentityMismatch};
+
 #[cfg(test)]
 mod tests;

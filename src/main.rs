@@ -5,7 +5,8 @@
 //! are printed as one line, `kvstore: <what happened>`, with a non-zero exit code:
 //! [`EXIT_STORAGE`] when the data dir failed (could not be opened, or a write, flush or
 //! fsync failed while running: the node stops at the first one and never retries it), 1 for
-//! anything else. After a storage failure, fix the disk and start the node again: it
+//! anything else, such as flags its data dir refuses (another `--id`, `--peers` or
+//! `--initial-cluster-token` than it was created with: `storage/sled_store/identity.rs`). After a storage failure, fix the disk and start the node again: it
 //! recovers from what was durable and catches up from the leader.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1088,3 +1088,139 @@ async fn a_leader_that_cannot_reach_its_followers_is_replaced_and_stops_acknowle
     assert_eq!(zombie.value, None, "the refused write was never applied");
     wait_until_node_has(&cluster, old, "key-during", "cut").await;
 }
+
+/// Kills a child process on drop (also after a failed assertion), so no test leaks one.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kvstore` on node `id`'s port and data dir with `flags` instead of its usual ones
+/// (plus the harness's timeouts), expects it to exit within 10 s, and returns its exit code
+/// and stderr.
+async fn start_with_flags(cluster: &Cluster, id: u64, flags: &[String]) -> (Option<i32>, String) {
+    let node = cluster.node(id);
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvstore"))
+        .args(flags)
+        .args(["--port", &node.port.to_string(), "--host", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args([
+            "--election-timeout-ms",
+            &common::ELECTION_TIMEOUT_MS.to_string(),
+        ])
+        .args([
+            "--heartbeat-interval-ms",
+            &common::HEARTBEAT_INTERVAL_MS.to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let status = poll_until(
+        SECS_10,
+        &format!("node {id} started with {flags:?} to refuse and exit"),
+        async || child.0.try_wait().unwrap(),
+    )
+    .await;
+    (
+        status.code(),
+        std::fs::read_to_string(stderr.path()).unwrap(),
+    )
+}
+
+/// The one error line of a refused start, after checking the node never served.
+fn refusal_line(stderr: &str) -> &str {
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for never in ["serving gRPC", "became leader", "became candidate"] {
+        assert!(
+            !stderr.contains(never),
+            "a refused node logged {never:?}:\n{stderr}"
+        );
+    }
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("kvstore: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    errors[0]
+}
+
+/// Issue 11, defect 5: a follower restarted on its data dir without `--peers` became a
+/// one-node cluster (elected itself, acknowledged writes the cluster never saw, and never
+/// caught up afterwards); one restarted with another `--id` started without a word. Both are
+/// refused in one line naming the data dir's identity and the flags; the normal restart still
+/// catches up.
+#[tokio::test]
+async fn a_data_dir_refuses_a_start_without_its_peers_or_with_another_id() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_10).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let mut client = cluster.client();
+    client.put("before", "1").await.unwrap();
+    wait_until_node_has(&cluster, follower, "before", "1").await;
+    assert_eq!(cluster.terminate(follower).await.code(), Some(0));
+    client.put("while-down", "2").await.unwrap();
+
+    let own = format!("{follower}={}", cluster.addr(follower));
+    let peers: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != follower)
+        .map(|id| format!("{id}={}", cluster.addr(id)))
+        .collect();
+    let peers = peers.join(",");
+    let dir = cluster.node(follower).data_dir().display().to_string();
+    let fix = format!(
+        "start it with the flags it was created with (--id {follower} --host 127.0.0.1 --port {} \
+         --peers {peers}), or give it a new, empty data dir",
+        cluster.node(follower).port
+    );
+
+    // (a) No --peers: refused, instead of a cluster of one.
+    let (code, stderr) =
+        start_with_flags(&cluster, follower, &["--id".into(), follower.to_string()]).await;
+    let line = refusal_line(&stderr);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        line.starts_with(&format!(
+            "kvstore: data dir {dir} holds node {follower} of cluster "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(&format!(
+            "but the flags give members {own} (no --peers): {fix}"
+        )),
+        "{line}"
+    );
+
+    // (b) Another --id, with the usual peers: refused too.
+    let flags = [
+        "--id".to_string(),
+        "4".into(),
+        "--peers".into(),
+        peers.clone(),
+    ];
+    let (code, stderr) = start_with_flags(&cluster, follower, &flags).await;
+    let line = refusal_line(&stderr);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        line.ends_with(&format!("but the flags say --id 4: {fix}")),
+        "{line}"
+    );
+
+    // (c) The usual flags: it starts, and catches up with what it missed.
+    cluster.restart(follower);
+    wait_until_node_has(&cluster, follower, "while-down", "2").await;
+    client.put("after", "3").await.unwrap();
+    wait_until_node_has(&cluster, follower, "after", "3").await;
+}

@@ -1224,3 +1224,44 @@ async fn a_data_dir_refuses_a_start_without_its_peers_or_with_another_id() {
     client.put("after", "3").await.unwrap();
     wait_until_node_has(&cluster, follower, "after", "3").await;
 }
+
+/// Issue 11: a Release whose reply was lost and that is sent again was answered "stale token"
+/// (the first one had freed the lock). With the session it carries now, like Put and Delete,
+/// the resent Release is answered with the first one's outcome; without one, as before.
+#[tokio::test]
+async fn a_resent_release_with_the_same_session_is_answered_released() {
+    use kvstore::pb::lock_client::LockClient;
+    use kvstore::pb::{AcquireRequest, ReleaseRequest};
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut locks = LockClient::new(common::channel(&cluster.addr(1)));
+    let token = locks
+        .acquire(AcquireRequest {
+            name: "L".into(),
+            holder: "A".into(),
+            ttl_ms: 60_000,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let release = |session| ReleaseRequest {
+        name: "L".into(),
+        token,
+        session,
+    };
+    let session = Some(Session {
+        client_id: 42,
+        sequence: 5,
+    });
+    locks.release(release(session)).await.unwrap();
+    // The same request again, as a client does when the first reply was lost.
+    locks
+        .release(release(session))
+        .await
+        .expect("a resent release is answered from its session");
+    // Without a session there is nothing to tell it from a stale holder's release.
+    let stale = locks.release(release(None)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+}

@@ -272,7 +272,7 @@ impl Client {
             .collect()
     }
 
-    fn next_session(&mut self) -> pb::Session {
+    pub(super) fn next_session(&mut self) -> pb::Session {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         pb::Session {

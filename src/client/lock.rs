@@ -2,7 +2,9 @@
 //!
 //! Same discovery, redirect and retry rules as writes. Acquire is idempotent for one holder
 //! (the same holder acquiring again gets the same token), so a retried acquire is safe;
-//! keep-alive and release name the token, so resending them is harmless too.
+//! keep-alive names the token, so resending it is harmless too. Release carries the client's
+//! session like a put: a release resent because its reply was lost is answered with the first
+//! one's outcome, not with "stale token" for the lock it already freed.
 //! FAILED_PRECONDITION (stale token, lock held by someone else) is never retried.
 
 use std::time::Duration;
@@ -124,6 +126,7 @@ impl Client {
         let request = pb::ReleaseRequest {
             name: name.to_string(),
             token,
+            session: Some(self.next_session()),
         };
         let response = self
             .run("release", true, |channel| {
@@ -166,5 +169,87 @@ fn millis(duration: Duration) -> u64 {
         1
     } else {
         ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientOptions;
+    use crate::pb::lock_server::{Lock, LockServer};
+    use std::sync::{Arc, Mutex};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status};
+
+    /// A lock server whose first Release frees the lock but loses its reply (UNAVAILABLE),
+    /// and which, like the real one, answers a resent Release from its session: with the
+    /// same session it says released, otherwise "stale token".
+    #[derive(Clone, Default)]
+    struct LosesFirstReleaseReply {
+        /// The session of the Release that freed the lock, once one did.
+        freed_by: Arc<Mutex<Option<Option<pb::Session>>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Lock for LosesFirstReleaseReply {
+        async fn acquire(
+            &self,
+            _: Request<pb::AcquireRequest>,
+        ) -> Result<Response<pb::AcquireResponse>, Status> {
+            Err(Status::unimplemented("not in the fake"))
+        }
+        async fn keep_alive(
+            &self,
+            _: Request<pb::KeepAliveRequest>,
+        ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+            Err(Status::unimplemented("not in the fake"))
+        }
+        async fn validate(
+            &self,
+            _: Request<pb::ValidateRequest>,
+        ) -> Result<Response<pb::ValidateResponse>, Status> {
+            Err(Status::unimplemented("not in the fake"))
+        }
+        async fn release(
+            &self,
+            request: Request<pb::ReleaseRequest>,
+        ) -> Result<Response<pb::ReleaseResponse>, Status> {
+            let session = request.into_inner().session;
+            let mut freed_by = self.freed_by.lock().unwrap();
+            match &*freed_by {
+                None => {
+                    *freed_by = Some(session);
+                    Err(Status::unavailable("connection reset (the reply was lost)"))
+                }
+                Some(first) if first.is_some() && *first == session => {
+                    Ok(Response::new(pb::ReleaseResponse { header: None }))
+                }
+                Some(_) => Err(Status::failed_precondition(
+                    "stale token 3 for lock L (current: none, the lock is not held)",
+                )),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_whose_reply_was_lost_is_resent_with_its_session() {
+        let fake = LosesFirstReleaseReply::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(LockServer::new(fake.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let options = ClientOptions {
+            timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(1),
+            ..ClientOptions::default()
+        };
+        let mut client = Client::with_options(vec![addr], options).unwrap();
+        client.release("L", 3).await.unwrap();
+        let freed_by = fake.freed_by.lock().unwrap().clone().flatten().unwrap();
+        assert_eq!(freed_by.client_id, client.client_id());
     }
 }

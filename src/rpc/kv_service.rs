@@ -46,7 +46,7 @@ pub fn header(h: Header) -> Option<pb::ResponseHeader> {
 }
 
 /// A client session, or none when `client_id` or `sequence` is 0.
-fn session_from_pb(s: Option<pb::Session>) -> Option<Session> {
+pub(super) fn session_from_pb(s: Option<pb::Session>) -> Option<Session> {
     s.filter(|s| s.client_id != 0 && s.sequence != 0)
         .map(|s| Session {
             client_id: s.client_id,

@@ -1,8 +1,10 @@
 //! `kvstore.v1.Lock`: named locks with leases and fencing tokens. Validates, proposes the lock
-//! command (no session: every lock command is idempotent for its holder or token) and maps
-//! the outcome. Lease time is kept by the leader's driver, never here.
+//! command and maps the outcome. Acquire and KeepAlive carry no session (resending them is
+//! idempotent for their holder or token); Release carries the client's session when it sends
+//! one, since a resent Release whose first reply was lost would otherwise find the lock freed
+//! and answer "stale token". Lease time is kept by the leader's driver, never here.
 
-use super::kv_service::{header, validate_name};
+use super::kv_service::{header, session_from_pb, validate_name};
 use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb;
 use crate::state_machine::{ApplyError, Command, Outcome, Proposal};
@@ -32,9 +34,13 @@ impl LockService {
         LockService { node }
     }
 
-    async fn propose(&self, command: Command) -> Result<(Outcome, Header), ClientError> {
+    async fn propose(
+        &self,
+        command: Command,
+        session: Option<pb::Session>,
+    ) -> Result<(Outcome, Header), ClientError> {
         let proposal = Proposal {
-            session: None,
+            session: session_from_pb(session),
             command,
         };
         self.node.propose(proposal.encode()).await
@@ -56,7 +62,7 @@ impl LockService {
                 holder: req.holder.clone(),
                 ttl_ms: req.ttl_ms,
             };
-            match self.propose(command).await {
+            match self.propose(command, None).await {
                 Ok((Outcome::Acquired { token, ttl_ms }, h)) => return Ok((token, ttl_ms, h)),
                 Ok((other, _)) => return Err(unexpected(&other)),
                 Err(ClientError::Apply(ApplyError::LockHeld { .. }))
@@ -138,7 +144,7 @@ impl pb::lock_server::Lock for LockService {
             name: req.name,
             token: req.token,
         };
-        match self.propose(command).await? {
+        match self.propose(command, None).await? {
             (Outcome::KeptAlive { ttl_ms }, h) => Ok(Response::new(pb::KeepAliveResponse {
                 header: header(h),
                 ttl_ms,
@@ -158,7 +164,7 @@ impl pb::lock_server::Lock for LockService {
             name: req.name,
             token: req.token,
         };
-        match self.propose(command).await? {
+        match self.propose(command, req.session).await? {
             (Outcome::Released, h) => Ok(Response::new(pb::ReleaseResponse { header: header(h) })),
             (other, _) => Err(unexpected(&other)),
         }

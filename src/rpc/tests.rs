@@ -419,6 +419,7 @@ async fn release(node: &TestNode, name: &str, token: u64) -> Result<(), tonic::S
         .release(pb::ReleaseRequest {
             name: name.into(),
             token,
+            session: None,
         })
         .await
         .map(|_| ())

@@ -460,6 +460,28 @@ mod locks {
     }
 
     #[test]
+    fn a_release_retried_with_its_session_is_answered_released_not_stale() {
+        // Issue 11: a Release whose reply was lost is resent; with its session (as the Rust
+        // client and the Lock service now send it) the retry gets the first outcome.
+        let mut sm = StateMachine::new();
+        sm.apply(1, &acquire("L", "A", 300)).unwrap();
+        let name = "L".to_string();
+        let tagged = proposal(Command::Release { name, token: 1 }, Some((7, 5)));
+        assert_eq!(sm.apply(2, &tagged), Ok(Outcome::Released));
+        assert_eq!(sm.apply(3, &tagged), Ok(Outcome::Released));
+        assert_eq!(sm.lock("L"), None);
+        // Without a session the same retry cannot be told from a stale holder's release.
+        assert!(matches!(
+            sm.apply(4, &release("L", 1)),
+            Err(ApplyError::StaleToken { current: None, .. })
+        ));
+        // A later grant is not released by the cached answer's session either.
+        assert_eq!(sm.apply(5, &acquire("L", "B", 300)), acquired(5, 300));
+        assert_eq!(sm.apply(6, &tagged), Ok(Outcome::Released));
+        assert_eq!(sm.lock("L").map(|l| l.token), Some(5), "still held by B");
+    }
+
+    #[test]
     fn expire_with_the_current_token_frees_the_lock() {
         let mut sm = StateMachine::new();
         sm.apply(1, &acquire("L", "A", 300)).unwrap();

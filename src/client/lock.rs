@@ -249,7 +249,7 @@ mod tests {
         };
         let mut client = Client::with_options(vec![addr], options).unwrap();
         client.release("L", 3).await.unwrap();
-        let freed_by = fake.freed_by.lock().unwrap().clone().flatten().unwrap();
+        let freed_by = fake.freed_by.lock().unwrap().flatten().unwrap();
         assert_eq!(freed_by.client_id, client.client_id());
     }
 }

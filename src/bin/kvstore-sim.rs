@@ -92,6 +92,10 @@ struct Args {
     /// transfers existed).
     #[arg(long)]
     no_transfers: bool,
+    /// Checker test: the simulated driver drops the fence of every write it proposes, which
+    /// the lock checks must catch.
+    #[arg(long)]
+    strip_fences: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -106,6 +110,7 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     }
     c.disk_faults = !args.no_disk_faults;
     c.transfers = !args.no_transfers;
+    c.strip_fences = args.strip_fences;
     c
 }
 
@@ -135,6 +140,9 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
     }
     if args.no_transfers {
         extra += " --no-transfers";
+    }
+    if args.strip_fences {
+        extra += " --strip-fences";
     }
     format!(
         "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",

@@ -12,8 +12,13 @@
 //! faults stop the cluster elects a leader and converges within a bound.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
-//! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows
-//! (`scenario_tests.rs`), with the same end-of-run checks.
+//! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the
+//! same end-of-run checks.
+//!
+//! Tests: the fixed seeds, the mutation tests and the scripted scenarios are the `simulation`
+//! test target (`tests/simulation/`), a test binary of their own, so their CPU-heavy runs do
+//! not starve the library's timing-sensitive tests; only the determinism test, which needs a
+//! crate-private trace, is a unit test here (`tests.rs`).
 //!
 //! What it may import: `raft`, `state_machine`, `lincheck`, std, rand. No tokio, no clock.
 
@@ -24,11 +29,12 @@ mod locks;
 mod world;
 
 pub use world::{
-    run, Answered, Failure, Outcome, RoleChange, Scenario, ScriptedFault, SimConfig,
+    run, Answered, Failure, Outcome, RoleChange, Scenario, ScriptedFault, SimConfig, Time,
     ELECTION_TIMEOUT, MAX_DELAY,
 };
 
-#[cfg(test)]
-mod scenario_tests;
+/// One millisecond of simulated time ([`Time`] counts microseconds).
+pub const MS: Time = world::MS;
+
 #[cfg(test)]
 mod tests;

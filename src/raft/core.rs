@@ -86,6 +86,9 @@ pub enum Mutation {
     /// stalled process missed) is ignored, so a leader paused past its lease believes it still
     /// holds it when it resumes (a lease kept in timer ticks instead of a monotonic clock).
     LeaseIgnoresStalls,
+    /// Appends carry the ReadIndex round that is still open (not yet broadcast), so an
+    /// acknowledgement of an append sent before a read arrived can confirm that read.
+    StampOpenReadRound,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
@@ -1165,11 +1168,25 @@ impl RaftCore {
             prev_log_term,
             entries,
             leader_commit: self.commit,
-            read_ctx: self.read_round,
+            read_ctx: self.append_read_ctx(),
         };
         let msg = self.message(peer, 0, body);
         // §10.2.1: the leader may send before its own write is durable.
         self.msgs.push(msg);
+    }
+
+    /// The read round an AppendEntries carrying entries confirms when answered: the latest
+    /// round already broadcast, never the open one. Every read of a broadcast round arrived
+    /// before its heartbeats left, so an answer to anything sent later confirms them; a read
+    /// joining the open round may arrive after this append left, and an answer to it proves
+    /// nothing about leadership at that read's time (issue 11, defect 4: with a leadership
+    /// transfer, a new leader can commit a write in between and the read would miss it).
+    fn append_read_ctx(&self) -> u64 {
+        if self.mutation == Mutation::StampOpenReadRound {
+            self.read_round
+        } else {
+            self.read_round_sent
+        }
     }
 
     /// Heartbeat (§5.2): every follower hears from us; followers whose window stalled (lost

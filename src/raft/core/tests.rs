@@ -664,3 +664,83 @@ proptest::proptest! {
         proptest::prop_assert_eq!(super::quorum_value(values.iter().copied(), quorum), want);
     }
 }
+
+// ---------------------------------------------------------------- reads confirmed too early
+
+/// Issue 11, defect 4: a ReadIndex round must be confirmed only by answers to messages sent
+/// after the read arrived. Five nodes; leader L, transfer target T, and a follower F whose
+/// acknowledgement of a write P is delayed:
+///
+/// 1. Read A opens round 1; its heartbeats go out and their answers are lost.
+/// 2. Read A2 arrives while round 1 is unanswered: round 2 opens, not yet sent.
+/// 3. A write P goes out to every follower; their acknowledgements are delayed.
+/// 4. T's acknowledgement arrives (T now holds L's whole log) and L hands leadership to T
+///    (TimeoutNow, which bypasses stickiness). L hears nothing more from anyone.
+/// 5. T wins the next term and commits a write W.
+/// 6. Read B arrives at L, which still believes it leads: B joins the open round 2.
+/// 7. F's acknowledgement of P, sent in step 3 before B arrived, finally reaches L.
+///
+/// Returns how B was served at L (if at all) and W's index. Serving B without W is a stale
+/// read: W was committed before B arrived.
+fn read_after_transfer_with_a_late_ack(mutation: Mutation) -> (Option<ReadState>, LogIndex) {
+    let mut net = Net::new(5);
+    let l = net.elect();
+    net.tick_all();
+    net.nodes.get_mut(&l).unwrap().set_mutation(mutation);
+    let followers: Vec<NodeId> = net.nodes.keys().copied().filter(|&id| id != l).collect();
+    let (target, late) = (followers[0], followers[1]);
+    let term = net.status(l).term;
+    for &f in &followers {
+        net.hold.insert((f, l));
+    }
+    fn leader(net: &mut Net, l: NodeId) -> &mut RaftCore {
+        net.nodes.get_mut(&l).unwrap()
+    }
+    // 1.
+    leader(&mut net, l).read_index(100).unwrap();
+    net.settle();
+    net.held.clear();
+    // 2. and 3.
+    leader(&mut net, l).read_index(101).unwrap();
+    leader(&mut net, l).propose(b"p".to_vec()).unwrap();
+    net.settle();
+    // 4.
+    net.release(|m| m.from == target);
+    assert!(
+        net.reads[&l].is_empty(),
+        "no read can be served yet: only T answered"
+    );
+    leader(&mut net, l).transfer_leadership(target).unwrap();
+    net.settle();
+    // 5.
+    assert_eq!(net.status(target).role, Role::Leader, "T took over");
+    let w = net
+        .nodes
+        .get_mut(&target)
+        .unwrap()
+        .propose(b"w".to_vec())
+        .unwrap();
+    net.settle();
+    assert!(net.status(target).commit >= w.index, "W is committed");
+    // 6.
+    assert_eq!(net.status(l).role, Role::Leader, "L has not heard of it");
+    leader(&mut net, l).read_index(102).unwrap();
+    net.settle();
+    // 7.
+    net.release(|m| m.from == late && m.term == term);
+    let b = net.reads[&l].iter().find(|r| r.id == 102).copied();
+    (b, w.index)
+}
+
+#[test]
+fn a_read_is_never_confirmed_by_an_ack_sent_before_it_arrived() {
+    let (b, w) = read_after_transfer_with_a_late_ack(Mutation::None);
+    assert!(
+        b.is_none_or(|b| b.index >= w),
+        "stale read: read B served at {b:?} although W (index {w}) committed before it arrived"
+    );
+    // The mutation stamps appends with the open round: the same interleaving reads stale.
+    let (b, w) = read_after_transfer_with_a_late_ack(Mutation::StampOpenReadRound);
+    let b = b.expect("with the mutation, the late ack confirms read B");
+    assert!(b.index < w, "{b:?} misses W at {w}");
+}

@@ -332,6 +332,30 @@ impl RaftCore {
         }
     }
 
+    /// Feeds in a peer request whose payload the driver refused (an InstallSnapshot whose
+    /// data does not decode): it passes `check_term` like every message, so a sender of a
+    /// lower term gets the usual rejection with our term and a higher term makes us step down
+    /// first; then the request is answered with a refusal carrying the request's `rpc_id`. A
+    /// leader message of our term still counts as contact with the leader, as any would.
+    pub fn step_refused(&mut self, msg: Message) {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "invariant: step_refused() between ready() and advance()"
+        );
+        if !self.check_term(&msg) {
+            return;
+        }
+        let from_leader = matches!(
+            msg.body,
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+        );
+        if from_leader {
+            // Refused either way; this only notes the leader (or warns of a second one).
+            self.follow_leader_of_term(&msg);
+        }
+        self.reject(&msg);
+    }
+
     /// Advances logical time by one tick: followers and candidates count toward an election,
     /// leaders toward the next heartbeat.
     pub fn tick(&mut self) {

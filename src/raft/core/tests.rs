@@ -744,3 +744,72 @@ fn a_read_is_never_confirmed_by_an_ack_sent_before_it_arrived() {
     let b = b.expect("with the mutation, the late ack confirms read B");
     assert!(b.index < w, "{b:?} misses W at {w}");
 }
+
+// ---------------------------------------------------------------- refused payloads
+
+fn undecodable_snapshot(from: NodeId, term: Term) -> Message {
+    msg(
+        from,
+        1,
+        term,
+        MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta { index: 9, term },
+                data: bytes::Bytes::from_static(b"not a state machine"),
+            },
+        },
+    )
+}
+
+/// The one answer `rd` sends, as (term, success).
+fn refusal_answer(rd: &Ready) -> (Term, bool) {
+    let all = all_msgs(rd);
+    assert_eq!(all.len(), 1, "exactly one answer: {all:?}");
+    assert_eq!(all[0].rpc_id, 7, "the answer carries the request's rpc_id");
+    match all[0].body {
+        MessageBody::AppendEntriesResponse { success, .. } => (all[0].term, success),
+        ref b => panic!("not an append answer: {b:?}"),
+    }
+}
+
+#[test]
+fn a_refused_snapshot_from_a_lower_term_gets_the_term_rejection() {
+    let mut c = core(1, 3, 5, None, &[1]);
+    c.step_refused(undecodable_snapshot(2, 4));
+    let rd = take_ready(&mut c);
+    assert_eq!(refusal_answer(&rd), (5, false), "rejected with our term");
+    assert_eq!(c.status().leader, None, "a stale leader is not followed");
+}
+
+#[test]
+fn a_refused_snapshot_of_a_higher_term_makes_a_leader_step_down_first() {
+    let mut l = leader(0, &[]);
+    let term = l.status().term;
+    l.step_refused(undecodable_snapshot(2, term + 1));
+    let rd = take_ready(&mut l);
+    assert_eq!(l.status().role, Role::Follower);
+    assert_eq!(l.status().term, term + 1);
+    assert_eq!(l.status().leader, Some(2));
+    assert_eq!(refusal_answer(&rd), (term + 1, false));
+    assert!(rd.snapshot.is_none(), "nothing installed");
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(term + 1));
+}
+
+#[test]
+fn a_refused_snapshot_of_our_term_is_refused_and_counts_as_leader_contact() {
+    let mut c = core(1, 3, 2, None, &[1]);
+    campaign(&mut c);
+    take_ready(&mut c);
+    let term = c.status().term;
+    assert_eq!(c.status().role, Role::Candidate);
+    c.step_refused(undecodable_snapshot(3, term));
+    let rd = take_ready(&mut c);
+    assert_eq!(refusal_answer(&rd), (term, false));
+    assert!(rd.snapshot.is_none());
+    assert_eq!(
+        (c.status().role, c.status().leader),
+        (Role::Follower, Some(3)),
+        "§5.2: a candidate hearing from the leader of its term follows it"
+    );
+    assert_eq!(c.status().last_index, 1, "the log is untouched");
+}

@@ -274,12 +274,12 @@ fn fig2_append_commit_is_bounded_by_last_new_entry() {
     assert_eq!(c.status().commit, 2);
 }
 
-/// §5.4.2 / Figure 8: a leader never commits an entry of an earlier term by counting replicas;
-/// it commits it only together with an entry of its own term.
-#[test]
-fn s5_4_2_figure8_old_term_entries_commit_only_via_current_term() {
-    // Node 1 has [1, 2] (term 2 entry from an old leader) and becomes leader of term 4.
+/// Figure 8's setting: node 1 of 5 has [1, 2] (a term-2 entry from an old leader) and becomes
+/// leader of term 4, its no-op at index 3; a majority (1, 2, 3) then holds index 2. Returns
+/// the leader and its commit index at that point.
+fn figure8_old_entry_on_a_majority(mutation: Mutation) -> (RaftCore, LogIndex) {
     let mut c = core(1, 5, 3, None, &[1, 2]);
+    c.set_mutation(mutation);
     campaign(&mut c);
     take_ready(&mut c);
     for v in [2, 3] {
@@ -292,38 +292,52 @@ fn s5_4_2_figure8_old_term_entries_commit_only_via_current_term() {
     }
     assert_eq!(c.status().role, Role::Leader);
     take_ready(&mut c); // no-op (term 4) at index 3 persisted
-    let ack = |m| {
-        msg(
-            0,
-            1,
-            4,
-            MessageBody::AppendEntriesResponse {
-                success: true,
-                match_index: m,
-                conflict_index: 0,
-                conflict_term: 0,
-                read_ctx: 0,
-            },
-        )
-    };
-    // A majority (1, 2, 3) holds index 2, from term 2: it must not commit.
     for from in [2, 3] {
-        let mut m = ack(2);
-        m.from = from;
-        c.step(m);
+        c.step(figure8_ack(from, 2));
     }
-    assert_eq!(
-        c.status().commit,
-        0,
-        "Figure 8: old-term entry committed by counting"
-    );
+    let commit = c.status().commit;
+    (c, commit)
+}
+
+fn figure8_ack(from: NodeId, match_index: LogIndex) -> Message {
+    msg(
+        from,
+        1,
+        4,
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            match_index,
+            conflict_index: 0,
+            conflict_term: 0,
+            read_ctx: 0,
+        },
+    )
+}
+
+/// §5.4.2 / Figure 8: a leader never commits an entry of an earlier term by counting replicas;
+/// it commits it only together with an entry of its own term.
+#[test]
+fn s5_4_2_figure8_old_term_entries_commit_only_via_current_term() {
+    let (mut c, commit) = figure8_old_entry_on_a_majority(Mutation::None);
+    assert_eq!(commit, 0, "Figure 8: old-term entry committed by counting");
     // Once the term-4 no-op is on a majority, everything up to it commits.
     for from in [2, 3] {
-        let mut m = ack(3);
-        m.from = from;
-        c.step(m);
+        c.step(figure8_ack(from, 3));
     }
     assert_eq!(c.status().commit, 3);
+}
+
+/// The check above catches `Mutation::CommitOldTerms` (the README's mutation table claims it):
+/// with the mutation on, the term-2 entry commits by counting replicas.
+#[test]
+fn s5_4_2_figure8_check_catches_the_commit_old_terms_mutation() {
+    let (_, commit) = figure8_old_entry_on_a_majority(Mutation::CommitOldTerms);
+    assert_eq!(
+        commit, 2,
+        "the mutation commits the old-term entry by counting"
+    );
+    // Control: the same steps without it (the test above, in short).
+    assert_eq!(figure8_old_entry_on_a_majority(Mutation::None).1, 0);
 }
 
 /// §5.3: a far-behind follower with a divergent log converges in a few round trips thanks to

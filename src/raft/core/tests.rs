@@ -813,3 +813,175 @@ fn a_refused_snapshot_of_our_term_is_refused_and_counts_as_leader_contact() {
     );
     assert_eq!(c.status().last_index, 1, "the log is untouched");
 }
+
+// ---------------------------------------------------------------- stale rejections
+
+fn reject_hint(from: NodeId, term: Term, conflict_index: LogIndex) -> Message {
+    msg(
+        from,
+        1,
+        term,
+        MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: 0,
+            conflict_index,
+            conflict_term: 0,
+            read_ctx: 0,
+        },
+    )
+}
+
+/// True if `rd` sends `to` a snapshot.
+fn sends_snapshot(rd: &Ready, to: NodeId) -> bool {
+    rd.messages
+        .iter()
+        .any(|m| m.to == to && matches!(m.body, MessageBody::InstallSnapshot { .. }))
+}
+
+/// Issue 11: a rejection of an append sent before a snapshot, arriving after the snapshot's
+/// acknowledgement (it travels on another connection), must not move `matched` back nor send
+/// the snapshot again. Leader 1 replicates to node 2; node 3 acknowledged the no-op, lost the
+/// first batch of entries and rejected the second (hint 2, held back); the leader compacts,
+/// finds node 3 stalled, sends it the snapshot, which node 3 acknowledges; then the old
+/// rejection arrives.
+#[test]
+fn a_rejection_older_than_a_snapshot_ack_is_ignored() {
+    let mut c = leader(0, &[]);
+    let term = c.status().term;
+    c.step(append_resp(3, 1, term, true, 1));
+    take_ready(&mut c);
+    for batch in [2u8..7, 7..12] {
+        for i in batch {
+            c.propose(vec![i]).unwrap();
+        }
+        take_ready(&mut c);
+    }
+    let late = reject_hint(3, term, 2);
+    c.step(append_resp(2, 1, term, true, 11));
+    take_ready(&mut c); // commits and applies 11
+    assert_eq!(c.status().commit, 11);
+    c.compact(11);
+    // Node 3 answers heartbeats (anchored at 0: its match is compacted) until the leader
+    // sees its window stalled and sends the snapshot.
+    let mut snapshot_sent = false;
+    for _ in 0..20 {
+        c.tick();
+        let rd = take_ready(&mut c);
+        snapshot_sent = sends_snapshot(&rd, 3);
+        if !snapshot_sent && heartbeat_round(&rd, 3).is_some() {
+            c.step(append_resp(3, 1, term, true, 0));
+            snapshot_sent = sends_snapshot(&take_ready(&mut c), 3);
+        }
+        if snapshot_sent {
+            break;
+        }
+    }
+    assert!(snapshot_sent, "node 3 stalled and gets the snapshot");
+    c.step(append_resp(3, 1, term, true, 11));
+    take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 11);
+
+    c.step(late);
+    let rd = take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 11, "match never moves back");
+    assert!(!sends_snapshot(&rd, 3), "no second snapshot");
+    // Node 3 keeps answering heartbeats at its match: nothing more is sent to it.
+    for _ in 0..10 {
+        c.tick();
+        let rd = take_ready(&mut c);
+        assert!(!sends_snapshot(&rd, 3), "no second snapshot later either");
+        for m in all_msgs(&rd).into_iter().filter(|m| m.to == 3) {
+            if let MessageBody::AppendEntries { prev_log_index, .. } = m.body {
+                c.step(append_resp(3, 1, term, true, prev_log_index.max(11)));
+            }
+        }
+    }
+    assert_eq!(c.progress[&3].matched, 11);
+}
+
+// ---------------------------------------------------------------- repeated warnings
+
+/// A log sink for one test (tracing's fmt layer writing into a shared buffer).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 11: a follower that will never accept its leader's log (it holds a different
+/// committed entry) logged one warning per AppendEntries, forever. Now: the first, then one
+/// per `WARN_EVERY_TICKS`, carrying the count suppressed.
+#[test]
+fn a_stuck_follower_warns_once_per_interval_not_once_per_message() {
+    use super::warn_limit::WARN_EVERY_TICKS;
+    let buf = LogBuf::default();
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut c = core(2, 3, 1, None, &[1, 1]);
+        c.step(append(1, 2, 1, (2, 1), vec![], 2));
+        take_ready(&mut c);
+        assert_eq!(c.status().commit, 2);
+        let conflicting = Entry {
+            term: 2,
+            index: 2,
+            payload: Payload::Noop,
+        };
+        for _ in 0..3 * WARN_EVERY_TICKS {
+            c.tick();
+            for _ in 0..10 {
+                c.step(append(3, 2, 2, (1, 1), vec![conflicting.clone()], 2));
+                let rd = take_ready(&mut c);
+                assert_eq!(all_msgs(&rd).len(), 1, "each one is still answered");
+            }
+        }
+    });
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refusing to overwrite a committed entry"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "one per interval:\n{logs}");
+    assert!(warnings[0].contains("suppressed=0"), "{}", warnings[0]);
+    assert!(
+        warnings[1].contains(&format!("suppressed={}", 10 * WARN_EVERY_TICKS - 1)),
+        "{}",
+        warnings[1]
+    );
+}
+
+/// A refusal without a hint (the follower will not overwrite a committed entry, or found the
+/// batch malformed) says nothing about where its log ends: the leader used to restart from
+/// index 1 and resend its whole log at once, which the follower refused again, in a loop
+/// (issue 11's stuck node logged at 5.6 MiB/s). Now it changes nothing until the window
+/// stalls.
+#[test]
+fn a_refusal_without_a_hint_neither_lowers_the_match_nor_resends_the_log() {
+    let mut c = leader(0, &[]);
+    let term = c.status().term;
+    for i in 0..5u8 {
+        c.propose(vec![i]).unwrap();
+    }
+    take_ready(&mut c);
+    c.step(append_resp(3, 1, term, true, 6));
+    take_ready(&mut c);
+    c.propose(vec![9]).unwrap();
+    take_ready(&mut c);
+    c.step(reject_hint(3, term, 0));
+    let rd = take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 6);
+    assert!(
+        all_msgs(&rd).iter().all(|m| m.to != 3),
+        "nothing resent at once: {rd:?}"
+    );
+}

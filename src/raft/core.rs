@@ -1,9 +1,10 @@
 //! [`RaftCore`]: one node's consensus state machine (Raft Figure 2).
 //!
-//! Every peer message, request or reply, enters through [`RaftCore::step`], which runs
-//! [`RaftCore::check_term`] first: this is the only place that compares a message's term with
-//! ours. Role changes go through `become_follower` / `become_candidate` / `become_leader`,
-//! which all start with `reset_for_term`, the one place that clears term-dependent state.
+//! Every peer message, request or reply, enters through [`RaftCore::step`] (or
+//! [`RaftCore::step_refused`]), which runs [`RaftCore::check_term`] first: this is the only
+//! place that compares a message's term with ours. Role changes go through `become_follower`
+//! / `become_candidate` / `become_leader`, which all start with `reset_for_term`, the one
+//! place that clears term-dependent state.
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -5,7 +5,7 @@
 //! occurrence of each kind is logged, then at most one per [`WARN_EVERY_TICKS`], carrying how
 //! many were suppressed since the last one logged.
 
-/// Ticks between two logs of one kind of warning (about 10 s at the default 100 ms tick).
+/// Ticks between two logs of one kind of warning (5 s at the default 50 ms heartbeat tick).
 pub(super) const WARN_EVERY_TICKS: u64 = 100;
 
 /// The warnings a peer can repeat at will, one limit each.

@@ -305,22 +305,27 @@ impl Driver {
                 }
             }
             Request::Peer { mut msg, reply } => {
+                let mut refused = false;
                 if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
                     // Decode before the core sees it: a snapshot that is not a state machine
-                    // is refused here and never touches the log or the store.
+                    // never touches the log or the store. The core still answers it, after
+                    // its term check (`step_refused`).
                     match StateMachine::restore(&snapshot.data, Default::default()) {
                         Ok(sm) => self.incoming_snapshot = Some((snapshot.meta, sm)),
                         Err(e) => {
                             warn!(from = msg.from, error = %e, "refusing an undecodable snapshot");
-                            let _ = reply.send(self.refusal(&msg));
-                            return;
+                            refused = true;
                         }
                     }
                 }
                 self.last_rpc_id += 1;
                 msg.rpc_id = self.last_rpc_id;
                 self.peer_waiters.insert(msg.rpc_id, reply);
-                self.core.step(msg);
+                if refused {
+                    self.core.step_refused(msg);
+                } else {
+                    self.core.step(msg);
+                }
             }
             Request::PeerReply { mut msg } => {
                 msg.rpc_id = 0;
@@ -435,23 +440,6 @@ impl Driver {
             cause: e.to_string(),
         })?
         .map_err(Fatal::from)
-    }
-
-    /// The answer to a peer request refused before it reached the core.
-    fn refusal(&self, req: &Message) -> Message {
-        Message {
-            from: self.id,
-            to: req.from,
-            term: self.core.status().term,
-            rpc_id: req.rpc_id,
-            body: MessageBody::AppendEntriesResponse {
-                success: false,
-                match_index: 0,
-                conflict_index: 0,
-                conflict_term: 0,
-                read_ctx: 0,
-            },
-        }
     }
 
     /// Routes responses to waiting peer calls and everything else to the transport.

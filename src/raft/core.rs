@@ -1,9 +1,10 @@
 //! [`RaftCore`]: one node's consensus state machine (Raft Figure 2).
 //!
-//! Every peer message, request or reply, enters through [`RaftCore::step`], which runs
-//! [`RaftCore::check_term`] first: this is the only place that compares a message's term with
-//! ours. Role changes go through `become_follower` / `become_candidate` / `become_leader`,
-//! which all start with `reset_for_term`, the one place that clears term-dependent state.
+//! Every peer message, request or reply, enters through [`RaftCore::step`] (or
+//! [`RaftCore::step_refused`]), which runs [`RaftCore::check_term`] first: this is the only
+//! place that compares a message's term with ours. Role changes go through `become_follower`
+//! / `become_candidate` / `become_leader`, which all start with `reset_for_term`, the one
+//! place that clears term-dependent state.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -11,6 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
+use self::warn_limit::Warning;
 use super::config::{Config, ConfigError};
 use super::log::RaftLog;
 use super::message::{Message, MessageBody};
@@ -20,6 +22,17 @@ use super::types::{
     Entry, HardState, LogIndex, NodeId, Payload, Role, Snapshot, SnapshotMeta, SoftState, Status,
     Term,
 };
+
+/// `warn!` for what a peer can repeat with every message it sends, through the core's rate
+/// limit (`warn_limit.rs`): logged with the node id and the count of occurrences suppressed
+/// since the last one logged, or only counted.
+macro_rules! warn_limited {
+    ($core:ident, $kind:expr, $($rest:tt)*) => {
+        if let Some(suppressed) = $core.warnings.allow($kind) {
+            warn!(node = $core.cfg.id, suppressed, $($rest)*);
+        }
+    };
+}
 
 /// The node is not the leader (or cannot serve the request as leader right now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,11 +99,19 @@ pub enum Mutation {
     /// stalled process missed) is ignored, so a leader paused past its lease believes it still
     /// holds it when it resumes (a lease kept in timer ticks instead of a monotonic clock).
     LeaseIgnoresStalls,
+    /// Appends carry the ReadIndex round that is still open (not yet broadcast), so an
+    /// acknowledgement of an append sent before a read arrived can confirm that read.
+    StampOpenReadRound,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
 /// leader sends it again.
 const SNAPSHOT_STALL_FACTOR: u32 = 20;
+
+/// Heartbeat rounds during which a follower only rejects below what it acknowledged before
+/// the leader concludes it lost its data (`Progress::doubt_round`). A follower with its data
+/// answers the heartbeat of the next round, so two full rounds leave margin.
+const LOST_DATA_ROUNDS: u32 = 3;
 
 /// A linearizable read waiting for a quorum to confirm this leader (Raft thesis §6.4).
 #[derive(Clone, Copy, Debug)]
@@ -170,6 +191,8 @@ pub struct RaftCore {
     mutation: Mutation,
     /// A leader's snapshot accepted by this follower, handed out in the next Ready.
     pending_snapshot: Option<Snapshot>,
+    /// Rate limit of the warnings a peer can repeat with every message (`warn_limit.rs`).
+    warnings: warn_limit::WarnLimit,
 }
 
 /// The highest value that at least `quorum` of `values` (one per voter) have reached: the
@@ -256,6 +279,7 @@ impl RaftCore {
             in_flight: None,
             mutation: Mutation::None,
             pending_snapshot: None,
+            warnings: warn_limit::WarnLimit::default(),
             cfg,
         };
         core.randomize_election_timeout();
@@ -329,9 +353,34 @@ impl RaftCore {
         }
     }
 
+    /// Feeds in a peer request whose payload the driver refused (an InstallSnapshot whose
+    /// data does not decode): it passes `check_term` like every message, so a sender of a
+    /// lower term gets the usual rejection with our term and a higher term makes us step down
+    /// first; then the request is answered with a refusal carrying the request's `rpc_id`. A
+    /// leader message of our term still counts as contact with the leader, as any would.
+    pub fn step_refused(&mut self, msg: Message) {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "invariant: step_refused() between ready() and advance()"
+        );
+        if !self.check_term(&msg) {
+            return;
+        }
+        let from_leader = matches!(
+            msg.body,
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+        );
+        if from_leader {
+            // Refused either way; this only notes the leader (or warns of a second one).
+            self.follow_leader_of_term(&msg);
+        }
+        self.reject(&msg);
+    }
+
     /// Advances logical time by one tick: followers and candidates count toward an election,
     /// leaders toward the next heartbeat.
     pub fn tick(&mut self) {
+        self.warnings.tick();
         self.lease_tick();
         self.transfer_tick();
         match self.role {
@@ -565,8 +614,9 @@ impl RaftCore {
         // never be followed by an election (term + 1 would overflow). Refuse it before it can
         // touch our term.
         if !self.cfg.peers.contains(&msg.from) || msg.term == Term::MAX {
-            warn!(
-                node = self.cfg.id,
+            warn_limited!(
+                self,
+                Warning::NonMember,
                 from = msg.from,
                 term = msg.term,
                 "refusing a message from a non-member or with an impossible term"
@@ -947,8 +997,9 @@ impl RaftCore {
             Some(e.index) == prev_log_index.checked_add(i as u64 + 1) && e.term <= msg.term
         });
         if !well_formed {
-            warn!(
-                node = self.cfg.id,
+            warn_limited!(
+                self,
+                Warning::MalformedAppend,
                 from = msg.from,
                 "dropping malformed AppendEntries"
             );
@@ -987,8 +1038,9 @@ impl RaftCore {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
                     if e.index <= self.commit {
-                        warn!(
-                            node = self.cfg.id,
+                        warn_limited!(
+                            self,
+                            Warning::OverwriteCommitted,
                             from = msg.from,
                             index = e.index,
                             "refusing to overwrite a committed entry"
@@ -1031,8 +1083,9 @@ impl RaftCore {
     pub(super) fn follow_leader_of_term(&mut self, msg: &Message) -> bool {
         match self.role {
             Role::Leader => {
-                warn!(
-                    node = self.cfg.id,
+                warn_limited!(
+                    self,
+                    Warning::SecondLeader,
                     from = msg.from,
                     term = self.term,
                     kind = msg.body.kind(),
@@ -1079,14 +1132,18 @@ impl RaftCore {
         } else if pr.state == ProgressState::Snapshot {
             // A late rejection of an append sent before the snapshot: keep waiting for the
             // snapshot's answer (or its stall timeout).
+        } else if conflict_term == 0 && conflict_index == 0 {
+            // A refusal without a hint (a malformed batch, a committed entry it will not
+            // overwrite): not about where its log ends, so nothing to back off to. The
+            // window's stall detection probes again if nothing else moves.
+        } else if conflict_term == 0 && conflict_index <= pr.matched {
+            // "My log ends before what I acknowledged in this term": an old rejection
+            // overtaken by later acknowledgements (e.g. a snapshot's, which travels on
+            // another connection). Acting on it would move `matched` back and send a
+            // snapshot again. Ignored, but noted: a follower that lost its data answers only
+            // this, and `heartbeat_round` restarts it from what it holds.
+            pr.doubt(conflict_index);
         } else {
-            if conflict_term == 0 && conflict_index <= pr.matched {
-                // The follower's log is shorter than what it acknowledged in this term: it
-                // lost its data (a wiped data dir), or this is an old rejection overtaken by
-                // later acks. Either way, start again from what it says it holds; a leader
-                // that trusted the old match would wait forever.
-                pr.matched = conflict_index.saturating_sub(1);
-            }
             // §5.3 fast back-off with the follower's conflict hint.
             let hinted = if conflict_term == 0 {
                 conflict_index
@@ -1165,11 +1222,25 @@ impl RaftCore {
             prev_log_term,
             entries,
             leader_commit: self.commit,
-            read_ctx: self.read_round,
+            read_ctx: self.append_read_ctx(),
         };
         let msg = self.message(peer, 0, body);
         // §10.2.1: the leader may send before its own write is durable.
         self.msgs.push(msg);
+    }
+
+    /// The read round an AppendEntries carrying entries confirms when answered: the latest
+    /// round already broadcast, never the open one. Every read of a broadcast round arrived
+    /// before its heartbeats left, so an answer to anything sent later confirms them; a read
+    /// joining the open round may arrive after this append left, and an answer to it proves
+    /// nothing about leadership at that read's time (issue 11, defect 4: with a leadership
+    /// transfer, a new leader can commit a write in between and the read would miss it).
+    fn append_read_ctx(&self) -> u64 {
+        if self.mutation == Mutation::StampOpenReadRound {
+            self.read_round
+        } else {
+            self.read_round_sent
+        }
     }
 
     /// Heartbeat (§5.2): every follower hears from us; followers whose window stalled (lost
@@ -1189,7 +1260,15 @@ impl RaftCore {
             } else {
                 stall_rounds
             };
-            if pr.stalled(limit) {
+            if let Some(next) = pr.doubt_round(LOST_DATA_ROUNDS) {
+                warn_limited!(
+                    self,
+                    Warning::LostData,
+                    peer = p,
+                    next,
+                    "follower lost entries it acknowledged, replicating again from its log's end"
+                );
+            } else if pr.stalled(limit) {
                 debug!(
                     node = self.cfg.id,
                     peer = p,
@@ -1323,5 +1402,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod transfer;
+mod warn_limit;
 
 pub use self::transfer::TransferError;

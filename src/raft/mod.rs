@@ -2,7 +2,8 @@
 //!
 //! # Contract
 //! [`RaftCore`] is a deterministic state machine. Its inputs are [`RaftCore::step`] (a message
-//! from a peer, request or reply), [`RaftCore::tick`] (logical time), [`RaftCore::propose`]
+//! from a peer, request or reply; [`RaftCore::step_refused`] for a request whose payload the
+//! driver could not accept), [`RaftCore::tick`] (logical time), [`RaftCore::propose`]
 //! (a client command) and [`RaftCore::read_index`] (a linearizable read). Its output is a
 //! [`Ready`] batch, taken with [`RaftCore::ready`] and acknowledged with [`RaftCore::advance`]
 //! once the driver has handled it (see `ready.rs` for the obligations and their order).
@@ -13,8 +14,8 @@
 //! replay a failing seed.
 //!
 //! # Invariants
-//! - `step` passes every message through `check_term` first; no other code compares a
-//!   message's term with ours.
+//! - `step` (and `step_refused`) pass every message through `check_term` first; no other
+//!   code compares a message's term with ours.
 //! - `applied <= commit <= last_index`, and entries are handed out to apply only once durable.
 //! - A vote grant or an append ack is only ever put in `Ready::persisted_messages`.
 #![warn(missing_docs)]

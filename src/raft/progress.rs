@@ -21,7 +21,8 @@ pub(crate) enum ProgressState {
 #[derive(Clone, Debug)]
 pub(crate) struct Progress {
     /// Highest index known to be replicated on the follower. Only ever moves forward within a
-    /// term (replies can arrive out of order).
+    /// term (replies can arrive out of order; a rejection never lowers it), except when the
+    /// follower shows it lost its data (`doubt_round`).
     pub(crate) matched: LogIndex,
     /// Next index to send. Invariant: `matched < next`.
     pub(crate) next: LogIndex,
@@ -36,6 +37,14 @@ pub(crate) struct Progress {
     pub(crate) read_ack: u64,
     /// Answered since the leader's last CheckQuorum test.
     pub(crate) recent_active: bool,
+    /// The lowest hint of the rejections "my log ends before `matched`" received since the
+    /// follower last acknowledged `matched` or more. A follower keeps what it acknowledged in
+    /// this term, so such a rejection is stale (it answers an append sent before those
+    /// acknowledgements, e.g. overtaken by a snapshot's answer) and is ignored, unless the
+    /// follower lost its data: then they keep coming and nothing acknowledges `matched`.
+    pub(crate) doubt: Option<LogIndex>,
+    /// Heartbeat rounds `doubt` has lasted.
+    pub(crate) doubt_rounds: u32,
 }
 
 impl Progress {
@@ -48,6 +57,8 @@ impl Progress {
             stalled_rounds: 0,
             read_ack: 0,
             recent_active: false,
+            doubt: None,
+            doubt_rounds: 0,
         }
     }
 
@@ -70,6 +81,11 @@ impl Progress {
 
     /// The follower acknowledged up to `index`. Returns true if `matched` moved.
     pub(crate) fn ack(&mut self, index: LogIndex) -> bool {
+        if index >= self.matched {
+            // The follower still holds what it acknowledged: earlier doubts were stale.
+            self.doubt = None;
+            self.doubt_rounds = 0;
+        }
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
         }
@@ -115,6 +131,34 @@ impl Progress {
         }
         self.stalled_rounds += 1;
         self.stalled_rounds >= limit
+    }
+
+    /// A rejection saying the follower's log ends before `hint`, where `hint <= matched`: see
+    /// `doubt`. Changes nothing else (`matched` never moves back on a rejection).
+    pub(crate) fn doubt(&mut self, hint: LogIndex) {
+        debug_assert!(
+            hint <= self.matched,
+            "invariant: only hints below the match"
+        );
+        self.doubt = Some(self.doubt.map_or(hint, |d| d.min(hint)));
+    }
+
+    /// Called once per heartbeat round. If rejections below `matched` went on for `limit`
+    /// rounds with no acknowledgement of `matched` in between (the follower answers a
+    /// heartbeat within a round), the follower lost its data (a wiped data dir): this is the
+    /// one case where `matched` moves back, to what the follower says it holds, and
+    /// replication starts again from there. Returns the new `next` when that happens.
+    pub(crate) fn doubt_round(&mut self, limit: u32) -> Option<LogIndex> {
+        let hint = self.doubt?;
+        self.doubt_rounds += 1;
+        if self.doubt_rounds < limit {
+            return None;
+        }
+        self.doubt = None;
+        self.doubt_rounds = 0;
+        self.matched = hint.saturating_sub(1);
+        self.become_probe(hint);
+        Some(self.next)
     }
 
     /// A snapshot covering up to `index` was sent: wait for its answer.
@@ -196,6 +240,36 @@ mod tests {
             (ProgressState::Replicate, 50, 51)
         );
         assert!(p.can_send(8));
+    }
+
+    #[test]
+    fn a_doubt_cleared_by_an_ack_of_the_match_never_moves_it_back() {
+        let mut p = Progress::new(1);
+        p.ack(10);
+        p.doubt(4);
+        assert_eq!(p.doubt_round(2), None);
+        assert!(!p.ack(10), "a heartbeat answer at the match");
+        assert_eq!(
+            p.doubt, None,
+            "the follower still holds its match: the doubt was stale"
+        );
+        for _ in 0..5 {
+            assert_eq!(p.doubt_round(2), None);
+        }
+        assert_eq!((p.matched, p.state), (10, ProgressState::Replicate));
+    }
+
+    #[test]
+    fn a_doubt_that_lasts_means_lost_data() {
+        let mut p = Progress::new(1);
+        p.ack(10);
+        p.doubt(4);
+        p.doubt(2);
+        assert!(!p.ack(3), "an answer below the match does not clear it");
+        assert_eq!(p.doubt_round(2), None);
+        assert_eq!(p.doubt_round(2), Some(2), "restart from the lowest hint");
+        assert_eq!((p.matched, p.next, p.state), (1, 2, ProgressState::Probe));
+        assert_eq!(p.doubt, None);
     }
 
     #[test]

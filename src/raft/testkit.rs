@@ -103,6 +103,10 @@ pub(crate) struct Net {
     pub(crate) reads: BTreeMap<NodeId, Vec<ReadState>>,
     /// Directed links that drop everything.
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
+    /// Directed links that delay everything: their messages wait in `held` until `release`.
+    pub(crate) hold: BTreeSet<(NodeId, NodeId)>,
+    /// Messages delayed on a `hold` link, in the order they were sent.
+    pub(crate) held: Vec<Message>,
     /// Snapshots each node installed from a leader, in order.
     pub(crate) installed: BTreeMap<NodeId, Vec<SnapshotMeta>>,
     /// Messages delivered so far, by kind.
@@ -122,6 +126,8 @@ impl Net {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             cut: BTreeSet::new(),
+            hold: BTreeSet::new(),
+            held: Vec::new(),
             installed: BTreeMap::new(),
             delivered: BTreeMap::new(),
         };
@@ -218,6 +224,10 @@ impl Net {
                 if self.cut.contains(&(m.from, m.to)) {
                     continue;
                 }
+                if self.hold.contains(&(m.from, m.to)) {
+                    self.held.push(m);
+                    continue;
+                }
                 *self.delivered.entry(m.body.kind()).or_default() += 1;
                 if let Some(c) = self.nodes.get_mut(&m.to) {
                     c.step(m);
@@ -225,6 +235,22 @@ impl Net {
             }
         }
         panic!("network did not settle");
+    }
+
+    /// Delivers the held messages that `which` selects (late, in the order they were sent),
+    /// then settles.
+    pub(crate) fn release(&mut self, which: impl Fn(&Message) -> bool) {
+        let (late, keep): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| which(m));
+        self.held = keep;
+        for m in late {
+            *self.delivered.entry(m.body.kind()).or_default() += 1;
+            if let Some(c) = self.nodes.get_mut(&m.to) {
+                c.step(m);
+            }
+        }
+        self.settle();
     }
 
     /// Ticks every node once, then settles.

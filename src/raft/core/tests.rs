@@ -664,3 +664,324 @@ proptest::proptest! {
         proptest::prop_assert_eq!(super::quorum_value(values.iter().copied(), quorum), want);
     }
 }
+
+// ---------------------------------------------------------------- reads confirmed too early
+
+/// Issue 11, defect 4: a ReadIndex round must be confirmed only by answers to messages sent
+/// after the read arrived. Five nodes; leader L, transfer target T, and a follower F whose
+/// acknowledgement of a write P is delayed:
+///
+/// 1. Read A opens round 1; its heartbeats go out and their answers are lost.
+/// 2. Read A2 arrives while round 1 is unanswered: round 2 opens, not yet sent.
+/// 3. A write P goes out to every follower; their acknowledgements are delayed.
+/// 4. T's acknowledgement arrives (T now holds L's whole log) and L hands leadership to T
+///    (TimeoutNow, which bypasses stickiness). L hears nothing more from anyone.
+/// 5. T wins the next term and commits a write W.
+/// 6. Read B arrives at L, which still believes it leads: B joins the open round 2.
+/// 7. F's acknowledgement of P, sent in step 3 before B arrived, finally reaches L.
+///
+/// Returns how B was served at L (if at all) and W's index. Serving B without W is a stale
+/// read: W was committed before B arrived.
+fn read_after_transfer_with_a_late_ack(mutation: Mutation) -> (Option<ReadState>, LogIndex) {
+    let mut net = Net::new(5);
+    let l = net.elect();
+    net.tick_all();
+    net.nodes.get_mut(&l).unwrap().set_mutation(mutation);
+    let followers: Vec<NodeId> = net.nodes.keys().copied().filter(|&id| id != l).collect();
+    let (target, late) = (followers[0], followers[1]);
+    let term = net.status(l).term;
+    for &f in &followers {
+        net.hold.insert((f, l));
+    }
+    fn leader(net: &mut Net, l: NodeId) -> &mut RaftCore {
+        net.nodes.get_mut(&l).unwrap()
+    }
+    // 1.
+    leader(&mut net, l).read_index(100).unwrap();
+    net.settle();
+    net.held.clear();
+    // 2. and 3.
+    leader(&mut net, l).read_index(101).unwrap();
+    leader(&mut net, l).propose(b"p".to_vec()).unwrap();
+    net.settle();
+    // 4.
+    net.release(|m| m.from == target);
+    assert!(
+        net.reads[&l].is_empty(),
+        "no read can be served yet: only T answered"
+    );
+    leader(&mut net, l).transfer_leadership(target).unwrap();
+    net.settle();
+    // 5.
+    assert_eq!(net.status(target).role, Role::Leader, "T took over");
+    let w = net
+        .nodes
+        .get_mut(&target)
+        .unwrap()
+        .propose(b"w".to_vec())
+        .unwrap();
+    net.settle();
+    assert!(net.status(target).commit >= w.index, "W is committed");
+    // 6.
+    assert_eq!(net.status(l).role, Role::Leader, "L has not heard of it");
+    leader(&mut net, l).read_index(102).unwrap();
+    net.settle();
+    // 7.
+    net.release(|m| m.from == late && m.term == term);
+    let b = net.reads[&l].iter().find(|r| r.id == 102).copied();
+    (b, w.index)
+}
+
+#[test]
+fn a_read_is_never_confirmed_by_an_ack_sent_before_it_arrived() {
+    let (b, w) = read_after_transfer_with_a_late_ack(Mutation::None);
+    assert!(
+        b.is_none_or(|b| b.index >= w),
+        "stale read: read B served at {b:?} although W (index {w}) committed before it arrived"
+    );
+    // The mutation stamps appends with the open round: the same interleaving reads stale.
+    let (b, w) = read_after_transfer_with_a_late_ack(Mutation::StampOpenReadRound);
+    let b = b.expect("with the mutation, the late ack confirms read B");
+    assert!(b.index < w, "{b:?} misses W at {w}");
+}
+
+// ---------------------------------------------------------------- refused payloads
+
+fn undecodable_snapshot(from: NodeId, term: Term) -> Message {
+    msg(
+        from,
+        1,
+        term,
+        MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta { index: 9, term },
+                data: bytes::Bytes::from_static(b"not a state machine"),
+            },
+        },
+    )
+}
+
+/// The one answer `rd` sends, as (term, success).
+fn refusal_answer(rd: &Ready) -> (Term, bool) {
+    let all = all_msgs(rd);
+    assert_eq!(all.len(), 1, "exactly one answer: {all:?}");
+    assert_eq!(all[0].rpc_id, 7, "the answer carries the request's rpc_id");
+    match all[0].body {
+        MessageBody::AppendEntriesResponse { success, .. } => (all[0].term, success),
+        ref b => panic!("not an append answer: {b:?}"),
+    }
+}
+
+#[test]
+fn a_refused_snapshot_from_a_lower_term_gets_the_term_rejection() {
+    let mut c = core(1, 3, 5, None, &[1]);
+    c.step_refused(undecodable_snapshot(2, 4));
+    let rd = take_ready(&mut c);
+    assert_eq!(refusal_answer(&rd), (5, false), "rejected with our term");
+    assert_eq!(c.status().leader, None, "a stale leader is not followed");
+}
+
+#[test]
+fn a_refused_snapshot_of_a_higher_term_makes_a_leader_step_down_first() {
+    let mut l = leader(0, &[]);
+    let term = l.status().term;
+    l.step_refused(undecodable_snapshot(2, term + 1));
+    let rd = take_ready(&mut l);
+    assert_eq!(l.status().role, Role::Follower);
+    assert_eq!(l.status().term, term + 1);
+    assert_eq!(l.status().leader, Some(2));
+    assert_eq!(refusal_answer(&rd), (term + 1, false));
+    assert!(rd.snapshot.is_none(), "nothing installed");
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(term + 1));
+}
+
+#[test]
+fn a_refused_snapshot_of_our_term_is_refused_and_counts_as_leader_contact() {
+    let mut c = core(1, 3, 2, None, &[1]);
+    campaign(&mut c);
+    take_ready(&mut c);
+    let term = c.status().term;
+    assert_eq!(c.status().role, Role::Candidate);
+    c.step_refused(undecodable_snapshot(3, term));
+    let rd = take_ready(&mut c);
+    assert_eq!(refusal_answer(&rd), (term, false));
+    assert!(rd.snapshot.is_none());
+    assert_eq!(
+        (c.status().role, c.status().leader),
+        (Role::Follower, Some(3)),
+        "§5.2: a candidate hearing from the leader of its term follows it"
+    );
+    assert_eq!(c.status().last_index, 1, "the log is untouched");
+}
+
+// ---------------------------------------------------------------- stale rejections
+
+fn reject_hint(from: NodeId, term: Term, conflict_index: LogIndex) -> Message {
+    msg(
+        from,
+        1,
+        term,
+        MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: 0,
+            conflict_index,
+            conflict_term: 0,
+            read_ctx: 0,
+        },
+    )
+}
+
+/// True if `rd` sends `to` a snapshot.
+fn sends_snapshot(rd: &Ready, to: NodeId) -> bool {
+    rd.messages
+        .iter()
+        .any(|m| m.to == to && matches!(m.body, MessageBody::InstallSnapshot { .. }))
+}
+
+/// Issue 11: a rejection of an append sent before a snapshot, arriving after the snapshot's
+/// acknowledgement (it travels on another connection), must not move `matched` back nor send
+/// the snapshot again. Leader 1 replicates to node 2; node 3 acknowledged the no-op, lost the
+/// first batch of entries and rejected the second (hint 2, held back); the leader compacts,
+/// finds node 3 stalled, sends it the snapshot, which node 3 acknowledges; then the old
+/// rejection arrives.
+#[test]
+fn a_rejection_older_than_a_snapshot_ack_is_ignored() {
+    let mut c = leader(0, &[]);
+    let term = c.status().term;
+    c.step(append_resp(3, 1, term, true, 1));
+    take_ready(&mut c);
+    for batch in [2u8..7, 7..12] {
+        for i in batch {
+            c.propose(vec![i]).unwrap();
+        }
+        take_ready(&mut c);
+    }
+    let late = reject_hint(3, term, 2);
+    c.step(append_resp(2, 1, term, true, 11));
+    take_ready(&mut c); // commits and applies 11
+    assert_eq!(c.status().commit, 11);
+    c.compact(11);
+    // Node 3 answers heartbeats (anchored at 0: its match is compacted) until the leader
+    // sees its window stalled and sends the snapshot.
+    let mut snapshot_sent = false;
+    for _ in 0..20 {
+        c.tick();
+        let rd = take_ready(&mut c);
+        snapshot_sent = sends_snapshot(&rd, 3);
+        if !snapshot_sent && heartbeat_round(&rd, 3).is_some() {
+            c.step(append_resp(3, 1, term, true, 0));
+            snapshot_sent = sends_snapshot(&take_ready(&mut c), 3);
+        }
+        if snapshot_sent {
+            break;
+        }
+    }
+    assert!(snapshot_sent, "node 3 stalled and gets the snapshot");
+    c.step(append_resp(3, 1, term, true, 11));
+    take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 11);
+
+    c.step(late);
+    let rd = take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 11, "match never moves back");
+    assert!(!sends_snapshot(&rd, 3), "no second snapshot");
+    // Node 3 keeps answering heartbeats at its match: nothing more is sent to it.
+    for _ in 0..10 {
+        c.tick();
+        let rd = take_ready(&mut c);
+        assert!(!sends_snapshot(&rd, 3), "no second snapshot later either");
+        for m in all_msgs(&rd).into_iter().filter(|m| m.to == 3) {
+            if let MessageBody::AppendEntries { prev_log_index, .. } = m.body {
+                c.step(append_resp(3, 1, term, true, prev_log_index.max(11)));
+            }
+        }
+    }
+    assert_eq!(c.progress[&3].matched, 11);
+}
+
+// ---------------------------------------------------------------- repeated warnings
+
+/// A log sink for one test (tracing's fmt layer writing into a shared buffer).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 11: a follower that will never accept its leader's log (it holds a different
+/// committed entry) logged one warning per AppendEntries, forever. Now: the first, then one
+/// per `WARN_EVERY_TICKS`, carrying the count suppressed.
+#[test]
+fn a_stuck_follower_warns_once_per_interval_not_once_per_message() {
+    use super::warn_limit::WARN_EVERY_TICKS;
+    let buf = LogBuf::default();
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut c = core(2, 3, 1, None, &[1, 1]);
+        c.step(append(1, 2, 1, (2, 1), vec![], 2));
+        take_ready(&mut c);
+        assert_eq!(c.status().commit, 2);
+        let conflicting = Entry {
+            term: 2,
+            index: 2,
+            payload: Payload::Noop,
+        };
+        for _ in 0..3 * WARN_EVERY_TICKS {
+            c.tick();
+            for _ in 0..10 {
+                c.step(append(3, 2, 2, (1, 1), vec![conflicting.clone()], 2));
+                let rd = take_ready(&mut c);
+                assert_eq!(all_msgs(&rd).len(), 1, "each one is still answered");
+            }
+        }
+    });
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refusing to overwrite a committed entry"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "one per interval:\n{logs}");
+    assert!(warnings[0].contains("suppressed=0"), "{}", warnings[0]);
+    assert!(
+        warnings[1].contains(&format!("suppressed={}", 10 * WARN_EVERY_TICKS - 1)),
+        "{}",
+        warnings[1]
+    );
+}
+
+/// A refusal without a hint (the follower will not overwrite a committed entry, or found the
+/// batch malformed) says nothing about where its log ends: the leader used to restart from
+/// index 1 and resend its whole log at once, which the follower refused again, in a loop
+/// (issue 11's stuck node logged at 5.6 MiB/s). Now it changes nothing until the window
+/// stalls.
+#[test]
+fn a_refusal_without_a_hint_neither_lowers_the_match_nor_resends_the_log() {
+    let mut c = leader(0, &[]);
+    let term = c.status().term;
+    for i in 0..5u8 {
+        c.propose(vec![i]).unwrap();
+    }
+    take_ready(&mut c);
+    c.step(append_resp(3, 1, term, true, 6));
+    take_ready(&mut c);
+    c.propose(vec![9]).unwrap();
+    take_ready(&mut c);
+    c.step(reject_hint(3, term, 0));
+    let rd = take_ready(&mut c);
+    assert_eq!(c.progress[&3].matched, 6);
+    assert!(
+        all_msgs(&rd).iter().all(|m| m.to != 3),
+        "nothing resent at once: {rd:?}"
+    );
+}

@@ -25,9 +25,11 @@ shift
 FAILED=0
 # Runs a short seed-1 run with the given flags; $1 is the check that must fail, or PASS.
 expect() {
-  local want=$1 out rc
+  local want=$1 out rc work
   shift
-  out=$("$CHAOS" --seed 1 --duration 6 --settle 5 "$@" 2>&1) && rc=0 || rc=$?
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-chaos-self-test.XXXXXX")
+  out=$("$CHAOS" --seed 1 --duration 6 --settle 5 --work-dir "$work/run" "$@" 2>&1) && rc=0 || rc=$?
+  rm -rf "$work"
   if [[ $want == PASS ]]; then
     if ((rc == 0)); then
       echo "ok   control run ($*) passes: $(grep -m1 '^  operations:' <<<"$out" | sed 's/^ *//')"

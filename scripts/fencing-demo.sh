@@ -13,11 +13,12 @@
 #  4. the other worker becomes leader with token M > N and writes
 #  5. SIGCONT the zombie: its next write is rejected "stale fencing token N ... (current M)"
 #  6. read every record back: all of token N's were written before the first of token M's,
-#     and the zombie's rejected record does not exist
+#     and a read of the zombie's rejected record answers "key not found"
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-BIN=$PWD/target/release
+source scripts/lib.sh
+BIN=$(release_dir)
 BASE_PORT=9200
 IDS=(1 2 3)
 SERVICE=order-service
@@ -40,8 +41,6 @@ fail() {
   say "logs kept in $RUN_DIR"
   exit 1
 }
-
-source scripts/lib.sh
 
 cleanup() {
   stop_pids "${WORKERS[@]}"
@@ -199,10 +198,9 @@ say "$count acknowledged records read back"
   fail "a record with token $N was written at $last_n_at, after the first one with token $M ($first_m_at)"
 say "every token-$N record was written before the first token-$M record ($last_n_at < $first_m_at)"
 REJECTED=orders/$SERVICE/$N-$((LAST_SEQ + 1))
-if value=$(kvctl --endpoints "$ALL" get "$REJECTED" 2>/dev/null); then
-  fail "the zombie's rejected record $REJECTED exists: $value"
-fi
-say "the zombie's rejected record $REJECTED does not exist"
+out=$(get_says_not_found "$ALL" "$REJECTED") ||
+  fail "a read of the zombie's rejected record must answer 'key not found: $REJECTED', got: $out"
+say "the zombie's rejected record $REJECTED does not exist: $out"
 
 step "Timeline"
 cat "$TIMELINE" "$RUN_DIR"/worker-*.log | sort -s -k1,1 | grep -vE 'wrote .*-([4-9]|[0-9]{2,}) with' |

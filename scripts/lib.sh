@@ -26,3 +26,20 @@ peers_of() {
   done
   (IFS=,; echo "${peers[*]}")
 }
+
+# The directory cargo builds release binaries into (honours CARGO_TARGET_DIR).
+release_dir() {
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target=$PWD/$target
+  echo "$target/release"
+}
+
+# Succeeds only if a linearizable `kvctl get` of key $2 through endpoints $1 answers exactly
+# "key not found: $2" (exit 1): a timeout or "no leader" proves nothing about the key. Prints
+# what kvctl said. Needs the caller's kvctl().
+get_says_not_found() {
+  local endpoints=$1 key=$2 out rc
+  out=$(kvctl --endpoints "$endpoints" get "$key" 2>&1) && rc=0 || rc=$?
+  echo "$out"
+  [[ $rc == 1 && $out == "key not found: $key" ]]
+}

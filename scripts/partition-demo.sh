@@ -10,12 +10,15 @@
 #  3. restart the old leader; it logs "stepping down: saw term N > my term M" and rejoins;
 #     every node serves the key
 #  4. SIGSTOP the new leader (a "zombie"); the others elect a leader; a write sent to the
-#     frozen node is NOT acknowledged; SIGCONT it; it steps down on the higher term
+#     frozen node is NOT acknowledged; SIGCONT it; it steps down on the higher term, and a
+#     write sent to it alone is refused: "not leader, try node Y (HOST:PORT)"
 #  5. every acknowledged key reads back from every node; the zombie's write never applied
+#     (a read of it answers "key not found")
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-BIN=$PWD/target/release
+source scripts/lib.sh
+BIN=$(release_dir)
 BASE_PORT=9100
 IDS=(1 2 3)
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-demo.XXXXXX")
@@ -33,8 +36,6 @@ fail() {
   say "logs kept in $RUN_DIR"
   exit 1
 }
-
-source scripts/lib.sh
 
 cleanup() {
   stop_pids "${PIDS[@]}"
@@ -172,8 +173,20 @@ line=$(wait_for_log "$ZOMBIE" "\\[node $ZOMBIE\\] stepping down: saw term [0-9]+
   fail "node $ZOMBIE never logged 'stepping down: saw term' after SIGCONT"
 say "log: $line"
 read -r LEADER TERM < <(wait_for_leader "$ZOMBIE_TERM") || fail "the cluster did not settle on one leader"
-[[ $LEADER != "$ZOMBIE" ]] || say "(node $ZOMBIE was later re-elected; that is allowed)"
 show_status
+ASKED=$ZOMBIE
+if [[ $LEADER == "$ZOMBIE" ]]; then
+  ASKED=$(for id in "${IDS[@]}"; do [[ $id == "$ZOMBIE" ]] || echo "$id"; done | head -n1)
+  say "(node $ZOMBIE was later re-elected, which is allowed; asking follower $ASKED instead)"
+fi
+
+step "Sending a write to node $ASKED alone (kvctl --no-redirect); it must refuse and name node $LEADER"
+WANT="not leader, try node $LEADER ($(addr "$LEADER"))"
+if out=$(kvctl --endpoints "$(addr "$ASKED")" --no-redirect --timeout 2s put thawed-write bad 2>&1); then
+  fail "node $ASKED acknowledged a write although node $LEADER leads: $out"
+fi
+[[ $out == *"$WANT" ]] || fail "node $ASKED answered '$out', expected '$WANT'"
+say "refused: $out"
 
 step "Checking the data: every acknowledged key on every node, no zombie write anywhere"
 out=$(kvctl --endpoints "$ALL" put demo-3 gamma) || fail "put demo-3 failed"
@@ -184,10 +197,10 @@ for id in "${IDS[@]}"; do
   wait_for_value "$id" demo-3 gamma || fail "node $id never served demo-3"
   say "node $id: demo-1=alpha demo-2=beta demo-3=gamma"
 done
-if out=$(kvctl --endpoints "$ALL" get zombie-write 2>&1); then
-  fail "the write sent to the frozen leader was applied: zombie-write=$out"
-fi
-say "zombie-write: $out (never applied)"
+for key in zombie-write thawed-write; do
+  out=$(get_says_not_found "$ALL" "$key") || fail "a read of $key must answer 'key not found: $key', got: $out"
+  say "$key: $out (never applied)"
+done
 
 RESULT=PASS
 printf '\nPASS\n'

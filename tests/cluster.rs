@@ -1305,3 +1305,94 @@ async fn a_resent_release_with_the_same_session_is_answered_released() {
     let stale = locks.release(release(None)).await.unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
 }
+
+/// Lease reads on the real binary (`--read-mode lease`): a leader paused past its lease and
+/// cut off from its peers must not serve its old state when it resumes. While it is frozen
+/// the others elect a leader and take a write; every linearizable read sent to the old leader
+/// after that write was acknowledged fails or waits (it cannot confirm leadership: its lease
+/// ran out on its monotonic clock while it was stopped), and never returns the old value.
+/// Fails with the lease clock counting only handled ticks (`Mutation::LeaseIgnoresStalls`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_and_cut_off_lease_leader_never_serves_a_stale_read_at_resume() {
+    let (mut cluster, links) =
+        Cluster::start_behind_proxies_args(3, &["--read-mode", "lease"]).await;
+    let (old, term) = cluster.wait_for_leader(SECS_10).await;
+    let others: Vec<u64> = (1..=3).filter(|&o| o != old).collect();
+    let mut client = cluster.client();
+    client.put("k", "old").await.unwrap();
+    // A connection to the old leader opened now, so that reads can queue in it while frozen.
+    let mut old_kv = cluster.kv(old);
+    let first = old_kv.get(get("k", Consistency::Linearizable)).await;
+    assert_eq!(first.unwrap().into_inner().value, "old");
+
+    cluster.stop(old);
+    for &o in &others {
+        links.cut(old, o);
+        links.cut(o, old);
+    }
+    let (leader, new_term) = poll_until(SECS_10, "a new leader among the others", async || {
+        let mut statuses = Vec::new();
+        for &id in &others {
+            statuses.push(cluster.status(id).await.ok()?);
+        }
+        common::agreed_leader(&statuses).filter(|&(l, t)| l != old && t > term)
+    })
+    .await;
+    let mut new_client = Client::with_options(
+        others.iter().map(|&o| cluster.addr(o)).collect(),
+        kvstore::client::ClientOptions::with_timeout(SECS_10),
+    )
+    .unwrap();
+    new_client.put("k", "new").await.unwrap();
+
+    // Reads invoked after the write was acknowledged: queued while the old leader is frozen,
+    // then more once it runs again, until it no longer claims to lead.
+    let read = |mut kv: kvstore::pb::kv_client::KvClient<tonic::transport::Channel>| async move {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            kv.get(get("k", Consistency::Linearizable)),
+        )
+        .await;
+        match answer {
+            Ok(Ok(response)) => Some(response.into_inner()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    };
+    let queued: Vec<_> = (0..4).map(|_| tokio::spawn(read(old_kv.clone()))).collect();
+    cluster.cont(old);
+    let mut answers = Vec::new();
+    poll_until(
+        SECS_10,
+        "the resumed old leader to stop leading",
+        async || {
+            answers.push(read(old_kv.clone()).await);
+            let s = cluster.status(old).await.ok()?;
+            (s.role != Role::Leader as i32).then_some(())
+        },
+    )
+    .await;
+    for task in queued {
+        answers.push(task.await.unwrap());
+    }
+    let served: Vec<String> = answers.into_iter().flatten().map(|r| r.value).collect();
+    assert!(
+        served.iter().all(|v| v == "new"),
+        "the resumed lease leader served stale reads after `new` was acknowledged: {served:?}"
+    );
+
+    // Through the new leader, and on the old one once healed, the new value.
+    let got = new_client
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.value.as_deref(), Some("new"));
+    links.heal();
+    let (_, healed_term) = cluster.wait_for_leader(SECS_10).await;
+    assert!(
+        healed_term >= new_term,
+        "leader {leader} in term {new_term}"
+    );
+    let got = client.get("k", Consistency::Linearizable).await.unwrap();
+    assert_eq!(got.value.as_deref(), Some("new"));
+    wait_until_node_has(&cluster, old, "k", "new").await;
+}

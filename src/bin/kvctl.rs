@@ -1,7 +1,7 @@
 //! kvctl: command-line client for kvstore.
 //!
 //! ```text
-//! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] COMMAND
+//! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] [--no-redirect] COMMAND
 //!   put KEY VALUE [--fence NAME:TOKEN] | get KEY [--serializable] | del KEY [--fence NAME:TOKEN]
 //!   status
 //!   transfer-leader ID                                     (waits until node ID leads)
@@ -36,6 +36,10 @@ struct Args {
     /// Overall time limit per operation, retries included (e.g. 10s, 500ms, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Ask only the given endpoints: print a node's "not leader, try node Y (HOST:PORT)"
+    /// answer as the failure instead of following it to node Y.
+    #[arg(long, global = true)]
+    no_redirect: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,7 +143,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, Failure> {
-    let options = ClientOptions::with_timeout(args.timeout);
+    let options = ClientOptions {
+        follow_redirects: !args.no_redirect,
+        ..ClientOptions::with_timeout(args.timeout)
+    };
     let mut client =
         Client::with_options(args.endpoints, options).map_err(|e| Failure(e.to_string()))?;
     let failed = |e: kvstore::client::ClientError| Failure(e.to_string());

@@ -1,19 +1,35 @@
 //! `kvstore-chaos`: real processes under real faults.
 //!
-//! Starts a cluster of the real `kvstore` binary on loopback, drives concurrent clients through
-//! the gRPC API (the crate's client library, with exactly-once sessions), and injects faults on
-//! a schedule drawn from a seed: SIGKILL and restart, SIGSTOP/SIGCONT (a frozen leader is the
-//! zombie of the fencing problem), and network partitions. Every peer link (node i -> node j)
-//! goes through a loopback TCP proxy owned by this runner, so it can cut any link, one way or
-//! both. At the end it heals everything, reads every key back, checks the whole history for
-//! linearizability with `kvstore::lincheck`, and prints a summary ending in PASS or FAIL.
+//! Starts a cluster of the real `kvstore` binary, drives concurrent clients through the gRPC
+//! API (the crate's client library, with exactly-once sessions; a few percent of the writes
+//! carry large values, up to the 1 MiB limit), and injects faults on a schedule drawn from a
+//! seed: SIGKILL and restart, SIGSTOP/SIGCONT (a frozen leader is the zombie of the fencing
+//! problem), and network partitions (network namespaces, or a loopback TCP proxy on every peer
+//! link). At the end it heals everything and fails the run unless every check holds:
+//!
+//! - **process exits**: no node exited without the runner causing it (a restart that exits 3
+//!   on a storage error counts), and no node log contains `panicked at`;
+//! - **convergence**: within `--settle` seconds of the faults stopping, every node reports the
+//!   same applied index and serves, in serializable reads of its own state, the same value for
+//!   every key as the final linearizable reads;
+//! - **linearizability**: the whole history passes `kvstore::lincheck`, final reads included;
+//! - **minimums**: at least 20 successful operations and one injected fault per 5 s of
+//!   `--duration` (a run that did little proves little);
+//! - **faults are real**: a signal or an `ip` command that fails is a failure, never a fault
+//!   counted that did not happen.
+//!
+//! The nodes' `--read-mode` and `--snapshot-entries` follow the seed unless given (see
+//! [`node_variant`]), so a series of seeds covers lease reads and frequent snapshots.
+//! `--self-test CHECK` sabotages a run so that one check must fail; `scripts/chaos.sh
+//! self-test` runs each and requires FAIL from the right check.
 //!
 //! ```text
 //! kvstore-chaos --seed 7 --duration 60 --nodes 3
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,14 +41,16 @@ use kvstore::client::{Client, ClientError, ClientOptions};
 use kvstore::faultnet::Link;
 use kvstore::lincheck::{self, Op, OpKind, OpResult};
 use kvstore::pb;
+use kvstore::rpc::kv_service::MAX_VALUE_BYTES;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
 
 /// Real-process fault run of a kvstore cluster.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Seed of the fault schedule and the workload.
+    /// Seed of the fault schedule, the workload and the nodes' variant (read mode, snapshots).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Seconds of faults.
@@ -47,6 +65,18 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 5)]
     keys: usize,
+    /// Percent of the writes that carry a large value (64 KiB up to the 1 MiB limit).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=100))]
+    large_percent: u8,
+    /// `--read-mode` of every node: `readindex` or `lease` [default: chosen by the seed].
+    #[arg(long, value_parser = ["readindex", "lease"])]
+    read_mode: Option<String>,
+    /// `--snapshot-entries` of every node [default: chosen by the seed, 50 or the node's own].
+    #[arg(long, value_name = "N")]
+    snapshot_entries: Option<u64>,
+    /// Seconds the replicas get to converge once the faults stop.
+    #[arg(long, default_value_t = 20)]
+    settle: u64,
     /// The kvstore binary (default: next to this one).
     #[arg(long)]
     kvstore: Option<PathBuf>,
@@ -58,11 +88,54 @@ struct Args {
     /// Where data dirs and logs go (default: a new temporary folder, kept on failure).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Sabotage the run so that one check must fail (proves the check works; the run must
+    /// end in FAIL). `--clients 0` does the same for the minimum of operations.
+    #[arg(long, value_enum)]
+    self_test: Option<SelfTest>,
 }
+
+/// The sabotages of `--self-test`, each caught by one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SelfTest {
+    /// SIGKILL a node behind the runner's back a third into the run: an unexpected exit.
+    RogueKill,
+    /// Append a panic line to node 1's log: caught by the log scan.
+    FakePanic,
+    /// Once faults stop, cut a follower off and write one more key: the replicas diverge.
+    Diverge,
+    /// Inject no fault at all: below the minimum of faults.
+    NoFaults,
+    /// Delete the first partition victim's veth before cutting it (netns only): the `ip`
+    /// command of that partition fails.
+    IpFail,
+}
+
+/// The nodes' read mode and snapshot threshold for a seed: seeds 0, 1, 2 (mod 3) run
+/// `readindex` with the default snapshots, `lease` with a snapshot every 50 entries, and
+/// `readindex` with a snapshot every 50 entries.
+fn node_variant(seed: u64) -> (&'static str, Option<u64>) {
+    match seed % 3 {
+        0 => ("readindex", None),
+        1 => ("lease", Some(50)),
+        _ => ("readindex", Some(50)),
+    }
+}
+
+/// Successful client operations required per second of faults.
+const MIN_OPS_PER_SEC: u64 = 20;
+/// One injected fault required per this many seconds of faults.
+const SECS_PER_MIN_FAULT: u64 = 5;
+/// Smallest large value.
+const LARGE_VALUE_MIN: usize = 64 * 1024;
 
 /// Time since the run started, in microseconds: the history's clock.
 fn micros(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
+}
+
+/// Seconds since `start`, for the event log.
+fn at(start: Instant) -> String {
+    format!("[{:>6.1}s]", start.elapsed().as_secs_f64())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -78,14 +151,16 @@ struct Netns {
     nodes: u64,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+/// Runs `ip ARGS`; an error carries the command and ip's own message.
+fn ip<S: AsRef<str>>(args: &[S]) -> anyhow::Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let out = Command::new("ip")
-        .args(args)
+        .args(&args)
         .output()
         .context("running ip (iproute2)")?;
     if !out.status.success() {
         bail!(
-            "ip {} failed: {}",
+            "`ip {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -106,9 +181,19 @@ impl Netns {
     fn addr(&self, i: u64) -> String {
         format!("10.77.{}.{}", self.subnet, i)
     }
+    /// `ip` arguments that add or delete (`op`) a blackhole route to `to` in `from`'s
+    /// namespace.
+    fn blackhole(&self, from: u64, to: u64, op: &str) -> Vec<String> {
+        let mut args: Vec<String> = ["netns", "exec"].map(String::from).to_vec();
+        args.push(self.ns(from));
+        args.extend(["ip", "route", op, "blackhole"].map(String::from));
+        args.push(format!("{}/32", self.addr(to)));
+        args
+    }
 
     fn setup(nodes: u64, seed: u64) -> anyhow::Result<Netns> {
         let tag = std::process::id() % 100_000;
+        // Built first, so that a failed step below still removes what was made (Drop).
         let net = Netns {
             tag,
             subnet: (seed % 200) as u8 + 20,
@@ -116,31 +201,18 @@ impl Netns {
         };
         let br = net.bridge();
         ip(&["link", "add", &br, "type", "bridge"])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("10.77.{}.254/24", net.subnet),
-            "dev",
-            &br,
-        ])?;
+        let bridge_addr = format!("10.77.{}.254/24", net.subnet);
+        ip(&["addr", "add", &bridge_addr, "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for i in 1..=nodes {
-            let (ns, veth) = (net.ns(i), net.veth(i));
+            let (ns, veth, addr) = (net.ns(i), net.veth(i), format!("{}/24", net.addr(i)));
             ip(&["netns", "add", &ns])?;
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
             ip(&["link", "set", &veth, "master", &br, "up"])?;
             ip(&[
-                "netns",
-                "exec",
-                &ns,
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", net.addr(i)),
-                "dev",
-                "eth0",
+                "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", "eth0",
             ])?;
             ip(&["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
             ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
@@ -161,69 +233,75 @@ impl Drop for Netns {
 /// How the runner cuts links.
 enum Network {
     Proxy(BTreeMap<(u64, u64), Link>),
-    Netns(Netns),
+    Netns {
+        net: Netns,
+        /// The `ip` commands that undo the cuts in place, in the order they were made.
+        undo: Vec<Vec<String>>,
+    },
 }
 
 impl Network {
     /// Cuts `victim` off: `one_way` means its peers cannot reach it (it may still try to reach
     /// them; over TCP that fails too, but clients can still reach it), otherwise it is isolated
     /// from everyone.
-    fn partition(&self, victim: u64, one_way: bool, n: u64) {
+    ///
+    /// # Errors
+    /// A cut could not be made (an `ip` command failed, a proxy link is missing); the cuts
+    /// made before it stay recorded for [`heal`](Self::heal).
+    fn partition(&mut self, victim: u64, one_way: bool, n: u64) -> anyhow::Result<()> {
+        let others = (1..=n).filter(move |&o| o != victim);
         match self {
             Network::Proxy(links) => {
-                for o in (1..=n).filter(|&o| o != victim) {
-                    if let Some(l) = links.get(&(o, victim)) {
-                        l.set_cut(true);
-                    }
+                for o in others {
+                    let mut cut = vec![(o, victim)];
                     if !one_way {
-                        if let Some(l) = links.get(&(victim, o)) {
-                            l.set_cut(true);
-                        }
+                        cut.push((victim, o));
+                    }
+                    for (from, to) in cut {
+                        links
+                            .get(&(from, to))
+                            .with_context(|| format!("no proxy link {from} -> {to}"))?
+                            .set_cut(true);
                     }
                 }
             }
-            Network::Netns(net) if one_way => {
-                for o in (1..=n).filter(|&o| o != victim) {
-                    let _ = ip(&[
-                        "netns",
-                        "exec",
-                        &net.ns(o),
-                        "ip",
-                        "route",
-                        "add",
-                        "blackhole",
-                        &format!("{}/32", net.addr(victim)),
-                    ]);
+            Network::Netns { net, undo } if one_way => {
+                for o in others {
+                    ip(&net.blackhole(o, victim, "add"))?;
+                    undo.push(net.blackhole(o, victim, "del"));
                 }
             }
-            Network::Netns(net) => {
-                let _ = ip(&["link", "set", &net.veth(victim), "down"]);
+            Network::Netns { net, undo } => {
+                let veth = net.veth(victim);
+                ip(&["link", "set", &veth, "down"])?;
+                undo.push(["link", "set", &veth, "up"].map(String::from).to_vec());
             }
         }
+        Ok(())
     }
 
-    fn heal(&self, n: u64) {
+    /// Undoes every cut in place (all of them, even after a failure).
+    ///
+    /// # Errors
+    /// An undo command failed: the network may still be cut.
+    fn heal(&mut self) -> anyhow::Result<()> {
         match self {
             Network::Proxy(links) => {
                 for l in links.values() {
                     l.set_cut(false);
                 }
+                Ok(())
             }
-            Network::Netns(net) => {
-                for v in 1..=n {
-                    let _ = ip(&["link", "set", &net.veth(v), "up"]);
-                    for o in (1..=n).filter(|&o| o != v) {
-                        let _ = ip(&[
-                            "netns",
-                            "exec",
-                            &net.ns(o),
-                            "ip",
-                            "route",
-                            "del",
-                            "blackhole",
-                            &format!("{}/32", net.addr(v)),
-                        ]);
-                    }
+            Network::Netns { undo, .. } => {
+                let errors: Vec<String> = undo
+                    .drain(..)
+                    .rev()
+                    .filter_map(|cmd| ip(&cmd).err().map(|e| format!("{e:#}")))
+                    .collect();
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("{}", errors.join("; "))
                 }
             }
         }
@@ -232,14 +310,13 @@ impl Network {
     fn describe(&self) -> &'static str {
         match self {
             Network::Proxy(_) => "partitions: loopback TCP proxy on every peer link (node i -> node j), cut by the runner",
-            Network::Netns(_) => "partitions: network namespaces, one per node, veth links on a private bridge (isolation: link down; one-way: blackhole routes in the peers' namespaces)",
+            Network::Netns { .. } => "partitions: network namespaces, one per node, veth links on a private bridge (isolation: link down; one-way: blackhole routes in the peers' namespaces)",
         }
     }
 }
 
 struct Node {
     id: u64,
-    port: u16,
     /// The command: the kvstore binary itself, or `ip netns exec NS kvstore`.
     program: PathBuf,
     args: Vec<String>,
@@ -249,7 +326,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+    fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -261,36 +338,103 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting node {} ({})", self.id, self.program.display()))?;
         self.child = Some(child);
         self.stopped = false;
         Ok(())
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
+    fn running(&self) -> bool {
+        self.child.is_some()
     }
 
-    fn kill(&mut self) {
-        if self.stopped {
-            self.signal("-CONT");
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// If the process exited (on its own: the runner reaps the ones it kills), reaps it and
+    /// says how it ended.
+    fn reap(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        let how = match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => status.to_string(),
+            Err(e) => format!("cannot be waited for: {e}"),
+        };
+        self.child = None;
         self.stopped = false;
+        Some(how)
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`, ...) with the `kill` utility.
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the node is not running")?;
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("`kill {sig} {pid}` failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("the node is not running")?;
+        let result = child.kill().context("SIGKILL");
+        let _ = child.wait();
+        self.stopped = false;
+        result
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut c) = self.child.take() {
+            if self.stopped {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+/// Reaps every node that exited without the runner causing it, reporting and recording each;
+/// with `restart`, starts it again so the rest of the run keeps its cluster size.
+fn check_exits(
+    nodes: &mut BTreeMap<u64, Node>,
+    start: Instant,
+    exits: &mut Vec<String>,
+    restart: bool,
+) -> anyhow::Result<()> {
+    for node in nodes.values_mut() {
+        if let Some(how) = node.reap() {
+            println!("{} node {} EXITED on its own: {how}", at(start), node.id);
+            exits.push(format!(
+                "node {} at {:.1}s: {how}",
+                node.id,
+                start.elapsed().as_secs_f64()
+            ));
+            if restart {
+                node.start()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first line of each node log that reports a panic.
+fn scan_for_panics(nodes: &BTreeMap<u64, Node>) -> Vec<String> {
+    nodes
+        .values()
+        .filter_map(|node| {
+            let text = std::fs::read(&node.log).ok()?;
+            let text = String::from_utf8_lossy(&text);
+            let line = text.lines().find(|l| l.contains("panicked at"))?;
+            Some(format!("node {}: {}", node.id, line.trim()))
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -298,6 +442,9 @@ struct Counts {
     ok: AtomicU64,
     failed: AtomicU64,
     unknown: AtomicU64,
+    /// Large values written (acknowledged or not), and how many of them at the limit.
+    large: AtomicU64,
+    at_limit: AtomicU64,
 }
 
 fn classify(e: &ClientError) -> bool {
@@ -308,6 +455,12 @@ fn classify(e: &ClientError) -> bool {
     )
 }
 
+/// What identifies a value in the history: the part before `:` (large values are the
+/// identity, `:` and padding), so the history keeps no megabytes.
+fn identity(value: &str) -> String {
+    value.split(':').next().unwrap_or(value).to_string()
+}
+
 /// What the client tasks share with the runner.
 struct Shared {
     start: Instant,
@@ -316,36 +469,75 @@ struct Shared {
     counts: Counts,
 }
 
-async fn client_loop(
+impl Shared {
+    fn record(&self, op: Op) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(op);
+    }
+}
+
+/// What one client does: its id, the keys, the share of large writes and its seed.
+struct Workload {
     idx: usize,
     endpoints: Vec<String>,
     keys: usize,
+    large_percent: u8,
     seed: u64,
-    shared: Arc<Shared>,
-) {
-    let (start, stop, history, counts) =
-        (shared.start, &shared.stop, &shared.history, &shared.counts);
-    let mut rng = SmallRng::seed_from_u64(seed);
+}
+
+/// A value written by client `idx` as its `n`th write; unique in the run.
+fn make_value(
+    rng: &mut SmallRng,
+    idx: usize,
+    n: u64,
+    large_percent: u8,
+    counts: &Counts,
+) -> String {
+    let id = format!("c{idx}-{n}");
+    if !rng.random_bool(f64::from(large_percent) / 100.0) {
+        return id;
+    }
+    let len = if rng.random_bool(0.25) {
+        MAX_VALUE_BYTES
+    } else {
+        rng.random_range(LARGE_VALUE_MIN..=MAX_VALUE_BYTES)
+    };
+    counts.large.fetch_add(1, Ordering::Relaxed);
+    if len == MAX_VALUE_BYTES {
+        counts.at_limit.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut value = format!("{id}:");
+    let pad = len.saturating_sub(value.len());
+    value.extend(std::iter::repeat_n('x', pad));
+    value
+}
+
+async fn client_loop(w: Workload, shared: Arc<Shared>) {
+    let (start, counts) = (shared.start, &shared.counts);
+    let mut rng = SmallRng::seed_from_u64(w.seed);
     let Ok(mut client) = Client::with_options(
-        endpoints,
+        w.endpoints,
         ClientOptions::with_timeout(Duration::from_secs(3)),
     ) else {
         return;
     };
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("k{}", rng.random_range(0..keys));
+    while !shared.stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", rng.random_range(0..w.keys));
         let invoke = micros(start);
         let (kind, outcome) = match rng.random_range(0..10u8) {
             0..=4 => {
                 n += 1;
-                let value = format!("c{idx}-{n}");
+                let value = make_value(&mut rng, w.idx, n, w.large_percent, counts);
                 let r = client.put(&key, &value).await;
-                (OpKind::Put(value), r.map(|_| OpResult::Put))
+                (OpKind::Put(identity(&value)), r.map(|_| OpResult::Put))
             }
             5..=8 => {
                 let r = client.get(&key, pb::Consistency::Linearizable).await;
-                (OpKind::Get, r.map(|g| OpResult::Get(g.value)))
+                let value = |g: kvstore::client::GetResult| g.value.as_deref().map(identity);
+                (OpKind::Get, r.map(|g| OpResult::Get(value(g))))
             }
             _ => {
                 let r = client.delete(&key).await;
@@ -357,7 +549,7 @@ async fn client_loop(
             Ok(result) => {
                 counts.ok.fetch_add(1, Ordering::Relaxed);
                 Some(Op {
-                    client: idx as u64,
+                    client: w.idx as u64,
                     key,
                     kind,
                     invoke,
@@ -374,7 +566,7 @@ async fn client_loop(
                 // A write that may have applied stays in the history with an unknown outcome;
                 // a read that failed constrains nothing.
                 (kind != OpKind::Get).then_some(Op {
-                    client: idx as u64,
+                    client: w.idx as u64,
                     key,
                     kind,
                     invoke,
@@ -384,23 +576,26 @@ async fn client_loop(
             }
         };
         if let Some(op) = op {
-            history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+            shared.record(op);
         }
     }
+}
+
+/// A connected channel to `addr` with short timeouts, or `None`.
+async fn connect(addr: &str, timeout: Duration) -> Option<Channel> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(timeout)
+        .connect()
+        .await
+        .ok()
 }
 
 async fn leader_of(endpoints: &[String]) -> Option<(u64, u64)> {
     let mut seen = BTreeSet::new();
     for ep in endpoints {
-        let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{ep}")) else {
-            continue;
-        };
-        let Ok(ch) = ch
-            .connect_timeout(Duration::from_millis(200))
-            .timeout(Duration::from_millis(300))
-            .connect()
-            .await
-        else {
+        let Some(ch) = connect(ep, Duration::from_millis(300)).await else {
             continue;
         };
         let mut c = pb::cluster_client::ClusterClient::new(ch);
@@ -412,6 +607,102 @@ async fn leader_of(endpoints: &[String]) -> Option<(u64, u64)> {
         }
     }
     seen.into_iter().next_back()
+}
+
+/// Key -> value (`None`: absent), as one node or the final reads see it.
+type Values = BTreeMap<String, Option<String>>;
+
+/// Node `addr`'s applied index and its own (serializable) values of `keys`, read between
+/// two status calls that must agree on the applied index.
+async fn local_state(addr: &str, keys: &[String]) -> Result<(u64, Values), String> {
+    let ch = connect(addr, Duration::from_secs(3))
+        .await
+        .ok_or("unreachable")?;
+    let mut cluster = pb::cluster_client::ClusterClient::new(ch.clone());
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let applied = async |cluster: &mut pb::cluster_client::ClusterClient<Channel>| {
+        cluster
+            .status(pb::StatusRequest {})
+            .await
+            .map(|s| s.into_inner().last_applied)
+            .map_err(|e| format!("status: {}", e.message()))
+    };
+    let before = applied(&mut cluster).await?;
+    let mut values = Values::new();
+    for key in keys {
+        let request = pb::GetRequest {
+            key: key.clone(),
+            consistency: pb::Consistency::Serializable as i32,
+        };
+        let got = kv
+            .get(request)
+            .await
+            .map_err(|e| format!("serializable get {key}: {}", e.message()))?
+            .into_inner();
+        values.insert(key.clone(), got.found.then_some(got.value));
+    }
+    let after = applied(&mut cluster).await?;
+    if before != after {
+        return Err(format!("still applying ({before} -> {after})"));
+    }
+    Ok((after, values))
+}
+
+/// Short form of a value for messages.
+fn show(value: &Option<String>) -> String {
+    match value {
+        None => "(absent)".to_string(),
+        Some(v) if v.len() > 32 => format!("{} ({} bytes)", identity(v), v.len()),
+        Some(v) => v.clone(),
+    }
+}
+
+/// One round of the convergence check: the common applied index, or the first difference.
+async fn converged_once(endpoints: &[String], expected: &Values) -> Result<u64, String> {
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let mut first: Option<(usize, u64, Values)> = None;
+    for (i, addr) in endpoints.iter().enumerate() {
+        let node = i + 1;
+        let (applied, values) = local_state(addr, &keys)
+            .await
+            .map_err(|e| format!("node {node}: {e}"))?;
+        if let Some((n0, a0, _)) = &first {
+            if applied != *a0 {
+                return Err(format!(
+                    "node {node} applied up to {applied}, node {n0} up to {a0}"
+                ));
+            }
+        }
+        for (key, want) in expected {
+            let got = values.get(key).cloned().flatten();
+            if got != *want {
+                return Err(format!(
+                    "node {node} has {key} = {}, the final linearizable read {}",
+                    show(&got),
+                    show(want)
+                ));
+            }
+        }
+        first.get_or_insert((node, applied, values));
+    }
+    Ok(first.map_or(0, |(_, a, _)| a))
+}
+
+/// Polls [`converged_once`] until it holds or `bound` passes; returns the applied index and
+/// the time it took, or the last difference seen.
+async fn converge(
+    endpoints: &[String],
+    expected: &Values,
+    bound: Duration,
+) -> Result<(u64, Duration), String> {
+    let started = Instant::now();
+    loop {
+        match converged_once(endpoints, expected).await {
+            Ok(applied) => return Ok((applied, started.elapsed())),
+            Err(e) if started.elapsed() >= bound => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -435,6 +726,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A failed check: its name (what `scripts/chaos.sh self-test` looks for) and what happened.
+type Failure = (&'static str, String);
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     if !(1..=7).contains(&args.nodes) {
@@ -465,14 +759,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let n = args.nodes;
+    let (seed_mode, seed_snapshots) = node_variant(args.seed);
+    let read_mode = args.read_mode.as_deref().unwrap_or(seed_mode);
+    let mut variant = vec!["--read-mode".to_string(), read_mode.to_string()];
+    if let Some(entries) = args.snapshot_entries.or(seed_snapshots) {
+        variant.extend(["--snapshot-entries".to_string(), entries.to_string()]);
+    }
     println!(
-        "kvstore-chaos: seed {} , {} nodes, {} s of faults, {} clients, work dir {}",
+        "kvstore-chaos: seed {} , {} nodes ({}), {} s of faults, {} clients, {}% large writes, work dir {}",
         args.seed,
         n,
+        variant.join(" "),
         args.duration,
         args.clients,
+        args.large_percent,
         work.display()
     );
+    if let Some(test) = args.self_test {
+        println!("SELF-TEST {test:?}: this run is sabotaged and must end in FAIL");
+    }
     // Where each node listens and how peers reach it.
     let netns = match args.net.as_str() {
         "proxy" => None,
@@ -486,19 +791,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
     };
     let mut node_args: BTreeMap<u64, (PathBuf, Vec<String>, String, u16)> = BTreeMap::new();
-    let network = match netns {
+    let mut network = match netns {
         Some(net) => {
             for i in 1..=n {
                 let peers: Vec<String> = (1..=n)
                     .filter(|&j| j != i)
                     .map(|j| format!("{j}={}:7000", net.addr(j)))
                     .collect();
-                let mut a = vec![
-                    "netns".to_string(),
-                    "exec".into(),
-                    net.ns(i),
-                    bin.display().to_string(),
-                ];
+                let mut a: Vec<String> = ["netns", "exec"].map(String::from).to_vec();
+                a.extend([net.ns(i), bin.display().to_string()]);
                 a.extend([
                     "--host".to_string(),
                     net.addr(i),
@@ -510,7 +811,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 }
                 node_args.insert(i, (PathBuf::from("ip"), a, net.addr(i), 7000));
             }
-            Network::Netns(net)
+            Network::Netns {
+                net,
+                undo: Vec::new(),
+            }
         }
         None => {
             let ports: BTreeMap<u64, u16> = (1..=n)
@@ -535,6 +839,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Network::Proxy(links)
         }
     };
+    if args.self_test == Some(SelfTest::IpFail) && matches!(network, Network::Proxy(_)) {
+        bail!("--self-test ip-fail needs network namespaces (--net netns): the proxy runs no ip command");
+    }
     println!("{}", network.describe());
     let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
     let mut endpoints: Vec<String> = Vec::new();
@@ -549,17 +856,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "--heartbeat-interval-ms".into(),
             "30".into(),
         ]);
+        a.extend(variant.iter().cloned());
         endpoints.push(format!("{host}:{port}"));
         let mut node = Node {
             id: i,
-            port,
             program,
             args: a,
             log: work.join(format!("node-{i}.log")),
             child: None,
             stopped: false,
         };
-        node.start(&bin)?;
+        node.start()?;
         nodes.insert(i, node);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -581,16 +888,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         history: Mutex::new(Vec::new()),
         counts: Counts::default(),
     });
-    let (stop, history, counts) = (&shared.stop, &shared.history, &shared.counts);
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        tasks.push(tokio::spawn(client_loop(
-            c,
-            endpoints.clone(),
-            args.keys,
-            args.seed.wrapping_mul(1000).wrapping_add(c as u64),
-            shared.clone(),
-        )));
+        let workload = Workload {
+            idx: c,
+            endpoints: endpoints.clone(),
+            keys: args.keys,
+            large_percent: args.large_percent,
+            seed: args.seed.wrapping_mul(1000).wrapping_add(c as u64),
+        };
+        tasks.push(tokio::spawn(client_loop(workload, shared.clone())));
     }
 
     // Leader watcher: counts distinct (term, leader) pairs.
@@ -608,34 +915,63 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
 
     // Faults.
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut exits: Vec<String> = Vec::new();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let fault_end = Instant::now() + Duration::from_secs(args.duration);
+    let rogue_at = Instant::now() + Duration::from_secs(args.duration) / 3;
+    let mut rogue_done = false;
     let mut down: BTreeMap<u64, Instant> = BTreeMap::new(); // killed, restart at
     let mut frozen: BTreeMap<u64, Instant> = BTreeMap::new(); // stopped, resume at
     let mut heal_at: Option<Instant> = None;
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        check_exits(&mut nodes, start, &mut exits, true)?;
         let now = Instant::now();
-        for (id, at) in down.clone() {
-            if at <= now {
+        for (id, when) in down.clone() {
+            if when <= now {
                 if let Some(node) = nodes.get_mut(&id) {
-                    node.start(&bin)?;
+                    node.start()?;
                 }
                 down.remove(&id);
             }
         }
-        for (id, at) in frozen.clone() {
-            if at <= now {
+        for (id, when) in frozen.clone() {
+            if when <= now {
                 if let Some(node) = nodes.get_mut(&id) {
-                    node.signal("-CONT");
+                    if let Err(e) = node.signal("-CONT") {
+                        failures.push(("fault", format!("SIGCONT of node {id}: {e:#}")));
+                    }
                     node.stopped = false;
                 }
                 frozen.remove(&id);
             }
         }
         if heal_at.is_some_and(|h| h <= now) {
-            network.heal(n);
             heal_at = None;
+            if let Err(e) = network.heal() {
+                failures.push(("partition", format!("healing: {e:#}")));
+                break;
+            }
+        }
+        if args.self_test == Some(SelfTest::RogueKill) && !rogue_done && now >= rogue_at {
+            let pid = nodes
+                .values()
+                .find(|node| node.running() && !node.stopped)
+                .and_then(|node| Some((node.id, node.child.as_ref()?.id())));
+            if let Some((id, pid)) = pid {
+                println!(
+                    "{} self-test: SIGKILL node {id} behind the runner's back",
+                    at(start)
+                );
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                rogue_done = true;
+            }
+        }
+        if args.self_test == Some(SelfTest::NoFaults) {
+            continue;
         }
         // At most a minority disturbed by process faults at once, so the cluster keeps serving.
         let disturbed = down.len() + frozen.len();
@@ -647,39 +983,36 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         } else {
             target
         };
-        let busy = down.contains_key(&victim) || frozen.contains_key(&victim);
+        let of_leader = |what: &str| {
+            if Some(victim) == leader {
+                format!(" (leader{what})")
+            } else {
+                String::new()
+            }
+        };
+        let Some(node) = nodes.get_mut(&victim) else {
+            continue;
+        };
+        let busy = down.contains_key(&victim) || frozen.contains_key(&victim) || !node.running();
         match rng.random_range(0..4u8) {
-            0 if disturbed < minority && !busy => {
-                if let Some(node) = nodes.get_mut(&victim) {
-                    node.kill();
-                    println!(
-                        "[{:>6.1}s] SIGKILL node {victim}{}",
-                        start.elapsed().as_secs_f64(),
-                        if Some(victim) == leader {
-                            " (leader)"
-                        } else {
-                            ""
-                        }
-                    );
+            0 if disturbed < minority && !busy => match node.kill() {
+                Ok(()) => {
+                    println!("{} SIGKILL node {victim}{}", at(start), of_leader(""));
                     down.insert(
                         victim,
                         now + Duration::from_millis(rng.random_range(500..3000)),
                     );
                     *faults.entry("sigkill").or_default() += 1;
                 }
-            }
-            1 if disturbed < minority && !busy => {
-                if let Some(node) = nodes.get_mut(&victim) {
-                    node.signal("-STOP");
+                Err(e) => failures.push(("fault", format!("SIGKILL of node {victim}: {e:#}"))),
+            },
+            1 if disturbed < minority && !busy => match node.signal("-STOP") {
+                Ok(()) => {
                     node.stopped = true;
                     println!(
-                        "[{:>6.1}s] SIGSTOP node {victim}{}",
-                        start.elapsed().as_secs_f64(),
-                        if Some(victim) == leader {
-                            " (leader, now a zombie)"
-                        } else {
-                            ""
-                        }
+                        "{} SIGSTOP node {victim}{}",
+                        at(start),
+                        of_leader(", now a zombie")
                     );
                     frozen.insert(
                         victim,
@@ -687,110 +1020,215 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     );
                     *faults.entry("sigstop").or_default() += 1;
                 }
-            }
+                Err(e) => failures.push(("fault", format!("SIGSTOP of node {victim}: {e:#}"))),
+            },
             2 if heal_at.is_none() => {
-                let one_way = rng.random_bool(0.3);
-                network.partition(victim, one_way, n);
-                println!(
-                    "[{:>6.1}s] PARTITION node {victim} {}",
-                    start.elapsed().as_secs_f64(),
-                    if one_way {
-                        "(one-way: its peers cannot reach it)"
-                    } else {
-                        "(isolated)"
-                    }
-                );
+                let mut one_way = rng.random_bool(0.3);
+                if let (Some(SelfTest::IpFail), Network::Netns { net, .. }) =
+                    (args.self_test, &network)
+                {
+                    println!(
+                        "{} self-test: deleting node {victim}'s veth behind the runner's back",
+                        at(start)
+                    );
+                    let _ = ip(&["link", "del", &net.veth(victim)]);
+                    one_way = false;
+                }
+                let how = if one_way {
+                    "(one-way: its peers cannot reach it)"
+                } else {
+                    "(isolated)"
+                };
                 heal_at = Some(now + Duration::from_millis(rng.random_range(1000..4000)));
-                *faults
-                    .entry(if one_way {
-                        "one-way partition"
-                    } else {
-                        "partition"
-                    })
-                    .or_default() += 1;
+                if let Err(e) = network.partition(victim, one_way, n) {
+                    println!("{} PARTITION node {victim} {how} FAILED: {e:#}", at(start));
+                    failures.push(("partition", format!("node {victim} {how}: {e:#}")));
+                    // The network is in an unknown state: stop injecting faults.
+                    break;
+                }
+                println!("{} PARTITION node {victim} {how}", at(start));
+                let kind = if one_way {
+                    "one-way partition"
+                } else {
+                    "partition"
+                };
+                *faults.entry(kind).or_default() += 1;
             }
             _ => {}
         }
     }
 
-    // Recovery: heal, resume, restart; let the clients finish; read everything back.
+    // Recovery: heal, resume, restart; let the clients finish.
     println!(
-        "[{:>6.1}s] faults stop: healing the network, resuming and restarting every node",
-        start.elapsed().as_secs_f64()
+        "{} faults stop: healing the network, resuming and restarting every node",
+        at(start)
     );
-    network.heal(n);
+    let faults_stopped = Instant::now();
+    if let Err(e) = network.heal() {
+        failures.push(("partition", format!("healing at the end: {e:#}")));
+    }
     for id in frozen.keys() {
         if let Some(node) = nodes.get_mut(id) {
-            node.signal("-CONT");
+            if let Err(e) = node.signal("-CONT") {
+                failures.push(("fault", format!("SIGCONT of node {id}: {e:#}")));
+            }
             node.stopped = false;
         }
     }
     for id in down.keys() {
         if let Some(node) = nodes.get_mut(id) {
-            node.start(&bin)?;
+            node.start()?;
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
     let _ = watcher.await;
+    check_exits(&mut nodes, start, &mut exits, true)?;
+
+    // Final reads and convergence, once a leader is back.
+    let mut final_reads = 0;
+    let mut convergence = String::from("not checked");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while leader_of(&endpoints).await.is_none() {
-        if Instant::now() > deadline {
-            println!(
-                "FAIL (seed {}): no leader within 20 s after faults stopped; logs in {}",
-                args.seed,
-                work.display()
-            );
-            return Ok(false);
-        }
+    let mut leader = leader_of(&endpoints).await;
+    while leader.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        leader = leader_of(&endpoints).await;
     }
     let mut reader = Client::with_options(
         endpoints.clone(),
         ClientOptions::with_timeout(Duration::from_secs(10)),
     )?;
-    let mut final_reads = 0;
-    for k in 0..args.keys {
-        let key = format!("k{k}");
-        let invoke = micros(start);
-        match reader.get(&key, pb::Consistency::Linearizable).await {
-            Ok(g) => {
-                final_reads += 1;
-                history.lock().unwrap_or_else(|p| p.into_inner()).push(Op {
-                    client: 999,
-                    key,
-                    kind: OpKind::Get,
-                    invoke,
-                    complete: Some(micros(start)),
-                    result: Some(OpResult::Get(g.value)),
-                });
+    if let (Some(SelfTest::Diverge), Some((_, leader))) = (args.self_test, leader) {
+        if let Some(follower) = (1..=n).find(|&i| i != leader) {
+            println!(
+                "{} self-test: cutting node {follower} off, then one more write",
+                at(start)
+            );
+            if let Err(e) = network.partition(follower, false, n) {
+                failures.push(("partition", format!("self-test cut: {e:#}")));
             }
-            Err(e) => {
-                println!(
-                    "FAIL (seed {}): final read of {key} failed on a healed cluster: {e}",
-                    args.seed
-                );
-                return Ok(false);
+            let invoke = micros(start);
+            let done = reader.put("k0", "selftest").await.is_ok();
+            shared.record(Op {
+                client: 998,
+                key: "k0".into(),
+                kind: OpKind::Put("selftest".into()),
+                invoke,
+                complete: done.then(|| micros(start)),
+                result: done.then_some(OpResult::Put),
+            });
+        }
+    }
+    let mut expected = Values::new();
+    if leader.is_none() {
+        failures.push((
+            "leader",
+            "no leader within 20 s after faults stopped".into(),
+        ));
+    } else {
+        for k in 0..args.keys {
+            let key = format!("k{k}");
+            let invoke = micros(start);
+            match reader.get(&key, pb::Consistency::Linearizable).await {
+                Ok(g) => {
+                    final_reads += 1;
+                    shared.record(Op {
+                        client: 999,
+                        key: key.clone(),
+                        kind: OpKind::Get,
+                        invoke,
+                        complete: Some(micros(start)),
+                        result: Some(OpResult::Get(g.value.as_deref().map(identity))),
+                    });
+                    expected.insert(key, g.value);
+                }
+                Err(e) => failures.push((
+                    "final-read",
+                    format!("linearizable read of {key} failed on a healed cluster: {e}"),
+                )),
+            }
+        }
+        if final_reads == args.keys {
+            let bound = Duration::from_secs(args.settle).saturating_sub(faults_stopped.elapsed());
+            match converge(&endpoints, &expected, bound).await {
+                Ok((applied, took)) => {
+                    convergence = format!(
+                        "every node applied up to index {applied} and serves the same {} values ({:.1} s after the final reads)",
+                        expected.len(),
+                        took.as_secs_f64()
+                    );
+                }
+                Err(e) => {
+                    convergence = "NOT converged".into();
+                    let within = args.settle;
+                    let e = format!("not converged within {within} s of the faults stopping: {e}");
+                    failures.push(("convergence", e));
+                }
             }
         }
     }
 
-    let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let verdict = lincheck::check(&history);
+    // The nodes' own health: exits the runner did not cause, panics in the logs.
+    check_exits(&mut nodes, start, &mut exits, false)?;
+    failures.extend(exits.iter().map(|e| ("unexpected-exit", e.clone())));
+    if args.self_test == Some(SelfTest::FakePanic) {
+        if let Some(node) = nodes.get(&1) {
+            let mut log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
+            writeln!(
+                log,
+                "thread 'main' panicked at src/self_test.rs:1:1: injected by --self-test fake-panic"
+            )?;
+        }
+    }
+    failures.extend(scan_for_panics(&nodes).into_iter().map(|p| ("panic", p)));
+
+    let history = shared
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Err(v) = lincheck::check(&history) {
+        failures.push(("linearizability", v.to_string()));
+    }
+    let counts = &shared.counts;
+    let ok = counts.ok.load(Ordering::Relaxed);
+    let min_ops = MIN_OPS_PER_SEC * args.duration;
+    if ok < min_ops {
+        failures.push((
+            "min-operations",
+            format!("{ok} successful operations, fewer than the {min_ops} required ({MIN_OPS_PER_SEC} per second of faults)"),
+        ));
+    }
+    let injected: u64 = faults.values().sum();
+    let min_faults = (args.duration / SECS_PER_MIN_FAULT).max(1);
+    if injected < min_faults {
+        failures.push((
+            "min-faults",
+            format!("{injected} faults injected, fewer than the {min_faults} required (one per {SECS_PER_MIN_FAULT} s of faults)"),
+        ));
+    }
+
     let leaders = leaders.lock().unwrap_or_else(|p| p.into_inner()).len();
-    println!("summary (seed {}):", args.seed);
     println!(
-        "  operations: {} ok, {} failed, {} unknown; {} final reads",
-        counts.ok.load(Ordering::Relaxed),
+        "summary (seed {}; nodes ran with {}):",
+        args.seed,
+        variant.join(" ")
+    );
+    println!(
+        "  operations: {ok} ok (at least {min_ops} required), {} failed, {} unknown; {final_reads} final reads",
         counts.failed.load(Ordering::Relaxed),
         counts.unknown.load(Ordering::Relaxed),
-        final_reads
+    );
+    println!(
+        "  large values written: {} of 64 KiB to 1 MiB, {} of them at the {MAX_VALUE_BYTES}-byte limit",
+        counts.large.load(Ordering::Relaxed),
+        counts.at_limit.load(Ordering::Relaxed)
     );
     let f: Vec<String> = faults.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!(
-        "  faults injected: {}",
+        "  faults injected: {} (at least {min_faults} required)",
         if f.is_empty() {
             "none".to_string()
         } else {
@@ -798,29 +1236,43 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     );
     println!("  leaders seen (distinct term, leader): {leaders}");
-    match verdict {
-        Ok(()) => {
-            println!("  history of {} operations is linearizable; every acknowledged write is accounted for", history.len());
-            println!("PASS (seed {})", args.seed);
-            if args.work_dir.is_none() {
-                drop(nodes);
-                let _ = std::fs::remove_dir_all(&work);
-            }
-            Ok(true)
-        }
-        Err(v) => {
-            println!("  {v}");
-            println!(
-                "FAIL (seed {}): logs and data kept in {}",
-                args.seed,
-                work.display()
-            );
-            Ok(false)
-        }
+    println!("  replicas: {convergence}");
+    println!(
+        "  node processes: {} unexpected exits, {} with a panic in their log",
+        exits.len(),
+        failures.iter().filter(|(c, _)| *c == "panic").count()
+    );
+    if !failures.iter().any(|(c, _)| *c == "linearizability") {
+        println!(
+            "  history of {} operations is linearizable; every acknowledged write is accounted for",
+            history.len()
+        );
     }
-}
-
-#[allow(dead_code)]
-fn node_port(n: &Node) -> (u64, u16) {
-    (n.id, n.port)
+    if failures.is_empty() {
+        println!("PASS (seed {})", args.seed);
+        if args.work_dir.is_none() {
+            drop(nodes);
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Ok(true);
+    }
+    if args.self_test.is_some() && args.work_dir.is_none() {
+        // A sabotaged run is meant to fail: nothing to keep.
+        drop(nodes);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    for (check, what) in &failures {
+        println!("FAILED {check}: {what}");
+    }
+    let kept = if work.exists() {
+        format!("; logs and data kept in {}", work.display())
+    } else {
+        String::new()
+    };
+    println!(
+        "FAIL (seed {}): {} failed checks{kept}",
+        args.seed,
+        failures.len()
+    );
+    Ok(false)
 }

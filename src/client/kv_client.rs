@@ -337,6 +337,12 @@ impl Client {
                     last_error = format!("{addr}: {}", describe(&status));
                     match classify(&status) {
                         Verdict::Fail(error) => return Err(error),
+                        Verdict::Redirect(_) if !self.options.follow_redirects => {
+                            return Err(ClientError::Server {
+                                code: format!("{:?}", status.code()),
+                                message: super::retry::one_line(status.message()),
+                            });
+                        }
                         Verdict::Redirect(leader) if leader != addr => {
                             if self.endpoints.set_leader(&leader) {
                                 redirects_in_row += 1;

@@ -17,6 +17,10 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     /// Largest backoff delay (default 500 ms).
     pub backoff_max: Duration,
+    /// Follow a node's "not leader, try node Y" answer to Y (default true). When false, that
+    /// answer ends the operation as a [`ClientError::Server`](super::ClientError::Server)
+    /// error carrying the node's words (`kvctl --no-redirect`: ask one node only).
+    pub follow_redirects: bool,
 }
 
 impl Default for ClientOptions {
@@ -27,6 +31,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(300),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
+            follow_redirects: true,
         }
     }
 }

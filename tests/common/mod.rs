@@ -132,6 +132,12 @@ impl Cluster {
     /// Like [`start`](Self::start), but every peer link (node i's calls to node j) goes
     /// through a cuttable loopback proxy ([`kvstore::faultnet`]); clients connect directly.
     pub async fn start_behind_proxies(n: u64) -> (Cluster, Links) {
+        Self::start_behind_proxies_args(n, &[]).await
+    }
+
+    /// Like [`start_behind_proxies`](Self::start_behind_proxies), with `args` added to every
+    /// node's command line.
+    pub async fn start_behind_proxies_args(n: u64, args: &[&str]) -> (Cluster, Links) {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut links = BTreeMap::new();
         let mut via = BTreeMap::new();
@@ -142,7 +148,7 @@ impl Cluster {
                 links.insert((from, to), link);
             }
         }
-        let cluster = Self::build(ports, |from, to| via[&(from, to)], &[], |_| {});
+        let cluster = Self::build(ports, |from, to| via[&(from, to)], args, |_| {});
         (cluster, Links(links))
     }
 

@@ -127,6 +127,30 @@ async fn follows_a_redirect_to_an_unlisted_leader_and_then_goes_there_directly()
 }
 
 #[tokio::test]
+async fn without_follow_redirects_a_not_leader_answer_ends_the_operation() {
+    let leader = FakeNode::default();
+    let leader_addr = serve(leader.clone()).await;
+    let follower = FakeNode::default();
+    follower.script(vec![Answer::Fail(redirect_to(&leader_addr))]);
+    let follower_addr = serve(follower.clone()).await;
+
+    let options = ClientOptions {
+        follow_redirects: false,
+        ..fast(5000)
+    };
+    let mut client = Client::with_options(vec![follower_addr], options).unwrap();
+    let err = client.put("k", "v").await.unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Server {
+            code: "Unavailable".into(),
+            message: format!("not leader, try node 2 ({leader_addr})"),
+        }
+    );
+    assert!(leader.seen().is_empty(), "the leader was never asked");
+}
+
+#[tokio::test]
 async fn a_retried_write_keeps_its_sequence_and_the_next_write_gets_a_new_one() {
     let node = FakeNode::default();
     node.script(vec![

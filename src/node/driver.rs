@@ -62,6 +62,7 @@ pub struct Driver {
     /// Bumped when a lock is released or expires, so waiting acquirers retry.
     locks_freed: watch::Sender<u64>,
     /// A leader's snapshot that arrived and decoded, waiting for the core to accept it.
+    /// Invariant: `None` between two Ready cycles (installed or dropped by `handle_ready`).
     incoming_snapshot: Option<(SnapshotMeta, StateMachine)>,
     /// Bytes of commands applied since the last snapshot (for `--snapshot-bytes`).
     bytes_since_snapshot: u64,
@@ -362,6 +363,9 @@ impl Driver {
             self.core.advance();
             self.maybe_snapshot();
         }
+        // A snapshot decoded on arrival that no Ready carried was refused by the core (stale,
+        // already covered, or from the wrong term): do not hold its state machine.
+        self.incoming_snapshot = None;
         Ok(())
     }
 
@@ -701,3 +705,6 @@ fn start_seed(id: NodeId) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,14 +8,19 @@
 //! storage; nodes paused (SIGSTOP-like zombies) and resumed; slow disks.
 //!
 //! Checks: after every event, the Raft invariants (`invariants.rs`); at the end, the client
-//! history is linearizable (`crate::lincheck`), every node applied the same state, and once
-//! faults stop the cluster elects a leader and converges within a bound.
+//! history is linearizable (`crate::lincheck`), every node applied the same state, once
+//! faults stop the cluster elects a leader and converges within a bound, and every lock
+//! expires once its holders stopped.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows
 //! (`scenario_tests.rs`), with the same end-of-run checks.
 //!
-//! What it may import: `raft`, `state_machine`, `lincheck`, std, rand. No tokio, no clock.
+//! The simulated driver runs the daemon driver's own I/O-free parts: the lease table
+//! (`node::leases`) and the lease-read clock (`node::tick_clock`).
+//!
+//! What it may import: `raft`, `state_machine`, `lincheck`, the I/O-free modules of `node`
+//! named above, std, rand. No tokio, no clock.
 
 mod client;
 mod invariants;

@@ -483,3 +483,125 @@ fn mutation_lease_ignores_stalls_is_caught_by_the_paused_leader_scenario() {
         "caught only at {caught:?}"
     );
 }
+
+// ------------------------------------------------------------------ 5. Leases and transfers
+
+/// How a dead holder's lock fared while its leader kept handing over and abandoning.
+#[derive(Debug)]
+struct DeadHolder {
+    /// From the holders stopping until the leader applied the lock's expiry (`None`: not
+    /// within 2 s).
+    expired_after: Option<Time>,
+    /// Transfers the leader started and abandoned meanwhile.
+    abandoned: u32,
+    /// The leader led in the same term throughout (so its lease table was never rebuilt).
+    kept_leading: bool,
+    result: Result<Outcome, Failure>,
+}
+
+/// Issue 11, defect 3. The settled leader has granted the lock to a lock client; then every
+/// lock client stops (the holder dies) and, for 1 s, an operator asks the leader again and
+/// again to hand leadership to a paused follower: the leader refuses proposals while it hands
+/// over, and abandons each transfer after an election timeout. The lease runs out during a
+/// transfer; its expiry must be proposed once the transfer is abandoned.
+fn dead_holder_during_transfers(seed: u64, mark_before_proposing: bool) -> DeadHolder {
+    let mut c = config(seed, 3);
+    c.mark_leases_before_proposing = mark_before_proposing;
+    let mut s = Scenario::new(c);
+    let leader = settled_leader(&mut s);
+    let lock = super::lock_client::LOCK;
+    let held = s
+        .run_until_true(s.now() + 3_000 * MS, |s| {
+            s.lock_token(leader, lock).is_some()
+        })
+        .unwrap_or_else(|f| panic!("{}", fail(f)));
+    assert!(held.is_some(), "seed {seed}: nobody acquired the lock");
+    let target = (1..=3).find(|&i| i != leader).unwrap_or(1);
+    let term_before = term(&s, leader);
+    s.apply(ScriptedFault::Pause(target));
+    s.apply(ScriptedFault::StopLockClients);
+    let stopped = s.now();
+    let expired_at = std::cell::Cell::new(None);
+    let watch = |s: &Scenario| {
+        if expired_at.get().is_none() && s.lock_token(leader, lock).is_none() {
+            expired_at.set(Some(s.now()));
+        }
+    };
+    let mut abandoned = 0;
+    let mut run = || -> Result<(), Failure> {
+        let until = stopped + 1_000 * MS;
+        while s.now() < until {
+            s.apply(ScriptedFault::Transfer(target));
+            let started = s.run_until_true(until, |s| {
+                watch(s);
+                s.transfer_target(leader) == Some(target)
+            })?;
+            if started.is_none() {
+                break;
+            }
+            let ended = s.run_until_true(until, |s| {
+                watch(s);
+                s.transfer_target(leader).is_none()
+            })?;
+            abandoned += u32::from(ended.is_some());
+        }
+        s.run_until_true(stopped + 2_000 * MS, |s| {
+            watch(s);
+            expired_at.get().is_some()
+        })?;
+        Ok(())
+    };
+    let ran = run();
+    let kept_leading = is_leader(&s, leader) && term(&s, leader) == term_before;
+    s.apply(ScriptedFault::Resume(target));
+    DeadHolder {
+        expired_after: expired_at.get().map(|t| t - stopped),
+        abandoned,
+        kept_leading,
+        result: ran.and_then(|()| s.finish()),
+    }
+}
+
+const DEAD_HOLDER_SEEDS: std::ops::Range<u64> = 0..6;
+
+#[test]
+fn lease_a_dead_holders_lock_expires_after_abandoned_transfers() {
+    let mut figures = Vec::new();
+    for seed in DEAD_HOLDER_SEEDS {
+        let r = dead_holder_during_transfers(seed, false);
+        let out = r.result.unwrap_or_else(|e| panic!("{}", fail(e)));
+        assert!(r.kept_leading, "seed {seed}: the leader changed: {out:?}");
+        assert!(r.abandoned >= 5, "seed {seed}: {} transfers", r.abandoned);
+        // The lease (300 ms) runs out, then the transfer in progress ends within an
+        // election timeout; the expiry commits within a few round trips.
+        let after = r
+            .expired_after
+            .unwrap_or_else(|| panic!("seed {seed}: the dead holder's lock never expired"));
+        assert!(
+            after <= 300 * MS + ELECTION_TIMEOUT + 100 * MS,
+            "seed {seed}: expired {after} us after the holder stopped"
+        );
+        figures.push(after / MS);
+    }
+    eprintln!(
+        "dead holder's lock expired after (ms) with a transfer always in progress: {figures:?}"
+    );
+}
+
+/// Control: the old marking (every due lease marked expiring before any expiry is proposed)
+/// loses the expiry refused during a transfer, and the lock stays held for the rest of the
+/// term.
+#[test]
+fn mutation_mark_leases_before_proposing_is_caught_by_the_dead_holder_scenario() {
+    let mut caught = Vec::new();
+    for seed in DEAD_HOLDER_SEEDS {
+        let r = dead_holder_during_transfers(seed, true);
+        assert!(r.kept_leading, "seed {seed}: the leader changed");
+        if r.expired_after.is_none() {
+            caught.push(seed);
+        }
+    }
+    eprintln!("MarkLeasesBeforeProposing caught at seeds {caught:?} of {DEAD_HOLDER_SEEDS:?}");
+    // Deterministic: every seed's lease runs out while a transfer is in progress.
+    assert_eq!(caught, DEAD_HOLDER_SEEDS.collect::<Vec<_>>());
+}

@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -11,6 +12,8 @@ use super::invariants::Invariants;
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
+use crate::node::leases::Leases;
+use crate::node::tick_clock::TickClock;
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation, NodeId, Payload, RaftCore,
@@ -64,6 +67,10 @@ pub struct SimConfig {
     /// CheckQuorum (and the leader stickiness that comes with it); off only for control runs
     /// of the scripted scenarios. Lease reads need it: off, `lease_reads` is ignored.
     pub check_quorum: bool,
+    /// Mutation switch of the driver's lease table (`node::leases`): every due lease is
+    /// marked expiring before any expiry is proposed (issue 11, defect 3).
+    #[cfg(test)]
+    pub(crate) mark_leases_before_proposing: bool,
 }
 
 impl SimConfig {
@@ -89,6 +96,8 @@ impl SimConfig {
             lease_reads: seed % 3 == 1,
             transfers: true,
             check_quorum: true,
+            #[cfg(test)]
+            mark_leases_before_proposing: false,
         }
     }
 }
@@ -230,16 +239,15 @@ pub(crate) struct SimNode {
     ready_reads: Vec<(LogIndex, Waiting, String)>,
     next_read_id: u64,
     role: Role,
-    /// Leader only: lease deadlines on this node's clock, name -> (token, deadline).
-    leases: BTreeMap<String, (u64, Time)>,
-    /// Leader only: `Expire` proposals in flight, so each is proposed once.
-    expiring: BTreeSet<(String, u64)>,
+    /// Leader only: the lease of every held lock on this node's clock, the driver's own
+    /// table (`node::leases`), with simulated time as a `Duration` since the run started.
+    leases: Leases<Duration>,
     /// The next write to this node's disk fails (a full or broken disk).
     disk_fails: bool,
-    /// The lease clock as the driver keeps it: when this life started, and the ticks
-    /// credited to the core since (see `catch_up_clock`).
+    /// The lease clock as the driver keeps it (`node::tick_clock`): when this life started,
+    /// and the ticks credited to the core since (see `catch_up_clock`).
     born: Time,
-    ticks_given: u64,
+    clock: TickClock,
 }
 
 pub(crate) struct World {
@@ -295,6 +303,9 @@ const ELECTION_TICKS: u32 = 10;
 const MAX_NET_DELAY: Time = 40 * MS;
 /// A client attempt with no answer after this is retried elsewhere.
 const ATTEMPT_TIMEOUT: Time = 300 * MS;
+/// Once every lock client stopped and the cluster converged, every lock expires within this
+/// (a lease is at most a few hundred ms, plus a new leader's full TTL and the commit).
+const LOCKS_EXPIRE_WITHIN: Time = 5_000 * MS;
 /// A client operation with no answer after this is given up: its outcome is unknown.
 pub(crate) const OP_DEADLINE: Time = 2_000 * MS;
 
@@ -332,11 +343,10 @@ impl World {
                     ready_reads: Vec::new(),
                     next_read_id: 1,
                     role: Role::Follower,
-                    leases: BTreeMap::new(),
-                    expiring: BTreeSet::new(),
+                    leases: lease_table(&cfg),
                     disk_fails: false,
                     born: 0,
-                    ticks_given: 0,
+                    clock: TickClock::default(),
                 },
             );
         }
@@ -502,7 +512,7 @@ impl World {
         match input {
             Input::Tick => {
                 n.core.tick();
-                n.ticks_given += 1;
+                n.clock.ticked();
                 self.expire_leases(id);
             }
             Input::Transfer(target) => self.transfer(id, target),
@@ -582,17 +592,6 @@ impl World {
             if let Some(ss) = rd.soft_state {
                 let was_leader = n.role == Role::Leader;
                 n.role = ss.role;
-                if was_leader != (ss.role == Role::Leader) {
-                    // A new leader restarts every lease with its full TTL on its own clock;
-                    // a follower tracks none.
-                    let now = self.now;
-                    n.expiring.clear();
-                    n.leases =
-                        n.sm.locks()
-                            .filter(|_| ss.role == Role::Leader)
-                            .map(|(name, l)| (name.to_string(), (l.token, now + l.ttl_ms * MS)))
-                            .collect();
-                }
                 let term = n.core.status().term;
                 if !self.random_faults {
                     self.roles.push(scenario::RoleChange {
@@ -695,7 +694,10 @@ impl World {
         for m in rd.persisted_messages {
             self.send(m);
         }
-        // 4. Apply, answer writers, serve reads.
+        // 4. Apply, answer writers, serve reads. Lease bookkeeping first, as the driver does:
+        //    a leader of a new term starts every lease from the state applied so far, then
+        //    the entries restart the ones they touch.
+        self.sync_leases(id);
         for e in rd.committed_entries {
             self.apply(id, e);
         }
@@ -801,7 +803,7 @@ impl World {
             Payload::Noop => None,
         };
         let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
-        let result = match &e.payload {
+        let mut result = match &e.payload {
             Payload::Noop => {
                 n.sm.apply_noop(e.index);
                 None
@@ -812,8 +814,14 @@ impl World {
             if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
                 self.fail.get_or_insert(format!("lock safety: {msg}"));
             }
-            if n.role == Role::Leader {
-                track_lease(n, &p.command, r, self.now);
+            // The driver's lease bookkeeping; a renewal that came too late is answered
+            // StaleToken instead of its outcome.
+            let now = Duration::from_micros(self.now);
+            if let Some(too_late) = n
+                .leases
+                .after_apply(&p.command, r.as_ref().ok(), &n.sm, now)
+            {
+                result = Some(Err(too_late));
             }
         }
         let lockish = proposal.as_ref().is_some_and(|p| is_lock_op(&p.command));
@@ -1006,10 +1014,9 @@ impl World {
         self.locks.on_snapshot(id, &n.sm);
         n.up = true;
         n.role = Role::Follower;
-        n.leases.clear();
-        n.expiring.clear();
+        n.leases = lease_table(&self.cfg);
         n.born = now;
-        n.ticks_given = 0;
+        n.clock = TickClock::default();
         self.note(|| {
             format!(
                 "RESTART node {id} (term {term}, snapshot {}, {len} entries on disk)",
@@ -1239,36 +1246,31 @@ impl World {
         self.clients.iter().all(Client::idle) && self.lock_clients.iter().all(LockClient::idle)
     }
 
-    /// On the leader, after a tick: propose `Expire` for every lease that ran out on its
-    /// clock, once per (lock, token) until it applies or leadership changes.
+    /// As the driver does on a tick: keep the lease table in step with leadership, then
+    /// propose `Expire` for every lease that ran out on this node's clock, once per (lock,
+    /// token) while it leads (`node::leases`).
     fn expire_leases(&mut self, id: NodeId) {
-        let now = self.now;
+        self.sync_leases(id);
+        let now = Duration::from_micros(self.now);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.role != Role::Leader {
+        let core = &mut n.core;
+        let proposed = n.leases.propose_due(now, |data| core.propose(data).is_ok());
+        for (lock, token) in proposed {
+            self.note(|| format!("node {id} proposes the expiry of {lock} token {token}"));
+        }
+    }
+
+    /// The driver's `sync_leases`: the table follows the core's leadership.
+    fn sync_leases(&mut self, id: NodeId) {
+        let now = Duration::from_micros(self.now);
+        let Some(n) = self.nodes.get_mut(&id) else {
             return;
-        }
-        let due: Vec<(String, u64)> = n
-            .leases
-            .iter()
-            .filter(|(name, (token, deadline))| {
-                *deadline <= now && !n.expiring.contains(&((*name).clone(), *token))
-            })
-            .map(|(name, (token, _))| (name.clone(), *token))
-            .collect();
-        for (name, token) in due {
-            let p = Proposal {
-                session: None,
-                command: Command::Expire {
-                    name: name.clone(),
-                    token,
-                },
-            };
-            if n.core.propose(p.encode()).is_ok() {
-                n.expiring.insert((name, token));
-            }
-        }
+        };
+        let s = n.core.status();
+        let leading = (s.role == Role::Leader).then_some(s.term);
+        n.leases.sync(leading, &n.sm, now);
     }
 
     pub(crate) fn attempt_timeout() -> Time {
@@ -1309,39 +1311,17 @@ fn is_lock_op(c: &Command) -> bool {
     }
 }
 
-/// The leader's lease bookkeeping after applying a lock command, reconciled with the lock
-/// table rather than read off the outcome: a retried `Acquire` answered from the session
-/// cache carries the token of its first grant, which may have expired since (tracking that
-/// token would propose a no-op `Expire` on every tick, forever).
-fn track_lease(
-    n: &mut SimNode,
-    c: &Command,
-    r: &Result<SmOutcome, crate::state_machine::ApplyError>,
-    now: Time,
-) {
-    let name = match c {
-        Command::Acquire { name, .. }
-        | Command::KeepAlive { name, .. }
-        | Command::Release { name, .. }
-        | Command::Expire { name, .. } => name,
-        Command::Put { .. } | Command::Delete { .. } => return,
-    };
-    if let Command::Expire { token, .. } = c {
-        n.expiring.remove(&(name.clone(), *token));
+/// A node's lease table, with the mutation switch of the run.
+fn lease_table(cfg: &SimConfig) -> Leases<Duration> {
+    #[allow(unused_mut)]
+    let mut leases = Leases::default();
+    #[cfg(test)]
+    {
+        leases.mark_before_proposing = cfg.mark_leases_before_proposing;
     }
-    let Some((token, ttl_ms)) = n.sm.lock(name).map(|l| (l.token, l.ttl_ms)) else {
-        n.leases.remove(name);
-        return;
-    };
-    // A grant or keep-alive of the current token restarts its lease on the leader's clock.
-    let renewed = match (c, r) {
-        (Command::Acquire { .. }, Ok(SmOutcome::Acquired { token: t, .. }))
-        | (Command::KeepAlive { token: t, .. }, Ok(SmOutcome::KeptAlive { .. })) => *t == token,
-        _ => false,
-    };
-    if renewed || n.leases.get(name).map(|l| l.0) != Some(token) {
-        n.leases.insert(name.clone(), (token, now + ttl_ms * MS));
-    }
+    #[cfg(not(test))]
+    let _ = cfg;
+    leases
 }
 
 fn short(m: &Message) -> String {
@@ -1498,6 +1478,36 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
                 &mut w,
                 "liveness: no convergence after the final reads".into(),
             ));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+    }
+    // The lock clients stopped with the others: every lease must run out on the leader's
+    // clock and its expiry be applied on every node. A lease whose expiry is never proposed
+    // would hold its lock for good (issue 11, defect 3).
+    let locks_by = w.now + LOCKS_EXPIRE_WITHIN;
+    while !(w.converged() && w.nodes.values().all(|n| n.sm.locks().next().is_none())) {
+        if !w.step() || w.now > locks_by {
+            let held: Vec<String> = w
+                .nodes
+                .iter()
+                .flat_map(|(id, n)| {
+                    let s = n.core.status();
+                    n.sm.locks().map(move |(name, l)| {
+                        format!(
+                            "node {id} ({} in term {}): {name} token {}",
+                            s.role, s.term, l.token
+                        )
+                    })
+                })
+                .collect();
+            let msg = format!(
+                "liveness: locks still held {} ms after their holders stopped: {}",
+                LOCKS_EXPIRE_WITHIN / MS,
+                held.join("; ")
+            );
+            return Err(fail(&mut w, msg));
         }
         if let Some(msg) = w.fail.take() {
             return Err(fail(&mut w, msg));

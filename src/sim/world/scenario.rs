@@ -51,6 +51,9 @@ pub enum ScriptedFault {
     Transfer(NodeId),
     /// Every key-value client's next attempts go to this node (a stale leader cache).
     ClientsTo(NodeId),
+    /// Every lock client stops for good after its current operation: a holder that died, whose
+    /// lease nobody renews.
+    StopLockClients,
 }
 
 /// A change of a node's role or known leader, as its driver saw it in a Ready.
@@ -143,6 +146,11 @@ impl Scenario {
             ScriptedFault::ClientsTo(id) => {
                 for c in &mut w.clients {
                     c.point_at(id);
+                }
+            }
+            ScriptedFault::StopLockClients => {
+                for c in &mut w.lock_clients {
+                    c.stop_new_ops();
                 }
             }
         }
@@ -246,6 +254,11 @@ impl Scenario {
     /// When `id` last received a message from a peer (delivered: sent before any cut).
     pub fn last_heard(&self, id: NodeId) -> Option<Time> {
         self.heard.get(&id).copied()
+    }
+
+    /// Lock `name` as node `id` has applied it: its token, if held.
+    pub fn lock_token(&self, id: NodeId, name: &str) -> Option<u64> {
+        self.w.nodes.get(&id)?.sm.lock(name).map(|l| l.token)
     }
 
     /// Every role change so far, in order.

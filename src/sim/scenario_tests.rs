@@ -8,7 +8,7 @@
 
 use super::world::{Time, MS};
 use super::*;
-use crate::raft::{Mutation, NodeId, Role, Term};
+use crate::raft::{LogIndex, Mutation, NodeId, Role, Term};
 
 /// A cluster for a scenario: `nodes` nodes, the seed's clients (4 key-value clients, 2 lock
 /// clients), the seed's snapshot rate, ReadIndex reads.
@@ -604,4 +604,116 @@ fn mutation_mark_leases_before_proposing_is_caught_by_the_dead_holder_scenario()
     eprintln!("MarkLeasesBeforeProposing caught at seeds {caught:?} of {DEAD_HOLDER_SEEDS:?}");
     // Deterministic: every seed's lease runs out while a transfer is in progress.
     assert_eq!(caught, DEAD_HOLDER_SEEDS.collect::<Vec<_>>());
+}
+
+// ------------------------------------------------------------------ 6. Background snapshots
+
+/// What the nodes did while their own snapshots were being stored.
+#[derive(Debug, Default)]
+struct Storing {
+    /// Snapshots whose storage finished (the core compacted to them).
+    finished: u32,
+    /// Of those, the ones during whose storage the node applied more entries.
+    served_meanwhile: u32,
+}
+
+/// Snapshots every 7 entries, clients writing, for 2 s: a snapshot is taken, stored in the
+/// background while the node keeps applying, and only then compacts the core; after every
+/// event no core has compacted past the snapshot in its storage.
+fn background_snapshots(seed: u64) -> Result<Storing, Failure> {
+    let mut c = config(seed, 3);
+    c.snapshot_every = 7;
+    let mut s = Scenario::new(c);
+    let mut storing: std::collections::BTreeMap<NodeId, (LogIndex, LogIndex)> = Default::default();
+    let mut out = Storing::default();
+    let mut broken = None;
+    s.run_until_true(2_000 * MS, |s| {
+        for id in 1..=s.nodes() {
+            if s.compacted_to(id) > s.stored_snapshot(id) {
+                broken = Some(format!(
+                    "node {id} compacted to {} with snapshot {} stored",
+                    s.compacted_to(id),
+                    s.stored_snapshot(id)
+                ));
+                return true;
+            }
+            match (s.snapshot_in_progress(id), storing.get(&id).copied()) {
+                (Some(index), None) => {
+                    assert!(
+                        s.compacted_to(id) < index,
+                        "node {id}: compacted to {index} before storing it"
+                    );
+                    storing.insert(id, (index, s.applied(id)));
+                }
+                (None, Some((index, applied))) => {
+                    storing.remove(&id);
+                    if s.compacted_to(id) >= index {
+                        out.finished += 1;
+                        out.served_meanwhile += u32::from(s.applied(id) > applied);
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    })?;
+    assert_eq!(broken, None, "seed {seed}");
+    s.finish()?;
+    Ok(out)
+}
+
+#[test]
+fn snapshots_are_stored_in_the_background_and_compact_only_once_durable() {
+    for seed in 0..3 {
+        let r = background_snapshots(seed).unwrap_or_else(|e| panic!("{}", fail(e)));
+        eprintln!("seed {seed}: {r:?}");
+        assert!(r.finished >= 5, "seed {seed}: {r:?}");
+        assert!(r.served_meanwhile > 0, "seed {seed}: {r:?}");
+    }
+}
+
+/// A node crashed while storing its snapshot restarts from the snapshot that was stored
+/// before, or from the new one if it landed (the store publishes atomically), never from
+/// anything else, and the run's checks pass.
+#[test]
+fn a_crash_while_a_snapshot_is_being_stored_keeps_the_old_one_or_the_new_one() {
+    let mut seen = Vec::new();
+    for seed in 0..6 {
+        let mut c = config(seed, 3);
+        c.snapshot_every = 7;
+        let mut s = Scenario::new(c);
+        let found = s
+            .run_until_true(2_000 * MS, |s| {
+                (1..=s.nodes()).any(|id| s.snapshot_in_progress(id).is_some())
+            })
+            .unwrap_or_else(|f| panic!("{}", fail(f)));
+        assert!(found.is_some(), "seed {seed}: no snapshot taken");
+        let Some((id, index)) =
+            (1..=s.nodes()).find_map(|id| s.snapshot_in_progress(id).map(|i| (id, i)))
+        else {
+            panic!("seed {seed}: the snapshot in progress vanished");
+        };
+        let before = s.stored_snapshot(id);
+        s.apply(ScriptedFault::Crash(id));
+        let after = s.stored_snapshot(id);
+        assert!(
+            after == before || after == index,
+            "seed {seed}: node {id} stores snapshot {after}, neither {before} nor {index}"
+        );
+        s.run_until(s.now() + 50 * MS)
+            .unwrap_or_else(|f| panic!("{}", fail(f)));
+        s.apply(ScriptedFault::Restart(id));
+        assert_eq!(
+            s.compacted_to(id),
+            after,
+            "seed {seed}: restarted elsewhere"
+        );
+        seen.push(after == index);
+        s.finish().unwrap_or_else(|f| panic!("{}", fail(f)));
+    }
+    eprintln!("snapshot landed at the crash: {seen:?}");
+    assert!(
+        seen.contains(&false),
+        "no crash lost its snapshot: {seen:?}"
+    );
 }

@@ -176,6 +176,8 @@ enum Ev {
     Deliver(NodeId, Input),
     Reply(usize, ClientReply),
     PersistDone(NodeId, u64),
+    /// A node's own snapshot is stored (`snapshot.rs`), in the given life of the node.
+    SnapshotStored(NodeId, u64),
     Resume(NodeId),
     Restart(NodeId),
     ClientWake(usize),
@@ -231,6 +233,8 @@ pub(crate) struct SimNode {
     /// Bumped on every crash, so a disk completion of an earlier life is ignored.
     incarnation: u64,
     busy: Option<InFlightReady>,
+    /// The node's own snapshot being stored in the background (`snapshot.rs`).
+    snapshot_task: Option<snapshot::SnapshotTask>,
     inbox: VecDeque<Input>,
     tick_pending: bool,
     pending_writes: BTreeMap<LogIndex, (Term, Waiting)>,
@@ -336,6 +340,7 @@ impl World {
                     paused: false,
                     incarnation: 0,
                     busy: None,
+                    snapshot_task: None,
                     inbox: VecDeque::new(),
                     tick_pending: false,
                     pending_writes: BTreeMap::new(),
@@ -663,15 +668,7 @@ impl World {
             return;
         }
         if n.disk_fails {
-            // The write failed: the node stops at once, like the driver (one error line,
-            // exit 3), without sending what the write promised or applying anything; part
-            // of the write may have reached the disk. It restarts once the disk is back.
-            n.disk_fails = false;
-            self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
-            self.outcome.disk_failures += 1;
-            self.crash(id);
-            let down = self.rng.random_range(100 * MS..1_000 * MS);
-            self.schedule(down, Ev::Restart(id));
+            self.disk_failed(id);
             return;
         }
         let Some(rd) = n.busy.take() else { return };
@@ -686,6 +683,20 @@ impl World {
         }
         self.finish_ready(id, rd);
         self.after_busy(id);
+    }
+
+    /// A write failed: the node stops at once, like the driver (one error line, exit 3),
+    /// without sending what the write promised or applying anything; part of the write may
+    /// have reached the disk. It restarts once the disk is back.
+    fn disk_failed(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.disk_fails = false;
+        }
+        self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
+        self.outcome.disk_failures += 1;
+        self.crash(id);
+        let down = self.rng.random_range(100 * MS..1_000 * MS);
+        self.schedule(down, Ev::Restart(id));
     }
 
     /// Steps 3-5 of the driver loop.
@@ -734,6 +745,7 @@ impl World {
 
     /// Stores a leader's snapshot durably and replaces the state machine with it.
     fn install(&mut self, id: NodeId, snap: &Snapshot) {
+        self.drain_snapshot(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -762,26 +774,6 @@ impl World {
         self.inv.on_snapshot(id, snap.meta, &mut self.fail);
         self.outcome.snapshots_installed += 1;
         self.note(|| format!("node {id} installed snapshot {:?}", snap.meta));
-    }
-
-    /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
-    fn maybe_snapshot(&mut self, id: NodeId) {
-        let every = self.cfg.snapshot_every;
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let meta = n.core.applied_snapshot_meta();
-        if every == 0 || meta.index < n.core.snapshot_meta().index + every {
-            return;
-        }
-        let snap = Snapshot {
-            meta,
-            data: n.sm.snapshot().into(),
-        };
-        let _ = n.store.install_snapshot(&snap);
-        n.core.compact(meta.index);
-        self.outcome.snapshots_taken += 1;
-        self.note(|| format!("node {id} took snapshot {meta:?} and compacted its log"));
     }
 
     fn apply(&mut self, id: NodeId, e: Entry) {
@@ -901,6 +893,7 @@ impl World {
 
     /// After the disk or a pause released a node: take everything that queued, then drive.
     fn after_busy(&mut self, id: NodeId) {
+        self.finish_snapshot(id);
         loop {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
@@ -928,12 +921,14 @@ impl World {
         let torn = self.rng.random_range(0..3u8);
         let keep_hs = self.rng.random_bool(0.5);
         let cut_at = self.rng.random_range(0..=64usize);
+        let snapshot_landed = self.rng.random_bool(0.5);
+        if !self.nodes.get(&id).is_some_and(|n| n.up) {
+            return;
+        }
+        let snapshot_note = self.crash_snapshot(id, snapshot_landed);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if !n.up {
-            return;
-        }
         n.up = false;
         n.paused = false;
         n.incarnation += 1;
@@ -963,7 +958,7 @@ impl World {
         }
         n.inbox.clear();
         n.tick_pending = false;
-        self.note(|| format!("CRASH node {id}{torn_note}"));
+        self.note(|| format!("CRASH node {id}{torn_note}{snapshot_note}"));
         // Clients waiting on it see their connection drop.
         self.fail_pending(id, ReplyErr::ConnectionLost);
         self.inv.on_crash(id);
@@ -1185,6 +1180,7 @@ impl World {
             Ev::Deliver(id, input) => self.deliver(id, input),
             Ev::Reply(c, r) => self.client_reply(c, r),
             Ev::PersistDone(id, inc) => self.persist_done(id, inc),
+            Ev::SnapshotStored(id, inc) => self.snapshot_stored(id, inc),
             Ev::Resume(id) => self.resume(id),
             Ev::Restart(id) => self.restart(id),
             Ev::ClientWake(c) => self.client_wake(c),
@@ -1300,6 +1296,7 @@ impl World {
 }
 
 mod scenario;
+mod snapshot;
 mod transfer;
 
 pub use scenario::{Answered, RoleChange, Scenario, ScriptedFault, ELECTION_TIMEOUT, MAX_DELAY};

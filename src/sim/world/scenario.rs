@@ -15,6 +15,7 @@ use super::{
 };
 use std::collections::BTreeMap;
 
+use crate::raft::storage::LogStore as _;
 use crate::raft::{LogIndex, NodeId, Role, Status, Term};
 
 /// The (base) election timeout of every simulated node: 100 ms; each node draws its own in
@@ -259,6 +260,38 @@ impl Scenario {
     /// Lock `name` as node `id` has applied it: its token, if held.
     pub fn lock_token(&self, id: NodeId, name: &str) -> Option<u64> {
         self.w.nodes.get(&id)?.sm.lock(name).map(|l| l.token)
+    }
+
+    /// The index of the snapshot `id` is storing in the background, if any.
+    pub fn snapshot_in_progress(&self, id: NodeId) -> Option<LogIndex> {
+        self.w
+            .nodes
+            .get(&id)?
+            .snapshot_task
+            .as_ref()
+            .map(|t| t.index())
+    }
+
+    /// The index `id`'s core compacted its log to (0: never).
+    pub fn compacted_to(&self, id: NodeId) -> LogIndex {
+        self.w
+            .nodes
+            .get(&id)
+            .map_or(0, |n| n.core.snapshot_meta().index)
+    }
+
+    /// The index of the latest snapshot in `id`'s storage (0: none).
+    pub fn stored_snapshot(&self, id: NodeId) -> LogIndex {
+        self.w
+            .nodes
+            .get(&id)
+            .and_then(|n| n.store.snapshot().ok().flatten())
+            .map_or(0, |s| s.meta.index)
+    }
+
+    /// The last index `id` applied to its state machine.
+    pub fn applied(&self, id: NodeId) -> LogIndex {
+        self.w.nodes.get(&id).map_or(0, |n| n.sm.applied_index())
     }
 
     /// Every role change so far, in order.

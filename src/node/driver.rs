@@ -1,5 +1,6 @@
 //! The Ready loop: the one task that owns the Raft core, the store and the state machine.
 
+use super::apply;
 use super::error::{ClientError, Fatal};
 use super::leases::Leases;
 use super::pending::Pending;
@@ -13,7 +14,7 @@ use crate::raft::{
     self, Entry, HardState, LogIndex, Message, MessageBody, NodeId, NotLeader, Payload, Proposed,
     RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
-use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
+use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
 use crate::storage::SledStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -482,37 +483,21 @@ impl Driver {
             .await
     }
 
-    /// Applies committed entries in order and answers the writers waiting on them.
+    /// Applies committed entries in order and answers the writers waiting on them
+    /// (`node::apply`, the code the simulator runs too).
     fn apply(&mut self, committed: Vec<Entry>) {
         for entry in committed {
-            let mut result = match &entry.payload {
-                Payload::Command(data) => {
-                    self.bytes_since_snapshot += data.len() as u64;
-                    Some(self.sm.apply(entry.index, data))
-                }
-                Payload::Noop => {
-                    self.sm.apply_noop(entry.index);
-                    None
-                }
-            };
-            match (&result, &entry.payload) {
-                (Some(Err(err)), _) => {
-                    warn!(index = entry.index, error = %err, "command applied to an error");
-                }
-                (Some(Ok(outcome)), Payload::Command(data)) => {
-                    if let Some(doomed) = self.after_lock_outcome(data, outcome) {
-                        result = Some(Err(doomed));
-                    }
-                }
-                _ => {}
+            if let Payload::Command(data) = &entry.payload {
+                self.bytes_since_snapshot += data.len() as u64;
             }
+            let applied =
+                apply::apply_entry(&mut self.sm, &mut self.leases, &entry, Instant::now());
+            self.after_applied(entry.index, &applied);
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
             };
-            let answer = match result {
-                // Another leader's entry took this index: ours was overwritten (§5.3).
-                _ if term != entry.term => Err(ClientError::LeadershipLost),
-                Some(Ok(outcome)) => Ok((
+            let answer = match applied.answer_for(term) {
+                apply::Answer::Applied(outcome) => Ok((
                     outcome,
                     Header {
                         node_id: self.id,
@@ -520,10 +505,30 @@ impl Driver {
                         index: entry.index,
                     },
                 )),
-                Some(Err(err)) => Err(ClientError::Apply(err)),
-                None => Err(ClientError::LeadershipLost),
+                apply::Answer::Rejected(err) => Err(ClientError::Apply(err)),
+                apply::Answer::LeadershipLost => Err(ClientError::LeadershipLost),
             };
             let _ = reply.send(answer);
+        }
+    }
+
+    /// After an entry applied: logs an error or a lease expiry, and wakes waiting acquirers
+    /// when a lock was freed.
+    fn after_applied(&self, index: LogIndex, applied: &apply::Applied) {
+        if let Some(Err(err)) = &applied.result {
+            warn!(index, error = %err, "command applied to an error");
+        }
+        if let Some(Proposal {
+            command: Command::Expire { name, token },
+            ..
+        }) = &applied.proposal
+        {
+            if matches!(applied.result, Some(Ok(Outcome::Expired { expired: true }))) {
+                info!(lock = %name, token, "lease expired: lock {name} token {token}");
+            }
+        }
+        if applied.freed_lock().is_some() {
+            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -568,34 +573,6 @@ impl Driver {
                 len, "restarted every lease with its full ttl"
             );
         }
-    }
-
-    /// After a lock command applied: logs an expiry, wakes waiting acquirers when a lock was
-    /// freed, and (as leader) restarts or drops the lock's lease to match the state machine.
-    ///
-    /// Returns the error to answer instead of a renewal that came too late: this leader has
-    /// already proposed the expiry of that very grant, which will end it right after.
-    fn after_lock_outcome(&mut self, data: &[u8], outcome: &Outcome) -> Option<ApplyError> {
-        let renewed = match outcome {
-            Outcome::Acquired { .. } | Outcome::KeptAlive { .. } => true,
-            Outcome::Released | Outcome::Expired { expired: true } => false,
-            Outcome::Put | Outcome::Delete { .. } | Outcome::Expired { expired: false } => {
-                return None;
-            }
-        };
-        // The outcome says what happened; the command names the lock it happened to.
-        let Ok(proposal) = Proposal::decode(data) else {
-            return None;
-        };
-        if let Command::Expire { name, token } = &proposal.command {
-            info!(lock = %name, token, "lease expired: lock {name} token {token}");
-        }
-        if !renewed {
-            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        // Only the leader times leases (a follower's table is empty and ignores this).
-        self.leases
-            .after_apply(&proposal.command, Some(outcome), &self.sm, Instant::now())
     }
 
     /// As leader: proposes, once each, the expiry of every lease whose deadline has passed.

@@ -25,9 +25,10 @@
 //! full TTL from the moment it starts leading (a lease may outlive its TTL across a leader
 //! change, never end early); an applied grant or keep-alive restarts it. When a deadline
 //! passes, the leader proposes `Command::Expire` once, and the state machine decides.
-//! That bookkeeping is I/O-free (`leases.rs`), as is the lease-read clock (`tick_clock.rs`):
-//! the simulator runs the same code.
+//! That bookkeeping is I/O-free (`leases.rs`), as are applying a committed entry (`apply.rs`)
+//! and the lease-read clock (`tick_clock.rs`): the simulator runs the same code.
 
+pub(crate) mod apply;
 mod driver;
 mod error;
 mod handover;

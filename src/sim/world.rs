@@ -12,6 +12,7 @@ use super::invariants::Invariants;
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
+use crate::node::apply;
 use crate::node::leases::Leases;
 use crate::node::tick_clock::TickClock;
 use crate::raft::storage::{LogStore, MemStorage};
@@ -790,54 +791,46 @@ impl World {
             self.violation(msg);
             return;
         }
-        let proposal = match &e.payload {
-            Payload::Command(data) => Proposal::decode(data).ok(),
+        // The lock checker's view of the lock table before the entry.
+        let before = match &e.payload {
+            Payload::Command(data) => Proposal::decode(data)
+                .ok()
+                .map(|p| LockCheck::before(&n.sm, &p)),
             Payload::Noop => None,
         };
-        let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
-        let mut result = match &e.payload {
-            Payload::Noop => {
-                n.sm.apply_noop(e.index);
-                None
-            }
-            Payload::Command(data) => Some(n.sm.apply(e.index, data)),
-        };
-        if let (Some(p), Some(b), Some(r)) = (&proposal, &before, &result) {
+        // The driver's own step: apply, lease bookkeeping, the answer owed (`node::apply`).
+        let now = Duration::from_micros(self.now);
+        let applied = apply::apply_entry(&mut n.sm, &mut n.leases, &e, now);
+        if let (Some(p), Some(b), Some(r)) = (&applied.proposal, &before, &applied.result) {
             if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
                 self.fail.get_or_insert(format!("lock safety: {msg}"));
             }
-            // The driver's lease bookkeeping; a renewal that came too late is answered
-            // StaleToken instead of its outcome.
-            let now = Duration::from_micros(self.now);
-            if let Some(too_late) = n
-                .leases
-                .after_apply(&p.command, r.as_ref().ok(), &n.sm, now)
-            {
-                result = Some(Err(too_late));
-            }
         }
-        let lockish = proposal.as_ref().is_some_and(|p| is_lock_op(&p.command));
         let Some((term, w)) = n.pending_writes.remove(&e.index) else {
             return;
         };
-        if term != e.term {
-            self.reply(&w, Err(ReplyErr::LeadershipLost));
-            return;
-        }
-        if !self.random_faults && matches!(result, Some(Ok(_))) {
-            self.answers.push(scenario::Answered {
-                at: self.now,
-                node: id,
-                write: Some(e.index),
-            });
-        }
-        let reply = match result {
-            Some(Ok(outcome)) if lockish => Ok(Answer::Applied(outcome, e.index)),
-            Some(Ok(SmOutcome::Put)) => Ok(Answer::Kv(OpResult::Put)),
-            Some(Ok(SmOutcome::Delete { existed })) => Ok(Answer::Kv(OpResult::Delete(existed))),
-            Some(Ok(other)) => Ok(Answer::Applied(other, e.index)),
-            Some(Err(err)) => Err(ReplyErr::Rejected(err)),
-            None => Err(ReplyErr::LeadershipLost),
+        let lockish = applied
+            .proposal
+            .as_ref()
+            .is_some_and(|p| is_lock_op(&p.command));
+        let reply = match applied.answer_for(term) {
+            apply::Answer::Applied(outcome) => {
+                if !self.random_faults {
+                    self.answers.push(scenario::Answered {
+                        at: self.now,
+                        node: id,
+                        write: Some(e.index),
+                    });
+                }
+                match outcome {
+                    outcome if lockish => Ok(Answer::Applied(outcome, e.index)),
+                    SmOutcome::Put => Ok(Answer::Kv(OpResult::Put)),
+                    SmOutcome::Delete { existed } => Ok(Answer::Kv(OpResult::Delete(existed))),
+                    other => Ok(Answer::Applied(other, e.index)),
+                }
+            }
+            apply::Answer::Rejected(err) => Err(ReplyErr::Rejected(err)),
+            apply::Answer::LeadershipLost => Err(ReplyErr::LeadershipLost),
         };
         self.reply(&w, reply);
     }
@@ -921,10 +914,12 @@ impl World {
         let torn = self.rng.random_range(0..3u8);
         let keep_hs = self.rng.random_bool(0.5);
         let cut_at = self.rng.random_range(0..=64usize);
-        let snapshot_landed = self.rng.random_bool(0.5);
-        if !self.nodes.get(&id).is_some_and(|n| n.up) {
+        let Some(n) = self.nodes.get(&id).filter(|n| n.up) else {
             return;
-        }
+        };
+        // Drawn only when a snapshot is being stored, so runs without snapshots keep the
+        // random stream the mutation tests were calibrated on.
+        let snapshot_landed = n.snapshot_task.is_some() && self.rng.random_bool(0.5);
         let snapshot_note = self.crash_snapshot(id, snapshot_landed);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;

@@ -14,11 +14,12 @@ use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
 use crate::node::apply;
 use crate::node::leases::Leases;
+use crate::node::pending::Waiters;
 use crate::node::tick_clock::TickClock;
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation, NodeId, Payload, RaftCore,
-    ReadState, Ready, Role, Snapshot, Term,
+    ReadState, Ready, Role, Snapshot,
 };
 use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
@@ -238,11 +239,9 @@ pub(crate) struct SimNode {
     snapshot_task: Option<snapshot::SnapshotTask>,
     inbox: VecDeque<Input>,
     tick_pending: bool,
-    pending_writes: BTreeMap<LogIndex, (Term, Waiting)>,
-    pending_reads: BTreeMap<u64, (Waiting, String)>,
-    /// Confirmed reads waiting for the state machine to reach their index.
-    ready_reads: Vec<(LogIndex, Waiting, String)>,
-    next_read_id: u64,
+    /// Writers and readers waiting on this node: the driver's own bookkeeping
+    /// (`node::pending::Waiters`); a reader waits with the key it reads.
+    waiters: Waiters<Waiting, (Waiting, String)>,
     role: Role,
     /// Leader only: the lease of every held lock on this node's clock, the driver's own
     /// table (`node::leases`), with simulated time as a `Duration` since the run started.
@@ -344,10 +343,7 @@ impl World {
                     snapshot_task: None,
                     inbox: VecDeque::new(),
                     tick_pending: false,
-                    pending_writes: BTreeMap::new(),
-                    pending_reads: BTreeMap::new(),
-                    ready_reads: Vec::new(),
-                    next_read_id: 1,
+                    waiters: Waiters::default(),
                     role: Role::Follower,
                     leases: lease_table(&cfg),
                     disk_fails: false,
@@ -566,18 +562,19 @@ impl World {
                 proposal.encode()
             }) {
                 Ok(p) => {
-                    n.pending_writes.insert(p.index, (p.term, waiting));
+                    if let Some(lost) = n.waiters.add_write(p.index, p.term, waiting) {
+                        self.reply(&lost, Err(ReplyErr::LeadershipLost));
+                    }
                 }
                 Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader()))),
             },
             ReqOp::Read(key) => {
-                let rid = n.next_read_id;
-                n.next_read_id += 1;
+                let rid = n.waiters.next_read_id();
                 let by_lease = n.core.lease_reads_served();
                 match n.core.read_index(rid) {
                     Ok(()) => {
                         self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
-                        n.pending_reads.insert(rid, (waiting, key));
+                        n.waiters.add_read(rid, (waiting, key));
                     }
                     Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
                 }
@@ -615,7 +612,7 @@ impl World {
                     )
                 });
                 if was_leader && ss.role != Role::Leader {
-                    self.fail_pending(id, ReplyErr::LeadershipLost);
+                    self.fail_pending(id, ReplyErr::LeadershipLost, false);
                 }
                 if ss.role == Role::Leader {
                     self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
@@ -717,9 +714,7 @@ impl World {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            if let Some((w, key)) = n.pending_reads.remove(&rs.id) {
-                n.ready_reads.push((rs.index, w, key));
-            }
+            n.waiters.confirm_read(rs);
         }
         self.serve_reads(id);
         // 5. Advance.
@@ -806,7 +801,7 @@ impl World {
                 self.fail.get_or_insert(format!("lock safety: {msg}"));
             }
         }
-        let Some((term, w)) = n.pending_writes.remove(&e.index) else {
+        let Some((term, w)) = n.waiters.take_write(e.index) else {
             return;
         };
         let lockish = applied
@@ -840,14 +835,11 @@ impl World {
             return;
         };
         let applied = n.sm.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) = n
-            .ready_reads
-            .drain(..)
-            .partition(|(idx, _, _)| *idx <= applied);
-        n.ready_reads = waiting;
-        let answers: Vec<(Waiting, Option<String>)> = ready
+        let answers: Vec<(Waiting, Option<String>)> = n
+            .waiters
+            .servable_reads(applied)
             .into_iter()
-            .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
+            .map(|(w, key)| (w, n.sm.get(&key).map(String::from)))
             .collect();
         for (w, v) in answers {
             if !self.random_faults {
@@ -861,25 +853,20 @@ impl World {
         }
     }
 
-    fn fail_pending(&mut self, id: NodeId, err: ReplyErr) {
+    /// Answers `err` to the waiters of node `id`: every one (`all`: a crash), or, as the
+    /// driver does when leadership is lost, the writers and the reads not yet confirmed
+    /// (a confirmed read is still served once applied catches up).
+    fn fail_pending(&mut self, id: NodeId, err: ReplyErr, all: bool) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        let mut all: Vec<Waiting> = std::mem::take(&mut n.pending_writes)
-            .into_values()
-            .map(|(_, w)| w)
-            .collect();
-        all.extend(
-            std::mem::take(&mut n.pending_reads)
-                .into_values()
-                .map(|(w, _)| w),
-        );
-        all.extend(
-            std::mem::take(&mut n.ready_reads)
-                .into_iter()
-                .map(|(_, w, _)| w),
-        );
-        for w in all {
+        let (writes, reads) = if all {
+            n.waiters.take_all()
+        } else {
+            n.waiters.take_leader_bound()
+        };
+        let all = writes.into_iter().chain(reads.into_iter().map(|(w, _)| w));
+        for w in all.collect::<Vec<_>>() {
             self.reply(&w, Err(err.clone()));
         }
     }
@@ -955,7 +942,7 @@ impl World {
         n.tick_pending = false;
         self.note(|| format!("CRASH node {id}{torn_note}{snapshot_note}"));
         // Clients waiting on it see their connection drop.
-        self.fail_pending(id, ReplyErr::ConnectionLost);
+        self.fail_pending(id, ReplyErr::ConnectionLost, true);
         self.inv.on_crash(id);
         self.locks.on_crash(id);
     }

@@ -249,6 +249,26 @@ mod tests {
         assert_eq!(crx.try_recv().unwrap(), Err(ClientError::ShuttingDown));
     }
 
+    /// The simulator's use: plain values as waiters, in an order that does not depend on the
+    /// run (ordered maps), confirmed reads kept across a loss of leadership.
+    #[test]
+    fn waiters_are_taken_in_a_fixed_order() {
+        let mut w: Waiters<&str, &str> = Waiters::default();
+        assert_eq!(w.add_write(5, 1, "w5"), None);
+        assert_eq!(w.add_write(2, 1, "w2"), None);
+        assert_eq!(w.add_write(5, 2, "w5'"), Some("w5"));
+        for (id, r) in [(3, "r3"), (1, "r1"), (2, "r2")] {
+            w.add_read(id, r);
+        }
+        w.confirm_read(ReadState { id: 2, index: 9 });
+        w.confirm_read(ReadState { id: 3, index: 4 });
+        assert_eq!(w.take_leader_bound(), (vec!["w2", "w5'"], vec!["r1"]));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.servable_reads(8), vec!["r3"]);
+        assert_eq!(w.take_all(), (vec![], vec!["r2"]));
+        assert_eq!(w.len(), 0);
+    }
+
     #[test]
     fn prune_drops_waiters_whose_caller_left() {
         let mut p = Pending::default();

@@ -55,8 +55,9 @@ pub struct SimConfig {
     /// Checker test: the simulated driver drops the fence of every write it proposes (a
     /// driver bug the lock checks must catch).
     pub strip_fences: bool,
-    /// Each node snapshots its state machine and compacts its log once this many entries
-    /// were applied since its last snapshot; 0 = never.
+    /// Each node snapshots its state machine once this many entries were applied since its
+    /// last snapshot, stores it in the background and compacts its log once it is durable
+    /// (`world/snapshot.rs`); 0 = never.
     pub snapshot_every: u64,
     /// Also inject disk failures (a node's write fails and it stops).
     pub disk_faults: bool,
@@ -125,7 +126,7 @@ pub struct Outcome {
     pub fenced_ok: u64,
     /// Nodes stopped by a failed disk write.
     pub disk_failures: u64,
-    /// Snapshots nodes took of their own state (log compactions).
+    /// Snapshots nodes took of their own state and stored (log compactions).
     pub snapshots_taken: u64,
     /// Leader snapshots installed by followers.
     pub snapshots_installed: u64,

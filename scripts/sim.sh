@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin kvstore-sim
-exec target/release/kvstore-sim "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/kvstore-sim" "$@"

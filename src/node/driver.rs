@@ -1,8 +1,11 @@
 //! The Ready loop: the one task that owns the Raft core, the store and the state machine.
 
+use super::apply;
 use super::error::{ClientError, Fatal};
+use super::leases::Leases;
 use super::pending::Pending;
 use super::request::{Header, ReadTarget, ReadValue, Request};
+use super::tick_clock::TickClock;
 use super::transport::Transport;
 use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
@@ -11,9 +14,9 @@ use crate::raft::{
     self, Entry, HardState, LogIndex, Message, MessageBody, NodeId, NotLeader, Payload, Proposed,
     RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
-use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
+use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
 use crate::storage::{ClusterIdentity, SledStore};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,20 +32,6 @@ const MAX_BATCH: usize = 256;
 /// refused with UNAVAILABLE "node overloaded" (the inbox bounds how fast they arrive, this
 /// bounds how many pile up while nothing commits, e.g. with the followers gone).
 const MAX_PENDING: usize = 65_536;
-
-/// Longest lease the driver will time, in ms (the Lock service accepts at most one day).
-const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
-
-/// The leader's clock for one held lock.
-#[derive(Clone, Copy, Debug)]
-struct Lease {
-    /// The grant this lease belongs to.
-    token: u64,
-    /// When it runs out on this leader's monotonic clock.
-    deadline: Instant,
-    /// An `Expire` for it was proposed (in the current term); do not propose another.
-    expiring: bool,
-}
 
 /// Owns the core, the store and the state machine; see the module docs of `node`.
 pub struct Driver {
@@ -70,18 +59,18 @@ pub struct Driver {
     /// gRPC calls waiting for the core's response to their peer request, by `rpc_id`.
     peer_waiters: HashMap<u64, oneshot::Sender<Message>>,
     /// Lease deadlines of the held locks, kept only while leader (see `node` docs, Leases).
-    /// Invariant: empty unless `lease_term` is `Some`.
-    leases: BTreeMap<String, Lease>,
-    /// The term whose leadership `leases` was built in.
-    lease_term: Option<Term>,
+    leases: Leases<Instant>,
     /// Bumped when a lock is released or expires, so waiting acquirers retry.
     locks_freed: watch::Sender<u64>,
     /// A leader's snapshot that arrived and decoded, waiting for the core to accept it.
+    /// Invariant: `None` between two Ready cycles (installed or dropped by `handle_ready`).
     incoming_snapshot: Option<(SnapshotMeta, StateMachine)>,
     /// Bytes of commands applied since the last snapshot (for `--snapshot-bytes`).
     bytes_since_snapshot: u64,
-    /// Keeps the core's lease clock in step with real time (`handover.rs`).
-    clock: handover::TickClock,
+    /// Keeps the core's lease clock in step with real time (`tick_clock.rs`).
+    clock: TickClock,
+    /// When this driver started: the origin of `clock`.
+    started: Instant,
     /// A snapshot being stored on the blocking pool (`snapshot.rs`).
     snapshot_task: Option<snapshot::SnapshotTask>,
     /// Size of the latest snapshot (0 without one): the next waits until a quarter of it
@@ -149,12 +138,12 @@ impl Driver {
             leading: None,
             last_rpc_id: 0,
             peer_waiters: HashMap::new(),
-            leases: BTreeMap::new(),
-            lease_term: None,
+            leases: Leases::default(),
             locks_freed: inbox.locks_freed,
             incoming_snapshot: None,
             bytes_since_snapshot: 0,
-            clock: handover::TickClock::new(),
+            clock: TickClock::default(),
+            started: Instant::now(),
             snapshot_task: None,
             snapshot_size,
         })
@@ -243,7 +232,7 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
-        self.clock.catch_up(&mut self.core, self.tick);
+        self.catch_up_clock();
         self.core.tick();
         self.clock.ticked();
         self.pending.prune_closed();
@@ -293,7 +282,7 @@ impl Driver {
             } => {
                 let id = self.pending.next_read_id();
                 // A lease is measured in ticks: count the ones a stall made us miss first.
-                self.clock.catch_up(&mut self.core, self.tick);
+                self.catch_up_clock();
                 match self.core.read_index(id) {
                     Ok(()) => {
                         self.leading = Some(self.core.status().term);
@@ -383,6 +372,9 @@ impl Driver {
             self.core.advance();
             self.maybe_snapshot();
         }
+        // A snapshot decoded on arrival that no Ready carried was refused by the core (stale,
+        // already covered, or from the wrong term): do not hold its state machine.
+        self.incoming_snapshot = None;
         Ok(())
     }
 
@@ -482,37 +474,21 @@ impl Driver {
             .await
     }
 
-    /// Applies committed entries in order and answers the writers waiting on them.
+    /// Applies committed entries in order and answers the writers waiting on them
+    /// (`node::apply`, the code the simulator runs too).
     fn apply(&mut self, committed: Vec<Entry>) {
         for entry in committed {
-            let mut result = match &entry.payload {
-                Payload::Command(data) => {
-                    self.bytes_since_snapshot += data.len() as u64;
-                    Some(self.sm.apply(entry.index, data))
-                }
-                Payload::Noop => {
-                    self.sm.apply_noop(entry.index);
-                    None
-                }
-            };
-            match (&result, &entry.payload) {
-                (Some(Err(err)), _) => {
-                    warn!(index = entry.index, error = %err, "command applied to an error");
-                }
-                (Some(Ok(outcome)), Payload::Command(data)) => {
-                    if let Some(doomed) = self.after_lock_outcome(data, outcome) {
-                        result = Some(Err(doomed));
-                    }
-                }
-                _ => {}
+            if let Payload::Command(data) = &entry.payload {
+                self.bytes_since_snapshot += data.len() as u64;
             }
+            let applied =
+                apply::apply_entry(&mut self.sm, &mut self.leases, &entry, Instant::now());
+            self.after_applied(entry.index, &applied);
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
             };
-            let answer = match result {
-                // Another leader's entry took this index: ours was overwritten (§5.3).
-                _ if term != entry.term => Err(ClientError::LeadershipLost),
-                Some(Ok(outcome)) => Ok((
+            let answer = match applied.answer_for(term) {
+                apply::Answer::Applied(outcome) => Ok((
                     outcome,
                     Header {
                         node_id: self.id,
@@ -520,10 +496,30 @@ impl Driver {
                         index: entry.index,
                     },
                 )),
-                Some(Err(err)) => Err(ClientError::Apply(err)),
-                None => Err(ClientError::LeadershipLost),
+                apply::Answer::Rejected(err) => Err(ClientError::Apply(err)),
+                apply::Answer::LeadershipLost => Err(ClientError::LeadershipLost),
             };
             let _ = reply.send(answer);
+        }
+    }
+
+    /// After an entry applied: logs an error or a lease expiry, and wakes waiting acquirers
+    /// when a lock was freed.
+    fn after_applied(&self, index: LogIndex, applied: &apply::Applied) {
+        if let Some(Err(err)) = &applied.result {
+            warn!(index, error = %err, "command applied to an error");
+        }
+        if let Some(Proposal {
+            command: Command::Expire { name, token },
+            ..
+        }) = &applied.proposal
+        {
+            if matches!(applied.result, Some(Ok(Outcome::Expired { expired: true }))) {
+                info!(lock = %name, token, "lease expired: lock {name} token {token}");
+            }
+        }
+        if applied.freed_lock().is_some() {
+            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -548,123 +544,39 @@ impl Driver {
         }
     }
 
+    /// Credits the core's lease clock with the tick periods a stall made it miss.
+    fn catch_up_clock(&mut self) {
+        let missed = self.clock.catch_up(self.started.elapsed(), self.tick);
+        if missed > 0 {
+            self.core.advance_clock(missed);
+        }
+    }
+
     /// Keeps `leases` in step with leadership: cleared when we do not lead; on leading a new
     /// term, every held lock gets a full TTL from now (a lease never ends early because the
     /// leader changed; it may last longer).
     fn sync_leases(&mut self) {
         let status = self.core.status();
-        if status.role != Role::Leader {
-            if self.lease_term.take().is_some() {
-                self.leases.clear();
-            }
-            return;
-        }
-        if self.lease_term == Some(status.term) {
-            return;
-        }
-        self.lease_term = Some(status.term);
-        let now = Instant::now();
-        self.leases = self
-            .sm
-            .locks()
-            .map(|(name, l)| (name.to_owned(), new_lease(l.token, l.ttl_ms, now)))
-            .collect();
-        if !self.leases.is_empty() {
+        let leading = (status.role == Role::Leader).then_some(status.term);
+        if let Some(len @ 1..) = self.leases.sync(leading, &self.sm, Instant::now()) {
             info!(
                 term = status.term,
-                len = self.leases.len(),
-                "restarted every lease with its full ttl"
+                len, "restarted every lease with its full ttl"
             );
         }
     }
 
-    /// After a lock command applied: logs an expiry, wakes waiting acquirers when a lock was
-    /// freed, and (as leader) restarts or drops the lock's lease to match the state machine.
-    ///
-    /// Returns the error to answer instead of a renewal that came too late: this leader has
-    /// already proposed the expiry of that very grant, which will end it right after.
-    fn after_lock_outcome(&mut self, data: &[u8], outcome: &Outcome) -> Option<ApplyError> {
-        let renewed = match outcome {
-            Outcome::Acquired { .. } | Outcome::KeptAlive { .. } => true,
-            Outcome::Released | Outcome::Expired { expired: true } => false,
-            Outcome::Put | Outcome::Delete { .. } | Outcome::Expired { expired: false } => {
-                return None;
-            }
-        };
-        // The outcome says what happened; the command names the lock it happened to.
-        let Ok(proposal) = Proposal::decode(data) else {
-            return None;
-        };
-        let name = match proposal.command {
-            Command::Expire { name, token } => {
-                info!(lock = %name, token, "lease expired: lock {name} token {token}");
-                name
-            }
-            Command::Acquire { name, .. }
-            | Command::KeepAlive { name, .. }
-            | Command::Release { name, .. } => name,
-            Command::Put { .. } | Command::Delete { .. } => return None,
-        };
-        if !renewed {
-            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        // Only the leader times leases.
-        self.lease_term?;
-        // Resynchronise from the state machine, not the outcome: a session's cached outcome
-        // may describe an older grant.
-        match self.sm.lock(&name) {
-            None => {
-                self.leases.remove(&name);
-            }
-            Some(l) => {
-                let lease = self.leases.get(&name).filter(|e| e.token == l.token);
-                if renewed && lease.is_some_and(|e| e.expiring) {
-                    return Some(ApplyError::StaleToken {
-                        token: l.token,
-                        name,
-                        current: None,
-                    });
-                }
-                if renewed || lease.is_none() {
-                    let lease = new_lease(l.token, l.ttl_ms, Instant::now());
-                    self.leases.insert(name, lease);
-                }
-            }
-        }
-        None
-    }
-
     /// As leader: proposes, once each, the expiry of every lease whose deadline has passed.
+    /// A lease is marked only once its proposal is accepted: one refused during a leadership
+    /// transfer stays due and is proposed at the next tick (issue 11, defect 3).
     fn maybe_expire_leases(&mut self) {
-        if self.lease_term.is_none() {
-            return;
-        }
-        let now = Instant::now();
-        let due: Vec<(String, u64)> = self
+        let core = &mut self.core;
+        // Refused: leadership is gone (the next sync clears the table) or being handed over.
+        let proposed = self
             .leases
-            .iter_mut()
-            .filter(|(_, l)| !l.expiring && l.deadline <= now)
-            .map(|(name, l)| {
-                l.expiring = true;
-                (name.clone(), l.token)
-            })
-            .collect();
-        for (name, token) in due {
-            let data = Proposal {
-                session: None,
-                command: Command::Expire {
-                    name: name.clone(),
-                    token,
-                },
-            }
-            .encode();
-            match self.core.propose(data) {
-                Ok(Proposed { index, .. }) => {
-                    debug!(lock = %name, token, index, "proposed lease expiry");
-                }
-                // Leadership is gone (or being handed over); the next sync clears the leases.
-                Err(_) => return,
-            }
+            .propose_due(Instant::now(), |data| core.propose(data).is_ok());
+        for (lock, token) in proposed {
+            debug!(lock = %lock, token, "proposed lease expiry");
         }
     }
 
@@ -753,16 +665,6 @@ impl Driver {
 mod handover;
 mod snapshot;
 
-/// A lease of `ttl_ms` starting at `now`.
-fn new_lease(token: u64, ttl_ms: u64, now: Instant) -> Lease {
-    Lease {
-        token,
-        // Capped so the addition cannot overflow whatever a log entry says.
-        deadline: now + Duration::from_millis(ttl_ms.min(MAX_LEASE_MS)),
-        expiring: false,
-    }
-}
-
 /// A seed that differs per node and per start, so two nodes (or two runs of one node) do
 /// not draw the same election timeouts. The driver may read the clock; the core may not.
 fn start_seed(id: NodeId) -> u64 {
@@ -771,3 +673,6 @@ fn start_seed(id: NodeId) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,12 +25,18 @@
 //! full TTL from the moment it starts leading (a lease may outlive its TTL across a leader
 //! change, never end early); an applied grant or keep-alive restarts it. When a deadline
 //! passes, the leader proposes `Command::Expire` once, and the state machine decides.
+//! That bookkeeping is I/O-free (`leases.rs`), as are applying a committed entry (`apply.rs`),
+//! the waiting writers and readers (`pending.rs`, `Waiters`) and the lease-read clock
+//! (`tick_clock.rs`): the simulator runs the same code.
 
+pub(crate) mod apply;
 mod driver;
 mod error;
 mod handover;
-mod pending;
+pub(crate) mod leases;
+pub(crate) mod pending;
 mod request;
+pub(crate) mod tick_clock;
 mod transport;
 
 pub use self::driver::Driver;

@@ -15,7 +15,7 @@ use crate::raft::NodeId;
 use crate::state_machine::{ApplyError, Command, Fence, Outcome as SmOutcome, Proposal, Session};
 
 /// The lock the services compete for, and the key they write under it.
-pub(crate) const LOCK: &str = "svc";
+pub const LOCK: &str = "svc";
 const KEY: &str = "fenced";
 const MS: Time = 1_000;
 /// Lease length the services ask for.
@@ -305,8 +305,10 @@ impl LockClient {
                 }
                 w.lock_check_mut().fenced_ok += 1;
             }
+            // An Acquire that renewed its own grant after the leader proposed that grant's
+            // expiry is answered StaleToken too (`node::leases`): not acquired.
             (
-                Command::KeepAlive { .. } | Command::Release { .. },
+                Command::Acquire { .. } | Command::KeepAlive { .. } | Command::Release { .. },
                 Err(ApplyError::StaleToken { .. }),
             )
             | (Command::Put { .. }, Err(ApplyError::StaleFence { .. })) => {

@@ -8,8 +8,9 @@
 //! storage; nodes paused (SIGSTOP-like zombies) and resumed; slow disks.
 //!
 //! Checks: after every event, the Raft invariants (`invariants.rs`); at the end, the client
-//! history is linearizable (`crate::lincheck`), every node applied the same state, and once
-//! faults stop the cluster elects a leader and converges within a bound.
+//! history is linearizable (`crate::lincheck`), every node applied the same state, once
+//! faults stop the cluster elects a leader and converges within a bound, and every lock
+//! expires once its holders stopped.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the
@@ -20,7 +21,11 @@
 //! not starve the library's timing-sensitive tests; only the determinism test, which needs a
 //! crate-private trace, is a unit test here (`tests.rs`).
 //!
-//! What it may import: `raft`, `state_machine`, `lincheck`, std, rand. No tokio, no clock.
+//! The simulated driver runs the daemon driver's own I/O-free parts: the lease table
+//! (`node::leases`) and the lease-read clock (`node::tick_clock`).
+//!
+//! What it may import: `raft`, `state_machine`, `lincheck`, the I/O-free modules of `node`
+//! named above, std, rand. No tokio, no clock.
 
 mod client;
 mod invariants;
@@ -28,6 +33,8 @@ mod lock_client;
 mod locks;
 mod world;
 
+/// The one lock the simulated lock clients compete for.
+pub use lock_client::LOCK;
 pub use world::{
     run, Answered, Failure, Outcome, RoleChange, Scenario, ScriptedFault, SimConfig, Time,
     ELECTION_TIMEOUT, MAX_DELAY,

@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -11,10 +12,14 @@ use super::invariants::Invariants;
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
+use crate::node::apply;
+use crate::node::leases::Leases;
+use crate::node::pending::Waiters;
+use crate::node::tick_clock::TickClock;
 use crate::raft::storage::{LogStore, MemStorage};
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation, NodeId, Payload, RaftCore,
-    ReadState, Ready, Role, Snapshot, Term,
+    ReadState, Ready, Role, Snapshot,
 };
 use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 
@@ -50,8 +55,9 @@ pub struct SimConfig {
     /// Checker test: the simulated driver drops the fence of every write it proposes (a
     /// driver bug the lock checks must catch).
     pub strip_fences: bool,
-    /// Each node snapshots its state machine and compacts its log once this many entries
-    /// were applied since its last snapshot; 0 = never.
+    /// Each node snapshots its state machine once this many entries were applied since its
+    /// last snapshot, stores it in the background and compacts its log once it is durable
+    /// (`world/snapshot.rs`); 0 = never.
     pub snapshot_every: u64,
     /// Also inject disk failures (a node's write fails and it stops).
     pub disk_faults: bool,
@@ -64,6 +70,9 @@ pub struct SimConfig {
     /// CheckQuorum (and the leader stickiness that comes with it); off only for control runs
     /// of the scripted scenarios. Lease reads need it: off, `lease_reads` is ignored.
     pub check_quorum: bool,
+    /// Mutation switch of the driver's lease table (`node::leases`): every due lease is
+    /// marked expiring before any expiry is proposed (issue 11, defect 3).
+    pub mark_leases_before_proposing: bool,
 }
 
 impl SimConfig {
@@ -89,6 +98,7 @@ impl SimConfig {
             lease_reads: seed % 3 == 1,
             transfers: true,
             check_quorum: true,
+            mark_leases_before_proposing: false,
         }
     }
 }
@@ -114,7 +124,7 @@ pub struct Outcome {
     pub fenced_ok: u64,
     /// Nodes stopped by a failed disk write.
     pub disk_failures: u64,
-    /// Snapshots nodes took of their own state (log compactions).
+    /// Snapshots nodes took of their own state and stored (log compactions).
     pub snapshots_taken: u64,
     /// Leader snapshots installed by followers.
     pub snapshots_installed: u64,
@@ -167,6 +177,8 @@ enum Ev {
     Deliver(NodeId, Input),
     Reply(usize, ClientReply),
     PersistDone(NodeId, u64),
+    /// A node's own snapshot is stored (`snapshot.rs`), in the given life of the node.
+    SnapshotStored(NodeId, u64),
     Resume(NodeId),
     Restart(NodeId),
     ClientWake(usize),
@@ -222,24 +234,31 @@ pub(crate) struct SimNode {
     /// Bumped on every crash, so a disk completion of an earlier life is ignored.
     incarnation: u64,
     busy: Option<InFlightReady>,
+    /// The node's own snapshot being stored in the background (`snapshot.rs`).
+    snapshot_task: Option<snapshot::SnapshotTask>,
     inbox: VecDeque<Input>,
     tick_pending: bool,
-    pending_writes: BTreeMap<LogIndex, (Term, Waiting)>,
-    pending_reads: BTreeMap<u64, (Waiting, String)>,
-    /// Confirmed reads waiting for the state machine to reach their index.
-    ready_reads: Vec<(LogIndex, Waiting, String)>,
-    next_read_id: u64,
+    /// Writers and readers waiting on this node: the driver's own bookkeeping
+    /// (`node::pending::Waiters`); a reader waits with the key it reads.
+    waiters: Waiters<Waiting, (Waiting, String)>,
     role: Role,
-    /// Leader only: lease deadlines on this node's clock, name -> (token, deadline).
-    leases: BTreeMap<String, (u64, Time)>,
-    /// Leader only: `Expire` proposals in flight, so each is proposed once.
-    expiring: BTreeSet<(String, u64)>,
+    /// Leader only: the lease of every held lock on this node's clock, the driver's own
+    /// table (`node::leases`), with simulated time as a `Duration` since the run started.
+    leases: Leases<Duration>,
     /// The next write to this node's disk fails (a full or broken disk).
     disk_fails: bool,
-    /// The lease clock as the driver keeps it: when this life started, and the ticks
-    /// credited to the core since (see `catch_up_clock`).
+    /// The lease clock as the driver keeps it (`node::tick_clock`): when this life started,
+    /// and the ticks credited to the core since (see `catch_up_clock`).
     born: Time,
-    ticks_given: u64,
+    clock: TickClock,
+}
+
+impl SimNode {
+    /// See [`Scenario::leader_snapshot_in_flight`].
+    pub(crate) fn leader_snapshot_in_flight(&self) -> Option<LogIndex> {
+        let rd = self.busy.as_ref()?;
+        rd.snapshot.as_ref().map(|s| s.meta.index)
+    }
 }
 
 pub(crate) struct World {
@@ -295,6 +314,9 @@ const ELECTION_TICKS: u32 = 10;
 const MAX_NET_DELAY: Time = 40 * MS;
 /// A client attempt with no answer after this is retried elsewhere.
 const ATTEMPT_TIMEOUT: Time = 300 * MS;
+/// Once every lock client stopped and the cluster converged, every lock expires within this
+/// (a lease is at most a few hundred ms, plus a new leader's full TTL and the commit).
+const LOCKS_EXPIRE_WITHIN: Time = 5_000 * MS;
 /// A client operation with no answer after this is given up: its outcome is unknown.
 pub(crate) const OP_DEADLINE: Time = 2_000 * MS;
 
@@ -325,18 +347,15 @@ impl World {
                     paused: false,
                     incarnation: 0,
                     busy: None,
+                    snapshot_task: None,
                     inbox: VecDeque::new(),
                     tick_pending: false,
-                    pending_writes: BTreeMap::new(),
-                    pending_reads: BTreeMap::new(),
-                    ready_reads: Vec::new(),
-                    next_read_id: 1,
+                    waiters: Waiters::default(),
                     role: Role::Follower,
-                    leases: BTreeMap::new(),
-                    expiring: BTreeSet::new(),
+                    leases: lease_table(&cfg),
                     disk_fails: false,
                     born: 0,
-                    ticks_given: 0,
+                    clock: TickClock::default(),
                 },
             );
         }
@@ -502,7 +521,7 @@ impl World {
         match input {
             Input::Tick => {
                 n.core.tick();
-                n.ticks_given += 1;
+                n.clock.ticked();
                 self.expire_leases(id);
             }
             Input::Transfer(target) => self.transfer(id, target),
@@ -550,18 +569,19 @@ impl World {
                 proposal.encode()
             }) {
                 Ok(p) => {
-                    n.pending_writes.insert(p.index, (p.term, waiting));
+                    if let Some(lost) = n.waiters.add_write(p.index, p.term, waiting) {
+                        self.reply(&lost, Err(ReplyErr::LeadershipLost));
+                    }
                 }
                 Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader()))),
             },
             ReqOp::Read(key) => {
-                let rid = n.next_read_id;
-                n.next_read_id += 1;
+                let rid = n.waiters.next_read_id();
                 let by_lease = n.core.lease_reads_served();
                 match n.core.read_index(rid) {
                     Ok(()) => {
                         self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
-                        n.pending_reads.insert(rid, (waiting, key));
+                        n.waiters.add_read(rid, (waiting, key));
                     }
                     Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
                 }
@@ -582,17 +602,6 @@ impl World {
             if let Some(ss) = rd.soft_state {
                 let was_leader = n.role == Role::Leader;
                 n.role = ss.role;
-                if was_leader != (ss.role == Role::Leader) {
-                    // A new leader restarts every lease with its full TTL on its own clock;
-                    // a follower tracks none.
-                    let now = self.now;
-                    n.expiring.clear();
-                    n.leases =
-                        n.sm.locks()
-                            .filter(|_| ss.role == Role::Leader)
-                            .map(|(name, l)| (name.to_string(), (l.token, now + l.ttl_ms * MS)))
-                            .collect();
-                }
                 let term = n.core.status().term;
                 if !self.random_faults {
                     self.roles.push(scenario::RoleChange {
@@ -610,7 +619,7 @@ impl World {
                     )
                 });
                 if was_leader && ss.role != Role::Leader {
-                    self.fail_pending(id, ReplyErr::LeadershipLost);
+                    self.fail_pending(id, ReplyErr::LeadershipLost, false);
                 }
                 if ss.role == Role::Leader {
                     self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
@@ -664,15 +673,7 @@ impl World {
             return;
         }
         if n.disk_fails {
-            // The write failed: the node stops at once, like the driver (one error line,
-            // exit 3), without sending what the write promised or applying anything; part
-            // of the write may have reached the disk. It restarts once the disk is back.
-            n.disk_fails = false;
-            self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
-            self.outcome.disk_failures += 1;
-            self.crash(id);
-            let down = self.rng.random_range(100 * MS..1_000 * MS);
-            self.schedule(down, Ev::Restart(id));
+            self.disk_failed(id);
             return;
         }
         let Some(rd) = n.busy.take() else { return };
@@ -689,13 +690,30 @@ impl World {
         self.after_busy(id);
     }
 
+    /// A write failed: the node stops at once, like the driver (one error line, exit 3),
+    /// without sending what the write promised or applying anything; part of the write may
+    /// have reached the disk. It restarts once the disk is back.
+    fn disk_failed(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.disk_fails = false;
+        }
+        self.note(|| format!("STORAGE FAILED on node {id}: the node stops"));
+        self.outcome.disk_failures += 1;
+        self.crash(id);
+        let down = self.rng.random_range(100 * MS..1_000 * MS);
+        self.schedule(down, Ev::Restart(id));
+    }
+
     /// Steps 3-5 of the driver loop.
     fn finish_ready(&mut self, id: NodeId, rd: InFlightReady) {
         // 3. Messages that promise what was just persisted.
         for m in rd.persisted_messages {
             self.send(m);
         }
-        // 4. Apply, answer writers, serve reads.
+        // 4. Apply, answer writers, serve reads. Lease bookkeeping first, as the driver does:
+        //    a leader of a new term starts every lease from the state applied so far, then
+        //    the entries restart the ones they touch.
+        self.sync_leases(id);
         for e in rd.committed_entries {
             self.apply(id, e);
         }
@@ -703,9 +721,7 @@ impl World {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            if let Some((w, key)) = n.pending_reads.remove(&rs.id) {
-                n.ready_reads.push((rs.index, w, key));
-            }
+            n.waiters.confirm_read(rs);
         }
         self.serve_reads(id);
         // 5. Advance.
@@ -732,6 +748,7 @@ impl World {
 
     /// Stores a leader's snapshot durably and replaces the state machine with it.
     fn install(&mut self, id: NodeId, snap: &Snapshot) {
+        self.drain_snapshot(id);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -762,26 +779,6 @@ impl World {
         self.note(|| format!("node {id} installed snapshot {:?}", snap.meta));
     }
 
-    /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
-    fn maybe_snapshot(&mut self, id: NodeId) {
-        let every = self.cfg.snapshot_every;
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let meta = n.core.applied_snapshot_meta();
-        if every == 0 || meta.index < n.core.snapshot_meta().index + every {
-            return;
-        }
-        let snap = Snapshot {
-            meta,
-            data: n.sm.snapshot().into(),
-        };
-        let _ = n.store.install_snapshot(&snap);
-        n.core.compact(meta.index);
-        self.outcome.snapshots_taken += 1;
-        self.note(|| format!("node {id} took snapshot {meta:?} and compacted its log"));
-    }
-
     fn apply(&mut self, id: NodeId, e: Entry) {
         self.inv.on_apply(id, &e, &mut self.fail);
         let Some(n) = self.nodes.get_mut(&id) else {
@@ -796,48 +793,46 @@ impl World {
             self.violation(msg);
             return;
         }
-        let proposal = match &e.payload {
-            Payload::Command(data) => Proposal::decode(data).ok(),
+        // The lock checker's view of the lock table before the entry.
+        let before = match &e.payload {
+            Payload::Command(data) => Proposal::decode(data)
+                .ok()
+                .map(|p| LockCheck::before(&n.sm, &p)),
             Payload::Noop => None,
         };
-        let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
-        let result = match &e.payload {
-            Payload::Noop => {
-                n.sm.apply_noop(e.index);
-                None
-            }
-            Payload::Command(data) => Some(n.sm.apply(e.index, data)),
-        };
-        if let (Some(p), Some(b), Some(r)) = (&proposal, &before, &result) {
+        // The driver's own step: apply, lease bookkeeping, the answer owed (`node::apply`).
+        let now = Duration::from_micros(self.now);
+        let applied = apply::apply_entry(&mut n.sm, &mut n.leases, &e, now);
+        if let (Some(p), Some(b), Some(r)) = (&applied.proposal, &before, &applied.result) {
             if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
                 self.fail.get_or_insert(format!("lock safety: {msg}"));
             }
-            if n.role == Role::Leader {
-                track_lease(n, &p.command, r, self.now);
-            }
         }
-        let lockish = proposal.as_ref().is_some_and(|p| is_lock_op(&p.command));
-        let Some((term, w)) = n.pending_writes.remove(&e.index) else {
+        let Some((term, w)) = n.waiters.take_write(e.index) else {
             return;
         };
-        if term != e.term {
-            self.reply(&w, Err(ReplyErr::LeadershipLost));
-            return;
-        }
-        if !self.random_faults && matches!(result, Some(Ok(_))) {
-            self.answers.push(scenario::Answered {
-                at: self.now,
-                node: id,
-                write: Some(e.index),
-            });
-        }
-        let reply = match result {
-            Some(Ok(outcome)) if lockish => Ok(Answer::Applied(outcome, e.index)),
-            Some(Ok(SmOutcome::Put)) => Ok(Answer::Kv(OpResult::Put)),
-            Some(Ok(SmOutcome::Delete { existed })) => Ok(Answer::Kv(OpResult::Delete(existed))),
-            Some(Ok(other)) => Ok(Answer::Applied(other, e.index)),
-            Some(Err(err)) => Err(ReplyErr::Rejected(err)),
-            None => Err(ReplyErr::LeadershipLost),
+        let lockish = applied
+            .proposal
+            .as_ref()
+            .is_some_and(|p| is_lock_op(&p.command));
+        let reply = match applied.answer_for(term) {
+            apply::Answer::Applied(outcome) => {
+                if !self.random_faults {
+                    self.answers.push(scenario::Answered {
+                        at: self.now,
+                        node: id,
+                        write: Some(e.index),
+                    });
+                }
+                match outcome {
+                    outcome if lockish => Ok(Answer::Applied(outcome, e.index)),
+                    SmOutcome::Put => Ok(Answer::Kv(OpResult::Put)),
+                    SmOutcome::Delete { existed } => Ok(Answer::Kv(OpResult::Delete(existed))),
+                    other => Ok(Answer::Applied(other, e.index)),
+                }
+            }
+            apply::Answer::Rejected(err) => Err(ReplyErr::Rejected(err)),
+            apply::Answer::LeadershipLost => Err(ReplyErr::LeadershipLost),
         };
         self.reply(&w, reply);
     }
@@ -847,14 +842,11 @@ impl World {
             return;
         };
         let applied = n.sm.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) = n
-            .ready_reads
-            .drain(..)
-            .partition(|(idx, _, _)| *idx <= applied);
-        n.ready_reads = waiting;
-        let answers: Vec<(Waiting, Option<String>)> = ready
+        let answers: Vec<(Waiting, Option<String>)> = n
+            .waiters
+            .servable_reads(applied)
             .into_iter()
-            .map(|(_, w, key)| (w, n.sm.get(&key).map(String::from)))
+            .map(|(w, key)| (w, n.sm.get(&key).map(String::from)))
             .collect();
         for (w, v) in answers {
             if !self.random_faults {
@@ -868,31 +860,27 @@ impl World {
         }
     }
 
-    fn fail_pending(&mut self, id: NodeId, err: ReplyErr) {
+    /// Answers `err` to the waiters of node `id`: every one (`all`: a crash), or, as the
+    /// driver does when leadership is lost, the writers and the reads not yet confirmed
+    /// (a confirmed read is still served once applied catches up).
+    fn fail_pending(&mut self, id: NodeId, err: ReplyErr, all: bool) {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        let mut all: Vec<Waiting> = std::mem::take(&mut n.pending_writes)
-            .into_values()
-            .map(|(_, w)| w)
-            .collect();
-        all.extend(
-            std::mem::take(&mut n.pending_reads)
-                .into_values()
-                .map(|(w, _)| w),
-        );
-        all.extend(
-            std::mem::take(&mut n.ready_reads)
-                .into_iter()
-                .map(|(_, w, _)| w),
-        );
-        for w in all {
+        let (writes, reads) = if all {
+            n.waiters.take_all()
+        } else {
+            n.waiters.take_leader_bound()
+        };
+        let all = writes.into_iter().chain(reads.into_iter().map(|(w, _)| w));
+        for w in all.collect::<Vec<_>>() {
             self.reply(&w, Err(err.clone()));
         }
     }
 
     /// After the disk or a pause released a node: take everything that queued, then drive.
     fn after_busy(&mut self, id: NodeId) {
+        self.finish_snapshot(id);
         loop {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
@@ -920,12 +908,16 @@ impl World {
         let torn = self.rng.random_range(0..3u8);
         let keep_hs = self.rng.random_bool(0.5);
         let cut_at = self.rng.random_range(0..=64usize);
+        let Some(n) = self.nodes.get(&id).filter(|n| n.up) else {
+            return;
+        };
+        // Drawn only when a snapshot is being stored, so runs without snapshots keep the
+        // random stream the mutation tests were calibrated on.
+        let snapshot_landed = n.snapshot_task.is_some() && self.rng.random_bool(0.5);
+        let snapshot_note = self.crash_snapshot(id, snapshot_landed);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if !n.up {
-            return;
-        }
         n.up = false;
         n.paused = false;
         n.incarnation += 1;
@@ -955,9 +947,9 @@ impl World {
         }
         n.inbox.clear();
         n.tick_pending = false;
-        self.note(|| format!("CRASH node {id}{torn_note}"));
+        self.note(|| format!("CRASH node {id}{torn_note}{snapshot_note}"));
         // Clients waiting on it see their connection drop.
-        self.fail_pending(id, ReplyErr::ConnectionLost);
+        self.fail_pending(id, ReplyErr::ConnectionLost, true);
         self.inv.on_crash(id);
         self.locks.on_crash(id);
     }
@@ -1006,10 +998,9 @@ impl World {
         self.locks.on_snapshot(id, &n.sm);
         n.up = true;
         n.role = Role::Follower;
-        n.leases.clear();
-        n.expiring.clear();
+        n.leases = lease_table(&self.cfg);
         n.born = now;
-        n.ticks_given = 0;
+        n.clock = TickClock::default();
         self.note(|| {
             format!(
                 "RESTART node {id} (term {term}, snapshot {}, {len} entries on disk)",
@@ -1178,6 +1169,7 @@ impl World {
             Ev::Deliver(id, input) => self.deliver(id, input),
             Ev::Reply(c, r) => self.client_reply(c, r),
             Ev::PersistDone(id, inc) => self.persist_done(id, inc),
+            Ev::SnapshotStored(id, inc) => self.snapshot_stored(id, inc),
             Ev::Resume(id) => self.resume(id),
             Ev::Restart(id) => self.restart(id),
             Ev::ClientWake(c) => self.client_wake(c),
@@ -1239,36 +1231,31 @@ impl World {
         self.clients.iter().all(Client::idle) && self.lock_clients.iter().all(LockClient::idle)
     }
 
-    /// On the leader, after a tick: propose `Expire` for every lease that ran out on its
-    /// clock, once per (lock, token) until it applies or leadership changes.
+    /// As the driver does on a tick: keep the lease table in step with leadership, then
+    /// propose `Expire` for every lease that ran out on this node's clock, once per (lock,
+    /// token) while it leads (`node::leases`).
     fn expire_leases(&mut self, id: NodeId) {
-        let now = self.now;
+        self.sync_leases(id);
+        let now = Duration::from_micros(self.now);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.role != Role::Leader {
+        let core = &mut n.core;
+        let proposed = n.leases.propose_due(now, |data| core.propose(data).is_ok());
+        for (lock, token) in proposed {
+            self.note(|| format!("node {id} proposes the expiry of {lock} token {token}"));
+        }
+    }
+
+    /// The driver's `sync_leases`: the table follows the core's leadership.
+    fn sync_leases(&mut self, id: NodeId) {
+        let now = Duration::from_micros(self.now);
+        let Some(n) = self.nodes.get_mut(&id) else {
             return;
-        }
-        let due: Vec<(String, u64)> = n
-            .leases
-            .iter()
-            .filter(|(name, (token, deadline))| {
-                *deadline <= now && !n.expiring.contains(&((*name).clone(), *token))
-            })
-            .map(|(name, (token, _))| (name.clone(), *token))
-            .collect();
-        for (name, token) in due {
-            let p = Proposal {
-                session: None,
-                command: Command::Expire {
-                    name: name.clone(),
-                    token,
-                },
-            };
-            if n.core.propose(p.encode()).is_ok() {
-                n.expiring.insert((name, token));
-            }
-        }
+        };
+        let s = n.core.status();
+        let leading = (s.role == Role::Leader).then_some(s.term);
+        n.leases.sync(leading, &n.sm, now);
     }
 
     pub(crate) fn attempt_timeout() -> Time {
@@ -1298,6 +1285,7 @@ impl World {
 }
 
 mod scenario;
+mod snapshot;
 mod transfer;
 
 pub use scenario::{Answered, RoleChange, Scenario, ScriptedFault, ELECTION_TIMEOUT, MAX_DELAY};
@@ -1309,39 +1297,11 @@ fn is_lock_op(c: &Command) -> bool {
     }
 }
 
-/// The leader's lease bookkeeping after applying a lock command, reconciled with the lock
-/// table rather than read off the outcome: a retried `Acquire` answered from the session
-/// cache carries the token of its first grant, which may have expired since (tracking that
-/// token would propose a no-op `Expire` on every tick, forever).
-fn track_lease(
-    n: &mut SimNode,
-    c: &Command,
-    r: &Result<SmOutcome, crate::state_machine::ApplyError>,
-    now: Time,
-) {
-    let name = match c {
-        Command::Acquire { name, .. }
-        | Command::KeepAlive { name, .. }
-        | Command::Release { name, .. }
-        | Command::Expire { name, .. } => name,
-        Command::Put { .. } | Command::Delete { .. } => return,
-    };
-    if let Command::Expire { token, .. } = c {
-        n.expiring.remove(&(name.clone(), *token));
-    }
-    let Some((token, ttl_ms)) = n.sm.lock(name).map(|l| (l.token, l.ttl_ms)) else {
-        n.leases.remove(name);
-        return;
-    };
-    // A grant or keep-alive of the current token restarts its lease on the leader's clock.
-    let renewed = match (c, r) {
-        (Command::Acquire { .. }, Ok(SmOutcome::Acquired { token: t, .. }))
-        | (Command::KeepAlive { token: t, .. }, Ok(SmOutcome::KeptAlive { .. })) => *t == token,
-        _ => false,
-    };
-    if renewed || n.leases.get(name).map(|l| l.0) != Some(token) {
-        n.leases.insert(name.clone(), (token, now + ttl_ms * MS));
-    }
+/// A node's lease table, with the mutation switch of the run.
+fn lease_table(cfg: &SimConfig) -> Leases<Duration> {
+    let mut leases = Leases::default();
+    leases.mark_before_proposing = cfg.mark_leases_before_proposing;
+    leases
 }
 
 fn short(m: &Message) -> String {
@@ -1498,6 +1458,36 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
                 &mut w,
                 "liveness: no convergence after the final reads".into(),
             ));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+    }
+    // The lock clients stopped with the others: every lease must run out on the leader's
+    // clock and its expiry be applied on every node. A lease whose expiry is never proposed
+    // would hold its lock for good (issue 11, defect 3).
+    let locks_by = w.now + LOCKS_EXPIRE_WITHIN;
+    while !(w.converged() && w.nodes.values().all(|n| n.sm.locks().next().is_none())) {
+        if !w.step() || w.now > locks_by {
+            let held: Vec<String> = w
+                .nodes
+                .iter()
+                .flat_map(|(id, n)| {
+                    let s = n.core.status();
+                    n.sm.locks().map(move |(name, l)| {
+                        format!(
+                            "node {id} ({} in term {}): {name} token {}",
+                            s.role, s.term, l.token
+                        )
+                    })
+                })
+                .collect();
+            let msg = format!(
+                "liveness: locks still held {} ms after their holders stopped: {}",
+                LOCKS_EXPIRE_WITHIN / MS,
+                held.join("; ")
+            );
+            return Err(fail(&mut w, msg));
         }
         if let Some(msg) = w.fail.take() {
             return Err(fail(&mut w, msg));

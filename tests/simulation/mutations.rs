@@ -168,3 +168,24 @@ fn a_driver_that_drops_fences_is_caught() {
         c
     });
 }
+
+/// Defect 3 of issue 11 in random runs: with the
+/// old lease marking (every due lease marked expiring before any expiry is proposed), an
+/// expiry refused during a leadership transfer is never proposed again in that term, and a
+/// lock whose holders stopped stays held (the end-of-run lock check). The scripted scenario
+/// `lease_a_dead_holders_lock_expires_after_abandoned_transfers` builds it on purpose.
+#[test]
+fn mutation_mark_leases_before_proposing_is_caught_in_random_runs() {
+    let caught = (0..400).find_map(|seed| {
+        let mut c = SimConfig::for_seed(seed);
+        c.mark_leases_before_proposing = true;
+        run(c).err().map(|f| (seed, f.message))
+    });
+    let (seed, msg) = caught.expect("a lease refused during a transfer went unnoticed");
+    eprintln!("MarkLeasesBeforeProposing caught at seed {seed}: {msg}");
+    assert!(msg.contains("locks still held"), "{msg}");
+    // Control: the same seed passes with the lease table as it is.
+    run(SimConfig::for_seed(seed))
+        .map(|_| ())
+        .unwrap_or_else(|f| panic!("{f}\nreplay: scripts/sim.sh --seed {} --trace", f.seed));
+}

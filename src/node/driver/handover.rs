@@ -1,50 +1,11 @@
-//! The driver's side of leadership transfer and lease reads: starting a transfer, handing
-//! leadership over at shutdown, mapping refused proposals, and the lease clock.
-
-use std::time::{Duration, Instant};
+//! The driver's side of leadership transfer: starting a transfer, handing leadership over at
+//! shutdown, mapping refused proposals.
 
 use tracing::info;
 
 use super::Driver;
 use crate::node::error::ClientError;
-use crate::raft::{NodeId, ProposeError, RaftCore, Term, TransferError};
-
-/// Keeps the core's lease clock at or ahead of real time. The tick interval skips missed
-/// ticks (so a stalled node does not start an election the moment it wakes), which would
-/// make the clock of a stalled leader run slow and its lease look longer than it is; before
-/// every tick and every linearizable read the driver credits the core with the periods it
-/// missed ([`RaftCore::advance_clock`]). The core then counts at most one tick ahead of
-/// real time, never behind; the lease margin covers that tick.
-#[derive(Debug)]
-pub(super) struct TickClock {
-    start: Instant,
-    /// Ticks credited to the core so far (ticks delivered plus periods advanced).
-    given: u64,
-}
-
-impl TickClock {
-    pub(super) fn new() -> Self {
-        TickClock {
-            start: Instant::now(),
-            given: 0,
-        }
-    }
-
-    /// Credits the core with every whole tick period since the start not yet counted.
-    pub(super) fn catch_up(&mut self, core: &mut RaftCore, period: Duration) {
-        let periods = self.start.elapsed().as_nanos() / period.as_nanos().max(1);
-        let real = u64::try_from(periods).unwrap_or(u64::MAX);
-        if real > self.given {
-            core.advance_clock(real - self.given);
-            self.given = real;
-        }
-    }
-
-    /// A `tick()` was delivered.
-    pub(super) fn ticked(&mut self) {
-        self.given = self.given.saturating_add(1);
-    }
-}
+use crate::raft::{NodeId, ProposeError, Term, TransferError};
 
 impl Driver {
     /// The answer to a refused proposal.

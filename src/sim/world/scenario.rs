@@ -15,6 +15,7 @@ use super::{
 };
 use std::collections::BTreeMap;
 
+use crate::raft::storage::LogStore as _;
 use crate::raft::{LogIndex, NodeId, Role, Status, Term};
 
 /// The (base) election timeout of every simulated node: 100 ms; each node draws its own in
@@ -51,6 +52,9 @@ pub enum ScriptedFault {
     Transfer(NodeId),
     /// Every key-value client's next attempts go to this node (a stale leader cache).
     ClientsTo(NodeId),
+    /// Every lock client stops for good after its current operation: a holder that died, whose
+    /// lease nobody renews.
+    StopLockClients,
 }
 
 /// A change of a node's role or known leader, as its driver saw it in a Ready.
@@ -143,6 +147,11 @@ impl Scenario {
             ScriptedFault::ClientsTo(id) => {
                 for c in &mut w.clients {
                     c.point_at(id);
+                }
+            }
+            ScriptedFault::StopLockClients => {
+                for c in &mut w.lock_clients {
+                    c.stop_new_ops();
                 }
             }
         }
@@ -246,6 +255,50 @@ impl Scenario {
     /// When `id` last received a message from a peer (delivered: sent before any cut).
     pub fn last_heard(&self, id: NodeId) -> Option<Time> {
         self.heard.get(&id).copied()
+    }
+
+    /// Lock `name` as node `id` has applied it: its token, if held.
+    pub fn lock_token(&self, id: NodeId, name: &str) -> Option<u64> {
+        self.w.nodes.get(&id)?.sm.lock(name).map(|l| l.token)
+    }
+
+    /// The index of the snapshot `id` is storing in the background, if any.
+    pub fn snapshot_in_progress(&self, id: NodeId) -> Option<LogIndex> {
+        self.w
+            .nodes
+            .get(&id)?
+            .snapshot_task
+            .as_ref()
+            .map(|t| t.index())
+    }
+
+    /// The index of a leader's snapshot that `id`'s core accepted and that is being stored
+    /// with the Ready batch in progress (the core compacts to it before the disk is done,
+    /// as the daemon's core does while its driver persists the batch).
+    pub fn leader_snapshot_in_flight(&self, id: NodeId) -> Option<LogIndex> {
+        self.w.nodes.get(&id)?.leader_snapshot_in_flight()
+    }
+
+    /// The index `id`'s core compacted its log to (0: never).
+    pub fn compacted_to(&self, id: NodeId) -> LogIndex {
+        self.w
+            .nodes
+            .get(&id)
+            .map_or(0, |n| n.core.snapshot_meta().index)
+    }
+
+    /// The index of the latest snapshot in `id`'s storage (0: none).
+    pub fn stored_snapshot(&self, id: NodeId) -> LogIndex {
+        self.w
+            .nodes
+            .get(&id)
+            .and_then(|n| n.store.snapshot().ok().flatten())
+            .map_or(0, |s| s.meta.index)
+    }
+
+    /// The last index `id` applied to its state machine.
+    pub fn applied(&self, id: NodeId) -> LogIndex {
+        self.w.nodes.get(&id).map_or(0, |n| n.sm.applied_index())
     }
 
     /// Every role change so far, in order.

@@ -1,5 +1,7 @@
 //! Leadership transfer and the lease clock in the simulated driver.
 
+use std::time::Duration;
+
 use super::{World, TICK};
 use crate::raft::{NodeId, TransferError};
 
@@ -32,10 +34,10 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        let real = now.saturating_sub(n.born) / TICK;
-        if real > n.ticks_given {
-            n.core.advance_clock(real - n.ticks_given);
-            n.ticks_given = real;
+        let elapsed = Duration::from_micros(now.saturating_sub(n.born));
+        let missed = n.clock.catch_up(elapsed, Duration::from_micros(TICK));
+        if missed > 0 {
+            n.core.advance_clock(missed);
         }
     }
 }

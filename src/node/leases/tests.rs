@@ -1,0 +1,302 @@
+use super::*;
+
+const TERM: Term = 3;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A state machine and a leader's lease table over it, with the index of the next entry.
+struct Leader {
+    sm: StateMachine,
+    leases: Leases<Duration>,
+    next: u64,
+}
+
+impl Leader {
+    fn new() -> Leader {
+        let mut l = Leader {
+            sm: StateMachine::new(),
+            leases: Leases::default(),
+            next: 1,
+        };
+        l.leases.sync(Some(TERM), &l.sm, ms(0));
+        l
+    }
+
+    /// Applies `command` at the next index at time `now`, as the driver does: the state
+    /// machine first, then the lease table. Returns the state machine's result, or the
+    /// too-late answer that replaces it.
+    fn apply(&mut self, command: Command, now: Duration) -> Result<Outcome, ApplyError> {
+        let data = Proposal {
+            session: None,
+            command: command.clone(),
+        }
+        .encode();
+        let result = self.sm.apply(self.next, &data);
+        self.next += 1;
+        match self
+            .leases
+            .after_apply(&command, result.as_ref().ok(), &self.sm, now)
+        {
+            Some(too_late) => Err(too_late),
+            None => result,
+        }
+    }
+
+    /// Acquires `name` for `ttl` ms at `now`; returns the token.
+    fn acquire(&mut self, name: &str, ttl: u64, now: Duration) -> u64 {
+        let acquire = Command::Acquire {
+            name: name.into(),
+            holder: format!("holder of {name}"),
+            ttl_ms: ttl,
+        };
+        match self.apply(acquire, now) {
+            Ok(Outcome::Acquired { token, .. }) => token,
+            other => panic!("acquire {name}: {other:?}"),
+        }
+    }
+}
+
+fn expire(name: &str, token: u64) -> Command {
+    Command::Expire {
+        name: name.into(),
+        token,
+    }
+}
+
+fn keep_alive(name: &str, token: u64) -> Command {
+    Command::KeepAlive {
+        name: name.into(),
+        token,
+    }
+}
+
+/// The `(name, token)` of every `Expire` in `proposals`.
+fn expiries(proposals: &[Vec<u8>]) -> Vec<(String, u64)> {
+    proposals
+        .iter()
+        .map(|p| match Proposal::decode(p).map(|p| p.command) {
+            Ok(Command::Expire { name, token }) => (name, token),
+            other => panic!("not an expiry: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_lease_is_due_at_its_deadline_not_before() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 300, ms(10));
+    assert_eq!(l.leases.due(ms(309)), vec![]);
+    assert_eq!(l.leases.due(ms(310)), vec![("a".to_owned(), t)]);
+}
+
+#[test]
+fn a_due_lease_is_proposed_once() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 100, ms(0));
+    let mut sent = Vec::new();
+    let accepted = l.leases.propose_due(ms(100), |p| {
+        sent.push(p);
+        true
+    });
+    assert_eq!(accepted, vec![("a".to_owned(), t)]);
+    assert_eq!(expiries(&sent), vec![("a".to_owned(), t)]);
+    let again = l.leases.propose_due(ms(500), |p| {
+        sent.push(p);
+        true
+    });
+    assert!(again.is_empty(), "proposed twice: {again:?}");
+    assert_eq!(sent.len(), 1);
+}
+
+/// Issue 11, defect 3: the core refuses proposals while a leadership transfer is in progress.
+/// The refused leases must stay due, so that the tick after an abandoned transfer proposes
+/// them. With the old marking (every due lease marked before any was proposed) the lock
+/// never expired for the rest of the term.
+#[test]
+fn a_refused_expiry_leaves_the_lease_due_for_the_next_tick() {
+    let mut l = Leader::new();
+    let a = l.acquire("a", 100, ms(0));
+    let b = l.acquire("b", 100, ms(0));
+    let refused = l.leases.propose_due(ms(100), |_| false);
+    assert!(refused.is_empty());
+    let both = vec![("a".to_owned(), a), ("b".to_owned(), b)];
+    assert_eq!(
+        l.leases.due(ms(110)),
+        both,
+        "refused expiries no longer due"
+    );
+    let mut sent = Vec::new();
+    l.leases.propose_due(ms(110), |p| {
+        sent.push(p);
+        true
+    });
+    assert_eq!(expiries(&sent), both);
+}
+
+/// The mutation switch re-introduces the old marking, and the test above would catch it.
+#[test]
+fn mutation_mark_before_proposing_loses_a_refused_expiry() {
+    let mut l = Leader::new();
+    l.leases.mark_before_proposing = true;
+    l.acquire("a", 100, ms(0));
+    l.leases.propose_due(ms(100), |_| false);
+    assert_eq!(l.leases.due(ms(110)), vec![]);
+}
+
+/// A refusal stops the round: what comes after it is not proposed (the core would refuse it
+/// too), and stays due; what was accepted before it is not proposed again.
+#[test]
+fn a_refusal_midway_keeps_the_rest_due() {
+    let mut l = Leader::new();
+    let a = l.acquire("a", 100, ms(0));
+    let b = l.acquire("b", 100, ms(0));
+    let mut calls = 0;
+    let accepted = l.leases.propose_due(ms(100), |_| {
+        calls += 1;
+        calls == 1
+    });
+    assert_eq!(accepted, vec![("a".to_owned(), a)]);
+    assert_eq!(calls, 2);
+    assert_eq!(l.leases.due(ms(100)), vec![("b".to_owned(), b)]);
+}
+
+#[test]
+fn a_keep_alive_restarts_the_lease() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 100, ms(0));
+    assert!(matches!(
+        l.apply(keep_alive("a", t), ms(80)),
+        Ok(Outcome::KeptAlive { .. })
+    ));
+    assert_eq!(l.leases.due(ms(179)), vec![]);
+    assert_eq!(l.leases.due(ms(180)), vec![("a".to_owned(), t)]);
+}
+
+/// A keep-alive applied after this leader proposed the grant's expiry is answered
+/// `StaleToken { current: None }` (the expiry ends the grant right after), and does not
+/// restart the lease.
+#[test]
+fn a_renewal_after_the_expiry_was_proposed_came_too_late() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 100, ms(0));
+    l.leases.propose_due(ms(100), |_| true);
+    match l.apply(keep_alive("a", t), ms(101)) {
+        Err(ApplyError::StaleToken {
+            name,
+            token,
+            current: None,
+        }) => assert_eq!((name.as_str(), token), ("a", t)),
+        other => panic!("renewal after the expiry: {other:?}"),
+    }
+    assert_eq!(l.leases.due(ms(500)), vec![], "proposed a second expiry");
+    assert!(matches!(
+        l.apply(expire("a", t), ms(102)),
+        Ok(Outcome::Expired { expired: true })
+    ));
+    assert_eq!(l.leases.len(), 0);
+}
+
+/// Without a proposed expiry (a refused one included) a renewal is an ordinary renewal.
+#[test]
+fn a_renewal_after_a_refused_expiry_is_kept() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 100, ms(0));
+    l.leases.propose_due(ms(100), |_| false);
+    assert!(matches!(
+        l.apply(keep_alive("a", t), ms(101)),
+        Ok(Outcome::KeptAlive { .. })
+    ));
+    assert_eq!(l.leases.due(ms(200)), vec![]);
+    assert_eq!(l.leases.due(ms(201)), vec![("a".to_owned(), t)]);
+}
+
+#[test]
+fn a_release_or_an_expiry_drops_the_lease() {
+    let mut l = Leader::new();
+    let a = l.acquire("a", 100, ms(0));
+    let b = l.acquire("b", 100, ms(0));
+    let release = Command::Release {
+        name: "a".into(),
+        token: a,
+    };
+    assert!(matches!(l.apply(release, ms(5)), Ok(Outcome::Released)));
+    assert!(matches!(
+        l.apply(expire("b", b), ms(5)),
+        Ok(Outcome::Expired { expired: true })
+    ));
+    assert_eq!(l.leases.len(), 0);
+    assert_eq!(l.leases.due(ms(1_000)), vec![]);
+}
+
+/// A new grant of a lock whose old grant was being expired starts a fresh lease.
+#[test]
+fn a_new_grant_replaces_an_expiring_lease() {
+    let mut l = Leader::new();
+    let old = l.acquire("a", 100, ms(0));
+    l.leases.propose_due(ms(100), |_| true);
+    l.apply(expire("a", old), ms(101)).ok();
+    let new = l.acquire("a", 100, ms(150));
+    assert!(new > old);
+    assert_eq!(l.leases.due(ms(249)), vec![]);
+    assert_eq!(l.leases.due(ms(250)), vec![("a".to_owned(), new)]);
+}
+
+/// A new leader gives every held lock its full TTL from the moment it leads; a follower
+/// times nothing; the same term does not restart anything.
+#[test]
+fn leadership_restarts_every_lease_and_losing_it_clears_them() {
+    let mut l = Leader::new();
+    let t = l.acquire("a", 100, ms(0));
+    l.leases.propose_due(ms(100), |_| true);
+    assert_eq!(l.leases.sync(Some(TERM), &l.sm, ms(150)), None);
+    assert_eq!(l.leases.due(ms(1_000)), vec![], "same term restarted");
+    assert_eq!(l.leases.sync(None, &l.sm, ms(200)), None);
+    assert!(!l.leases.leading());
+    assert_eq!(l.leases.due(ms(1_000)), vec![]);
+    assert_eq!(l.leases.sync(Some(TERM + 1), &l.sm, ms(300)), Some(1));
+    assert_eq!(l.leases.due(ms(399)), vec![]);
+    assert_eq!(l.leases.due(ms(400)), vec![("a".to_owned(), t)]);
+}
+
+/// A follower applying lock commands times nothing.
+#[test]
+fn a_follower_times_no_lease() {
+    let mut l = Leader::new();
+    l.leases.sync(None, &l.sm, ms(0));
+    l.acquire("a", 100, ms(0));
+    assert_eq!(l.leases.len(), 0);
+    assert_eq!(l.leases.propose_due(ms(1_000), |_| true), vec![]);
+}
+
+/// A session's cached outcome of an older grant (a retried Acquire) does not restart the
+/// current grant's lease.
+#[test]
+fn a_cached_outcome_of_an_older_grant_renews_nothing() {
+    let mut l = Leader::new();
+    let current = l.acquire("a", 100, ms(0));
+    let stale = Some(Outcome::Acquired {
+        token: current - 1,
+        ttl_ms: 100,
+    });
+    let acquire = Command::Acquire {
+        name: "a".into(),
+        holder: "h".into(),
+        ttl_ms: 100,
+    };
+    assert!(l
+        .leases
+        .after_apply(&acquire, stale.as_ref(), &l.sm, ms(90))
+        .is_none());
+    assert_eq!(l.leases.due(ms(100)), vec![("a".to_owned(), current)]);
+}
+
+/// A TTL beyond any legal one cannot overflow the deadline.
+#[test]
+fn a_huge_ttl_is_capped() {
+    let mut l = Leader::new();
+    l.acquire("a", u64::MAX, ms(0));
+    assert_eq!(l.leases.due(ms(MAX_LEASE_MS - 1)), vec![]);
+    assert_eq!(l.leases.due(ms(MAX_LEASE_MS)).len(), 1);
+}

@@ -37,8 +37,9 @@
 //! 3. appends a Snapshot record to the log and fdatasyncs it: it keeps the entries after
 //!    `s.index` if the log holds entry `s.index` with `s.term` (the entries after it stay),
 //!    else none (another history, or a log shorter than the snapshot: Raft Figure 13 step 7);
-//!    then unlinks the segments whose entries are all at or below `s.index` (made durable by
-//!    the next directory fsync; replay is the same whichever of them reappear);
+//!    then unlinks the segments whose entries are all at or below `s.index`, but never the
+//!    one holding this record (made durable by the next directory fsync; replay is the same
+//!    whichever of them reappear);
 //! 4. removes the older snapshot files.
 //!
 //! Open redoes what a crash may have cut short, so every intermediate state restarts right:
@@ -46,8 +47,10 @@
 //!   snapshot and log are intact (the old file is only removed in step 4);
 //! - crash between 2 and 3 (the rename is atomic; before the directory fsync either name may
 //!   survive, and both are complete files): the new file is the latest, and start-up
-//!   performs step 3 with the same decision, since the log is as it was. Until then `load`
-//!   skips covered entries and returns none if the entry at the index has another term;
+//!   performs step 3 with the same decision, since the log is as it was (entries after
+//!   `s.index` with no entry at `s.index` are kept: they were written after `s`, or an
+//!   earlier compaction kept them). Until then `load` skips covered entries and returns none
+//!   if the entry at the index has another term;
 //! - crash between 3 and 4: older snapshot files are removed at start-up;
 //! - crash in the middle of a `persist`: the record it was writing is cut short or garbled
 //!   at the end of the last segment (never acknowledged), and start-up truncates it away.

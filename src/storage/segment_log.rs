@@ -25,18 +25,21 @@
 //!   that only moves the commit index is an Entries record with no entries.
 //! - Snapshot: keep only the entries in `(index, last]`. `last` is the decision compaction
 //!   took when it wrote the record, from the log as it was: the log's last index if it held
-//!   entry `index` with `term` (the node's own snapshot keeps the entries after it), else
-//!   `index` (another history, or a log shorter than the snapshot, Raft Figure 13 step 7:
-//!   nothing is kept).
+//!   entry `index` with `term` (the node's own snapshot keeps the entries after it), `index`
+//!   if that entry has another term (another history, Raft Figure 13 step 7: nothing is
+//!   kept), and without such an entry whatever the log holds after `index` (nothing for a
+//!   log shorter than the snapshot; see `keep_after`).
 //!
 //! # Segments, and why deleting them needs no care
 //! Every write goes to the last (active) segment. When it would grow past
 //! [`SEGMENT_BYTES`], a new segment is created and the log dir fsynced before its first record
 //! is written. The active segment is preallocated ahead of its records, [`PREALLOC_BYTES`] of
 //! zeros at a time, written and synced once, so records overwrite it in place and their
-//! `fdatasync` has no file size to commit. Records end where only zeros follow. Compaction appends a Snapshot record (synced), then unlinks every other segment
-//! whose entries are all at or below the snapshot's index; the unlinks are made durable by
-//! the next directory fsync (the next new segment, or the next start).
+//! `fdatasync` has no file size to commit. Records end where only zeros follow. Compaction
+//! appends a Snapshot record (synced), then unlinks every other segment whose entries are all
+//! at or below the snapshot's index, except the one holding the latest Snapshot record (the
+//! only record that says which entries after the snapshot to keep); the unlinks are made
+//! durable by the next directory fsync (the next new segment, or the next start).
 //!
 //! So after a crash any subset of the segments deleted by compactions may reappear, and
 //! replay is still exact: a deleted record only wrote or truncated at indexes at or below its
@@ -101,8 +104,12 @@ struct Segment {
     seq: u64,
     path: PathBuf,
     /// The highest index of an entry written in it (0 if none): once a snapshot covers it,
-    /// nothing in the file is needed any more.
+    /// its entries are not needed any more.
     max_index: LogIndex,
+    /// The index of the latest Snapshot record written in it (0 if none). The segment holding
+    /// the log's latest Snapshot record is never unlinked: without that record, replay would
+    /// have to re-decide which entries after the snapshot to keep.
+    snapshot: LogIndex,
 }
 
 /// The term and record size of each entry of the log after the snapshot, so compaction can
@@ -211,6 +218,7 @@ impl SegmentLog {
             let raw = read_file(&segment.path)?;
             let (end, torn) = replay.segment(&raw, &segment.path, i + 1 == count)?;
             segment.max_index = replay.max_index;
+            segment.snapshot = replay.segment_snapshot;
             if torn {
                 tracing::info!(
                     file = %segment.path.display(),
@@ -347,7 +355,7 @@ impl SegmentLog {
             bytes += entry_len(entry);
         }
         let max_index = entries.last().map_or(0, |e| e.index);
-        self.write_record(max_index)?;
+        self.write_record(max_index, 0)?;
         self.tail.append(entries);
         self.commit = Some(commit);
         Ok(bytes)
@@ -388,20 +396,21 @@ impl SegmentLog {
         for field in [snapshot.index, snapshot.term, last, commit] {
             buf.extend_from_slice(&field.to_le_bytes());
         }
-        self.write_record(0)?;
+        self.write_record(0, snapshot.index)?;
         self.snapshot_index = snapshot.index;
         self.commit = Some(commit);
         self.remove_covered()
     }
 
     /// Unlinks the segments before the active one whose entries the last Snapshot record
-    /// covers.
+    /// covers, except the one holding that record.
     fn remove_covered(&mut self) -> Result<(), StorageError> {
         let active = self.segments.len() - 1;
         let covered = self.snapshot_index;
         let mut kept = Vec::with_capacity(self.segments.len());
         for (i, segment) in std::mem::take(&mut self.segments).into_iter().enumerate() {
-            if i < active && segment.max_index <= covered {
+            let holds_record = segment.snapshot == covered && !mutation::lost_snapshot_record();
+            if i < active && segment.max_index <= covered && !holds_record {
                 std::fs::remove_file(&segment.path).map_err(|cause| StorageError::File {
                     path: segment.path.clone(),
                     op: "remove",
@@ -420,7 +429,13 @@ impl SegmentLog {
     /// preallocated part of the file (unless a record is larger than a segment), so the
     /// `fdatasync` has no file size to commit: on ext4 it then costs a data flush instead of a
     /// journal commit (measured: 3 ms -> 0.2 ms per persist on the test VM).
-    fn write_record(&mut self, max_index: LogIndex) -> Result<(), StorageError> {
+    /// `max_index` is the highest entry index the record writes (0 if none), `snapshot` the
+    /// index of a Snapshot record (0 for an Entries record).
+    fn write_record(
+        &mut self,
+        max_index: LogIndex,
+        snapshot: LogIndex,
+    ) -> Result<(), StorageError> {
         let len = u32::try_from(self.buf.len() - HEADER_LEN).map_err(|_| too_large(&self.dir))?;
         let crc = crc32fast::hash(&self.buf[HEADER_LEN..]);
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
@@ -448,6 +463,7 @@ impl SegmentLog {
             })?;
         self.active_len += record_len;
         segment.max_index = segment.max_index.max(max_index);
+        segment.snapshot = segment.snapshot.max(snapshot);
         Ok(())
     }
 
@@ -521,6 +537,8 @@ struct Replay {
     snapshot_index: LogIndex,
     /// The highest index written by the records of the segment being replayed.
     max_index: LogIndex,
+    /// The index of the latest Snapshot record of the segment being replayed (0 if none).
+    segment_snapshot: LogIndex,
 }
 
 impl Replay {
@@ -540,6 +558,7 @@ impl Replay {
             reason,
         };
         self.max_index = 0;
+        self.segment_snapshot = 0;
         let mut at = 0;
         while at < raw.len() {
             let (kind, body) = match record_at(raw, at) {
@@ -612,6 +631,7 @@ impl Replay {
             return Err("the snapshot record is malformed".to_owned());
         }
         self.snapshot(index, last);
+        self.segment_snapshot = self.segment_snapshot.max(index);
         self.commit = Some(commit);
         Ok(())
     }
@@ -627,13 +647,48 @@ impl Replay {
 }
 
 /// The `last` of a Snapshot record for `snapshot`, given the term of the log's entry at the
-/// snapshot's index (if it holds one) and its last index: that last index if the entry has the
-/// snapshot's term, else the snapshot's index (keep nothing).
+/// snapshot's index (if it holds one) and its last index:
+/// - the entry has the snapshot's term: that last index (keep the entries after it);
+/// - the entry has another term: the snapshot's index (keep nothing; Raft Figure 13 step 7);
+/// - there is no such entry: the last index, or the snapshot's index if the log ends before
+///   it. A log holding entries after the snapshot's index but not the entry at it lost its
+///   prefix to an earlier compaction (the open of a data dir whose latest Snapshot record an
+///   older kvstore unlinked, issue 11) or got them from a persist after the snapshot was
+///   published: either way they come after the snapshot, and nothing may drop them.
 fn keep_after(snapshot: SnapshotMeta, term_at: Option<Term>, last_index: LogIndex) -> LogIndex {
-    if term_at == Some(snapshot.term) {
-        last_index
-    } else {
-        snapshot.index
+    match term_at {
+        Some(term) if term == snapshot.term => last_index,
+        Some(_) => snapshot.index,
+        None if mutation::lost_snapshot_record() => snapshot.index,
+        None => last_index.max(snapshot.index),
+    }
+}
+
+/// Test-only switches that re-introduce fixed bugs, so the tests that caught them prove they
+/// still would (off unless a test turns them on, per thread).
+pub(crate) mod mutation {
+    #[cfg(test)]
+    thread_local! {
+        static LOST_SNAPSHOT_RECORD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Issue 11, defect 1: the segment holding the latest Snapshot record may be unlinked,
+    /// and a compaction redone with no entry at the snapshot's index keeps nothing after it.
+    #[cfg(test)]
+    pub(crate) fn lost_snapshot_record() -> bool {
+        LOST_SNAPSHOT_RECORD.with(std::cell::Cell::get)
+    }
+
+    /// Always off outside tests.
+    #[cfg(not(test))]
+    pub(crate) const fn lost_snapshot_record() -> bool {
+        false
+    }
+
+    /// Turns [`lost_snapshot_record`] on or off for this thread.
+    #[cfg(test)]
+    pub(crate) fn set_lost_snapshot_record(on: bool) {
+        LOST_SNAPSHOT_RECORD.with(|flag| flag.set(on));
     }
 }
 
@@ -770,6 +825,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
                 seq,
                 path: dir.join(&name),
                 max_index: 0,
+                snapshot: 0,
             }),
             None => {
                 tracing::warn!(dir = %dir.display(), file = ?name, "ignoring a file that is not a log segment")
@@ -801,6 +857,7 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError>
             seq,
             path,
             max_index: 0,
+            snapshot: 0,
         },
         file,
     ))

@@ -268,7 +268,7 @@ fn a_valid_record_that_does_not_decode_is_corrupt() {
     let (mut log, _) = open(tmp.path(), None);
     log.buf = vec![0; HEADER_LEN];
     log.buf.push(9);
-    log.write_record(0).unwrap();
+    log.write_record(0, 0).unwrap();
     let path = log.segment_paths()[0].clone();
     drop(log);
     let err = SegmentLog::open(tmp.path(), None).unwrap_err();
@@ -290,4 +290,60 @@ fn a_gap_is_corrupt() {
             && msg.contains("expected index 3: the log must be contiguous from 1"),
         "{msg}"
     );
+}
+
+/// Entry 1 (nearly a segment), compacted at 1, then entry 2 (as big: it rolls). Returns the
+/// two segments and the open log.
+fn snapshot_then_roll(dir: &Path) -> (Vec<PathBuf>, SegmentLog) {
+    let (mut log, _) = open(dir, None);
+    log.append(1, &[big(1, 1)]).unwrap();
+    log.compact(meta(1, 1)).unwrap();
+    log.append(2, &[big(1, 2)]).unwrap();
+    let paths = log.segment_paths();
+    assert_eq!(paths.len(), 2, "the second entry rolls");
+    (paths, log)
+}
+
+/// Issue 11, defect 1: the segment holding the latest Snapshot record was unlinked at the
+/// first restart (the record did not count as content of its segment), so the second
+/// restart redid the compaction from a log starting at the snapshot's index + 1 and dropped
+/// every entry after it.
+#[test]
+fn entries_after_a_snapshot_survive_two_restarts_after_a_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(snapshot_then_roll(tmp.path()));
+    for restart in 1..=3 {
+        assert_eq!(
+            reopened(tmp.path(), Some(meta(1, 1))),
+            vec![big(1, 2)],
+            "restart {restart}"
+        );
+        let (log, _) = open(tmp.path(), Some(meta(1, 1)));
+        assert_eq!(
+            log.segment_paths().len(),
+            2,
+            "restart {restart}: the segment holding the Snapshot record stays"
+        );
+    }
+}
+
+/// A data dir an older kvstore left after its first restart (the segment with the latest
+/// Snapshot record already unlinked): the redo of the compaction finds no entry at the
+/// snapshot's index, and keeps the entries after it rather than dropping them.
+#[test]
+fn a_lost_snapshot_record_is_redone_without_dropping_later_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (paths, mut log) = snapshot_then_roll(tmp.path());
+    log.append(3, &[e(1, 3)]).unwrap();
+    drop(log);
+    std::fs::remove_file(&paths[0]).unwrap();
+    for restart in 1..=2 {
+        let mut want = vec![big(1, 2)];
+        want.push(e(1, 3));
+        assert_eq!(
+            reopened(tmp.path(), Some(meta(1, 1))),
+            want,
+            "restart {restart}"
+        );
+    }
 }

@@ -607,14 +607,19 @@ fn a_data_dir_with_a_log_in_sled_is_refused_in_one_line() {
     assert!(!msg.contains('\n'), "{msg}");
 }
 
+/// Entry `index` of term 1 with `len` bytes of data.
+fn sized(index: u64, len: usize) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(vec![index as u8; len].into()),
+    }
+}
+
 #[test]
 fn entries_larger_than_a_segment_survive_reopen() {
     let mut f = SledFixture::new();
-    let big = |index| Entry {
-        term: 1,
-        index,
-        payload: Payload::Command(vec![index as u8; 5 << 20].into()),
-    };
+    let big = |index| sized(index, 5 << 20);
     persist(&mut f, None, &[big(1)]);
     persist(&mut f, None, &[big(2), e(1, 3)]);
     assert_eq!(
@@ -623,6 +628,31 @@ fn entries_larger_than_a_segment_survive_reopen() {
         "the second batch starts a segment"
     );
     check_with_reopen(&mut f, &[big(1), big(2), e(1, 3)], None);
+}
+
+/// Issue 11, defect 1, through the store: a node compacting its own log of 1 MiB entries,
+/// then writing more of them (the log rolls to a new segment), keeps them all over several
+/// clean restarts in a row.
+#[test]
+fn entries_after_an_own_snapshot_survive_restarts_in_a_row() {
+    let mut f = SledFixture::new();
+    let log: Vec<Entry> = (1..=9).map(|index| sized(index, 1 << 20)).collect();
+    let snapshot = snap(3, 1);
+    for (n, entry) in log.iter().enumerate() {
+        persist(
+            &mut f,
+            Some(hs(1, Some(1), n as u64)),
+            std::slice::from_ref(entry),
+        );
+        if entry.index == 3 {
+            install(&mut f, &snapshot);
+        }
+    }
+    for restart in 1..=3 {
+        assert_eq!(load(&mut f).1, log[3..], "before restart {restart}");
+        assert_eq!(latest(&mut f).as_ref(), Some(&snapshot));
+        f.reopen();
+    }
 }
 
 // ---- crash recovery: a child process persists, reports, and is killed with SIGKILL ----

@@ -5,6 +5,15 @@
 //! state and the log after the latest snapshot at start-up, persists each `Ready` batch
 //! durably, and keeps the state-machine snapshot that log compaction leaves behind.
 //!
+//! The segment log and the snapshot files do their I/O through the [`fs::Fs`] trait: the
+//! real file system in production ([`fs::RealFs`], static dispatch, no cost), and
+//! [`fs::SimFs`], an in-memory file system that models crashes (unsynced data lost or torn,
+//! names durable only once their directory is synced, failing writes), in tests.
+//! [`FileStore`] is the same log and snapshot files with the hard state in a file instead of
+//! sled, over any `Fs`: over `SimFs` it is the store of the storage model test
+//! (`file_store/model_tests.rs`) and of the simulator. sled itself stays on the real file
+//! system.
+//!
 //! # On-disk layout
 //! ```text
 //! <data-dir>/
@@ -56,7 +65,9 @@
 //!   at the end of the last segment (never acknowledged), and start-up truncates it away.
 //!
 //! Start-up reads only the newest `.snap` file: its name, header and length must agree, or
-//! open fails. `snapshot()` reads it in full and checks its CRC32. A damaged latest snapshot
+//! open fails. Before it relies on anything it found (the newest snapshot file and its name,
+//! every log segment it replayed) it syncs it: a write whose sync failed, or that a killed
+//! process never synced, may sit in the page cache only, and must not be taken for durable. `snapshot()` reads it in full and checks its CRC32. A damaged latest snapshot
 //! is an error naming the file, never a fallback to an older one (that would silently forget
 //! committed entries whose log is gone).
 //!
@@ -69,8 +80,8 @@
 //! threshold.
 //!
 //! # What this module may import
-//! std, sled, serde/postcard, crc32fast, bytes, thiserror, tracing, and the `raft` types it
-//! stores. Nothing above it (node, rpc) and no async runtime: `persist` and
+//! std, sled, serde/postcard, crc32fast, bytes, thiserror, tracing, rand (the seeded RNG of
+//! `SimFs` only), and the `raft` types it stores. Nothing above it (node, rpc) and no async runtime: `persist` and
 //! `install_snapshot` block, so the driver calls them from a blocking context.
 //!
 //! # Invariants
@@ -95,12 +106,15 @@
 #![warn(missing_docs)]
 
 mod error;
+mod file_store;
+pub mod fs;
 mod keys;
 mod segment_log;
 mod sled_store;
 mod snapshot_file;
 
 pub use error::StorageError;
+pub use file_store::FileStore;
 pub use sled_store::SledStore;
 
 /// Log entries for the storage tests: `e(term, index)` carries a command naming both.

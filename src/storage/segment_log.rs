@@ -51,16 +51,22 @@
 //! # Torn writes
 //! A record that fails its length or checksum at the end of the last segment is a write a
 //! crash cut short: `persist` had not returned, so nothing depended on it. Start-up cuts it
-//! off, overwriting it with zeros (logged at info). Anywhere else (a bad record followed by a valid one, or
-//! in an earlier segment, all of whose writes were synced) it is
+//! off, overwriting it with zeros (logged at info). Anywhere else (a bad record followed by a
+//! valid one, or in an earlier segment, all of whose writes were synced) it is
 //! [`StorageError::CorruptLog`], naming the file and the byte offset.
+//!
+//! "Followed by a valid record" is searched for only after the end the bad record's header
+//! claims (nothing, if the header reads length 0: an unwritten header): only the last record
+//! written can be torn, and its own bytes, mostly a client's data, may look like a record.
+//! So client bytes cannot turn a tear into a fatal error. The price: damage that zeroes a
+//! length field in the middle of the last segment passes for a tear, and the records after
+//! it are cut off (their entries were acknowledged; the leader sends them again to a
+//! follower, a lone node loses them).
 
 use super::error::StorageError;
-use super::snapshot_file::sync_path;
-use crate::raft::{Entry, LogIndex, Payload, SnapshotMeta, Term};
+use super::fs::{sync_dir, sync_file, Fs, FsFile, Mode, RealFs};
+use crate::raft::{Entry, HardState, LogIndex, Payload, SnapshotMeta, Term};
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Name of the log directory inside the data dir.
@@ -172,12 +178,17 @@ impl Tail {
 /// The segment files of one data dir, open for appending. Owned by one writer at a time (the
 /// store keeps it behind a mutex).
 #[derive(Debug)]
-pub(crate) struct SegmentLog {
+pub(crate) struct SegmentLog<F: Fs = RealFs> {
+    fs: F,
     dir: PathBuf,
+    /// [`SEGMENT_BYTES`] (smaller in tests and simulations, so segments roll often).
+    segment_bytes: u64,
+    /// [`PREALLOC_BYTES`], at most `segment_bytes`.
+    prealloc_bytes: u64,
     /// Seq order; the last is the active one.
     segments: Vec<Segment>,
     /// The active segment, open for writing at `active_len`.
-    active: File,
+    active: F::File,
     /// Where its records end: every byte before is a synced record, every byte after is zero.
     active_len: u64,
     /// Its file length: zeros from `active_len` on, synced.
@@ -192,6 +203,19 @@ pub(crate) struct SegmentLog {
 }
 
 impl SegmentLog {
+    /// [`open_in`](Self::open_in) the real file system.
+    ///
+    /// # Errors
+    /// As `open_in`.
+    pub(crate) fn open(
+        data_dir: &Path,
+        snapshot: Option<SnapshotMeta>,
+    ) -> Result<(Self, Replayed), StorageError> {
+        Self::open_in(RealFs, data_dir, snapshot)
+    }
+}
+
+impl<F: Fs> SegmentLog<F> {
     /// Opens (creating if needed) `<data_dir>/log`, replays it, truncates a torn write at the
     /// end of the last segment, and brings it in line with `snapshot`, the latest published
     /// snapshot: if no Snapshot record for it was written (a crash right after its rename),
@@ -200,22 +224,39 @@ impl SegmentLog {
     /// # Errors
     /// A file cannot be created, read, truncated or synced; a record is corrupt; the replayed
     /// log has a gap.
-    pub(crate) fn open(
+    pub(crate) fn open_in(
+        fs: F,
         data_dir: &Path,
         snapshot: Option<SnapshotMeta>,
     ) -> Result<(Self, Replayed), StorageError> {
+        Self::open_sized(fs, data_dir, snapshot, SEGMENT_BYTES)
+    }
+
+    /// [`open_in`](Self::open_in) with segments of `segment_bytes` instead of
+    /// [`SEGMENT_BYTES`].
+    ///
+    /// # Errors
+    /// As `open_in`.
+    pub(crate) fn open_sized(
+        fs: F,
+        data_dir: &Path,
+        snapshot: Option<SnapshotMeta>,
+        segment_bytes: u64,
+    ) -> Result<(Self, Replayed), StorageError> {
+        let prealloc_bytes = PREALLOC_BYTES.min(segment_bytes);
         let dir = data_dir.join(LOG_DIR);
-        std::fs::create_dir_all(&dir).map_err(|cause| StorageError::File {
-            path: dir.clone(),
-            op: "create",
-            cause,
-        })?;
-        let mut segments = list_segments(&dir)?;
+        fs.create_dir_all(&dir)
+            .map_err(|cause| StorageError::File {
+                path: dir.clone(),
+                op: "create",
+                cause,
+            })?;
+        let mut segments = list_segments(&fs, &dir)?;
         let mut replay = Replay::default();
         let count = segments.len();
         let mut active_len = 0;
         for (i, segment) in segments.iter_mut().enumerate() {
-            let raw = read_file(&segment.path)?;
+            let raw = read_file(&fs, &segment.path)?;
             let (end, torn) = replay.segment(&raw, &segment.path, i + 1 == count)?;
             segment.max_index = replay.max_index;
             segment.snapshot = replay.segment_snapshot;
@@ -225,18 +266,21 @@ impl SegmentLog {
                     offset = end,
                     "log segment ended in a torn write (a crash mid-persist), cut off there"
                 );
-                zero_from(&segment.path, end as u64, (raw.len() - end) as u64)?;
+                zero_from(&fs, &segment.path, end as u64, (raw.len() - end) as u64)?;
+            } else {
+                // What was replayed must be durable before anything relies on it: a record
+                // whose persist failed (or was killed) before its `fdatasync` may be in the
+                // page cache only, and the node is about to treat it as its log.
+                sync_file(&fs, &segment.path)?;
             }
             active_len = end as u64;
         }
         if segments.is_empty() {
-            segments.push(create_segment(&dir, 1)?.0);
+            segments.push(create_segment(&fs, &dir, 1, prealloc_bytes)?.0);
         }
         let active_path = &segments[segments.len() - 1].path;
-        let active = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(active_path)
+        let active = fs
+            .open(active_path, Mode::ReadWrite)
             .map_err(|cause| StorageError::File {
                 path: active_path.clone(),
                 op: "open",
@@ -247,12 +291,15 @@ impl SegmentLog {
             op: "stat",
             cause,
         };
-        let active_alloc = active.metadata().map_err(stat_err)?.len();
+        let active_alloc = active.size().map_err(stat_err)?;
         // New files, unlinks a crash interrupted, and the dir's own name.
-        sync_path(&dir)?;
-        sync_path(data_dir)?;
+        sync_dir(&fs, &dir)?;
+        sync_dir(&fs, data_dir)?;
         let mut log = SegmentLog {
+            fs,
             dir,
+            segment_bytes,
+            prealloc_bytes,
             segments,
             active,
             active_len,
@@ -293,7 +340,7 @@ impl SegmentLog {
     pub(crate) fn read(&self, snapshot: Option<SnapshotMeta>) -> Result<Replayed, StorageError> {
         let mut replay = Replay::default();
         for segment in &self.segments {
-            let raw = read_file(&segment.path)?;
+            let raw = read_file(&self.fs, &segment.path)?;
             replay.segment(&raw, &segment.path, false)?;
         }
         let entries = settle(replay.entries, snapshot).map_err(|e| self.gap(e))?;
@@ -303,9 +350,13 @@ impl SegmentLog {
         })
     }
 
-    /// The last commit hint written or replayed.
-    pub(crate) fn commit(&self) -> Option<LogIndex> {
-        self.commit
+    /// The hard state `load` returns: `stored`'s term and vote, the commit index of the last
+    /// record (if any, else `stored`'s).
+    pub(crate) fn loaded_hard_state(&self, stored: HardState) -> HardState {
+        HardState {
+            commit: self.commit.unwrap_or(stored.commit),
+            ..stored
+        }
     }
 
     /// Bytes of the entries after the snapshot (as [`entry_len`] counts them).
@@ -361,6 +412,28 @@ impl SegmentLog {
         Ok(bytes)
     }
 
+    /// The log's part of `LogStore::persist`: appends `entries` and the commit index of
+    /// `hard_state` (else the last one written, else `stored_commit`) as one record, if either
+    /// is new. Returns the bytes of the entries written, or `None` if nothing was written.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub(crate) fn persist(
+        &mut self,
+        hard_state: Option<&HardState>,
+        stored_commit: LogIndex,
+        entries: &[Entry],
+    ) -> Result<Option<u64>, StorageError> {
+        let commit = match hard_state {
+            Some(hs) => hs.commit,
+            None => self.commit.unwrap_or(stored_commit),
+        };
+        if entries.is_empty() && self.commit == Some(commit) {
+            return Ok(None);
+        }
+        self.append(commit, entries).map(Some)
+    }
+
     /// Compaction after `snapshot` was published: appends and syncs a Snapshot record, then
     /// unlinks the segments it makes useless. Keeps the entries after `snapshot.index` if the
     /// log holds entry `snapshot.index` with `snapshot.term`, else none. Returns the bytes of
@@ -411,11 +484,13 @@ impl SegmentLog {
         for (i, segment) in std::mem::take(&mut self.segments).into_iter().enumerate() {
             let holds_record = segment.snapshot == covered && !mutation::lost_snapshot_record();
             if i < active && segment.max_index <= covered && !holds_record {
-                std::fs::remove_file(&segment.path).map_err(|cause| StorageError::File {
-                    path: segment.path.clone(),
-                    op: "remove",
-                    cause,
-                })?;
+                self.fs
+                    .remove(&segment.path)
+                    .map_err(|cause| StorageError::File {
+                        path: segment.path.clone(),
+                        op: "remove",
+                        cause,
+                    })?;
             } else {
                 kept.push(segment);
             }
@@ -441,7 +516,7 @@ impl SegmentLog {
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         let record_len = self.buf.len() as u64;
-        if self.active_len > 0 && self.active_len + record_len > SEGMENT_BYTES {
+        if self.active_len > 0 && self.active_len + record_len > self.segment_bytes {
             self.roll()?;
         }
         self.reserve(self.active_len + record_len)?;
@@ -472,11 +547,11 @@ impl SegmentLog {
     /// before the next step has no file size to commit. A record larger than a segment (alone
     /// in it) is simply appended.
     fn reserve(&mut self, end: u64) -> Result<(), StorageError> {
-        if end <= self.active_alloc || end > SEGMENT_BYTES {
+        if end <= self.active_alloc || end > self.segment_bytes {
             return Ok(());
         }
-        let target = (self.active_alloc + PREALLOC_BYTES)
-            .min(SEGMENT_BYTES)
+        let target = (self.active_alloc + self.prealloc_bytes)
+            .min(self.segment_bytes)
             .max(end);
         let path = &self.segments[self.segments.len() - 1].path;
         zero(
@@ -493,12 +568,12 @@ impl SegmentLog {
     /// earlier unlinks durable).
     fn roll(&mut self) -> Result<(), StorageError> {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        let (segment, file) = create_segment(&self.dir, seq)?;
-        sync_path(&self.dir)?;
+        let (segment, file) = create_segment(&self.fs, &self.dir, seq, self.prealloc_bytes)?;
+        sync_dir(&self.fs, &self.dir)?;
         self.segments.push(segment);
         self.active = file;
         self.active_len = 0;
-        self.active_alloc = PREALLOC_BYTES;
+        self.active_alloc = self.prealloc_bytes;
         Ok(())
     }
 
@@ -522,7 +597,7 @@ impl SegmentLog {
     pub(crate) fn stored_indexes(&self) -> Vec<LogIndex> {
         let mut replay = Replay::default();
         for segment in &self.segments {
-            let raw = read_file(&segment.path).unwrap_or_default();
+            let raw = read_file(&self.fs, &segment.path).unwrap_or_default();
             let _ = replay.segment(&raw, &segment.path, false);
         }
         replay.entries.iter().map(|e| e.index).collect()
@@ -563,11 +638,16 @@ impl Replay {
         while at < raw.len() {
             let (kind, body) = match record_at(raw, at) {
                 Ok(record) => record,
-                Err(_) if raw[at..].iter().all(|&b| b == 0) => return Ok((at, false)),
+                Err(_) if all_zero(&raw[at..]) => return Ok((at, false)),
                 // Only the last segment may end in a torn write: every earlier one was synced
                 // in full before the next was created.
                 Err(reason) if !last => return Err(corrupt(at, reason)),
-                Err(reason) => match next_valid_record(raw, at + 1) {
+                // Only the last record written can be torn, so a valid record after the end
+                // this one claims means it is not a tear. Its own bytes are never searched:
+                // they are mostly a client's data, which can look like a record.
+                Err(reason) => match claimed_end(raw, at)
+                    .and_then(|end| next_valid_record(raw, end))
+                {
                     None => return Ok((at, true)),
                     Some(next) => {
                         let reason = format!("{reason}, followed by a valid record at byte {next}");
@@ -753,9 +833,40 @@ fn record_at(raw: &[u8], at: usize) -> Result<(u8, &[u8]), String> {
     Ok((data[0], &data[1..]))
 }
 
+/// Whether `bytes` are all zero (compared a block at a time: fast in any build).
+fn all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// Where the (bad) record at `at` ends if its header is what was written: `None` if the
+/// header is cut off by the end of the file or says length 0 (a header a crash left
+/// unwritten reads as zeros: the record's extent is then unknown, and the tear is taken as
+/// the end of the log). A torn header that still reads a length (a crash kept only some of
+/// its bytes) claims less than the record wrote; whatever follows in the record is then
+/// searched, the one case where a client's bytes still count.
+fn claimed_end(raw: &[u8], at: usize) -> Option<usize> {
+    let header = raw.get(at..at + HEADER_LEN)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    (len > 0).then_some(at + HEADER_LEN + len)
+}
+
 /// The offset of the first valid record starting at or after `from`, if any.
 fn next_valid_record(raw: &[u8], from: usize) -> Option<usize> {
-    (from..raw.len()).find(|&at| record_at(raw, at).is_ok())
+    (from..raw.len()).find(|&at| is_record(raw, at))
+}
+
+/// Whether a valid record starts at byte `at` of `raw` ([`record_at`] without the reason).
+fn is_record(raw: &[u8], at: usize) -> bool {
+    let Some(header) = raw.get(at..at + HEADER_LEN) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    len > 0
+        && raw
+            .get(at + HEADER_LEN..at + HEADER_LEN + len)
+            .is_some_and(|data| crc32fast::hash(data) == crc)
 }
 
 /// Reads little-endian fields off the front of a record body.
@@ -811,15 +922,14 @@ fn parse_name(name: &str) -> Option<u64> {
 }
 
 /// The segment files in `dir`, in seq order. Other files are left alone (with a warning).
-fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
+fn list_segments(fs: &impl Fs, dir: &Path) -> Result<Vec<Segment>, StorageError> {
     let list_err = |cause| StorageError::File {
         path: dir.to_path_buf(),
         op: "list",
         cause,
     };
     let mut segments = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(list_err)? {
-        let name = item.map_err(list_err)?.file_name();
+    for name in fs.list(dir).map_err(list_err)? {
         match name.to_str().and_then(parse_name) {
             Some(seq) => segments.push(Segment {
                 seq,
@@ -839,19 +949,21 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
 /// Creates segment `seq`, preallocated: [`PREALLOC_BYTES`] of zeros, written and synced
 /// (not `fallocate`d: writing into unwritten extents would again change metadata at every
 /// sync). The caller fsyncs the directory.
-fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError> {
+fn create_segment<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    seq: u64,
+    prealloc: u64,
+) -> Result<(Segment, F::File), StorageError> {
     let path = dir.join(segment_name(seq));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
+    let file = fs
+        .open(&path, Mode::CreateNew)
         .map_err(|cause| StorageError::File {
             path: path.clone(),
             op: "create",
             cause,
         })?;
-    zero(&file, &path, 0, PREALLOC_BYTES)?;
+    zero(&file, &path, 0, prealloc)?;
     Ok((
         Segment {
             seq,
@@ -863,8 +975,8 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError>
     ))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
-    std::fs::read(path).map_err(|cause| StorageError::File {
+fn read_file(fs: &impl Fs, path: &Path) -> Result<Vec<u8>, StorageError> {
+    fs.read(path).map_err(|cause| StorageError::File {
         path: path.to_path_buf(),
         op: "read",
         cause,
@@ -872,7 +984,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Writes `len` zeros at `offset` of `file`, then syncs it.
-fn zero(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
+fn zero(file: &impl FsFile, path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0; CHUNK.min(len) as usize];
     let mut done = 0;
@@ -894,10 +1006,9 @@ fn zero(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), StorageEr
 
 /// Overwrites a torn write at `offset` of `path` (`len` bytes to the end) with zeros, durably,
 /// so the records written after it are followed by zeros again.
-fn zero_from(path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
+fn zero_from(fs: &impl Fs, path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
+    let file = fs
+        .open(path, Mode::ReadWrite)
         .map_err(|cause| StorageError::File {
             path: path.to_path_buf(),
             op: "open",

@@ -347,3 +347,70 @@ fn a_lost_snapshot_record_is_redone_without_dropping_later_entries() {
         );
     }
 }
+
+/// Issue 11: a client's value that holds a valid-looking record, in a record a crash tore,
+/// is not "a valid record after a bad one": the tear is cut off, not a fatal CorruptLog.
+#[test]
+fn a_record_forged_inside_a_torn_record_is_not_fatal() {
+    let scratch = tempfile::tempdir().unwrap();
+    let forged = {
+        let (mut log, _) = open(scratch.path(), None);
+        log.append(99, &entries(9, 1..=3)).unwrap();
+        let raw = std::fs::read(&log.segment_paths()[0]).unwrap();
+        raw[..log.active_len as usize].to_vec()
+    };
+    let mut value = vec![0xab; 600];
+    value.extend_from_slice(&forged);
+    value.extend_from_slice(&[0xcd; 600]);
+    let evil = Entry {
+        term: 1,
+        index: 3,
+        payload: Payload::Command(value.into()),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(1, &entries(1, 1..=2)).unwrap();
+    let path = log.segment_paths()[0].clone();
+    let torn_at = log.active_len as usize;
+    log.append(2, &[evil]).unwrap();
+    drop(log);
+    // The crash kept the header's sector and the forged record's, not the one between.
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[torn_at + 100..torn_at + 600].fill(0);
+    std::fs::write(&path, &raw).unwrap();
+    let (log, replayed) = open(tmp.path(), None);
+    assert_eq!(replayed.entries, entries(1, 1..=2));
+    assert_eq!(
+        log.active_len as usize, torn_at,
+        "cut off at the torn record"
+    );
+}
+
+/// A record whose `fdatasync` failed (or that a killed process never synced) sits in the page
+/// cache: the next start replays it, so it must make it durable before the node relies on
+/// it. Found by the storage model test: a later power loss lost such a record while the
+/// records after it, in a new segment, survived (a gap, so a fatal error at the next start).
+#[test]
+fn open_makes_what_it_replays_durable() {
+    use crate::storage::fs::{Fault, SimFs, SimFsConfig};
+    let dir = Path::new("/node");
+    for seed in 0..20 {
+        let fs = SimFs::new(SimFsConfig { seed });
+        let (mut log, _) = SegmentLog::open_in(fs.clone(), dir, None).unwrap();
+        log.append(1, &entries(1, 1..=2)).unwrap();
+        fs.inject(fs.ops() + 2, Fault::Io); // the write, then its sync
+        assert!(log.append(2, &[e(1, 3)]).is_err());
+        drop(log);
+        fs.restart(); // the process stops and starts again: no power loss
+        let (_, replayed) = SegmentLog::open_in(fs.clone(), dir, None).unwrap();
+        assert_eq!(replayed.entries, entries(1, 1..=3), "seed {seed}");
+        fs.crash();
+        fs.restart();
+        let (_, replayed) = SegmentLog::open_in(fs.clone(), dir, None).unwrap();
+        assert_eq!(
+            replayed.entries,
+            entries(1, 1..=3),
+            "seed {seed}: after power loss"
+        );
+    }
+}

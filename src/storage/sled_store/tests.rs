@@ -1401,3 +1401,73 @@ fn process_cpu_ms() -> u64 {
         .collect();
     (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10
 }
+
+/// `install_snapshot` (the driver's snapshot task, on the blocking pool) and `persist` (the
+/// driver) run on two threads at once, as in the node: many appends, truncations of the
+/// uncommitted tail and rolls, with own snapshots of the committed prefix meanwhile. After
+/// both end, and after two restarts, the store holds the last snapshot and exactly the
+/// entries after it.
+#[test]
+fn install_snapshot_and_persist_run_concurrently() {
+    const BATCHES: u64 = 300;
+    /// Entries above the committed index the writer may still rewrite.
+    const UNCOMMITTED: u64 = 2;
+    let mut f = SledFixture::new();
+    let mut writer = f.store().clone();
+    let mut snapshotter = f.store().clone();
+    // (index, term) of the committed prefix's last entry; None once the writer is done.
+    let committed = Arc::new(Mutex::new(Some((0u64, 0u64))));
+    let shared = Arc::clone(&committed);
+    let snapshots = std::thread::spawn(move || {
+        let (mut last, mut installed) = (None, 0);
+        loop {
+            let Some((index, term)) = *shared.lock().unwrap() else {
+                return (last, installed);
+            };
+            if index > last.as_ref().map_or(0, |s: &Snapshot| s.meta.index) {
+                let snapshot = Snapshot {
+                    meta: SnapshotMeta { index, term },
+                    data: format!("state {index}").into_bytes().into(),
+                };
+                snapshotter.install_snapshot(&snapshot).unwrap();
+                last = Some(snapshot);
+                installed += 1;
+            }
+            std::thread::yield_now();
+        }
+    });
+    let mut log: Vec<Entry> = Vec::new();
+    for batch in 1..=BATCHES {
+        let next = log.last().map_or(1, |e| e.index + 1);
+        // Every 5th batch rewrites the uncommitted tail in a new term.
+        let (start, term) = if batch % 5 == 0 && next > UNCOMMITTED + 1 {
+            (next - UNCOMMITTED, batch)
+        } else {
+            (next, log.last().map_or(1, |e| e.term))
+        };
+        let len = if batch % 3 == 0 { 64 << 10 } else { 100 };
+        let entries: Vec<Entry> = (start..start + 4)
+            .map(|index| Entry {
+                term,
+                index,
+                payload: Payload::Command(vec![batch as u8; len].into()),
+            })
+            .collect();
+        log.truncate((start - 1) as usize);
+        log.extend(entries.iter().cloned());
+        writer.persist(None, &entries).unwrap();
+        let commit = &log[log.len() - 1 - UNCOMMITTED as usize];
+        *committed.lock().unwrap() = Some((commit.index, commit.term));
+    }
+    *committed.lock().unwrap() = None;
+    let (snapshot, installed) = snapshots.join().unwrap();
+    let snapshot = snapshot.expect("at least one snapshot");
+    assert!(
+        installed >= 3,
+        "only {installed} snapshots ran alongside the writes"
+    );
+    drop((writer, committed));
+    let tail = log[snapshot.meta.index as usize..].to_vec();
+    assert!(tail.len() as u64 >= UNCOMMITTED);
+    check_with_reopen(&mut f, &tail, Some(&snapshot));
+}

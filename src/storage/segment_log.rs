@@ -309,6 +309,7 @@ impl<F: Fs> SegmentLog<F> {
             commit: replay.commit,
             snapshot_index: replay.snapshot_index,
         };
+        check_snapshot_file(&log.dir, replay.latest_record, snapshot)?;
         match snapshot {
             Some(meta) if meta.index > log.snapshot_index => {
                 // The snapshot was published but its record not written: compact now, with
@@ -610,6 +611,8 @@ struct Replay {
     entries: Vec<Entry>,
     commit: Option<LogIndex>,
     snapshot_index: LogIndex,
+    /// The Snapshot record with the highest index.
+    latest_record: Option<SnapshotMeta>,
     /// The highest index written by the records of the segment being replayed.
     max_index: LogIndex,
     /// The index of the latest Snapshot record of the segment being replayed (0 if none).
@@ -706,12 +709,15 @@ impl Replay {
 
     fn snapshot_record(&mut self, body: &[u8]) -> Result<(), String> {
         let mut r = Reader(body);
-        let (index, _term, last, commit) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let (index, term, last, commit) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
         if !r.0.is_empty() || last < index {
             return Err("the snapshot record is malformed".to_owned());
         }
         self.snapshot(index, last);
         self.segment_snapshot = self.segment_snapshot.max(index);
+        if self.latest_record.is_none_or(|r| r.index < index) {
+            self.latest_record = Some(SnapshotMeta { index, term });
+        }
         self.commit = Some(commit);
         Ok(())
     }
@@ -724,6 +730,39 @@ impl Replay {
         self.entries.truncate(end);
         self.snapshot_index = self.snapshot_index.max(index);
     }
+}
+
+/// Checks the log's latest Snapshot record (if any) against the newest snapshot file: a
+/// record is written only once its file is published, durably, so the file must be there,
+/// with the record's term (or a newer file: a crash before its record was written).
+fn check_snapshot_file(
+    dir: &Path,
+    record: Option<SnapshotMeta>,
+    file: Option<SnapshotMeta>,
+) -> Result<(), StorageError> {
+    let Some(record) = record else {
+        return Ok(());
+    };
+    let reason = match file {
+        Some(file) if file.index > record.index || file == record => return Ok(()),
+        Some(file) if file.index == record.index => format!(
+            "the snapshot file for index {} has term {}, the record term {}",
+            file.index, file.term, record.term
+        ),
+        Some(file) => format!(
+            "its snapshot file is missing: the newest one is for index {} term {}",
+            file.index, file.term
+        ),
+        None => "its snapshot file is missing: there is none".to_owned(),
+    };
+    Err(StorageError::Corrupt {
+        dir: dir.to_path_buf(),
+        what: format!(
+            "the Snapshot record for index {} term {}",
+            record.index, record.term
+        ),
+        reason,
+    })
 }
 
 /// The `last` of a Snapshot record for `snapshot`, given the term of the log's entry at the

@@ -414,3 +414,41 @@ fn open_makes_what_it_replays_durable() {
         );
     }
 }
+
+/// Issue 11: the latest Snapshot record and the snapshot file are cross-checked at open: a
+/// record newer than every snapshot file (the file was lost), or a file whose term disagrees
+/// with the record, is corrupt, never a log that silently starts over.
+#[test]
+fn a_snapshot_record_without_its_file_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    log.append(4, &entries(1, 1..=5)).unwrap();
+    log.compact(meta(2, 1)).unwrap();
+    log.compact(meta(5, 1)).unwrap();
+    drop(log);
+    let cases = [
+        (None, "its snapshot file is missing: there is none"),
+        (
+            Some(meta(2, 1)),
+            "its snapshot file is missing: the newest one is for index 2 term 1",
+        ),
+        (
+            Some(meta(5, 2)),
+            "the snapshot file for index 5 has term 2, the record term 1",
+        ),
+    ];
+    for (file, reason) in cases {
+        let msg = SegmentLog::open(tmp.path(), file).unwrap_err().to_string();
+        let want = format!(
+            "the Snapshot record for index 5 term 1 in {} is corrupt ({reason}); ",
+            tmp.path().join(LOG_DIR).display()
+        );
+        assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
+    }
+    assert_eq!(reopened(tmp.path(), Some(meta(5, 1))), vec![]);
+    assert_eq!(
+        reopened(tmp.path(), Some(meta(6, 1))),
+        vec![],
+        "a newer file"
+    );
+}

@@ -97,7 +97,9 @@
 //! - Every log record carries a CRC32, and so do the hard state and every snapshot file. A
 //!   bad record is [`StorageError::CorruptLog`] naming the segment and byte offset (unless it
 //!   is a torn write at the very end of the last segment, which start-up cuts off and logs at
-//!   info); a gap in the log or a bad hard state is [`StorageError::Corrupt`]; a damaged
+//!   info); a gap in the log, a lost segment whose entries no snapshot covers, a Snapshot
+//!   record whose snapshot file is missing or disagrees, or a bad hard state is
+//!   [`StorageError::Corrupt`]; a damaged
 //!   snapshot file is [`StorageError::CorruptSnapshot`] naming the file. All say what to do:
 //!   wipe the node's data dir so it catches up from the leader.
 //! - A data dir whose log is in sled's `log` tree (the layout before segment files) is

@@ -13,6 +13,7 @@
 //! Entries body:  commit hint u64 | count u32 | count x (index u64 | term u64 |
 //!                payload tag u8 (0 = Noop, 1 = Command) | data length u32 | data)
 //! Snapshot body: index u64 | term u64 | last u64 | commit hint u64
+//! Chain body:    previous segment's seq u64 | highest entry index written in it u64
 //! ```
 //! All integers are little-endian. Segment names carry a sequence number, not an index:
 //! truncations make indexes go back, so indexes are not monotonic across segments.
@@ -40,6 +41,15 @@
 //! at or below the snapshot's index, except the one holding the latest Snapshot record (the
 //! only record that says which entries after the snapshot to keep); the unlinks are made
 //! durable by the next directory fsync (the next new segment, or the next start).
+//!
+//! Every segment but the first starts with a Chain record: the seq of the segment before it
+//! and the highest entry index written there. At open, a segment whose predecessor is
+//! missing is fine only if that index is covered by the latest Snapshot record or snapshot
+//! file (compaction unlinked it); otherwise the lost segment is named in a
+//! [`StorageError::Corrupt`]. (Segments an older kvstore wrote have no Chain record and are
+//! not checked; an older kvstore cannot read a log with Chain records.) At open, the latest
+//! Snapshot record is also checked against the newest snapshot file: the file must be there,
+//! with the record's term, or newer.
 //!
 //! So after a crash any subset of the segments deleted by compactions may reappear, and
 //! replay is still exact: a deleted record only wrote or truncated at indexes at or below its
@@ -81,6 +91,9 @@ const SUFFIX: &str = ".log";
 const HEADER_LEN: usize = 8;
 const KIND_ENTRIES: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
+const KIND_CHAIN: u8 = 3;
+/// A whole Chain record: header, kind, previous seq, previous max index.
+const CHAIN_LEN: u64 = (HEADER_LEN + 1 + 8 + 8) as u64;
 /// index, term, payload tag, data length.
 const ENTRY_HEADER_LEN: usize = 8 + 8 + 1 + 4;
 const TAG_NOOP: u8 = 0;
@@ -116,6 +129,9 @@ struct Segment {
     /// the log's latest Snapshot record is never unlinked: without that record, replay would
     /// have to re-decide which entries after the snapshot to keep.
     snapshot: LogIndex,
+    /// Its Chain record's highest index of the segment before it (`None` without one: the
+    /// first segment, or one an older kvstore wrote).
+    chain: Option<LogIndex>,
 }
 
 /// The term and record size of each entry of the log after the snapshot, so compaction can
@@ -193,6 +209,9 @@ pub(crate) struct SegmentLog<F: Fs = RealFs> {
     active_len: u64,
     /// Its file length: zeros from `active_len` on, synced.
     active_alloc: u64,
+    /// Where its first record after the Chain record starts (0 or [`CHAIN_LEN`]): a segment
+    /// holding nothing more takes any record.
+    active_start: u64,
     /// Reused for every record, so a persist allocates nothing once it has grown.
     buf: Vec<u8>,
     tail: Tail,
@@ -260,6 +279,7 @@ impl<F: Fs> SegmentLog<F> {
             let (end, torn) = replay.segment(&raw, &segment.path, i + 1 == count)?;
             segment.max_index = replay.max_index;
             segment.snapshot = replay.segment_snapshot;
+            segment.chain = replay.segment_chain;
             if torn {
                 tracing::info!(
                     file = %segment.path.display(),
@@ -292,6 +312,11 @@ impl<F: Fs> SegmentLog<F> {
             cause,
         };
         let active_alloc = active.size().map_err(stat_err)?;
+        let active_chain = if segments[segments.len() - 1].chain.is_some() {
+            CHAIN_LEN
+        } else {
+            0
+        };
         // New files, unlinks a crash interrupted, and the dir's own name.
         sync_dir(&fs, &dir)?;
         sync_dir(&fs, data_dir)?;
@@ -304,12 +329,17 @@ impl<F: Fs> SegmentLog<F> {
             active,
             active_len,
             active_alloc,
+            active_start: active_len.min(active_chain),
             buf: Vec::new(),
             tail: Tail::default(),
             commit: replay.commit,
             snapshot_index: replay.snapshot_index,
         };
         check_snapshot_file(&log.dir, replay.latest_record, snapshot)?;
+        // Compaction unlinks only what a Snapshot record covers, and writes that record only
+        // once its snapshot file is published.
+        let covered = snapshot.map_or(0, |m| m.index).max(replay.snapshot_index);
+        check_chain(&log.dir, &log.segments, covered)?;
         match snapshot {
             Some(meta) if meta.index > log.snapshot_index => {
                 // The snapshot was published but its record not written: compact now, with
@@ -512,12 +542,10 @@ impl<F: Fs> SegmentLog<F> {
         max_index: LogIndex,
         snapshot: LogIndex,
     ) -> Result<(), StorageError> {
-        let len = u32::try_from(self.buf.len() - HEADER_LEN).map_err(|_| too_large(&self.dir))?;
-        let crc = crc32fast::hash(&self.buf[HEADER_LEN..]);
-        self.buf[..4].copy_from_slice(&len.to_le_bytes());
-        self.buf[4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut self.buf, &self.dir)?;
         let record_len = self.buf.len() as u64;
-        if self.active_len > 0 && self.active_len + record_len > self.segment_bytes {
+        if self.active_len > self.active_start && self.active_len + record_len > self.segment_bytes
+        {
             self.roll()?;
         }
         self.reserve(self.active_len + record_len)?;
@@ -567,13 +595,34 @@ impl<F: Fs> SegmentLog<F> {
 
     /// Starts a new segment, durably: created, then the directory fsynced (which also makes
     /// earlier unlinks durable).
+    /// Its first record is a Chain record naming the segment before it and the highest index
+    /// written there (made durable by the `fdatasync` of the record that follows it), so a
+    /// start that finds that segment missing while no snapshot covers it says so.
     fn roll(&mut self) -> Result<(), StorageError> {
-        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        let (segment, file) = create_segment(&self.fs, &self.dir, seq, self.prealloc_bytes)?;
+        let (prev_seq, prev_max) = self
+            .segments
+            .last()
+            .map_or((0, 0), |s| (s.seq, s.max_index));
+        let seq = prev_seq + 1;
+        let (mut segment, file) = create_segment(&self.fs, &self.dir, seq, self.prealloc_bytes)?;
         sync_dir(&self.fs, &self.dir)?;
+        let mut chain = Vec::with_capacity(CHAIN_LEN as usize);
+        chain.extend_from_slice(&[0; HEADER_LEN]);
+        chain.push(KIND_CHAIN);
+        chain.extend_from_slice(&prev_seq.to_le_bytes());
+        chain.extend_from_slice(&prev_max.to_le_bytes());
+        seal(&mut chain, &self.dir)?;
+        file.write_all_at(&chain, 0)
+            .map_err(|cause| StorageError::File {
+                path: segment.path.clone(),
+                op: "write",
+                cause,
+            })?;
+        segment.chain = Some(prev_max);
         self.segments.push(segment);
         self.active = file;
-        self.active_len = 0;
+        self.active_len = CHAIN_LEN;
+        self.active_start = CHAIN_LEN;
         self.active_alloc = self.prealloc_bytes;
         Ok(())
     }
@@ -617,6 +666,8 @@ struct Replay {
     max_index: LogIndex,
     /// The index of the latest Snapshot record of the segment being replayed (0 if none).
     segment_snapshot: LogIndex,
+    /// The Chain record of the segment being replayed.
+    segment_chain: Option<LogIndex>,
 }
 
 impl Replay {
@@ -637,6 +688,7 @@ impl Replay {
         };
         self.max_index = 0;
         self.segment_snapshot = 0;
+        self.segment_chain = None;
         let mut at = 0;
         while at < raw.len() {
             let (kind, body) = match record_at(raw, at) {
@@ -661,6 +713,8 @@ impl Replay {
             let applied = match kind {
                 KIND_ENTRIES => self.entries_record(body),
                 KIND_SNAPSHOT => self.snapshot_record(body),
+                KIND_CHAIN if at == 0 => self.chain_record(body),
+                KIND_CHAIN => Err("a chain record after the start of its segment".to_owned()),
                 other => Err(format!("unknown record kind {other}")),
             };
             applied.map_err(|reason| corrupt(at, format!("checksum matches but {reason}")))?;
@@ -707,6 +761,16 @@ impl Replay {
         Ok(())
     }
 
+    fn chain_record(&mut self, body: &[u8]) -> Result<(), String> {
+        let mut r = Reader(body);
+        let (_prev_seq, prev_max) = (r.u64()?, r.u64()?);
+        if !r.0.is_empty() {
+            return Err("the chain record is malformed".to_owned());
+        }
+        self.segment_chain = Some(prev_max);
+        Ok(())
+    }
+
     fn snapshot_record(&mut self, body: &[u8]) -> Result<(), String> {
         let mut r = Reader(body);
         let (index, term, last, commit) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -730,6 +794,38 @@ impl Replay {
         self.entries.truncate(end);
         self.snapshot_index = self.snapshot_index.max(index);
     }
+}
+
+/// Fills in the header (length and CRC) of the record in `buf`.
+fn seal(buf: &mut [u8], dir: &Path) -> Result<(), StorageError> {
+    let len = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| too_large(dir))?;
+    let crc = crc32fast::hash(&buf[HEADER_LEN..]);
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Checks that no segment is missing whose entries no snapshot covers: every segment whose
+/// Chain record names a predecessor that is not there (compaction unlinked it, or it was
+/// lost) must have had its entries at or below `covered`.
+fn check_chain(dir: &Path, segments: &[Segment], covered: LogIndex) -> Result<(), StorageError> {
+    for (i, segment) in segments.iter().enumerate() {
+        let Some(prev_max) = segment.chain else {
+            continue;
+        };
+        let present = i > 0 && segments[i - 1].seq + 1 == segment.seq;
+        if !present && prev_max > covered {
+            return Err(StorageError::Corrupt {
+                dir: dir.to_path_buf(),
+                what: format!("log segment {}", segment_name(segment.seq - 1)),
+                reason: format!(
+                    "it is missing, yet {} follows it and says it held entries up to index {prev_max}, which no snapshot covers",
+                    segment_name(segment.seq)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the log's latest Snapshot record (if any) against the newest snapshot file: a
@@ -975,6 +1071,7 @@ fn list_segments(fs: &impl Fs, dir: &Path) -> Result<Vec<Segment>, StorageError>
                 path: dir.join(&name),
                 max_index: 0,
                 snapshot: 0,
+                chain: None,
             }),
             None => {
                 tracing::warn!(dir = %dir.display(), file = ?name, "ignoring a file that is not a log segment")
@@ -1009,6 +1106,7 @@ fn create_segment<F: Fs>(
             path,
             max_index: 0,
             snapshot: 0,
+            chain: None,
         },
         file,
     ))

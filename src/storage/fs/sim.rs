@@ -220,6 +220,7 @@ impl SimFs {
             let kept = survive(inode, &mut state.rng);
             inode.durable = kept.clone();
             inode.data = kept;
+            inode.unsynced.clear();
         }
     }
 

@@ -452,3 +452,39 @@ fn a_snapshot_record_without_its_file_is_corrupt() {
         "a newer file"
     );
 }
+
+/// Issue 11: a lost segment in the middle of the log (its entries not covered by a snapshot)
+/// is detected at open through the Chain record of the segment after it, naming it; one that
+/// compaction unlinked is not.
+#[test]
+fn a_lost_middle_segment_is_named_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    for i in 1..=4 {
+        log.append(i, &[big(1, i)]).unwrap();
+    }
+    let paths = log.segment_paths();
+    assert_eq!(paths.len(), 4);
+    log.compact(meta(1, 1)).unwrap();
+    assert_eq!(
+        log.segment_paths(),
+        paths[1..].to_vec(),
+        "compaction unlinks the first"
+    );
+    drop(log);
+    assert_eq!(
+        reopened(tmp.path(), Some(meta(1, 1))),
+        vec![big(1, 2), big(1, 3), big(1, 4)]
+    );
+    std::fs::remove_file(&paths[2]).unwrap();
+    let msg = SegmentLog::open(tmp.path(), Some(meta(1, 1)))
+        .unwrap_err()
+        .to_string();
+    let want = format!(
+        "log segment {} in {} is corrupt (it is missing, yet {} follows it and says it held entries up to index 3, which no snapshot covers); ",
+        segment_name(3),
+        tmp.path().join(LOG_DIR).display(),
+        segment_name(4),
+    );
+    assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
+}

@@ -99,3 +99,24 @@ fn a_clean_restart_loses_nothing_and_faults_fail_one_operation() {
         "no crash, nothing lost"
     );
 }
+
+/// Writes a crash discarded stay discarded: a later sync does not bring them back.
+#[test]
+fn a_sync_after_a_crash_does_not_resurrect_lost_writes() {
+    for seed in 0..50 {
+        let fs = fs(seed);
+        let f = fs.open(&p("a"), Mode::CreateNew).unwrap();
+        f.write_all_at(&[0; 100], 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        f.write_all_at(&[7; 100], 0).unwrap();
+        fs.crash();
+        fs.restart();
+        let before = fs.read(&p("a")).unwrap();
+        let f = fs.open(&p("a"), Mode::ReadWrite).unwrap();
+        f.sync_data().unwrap();
+        fs.crash();
+        fs.restart();
+        assert_eq!(fs.read(&p("a")).unwrap(), before, "seed {seed}");
+    }
+}

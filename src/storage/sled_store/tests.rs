@@ -1,5 +1,5 @@
-//! The `LogStore` conformance suite, run against `MemStorage` and `SledStore`, and the
-//! `SledStore` tests: crash (SIGKILL) recovery, torn writes, corruption, the lock, the sync
+//! The `LogStore` conformance suite, run against `MemStorage`, `SledStore` and `FileStore` (over
+//! the simulated file system), and the `SledStore` tests: crash (SIGKILL) recovery, torn writes, corruption, the lock, the sync
 //! count (and its strace proof), bounded disk use, snapshot crash states.
 
 use super::*;
@@ -387,6 +387,35 @@ macro_rules! conformance {
 
 conformance!(mem_conformance, MemFixture);
 conformance!(sled_conformance, SledFixture);
+conformance!(file_store_conformance, FileStoreFixture);
+
+/// [`FileStore`](crate::storage::FileStore) over the simulated file system: a restart drops
+/// the store and powers the file system off and on (no crash: nothing is lost).
+struct FileStoreFixture {
+    fs: crate::storage::fs::SimFs,
+    store: Option<crate::storage::FileStore<crate::storage::fs::SimFs>>,
+}
+
+impl Fixture for FileStoreFixture {
+    type Store = crate::storage::FileStore<crate::storage::fs::SimFs>;
+    fn new() -> Self {
+        let fs = crate::storage::fs::SimFs::new(Default::default());
+        let store = crate::storage::FileStore::open(fs.clone(), Path::new("/node")).unwrap();
+        Self {
+            fs,
+            store: Some(store),
+        }
+    }
+    fn store(&mut self) -> &mut Self::Store {
+        self.store.as_mut().unwrap()
+    }
+    fn reopen(&mut self) {
+        self.store = None;
+        self.fs.restart();
+        let store = crate::storage::FileStore::open(self.fs.clone(), Path::new("/node"));
+        self.store = Some(store.unwrap());
+    }
+}
 
 #[test]
 fn one_sync_per_persist() {

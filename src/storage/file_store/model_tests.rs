@@ -43,6 +43,9 @@ enum Op {
     },
     /// Stop and start again, no power loss.
     Restart,
+    /// Stop and start again, with a power loss at the `at`-th write or sync from then on
+    /// (during the recovery at open, if it writes that much; then it starts once more).
+    RestartAndCrash { at: u64 },
     /// Power loss at the `at`-th write or sync from now (during a later operation or a
     /// reopen); the node restarts.
     Crash { at: u64 },
@@ -68,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (-4..4i64, any::<bool>(), prop_oneof![4 => 0..100usize, 1 => 1000..100_000usize])
             .prop_map(|(offset, same_history, data_len)| Op::Install { offset, same_history, data_len }),
         3 => Just(Op::Restart),
+        2 => (1..8u64).prop_map(|at| Op::RestartAndCrash { at }),
         2 => (1..30u64).prop_map(|at| Op::Crash { at }),
         1 => (1..30u64, any::<bool>()).prop_map(|(at, no_space)| Op::Fail { at, no_space }),
     ]
@@ -218,6 +222,12 @@ impl Harness {
                 self.fs.restart();
                 return self.reopen(&[]);
             }
+            Op::RestartAndCrash { at } => {
+                self.store = None;
+                self.fs.restart();
+                self.fs.inject(self.fs.ops() + at, Fault::Crash);
+                return self.reopen(&[]);
+            }
             Op::Crash { at } => {
                 self.fs.inject(self.fs.ops() + at, Fault::Crash);
                 return Ok(());
@@ -352,7 +362,7 @@ fn storage_matches_the_model() {
 /// Cases the mutation test runs: the model test must find the mutation within them.
 const MUTATION_BOUND: u32 = 100;
 /// The case that first fails with the mutation (the runner's seed is fixed).
-const FIRST_FAILING_CASE: u32 = 13;
+const FIRST_FAILING_CASE: u32 = 22;
 
 /// The mutation of issue 11 defect 1 (the segment with the latest Snapshot record unlinked,
 /// a redo that drops what an earlier compaction kept) is caught within [`MUTATION_BOUND`]

@@ -1500,3 +1500,27 @@ fn install_snapshot_and_persist_run_concurrently() {
     assert!(tail.len() as u64 >= UNCOMMITTED);
     check_with_reopen(&mut f, &tail, Some(&snapshot));
 }
+
+/// Issue 11: a data dir whose latest snapshot file is gone, while the log's Snapshot record
+/// for it remains, refuses to open (it used to load an empty log without a snapshot: every
+/// committed entry silently forgotten).
+#[test]
+fn a_lost_snapshot_file_is_corrupt_at_open() {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(1, Some(1), 3)), &entries(1, 1..=3));
+    install(&mut f, &snap(3, 1));
+    let file = f
+        .dir
+        .path()
+        .join("snapshots")
+        .join(format!("snapshot-{:020}-{:020}.snap", 3, 1));
+    let store = f.store.take();
+    drop(store);
+    std::fs::remove_file(&file).unwrap();
+    let msg = reopen_dir(None, f.dir.path()).err().unwrap().to_string();
+    let want = format!(
+        "the Snapshot record for index 3 term 1 in {} is corrupt (its snapshot file is missing: there is none); ",
+        f.dir.path().join("log").display()
+    );
+    assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
+}

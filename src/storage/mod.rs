@@ -5,6 +5,15 @@
 //! state and the log after the latest snapshot at start-up, persists each `Ready` batch
 //! durably, and keeps the state-machine snapshot that log compaction leaves behind.
 //!
+//! The segment log and the snapshot files do their I/O through the [`fs::Fs`] trait: the
+//! real file system in production ([`fs::RealFs`], static dispatch, no cost), and
+//! [`fs::SimFs`], an in-memory file system that models crashes (unsynced data lost or torn,
+//! names durable only once their directory is synced, failing writes), in tests.
+//! [`FileStore`] is the same log and snapshot files with the hard state in a file instead of
+//! sled, over any `Fs`: over `SimFs` it is the store of the storage model test
+//! (`file_store/model_tests.rs`) and of the simulator. sled itself stays on the real file
+//! system.
+//!
 //! # On-disk layout
 //! ```text
 //! <data-dir>/
@@ -38,8 +47,9 @@
 //! 3. appends a Snapshot record to the log and fdatasyncs it: it keeps the entries after
 //!    `s.index` if the log holds entry `s.index` with `s.term` (the entries after it stay),
 //!    else none (another history, or a log shorter than the snapshot: Raft Figure 13 step 7);
-//!    then unlinks the segments whose entries are all at or below `s.index` (made durable by
-//!    the next directory fsync; replay is the same whichever of them reappear);
+//!    then unlinks the segments whose entries are all at or below `s.index`, but never the
+//!    one holding this record (made durable by the next directory fsync; replay is the same
+//!    whichever of them reappear);
 //! 4. removes the older snapshot files.
 //!
 //! Open redoes what a crash may have cut short, so every intermediate state restarts right:
@@ -47,14 +57,18 @@
 //!   snapshot and log are intact (the old file is only removed in step 4);
 //! - crash between 2 and 3 (the rename is atomic; before the directory fsync either name may
 //!   survive, and both are complete files): the new file is the latest, and start-up
-//!   performs step 3 with the same decision, since the log is as it was. Until then `load`
-//!   skips covered entries and returns none if the entry at the index has another term;
+//!   performs step 3 with the same decision, since the log is as it was (entries after
+//!   `s.index` with no entry at `s.index` are kept: they were written after `s`, or an
+//!   earlier compaction kept them). Until then `load` skips covered entries and returns none
+//!   if the entry at the index has another term;
 //! - crash between 3 and 4: older snapshot files are removed at start-up;
 //! - crash in the middle of a `persist`: the record it was writing is cut short or garbled
 //!   at the end of the last segment (never acknowledged), and start-up truncates it away.
 //!
 //! Start-up reads only the newest `.snap` file: its name, header and length must agree, or
-//! open fails. `snapshot()` reads it in full and checks its CRC32. A damaged latest snapshot
+//! open fails. Before it relies on anything it found (the newest snapshot file and its name,
+//! every log segment it replayed) it syncs it: a write whose sync failed, or that a killed
+//! process never synced, may sit in the page cache only, and must not be taken for durable. `snapshot()` reads it in full and checks its CRC32. A damaged latest snapshot
 //! is an error naming the file, never a fallback to an older one (that would silently forget
 //! committed entries whose log is gone).
 //!
@@ -67,8 +81,8 @@
 //! threshold.
 //!
 //! # What this module may import
-//! std, sled, serde/postcard, crc32fast, bytes, thiserror, tracing, and the `raft` types it
-//! stores. Nothing above it (node, rpc) and no async runtime: `persist` and
+//! std, sled, serde/postcard, crc32fast, bytes, thiserror, tracing, rand (the seeded RNG of
+//! `SimFs` only), and the `raft` types it stores. Nothing above it (node, rpc) and no async runtime: `persist` and
 //! `install_snapshot` block, so the driver calls them from a blocking context.
 //!
 //! # Invariants
@@ -84,7 +98,9 @@
 //! - Every log record carries a CRC32, and so do the hard state and every snapshot file. A
 //!   bad record is [`StorageError::CorruptLog`] naming the segment and byte offset (unless it
 //!   is a torn write at the very end of the last segment, which start-up cuts off and logs at
-//!   info); a gap in the log or a bad hard state is [`StorageError::Corrupt`]; a damaged
+//!   info); a gap in the log, a lost segment whose entries no snapshot covers, a Snapshot
+//!   record whose snapshot file is missing or disagrees, or a bad hard state is
+//!   [`StorageError::Corrupt`]; a damaged
 //!   snapshot file is [`StorageError::CorruptSnapshot`] naming the file. All say what to do:
 //!   wipe the node's data dir so it catches up from the leader.
 //! - A data dir whose log is in sled's `log` tree (the layout before segment files) is
@@ -93,12 +109,15 @@
 #![warn(missing_docs)]
 
 mod error;
+mod file_store;
+pub mod fs;
 mod keys;
 mod segment_log;
 mod sled_store;
 mod snapshot_file;
 
 pub use error::StorageError;
+pub use file_store::FileStore;
 pub use sled_store::SledStore;
 pub use sled_store::{ClusterIdentity, IdentityError, IdentityMismatch};
 

@@ -287,10 +287,7 @@ impl LogStore for SledStore {
             Some(entries) => entries,
             None => writer.log.read(snapshot)?.entries,
         };
-        let mut hard_state = writer.stored;
-        if let Some(commit) = writer.log.commit() {
-            hard_state.commit = commit;
-        }
+        let hard_state = writer.log.loaded_hard_state(writer.stored);
         self.inner
             .log_bytes
             .store(writer.log.tail_bytes(), Ordering::Relaxed);
@@ -333,12 +330,8 @@ impl LogStore for SledStore {
             writer.stored = *hs;
             synced = true;
         }
-        let commit = match hard_state {
-            Some(hs) => hs.commit,
-            None => writer.log.commit().unwrap_or(writer.stored.commit),
-        };
-        if !entries.is_empty() || writer.log.commit() != Some(commit) {
-            let bytes = writer.log.append(commit, entries)?;
+        let stored_commit = writer.stored.commit;
+        if let Some(bytes) = writer.log.persist(hard_state, stored_commit, entries)? {
             inner.log_bytes.fetch_add(bytes, Ordering::Relaxed);
             synced = true;
         }

@@ -18,9 +18,9 @@
 //! the next start.
 
 use super::error::StorageError;
+use super::fs::{sync_dir, Fs, FsFile, Mode, RealFs};
 use crate::raft::{Snapshot, SnapshotMeta};
 use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Name of the snapshot directory inside the data dir.
@@ -39,7 +39,8 @@ const TMP_SUFFIX: &str = ".tmp";
 
 /// The snapshot directory of one data dir.
 #[derive(Debug)]
-pub(crate) struct SnapshotDir {
+pub(crate) struct SnapshotDir<F: Fs = RealFs> {
+    fs: F,
     path: PathBuf,
 }
 
@@ -55,15 +56,23 @@ pub(crate) struct Scan {
 }
 
 impl SnapshotDir {
+    /// [`create_in`](Self::create_in) the real file system.
+    pub(crate) fn create(data_dir: &Path) -> Result<Self, StorageError> {
+        Self::create_in(RealFs, data_dir)
+    }
+}
+
+impl<F: Fs> SnapshotDir<F> {
     /// Creates `<data_dir>/snapshots` if missing. The caller fsyncs `data_dir` afterwards so
     /// the new directory's name is durable.
-    pub(crate) fn create(data_dir: &Path) -> Result<Self, StorageError> {
+    pub(crate) fn create_in(fs: F, data_dir: &Path) -> Result<Self, StorageError> {
         let path = data_dir.join(SNAPSHOT_DIR);
-        std::fs::create_dir_all(&path).map_err(|cause| StorageError::CreateDir {
-            dir: path.clone(),
-            cause,
-        })?;
-        Ok(Self { path })
+        fs.create_dir_all(&path)
+            .map_err(|cause| StorageError::CreateDir {
+                dir: path.clone(),
+                cause,
+            })?;
+        Ok(Self { fs, path })
     }
 
     /// The directory.
@@ -77,7 +86,8 @@ impl SnapshotDir {
     }
 
     /// The start-up pass: removes leftover `.tmp` files, finds the latest snapshot and checks
-    /// its header, then removes the older snapshot files (a crash can leave them behind).
+    /// its header, then removes the older snapshot files (a crash can leave them behind), and
+    /// makes the latest file and its name durable.
     ///
     /// # Errors
     /// A file cannot be listed or removed, a `snapshot-*.snap` name is malformed, or the latest
@@ -88,7 +98,7 @@ impl SnapshotDir {
         for name in self.list()? {
             let path = self.path.join(&name);
             if name.ends_with(TMP_SUFFIX) {
-                remove(&path)?;
+                remove(&self.fs, &path)?;
                 scan.removed_tmp += 1;
             } else if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
                 let meta = parse_name(&name).ok_or_else(|| StorageError::CorruptSnapshot {
@@ -103,18 +113,26 @@ impl SnapshotDir {
             return Ok(scan);
         };
         let path = self.file_path(latest);
-        let mut file = open(&path)?;
+        let file = open(&self.fs, &path)?;
         let mut header = [0u8; HEADER_LEN];
         let len = file_len(&file, &path)?;
-        read_exact(&mut file, &mut header, &path, len)?;
+        read_exact(&file, &mut header, &path, len)?;
         check_header(&header, latest, len).map_err(|reason| StorageError::CorruptSnapshot {
             path: path.clone(),
             reason,
         })?;
         for old in &snapshots[..snapshots.len() - 1] {
-            remove(&self.file_path(*old))?;
+            remove(&self.fs, &self.file_path(*old))?;
             scan.removed_old += 1;
         }
+        // The latest file may be there only in the page cache (a publish whose directory
+        // fsync failed, or was killed, before it): make it durable before the log is
+        // compacted against it.
+        file.sync_data().map_err(|cause| StorageError::Sync {
+            path: path.clone(),
+            cause,
+        })?;
+        sync_dir(&self.fs, &self.path)?;
         scan.latest = Some(latest);
         Ok(scan)
     }
@@ -132,12 +150,17 @@ impl SnapshotDir {
             let path = path.clone();
             move |cause| StorageError::File { path, op, cause }
         };
-        let written = File::create(&path)
+        let data_at = HEADER_LEN as u64;
+        let crc_at = data_at + snapshot.data.len() as u64;
+        let written = self
+            .fs
+            .open(&path, Mode::CreateTruncate)
             .map_err(io("create"))
-            .and_then(|mut file| {
-                file.write_all(&header).map_err(io("write"))?;
-                file.write_all(&snapshot.data).map_err(io("write"))?;
-                file.write_all(&crc.finalize().to_le_bytes())
+            .and_then(|file| {
+                file.write_all_at(&header, 0).map_err(io("write"))?;
+                file.write_all_at(&snapshot.data, data_at)
+                    .map_err(io("write"))?;
+                file.write_all_at(&crc.finalize().to_le_bytes(), crc_at)
                     .map_err(io("write"))?;
                 file.sync_data().map_err(|cause| StorageError::Sync {
                     path: path.clone(),
@@ -147,7 +170,7 @@ impl SnapshotDir {
         if written.is_err() {
             // Best effort, so a full disk is not kept full by our own leftover (the next
             // start removes it anyway); the write's error is the one that matters.
-            let _ = std::fs::remove_file(&path);
+            let _ = self.fs.remove(&path);
         }
         written.map(|()| path)
     }
@@ -156,12 +179,14 @@ impl SnapshotDir {
     /// directory, so the new name is durable. From here on the snapshot is the latest.
     pub(crate) fn publish(&self, tmp: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
         let path = self.file_path(meta);
-        std::fs::rename(tmp, &path).map_err(|cause| StorageError::File {
-            path: tmp.to_path_buf(),
-            op: "rename",
-            cause,
-        })?;
-        sync_path(&self.path)
+        self.fs
+            .rename(tmp, &path)
+            .map_err(|cause| StorageError::File {
+                path: tmp.to_path_buf(),
+                op: "rename",
+                cause,
+            })?;
+        sync_dir(&self.fs, &self.path)
     }
 
     /// Removes every snapshot file older than `latest`. Not synced: a removal lost in a crash
@@ -169,15 +194,15 @@ impl SnapshotDir {
     pub(crate) fn remove_older(&self, latest: SnapshotMeta) -> Result<(), StorageError> {
         for name in self.list()? {
             if parse_name(&name).is_some_and(|m| m.index < latest.index) {
-                remove(&self.path.join(name))?;
+                remove(&self.fs, &self.path.join(name))?;
             }
         }
         Ok(())
     }
 
     /// Opens the published snapshot `meta` for [`read`].
-    pub(crate) fn open(&self, meta: SnapshotMeta) -> Result<File, StorageError> {
-        open(&self.file_path(meta))
+    pub(crate) fn open(&self, meta: SnapshotMeta) -> Result<F::File, StorageError> {
+        open(&self.fs, &self.file_path(meta))
     }
 
     /// Names of the files in the directory.
@@ -188,9 +213,9 @@ impl SnapshotDir {
             cause,
         };
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.path).map_err(io)? {
+        for name in self.fs.list(&self.path).map_err(io)? {
             // A name that is not UTF-8 is not ours: ignore it like any other stranger.
-            if let Ok(name) = entry.map_err(io)?.file_name().into_string() {
+            if let Ok(name) = name.into_string() {
                 names.push(name);
             }
         }
@@ -204,7 +229,7 @@ impl SnapshotDir {
 /// # Errors
 /// The file cannot be read, or is corrupt.
 pub(crate) fn read(
-    mut file: File,
+    file: impl FsFile,
     path: &Path,
     meta: SnapshotMeta,
 ) -> Result<Snapshot, StorageError> {
@@ -215,8 +240,8 @@ pub(crate) fn read(
     };
     let capacity =
         usize::try_from(len).map_err(|_| corrupt(format!("{len} bytes do not fit in memory")))?;
-    let mut buf = Vec::with_capacity(capacity);
-    file.read_to_end(&mut buf)
+    let mut buf = vec![0; capacity];
+    file.read_exact_at(&mut buf, 0)
         .map_err(|cause| StorageError::File {
             path: path.to_path_buf(),
             op: "read",
@@ -305,26 +330,30 @@ fn check_header(header: &[u8; HEADER_LEN], named: SnapshotMeta, len: u64) -> Res
     Ok(())
 }
 
-fn open(path: &Path) -> Result<File, StorageError> {
-    File::open(path).map_err(|cause| StorageError::File {
-        path: path.to_path_buf(),
-        op: "open",
-        cause,
-    })
-}
-
-fn file_len(file: &File, path: &Path) -> Result<u64, StorageError> {
-    file.metadata()
-        .map(|m| m.len())
+fn open<F: Fs>(fs: &F, path: &Path) -> Result<F::File, StorageError> {
+    fs.open(path, Mode::Read)
         .map_err(|cause| StorageError::File {
             path: path.to_path_buf(),
-            op: "stat",
+            op: "open",
             cause,
         })
 }
 
+fn file_len(file: &impl FsFile, path: &Path) -> Result<u64, StorageError> {
+    file.size().map_err(|cause| StorageError::File {
+        path: path.to_path_buf(),
+        op: "stat",
+        cause,
+    })
+}
+
 /// Reads the header, reporting a file shorter than it as corrupt.
-fn read_exact(file: &mut File, buf: &mut [u8], path: &Path, len: u64) -> Result<(), StorageError> {
+fn read_exact(
+    file: &impl FsFile,
+    buf: &mut [u8],
+    path: &Path,
+    len: u64,
+) -> Result<(), StorageError> {
     if len < buf.len() as u64 {
         return Err(StorageError::CorruptSnapshot {
             path: path.to_path_buf(),
@@ -334,15 +363,16 @@ fn read_exact(file: &mut File, buf: &mut [u8], path: &Path, len: u64) -> Result<
             ),
         });
     }
-    file.read_exact(buf).map_err(|cause| StorageError::File {
-        path: path.to_path_buf(),
-        op: "read",
-        cause,
-    })
+    file.read_exact_at(buf, 0)
+        .map_err(|cause| StorageError::File {
+            path: path.to_path_buf(),
+            op: "read",
+            cause,
+        })
 }
 
-fn remove(path: &Path) -> Result<(), StorageError> {
-    match std::fs::remove_file(path) {
+fn remove(fs: &impl Fs, path: &Path) -> Result<(), StorageError> {
+    match fs.remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::File {
             path: path.to_path_buf(),
             op: "remove",

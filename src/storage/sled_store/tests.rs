@@ -1,5 +1,5 @@
-//! The `LogStore` conformance suite, run against `MemStorage` and `SledStore`, and the
-//! `SledStore` tests: crash (SIGKILL) recovery, torn writes, corruption, the lock, the sync
+//! The `LogStore` conformance suite, run against `MemStorage`, `SledStore` and `FileStore` (over
+//! the simulated file system), and the `SledStore` tests: crash (SIGKILL) recovery, torn writes, corruption, the lock, the sync
 //! count (and its strace proof), bounded disk use, snapshot crash states.
 
 use super::*;
@@ -387,6 +387,35 @@ macro_rules! conformance {
 
 conformance!(mem_conformance, MemFixture);
 conformance!(sled_conformance, SledFixture);
+conformance!(file_store_conformance, FileStoreFixture);
+
+/// [`FileStore`](crate::storage::FileStore) over the simulated file system: a restart drops
+/// the store and powers the file system off and on (no crash: nothing is lost).
+struct FileStoreFixture {
+    fs: crate::storage::fs::SimFs,
+    store: Option<crate::storage::FileStore<crate::storage::fs::SimFs>>,
+}
+
+impl Fixture for FileStoreFixture {
+    type Store = crate::storage::FileStore<crate::storage::fs::SimFs>;
+    fn new() -> Self {
+        let fs = crate::storage::fs::SimFs::new(Default::default());
+        let store = crate::storage::FileStore::open(fs.clone(), Path::new("/node")).unwrap();
+        Self {
+            fs,
+            store: Some(store),
+        }
+    }
+    fn store(&mut self) -> &mut Self::Store {
+        self.store.as_mut().unwrap()
+    }
+    fn reopen(&mut self) {
+        self.store = None;
+        self.fs.restart();
+        let store = crate::storage::FileStore::open(self.fs.clone(), Path::new("/node"));
+        self.store = Some(store.unwrap());
+    }
+}
 
 #[test]
 fn one_sync_per_persist() {
@@ -607,14 +636,19 @@ fn a_data_dir_with_a_log_in_sled_is_refused_in_one_line() {
     assert!(!msg.contains('\n'), "{msg}");
 }
 
+/// Entry `index` of term 1 with `len` bytes of data.
+fn sized(index: u64, len: usize) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(vec![index as u8; len].into()),
+    }
+}
+
 #[test]
 fn entries_larger_than_a_segment_survive_reopen() {
     let mut f = SledFixture::new();
-    let big = |index| Entry {
-        term: 1,
-        index,
-        payload: Payload::Command(vec![index as u8; 5 << 20].into()),
-    };
+    let big = |index| sized(index, 5 << 20);
     persist(&mut f, None, &[big(1)]);
     persist(&mut f, None, &[big(2), e(1, 3)]);
     assert_eq!(
@@ -623,6 +657,31 @@ fn entries_larger_than_a_segment_survive_reopen() {
         "the second batch starts a segment"
     );
     check_with_reopen(&mut f, &[big(1), big(2), e(1, 3)], None);
+}
+
+/// Issue 11, defect 1, through the store: a node compacting its own log of 1 MiB entries,
+/// then writing more of them (the log rolls to a new segment), keeps them all over several
+/// clean restarts in a row.
+#[test]
+fn entries_after_an_own_snapshot_survive_restarts_in_a_row() {
+    let mut f = SledFixture::new();
+    let log: Vec<Entry> = (1..=9).map(|index| sized(index, 1 << 20)).collect();
+    let snapshot = snap(3, 1);
+    for (n, entry) in log.iter().enumerate() {
+        persist(
+            &mut f,
+            Some(hs(1, Some(1), n as u64)),
+            std::slice::from_ref(entry),
+        );
+        if entry.index == 3 {
+            install(&mut f, &snapshot);
+        }
+    }
+    for restart in 1..=3 {
+        assert_eq!(load(&mut f).1, log[3..], "before restart {restart}");
+        assert_eq!(latest(&mut f).as_ref(), Some(&snapshot));
+        f.reopen();
+    }
 }
 
 // ---- crash recovery: a child process persists, reports, and is killed with SIGKILL ----
@@ -1370,4 +1429,98 @@ fn process_cpu_ms() -> u64 {
         .split_whitespace()
         .collect();
     (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10
+}
+
+/// `install_snapshot` (the driver's snapshot task, on the blocking pool) and `persist` (the
+/// driver) run on two threads at once, as in the node: many appends, truncations of the
+/// uncommitted tail and rolls, with own snapshots of the committed prefix meanwhile. After
+/// both end, and after two restarts, the store holds the last snapshot and exactly the
+/// entries after it.
+#[test]
+fn install_snapshot_and_persist_run_concurrently() {
+    const BATCHES: u64 = 300;
+    /// Entries above the committed index the writer may still rewrite.
+    const UNCOMMITTED: u64 = 2;
+    let mut f = SledFixture::new();
+    let mut writer = f.store().clone();
+    let mut snapshotter = f.store().clone();
+    // (index, term) of the committed prefix's last entry; None once the writer is done.
+    let committed = Arc::new(Mutex::new(Some((0u64, 0u64))));
+    let shared = Arc::clone(&committed);
+    let snapshots = std::thread::spawn(move || {
+        let (mut last, mut installed) = (None, 0);
+        loop {
+            let Some((index, term)) = *shared.lock().unwrap() else {
+                return (last, installed);
+            };
+            if index > last.as_ref().map_or(0, |s: &Snapshot| s.meta.index) {
+                let snapshot = Snapshot {
+                    meta: SnapshotMeta { index, term },
+                    data: format!("state {index}").into_bytes().into(),
+                };
+                snapshotter.install_snapshot(&snapshot).unwrap();
+                last = Some(snapshot);
+                installed += 1;
+            }
+            std::thread::yield_now();
+        }
+    });
+    let mut log: Vec<Entry> = Vec::new();
+    for batch in 1..=BATCHES {
+        let next = log.last().map_or(1, |e| e.index + 1);
+        // Every 5th batch rewrites the uncommitted tail in a new term.
+        let (start, term) = if batch % 5 == 0 && next > UNCOMMITTED + 1 {
+            (next - UNCOMMITTED, batch)
+        } else {
+            (next, log.last().map_or(1, |e| e.term))
+        };
+        let len = if batch % 3 == 0 { 64 << 10 } else { 100 };
+        let entries: Vec<Entry> = (start..start + 4)
+            .map(|index| Entry {
+                term,
+                index,
+                payload: Payload::Command(vec![batch as u8; len].into()),
+            })
+            .collect();
+        log.truncate((start - 1) as usize);
+        log.extend(entries.iter().cloned());
+        writer.persist(None, &entries).unwrap();
+        let commit = &log[log.len() - 1 - UNCOMMITTED as usize];
+        *committed.lock().unwrap() = Some((commit.index, commit.term));
+    }
+    *committed.lock().unwrap() = None;
+    let (snapshot, installed) = snapshots.join().unwrap();
+    let snapshot = snapshot.expect("at least one snapshot");
+    assert!(
+        installed >= 3,
+        "only {installed} snapshots ran alongside the writes"
+    );
+    drop((writer, committed));
+    let tail = log[snapshot.meta.index as usize..].to_vec();
+    assert!(tail.len() as u64 >= UNCOMMITTED);
+    check_with_reopen(&mut f, &tail, Some(&snapshot));
+}
+
+/// Issue 11: a data dir whose latest snapshot file is gone, while the log's Snapshot record
+/// for it remains, refuses to open (it used to load an empty log without a snapshot: every
+/// committed entry silently forgotten).
+#[test]
+fn a_lost_snapshot_file_is_corrupt_at_open() {
+    let mut f = SledFixture::new();
+    persist(&mut f, Some(hs(1, Some(1), 3)), &entries(1, 1..=3));
+    install(&mut f, &snap(3, 1));
+    let file = f
+        .dir
+        .path()
+        .join("snapshots")
+        .join(format!("snapshot-{:020}-{:020}.snap", 3, 1));
+    let store = f.store.take();
+    drop(store);
+    std::fs::remove_file(&file).unwrap();
+    let msg = reopen_dir(None, f.dir.path()).err().unwrap().to_string();
+    let want = format!(
+        "the Snapshot record for index 3 term 1 in {} is corrupt (its snapshot file is missing: there is none); ",
+        f.dir.path().join("log").display()
+    );
+    assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
 }

@@ -86,6 +86,9 @@ pub enum Mutation {
     /// stalled process missed) is ignored, so a leader paused past its lease believes it still
     /// holds it when it resumes (a lease kept in timer ticks instead of a monotonic clock).
     LeaseIgnoresStalls,
+    /// AppendEntries are capped by entry count only, not by bytes: a follower far behind is
+    /// sent batches of large entries over the transport's message-size limit (issue 11).
+    NoByteCap,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
@@ -1158,7 +1161,10 @@ impl RaftCore {
             pr.become_probe(last + 1);
             return;
         };
-        let entries = self.log.slice(pr.next, last, max_entries);
+        let mut entries = self.log.slice(pr.next, last, max_entries);
+        if self.mutation != Mutation::NoByteCap {
+            super::config::limit_size(&mut entries, self.cfg.max_bytes_per_message);
+        }
         pr.sent(prev_log_index + entries.len() as u64);
         let body = MessageBody::AppendEntries {
             prev_log_index,

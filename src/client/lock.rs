@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use super::endpoints;
 use super::kv_client::Header;
 use super::{Client, ClientError};
 use crate::pb;
-use crate::pb::lock_client::LockClient;
 
 /// A fencing token for a write: the write applies only while `token` is the current token
 /// of lock `lock`.
@@ -87,7 +87,7 @@ impl Client {
         let response = self
             .run_waiting("acquire", true, wait, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).acquire(request).await }
+                async move { endpoints::lock(channel).acquire(request).await }
             })
             .await?;
         Ok(Lease {
@@ -110,7 +110,7 @@ impl Client {
         let response = self
             .run("keep-alive", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).keep_alive(request).await }
+                async move { endpoints::lock(channel).keep_alive(request).await }
             })
             .await?;
         Ok(Duration::from_millis(response.ttl_ms))
@@ -128,7 +128,7 @@ impl Client {
         let response = self
             .run("release", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).release(request).await }
+                async move { endpoints::lock(channel).release(request).await }
             })
             .await?;
         Ok(response.header.into())
@@ -147,7 +147,7 @@ impl Client {
         let response = self
             .run("validate", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).validate(request).await }
+                async move { endpoints::lock(channel).validate(request).await }
             })
             .await?;
         Ok(Validation {

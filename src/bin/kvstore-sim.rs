@@ -27,6 +27,7 @@ enum MutationArg {
     AckBeforePersist,
     InstallStaleSnapshot,
     LeaseIgnoresStalls,
+    NoByteCap,
 }
 
 impl From<MutationArg> for Mutation {
@@ -39,6 +40,7 @@ impl From<MutationArg> for Mutation {
             MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
             MutationArg::InstallStaleSnapshot => Mutation::InstallStaleSnapshot,
             MutationArg::LeaseIgnoresStalls => Mutation::LeaseIgnoresStalls,
+            MutationArg::NoByteCap => Mutation::NoByteCap,
         }
     }
 }

@@ -49,8 +49,18 @@ use tracing::{debug, info, trace, warn, Instrument};
 pub const QUEUE_CAPACITY: usize = 1024;
 /// Unary calls in flight to one peer at a time, and appends unanswered on its stream.
 pub const MAX_INFLIGHT: usize = 64;
-/// Longest a snapshot transfer may take before the leader gives up on that attempt.
+/// Longest a small snapshot transfer may take before the leader gives up on that attempt;
+/// a large one gets [`SNAPSHOT_SECS_PER_GIB`] more per GiB (see [`snapshot_timeout`]).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Extra time a snapshot transfer may take per GiB: it must stream at 1 MiB/s at least.
+const SNAPSHOT_SECS_PER_GIB: u64 = 1024;
+
+/// How long the transfer of a snapshot of `bytes` may take: a fixed 600 s did not let a
+/// multi-GB state finish on a slow link, ever.
+fn snapshot_timeout(bytes: u64) -> Duration {
+    let per_gib = bytes.saturating_mul(SNAPSHOT_SECS_PER_GIB) >> 30;
+    SNAPSHOT_TIMEOUT.saturating_add(Duration::from_secs(per_gib))
+}
 /// After a warning about a peer's failed calls, the next one waits at least this long.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -123,7 +133,8 @@ impl PeerSenders {
                 .tcp_nodelay(true);
             // Snapshots stream for as long as their size needs, on their own connection so
             // they never hold up appends and heartbeats.
-            let snapshot_endpoint = endpoint.clone().timeout(SNAPSHOT_TIMEOUT);
+            // No channel-wide timeout: each transfer gets one for its size.
+            let snapshot_endpoint = endpoint.clone();
             let endpoint = endpoint.timeout(config.election_timeout * 2);
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let sender = PeerSender {
@@ -442,6 +453,16 @@ impl PeerSender {
     }
 }
 
+/// The InstallSnapshot call of `chunks`, with a deadline for its size.
+fn snapshot_request(
+    chunks: Vec<pb::InstallSnapshotChunk>,
+) -> tonic::Request<tokio_stream::Iter<std::vec::IntoIter<pb::InstallSnapshotChunk>>> {
+    let bytes = chunks.first().map_or(0, |c| c.total_size);
+    let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+    request.set_timeout(snapshot_timeout(bytes));
+    request
+}
+
 /// The right to stream a snapshot to one peer; given back when dropped (the call ended,
 /// however).
 struct SnapshotSlot(Arc<AtomicBool>);
@@ -601,7 +622,7 @@ impl Call {
             PeerRequest::Snapshot(chunks) => (
                 "InstallSnapshot",
                 self.snapshot_client
-                    .install_snapshot(tokio_stream::iter(chunks))
+                    .install_snapshot(snapshot_request(chunks))
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
@@ -636,6 +657,20 @@ mod tests {
         assert!(h.succeeded(), "success ends the streak");
         assert!(!h.backing_off());
         assert!(!h.succeeded());
+    }
+
+    #[test]
+    fn a_large_snapshot_gets_time_for_its_size() {
+        assert_eq!(snapshot_timeout(0), Duration::from_secs(600));
+        assert_eq!(snapshot_timeout(1 << 20), Duration::from_secs(601));
+        assert_eq!(
+            snapshot_timeout(8 << 30),
+            Duration::from_secs(600 + 8 * 1024)
+        );
+        assert!(
+            snapshot_timeout(u64::MAX) > Duration::from_secs(1 << 33),
+            "saturates"
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn snapshot_timeout(bytes: u64) -> Duration {
     let per_gib = bytes.saturating_mul(SNAPSHOT_SECS_PER_GIB) >> 30;
     SNAPSHOT_TIMEOUT.saturating_add(Duration::from_secs(per_gib))
 }
+
 /// After a warning about a peer's failed calls, the next one waits at least this long.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -748,7 +749,7 @@ mod tests {
             crc32: u32::MAX,
         };
         assert!(chunk.encoded_len() <= MAX_CHUNK_BYTES);
-        assert!(MAX_CHUNK_BYTES < PEER_MESSAGE_LIMIT);
+        const { assert!(MAX_CHUNK_BYTES < PEER_MESSAGE_LIMIT) };
     }
 
     /// The largest legal command fits in MAX_COMMAND_BYTES, and every message the core can
@@ -798,9 +799,9 @@ mod tests {
         let per = MAX_BYTES_PER_MESSAGE_CEILING / 4 - ENTRY_OVERHEAD_BYTES;
         alone.entries = vec![ceiling_entry(per); 4];
         assert!(alone.encoded_len() <= MAX_APPEND_BYTES);
-        assert!(MAX_APPEND_BYTES < PEER_MESSAGE_LIMIT);
+        const { assert!(MAX_APPEND_BYTES < PEER_MESSAGE_LIMIT) };
         // What the issue saw refused: nine 1 MiB values in one message.
-        assert!(9 * MAX_VALUE_BYTES > PEER_MESSAGE_LIMIT);
+        const { assert!(9 * MAX_VALUE_BYTES > PEER_MESSAGE_LIMIT) };
     }
 
     /// A peer whose InstallSnapshot calls read everything sent, then wait until released.

@@ -18,6 +18,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvstore::raft::Mutation;
 use kvstore::sim::{run, Failure, SimConfig};
 
+/// mimalloc, as in the node: the simulated clients' 1 MiB values are allocated and freed all
+/// the time, and glibc's malloc maps and unmaps fresh pages for each.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum MutationArg {
     None,

@@ -203,6 +203,7 @@ fn no_snapshots(seed: u64, m: Mutation) -> SimConfig {
     let mut c = SimConfig::for_seed(seed);
     c.mutation = m;
     c.snapshot_every = 0;
+    c.large_values = true;
     c
 }
 

@@ -18,6 +18,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvstore::raft::Mutation;
 use kvstore::sim::{run, Failure, SimConfig};
 
+/// mimalloc, as in the node: the simulated clients' 1 MiB values are allocated and freed all
+/// the time, and glibc's malloc maps and unmaps fresh pages for each.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum MutationArg {
     None,
@@ -27,6 +32,8 @@ enum MutationArg {
     AckBeforePersist,
     InstallStaleSnapshot,
     LeaseIgnoresStalls,
+    NoByteCap,
+    StampOpenReadRound,
 }
 
 impl From<MutationArg> for Mutation {
@@ -39,6 +46,8 @@ impl From<MutationArg> for Mutation {
             MutationArg::AckBeforePersist => Mutation::AckBeforePersist,
             MutationArg::InstallStaleSnapshot => Mutation::InstallStaleSnapshot,
             MutationArg::LeaseIgnoresStalls => Mutation::LeaseIgnoresStalls,
+            MutationArg::NoByteCap => Mutation::NoByteCap,
+            MutationArg::StampOpenReadRound => Mutation::StampOpenReadRound,
         }
     }
 }
@@ -96,6 +105,10 @@ struct Args {
     /// the lock checks must catch.
     #[arg(long)]
     strip_fences: bool,
+    /// Clients write large values (up to the 1 MiB limit) in every run (`true`) or in none
+    /// (`false`), instead of one seed in three.
+    #[arg(long, value_name = "BOOL")]
+    large_values: Option<bool>,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -111,6 +124,9 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.disk_faults = !args.no_disk_faults;
     c.transfers = !args.no_transfers;
     c.strip_fences = args.strip_fences;
+    if let Some(large) = args.large_values {
+        c.large_values = large;
+    }
     c
 }
 
@@ -143,6 +159,9 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
     }
     if args.strip_fences {
         extra += " --strip-fences";
+    }
+    if let Some(large) = args.large_values {
+        extra += &format!(" --large-values {large}");
     }
     format!(
         "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",

@@ -1,8 +1,8 @@
 //! Cluster administration: leadership transfer.
 
+use super::endpoints;
 use super::{Client, ClientError};
 use crate::pb;
-use crate::pb::cluster_client::ClusterClient;
 
 impl Client {
     /// Moves leadership to node `target`: finds the leader (following redirects), asks it to
@@ -17,7 +17,7 @@ impl Client {
         let request = pb::TransferLeadershipRequest { target_id: target };
         let response = self
             .run("transfer-leader", true, |channel| async move {
-                ClusterClient::new(channel)
+                endpoints::cluster(channel)
                     .transfer_leadership(request)
                     .await
             })

@@ -5,6 +5,32 @@ use std::collections::HashMap;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ClientError, ClientOptions};
+use crate::pb::cluster_client::ClusterClient;
+use crate::pb::kv_client::KvClient;
+use crate::pb::lock_client::LockClient;
+use crate::rpc::kv_service::CLIENT_MESSAGE_LIMIT;
+
+/// A KV stub on `channel` with the servers' message-size limits: a 1 MiB value goes out
+/// and comes back (tonic's default decode limit is not relied upon).
+pub(crate) fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
+
+/// A Lock stub on `channel` with the servers' message-size limits.
+pub(crate) fn lock(channel: Channel) -> LockClient<Channel> {
+    LockClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
+
+/// A Cluster stub on `channel` with the servers' message-size limits.
+pub(crate) fn cluster(channel: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
 
 /// Known node addresses (`HOST:PORT`), which one answered as leader last, and their channels.
 ///

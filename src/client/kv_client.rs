@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use super::endpoints::Endpoints;
+use super::endpoints::{self, Endpoints};
 use super::retry::{classify, describe, Backoff, Verdict};
 use super::{ClientError, ClientOptions, Consistency, Fence};
 use crate::pb;
-use crate::pb::cluster_client::ClusterClient;
-use crate::pb::kv_client::KvClient;
 
 /// Redirects followed back to back without a backoff pause; more than this in a row means
 /// the nodes disagree about the leader (an election is under way), so the client waits.
@@ -162,7 +160,7 @@ impl Client {
         let response = self
             .run("put", true, |channel| {
                 let request = request.clone();
-                async move { KvClient::new(channel).put(request).await }
+                async move { endpoints::kv(channel).put(request).await }
             })
             .await?;
         Ok(response.header.into())
@@ -186,7 +184,7 @@ impl Client {
         let response = self
             .run("get", needs_leader, |channel| {
                 let request = request.clone();
-                async move { KvClient::new(channel).get(request).await }
+                async move { endpoints::kv(channel).get(request).await }
             })
             .await?;
         Ok(GetResult {
@@ -229,7 +227,7 @@ impl Client {
         let response = self
             .run("delete", true, |channel| {
                 let request = request.clone();
-                async move { KvClient::new(channel).delete(request).await }
+                async move { endpoints::kv(channel).delete(request).await }
             })
             .await?;
         Ok(DeleteResult {
@@ -380,7 +378,7 @@ impl Client {
 }
 
 async fn status_of(channel: Channel, wait: Duration) -> Result<pb::StatusResponse, ClientError> {
-    let mut cluster = ClusterClient::new(channel);
+    let mut cluster = endpoints::cluster(channel);
     match tokio::time::timeout(wait, cluster.status(pb::StatusRequest {})).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(

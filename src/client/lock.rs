@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use super::endpoints;
 use super::kv_client::Header;
 use super::{Client, ClientError};
 use crate::pb;
-use crate::pb::lock_client::LockClient;
 
 /// A fencing token for a write: the write applies only while `token` is the current token
 /// of lock `lock`.
@@ -89,7 +89,7 @@ impl Client {
         let response = self
             .run_waiting("acquire", true, wait, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).acquire(request).await }
+                async move { endpoints::lock(channel).acquire(request).await }
             })
             .await?;
         Ok(Lease {
@@ -112,7 +112,7 @@ impl Client {
         let response = self
             .run("keep-alive", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).keep_alive(request).await }
+                async move { endpoints::lock(channel).keep_alive(request).await }
             })
             .await?;
         Ok(Duration::from_millis(response.ttl_ms))
@@ -131,7 +131,7 @@ impl Client {
         let response = self
             .run("release", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).release(request).await }
+                async move { endpoints::lock(channel).release(request).await }
             })
             .await?;
         Ok(response.header.into())
@@ -150,7 +150,7 @@ impl Client {
         let response = self
             .run("validate", true, |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).validate(request).await }
+                async move { endpoints::lock(channel).validate(request).await }
             })
             .await?;
         Ok(Validation {

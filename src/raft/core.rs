@@ -102,6 +102,9 @@ pub enum Mutation {
     /// Appends carry the ReadIndex round that is still open (not yet broadcast), so an
     /// acknowledgement of an append sent before a read arrived can confirm that read.
     StampOpenReadRound,
+    /// AppendEntries are capped by entry count only, not by bytes: a follower far behind is
+    /// sent batches of large entries over the transport's message-size limit (issue 11).
+    NoByteCap,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
@@ -1215,7 +1218,10 @@ impl RaftCore {
             pr.become_probe(last + 1);
             return;
         };
-        let entries = self.log.slice(pr.next, last, max_entries);
+        let mut entries = self.log.slice(pr.next, last, max_entries);
+        if self.mutation != Mutation::NoByteCap {
+            super::config::limit_size(&mut entries, self.cfg.max_bytes_per_message);
+        }
         pr.sent(prev_log_index + entries.len() as u64);
         let body = MessageBody::AppendEntries {
             prev_log_index,

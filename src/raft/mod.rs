@@ -38,7 +38,10 @@ mod prevote_tests;
 #[cfg(test)]
 mod testkit;
 
-pub use self::config::{Config, ConfigError};
+pub use self::config::{
+    append_bytes, entry_bytes, Config, ConfigError, APPEND_OVERHEAD_BYTES,
+    DEFAULT_MAX_BYTES_PER_MESSAGE, ENTRY_OVERHEAD_BYTES, MAX_BYTES_PER_MESSAGE_CEILING,
+};
 pub use self::core::{Mutation, NotLeader, ProposeError, Proposed, RaftCore, TransferError};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};

@@ -3,6 +3,11 @@
 
 use super::types::LogIndex;
 
+/// A snapshot that stalls is sent again after twice as long as the one before it, up to
+/// this many doublings (the transport never restarts a send still in progress, so a resend
+/// only matters when the first was lost; a multi-GB state can take minutes to stream).
+const MAX_SNAPSHOT_BACKOFF_DOUBLINGS: u32 = 6;
+
 /// How the leader is sending to this follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ProgressState {
@@ -45,6 +50,9 @@ pub(crate) struct Progress {
     pub(crate) doubt: Option<LogIndex>,
     /// Heartbeat rounds `doubt` has lasted.
     pub(crate) doubt_rounds: u32,
+    /// Snapshots sent since the follower last caught up through one: each resend waits
+    /// twice as long before it counts as stalled.
+    snapshots_sent: u32,
 }
 
 impl Progress {
@@ -59,6 +67,7 @@ impl Progress {
             recent_active: false,
             doubt: None,
             doubt_rounds: 0,
+            snapshots_sent: 0,
         }
     }
 
@@ -105,6 +114,7 @@ impl Progress {
                     // Only the snapshot's own answer (or a later match) ends the wait; a
                     // heartbeat answer below it leaves the snapshot in flight.
                     if self.inflight.front().is_none_or(|&snap| index >= snap) {
+                        self.snapshots_sent = 0;
                         self.state = ProgressState::Replicate;
                         self.inflight.clear();
                         self.next = index + 1;
@@ -123,12 +133,22 @@ impl Progress {
 
     /// Called once per heartbeat round; true if the in-flight window made no progress for
     /// `limit` rounds (its messages were probably lost) and replication should restart from
-    /// `matched + 1`.
+    /// `matched + 1`. A snapshot resent without an answer gets twice the time of the one
+    /// before it.
     pub(crate) fn stalled(&mut self, limit: u32) -> bool {
         if self.inflight.is_empty() {
             self.stalled_rounds = 0;
             return false;
         }
+        let limit = if self.state == ProgressState::Snapshot {
+            let doublings = self
+                .snapshots_sent
+                .saturating_sub(1)
+                .min(MAX_SNAPSHOT_BACKOFF_DOUBLINGS);
+            limit.saturating_mul(1 << doublings)
+        } else {
+            limit
+        };
         self.stalled_rounds += 1;
         self.stalled_rounds >= limit
     }
@@ -163,6 +183,7 @@ impl Progress {
 
     /// A snapshot covering up to `index` was sent: wait for its answer.
     pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.snapshots_sent = self.snapshots_sent.saturating_add(1);
         self.state = ProgressState::Snapshot;
         self.next = index + 1;
         self.inflight.clear();
@@ -240,6 +261,35 @@ mod tests {
             (ProgressState::Replicate, 50, 51)
         );
         assert!(p.can_send(8));
+    }
+
+    /// Rounds until a snapshot in flight counts as stalled (at most `max`).
+    fn rounds_to_stall(p: &mut Progress, limit: u32, max: u32) -> u32 {
+        (1..=max).find(|_| p.stalled(limit)).unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn a_resent_snapshot_waits_twice_as_long_each_time() {
+        let mut p = Progress::new(1);
+        p.become_snapshot(50);
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 100);
+        p.become_probe(1);
+        p.become_snapshot(50);
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 200);
+        p.become_snapshot(50);
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 400);
+        for _ in 0..10 {
+            p.become_snapshot(50);
+        }
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 6400, "bounded");
+        // Caught up: the next snapshot starts from the base wait again.
+        assert!(p.ack(50));
+        p.become_snapshot(80);
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 100);
+        // Replicating entries is not slowed down by any of it.
+        p.ack(80);
+        p.sent(81);
+        assert_eq!(rounds_to_stall(&mut p, 100, 10_000), 100);
     }
 
     #[test]

@@ -10,6 +10,17 @@ use tonic::{Request, Response, Status};
 pub const MAX_KEY_BYTES: usize = 4096;
 /// Largest value accepted, in bytes (1 MiB).
 pub const MAX_VALUE_BYTES: usize = 1_048_576;
+/// An upper bound of the largest command a client can have proposed, encoded as a log
+/// entry's payload: a Put with the longest key, the largest value, a fence naming the
+/// longest lock, and a session (`rpc::peer`'s tests encode it). Every message-size limit
+/// is derived from it.
+pub const MAX_COMMAND_BYTES: usize = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 64;
+/// The gRPC decode and encode limit of the client services (KV, Lock, Cluster) and of the
+/// Rust client: the largest legal request or answer is below [`MAX_COMMAND_BYTES`] plus its
+/// protobuf framing; the room above it lets a request just over a field's limit reach
+/// validation, which refuses it with INVALID_ARGUMENT naming the field, instead of the
+/// decoder refusing it with OUT_OF_RANGE.
+pub const CLIENT_MESSAGE_LIMIT: usize = MAX_COMMAND_BYTES + (256 << 10);
 
 /// The KV service of one node.
 #[derive(Clone, Debug)]

@@ -9,6 +9,9 @@
 //! # Invariants
 //! - Handlers never touch Raft state: they send a request to the driver and await its answer.
 //! - One port serves Raft, KV, Lock, Cluster, `grpc.health.v1` and reflection (v1 and v1alpha).
+//! - Message-size limits are explicit, never tonic's defaults: the Raft service's is
+//!   [`peer::PEER_MESSAGE_LIMIT`], above the largest message a leader builds; the client
+//!   services' is [`kv_service::CLIENT_MESSAGE_LIMIT`], above the largest legal request.
 
 pub mod cluster_service;
 pub mod convert;
@@ -19,9 +22,9 @@ pub mod raft_service;
 pub mod status;
 
 use self::cluster_service::ClusterService;
-use self::kv_service::KvService;
+use self::kv_service::{KvService, CLIENT_MESSAGE_LIMIT};
 use self::lock_service::LockService;
-use self::peer::{PeerAddrError, PeerSenders};
+use self::peer::{PeerAddrError, PeerSenders, PEER_MESSAGE_LIMIT};
 use self::raft_service::RaftService;
 use crate::config::NodeConfig;
 use crate::node::{self, Driver, Fatal, NodeHandle};
@@ -195,17 +198,26 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RaftServer::new(RaftService::new(
-            config.id,
-            handle.clone(),
-            stop.clone(),
-        )))
-        .add_service(KvServer::new(KvService::new(handle.clone())))
-        .add_service(LockServer::new(LockService::new(handle.clone())))
-        .add_service(ClusterServer::new(ClusterService::new(
-            config.clone(),
-            handle,
-        )));
+        .add_service(
+            RaftServer::new(RaftService::new(config.id, handle.clone(), stop.clone()))
+                .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+                .max_encoding_message_size(PEER_MESSAGE_LIMIT),
+        )
+        .add_service(
+            KvServer::new(KvService::new(handle.clone()))
+                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+        )
+        .add_service(
+            LockServer::new(LockService::new(handle.clone()))
+                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService::new(config.clone(), handle))
+                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+        );
     info!(node_id = config.id, addr = %config.address(), peers = config.peers.len(), "serving gRPC");
     let shutdown = async move {
         stop.cancelled().await;

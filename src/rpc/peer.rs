@@ -10,15 +10,31 @@
 //! resends on its next heartbeat or election timeout. A stream whose oldest unanswered append
 //! is older than twice the election timeout counts as broken. Nothing here ever blocks the
 //! driver: `send` only does a `try_send` on a bounded queue.
+//!
+//! A snapshot streams on its own connection, one at a time per peer: an InstallSnapshot
+//! that arrives while an earlier one is still streaming is dropped, never started beside
+//! it (the core resends a snapshot that stays unanswered, and a multi-GB one can take
+//! minutes). Failed calls are logged at warn level once, then at most once per
+//! [`WARN_INTERVAL`] per peer with the number of failures not logged since.
+//!
+//! Message sizes: [`PEER_MESSAGE_LIMIT`], the gRPC decode and encode limit of the Raft
+//! service and of these clients, is derived from the largest legal entry
+//! ([`MAX_COMMAND_BYTES`]), the core's byte cap ([`MAX_BYTES_PER_MESSAGE_CEILING`]) and the
+//! snapshot chunk size ([`SNAPSHOT_CHUNK_BYTES`]); the tests below tie them to the
+//! protobuf encoding.
 
-use super::convert::{self, PeerRequest};
+use super::convert::{self, PeerRequest, SNAPSHOT_CHUNK_BYTES};
+use super::kv_service::MAX_COMMAND_BYTES;
 use crate::config::{NodeConfig, PeerSpec};
 use crate::node::{NodeHandle, Transport};
 use crate::pb;
 use crate::pb::raft_client::RaftClient;
-use crate::raft::{Message, NodeId};
+use crate::raft::{
+    Message, MessageBody, NodeId, APPEND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES,
+    MAX_BYTES_PER_MESSAGE_CEILING,
+};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
@@ -33,8 +49,52 @@ use tracing::{debug, info, trace, warn, Instrument};
 pub const QUEUE_CAPACITY: usize = 1024;
 /// Unary calls in flight to one peer at a time, and appends unanswered on its stream.
 pub const MAX_INFLIGHT: usize = 64;
-/// Longest a snapshot transfer may take before the leader gives up on that attempt.
+/// Longest a small snapshot transfer may take before the leader gives up on that attempt;
+/// a large one gets [`SNAPSHOT_SECS_PER_GIB`] more per GiB (see [`snapshot_timeout`]).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Extra time a snapshot transfer may take per GiB: it must stream at 1 MiB/s at least.
+const SNAPSHOT_SECS_PER_GIB: u64 = 1024;
+
+/// How long the transfer of a snapshot of `bytes` may take: a fixed 600 s did not let a
+/// multi-GB state finish on a slow link, ever.
+fn snapshot_timeout(bytes: u64) -> Duration {
+    let per_gib = bytes.saturating_mul(SNAPSHOT_SECS_PER_GIB) >> 30;
+    SNAPSHOT_TIMEOUT.saturating_add(Duration::from_secs(per_gib))
+}
+
+/// After a warning about a peer's failed calls, the next one waits at least this long.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// An upper bound of an `InstallSnapshotChunk`'s size on the wire without its data.
+const CHUNK_OVERHEAD_BYTES: usize = 128;
+/// The largest AppendEntries a valid core builds: its entries add up to at most the byte
+/// cap, or are one entry over it, at most the largest legal command.
+pub const MAX_APPEND_BYTES: usize = APPEND_OVERHEAD_BYTES
+    + max(
+        MAX_BYTES_PER_MESSAGE_CEILING,
+        MAX_COMMAND_BYTES + ENTRY_OVERHEAD_BYTES,
+    );
+/// The largest `InstallSnapshotChunk`.
+pub const MAX_CHUNK_BYTES: usize = CHUNK_OVERHEAD_BYTES + SNAPSHOT_CHUNK_BYTES;
+/// The gRPC decode and encode limit of peer messages (server and clients): above the
+/// largest legal message, with room to spare. tonic's default (4 MiB) is not used: it once
+/// refused every batch of a follower behind by more than four 1 MiB values, for good.
+pub const PEER_MESSAGE_LIMIT: usize = max(MAX_APPEND_BYTES, MAX_CHUNK_BYTES) + (64 << 10);
+
+/// A Raft client on `channel` with the peer message-size limits.
+pub fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+        .max_encoding_message_size(PEER_MESSAGE_LIMIT)
+}
 
 /// A peer address that is not a valid URI authority.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +134,16 @@ impl PeerSenders {
                 .tcp_nodelay(true);
             // Snapshots stream for as long as their size needs, on their own connection so
             // they never hold up appends and heartbeats.
-            let snapshot_endpoint = endpoint.clone().timeout(SNAPSHOT_TIMEOUT);
+            // No channel-wide timeout: each transfer gets one for its size.
+            let snapshot_endpoint = endpoint.clone();
             let endpoint = endpoint.timeout(config.election_timeout * 2);
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let sender = PeerSender {
                 me: config.id,
                 peer: peer.clone(),
-                client: RaftClient::new(endpoint.connect_lazy()),
-                snapshot_client: RaftClient::new(snapshot_endpoint.connect_lazy()),
+                client: raft_client(endpoint.connect_lazy()),
+                snapshot_client: raft_client(snapshot_endpoint.connect_lazy()),
+                snapshot_busy: Arc::new(AtomicBool::new(false)),
                 node: node.clone(),
                 inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
                 health: Arc::new(Health::new(
@@ -124,8 +186,8 @@ impl Transport for PeerSenders {
     }
 }
 
-/// Failure streak of one peer: warn once per streak, and back off (drop messages) for a
-/// while after each failure so an unreachable peer costs little.
+/// Failure streak of one peer: back off (drop messages) for a while after each failure so
+/// an unreachable peer costs little, and warn about failures at a bounded rate.
 #[derive(Debug)]
 struct Health {
     epoch: Instant,
@@ -134,6 +196,10 @@ struct Health {
     retry_at_ms: AtomicU64,
     base: Duration,
     max: Duration,
+    /// When the last warning was logged (ms after `epoch`), and failures not logged since.
+    warned: Mutex<Option<(u64, u64)>>,
+    /// A warning was logged and no success since: the next success is logged too.
+    reported_down: AtomicBool,
 }
 
 impl Health {
@@ -144,6 +210,8 @@ impl Health {
             retry_at_ms: AtomicU64::new(0),
             base,
             max,
+            warned: Mutex::new(None),
+            reported_down: AtomicBool::new(false),
         }
     }
 
@@ -172,22 +240,52 @@ impl Health {
         self.failures.swap(0, Ordering::Relaxed) > 0
     }
 
-    /// Records a success, logging the end of a streak.
+    /// Whether a failure at `now_ms` may be logged at warn level: the first one, then one
+    /// per [`WARN_INTERVAL`]. `Some(n)`: yes, and `n` failures were not logged since the
+    /// last warning.
+    fn may_warn(&self, now_ms: u64) -> Option<u64> {
+        let interval = u64::try_from(WARN_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        // Left consistent at every point: a panic elsewhere cannot poison it.
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *warned {
+            Some((at, ref mut suppressed)) if now_ms.saturating_sub(at) < interval => {
+                *suppressed += 1;
+                None
+            }
+            Some((_, suppressed)) => {
+                *warned = Some((now_ms, 0));
+                Some(suppressed)
+            }
+            None => {
+                *warned = Some((now_ms, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// Records a success, logging the end of a streak that was warned about.
     fn report_success(&self, peer: &PeerSpec) {
-        if self.succeeded() {
+        if self.succeeded() && self.reported_down.swap(false, Ordering::Relaxed) {
             info!(addr = %peer.addr, "peer reachable again");
         }
     }
 
-    /// Records a failed call (`kind` is the RPC), warning once per streak.
+    /// Records a failed call (`kind` is the RPC), warning at a bounded rate.
     fn report_failure(&self, peer: &PeerSpec, kind: &str, status: &tonic::Status) {
-        if self.failed() {
+        self.failed();
+        if let Some(suppressed) = self.may_warn(self.now_ms()) {
+            self.reported_down.store(true, Ordering::Relaxed);
             warn!(
                 addr = %peer.addr,
                 kind,
                 code = ?status.code(),
                 error = status.message(),
-                "peer call failed; will keep retrying"
+                suppressed,
+                "peer call failed; will keep retrying (warned at most once per {}s; `suppressed` failures were not logged since the last warning)",
+                WARN_INTERVAL.as_secs()
             );
         } else {
             debug!(
@@ -207,6 +305,8 @@ struct PeerSender {
     client: RaftClient<Channel>,
     /// A separate connection for snapshot streams, without the short per-call timeout.
     snapshot_client: RaftClient<Channel>,
+    /// A snapshot is streaming to this peer.
+    snapshot_busy: Arc<AtomicBool>,
     node: NodeHandle,
     /// One permit per call in flight.
     inflight: Arc<Semaphore>,
@@ -234,6 +334,20 @@ impl PeerSender {
                 trace!(kind = msg.body.kind(), "peer backing off: message dropped");
                 continue;
             }
+            // Checked before the snapshot is cut into chunks (and its CRC computed).
+            let snapshot_slot = if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+                match SnapshotSlot::take(&self.snapshot_busy) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        debug!(
+                            "a snapshot is still streaming to this peer: the new one is dropped"
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let request = match PeerRequest::try_from(msg) {
                 Ok(PeerRequest::Append(req)) => {
                     if !self.append(req).await {
@@ -270,6 +384,7 @@ impl PeerSender {
                         _ = stop.cancelled() => {}
                         () = call.run(request) => {}
                     }
+                    drop(snapshot_slot);
                     drop(permit);
                 }
                 .in_current_span(),
@@ -336,6 +451,33 @@ impl PeerSender {
             .in_current_span(),
         );
         AppendStream { requests, window }
+    }
+}
+
+/// The InstallSnapshot call of `chunks`, with a deadline for its size.
+fn snapshot_request(
+    chunks: Vec<pb::InstallSnapshotChunk>,
+) -> tonic::Request<tokio_stream::Iter<std::vec::IntoIter<pb::InstallSnapshotChunk>>> {
+    let bytes = chunks.first().map_or(0, |c| c.total_size);
+    let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+    request.set_timeout(snapshot_timeout(bytes));
+    request
+}
+
+/// The right to stream a snapshot to one peer; given back when dropped (the call ended,
+/// however).
+struct SnapshotSlot(Arc<AtomicBool>);
+
+impl SnapshotSlot {
+    /// The slot, unless a snapshot is already streaming.
+    fn take(busy: &Arc<AtomicBool>) -> Option<SnapshotSlot> {
+        (!busy.swap(true, Ordering::AcqRel)).then(|| SnapshotSlot(busy.clone()))
+    }
+}
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -481,7 +623,7 @@ impl Call {
             PeerRequest::Snapshot(chunks) => (
                 "InstallSnapshot",
                 self.snapshot_client
-                    .install_snapshot(tokio_stream::iter(chunks))
+                    .install_snapshot(snapshot_request(chunks))
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
@@ -507,7 +649,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_warns_once_per_streak_and_backs_off() {
+    fn health_counts_streaks_and_backs_off() {
         let h = Health::new(Duration::from_secs(10), Duration::from_secs(60));
         assert!(!h.backing_off());
         assert!(h.failed(), "first failure starts a streak");
@@ -516,5 +658,281 @@ mod tests {
         assert!(h.succeeded(), "success ends the streak");
         assert!(!h.backing_off());
         assert!(!h.succeeded());
+    }
+
+    #[test]
+    fn a_large_snapshot_gets_time_for_its_size() {
+        assert_eq!(snapshot_timeout(0), Duration::from_secs(600));
+        assert_eq!(snapshot_timeout(1 << 20), Duration::from_secs(601));
+        assert_eq!(
+            snapshot_timeout(8 << 30),
+            Duration::from_secs(600 + 8 * 1024)
+        );
+        assert!(
+            snapshot_timeout(u64::MAX) > Duration::from_secs(1 << 33),
+            "saturates"
+        );
+    }
+
+    #[test]
+    fn failures_are_warned_about_once_per_interval_with_a_count() {
+        let h = Health::new(Duration::from_secs(10), Duration::from_secs(60));
+        let interval = WARN_INTERVAL.as_millis() as u64;
+        assert_eq!(h.may_warn(1_000), Some(0), "the first failure is logged");
+        // A follower refusing every batch: a failure every 100 ms.
+        let logged: Vec<(u64, u64)> = (1..=3 * interval / 100)
+            .map(|i| 1_000 + i * 100)
+            .filter_map(|t| h.may_warn(t).map(|n| (t, n)))
+            .collect();
+        let per_interval = interval / 100 - 1;
+        assert_eq!(
+            logged,
+            [
+                (1_000 + interval, per_interval),
+                (1_000 + 2 * interval, per_interval),
+                (1_000 + 3 * interval, per_interval)
+            ],
+            "one warning per interval, counting the ones not logged"
+        );
+    }
+
+    fn ceiling_entry(data: usize) -> pb::Entry {
+        pb::Entry {
+            term: u64::MAX,
+            index: u64::MAX,
+            r#type: pb::EntryType::Command as i32,
+            data: vec![b'x'; data].into(),
+        }
+    }
+
+    /// The byte bounds the core and the simulator count with hold for the protobuf encoding.
+    #[test]
+    fn the_cores_byte_bounds_hold_on_the_wire() {
+        use prost::Message as _;
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            MAX_COMMAND_BYTES,
+        ] {
+            let entry = ceiling_entry(n);
+            // As an element of AppendEntriesRequest.entries (field 5): tag, length, message.
+            let on_wire = prost::encoding::message::encoded_len(5, &entry);
+            assert!(on_wire <= n + ENTRY_OVERHEAD_BYTES, "{n}: {on_wire}");
+        }
+        let header = pb::AppendEntriesRequest {
+            term: u64::MAX,
+            leader_id: u64::MAX,
+            prev_log_index: u64::MAX,
+            prev_log_term: u64::MAX,
+            entries: Vec::new(),
+            leader_commit: u64::MAX,
+            to: u64::MAX,
+            read_ctx: u64::MAX,
+        };
+        assert!(header.encoded_len() <= APPEND_OVERHEAD_BYTES);
+        let chunk = pb::InstallSnapshotChunk {
+            term: u64::MAX,
+            leader_id: u64::MAX,
+            to: u64::MAX,
+            last_included_index: u64::MAX,
+            last_included_term: u64::MAX,
+            total_size: u64::MAX,
+            offset: u64::MAX,
+            data: vec![0u8; SNAPSHOT_CHUNK_BYTES].into(),
+            done: true,
+            crc32: u32::MAX,
+        };
+        assert!(chunk.encoded_len() <= MAX_CHUNK_BYTES);
+        const { assert!(MAX_CHUNK_BYTES < PEER_MESSAGE_LIMIT) };
+    }
+
+    /// The largest legal command fits in MAX_COMMAND_BYTES, and every message the core can
+    /// build with it fits under the transport's limit.
+    #[test]
+    fn the_peer_limit_is_above_the_largest_legal_message() {
+        use super::super::kv_service::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+        use crate::state_machine::{Command, Fence, Proposal, Session};
+        use prost::Message as _;
+        let long = |c: char, n| std::iter::repeat_n(c, n).collect::<String>();
+        let largest = Proposal {
+            session: Some(Session {
+                client_id: u64::MAX,
+                sequence: u64::MAX,
+            }),
+            command: Command::Put {
+                key: long('k', MAX_KEY_BYTES),
+                value: long('v', MAX_VALUE_BYTES),
+                fence: Some(Fence {
+                    lock: long('l', MAX_KEY_BYTES),
+                    token: u64::MAX,
+                }),
+            },
+        };
+        assert!(largest.encode().len() <= MAX_COMMAND_BYTES);
+        let acquire = Proposal {
+            session: None,
+            command: Command::Acquire {
+                name: long('n', MAX_KEY_BYTES),
+                holder: long('h', MAX_KEY_BYTES),
+                ttl_ms: u64::MAX,
+            },
+        };
+        assert!(acquire.encode().len() <= MAX_COMMAND_BYTES);
+        // One entry over the byte cap goes alone; below the cap, entries fill it.
+        let mut alone = pb::AppendEntriesRequest {
+            term: u64::MAX,
+            leader_id: u64::MAX,
+            prev_log_index: u64::MAX,
+            prev_log_term: u64::MAX,
+            entries: vec![ceiling_entry(MAX_COMMAND_BYTES)],
+            leader_commit: u64::MAX,
+            to: u64::MAX,
+            read_ctx: u64::MAX,
+        };
+        assert!(alone.encoded_len() <= MAX_APPEND_BYTES);
+        let per = MAX_BYTES_PER_MESSAGE_CEILING / 4 - ENTRY_OVERHEAD_BYTES;
+        alone.entries = vec![ceiling_entry(per); 4];
+        assert!(alone.encoded_len() <= MAX_APPEND_BYTES);
+        const { assert!(MAX_APPEND_BYTES < PEER_MESSAGE_LIMIT) };
+        // What the issue saw refused: nine 1 MiB values in one message.
+        const { assert!(9 * MAX_VALUE_BYTES > PEER_MESSAGE_LIMIT) };
+    }
+
+    /// A peer whose InstallSnapshot calls read everything sent, then wait until released.
+    #[derive(Clone)]
+    struct SlowSnapshots {
+        started: Arc<AtomicU64>,
+        release: Arc<Semaphore>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for SlowSnapshots {
+        async fn request_vote(
+            &self,
+            _: tonic::Request<pb::RequestVoteRequest>,
+        ) -> Result<tonic::Response<pb::RequestVoteResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("votes"))
+        }
+
+        async fn append_entries(
+            &self,
+            _: tonic::Request<pb::AppendEntriesRequest>,
+        ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("appends"))
+        }
+
+        type AppendStreamStream =
+            tokio_stream::Empty<Result<pb::AppendEntriesResponse, tonic::Status>>;
+
+        async fn append_stream(
+            &self,
+            _: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+        ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("appends"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            request: tonic::Request<tonic::Streaming<pb::InstallSnapshotChunk>>,
+        ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let mut chunks = request.into_inner();
+            while chunks.message().await?.is_some() {}
+            if let Ok(permit) = self.release.acquire().await {
+                permit.forget();
+            }
+            Ok(tonic::Response::new(pb::AppendEntriesResponse {
+                term: 1,
+                success: true,
+                from: 2,
+                match_index: 5,
+                ..Default::default()
+            }))
+        }
+
+        async fn timeout_now(
+            &self,
+            _: tonic::Request<pb::TimeoutNowRequest>,
+        ) -> Result<tonic::Response<pb::TimeoutNowResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("transfers"))
+        }
+    }
+
+    fn snapshot_for_2() -> Message {
+        use crate::raft::{Snapshot, SnapshotMeta};
+        Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            rpc_id: 0,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta { index: 5, term: 1 },
+                    data: vec![9u8; 3 * SNAPSHOT_CHUNK_BYTES].into(),
+                },
+            },
+        }
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Regression (issue 11): the core resends a snapshot that stays unanswered (every 5 s
+    /// by default), and each resend started a new full transfer beside the one still
+    /// streaming, so a large state never finished.
+    #[tokio::test]
+    async fn a_snapshot_still_streaming_is_not_restarted() {
+        let peer = SlowSnapshots {
+            started: Arc::new(AtomicU64::new(0)),
+            release: Arc::new(Semaphore::new(0)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(peer.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut config = NodeConfig::new(1, 0);
+        config.peers = vec![PeerSpec {
+            id: 2,
+            addr: addr.to_string(),
+        }];
+        let (node, _inbox) = crate::node::channel(1, 16);
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let peers = PeerSenders::spawn(&config, node, &tracker, stop.clone()).unwrap();
+        let started = || peer.started.load(Ordering::SeqCst);
+
+        peers.send(snapshot_for_2());
+        wait_for("the first transfer", || started() == 1).await;
+        // The core's resends while the first transfer still streams.
+        peers.send(snapshot_for_2());
+        peers.send(snapshot_for_2());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(started(), 1, "a resend started a second transfer");
+
+        // Once it is over, the next snapshot goes.
+        peer.release.add_permits(1);
+        wait_for("a transfer after the first ended", || {
+            peers.send(snapshot_for_2());
+            started() == 2
+        })
+        .await;
+        peer.release.add_permits(1);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        server.abort();
     }
 }

@@ -798,3 +798,46 @@ async fn leader_reopens_the_append_stream_to_a_restarted_follower() {
         n.stop().await;
     }
 }
+
+/// Client requests at the size limits: a 1 MiB value under the longest key is stored and
+/// read back (raw and through the Rust client), one byte more is refused INVALID_ARGUMENT
+/// naming the limit, and a request past the explicit gRPC limit is refused by the decoder
+/// (with tonic's 4 MiB default, 3 MiB would have reached validation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_at_the_size_limits() {
+    use super::kv_service::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, l) = start_cluster(1, dir.path()).await;
+    let node = &nodes[l];
+    let key = "k".repeat(MAX_KEY_BYTES);
+    let value = "v".repeat(MAX_VALUE_BYTES);
+    put(node, &key, &value).await.unwrap();
+    let got = get(node, &key, Consistency::Linearizable).await.unwrap();
+    assert!(got.value == value);
+
+    let e = put(node, &key, &format!("{value}v")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "value is 1048577 bytes, the limit is 1048576 (1 MiB)"
+    );
+    let e = put(node, &format!("{key}k"), "v").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "key is 4097 bytes, the limit is 4096");
+    let e = put(node, "k", &"v".repeat(3 << 20)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e}");
+
+    let mut client = crate::client::Client::new(vec![node.config.address()]).unwrap();
+    let other = format!("{}x", "k".repeat(MAX_KEY_BYTES - 1));
+    client.put(&other, &value).await.unwrap();
+    let got = client
+        .get(&other, crate::client::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(got.value.as_ref() == Some(&value));
+    let e = client.put(&other, &format!("{value}v")).await.unwrap_err();
+    assert!(
+        matches!(&e, crate::client::ClientError::InvalidArgument(m) if m.contains("the limit is 1048576")),
+        "{e}"
+    );
+}

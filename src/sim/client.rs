@@ -2,6 +2,12 @@
 //! retries across nodes the way `kvctl` does (following leader hints, backing off, reusing its
 //! session sequence so a retried write applies at most once), and records every operation in
 //! the history with its invocation and completion times.
+//!
+//! Values span the legal range (with `SimConfig::large_values`, one seed in three): mostly
+//! a few bytes, one put in 32 at the 1 MiB limit (`rpc::kv_service::MAX_VALUE_BYTES`) and
+//! one in 32 of a random size up to it (large values cost about 1 ms of copying each). A long
+//! value starts with its id and length and is padded, so a read checks that it arrived
+//! whole, and the history records only the id (the linearizability checker hashes values).
 
 use std::collections::VecDeque;
 
@@ -10,6 +16,7 @@ use rand::Rng;
 use super::world::{Time, World, OP_DEADLINE};
 use crate::lincheck::{Op, OpKind, OpResult};
 use crate::raft::{LogIndex, NodeId};
+use crate::rpc::kv_service::MAX_VALUE_BYTES;
 use crate::state_machine::{ApplyError, Command, Outcome as SmOutcome, Proposal, Session};
 
 /// A request from a client to a node.
@@ -136,10 +143,11 @@ impl Client {
             match w.rng().random_range(0..20u8) {
                 0..=9 => {
                     self.values += 1;
-                    let value = format!("c{}-{}", self.idx, self.values);
+                    let id = format!("c{}-{}", self.idx, self.values);
+                    let value = sized_value(w, &id);
                     (
                         key.clone(),
-                        OpKind::Put(value.clone()),
+                        OpKind::Put(id),
                         self.write(Command::Put {
                             key,
                             value,
@@ -236,7 +244,16 @@ impl Client {
                     self.idx
                 ));
             }
-            Ok(Answer::Kv(res)) => {
+            Ok(Answer::Kv(mut res)) => {
+                if let OpResult::Get(Some(value)) = &mut res {
+                    match value_id(value) {
+                        Ok(id) => *value = id,
+                        Err(e) => {
+                            w.violation(format!("client {} read a corrupted value: {e}", self.idx));
+                            return;
+                        }
+                    }
+                }
                 if let Some(cur) = self.current.take() {
                     let now = w.now();
                     if let Some(op) = w.history.get_mut(cur.hist) {
@@ -274,6 +291,47 @@ impl Client {
             }
         }
     }
+}
+
+/// The value a put of `id` writes: `id` itself (mostly), or, one put in sixteen, `id/LEN`
+/// padded with dots to LEN bytes, LEN up to [`MAX_VALUE_BYTES`] (half of them exactly).
+fn sized_value(w: &mut World, id: &str) -> String {
+    if !w.cfg.large_values {
+        return id.to_string();
+    }
+    let len = match w.rng().random_range(0..32u8) {
+        0 => MAX_VALUE_BYTES,
+        1 => w.rng().random_range(64..MAX_VALUE_BYTES),
+        _ => return id.to_string(),
+    };
+    let mut value = format!("{id}/{len}");
+    value.push_str(&".".repeat(len - value.len()));
+    value
+}
+
+/// Padding to compare a value's with, a page at a time (a memcmp, fast in debug builds too).
+const DOTS: [u8; 4096] = [b'.'; 4096];
+
+/// The id of a value [`sized_value`] built (other writers' values are their own id), or
+/// what is wrong with it.
+fn value_id(value: &str) -> Result<String, String> {
+    let Some((id, rest)) = value.split_once('/') else {
+        return Ok(value.to_string());
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let len: usize = rest[..digits]
+        .parse()
+        .map_err(|_| format!("{id}: no length"))?;
+    let padded = rest.as_bytes()[digits..]
+        .chunks(DOTS.len())
+        .all(|chunk| chunk == &DOTS[..chunk.len()]);
+    if value.len() != len || !padded {
+        return Err(format!(
+            "{id}: {} bytes, written as {len} bytes of padding",
+            value.len()
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// A random node other than `current` (of `nodes`), for a client trying elsewhere.

@@ -189,3 +189,32 @@ fn mutation_mark_leases_before_proposing_is_caught_in_random_runs() {
         .map(|_| ())
         .unwrap_or_else(|f| panic!("{f}\nreplay: scripts/sim.sh --seed {} --trace", f.seed));
 }
+
+/// Issue 11, defect 2: the simulated network refuses what the real transport refuses, so a
+/// core that caps AppendEntries by count only (a follower behind by several large values is
+/// sent one batch over the limit) fails a run. No compaction, so a lagging follower catches
+/// up through AppendEntries; large values in every run.
+#[test]
+fn mutation_no_byte_cap_is_caught() {
+    let expected = Expected {
+        flag: "--mutation no-byte-cap",
+        limit: 50,
+        first_seed: 3,
+        checker: "over the transport's",
+    };
+    assert_caught(
+        &expected,
+        "--snapshot-every 0 --large-values true",
+        |seed, on| {
+            let mut c = SimConfig::for_seed(seed);
+            c.mutation = if on {
+                Mutation::NoByteCap
+            } else {
+                Mutation::None
+            };
+            c.snapshot_every = 0;
+            c.large_values = true;
+            c
+        },
+    );
+}

@@ -985,3 +985,62 @@ fn a_refusal_without_a_hint_neither_lowers_the_match_nor_resends_the_log() {
         "nothing resent at once: {rd:?}"
     );
 }
+
+// ---------------------------------------------------------------- message byte cap
+
+/// Node 1 of 3 leads and has ten 600 KiB entries to send, and node 2 asks for all of them
+/// (its log is empty); returns the entries of each AppendEntries the leader sends node 2,
+/// each acknowledged as it comes.
+fn appends_to_an_empty_follower(mutation: Mutation) -> Vec<Vec<Entry>> {
+    let mut c = leader(1, &[1]);
+    c.set_mutation(mutation);
+    for _ in 0..10 {
+        c.propose(vec![7u8; 600 << 10]).unwrap();
+    }
+    take_ready(&mut c);
+    let t = c.status().term;
+    let rejected = MessageBody::AppendEntriesResponse {
+        success: false,
+        match_index: 0,
+        conflict_index: 1,
+        conflict_term: 0,
+        read_ctx: 0,
+    };
+    c.step(msg(2, 1, t, rejected));
+    let collect = |c: &mut RaftCore, sent: &mut Vec<Vec<Entry>>| {
+        for m in take_ready(c).messages {
+            if let (2, MessageBody::AppendEntries { entries, .. }) = (m.to, m.body) {
+                sent.push(entries);
+            }
+        }
+    };
+    let mut sent = Vec::new();
+    collect(&mut c, &mut sent);
+    for _ in 0..20 {
+        let Some(matched) = sent.last().and_then(|e| e.last()).map(|e| e.index) else {
+            break;
+        };
+        if matched == c.status().last_index {
+            break;
+        }
+        c.step(append_resp(2, 1, t, true, matched));
+        collect(&mut c, &mut sent);
+    }
+    sent
+}
+
+#[test]
+fn the_leader_caps_appends_by_bytes() {
+    // From the start: the one-byte entry and the no-op together, then one 600 KiB entry per
+    // message (two exceed the 1 MiB cap).
+    let sent = appends_to_an_empty_follower(Mutation::None);
+    let counts: Vec<usize> = sent.iter().map(Vec::len).collect();
+    assert_eq!(counts, [3, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    for entries in &sent {
+        assert!(append_bytes(entries) <= DEFAULT_MAX_BYTES_PER_MESSAGE);
+    }
+    // Control: without the cap, one message carries all twelve (nearly 6 MiB).
+    let sent = appends_to_an_empty_follower(Mutation::NoByteCap);
+    assert_eq!(sent[0].len(), 12);
+    assert!(append_bytes(&sent[0]) > 10 * (600 << 10));
+}

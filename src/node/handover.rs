@@ -43,17 +43,20 @@ impl NodeHandle {
     }
 
     /// Graceful shutdown: if this node leads, hands leadership to its most up-to-date peer and
-    /// waits, at most `bound`, until it no longer leads. Returns at once on a follower.
+    /// waits until it no longer leads. Returns at once on a follower, and after `bound` in
+    /// any case, even if the driver never answers.
     pub async fn hand_over(&self, bound: Duration) {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         if self.submit(Request::HandOver { reply }).is_err() {
             return;
         }
-        let Ok(Some((target, term))) = rx.await else {
+        let Ok(Ok(Some((target, term)))) = tokio::time::timeout(bound, rx).await else {
             return;
         };
+        let left = bound.saturating_sub(started.elapsed());
         let gone = |s: &NodeStatus| s.role != Role::Leader || s.term > term;
-        match self.wait_status(bound, gone).await {
+        match self.wait_status(left, gone).await {
             Some(s) if gone(&s) => info!(
                 target,
                 term = s.term,

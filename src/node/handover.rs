@@ -89,3 +89,23 @@ impl NodeHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{channel, INBOX_CAPACITY};
+    use std::time::{Duration, Instant};
+
+    /// Regression (issue 12, item 4): the hand-over waited for the driver's answer without a
+    /// bound, so a driver that never answers (stuck, or busy forever) hung graceful shutdown.
+    #[tokio::test]
+    async fn hand_over_returns_after_its_bound_when_the_driver_never_answers() {
+        // The inbox is kept (the request and its reply channel stay alive) but never read.
+        let (handle, _inbox) = channel(1, INBOX_CAPACITY);
+        let started = Instant::now();
+        let bound = Duration::from_millis(100);
+        tokio::time::timeout(Duration::from_secs(5), handle.hand_over(bound))
+            .await
+            .expect("hand_over outlived its bound");
+        assert!(started.elapsed() >= bound);
+    }
+}

@@ -1,13 +1,15 @@
 //! `kvstore`: one node of a Raft-replicated key-value store.
 //!
 //! Parses flags into a validated [`NodeConfig`], installs logging (stderr, `RUST_LOG`,
-//! default `info`), binds the listener, and runs the node until SIGINT or SIGTERM. Errors
-//! are printed as one line, `kvstore: <what happened>`, with a non-zero exit code:
-//! [`EXIT_STORAGE`] when the data dir failed (could not be opened, or a write, flush or
-//! fsync failed while running: the node stops at the first one and never retries it), 1 for
-//! anything else, such as flags its data dir refuses (another `--id`, `--peers` or
-//! `--initial-cluster-token` than it was created with: `storage/sled_store/identity.rs`). After a storage failure, fix the disk and start the node again: it
-//! recovers from what was durable and catches up from the leader.
+//! default `info`), binds the listener, and runs the node until SIGINT or SIGTERM (a second
+//! one exits at once with 128 + its number: 130 or 143). Errors are printed as one line,
+//! `kvstore: <what happened>`, with a non-zero exit code: [`EXIT_STORAGE`] when the data dir
+//! failed (could not be opened, or a write, flush or fsync failed while running: the node
+//! stops at the first one and never retries it), [`EXIT_PANIC`] after a panic in any thread
+//! ([`exit_on_panic`]), 1 for anything else, such as flags its data dir refuses (another
+//! `--id`, `--peers` or `--initial-cluster-token` than it was created with:
+//! `storage/sled_store/identity.rs`). After a storage failure, fix the disk and start the node
+//! again: it recovers from what was durable and catches up from the leader.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::Context as _;
@@ -30,6 +32,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code of a node stopped by its storage (data dir unusable, or a failed write or fsync).
 const EXIT_STORAGE: u8 = 3;
+
+/// Exit code of a node stopped by a panic (Rust's own code for a panicking `main`).
+const EXIT_PANIC: u8 = 101;
+
+/// How long, after the node stopped, tasks still running (a storage call stuck in the
+/// kernel) may delay the exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// One node of a Raft-replicated key-value store.
 #[derive(Debug, Parser)]
@@ -116,9 +125,15 @@ impl TryFrom<Args> for NodeConfig {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    exit_on_panic();
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(args)));
+        .and_then(|rt| {
+            let result = rt.block_on(run(args));
+            // Not a plain drop: that waits for every blocking task, without a bound.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+            result
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -152,32 +167,108 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; exits the process at once, with
+/// 128 + the signal's number, on the second.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; only SIGINT stops the node");
-                let _ = ctrl_c.await;
-            }
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    };
+    let first = signals.recv().await;
     // Cancel before logging, so shutdown happens even if logging fails.
     shutdown.cancel();
-    tracing::info!("signal received, shutting down");
+    tracing::info!(signal = first.name, "signal received, shutting down");
+    let second = signals.recv().await;
+    // Not eprintln!: it panics when stderr is closed.
+    let _ = writeln!(
+        std::io::stderr(),
+        "kvstore: second signal ({}) during shutdown, exiting at once",
+        second.name
+    );
+    std::process::exit(128 + second.number);
+}
+
+/// A signal that stops the node.
+struct Signal {
+    name: &'static str,
+    number: i32,
+}
+
+/// SIGINT and SIGTERM, watched from creation on, so none is missed between two `recv`s.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn recv(&mut self) -> Signal {
+        const INT: Signal = Signal {
+            name: "SIGINT",
+            number: 2,
+        };
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => INT,
+                _ = self.term.recv() => Signal { name: "SIGTERM", number: 15 },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            INT
+        }
+    }
+}
+
+/// Makes any panic, in any thread or task, stop the process with [`EXIT_PANIC`] and one line,
+/// `kvstore: panicked at FILE:LINE:COL: MESSAGE` (plus a backtrace if `RUST_BACKTRACE` asks for
+/// one). Without it a panicking task dies alone: a panic in the driver left a process that
+/// served health SERVING and answered "shutting down" forever, so no supervisor restarted it.
+/// Exiting from the hook, rather than unwinding to a guard, covers every task (the driver,
+/// peer senders, storage threads) and runs no more of a program whose invariants just broke;
+/// it is a crash, which the node survives by design (everything acknowledged is fsynced).
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)")
+            .replace('\n', " ");
+        let location = info
+            .location()
+            .map_or_else(|| "an unknown location".to_string(), ToString::to_string);
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "kvstore: panicked at {location}: {message}");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            let _ = writeln!(stderr, "{backtrace}");
+        }
+        drop(stderr);
+        std::process::exit(i32::from(EXIT_PANIC));
+    }));
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours only on a terminal.

@@ -1476,3 +1476,142 @@ async fn followers_catch_up_on_1_mib_values_also_after_missing_eight() {
         "a message over the receive limit was sent"
     );
 }
+
+/// Node `id` of `cluster` restarted (after a kill) as a process of the test's own, so the test
+/// can signal it and read its stderr; `env` is added to its environment.
+struct OwnNode {
+    child: KillOnDrop,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl OwnNode {
+    fn start(cluster: &mut Cluster, id: u64, env: &[(&str, &str)]) -> OwnNode {
+        cluster.kill(id);
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = cluster
+            .command(id, cluster.node(id).port)
+            .envs(env.iter().copied())
+            // The node prints a backtrace after its panic line only if these ask for one.
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        OwnNode {
+            child: KillOnDrop(child),
+            stderr,
+        }
+    }
+
+    /// A 3-node cluster whose follower is an [`OwnNode`]; returns its id too.
+    async fn follower(env: &[(&str, &str)]) -> (Cluster, u64, OwnNode) {
+        let mut cluster = Cluster::start(3);
+        let (leader, _) = cluster.wait_for_leader(SECS_10).await;
+        let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        let node = OwnNode::start(&mut cluster, follower, env);
+        (cluster, follower, node)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    async fn wait_for_log(&self, needle: &str) {
+        poll_until(
+            SECS_10,
+            &format!("the node to log {needle:?}"),
+            async || self.stderr().contains(needle).then_some(()),
+        )
+        .await;
+    }
+
+    async fn wait_for_exit(&mut self, deadline: Duration, what: &str) -> std::process::ExitStatus {
+        poll_until(deadline, what, async || self.child.0.try_wait().unwrap()).await
+    }
+}
+
+/// Regression (issue 12, item 3): a panic in the driver unwound past the code that stops the
+/// server, so the process kept serving health SERVING, answered "shutting down" to everything
+/// and never exited (no `Restart=on-failure`). Now it exits with code 101 and one line.
+#[tokio::test]
+async fn a_panic_in_the_driver_stops_the_process_with_one_line() {
+    let (_cluster, _, mut node) =
+        OwnNode::follower(&[("KVSTORE_TEST_PANIC_AFTER_TICKS", "40")]).await;
+    node.wait_for_log("serving gRPC").await;
+    let status = node
+        .wait_for_exit(SECS_10, "the node to exit after the driver panicked")
+        .await;
+    let stderr = node.stderr();
+    assert_eq!(status.code(), Some(101), "{stderr}");
+    let panic_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("panic")).collect();
+    assert_eq!(panic_lines.len(), 1, "one line about the panic:\n{stderr}");
+    assert!(
+        panic_lines[0].starts_with("kvstore: panicked at ")
+            && panic_lines[0].contains("KVSTORE_TEST_PANIC_AFTER_TICKS"),
+        "{stderr}"
+    );
+}
+
+/// Opens a `grpc.health.v1.Health/Watch` stream on `addr` (as grpc-go's client-side health
+/// checking does) and waits for its first answer, SERVING.
+async fn open_health_watch(addr: &str) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let mut health = HealthClient::new(common::channel(addr));
+    let mut stream = poll_until(SECS_10, "a health Watch stream", async || {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        health.watch(request).await.ok()
+    })
+    .await
+    .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    stream
+}
+
+/// Regression (issue 12, item 4): graceful shutdown waited for every connection, and an open
+/// Health/Watch stream never ends, so a SIGTERMed follower never exited. Now it drains for a
+/// bounded time, drops what is left and exits 0.
+#[tokio::test]
+async fn sigterm_exits_within_5_s_despite_an_open_health_watch() {
+    let (cluster, follower, mut node) = OwnNode::follower(&[]).await;
+    let _watch = open_health_watch(&cluster.addr(follower)).await;
+    node.signal("TERM");
+    let status = node
+        .wait_for_exit(SECS_5, "the node to exit after SIGTERM")
+        .await;
+    assert_eq!(status.code(), Some(0), "{}", node.stderr());
+}
+
+/// Regression (issue 12, item 4): a second SIGTERM during a slow shutdown was swallowed. Now
+/// it exits at once, with 128 + 15 as a shell reports a process killed by SIGTERM.
+#[tokio::test]
+async fn a_second_sigterm_during_shutdown_exits_at_once() {
+    let (cluster, follower, mut node) = OwnNode::follower(&[]).await;
+    // The open stream keeps the first shutdown draining.
+    let _watch = open_health_watch(&cluster.addr(follower)).await;
+    node.signal("TERM");
+    node.wait_for_log("signal received").await;
+    node.signal("TERM");
+    let status = node
+        .wait_for_exit(
+            Duration::from_secs(1),
+            "the node to exit after a second SIGTERM",
+        )
+        .await;
+    let stderr = node.stderr();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+}

@@ -232,6 +232,7 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
+        inject_test_panic();
         self.catch_up_clock();
         self.core.tick();
         self.clock.ticked();
@@ -676,3 +677,17 @@ fn start_seed(id: NodeId) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Test-only fault injection, never set in production: with `KVSTORE_TEST_PANIC_AFTER_TICKS=N`
+/// in its environment at start, the driver panics at its Nth tick (tests/cluster.rs checks
+/// that a panicking driver stops the process).
+fn inject_test_panic() {
+    const VAR: &str = "KVSTORE_TEST_PANIC_AFTER_TICKS";
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let after = AFTER.get_or_init(|| std::env::var(VAR).ok()?.parse().ok());
+    if let Some(after) = *after {
+        let ticks = TICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        assert!(ticks < after, "injected by {VAR}={after}");
+    }
+}

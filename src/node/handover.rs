@@ -43,17 +43,20 @@ impl NodeHandle {
     }
 
     /// Graceful shutdown: if this node leads, hands leadership to its most up-to-date peer and
-    /// waits, at most `bound`, until it no longer leads. Returns at once on a follower.
+    /// waits until it no longer leads. Returns at once on a follower, and after `bound` in
+    /// any case, even if the driver never answers.
     pub async fn hand_over(&self, bound: Duration) {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         if self.submit(Request::HandOver { reply }).is_err() {
             return;
         }
-        let Ok(Some((target, term))) = rx.await else {
+        let Ok(Ok(Some((target, term)))) = tokio::time::timeout(bound, rx).await else {
             return;
         };
+        let left = bound.saturating_sub(started.elapsed());
         let gone = |s: &NodeStatus| s.role != Role::Leader || s.term > term;
-        match self.wait_status(bound, gone).await {
+        match self.wait_status(left, gone).await {
             Some(s) if gone(&s) => info!(
                 target,
                 term = s.term,
@@ -84,5 +87,25 @@ impl NodeHandle {
             Ok(found) => found,
             Err(_elapsed) => Some(self.status()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{channel, INBOX_CAPACITY};
+    use std::time::{Duration, Instant};
+
+    /// Regression (issue 12, item 4): the hand-over waited for the driver's answer without a
+    /// bound, so a driver that never answers (stuck, or busy forever) hung graceful shutdown.
+    #[tokio::test]
+    async fn hand_over_returns_after_its_bound_when_the_driver_never_answers() {
+        // The inbox is kept (the request and its reply channel stay alive) but never read.
+        let (handle, _inbox) = channel(1, INBOX_CAPACITY);
+        let started = Instant::now();
+        let bound = Duration::from_millis(100);
+        tokio::time::timeout(Duration::from_secs(5), handle.hand_over(bound))
+            .await
+            .expect("hand_over outlived its bound");
+        assert!(started.elapsed() >= bound);
     }
 }

@@ -47,6 +47,11 @@ use tracing::{debug, info, warn};
 /// How long shutdown waits for in-flight tasks (peer calls, the driver) before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long, once stopping, the server lets open connections finish (answers being written,
+/// streams such as `grpc.health.v1.Health/Watch`, which never end on their own) before it
+/// drops them. The driver fails pending requests at once, so little needs the time.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -79,6 +84,9 @@ pub enum RunError {
 ///
 /// Shutdown order (STYLE.md §13): health NOT_SERVING, stop accepting RPCs, the driver fails
 /// pending requests and finishes its current Ready, then peers stop and tasks are awaited.
+/// Every wait is bounded: open connections get [`SHUTDOWN_DRAIN`], then are dropped; the
+/// driver and other tasks get [`SHUTDOWN_GRACE`]. A panic in the driver stops the node too
+/// ([`RunError::Driver`]).
 ///
 /// # Errors
 /// [`RunError`]: invalid config, storage that cannot be opened (e.g. locked by another
@@ -94,7 +102,8 @@ pub async fn run(
 /// [`run`] for the `kvstore` binary: when `signal` is cancelled (SIGTERM, SIGINT), a leader
 /// first hands leadership to its most up-to-date peer and waits, at most two election
 /// timeouts, until it no longer leads, so clients see no election gap; then the node stops as
-/// [`run`] does. A follower stops at once.
+/// [`run`] does. A follower stops at once. The whole hand-over is bounded by the same two
+/// election timeouts, even if the driver does not answer.
 ///
 /// # Errors
 /// As [`run`].
@@ -147,17 +156,20 @@ async fn run_node(
     }
     let driver_stop = stop.clone();
     let driver_task = tracker.spawn(async move {
-        let result = driver.run(driver_stop.clone()).await;
-        // A fatal error stops the server too.
-        driver_stop.cancel();
-        result
+        // A fatal error stops the server too, and so does a panic (the guard cancels while
+        // unwinding), or the node would serve "shutting down" forever.
+        let _stop_server = driver_stop.clone().drop_guard();
+        driver.run(driver_stop).await
     });
 
     let served = serve(listener, &config, handle, stop.clone()).await;
     stop.cancel();
-    let driven = driver_task
-        .await
-        .map_err(|e| RunError::Driver(e.to_string()));
+    let driven = match tokio::time::timeout(SHUTDOWN_GRACE, driver_task).await {
+        Ok(joined) => joined.map_err(|e| RunError::Driver(e.to_string())),
+        Err(_elapsed) => Err(RunError::Driver(format!(
+            "the driver did not stop within {SHUTDOWN_GRACE:?}"
+        ))),
+    };
     peers_stop.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -172,7 +184,8 @@ async fn run_node(
     Ok(())
 }
 
-/// Serves every service on `listener` until `stop` is cancelled.
+/// Serves every service on `listener` until `stop` is cancelled, then drains open connections
+/// for at most [`SHUTDOWN_DRAIN`] and drops the rest.
 async fn serve(
     listener: TcpListener,
     config: &Arc<NodeConfig>,
@@ -219,6 +232,13 @@ async fn serve(
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
     info!(node_id = config.id, addr = %config.address(), peers = config.peers.len(), "serving gRPC");
+    let drained = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        }
+    };
     let shutdown = async move {
         stop.cancelled().await;
         for name in service_names {
@@ -236,9 +256,13 @@ async fn serve(
             }
         })
     });
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    tokio::select! {
+        served = router.serve_with_incoming_shutdown(incoming, shutdown) => served?,
+        () = drained => warn!(
+            drain_ms = SHUTDOWN_DRAIN.as_millis() as u64,
+            "connections still open after the drain period; dropping them"
+        ),
+    }
     Ok(())
 }
 

@@ -1476,3 +1476,54 @@ async fn followers_catch_up_on_1_mib_values_also_after_missing_eight() {
         "a message over the receive limit was sent"
     );
 }
+
+/// Issue 12 item 1 on the real binary: a write from a session the cluster does not know, with
+/// a sequence above 1 (what a retry looks like once its session was dropped), is refused with
+/// FAILED_PRECONDITION, `kvstore-error: session-expired` and the "outcome unknown" message,
+/// and applies nothing; a session with a 0 field is INVALID_ARGUMENT; a reused sequence with
+/// another command is refused and does not overwrite. (The eviction itself, 10,500 sessions,
+/// is the state machine's unit test.)
+#[tokio::test]
+async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut kv = cluster.kv(1);
+    let with_session = |value: &str, client_id, sequence| PutRequest {
+        fence: None,
+        key: "k".into(),
+        value: value.into(),
+        session: Some(Session {
+            client_id,
+            sequence,
+        }),
+    };
+    let expired = kv.put(with_session("late", 77, 2)).await.unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    assert!(
+        expired
+            .message()
+            .starts_with("session expired; the outcome of your earlier attempt is unknown"),
+        "{expired:?}"
+    );
+    assert_eq!(
+        expired.metadata().get("kvstore-error").unwrap(),
+        "session-expired"
+    );
+    for (client_id, sequence) in [(0, 1), (77, 0)] {
+        let invalid = kv
+            .put(with_session("zero", client_id, sequence))
+            .await
+            .unwrap_err();
+        assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    }
+    kv.put(with_session("a", 78, 1)).await.unwrap();
+    let reused = kv.put(with_session("b", 78, 1)).await.unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    assert!(reused.message().contains("different command"), "{reused:?}");
+    let got = kv.get(get("k", Consistency::Linearizable)).await.unwrap();
+    assert_eq!(
+        got.into_inner().value,
+        "a",
+        "only the valid first write applied"
+    );
+}

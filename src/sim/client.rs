@@ -258,7 +258,7 @@ impl Client {
                 ..
             })
         );
-        if is_write && matches!(r.result, Ok(_)) {
+        if is_write && r.result.is_ok() {
             self.session_known = true;
         }
         match r.result {

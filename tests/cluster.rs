@@ -1293,7 +1293,7 @@ async fn a_resent_release_with_the_same_session_is_answered_released() {
     };
     let session = Some(Session {
         client_id: 42,
-        sequence: 5,
+        sequence: 1,
     });
     locks.release(release(session)).await.unwrap();
     // The same request again, as a client does when the first reply was lost.
@@ -1614,4 +1614,55 @@ async fn a_second_sigterm_during_shutdown_exits_at_once() {
     let stderr = node.stderr();
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
+}
+
+/// Issue 12 item 1 on the real binary: a write from a session the cluster does not know, with
+/// a sequence above 1 (what a retry looks like once its session was dropped), is refused with
+/// FAILED_PRECONDITION, `kvstore-error: session-expired` and the "outcome unknown" message,
+/// and applies nothing; a session with a 0 field is INVALID_ARGUMENT; a reused sequence with
+/// another command is refused and does not overwrite. (The eviction itself, 10,500 sessions,
+/// is the state machine's unit test.)
+#[tokio::test]
+async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut kv = cluster.kv(1);
+    let with_session = |value: &str, client_id, sequence| PutRequest {
+        fence: None,
+        key: "k".into(),
+        value: value.into(),
+        session: Some(Session {
+            client_id,
+            sequence,
+        }),
+    };
+    let expired = kv.put(with_session("late", 77, 2)).await.unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    assert!(
+        expired
+            .message()
+            .starts_with("session expired; the outcome of your earlier attempt is unknown"),
+        "{expired:?}"
+    );
+    assert_eq!(
+        expired.metadata().get("kvstore-error").unwrap(),
+        "session-expired"
+    );
+    for (client_id, sequence) in [(0, 1), (77, 0)] {
+        let invalid = kv
+            .put(with_session("zero", client_id, sequence))
+            .await
+            .unwrap_err();
+        assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    }
+    kv.put(with_session("a", 78, 1)).await.unwrap();
+    let reused = kv.put(with_session("b", 78, 1)).await.unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    assert!(reused.message().contains("different command"), "{reused:?}");
+    let got = kv.get(get("k", Consistency::Linearizable)).await.unwrap();
+    assert_eq!(
+        got.into_inner().value,
+        "a",
+        "only the valid first write applied"
+    );
 }

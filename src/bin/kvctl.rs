@@ -9,7 +9,9 @@
 //!   lock keepalive NAME TOKEN | lock release NAME TOKEN | lock validate NAME TOKEN
 //! ```
 //! Output is plain text. Exit codes: 0 success, 1 `get` of a missing key or `lock validate`
-//! of an invalid token, 2 any failure (one line on stderr: `kvctl: <message>`).
+//! of an invalid token, 2 any failure (one line on stderr: `kvctl: <message>`), 3 a write
+//! whose outcome is unknown because the cluster had dropped its session (one line:
+//! `kvctl: outcome unknown: session expired; ...`).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::ExitCode;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kvstore::client::{
-    parse_duration, Client, ClientOptions, Consistency, Fence, NodeStatus, Validation,
+    parse_duration, Client, ClientError, ClientOptions, Consistency, Fence, NodeStatus, Validation,
 };
 use kvstore::pb::Role;
 
@@ -127,17 +129,36 @@ enum LockCommand {
     },
 }
 
-/// A failure already worded for the user.
-struct Failure(String);
+/// A failure already worded for the user, and the exit status it ends with.
+struct Failure(String, u8);
+
+impl Failure {
+    /// A failure with the generic exit status 2.
+    fn new(message: impl Into<String>) -> Self {
+        Failure(message.into(), 2)
+    }
+}
+
+impl From<ClientError> for Failure {
+    /// Exit status 3 for a write whose outcome is unknown, 2 for any other error.
+    fn from(e: ClientError) -> Self {
+        let code = if matches!(e, ClientError::UnknownOutcome(_)) {
+            3
+        } else {
+            2
+        };
+        Failure(e.to_string(), code)
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
         Ok(code) => code,
-        Err(Failure(message)) => {
+        Err(Failure(message, code)) => {
             eprintln!("kvctl: {message}");
-            ExitCode::from(2)
+            ExitCode::from(code)
         }
     }
 }
@@ -147,9 +168,8 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
         follow_redirects: !args.no_redirect,
         ..ClientOptions::with_timeout(args.timeout)
     };
-    let mut client =
-        Client::with_options(args.endpoints, options).map_err(|e| Failure(e.to_string()))?;
-    let failed = |e: kvstore::client::ClientError| Failure(e.to_string());
+    let mut client = Client::with_options(args.endpoints, options).map_err(Failure::from)?;
+    let failed = Failure::from;
     match args.command {
         Command::Put { key, value, fence } => {
             let header = match &fence {
@@ -193,7 +213,7 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
             let statuses = client.status_all().await;
             print!("{}", status_table(&statuses));
             if statuses.iter().all(|s| s.result.is_err()) {
-                return Err(Failure("no node is reachable".into()));
+                return Err(Failure::new("no node is reachable"));
             }
         }
         Command::Lock(command) => return run_lock(&mut client, command).await,
@@ -206,7 +226,7 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
 }
 
 async fn run_lock(client: &mut Client, command: LockCommand) -> Result<ExitCode, Failure> {
-    let failed = |e: kvstore::client::ClientError| Failure(e.to_string());
+    let failed = Failure::from;
     match command {
         LockCommand::Acquire {
             name,
@@ -330,8 +350,22 @@ fn role_name(role: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvstore::client::ClientError;
     use kvstore::pb::StatusResponse;
+
+    #[test]
+    fn an_unknown_outcome_exits_3_and_other_errors_2() {
+        let Failure(message, code) = Failure::from(ClientError::UnknownOutcome(
+            "session expired; the outcome of your earlier attempt is unknown".into(),
+        ));
+        assert_eq!(code, 3);
+        assert_eq!(
+            message,
+            "outcome unknown: session expired; the outcome of your earlier attempt is unknown"
+        );
+        let Failure(_, code) = Failure::from(ClientError::FailedPrecondition("x".into()));
+        assert_eq!(code, 2);
+        assert_eq!(Failure::new("no node is reachable").1, 2);
+    }
 
     #[test]
     fn fences_parse_as_name_colon_token() {

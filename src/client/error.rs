@@ -31,6 +31,13 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The cluster refused the write because this client's session had expired (it was idle
+    /// too long, or evicted by newer clients): the write was not applied by this attempt, but
+    /// an earlier attempt of it may have been, so whether it took effect is unknown. Check the
+    /// state before writing again. The client has already started a new session; later
+    /// writes work as usual. Not retried.
+    #[error("outcome unknown: {0}")]
+    UnknownOutcome(String),
     /// The operation did not succeed before its deadline.
     #[error("{operation} gave up after {elapsed_ms} ms and {attempts} attempts; last error: {last_error}")]
     Timeout {

@@ -77,6 +77,10 @@ pub struct Client {
     client_id: u64,
     /// The sequence the next write will carry (1-based, strictly increasing).
     next_sequence: u64,
+    /// Whether the cluster has applied (or refused at apply time) a write of this session, so
+    /// it knows `client_id`. Until then a write with a sequence above 1 would be refused as
+    /// from an expired session.
+    session_known: bool,
 }
 
 impl Client {
@@ -102,6 +106,7 @@ impl Client {
             options,
             client_id: random_client_id(),
             next_sequence: 1,
+            session_known: false,
         })
     }
 
@@ -125,7 +130,9 @@ impl Client {
     /// # Errors
     /// The request is invalid, or no leader acknowledged it before the deadline (it may
     /// still have been applied; retrying with the same client is safe only for the same
-    /// call, so treat the outcome as unknown).
+    /// call, so treat the outcome as unknown), or [`ClientError::UnknownOutcome`]: the
+    /// cluster had dropped this client's session, so it refused the write and cannot say
+    /// whether an earlier attempt of it applied.
     pub async fn put(&mut self, key: &str, value: &str) -> Result<Header, ClientError> {
         self.put_with(key, value, None).await
     }
@@ -151,19 +158,21 @@ impl Client {
         value: &str,
         fence: Option<pb::Fence>,
     ) -> Result<Header, ClientError> {
+        let session = self.next_session();
         let request = pb::PutRequest {
             fence,
             key: key.to_string(),
             value: value.to_string(),
-            session: Some(self.next_session()),
+            session: Some(session),
         };
         let response = self
             .run("put", true, |channel| {
                 let request = request.clone();
                 async move { endpoints::kv(channel).put(request).await }
             })
-            .await?;
-        Ok(response.header.into())
+            .await;
+        self.end_write(session.sequence, &response);
+        Ok(response?.header.into())
     }
 
     /// Reads `key`. `Linearizable` goes to the leader; `Serializable` takes the first node
@@ -219,17 +228,20 @@ impl Client {
         key: &str,
         fence: Option<pb::Fence>,
     ) -> Result<DeleteResult, ClientError> {
+        let session = self.next_session();
         let request = pb::DeleteRequest {
             fence,
             key: key.to_string(),
-            session: Some(self.next_session()),
+            session: Some(session),
         };
         let response = self
             .run("delete", true, |channel| {
                 let request = request.clone();
                 async move { endpoints::kv(channel).delete(request).await }
             })
-            .await?;
+            .await;
+        self.end_write(session.sequence, &response);
+        let response = response?;
         Ok(DeleteResult {
             deleted: response.deleted,
             header: response.header.into(),
@@ -268,6 +280,30 @@ impl Client {
                     .unwrap_or_else(|| Err(ClientError::Unreachable("status task failed".into()))),
             })
             .collect()
+    }
+
+    /// Settles the session after a write that carried `sequence` ended with `result`:
+    /// - an expired session ([`ClientError::UnknownOutcome`]) is replaced by a new one;
+    /// - a timeout before the cluster knew the session also starts a new one (the next
+    ///   sequence of a session whose first write never applied would be refused as expired);
+    /// - a write refused before it reached the log (INVALID_ARGUMENT) gives its sequence back;
+    /// - anything the state machine answered marks the session as known.
+    pub(super) fn end_write<T>(&mut self, sequence: u64, result: &Result<T, ClientError>) {
+        match result {
+            Ok(_) | Err(ClientError::FailedPrecondition(_)) => self.session_known = true,
+            Err(ClientError::UnknownOutcome(_)) => self.new_session(),
+            Err(ClientError::Timeout { .. }) if !self.session_known => self.new_session(),
+            Err(ClientError::InvalidArgument(_)) if self.next_sequence == sequence + 1 => {
+                self.next_sequence = sequence;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn new_session(&mut self) {
+        self.client_id = random_client_id();
+        self.next_sequence = 1;
+        self.session_known = false;
     }
 
     pub(super) fn next_session(&mut self) -> pb::Session {

@@ -123,18 +123,20 @@ impl Client {
     /// # Errors
     /// As for [`Client::keep_alive`].
     pub async fn release(&mut self, name: &str, token: u64) -> Result<Header, ClientError> {
+        let session = self.next_session();
         let request = pb::ReleaseRequest {
             name: name.to_string(),
             token,
-            session: Some(self.next_session()),
+            session: Some(session),
         };
         let response = self
             .run("release", true, |channel| {
                 let request = request.clone();
                 async move { endpoints::lock(channel).release(request).await }
             })
-            .await?;
-        Ok(response.header.into())
+            .await;
+        self.end_write(session.sequence, &response);
+        Ok(response?.header.into())
     }
 
     /// Whether `token` is the current valid token of `name` (a linearizable read on the

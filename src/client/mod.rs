@@ -17,6 +17,9 @@
 //! Invariants:
 //! - Every write carries a session `(client_id, sequence)`; a retried write reuses its
 //!   sequence, so the cluster applies it at most once and answers with the original result.
+//!   If the cluster has dropped the session (idle too long, or evicted by newer clients) it
+//!   refuses the write instead; that is [`ClientError::UnknownOutcome`], and the client's
+//!   next write opens a new session.
 //! - Sequences strictly increase per client, which is why writes take `&mut self`: two
 //!   concurrent writes of one session could be applied out of order and one of them rejected
 //!   as stale. Use one `Client` per concurrent writer.

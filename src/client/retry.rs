@@ -37,10 +37,20 @@ pub(crate) enum Verdict {
     Fail(ClientError),
 }
 
+/// Response metadata key (and value) the server sets on a write refused because its session
+/// expired (`rpc::status`; the client may not import it, so the strings are repeated here and
+/// in proto/kvstore.proto).
+const ERROR_KIND_KEY: &str = "kvstore-error";
+const SESSION_EXPIRED: &str = "session-expired";
+
 /// Classifies a failed attempt. Only UNAVAILABLE-like failures are retried; the caller's
-/// mistakes (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) are returned at once.
+/// mistakes (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) are returned at once, an expired
+/// session as [`ClientError::UnknownOutcome`].
 pub(crate) fn classify(status: &Status) -> Verdict {
     match status.code() {
+        Code::FailedPrecondition if is_session_expired(status) => {
+            Verdict::Fail(ClientError::UnknownOutcome(one_line(status.message())))
+        }
         Code::Unavailable => match leader_hint(status) {
             Some(addr) => Verdict::Redirect(addr),
             None => Verdict::Retry,
@@ -64,6 +74,13 @@ pub(crate) fn classify(status: &Status) -> Verdict {
             message: one_line(status.message()),
         }),
     }
+}
+
+fn is_session_expired(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(ERROR_KIND_KEY)
+        .is_some_and(|v| v.as_bytes() == SESSION_EXPIRED.as_bytes())
 }
 
 /// The `leader-addr` response metadata of a redirect, if present and readable.
@@ -137,6 +154,25 @@ mod tests {
             classify(&Status::unimplemented("no")),
             Verdict::Fail(ClientError::Server { .. })
         ));
+    }
+
+    #[test]
+    fn an_expired_session_is_an_unknown_outcome() {
+        let message = "session expired; the outcome of your earlier attempt is unknown (client 7, sequence 1); start a new session";
+        let mut status = Status::failed_precondition(message);
+        status
+            .metadata_mut()
+            .insert(ERROR_KIND_KEY, MetadataValue::from_static(SESSION_EXPIRED));
+        let Verdict::Fail(error) = classify(&status) else {
+            panic!("not a failure")
+        };
+        assert_eq!(error, ClientError::UnknownOutcome(message.into()));
+        assert_eq!(error.to_string(), format!("outcome unknown: {message}"));
+        // Without the marker it stays an ordinary refusal.
+        assert_eq!(
+            classify(&Status::failed_precondition(message)),
+            Verdict::Fail(ClientError::FailedPrecondition(message.into()))
+        );
     }
 
     #[test]

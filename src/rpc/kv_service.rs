@@ -40,7 +40,7 @@ impl KvService {
         session: Option<pb::Session>,
     ) -> Result<(Outcome, Header), Status> {
         let proposal = Proposal {
-            session: session_from_pb(session),
+            session: session_from_pb(session)?,
             command,
         };
         Ok(self.node.propose(proposal.encode()).await?)
@@ -56,13 +56,23 @@ pub fn header(h: Header) -> Option<pb::ResponseHeader> {
     })
 }
 
-/// A client session, or none when `client_id` or `sequence` is 0.
-pub(super) fn session_from_pb(s: Option<pb::Session>) -> Option<Session> {
-    s.filter(|s| s.client_id != 0 && s.sequence != 0)
-        .map(|s| Session {
-            client_id: s.client_id,
-            sequence: s.sequence,
-        })
+/// The request's session, if it has one.
+///
+/// # Errors
+/// INVALID_ARGUMENT when `client_id` or `sequence` is 0: a session needs both (a write
+/// without a session is sent without the `session` field).
+pub(super) fn session_from_pb(s: Option<pb::Session>) -> Result<Option<Session>, ClientError> {
+    let Some(s) = s else { return Ok(None) };
+    if s.client_id == 0 || s.sequence == 0 {
+        return Err(ClientError::Invalid(format!(
+            "session client_id and sequence must both be non-zero (got client_id {}, sequence {}); omit the session to write without one",
+            s.client_id, s.sequence
+        )));
+    }
+    Ok(Some(Session {
+        client_id: s.client_id,
+        sequence: s.sequence,
+    }))
 }
 
 /// Rejects an empty or oversized key.
@@ -225,22 +235,26 @@ mod tests {
     }
 
     #[test]
-    fn zero_session_fields_mean_no_session() {
-        assert_eq!(session_from_pb(None), None);
+    fn zero_session_fields_are_invalid() {
+        assert_eq!(session_from_pb(None), Ok(None));
         let s = |client_id, sequence| {
             Some(pb::Session {
                 client_id,
                 sequence,
             })
         };
-        assert_eq!(session_from_pb(s(0, 3)), None);
-        assert_eq!(session_from_pb(s(5, 0)), None);
+        for (client_id, sequence) in [(0, 3), (5, 0), (0, 0)] {
+            let err = session_from_pb(s(client_id, sequence)).unwrap_err();
+            assert!(matches!(err, ClientError::Invalid(_)), "{err:?}");
+            assert!(err.to_string().contains("must both be non-zero"), "{err}");
+            assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+        }
         assert_eq!(
             session_from_pb(s(5, 3)),
-            Some(Session {
+            Ok(Some(Session {
                 client_id: 5,
                 sequence: 3
-            })
+            }))
         );
     }
 }

@@ -40,7 +40,7 @@ impl LockService {
         session: Option<pb::Session>,
     ) -> Result<(Outcome, Header), ClientError> {
         let proposal = Proposal {
-            session: session_from_pb(session),
+            session: session_from_pb(session)?,
             command,
         };
         self.node.propose(proposal.encode()).await

@@ -1,6 +1,7 @@
 //! The one place a [`ClientError`] becomes a `tonic::Status`.
 
 use crate::node::ClientError;
+use crate::state_machine::ApplyError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -8,6 +9,12 @@ use tonic::{Code, Status};
 pub const LEADER_ID_KEY: &str = "leader-id";
 /// Metadata key naming the leader's address (`HOST:PORT`) on a NOT-leader redirect.
 pub const LEADER_ADDR_KEY: &str = "leader-addr";
+/// Metadata key set to [`SESSION_EXPIRED`] on the FAILED_PRECONDITION answering a write
+/// from an expired session, so clients can tell it from other refusals without parsing the
+/// message (the Rust client turns it into an "unknown outcome" error).
+pub const ERROR_KIND_KEY: &str = "kvstore-error";
+/// The [`ERROR_KIND_KEY`] value of an expired session.
+pub const SESSION_EXPIRED: &str = "session-expired";
 
 impl From<ClientError> for Status {
     fn from(err: ClientError) -> Status {
@@ -30,6 +37,13 @@ impl From<ClientError> for Status {
             | ClientError::TransferInProgress => Status::unavailable(message),
             ClientError::TransferTimedOut { .. } => Status::deadline_exceeded(message),
             ClientError::Invalid(_) => Status::invalid_argument(message),
+            ClientError::Apply(ApplyError::SessionExpired { .. }) => {
+                let mut status = Status::failed_precondition(message);
+                status
+                    .metadata_mut()
+                    .insert(ERROR_KIND_KEY, MetadataValue::from_static(SESSION_EXPIRED));
+                status
+            }
             ClientError::Apply(_) => Status::failed_precondition(message),
         }
     }
@@ -38,7 +52,6 @@ impl From<ClientError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::ApplyError;
 
     #[test]
     fn not_leader_carries_redirect_metadata() {
@@ -113,6 +126,27 @@ mod tests {
             let s = Status::from(ClientError::Apply(err));
             assert_eq!(s.code(), Code::FailedPrecondition);
             assert_eq!(s.message(), msg);
+            assert!(s.metadata().get(ERROR_KIND_KEY).is_none());
         }
+    }
+
+    #[test]
+    fn an_expired_session_is_failed_precondition_marked_in_metadata() {
+        let s = Status::from(ClientError::Apply(ApplyError::SessionExpired {
+            client_id: 7,
+            sequence: 1,
+        }));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(
+            s.message(),
+            "session expired; the outcome of your earlier attempt is unknown (client 7, sequence 1); start a new session"
+        );
+        assert_eq!(s.metadata().get(ERROR_KIND_KEY).unwrap(), SESSION_EXPIRED);
+        let s = Status::from(ClientError::Apply(ApplyError::SessionMismatch {
+            client_id: 7,
+            sequence: 2,
+        }));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.metadata().get(ERROR_KIND_KEY).is_none());
     }
 }

@@ -81,6 +81,9 @@ pub(crate) struct Client {
     idx: usize,
     client_id: u64,
     seq: u64,
+    /// Whether a write of this session was answered, so the cluster knows `client_id` (until
+    /// then a sequence above 1 would be refused as from an expired session).
+    session_known: bool,
     nodes: u64,
     leader_guess: NodeId,
     current: Option<Current>,
@@ -218,6 +221,9 @@ impl Client {
         let Some(cur) = &self.current else { return };
         if now >= cur.started + OP_DEADLINE {
             // Give up: the outcome stays unknown in the history (maybe applied, maybe not).
+            if !self.session_known {
+                self.new_session();
+            }
             self.current = None;
             self.phase = Phase::Idle;
             let think = w.rng().random_range(0..20_000);
@@ -230,12 +236,30 @@ impl Client {
         w.schedule_client(self.idx, backoff);
     }
 
+    /// A new session, as the Rust client starts one: a fresh id (unique across clients: the
+    /// base ids are below 2^32) and sequence 1 next.
+    fn new_session(&mut self) {
+        self.client_id += 1 << 32;
+        self.seq = 0;
+        self.session_known = false;
+    }
+
     pub(crate) fn on_reply(&mut self, w: &mut World, r: ClientReply) {
         let Phase::Waiting { attempt, .. } = self.phase else {
             return;
         };
         if r.attempt != attempt {
             return; // an answer to an earlier attempt; the session makes the current one agree
+        }
+        let is_write = matches!(
+            &self.current,
+            Some(Current {
+                op: ReqOp::Write(_),
+                ..
+            })
+        );
+        if is_write && r.result.is_ok() {
+            self.session_known = true;
         }
         match r.result {
             Ok(Answer::Applied(outcome, index)) => {
@@ -282,6 +306,15 @@ impl Client {
                 self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                 let backoff = w.rng().random_range(5_000..50_000);
                 self.retry_or_give_up(w, backoff);
+            }
+            Err(ReplyErr::Rejected(ApplyError::SessionExpired { .. })) => {
+                // The Rust client's UnknownOutcome: the op stays unknown in the history (an
+                // earlier attempt may have applied), and the next write opens a new session.
+                self.new_session();
+                self.current = None;
+                self.phase = Phase::Idle;
+                let think = w.rng().random_range(0..20_000);
+                w.schedule_client(self.idx, think);
             }
             Err(ReplyErr::Rejected(err)) => {
                 w.violation(format!(

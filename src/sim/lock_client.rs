@@ -41,6 +41,8 @@ pub(crate) struct LockClient {
     name: String,
     client_id: u64,
     seq: u64,
+    /// Whether a write of this session was answered (see `sim::client`).
+    session_known: bool,
     nodes: u64,
     leader_guess: NodeId,
     pending: Option<Pending>,
@@ -204,6 +206,9 @@ impl LockClient {
         let Some(p) = &mut self.pending else { return };
         if now >= p.started + OP_DEADLINE {
             // Unknown outcome: assume the worst (the lock is not ours) and start over.
+            if !self.session_known {
+                self.new_session();
+            }
             self.pending = None;
             self.held = None;
             self.think(w, 0..20 * MS);
@@ -219,6 +224,13 @@ impl LockClient {
         w.schedule_client(self.idx, d);
     }
 
+    /// A new session: a fresh id (unique: the base ids are below 2^32), sequence 1 next.
+    fn new_session(&mut self) {
+        self.client_id += 1 << 32;
+        self.seq = 0;
+        self.session_known = false;
+    }
+
     pub(crate) fn on_reply(&mut self, w: &mut World, r: ClientReply) {
         let Some(p) = &self.pending else { return };
         if p.backoff_until.is_some() || r.attempt != p.attempt {
@@ -226,7 +238,17 @@ impl LockClient {
         }
         let started = (p.started, p.seq);
         let command = p.command.clone();
+        if matches!(r.result, Ok(_) | Err(ReplyErr::Rejected(_))) {
+            self.session_known = true;
+        }
         match r.result {
+            Err(ReplyErr::Rejected(ApplyError::SessionExpired { .. })) => {
+                // Unknown outcome (an earlier attempt may have applied): as on a give-up.
+                self.new_session();
+                self.pending = None;
+                self.held = None;
+                self.think(w, 0..20 * MS);
+            }
             Ok(Answer::Applied(outcome, index)) => {
                 self.pending = None;
                 self.on_outcome(w, &command, started, Ok((outcome, index)));

@@ -109,7 +109,12 @@ impl LockCheck {
     ) -> Result<(), String> {
         let model = self.models.entry(id).or_default();
         let mut event = None;
-        if !before.duplicate {
+        // A write refused by its session (expired, or a reused sequence) executed nothing.
+        let refused = matches!(
+            result,
+            Err(ApplyError::SessionExpired { .. } | ApplyError::SessionMismatch { .. })
+        );
+        if !before.duplicate && !refused {
             event = replay(model, index, &p.command, result, before, sm)
                 .map_err(|e| format!("node {id}, index {index}: {e}"))?;
         }

@@ -16,6 +16,24 @@ pub enum ApplyError {
         /// the session's last applied sequence
         last: u64,
     },
+    /// A write from a session the state machine no longer knows (dropped when it expired or
+    /// was evicted), or never knew with a sequence above 1. Nothing was applied; an earlier
+    /// attempt of the same request may or may not have been.
+    #[error("session expired; the outcome of your earlier attempt is unknown (client {client_id}, sequence {sequence}); start a new session")]
+    SessionExpired {
+        /// client id
+        client_id: u64,
+        /// the sequence sent
+        sequence: u64,
+    },
+    /// A write reusing the session's last applied sequence with a different command.
+    #[error("request sequence {sequence} of client {client_id} was already used for a different command; each new request needs a new sequence")]
+    SessionMismatch {
+        /// client id
+        client_id: u64,
+        /// the sequence sent
+        sequence: u64,
+    },
     /// Another holder has an unexpired lease on the lock.
     #[error("lock {name} is held by {holder} (token {token})")]
     LockHeld {

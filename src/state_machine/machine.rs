@@ -2,7 +2,7 @@
 
 use super::command::{encode_exact, Command, Fence, Outcome, Proposal};
 use super::error::ApplyError;
-use super::sessions::{ClientSession, SessionLimits, Sessions, Verdict};
+use super::sessions::{command_digest, ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,10 @@ pub struct LockInfo {
 }
 
 /// The snapshot format: everything that shapes future outcomes, in a stable order.
+///
+/// Written as these fields followed by [`SessionsExtra`]; a snapshot of an older version has
+/// nothing after them (postcard writes fields one after another without framing), so it still
+/// decodes, with no retired ids and no command digests.
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     applied_index: LogIndex,
@@ -45,14 +49,24 @@ struct SnapshotData {
     locks: BTreeMap<String, LockInfo>,
 }
 
-/// [`SnapshotData`] borrowed from a live state machine: the same bytes (serde writes a
-/// reference as what it points to), without cloning every key and value first.
+/// What the session rule needs beyond [`SnapshotData`]'s sessions: the command digest of each
+/// session (in the same order) and the retired ids, oldest first.
+#[derive(Serialize, Deserialize, Default)]
+struct SessionsExtra {
+    digests: Vec<Option<u64>>,
+    retired: Vec<u64>,
+}
+
+/// [`SnapshotData`] and [`SessionsExtra`] borrowed from a live state machine: the same bytes
+/// (serde writes a reference as what it points to), without cloning every key and value
+/// first.
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     applied_index: LogIndex,
     kv: &'a BTreeMap<String, String>,
     sessions: Vec<&'a ClientSession>,
     locks: &'a BTreeMap<String, LockInfo>,
+    extra: SessionsExtra,
 }
 
 /// A snapshot that could not be restored.
@@ -78,12 +92,13 @@ impl StateMachine {
 
     /// Applies the command encoded in `data` at `index`.
     ///
-    /// A proposal with a session is applied at most once: a retry of the session's last
-    /// sequence returns the cached outcome, an older sequence fails.
+    /// A proposal with a session is applied at most once (see the `sessions` module doc): a
+    /// retry of the session's last sequence returns the cached outcome, an older sequence
+    /// fails, and a write from a dropped session fails with [`ApplyError::SessionExpired`].
     ///
     /// # Errors
     /// A deterministic per-command failure (see [`ApplyError`]); the state is unchanged
-    /// except for the applied index (and session expiry, which depends only on the index).
+    /// except for the applied index and the session table (both depend only on the entries).
     ///
     /// # Panics
     /// If `index` is not above the applied index (the driver applied out of order).
@@ -93,13 +108,27 @@ impl StateMachine {
         let Some(session) = proposal.session else {
             return self.execute(index, proposal.command);
         };
-        match self.sessions.check(session, index)? {
+        if session.client_id == 0 || session.sequence == 0 {
+            // The services refuse these before proposing; an entry carrying one anyway
+            // fails alike everywhere.
+            return Err(ApplyError::Undecodable(
+                "a session's client_id and sequence must not be 0".to_string(),
+            ));
+        }
+        let digest = command_digest(&encode_exact(&proposal.command));
+        match self.sessions.check(session, digest, index)? {
             Verdict::Duplicate(outcome) => Ok(outcome),
-            Verdict::Apply => {
-                let outcome = self.execute(index, proposal.command)?;
-                self.sessions.record(session, outcome.clone(), index);
-                Ok(outcome)
-            }
+            Verdict::Apply => match self.execute(index, proposal.command) {
+                Ok(outcome) => {
+                    self.sessions
+                        .record(session, digest, outcome.clone(), index);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    self.sessions.record_failure(session, index);
+                    Err(e)
+                }
+            },
         }
     }
 
@@ -146,34 +175,47 @@ impl StateMachine {
         self.sessions.get(client_id).map(|s| s.last_sequence)
     }
 
-    /// Serializes the whole state (data, applied index, sessions) for a snapshot.
+    /// Serializes the whole state (data, applied index, sessions, retired session ids, locks)
+    /// for a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
         let data = SnapshotRef {
             applied_index: self.applied_index,
             kv: &self.kv,
             sessions: self.sessions.iter().collect(),
             locks: &self.locks,
+            extra: SessionsExtra {
+                digests: self.sessions.iter().map(|s| s.digest).collect(),
+                retired: self.sessions.retired().collect(),
+            },
         };
         encode_exact(&data)
     }
 
-    /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes.
+    /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes (also those written
+    /// before retired ids were kept).
     ///
     /// # Errors
     /// The bytes are not a snapshot.
     pub fn restore(data: &[u8], limits: SessionLimits) -> Result<Self, SnapshotError> {
-        let snap: SnapshotData =
-            postcard::from_bytes(data).map_err(|e| SnapshotError(e.to_string()))?;
+        let (snap, rest): (SnapshotData, _) =
+            postcard::take_from_bytes(data).map_err(|e| SnapshotError(e.to_string()))?;
+        let extra: SessionsExtra = if rest.is_empty() {
+            SessionsExtra::default()
+        } else {
+            postcard::from_bytes(rest).map_err(|e| SnapshotError(e.to_string()))?
+        };
         let mut sessions = Sessions::new(limits);
-        // Oldest first, so `record`'s eviction keeps the most recently used if limits shrank.
-        let mut by_age = snap.sessions;
-        by_age.sort_by_key(|s| (s.last_used, s.client_id));
-        for s in by_age {
-            let session = super::Session {
-                client_id: s.client_id,
-                sequence: s.last_sequence,
-            };
-            sessions.record(session, s.outcome, s.last_used);
+        for id in extra.retired {
+            sessions.retire(id);
+        }
+        let mut all = snap.sessions;
+        for (session, digest) in all.iter_mut().zip(extra.digests) {
+            session.digest = digest;
+        }
+        // Oldest first, so `insert`'s eviction keeps the most recently used if limits shrank.
+        all.sort_by_key(|s| (s.last_used, s.client_id));
+        for s in all {
+            sessions.insert(s);
         }
         Ok(Self {
             kv: snap.kv,

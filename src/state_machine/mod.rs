@@ -15,10 +15,11 @@
 //! - Entries are applied with strictly increasing indexes (asserted).
 //! - An undecodable entry fails the same way on every replica and changes nothing but the
 //!   applied index.
-//! - A write carrying a session is applied at most once while its session is remembered.
-//!   Sessions are dropped deterministically: after `idle_expiry` indexes without use, or, when
-//!   more than `max_sessions` clients are known, the least recently used first. A retry whose
-//!   session was dropped is applied again; clients must not retry for longer than that.
+//! - A write carrying a session is applied at most once. Sessions are dropped
+//!   deterministically (after `idle_expiry` indexes without use, or the least recently used
+//!   beyond `max_sessions`) and their ids retired: a write from a dropped session is refused
+//!   as [`ApplyError::SessionExpired`], never applied again. The retired ids are bounded too
+//!   (`max_retired`); the `sessions` module doc says what that leaves open.
 //! - Session expiry is measured in log indexes, not time, so replicas agree on it.
 #![warn(missing_docs)]
 

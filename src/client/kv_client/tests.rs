@@ -217,6 +217,54 @@ async fn invalid_argument_is_returned_at_once() {
     assert_eq!(node.seen().len(), 1, "not retried");
 }
 
+fn sessions_seen(node: &FakeNode) -> Vec<(u64, u64)> {
+    let session = |r: &pb::PutRequest| r.session.map(|s| (s.client_id, s.sequence));
+    node.seen().iter().filter_map(session).collect()
+}
+
+#[tokio::test]
+async fn an_expired_session_is_an_unknown_outcome_and_the_next_write_opens_a_new_session() {
+    let node = FakeNode::default();
+    let message = "session expired; the outcome of your earlier attempt is unknown (client 7, sequence 2); start a new session";
+    let mut expired = Status::failed_precondition(message);
+    expired.metadata_mut().insert(
+        "kvstore-error",
+        MetadataValue::from_static("session-expired"),
+    );
+    node.script(vec![Answer::Ok(1), Answer::Fail(expired), Answer::Ok(3)]);
+    let addr = serve(node.clone()).await;
+    let mut client = Client::with_options(vec![addr], fast(5000)).unwrap();
+    let first_id = client.client_id();
+    client.put("k", "v").await.unwrap();
+    let error = client.put("k", "w").await.unwrap_err();
+    assert_eq!(error, ClientError::UnknownOutcome(message.into()));
+    assert!(error
+        .to_string()
+        .starts_with("outcome unknown: session expired"));
+    assert_eq!(node.seen().len(), 2, "not retried");
+    client.put("k", "x").await.unwrap();
+    let second_id = client.client_id();
+    assert_ne!(second_id, first_id, "a new session");
+    assert_eq!(
+        sessions_seen(&node),
+        [(first_id, 1), (first_id, 2), (second_id, 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_write_refused_as_invalid_gives_its_sequence_back() {
+    // Otherwise the first valid write would carry sequence 2 and the cluster, which never
+    // saw sequence 1, would refuse it as from an expired session.
+    let node = FakeNode::default();
+    node.script(vec![Answer::Fail(Status::invalid_argument("key is empty"))]);
+    let addr = serve(node.clone()).await;
+    let mut client = Client::with_options(vec![addr], fast(5000)).unwrap();
+    client.put("", "v").await.unwrap_err();
+    client.put("k", "v").await.unwrap();
+    let id = client.client_id();
+    assert_eq!(sessions_seen(&node), [(id, 1), (id, 1)]);
+}
+
 #[tokio::test]
 async fn gives_up_at_the_deadline_with_the_last_error() {
     let mut client = Client::with_options(vec![dead_addr()], fast(400)).unwrap();

@@ -130,8 +130,9 @@ fn duplicate_delete_returns_the_original_outcome() {
 #[test]
 fn sessions_are_independent_per_client() {
     let mut sm = StateMachine::new();
-    sm.apply(1, &put("a", "1", Some((1, 5)))).unwrap();
-    assert_eq!(sm.apply(2, &put("b", "1", Some((2, 1)))), Ok(Outcome::Put));
+    sm.apply(1, &put("a", "1", Some((1, 1)))).unwrap();
+    sm.apply(2, &put("a", "2", Some((1, 5)))).unwrap();
+    assert_eq!(sm.apply(3, &put("b", "1", Some((2, 1)))), Ok(Outcome::Put));
     assert_eq!(sm.session_sequence(1), Some(5));
     assert_eq!(sm.session_sequence(2), Some(1));
     assert_eq!(sm.session_count(), 2);
@@ -142,6 +143,7 @@ fn least_recently_used_session_is_evicted_when_full() {
     let limits = SessionLimits {
         max_sessions: 2,
         idle_expiry: 1_000,
+        max_retired: 10,
     };
     let mut sm = StateMachine::with_limits(limits);
     sm.apply(1, &put("a", "1", Some((1, 1)))).unwrap();
@@ -157,10 +159,198 @@ fn least_recently_used_session_is_evicted_when_full() {
         "client 2 was least recently used"
     );
     assert_eq!(sm.session_sequence(3), Some(1));
-    // The evicted client's retry is applied again (documented limit).
+    // The evicted client's retry is refused, not applied again.
     sm.apply(5, &put("b", "again", None)).unwrap();
-    assert_eq!(sm.apply(6, &put("b", "1", Some((2, 1)))), Ok(Outcome::Put));
-    assert_eq!(sm.get("b"), Some("1"));
+    assert_eq!(
+        sm.apply(6, &put("b", "1", Some((2, 1)))),
+        Err(ApplyError::SessionExpired {
+            client_id: 2,
+            sequence: 1
+        })
+    );
+    assert_eq!(sm.get("b"), Some("again"));
+}
+
+/// Issue 12 item 1, the reported scenario: (A,1) applied, 10,500 other sessions write, B
+/// overwrites the key and is acknowledged, then A's retry of (A,1) arrives. It must be
+/// refused as expired, and B's write must stay.
+#[test]
+fn a_first_write_retried_after_its_session_was_evicted_is_refused_not_reapplied() {
+    let mut sm = StateMachine::new();
+    let a = 0xA;
+    let retry = put("k", "from A", Some((a, 1)));
+    assert_eq!(sm.apply(1, &retry), Ok(Outcome::Put));
+    let mut index = 1;
+    for client in 0..10_500u64 {
+        index += 1;
+        let key = format!("other-{client}");
+        sm.apply(index, &put(&key, "x", Some((1_000_000 + client, 1))))
+            .unwrap();
+    }
+    assert_eq!(sm.session_sequence(a), None, "A was evicted");
+    index += 1;
+    assert_eq!(
+        sm.apply(index, &put("k", "from B", Some((0xB, 1)))),
+        Ok(Outcome::Put)
+    );
+    index += 1;
+    let err = sm.apply(index, &retry).unwrap_err();
+    assert_eq!(
+        err,
+        ApplyError::SessionExpired {
+            client_id: a,
+            sequence: 1
+        }
+    );
+    assert!(
+        err.to_string()
+            .starts_with("session expired; the outcome of your earlier attempt is unknown"),
+        "{err}"
+    );
+    assert_eq!(sm.get("k"), Some("from B"), "B's acknowledged write stays");
+    // A later request of A's dropped session is refused too.
+    index += 1;
+    assert!(matches!(
+        sm.apply(index, &put("k", "A again", Some((a, 2)))),
+        Err(ApplyError::SessionExpired { .. })
+    ));
+    assert_eq!(sm.get("k"), Some("from B"));
+    // The refusals survive a snapshot (another replica installing it refuses alike).
+    let mut restored = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
+    assert!(matches!(
+        restored.apply(index + 1, &retry),
+        Err(ApplyError::SessionExpired { .. })
+    ));
+    assert_eq!(restored.get("k"), Some("from B"));
+}
+
+#[test]
+fn an_unknown_session_with_a_sequence_above_one_is_refused() {
+    let mut sm = StateMachine::new();
+    assert_eq!(
+        sm.apply(1, &put("k", "v", Some((9, 2)))),
+        Err(ApplyError::SessionExpired {
+            client_id: 9,
+            sequence: 2
+        })
+    );
+    assert!(sm.is_empty());
+    // Sequence 1 of an id never seen opens a session.
+    assert_eq!(sm.apply(2, &put("k", "v", Some((9, 1)))), Ok(Outcome::Put));
+}
+
+#[test]
+fn retired_ids_are_bounded_and_the_oldest_leaves_first() {
+    let limits = SessionLimits {
+        max_sessions: 1,
+        idle_expiry: 1_000,
+        max_retired: 2,
+    };
+    let mut sm = StateMachine::with_limits(limits);
+    for client in 1..=4u64 {
+        sm.apply(client, &put("k", "v", Some((client, 1)))).unwrap();
+    }
+    // Client 1 was retired first and aged out (the documented window); 2 and 3 are retired.
+    assert_eq!(sm.sessions.retired().collect::<Vec<_>>(), vec![2, 3]);
+    assert!(matches!(
+        sm.apply(5, &put("k", "v", Some((2, 1)))),
+        Err(ApplyError::SessionExpired { .. })
+    ));
+    assert_eq!(sm.apply(6, &put("k", "v", Some((1, 1)))), Ok(Outcome::Put));
+}
+
+#[test]
+fn a_duplicate_sequence_with_a_different_command_is_refused() {
+    let mut sm = StateMachine::new();
+    assert_eq!(sm.apply(1, &put("k", "a", Some((4, 1)))), Ok(Outcome::Put));
+    assert_eq!(
+        sm.apply(2, &put("k", "b", Some((4, 1)))),
+        Err(ApplyError::SessionMismatch {
+            client_id: 4,
+            sequence: 1
+        })
+    );
+    assert_eq!(
+        sm.apply(3, &delete("k", Some((4, 1)))),
+        Err(ApplyError::SessionMismatch {
+            client_id: 4,
+            sequence: 1
+        })
+    );
+    assert_eq!(sm.get("k"), Some("a"));
+    // The same command is still answered from the cache, also after a snapshot.
+    assert_eq!(sm.apply(4, &put("k", "a", Some((4, 1)))), Ok(Outcome::Put));
+    let mut restored = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
+    assert!(matches!(
+        restored.apply(5, &put("k", "b", Some((4, 1)))),
+        Err(ApplyError::SessionMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_failed_first_write_opens_the_session_so_the_next_sequence_applies() {
+    let mut sm = StateMachine::new();
+    let fenced = proposal(
+        Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+            fence: Some(Fence {
+                lock: "L".into(),
+                token: 1,
+            }),
+        },
+        Some((6, 1)),
+    );
+    assert!(matches!(
+        sm.apply(1, &fenced),
+        Err(ApplyError::StaleFence { .. })
+    ));
+    assert_eq!(sm.session_sequence(6), Some(0));
+    assert_eq!(sm.apply(2, &put("k", "v", Some((6, 2)))), Ok(Outcome::Put));
+    assert_eq!(sm.session_sequence(6), Some(2));
+}
+
+#[test]
+fn zero_session_fields_are_refused_and_change_nothing() {
+    let mut sm = StateMachine::new();
+    for (i, session) in [(0, 1), (1, 0)].into_iter().enumerate() {
+        let err = sm.apply(i as u64 + 1, &put("k", "v", Some(session)));
+        assert!(matches!(err, Err(ApplyError::Undecodable(_))), "{err:?}");
+    }
+    assert!(sm.is_empty());
+    assert_eq!(sm.session_count(), 0);
+}
+
+#[test]
+fn a_snapshot_written_before_retired_ids_still_restores() {
+    // The previous format: the same fields without the trailing sessions extra.
+    #[derive(serde::Serialize)]
+    struct Old {
+        applied_index: LogIndex,
+        kv: BTreeMap<String, String>,
+        sessions: Vec<ClientSession>,
+        locks: BTreeMap<String, LockInfo>,
+    }
+    let mut sm = StateMachine::new();
+    sm.apply(1, &put("a", "1", Some((3, 1)))).unwrap();
+    let old = Old {
+        applied_index: 1,
+        kv: sm.kv.clone(),
+        sessions: sm.sessions.iter().cloned().collect(),
+        locks: BTreeMap::new(),
+    };
+    let mut restored = StateMachine::restore(
+        &postcard::to_allocvec(&old).unwrap(),
+        SessionLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(restored.session_sequence(3), Some(1));
+    assert_eq!(restored.get("a"), Some("1"));
+    // Without the digest the duplicate is answered from the cache as before.
+    assert_eq!(
+        restored.apply(2, &put("a", "1", Some((3, 1)))),
+        Ok(Outcome::Put)
+    );
 }
 
 #[test]
@@ -168,6 +358,7 @@ fn idle_sessions_expire_after_the_configured_number_of_entries() {
     let limits = SessionLimits {
         max_sessions: 10,
         idle_expiry: 3,
+        max_retired: 10,
     };
     let mut sm = StateMachine::with_limits(limits);
     sm.apply(1, &put("a", "1", Some((1, 1)))).unwrap();
@@ -179,6 +370,11 @@ fn idle_sessions_expire_after_the_configured_number_of_entries() {
     assert_eq!(sm.session_sequence(2), Some(1));
     sm.apply_noop(6);
     assert_eq!(sm.session_count(), 0);
+    // Expired, not forgotten: a retry is refused.
+    assert!(matches!(
+        sm.apply(7, &put("a", "1", Some((1, 1)))),
+        Err(ApplyError::SessionExpired { .. })
+    ));
 }
 
 #[test]
@@ -186,8 +382,10 @@ fn zero_max_sessions_disables_sessions() {
     let mut sm = StateMachine::with_limits(SessionLimits {
         max_sessions: 0,
         idle_expiry: 10,
+        max_retired: 10,
     });
     sm.apply(1, &put("a", "1", Some((1, 1)))).unwrap();
+    assert_eq!(sm.apply(2, &put("a", "2", Some((1, 2)))), Ok(Outcome::Put));
     assert_eq!(sm.session_count(), 0);
 }
 
@@ -196,6 +394,7 @@ fn replicas_applying_the_same_entries_agree() {
     let limits = SessionLimits {
         max_sessions: 3,
         idle_expiry: 20,
+        max_retired: 5,
     };
     let mut entries = Vec::new();
     for i in 0..200u64 {
@@ -223,10 +422,11 @@ fn replicas_applying_the_same_entries_agree() {
 #[test]
 fn snapshot_restore_preserves_data_index_and_sessions() {
     let mut sm = StateMachine::new();
-    sm.apply(1, &put("a", "1", Some((1, 1)))).unwrap();
-    sm.apply(2, &put("b", "2", Some((2, 4)))).unwrap();
+    sm.apply(1, &put("b", "1", Some((2, 1)))).unwrap();
+    sm.apply(2, &put("a", "1", Some((1, 1)))).unwrap();
+    sm.apply(3, &put("b", "2", Some((2, 4)))).unwrap();
     let restored = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
-    assert_eq!(restored.applied_index(), 2);
+    assert_eq!(restored.applied_index(), 3);
     assert_eq!(
         restored.iter().collect::<Vec<_>>(),
         sm.iter().collect::<Vec<_>>()
@@ -240,18 +440,29 @@ fn snapshot_restore_preserves_data_index_and_sessions() {
         sessions: sm.sessions.iter().cloned().collect(),
         locks: sm.locks.clone(),
     };
+    let extra = SessionsExtra {
+        digests: sm.sessions.iter().map(|s| s.digest).collect(),
+        retired: sm.sessions.retired().collect(),
+    };
     let snapshot = sm.snapshot();
-    assert_eq!(snapshot, postcard::to_allocvec(&owned).unwrap());
+    let mut want = postcard::to_allocvec(&owned).unwrap();
+    want.extend(postcard::to_allocvec(&extra).unwrap());
+    assert_eq!(snapshot, want);
     assert_eq!(snapshot.len(), snapshot.capacity());
 
     // Shrunk limits keep the most recently used session.
     let small = SessionLimits {
         max_sessions: 1,
         idle_expiry: 10,
+        max_retired: 10,
     };
     let restored = StateMachine::restore(&sm.snapshot(), small).unwrap();
     assert_eq!(restored.session_sequence(1), None);
     assert_eq!(restored.session_sequence(2), Some(4));
+    assert!(
+        restored.sessions.is_retired(1),
+        "dropped on restore, so retired"
+    );
 
     assert!(StateMachine::restore(&[0xff; 3], small).is_err());
 }
@@ -466,7 +677,7 @@ mod locks {
         let mut sm = StateMachine::new();
         sm.apply(1, &acquire("L", "A", 300)).unwrap();
         let name = "L".to_string();
-        let tagged = proposal(Command::Release { name, token: 1 }, Some((7, 5)));
+        let tagged = proposal(Command::Release { name, token: 1 }, Some((7, 1)));
         assert_eq!(sm.apply(2, &tagged), Ok(Outcome::Released));
         assert_eq!(sm.apply(3, &tagged), Ok(Outcome::Released));
         assert_eq!(sm.lock("L"), None);

@@ -287,12 +287,14 @@ impl Scenario {
             .map_or(0, |n| n.core.snapshot_meta().index)
     }
 
-    /// The index of the latest snapshot in `id`'s storage (0: none).
+    /// The index of the latest snapshot in `id`'s storage (0: none, or the node is down: its
+    /// store is closed, and what a crash kept is known only once it restarts).
     pub fn stored_snapshot(&self, id: NodeId) -> LogIndex {
         self.w
             .nodes
             .get(&id)
-            .and_then(|n| n.store.snapshot().ok().flatten())
+            .and_then(|n| n.disk.store())
+            .and_then(|s| s.snapshot().ok().flatten())
             .map_or(0, |s| s.meta.index)
     }
 

@@ -10,8 +10,9 @@
 //!   the restart resolves what survived and reopens the store from those files: replay,
 //!   torn-tail repair, compaction redo and segment removal run exactly as at the daemon's
 //!   start, and the core and state machine are rebuilt from what the store loads.
-//! - A clean restart (SIGTERM) loses nothing; it reopens the store, sometimes several times
-//!   in a row, each one running the store's recovery.
+//! - A clean restart (SIGTERM) loses nothing: it reopens the store, sometimes several times
+//!   in a row, each one running the store's recovery, and each must load exactly what the
+//!   store held when the node stopped (the check that finds issue 11's defect 1).
 //! - A disk fault is a failure injected at one of the next operations of the node's file
 //!   system (`EIO`, `ENOSPC`, or a power loss). Every storage error is fatal to the node,
 //!   like the daemon's exit 3: it stops at once and restarts later from its files. An error
@@ -23,6 +24,7 @@ use rand::Rng;
 
 use super::{Ev, NodeId, World, MS};
 use crate::raft::storage::LogStore;
+use crate::raft::{Entry, HardState, SnapshotMeta};
 use crate::storage::fs::{Fault, SimFs, SimFsConfig};
 use crate::storage::{FileStore, StorageError};
 
@@ -40,6 +42,41 @@ pub(crate) struct Disk {
     /// Log segment size (0: the production size).
     segment_bytes: u64,
     store: Option<Store>,
+    /// After a clean stop, until the node restarts: what the store held then.
+    kept: Option<Held>,
+}
+
+/// What a store holds: what `load` returns, and its latest snapshot.
+#[derive(PartialEq)]
+struct Held {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+    snapshot: Option<SnapshotMeta>,
+}
+
+impl Held {
+    fn of(store: &Store) -> Result<Held, StorageError> {
+        let (hard_state, entries) = store.load()?;
+        let snapshot = store.snapshot()?.map(|s| s.meta);
+        Ok(Held {
+            hard_state,
+            entries,
+            snapshot,
+        })
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let last = self.entries.last().map(|e| (e.index, e.term));
+        write!(
+            f,
+            "{:?}, snapshot {:?}, {} entries (last {last:?})",
+            self.hard_state,
+            self.snapshot,
+            self.entries.len()
+        )
+    }
 }
 
 impl Disk {
@@ -53,6 +90,7 @@ impl Disk {
             dir: PathBuf::from(format!("/node-{id}")),
             segment_bytes,
             store: None,
+            kept: None,
         };
         disk.store = Some(
             disk.open()
@@ -80,6 +118,27 @@ impl Disk {
         self.store = None;
         self.fs.restart();
         Ok(self.store.insert(self.open()?))
+    }
+
+    /// After a clean stop, the store just reopened must hold what it held then (`Ok` if the
+    /// node did not stop cleanly); else what it holds instead.
+    fn check_kept(&self) -> Result<(), String> {
+        let (Some(kept), Some(store)) = (&self.kept, &self.store) else {
+            return Ok(());
+        };
+        match Held::of(store) {
+            Ok(now) if now == *kept => Ok(()),
+            Ok(now) => Err(format!("holds {now} instead of {kept}")),
+            Err(e) => Err(format!("fails to load: {e}")),
+        }
+    }
+
+    /// [`reopen`](Self::reopen), checking that a clean stop lost nothing.
+    pub(super) fn reopen_checked(&mut self) -> Result<&Store, String> {
+        self.reopen().map_err(|e| format!("does not open: {e}"))?;
+        self.check_kept()?;
+        self.kept = None;
+        self.store.as_ref().ok_or_else(|| "is closed".to_owned())
     }
 
     /// The process stopped: the store is closed; with `power_loss`, whatever was not
@@ -188,15 +247,35 @@ impl World {
         }
         self.note(|| format!("CLEAN RESTART node {id} ({times} in a row)"));
         self.outcome.clean_restarts += 1;
+        let kept = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.disk.store.as_ref())
+            .map(Held::of);
+        match kept {
+            Some(Ok(kept)) => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.disk.kept = Some(kept);
+                }
+            }
+            Some(Err(e)) => {
+                self.violation(format!("node {id}: its store fails to load: {e}"));
+                return;
+            }
+            None => {}
+        }
         self.stop(id, false);
         for _ in 1..times {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
-            if let Err(e) = n.disk.reopen() {
-                self.violation(format!(
-                    "node {id}: its store does not open after a clean restart: {e}"
-                ));
+            let reopened = n
+                .disk
+                .reopen()
+                .map(|_| ())
+                .map_err(|e| format!("does not open: {e}"));
+            if let Err(e) = reopened.and_then(|()| n.disk.check_kept()) {
+                self.violation(format!("node {id}: after a clean restart its store {e}"));
                 return;
             }
             n.disk.stop(false);

@@ -31,9 +31,11 @@ use crate::storage::{FileStore, StorageError};
 /// A node's store: the daemon's own segment log, snapshot files and hard-state file.
 pub(crate) type Store = FileStore<SimFs>;
 
-/// The longest run of operations a crash can cut a write in progress at (a persist is a
-/// write and a sync; a new term adds 5 operations, a segment roll a few more).
-const CUT_WITHIN: u64 = 12;
+/// A crash cuts the writes in progress at one of their next this many operations (0: they
+/// had not started). A persist is a write and a sync, so most crashes lose or tear it; a
+/// new term adds 5 operations before them, a segment roll or a snapshot more: those often
+/// stop half-way.
+const CUT_WITHIN: u64 = 4;
 
 /// A node's disk: its file system, and the store open on it while the node is up.
 pub(crate) struct Disk {

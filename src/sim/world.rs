@@ -1,4 +1,5 @@
-//! The simulated world: event queue, network, disks, nodes and the fault scheduler.
+//! The simulated world: event queue, network, nodes and the fault scheduler; each node's disk
+//! (the real store over a crash-modelling file system) is `world/disk.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};

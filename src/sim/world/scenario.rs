@@ -41,7 +41,8 @@ pub enum ScriptedFault {
     Pause(NodeId),
     /// SIGCONT.
     Resume(NodeId),
-    /// SIGKILL: what was not persisted is lost (a write in progress may land torn).
+    /// Power loss: what was not synced is at risk (the store's file system decides at the
+    /// restart what survived), and a write in progress is cut at a random operation.
     Crash(NodeId),
     /// Restart a crashed node from its storage.
     Restart(NodeId),

@@ -1,5 +1,5 @@
 //! The storage contract the driver persists `Ready` batches through, and [`MemStorage`],
-//! an in-memory implementation for tests and the simulator.
+//! an in-memory implementation for tests (the simulator runs the real `storage::FileStore`).
 //!
 //! The core keeps the log after its latest snapshot in memory, so storage is written by the
 //! driver and read at start-up to rebuild the core, and when a follower needs the snapshot.
@@ -54,7 +54,7 @@ pub trait LogStore {
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Self::Error>;
 }
 
-/// In-memory [`LogStore`]. "Durable" here means "survives a simulated crash", i.e. whatever
+/// In-memory [`LogStore`]. "Durable" here means "survives a reopen", i.e. whatever
 /// `persist` returned for.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {

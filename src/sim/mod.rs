@@ -1,11 +1,22 @@
 //! Deterministic simulation of a whole cluster: the real Raft core and the real state machine,
-//! driven the way `node::driver` drives them, over a simulated network and simulated disks,
-//! in one thread, with simulated time and one seeded RNG. Same seed, same run, bit for bit.
+//! driven the way `node::driver` drives them, over a simulated network, in one thread, with
+//! simulated time and one seeded RNG. Same seed, same run, bit for bit.
+//!
+//! Storage is the real one: every node persists, installs and stores its snapshots through
+//! `storage::FileStore` (the daemon's segment log, snapshot files, and the hard state in a
+//! small file) over `storage::fs::SimFs`, a file system that models crashes (unsynced writes
+//! lost, cut or torn; names durable only once their directory is synced) and injects disk
+//! faults (`world/disk.rs`). Not covered: sled itself (the daemon keeps the term and vote in
+//! sled, the simulator in the hard-state file) and the real transport (gRPC, its limits).
 //!
 //! Faults: messages dropped, delayed, duplicated and reordered; partitions of any subset,
-//! including one-way cuts; nodes crashed at any step (whatever was not yet persisted is lost,
-//! and a write in progress may be torn: a prefix of it lands) and restarted from their
-//! storage; nodes paused (SIGSTOP-like zombies) and resumed; slow disks.
+//! including one-way cuts; nodes crashed at any step (power loss: the writes in progress are
+//! cut at a random operation, and the file system's crash model decides what survives) and
+//! restarted by reopening their store from the surviving files (replay, torn-tail repair,
+//! compaction redo, segment removal); clean restarts, one to three in a row (each must reload
+//! exactly what the store held); disk faults (`EIO`, `ENOSPC` or a power loss at one of a
+//! node's next file-system operations: the node stops, as the daemon exits 3); nodes paused
+//! (SIGSTOP-like zombies) and resumed; slow disks.
 //!
 //! Checks: after every event, the Raft invariants (`invariants.rs`); at the end, the client
 //! history is linearizable (`crate::lincheck`), every node applied the same state, once
@@ -18,14 +29,15 @@
 //!
 //! Tests: the fixed seeds, the mutation tests and the scripted scenarios are the `simulation`
 //! test target (`tests/simulation/`), a test binary of their own, so their CPU-heavy runs do
-//! not starve the library's timing-sensitive tests; only the determinism test, which needs a
-//! crate-private trace, is a unit test here (`tests.rs`).
+//! not starve the library's timing-sensitive tests; the tests that need crate-private code
+//! are unit tests here (`tests.rs`): the determinism test (a trace), and the storage's
+//! test-only mutation of issue 11's defect 1 caught through the simulator.
 //!
 //! The simulated driver runs the daemon driver's own I/O-free parts: the lease table
 //! (`node::leases`) and the lease-read clock (`node::tick_clock`).
 //!
 //! What it may import: `raft`, `state_machine`, `lincheck`, the I/O-free modules of `node`
-//! named above, std, rand. No tokio, no clock.
+//! named above, `storage` (`FileStore` over `SimFs` only), std, rand. No tokio, no clock.
 
 mod client;
 mod invariants;

@@ -118,6 +118,9 @@ mod snapshot_file;
 
 pub use error::StorageError;
 pub use file_store::FileStore;
+/// The storage's test-only mutation switches (the simulator's tests switch them on too).
+#[cfg(test)]
+pub(crate) use segment_log::mutation;
 pub use sled_store::SledStore;
 pub use sled_store::{ClusterIdentity, IdentityError, IdentityMismatch};
 

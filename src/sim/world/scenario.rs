@@ -41,7 +41,8 @@ pub enum ScriptedFault {
     Pause(NodeId),
     /// SIGCONT.
     Resume(NodeId),
-    /// SIGKILL: what was not persisted is lost (a write in progress may land torn).
+    /// Power loss: what was not synced is at risk (the store's file system decides at the
+    /// restart what survived), and a write in progress is cut at a random operation.
     Crash(NodeId),
     /// Restart a crashed node from its storage.
     Restart(NodeId),
@@ -287,12 +288,14 @@ impl Scenario {
             .map_or(0, |n| n.core.snapshot_meta().index)
     }
 
-    /// The index of the latest snapshot in `id`'s storage (0: none).
+    /// The index of the latest snapshot in `id`'s storage (0: none, or the node is down: its
+    /// store is closed, and what a crash kept is known only once it restarts).
     pub fn stored_snapshot(&self, id: NodeId) -> LogIndex {
         self.w
             .nodes
             .get(&id)
-            .and_then(|n| n.store.snapshot().ok().flatten())
+            .and_then(|n| n.disk.store())
+            .and_then(|s| s.snapshot().ok().flatten())
             .map_or(0, |s| s.meta.index)
     }
 

@@ -1,10 +1,11 @@
 //! Log compaction in the simulated driver, as the daemon does it (`node/driver/snapshot.rs`):
 //! the state machine is serialized on the loop, then the snapshot is stored on a background
 //! thread while the node goes on serving; the core compacts its log only once the store
-//! reports the snapshot durable, and only between two Ready batches. A crash before then
-//! may or may not have published it (the store switches to a new snapshot atomically); a
-//! leader's snapshot arriving meanwhile waits for ours to be stored and is then installed
-//! without compacting to ours.
+//! reports the snapshot durable, and only between two Ready batches. The store is the real
+//! one (`disk.rs`): a crash before then cuts its `install_snapshot` short at a random
+//! operation, and the store's recovery decides at restart what survived; a leader's snapshot
+//! arriving meanwhile waits for ours to be stored and is then installed without compacting
+//! to ours.
 
 use rand::Rng;
 
@@ -23,6 +24,16 @@ impl SnapshotTask {
     /// The index the snapshot covers.
     pub(super) fn index(&self) -> LogIndex {
         self.snapshot.meta.index
+    }
+
+    /// The snapshot being stored.
+    pub(super) fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Whether the store reported it durable.
+    pub(super) fn stored(&self) -> bool {
+        self.stored
     }
 }
 
@@ -75,16 +86,18 @@ impl World {
             self.schedule(super::TICK, Ev::SnapshotStored(id, incarnation));
             return;
         }
-        let Some(task) = &mut n.snapshot_task else {
+        let Some(task) = n.snapshot_task.take() else {
             // Drained by a leader's snapshot: already stored, not to be compacted to.
             return;
         };
-        if n.disk_fails {
-            self.disk_failed(id);
+        let stored = self.store_op(id, |s| s.install_snapshot(&task.snapshot));
+        let Some(n) = self.nodes.get_mut(&id).filter(|_| stored.is_some()) else {
             return;
-        }
-        let _ = n.store.install_snapshot(&task.snapshot);
-        task.stored = true;
+        };
+        n.snapshot_task = Some(SnapshotTask {
+            stored: true,
+            ..task
+        });
         if n.busy.is_none() {
             self.finish_snapshot(id);
         }
@@ -108,35 +121,17 @@ impl World {
     }
 
     /// Before a leader's snapshot replaces ours: wait for ours to be stored (it is older: the
-    /// core accepts only snapshots past its commit), without compacting to it.
-    pub(super) fn drain_snapshot(&mut self, id: NodeId) {
+    /// core accepts only snapshots past its commit), without compacting to it. False if
+    /// storing it failed (the node stopped).
+    pub(super) fn drain_snapshot(&mut self, id: NodeId) -> bool {
         let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        if let Some(task) = n.snapshot_task.take() {
-            if !task.stored {
-                let _ = n.store.install_snapshot(&task.snapshot);
-            }
-        }
-    }
-
-    /// A crash while a snapshot is being stored: the store publishes it atomically, so it
-    /// landed whole or not at all.
-    pub(super) fn crash_snapshot(&mut self, id: NodeId, landed: bool) -> String {
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return String::new();
+            return false;
         };
         match n.snapshot_task.take() {
-            Some(task) if !task.stored => {
-                if landed {
-                    let _ = n.store.install_snapshot(&task.snapshot);
-                }
-                format!(
-                    " (snapshot {} being stored: landed {landed})",
-                    task.snapshot.meta.index
-                )
-            }
-            _ => String::new(),
+            Some(task) if !task.stored => self
+                .store_op(id, |s| s.install_snapshot(&task.snapshot))
+                .is_some(),
+            _ => true,
         }
     }
 }

@@ -110,7 +110,7 @@ fn mutation_count_stale_votes_is_caught() {
     let expected = Expected {
         flag: "--mutation count-stale-votes",
         limit: 2_500,
-        first_seed: 1_253,
+        first_seed: 652,
         checkers: &["Election Safety", "Leader Completeness"],
     };
     assert_caught(
@@ -128,7 +128,7 @@ fn mutation_ack_before_persist_is_caught() {
     let expected = Expected {
         flag: "--mutation ack-before-persist",
         limit: 200,
-        first_seed: 146,
+        first_seed: 112,
         checkers: &["not linearizable", "Leader Completeness"],
     };
     assert_caught(
@@ -145,7 +145,7 @@ fn mutation_install_stale_snapshot_is_caught() {
     let expected = Expected {
         flag: "--mutation install-stale-snapshot",
         limit: 200,
-        first_seed: 9,
+        first_seed: 7,
         checkers: &["commit index of node"],
     };
     let flags = "--lock-clients 0 --classic-raft --no-disk-faults --no-transfers";
@@ -205,7 +205,7 @@ fn mutation_no_byte_cap_is_caught() {
     let expected = Expected {
         flag: "--mutation no-byte-cap",
         limit: 50,
-        first_seed: 8,
+        first_seed: 7,
         checkers: &["over the transport's"],
     };
     assert_caught(

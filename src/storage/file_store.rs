@@ -29,7 +29,7 @@
 use super::error::StorageError;
 use super::fs::{sync_dir, Fs, FsFile, Mode};
 use super::keys::{decode_value, encode_value};
-use super::segment_log::{SegmentLog, SEGMENT_BYTES};
+use super::segment_log::{persist_batch, SegmentLog, SEGMENT_BYTES};
 use super::snapshot_file::{self, SnapshotDir};
 use crate::raft::storage::LogStore;
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, SnapshotMeta};
@@ -180,14 +180,12 @@ impl<F: Fs> LogStore for FileStore<F> {
         entries: &[Entry],
     ) -> Result<(), StorageError> {
         let offset: LogIndex = self.snapshot.map_or(0, |m| m.index);
-        let entries = &entries[entries.partition_point(|e| e.index <= offset)..];
-        if hard_state.is_none() && entries.is_empty() {
+        let Some((new_vote, entries)) = persist_batch(offset, &self.stored, hard_state, entries)
+        else {
             return Ok(());
-        }
+        };
         self.loaded = None;
-        if let Some(hs) =
-            hard_state.filter(|hs| (hs.term, hs.vote) != (self.stored.term, self.stored.vote))
-        {
+        if let Some(hs) = new_vote {
             self.write_hard_state(hs)?;
             self.stored = *hs;
         }

@@ -861,6 +861,24 @@ fn check_snapshot_file(
     })
 }
 
+/// What a `LogStore::persist` batch must write, the same for every store: the entries after
+/// the snapshot at `offset` (those it covers are committed, so already in it), and the hard
+/// state if its term or vote differ from the durable `stored` one (the commit index travels in
+/// the log). `None`: nothing to write at all.
+pub(crate) fn persist_batch<'a>(
+    offset: LogIndex,
+    stored: &HardState,
+    hard_state: Option<&'a HardState>,
+    entries: &'a [Entry],
+) -> Option<(Option<&'a HardState>, &'a [Entry])> {
+    let entries = &entries[entries.partition_point(|e| e.index <= offset)..];
+    if hard_state.is_none() && entries.is_empty() {
+        return None;
+    }
+    let new_vote = hard_state.filter(|hs| (hs.term, hs.vote) != (stored.term, stored.vote));
+    Some((new_vote, entries))
+}
+
 /// The `last` of a Snapshot record for `snapshot`, given the term of the log's entry at the
 /// snapshot's index (if it holds one) and its last index:
 /// - the entry has the snapshot's term: that last index (keep the entries after it);

@@ -3,7 +3,7 @@
 
 use super::error::{describe_sled, StorageError};
 use super::keys::{decode_value, encode_value, HARD_STATE_KEY, LOG_TREE, META_TREE};
-use super::segment_log::SegmentLog;
+use super::segment_log::{persist_batch, SegmentLog};
 use super::snapshot_file::{self, sync_path, SnapshotDir};
 use crate::raft::storage::LogStore;
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, SnapshotMeta};
@@ -304,19 +304,16 @@ impl LogStore for SledStore {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
-        // Entries the snapshot covers are committed, so already in it: never store them.
         let offset = self.snapshot_index();
-        let entries = &entries[entries.partition_point(|e| e.index <= offset)..];
-        if hard_state.is_none() && entries.is_empty() {
-            return Ok(());
-        }
         let inner = &self.inner;
         let mut writer = self.lock_writer();
+        let Some((new_vote, entries)) = persist_batch(offset, &writer.stored, hard_state, entries)
+        else {
+            return Ok(());
+        };
         writer.loaded = None;
         let mut synced = false;
-        if let Some(hs) =
-            hard_state.filter(|hs| (hs.term, hs.vote) != (writer.stored.term, writer.stored.vote))
-        {
+        if let Some(hs) = new_vote {
             let value = encode_value(hs, 32).map_err(|cause| StorageError::Encode {
                 dir: inner.dir.clone(),
                 what: "hard state".to_owned(),

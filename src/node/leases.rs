@@ -18,8 +18,14 @@
 //!   (issue 11, defect 3: marking before proposing kept a dead holder's lock forever).
 //! - A renewal of a lease whose expiry was already proposed came too late: the expiry will end
 //!   the grant right after, so the renewal is answered `StaleToken { current: None }`.
+//!
+//! # Cost
+//! The leases that may become due are also kept ordered by deadline, so a tick costs
+//! O(log n + due) however many locks are held (issue 12: scanning every lock on every tick
+//! stalled the driver's heartbeats with millions of long-TTL locks). Only gaining
+//! leadership walks every held lock, once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Add;
 use std::time::Duration;
 
@@ -54,6 +60,9 @@ pub(crate) struct Leases<T> {
     term: Option<Term>,
     /// By lock name. Invariant: empty unless `term` is `Some`.
     leases: BTreeMap<String, Lease<T>>,
+    /// `(deadline, name)` of every lease in `leases` that is not `expiring`, and of nothing
+    /// else: what [`Leases::due`] walks, earliest first.
+    by_deadline: BTreeSet<(T, String)>,
     /// Mutation switch for the checkers: mark every due lease `expiring` before proposing any
     /// (the bug of issue 11, defect 3).
     pub(crate) mark_before_proposing: bool,
@@ -64,6 +73,7 @@ impl<T> Default for Leases<T> {
         Leases {
             term: None,
             leases: BTreeMap::new(),
+            by_deadline: BTreeSet::new(),
             mark_before_proposing: false,
         }
     }
@@ -87,6 +97,7 @@ impl<T: LeaseTime> Leases<T> {
         let Some(term) = leading else {
             if self.term.take().is_some() {
                 self.leases.clear();
+                self.by_deadline.clear();
             }
             return None;
         };
@@ -94,10 +105,11 @@ impl<T: LeaseTime> Leases<T> {
             return None;
         }
         self.term = Some(term);
-        self.leases = sm
-            .locks()
-            .map(|(name, l)| (name.to_owned(), new_lease(l.token, l.ttl_ms, now)))
-            .collect();
+        self.leases.clear();
+        self.by_deadline.clear();
+        for (name, l) in sm.locks() {
+            self.insert(name, new_lease(l.token, l.ttl_ms, now));
+        }
         Some(self.leases.len())
     }
 
@@ -117,7 +129,7 @@ impl<T: LeaseTime> Leases<T> {
             return None;
         }
         let Some(current) = sm.lock(name) else {
-            self.leases.remove(name);
+            self.remove(name);
             return None;
         };
         let renewed = renewed_token(command, outcome) == Some(current.token);
@@ -130,22 +142,21 @@ impl<T: LeaseTime> Leases<T> {
             });
         }
         if renewed || lease.is_none() {
-            let lease = new_lease(current.token, current.ttl_ms, now);
-            self.leases.insert(name.to_owned(), lease);
+            self.insert(name, new_lease(current.token, current.ttl_ms, now));
         }
         None
     }
 
     /// The leases that ran out by `now` and whose expiry is not proposed yet, as
-    /// `(lock, token)` in name order.
+    /// `(lock, token)`, earliest deadline first (name order among equal deadlines).
     pub(crate) fn due(&self, now: T) -> Vec<(String, u64)> {
         if !self.leading() {
             return Vec::new();
         }
-        self.leases
+        self.by_deadline
             .iter()
-            .filter(|(_, l)| !l.expiring && l.deadline <= now)
-            .map(|(name, l)| (name.clone(), l.token))
+            .take_while(|(deadline, _)| *deadline <= now)
+            .filter_map(|(_, name)| Some((name.clone(), self.leases.get(name)?.token)))
             .collect()
     }
 
@@ -178,7 +189,28 @@ impl<T: LeaseTime> Leases<T> {
     /// The core accepted an `Expire` of `(name, token)`: do not propose it again this term.
     fn mark_expiring(&mut self, name: &str, token: u64) {
         if let Some(l) = self.leases.get_mut(name).filter(|l| l.token == token) {
-            l.expiring = true;
+            if !l.expiring {
+                l.expiring = true;
+                self.by_deadline.remove(&(l.deadline, name.to_owned()));
+            }
+        }
+    }
+
+    /// Times `lease` for lock `name`, replacing its previous lease.
+    fn insert(&mut self, name: &str, lease: Lease<T>) {
+        self.remove(name);
+        if !lease.expiring {
+            self.by_deadline.insert((lease.deadline, name.to_owned()));
+        }
+        self.leases.insert(name.to_owned(), lease);
+    }
+
+    /// Stops timing lock `name`.
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.leases.remove(name) {
+            if !old.expiring {
+                self.by_deadline.remove(&(old.deadline, name.to_owned()));
+            }
         }
     }
 
@@ -186,6 +218,21 @@ impl<T: LeaseTime> Leases<T> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.leases.len()
+    }
+
+    /// Checks that `by_deadline` indexes exactly the leases not `expiring`.
+    #[cfg(test)]
+    pub(crate) fn assert_index_consistent(&self) {
+        let expected: BTreeSet<(T, String)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| !l.expiring)
+            .map(|(name, l)| (l.deadline, name.clone()))
+            .collect();
+        assert!(
+            expected == self.by_deadline,
+            "the deadline index disagrees with the leases"
+        );
     }
 }
 

@@ -16,6 +16,14 @@
 //! own id, or its own `HOST:PORT`), an item with a URL scheme (`http://...`), and two items
 //! with the same id or the same address.
 //!
+//! # Advertised client address
+//! `--advertise-client-urls` (etcd's flag) is a comma-separated list of `http://HOST:PORT` or
+//! `HOST:PORT`; the first is the address this node gives clients: in the redirects of a
+//! follower (`leader-addr`, learned by its peers on their Raft calls) and in `Cluster/Status`.
+//! Without it the node advertises `--host:--port`, and a `--host` that listens on every
+//! interface (`0.0.0.0`, `::`) is refused at startup, as etcd refuses a listen URL without an
+//! advertise URL: no client can dial `0.0.0.0`. `https://` is refused (no TLS yet).
+//!
 //! # Cluster identity
 //! [`NodeConfig::members`] (this node and its peers, ids and addresses) and
 //! [`NodeConfig::cluster_token`] (`--initial-cluster-token`) are what the data dir records at
@@ -44,6 +52,12 @@ pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
 
 /// The shape every `--peers` item must have, quoted in errors.
 const PEER_ITEM_SHAPE: &str = "expected PORT, HOST:PORT or ID=HOST:PORT";
+
+/// The shape every `--advertise-client-urls` item must have, quoted in errors.
+const CLIENT_URL_SHAPE: &str = "expected http://HOST:PORT or HOST:PORT";
+
+/// The longest advertised client address (`HOST:PORT`) accepted, from the flag or from a peer.
+pub const MAX_CLIENT_URL_BYTES: usize = 256;
 
 /// How the leader confirms a linearizable read (`--read-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,10 +99,13 @@ pub struct PeerSpec {
 pub struct NodeConfig {
     /// This node's id (not 0).
     pub id: NodeId,
-    /// Host the gRPC server listens on (and advertises in `Cluster/Status`).
+    /// Host the gRPC server listens on (and dials itself by, for peers' `--peers` checks).
     pub host: String,
     /// Port the gRPC server listens on (0 = chosen by the OS, for tests).
     pub port: u16,
+    /// `--advertise-client-urls`, each as `HOST:PORT` (scheme dropped); the first is what
+    /// clients are told ([`NodeConfig::client_address`]). Empty: `host:port`.
+    pub advertise_client_urls: Vec<String>,
     /// Where sled keeps the hard state and the log.
     pub data_dir: PathBuf,
     /// The other members; empty means a single-node cluster.
@@ -156,6 +173,25 @@ pub enum ConfigError {
     /// An empty `--host`.
     #[error("--host must not be empty")]
     EmptyHost,
+    /// An `--advertise-client-urls` item that is not a usable client address.
+    #[error("invalid --advertise-client-urls item \"{item}\": {reason}")]
+    BadClientUrl {
+        /// The item as given.
+        item: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--advertise-client-urls` given, but empty.
+    #[error("--advertise-client-urls is empty: give the HOST:PORT clients should use to reach this node")]
+    EmptyClientUrls,
+    /// A `--host` that listens on every interface, with nothing to advertise instead.
+    #[error("--host {host} listens on every interface, which is no address for clients: add --advertise-client-urls HOST:{port} with a name or IP of this machine that clients can reach")]
+    UnadvertisedWildcardHost {
+        /// `--host`.
+        host: String,
+        /// `--port`.
+        port: u16,
+    },
 }
 
 impl NodeConfig {
@@ -166,6 +202,7 @@ impl NodeConfig {
             id,
             host: DEFAULT_HOST.to_string(),
             port,
+            advertise_client_urls: Vec::new(),
             data_dir: default_data_dir(id),
             peers: Vec::new(),
             election_timeout: DEFAULT_ELECTION_TIMEOUT,
@@ -187,6 +224,18 @@ impl NodeConfig {
         }
         if self.host.is_empty() {
             return Err(ConfigError::EmptyHost);
+        }
+        for url in &self.advertise_client_urls {
+            parse_client_url(url).map_err(|reason| ConfigError::BadClientUrl {
+                item: url.clone(),
+                reason,
+            })?;
+        }
+        if self.advertise_client_urls.is_empty() && is_wildcard_host(&self.host) {
+            return Err(ConfigError::UnadvertisedWildcardHost {
+                host: self.host.clone(),
+                port: self.port,
+            });
         }
         if self.cluster_token.is_empty() {
             return Err(ConfigError::EmptyClusterToken);
@@ -234,15 +283,26 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// This node's own address, `HOST:PORT`.
+    /// This node's own listening address, `HOST:PORT`.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// The address of a member (ourselves included), if known.
+    /// The address this node gives clients, `HOST:PORT`: the first `--advertise-client-urls`
+    /// item, else [`address`](Self::address).
+    pub fn client_address(&self) -> String {
+        self.advertise_client_urls
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.address())
+    }
+
+    /// The configured address of a member (ourselves included), if known: `--peers` for
+    /// the others (where this node dials them, not necessarily where clients can), this
+    /// node's [`client_address`](Self::client_address) for itself.
     pub fn address_of(&self, id: NodeId) -> Option<String> {
         if id == self.id {
-            return Some(self.address());
+            return Some(self.client_address());
         }
         self.peers
             .iter()
@@ -286,6 +346,88 @@ impl NodeConfig {
     pub fn election_ticks(&self) -> u32 {
         let hb = self.heartbeat_interval.as_nanos().max(1);
         u32::try_from(self.election_timeout.as_nanos() / hb).unwrap_or(u32::MAX)
+    }
+}
+
+/// Whether `host` listens on every interface (`0.0.0.0`, `::`): no address to give clients.
+fn is_wildcard_host(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
+/// Parses an `--advertise-client-urls` value (see the module docs) into `HOST:PORT` items,
+/// in the order given.
+///
+/// # Errors
+/// An empty list, or an item [`parse_client_url`] refuses.
+pub fn parse_client_urls(spec: &str) -> Result<Vec<String>, ConfigError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(ConfigError::EmptyClientUrls);
+    }
+    spec.split(',')
+        .map(str::trim)
+        .map(|item| {
+            parse_client_url(item).map_err(|reason| ConfigError::BadClientUrl {
+                item: item.to_string(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// One client address, `http://HOST:PORT` or `HOST:PORT` (a trailing `/` allowed), as
+/// `HOST:PORT`: a DNS name or IP (IPv6 in brackets) clients can dial, so not `0.0.0.0` or
+/// `::`, at most [`MAX_CLIENT_URL_BYTES`], and a port in 1..=65535. Also checks the addresses
+/// peers advertise to this node.
+///
+/// # Errors
+/// Why the item is refused, for the operator.
+pub fn parse_client_url(item: &str) -> Result<String, String> {
+    if item.is_empty() {
+        return Err("empty item (stray comma?)".into());
+    }
+    let rest = match item.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => return Err(
+            "https is not supported (kvstore has no TLS yet): use http://HOST:PORT or HOST:PORT"
+                .into(),
+        ),
+        Some(_) => return Err(format!("unknown URL scheme: {CLIENT_URL_SHAPE}")),
+        None => item,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.len() > MAX_CLIENT_URL_BYTES {
+        return Err(format!("longer than {MAX_CLIENT_URL_BYTES} bytes"));
+    }
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(format!("no port: {CLIENT_URL_SHAPE}"));
+    };
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    if !valid_host {
+        return Err(CLIENT_URL_SHAPE.into());
+    }
+    if is_wildcard_host(host) {
+        return Err(format!(
+            "{host} is no address clients can reach: advertise a name or IP of this machine"
+        ));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CLIENT_URL_SHAPE.into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(format!("{host}:{p}")),
+        _ => Err("port must be between 1 and 65535".into()),
     }
 }
 
@@ -621,6 +763,112 @@ mod tests {
         assert_eq!(c.election_ticks(), 5);
         c.heartbeat_interval = Duration::ZERO;
         assert_eq!(c.validate(), Err(ConfigError::HeartbeatTooShort));
+    }
+
+    #[test]
+    fn the_advertised_client_address_defaults_to_host_and_port() {
+        let mut c = NodeConfig::new(1, 9001);
+        assert_eq!(c.client_address(), "127.0.0.1:9001");
+        c.advertise_client_urls =
+            parse_client_urls("http://kv-1.example:2379, 10.0.0.5:9001").unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.client_address(), "kv-1.example:2379");
+        assert_eq!(c.address_of(1).as_deref(), Some("kv-1.example:2379"));
+        // Listening is unchanged.
+        assert_eq!(c.address(), "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn every_interface_without_an_advertised_address_is_refused_in_one_line() {
+        for host in ["0.0.0.0", "::", "[::]"] {
+            let mut c = NodeConfig::new(1, 9001);
+            c.host = host.to_string();
+            assert_eq!(
+                c.validate().unwrap_err().to_string(),
+                format!(
+                    "--host {host} listens on every interface, which is no address for clients: \
+                     add --advertise-client-urls HOST:9001 with a name or IP of this machine that \
+                     clients can reach"
+                )
+            );
+            c.advertise_client_urls = vec!["10.0.0.5:9001".into()];
+            assert_eq!(c.validate(), Ok(()), "{host}");
+            assert_eq!(c.client_address(), "10.0.0.5:9001");
+        }
+        let mut c = NodeConfig::new(1, 9001);
+        c.host = "10.0.0.5".into();
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn client_url_lists_parse_to_host_port_in_order() {
+        assert_eq!(
+            parse_client_urls("http://a.example:1, b:2,HTTP://[::1]:3/,10.0.0.1:04").unwrap(),
+            vec!["a.example:1", "b:2", "[::1]:3", "10.0.0.1:4"]
+        );
+        assert_eq!(
+            parse_client_urls("localhost:9001").unwrap(),
+            vec!["localhost:9001"]
+        );
+    }
+
+    #[test]
+    fn bad_client_urls_are_refused_in_one_line() {
+        let refusal = |spec: &str| parse_client_urls(spec).unwrap_err().to_string();
+        assert_eq!(
+            refusal("https://kv:2379"),
+            "invalid --advertise-client-urls item \"https://kv:2379\": https is not supported \
+             (kvstore has no TLS yet): use http://HOST:PORT or HOST:PORT"
+        );
+        assert_eq!(
+            refusal("kv:1,0.0.0.0:9001"),
+            "invalid --advertise-client-urls item \"0.0.0.0:9001\": 0.0.0.0 is no address \
+             clients can reach: advertise a name or IP of this machine"
+        );
+        assert_eq!(
+            refusal("9001"),
+            "invalid --advertise-client-urls item \"9001\": no port: expected http://HOST:PORT \
+             or HOST:PORT"
+        );
+        assert_eq!(
+            refusal(""),
+            "--advertise-client-urls is empty: give the HOST:PORT clients should use to reach \
+             this node"
+        );
+        assert_eq!(
+            refusal("kv:0"),
+            "invalid --advertise-client-urls item \"kv:0\": port must be between 1 and 65535"
+        );
+        let long = format!("{}:1", "a".repeat(MAX_CLIENT_URL_BYTES));
+        assert_eq!(
+            refusal(&long),
+            format!("invalid --advertise-client-urls item \"{long}\": longer than 256 bytes")
+        );
+        for bad in [
+            "kv:1,",
+            "ftp://kv:1",
+            "[::]:1",
+            "kv:99999",
+            "kv:port",
+            ":1",
+            "a b:1",
+            "h/x:1",
+            "http://kv:1/path",
+            "http://user@kv:1",
+            "::1:1",
+            "[zz]:1",
+        ] {
+            let e = parse_client_urls(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::BadClientUrl { .. }), "{bad}: {e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        // A config built in code is checked too.
+        let mut c = NodeConfig::new(1, 9001);
+        c.advertise_client_urls = vec!["https://kv:1".into()];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadClientUrl { .. })
+        ));
     }
 
     #[test]

@@ -60,9 +60,15 @@ struct Args {
     #[arg(long, default_value = "", value_name = "LIST")]
     peers: String,
 
-    /// Host to listen on (also advertised to clients in redirects and status).
+    /// Host to listen on. 0.0.0.0 or :: (every interface) needs --advertise-client-urls.
     #[arg(long, default_value = config::DEFAULT_HOST)]
     host: String,
+
+    /// Where clients reach this node, comma-separated http://HOST:PORT or HOST:PORT (no
+    /// https: no TLS yet); the first is given to clients in redirects and Cluster/Status, and
+    /// peers learn it on their Raft calls [default: HOST:PORT].
+    #[arg(long, value_name = "URLS")]
+    advertise_client_urls: Option<String>,
 
     /// Directory for the Raft log and state [default: data/node-<ID>].
     #[arg(long, value_name = "DIR")]
@@ -108,6 +114,10 @@ impl TryFrom<Args> for NodeConfig {
             id: a.id,
             host: a.host,
             port: a.port,
+            advertise_client_urls: match a.advertise_client_urls {
+                Some(urls) => config::parse_client_urls(&urls)?,
+                None => Vec::new(),
+            },
             data_dir: a.data_dir.unwrap_or_else(|| config::default_data_dir(a.id)),
             peers: config::parse_peers(&a.peers, a.id)?,
             election_timeout: Duration::from_millis(a.election_timeout_ms),
@@ -356,5 +366,39 @@ mod tests {
         assert_eq!(e, "--id must not be 0: node ids start at 1");
         let e = parse(&["--id", "1", "--port", "9001", "--peers", "x"]).unwrap_err();
         assert!(e.starts_with("invalid --peers item \"x\""), "{e}");
+    }
+
+    #[test]
+    fn advertise_client_urls_become_the_client_address() {
+        let c = parse(&["--id", "1", "--port", "9001"]).unwrap();
+        assert_eq!(c.client_address(), "127.0.0.1:9001");
+        let c = parse(&[
+            "--id",
+            "1",
+            "--port",
+            "9001",
+            "--host",
+            "0.0.0.0",
+            "--advertise-client-urls",
+            "http://kv-1:9001,10.0.0.5:9001",
+        ])
+        .unwrap();
+        assert_eq!(c.address(), "0.0.0.0:9001");
+        assert_eq!(c.client_address(), "kv-1:9001");
+        let e = parse(&["--id", "1", "--port", "9001", "--host", "0.0.0.0"]).unwrap_err();
+        assert!(
+            e.starts_with("--host 0.0.0.0 listens on every interface"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--id",
+            "1",
+            "--port",
+            "9001",
+            "--advertise-client-urls",
+            "https://kv-1:9001",
+        ])
+        .unwrap_err();
+        assert!(e.contains("https is not supported"), "{e}");
     }
 }

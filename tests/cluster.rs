@@ -1487,13 +1487,20 @@ struct OwnNode {
 impl OwnNode {
     fn start(cluster: &mut Cluster, id: u64, env: &[(&str, &str)]) -> OwnNode {
         cluster.kill(id);
+        OwnNode::spawn(
+            cluster
+                .command(id, cluster.node(id).port)
+                .envs(env.iter().copied())
+                // The node prints a backtrace after its panic line only if these ask for one.
+                .env_remove("RUST_BACKTRACE")
+                .env_remove("RUST_LIB_BACKTRACE"),
+        )
+    }
+
+    /// Runs `command`, its stderr into a file of its own.
+    fn spawn(command: &mut std::process::Command) -> OwnNode {
         let stderr = tempfile::NamedTempFile::new().unwrap();
-        let child = cluster
-            .command(id, cluster.node(id).port)
-            .envs(env.iter().copied())
-            // The node prints a backtrace after its panic line only if these ask for one.
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
+        let child = command
             .stdout(Stdio::null())
             .stderr(stderr.reopen().unwrap())
             .spawn()
@@ -1665,4 +1672,133 @@ async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing
         "a",
         "only the valid first write applied"
     );
+}
+
+/// Regression (issue 12, item 6): a follower's redirect (`leader-addr`) named the leader's
+/// `--peers` address, where this follower dials it, not where clients reach it (`--peers 9002`
+/// sent remote clients to their own 127.0.0.1). Every node here listens on 127.0.0.1 and
+/// advertises `localhost:PORT` instead: redirects and Cluster/Status name the advertised
+/// address, which followers learn on the leader's Raft calls, and the Rust client follows it.
+#[tokio::test]
+async fn redirects_and_status_name_the_leaders_advertised_client_address() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_10).await;
+    let ids = cluster.ids();
+    for &id in &ids {
+        cluster.kill(id);
+    }
+    let advertised = |id: u64| format!("localhost:{}", cluster.node(id).port);
+    let _nodes: Vec<OwnNode> = ids
+        .iter()
+        .map(|&id| {
+            let url = format!("http://{}", advertised(id));
+            OwnNode::spawn(
+                cluster
+                    .command(id, cluster.node(id).port)
+                    .args(["--advertise-client-urls", &url]),
+            )
+        })
+        .collect();
+
+    // Every node reports its own advertised address, and the leader's.
+    let leader = poll_until(
+        SECS_10,
+        "a leader every node names by its advertised address",
+        async || {
+            let mut statuses = Vec::new();
+            for &id in &ids {
+                statuses.push(cluster.status(id).await.ok()?);
+            }
+            let (leader, _) = common::agreed_leader(&statuses)?;
+            statuses
+                .iter()
+                .all(|s| s.address == advertised(s.id) && s.leader_address == advertised(leader))
+                .then_some(leader)
+        },
+    )
+    .await;
+    let follower = ids.iter().copied().find(|&id| id != leader).unwrap();
+
+    // A raw write to the follower: redirected to the leader's advertised address.
+    let status = cluster
+        .kv(follower)
+        .put(put("advertised", "1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.message(),
+        format!("not leader, try node {leader} ({})", advertised(leader))
+    );
+    let meta = status.metadata();
+    assert_eq!(meta.get("leader-id").unwrap(), leader.to_string().as_str());
+    assert_eq!(
+        meta.get("leader-addr").unwrap(),
+        advertised(leader).as_str()
+    );
+
+    // The Rust client, given only the follower, follows the redirect there.
+    let header = cluster
+        .client_for(follower)
+        .put("advertised", "2")
+        .await
+        .unwrap();
+    assert_eq!(header.node_id, leader);
+}
+
+/// Issue 12, item 6: `--host 0.0.0.0` advertised `0.0.0.0:PORT` to clients. Without
+/// `--advertise-client-urls` it is refused at startup in one line that says what to add; with
+/// it the node starts and advertises that address.
+#[tokio::test]
+async fn listening_on_every_interface_needs_an_advertised_client_address() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data_dir = dir.path().join("node-1");
+    let port = free_port();
+    let start = |extra: &[&str]| {
+        let port = port.to_string();
+        OwnNode::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kvstore"))
+                .args(["--id", "1", "--port", &port, "--host", "0.0.0.0"])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null()),
+        )
+    };
+
+    let mut refused = start(&[]);
+    let status = refused
+        .wait_for_exit(
+            SECS_10,
+            "a node on 0.0.0.0 without an advertised address to exit",
+        )
+        .await;
+    let stderr = refused.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        refusal_line(&stderr),
+        format!(
+            "kvstore: --host 0.0.0.0 listens on every interface, which is no address for \
+             clients: add --advertise-client-urls HOST:{port} with a name or IP of this machine \
+             that clients can reach"
+        )
+    );
+    assert!(!data_dir.exists(), "a refused node created its data dir");
+
+    let advertised = format!("localhost:{port}");
+    let _node = start(&["--advertise-client-urls", &format!("http://{advertised}")]);
+    let own = poll_until(
+        SECS_10,
+        "the node on 0.0.0.0 to answer Status",
+        async || {
+            let mut client = kvstore::pb::cluster_client::ClusterClient::new(common::channel(
+                &format!("127.0.0.1:{port}"),
+            ));
+            let status = client.status(kvstore::pb::StatusRequest {}).await.ok()?;
+            Some(status.into_inner())
+        },
+    )
+    .await;
+    assert_eq!(own.address, advertised);
 }

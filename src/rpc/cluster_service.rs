@@ -1,6 +1,11 @@
 //! `kvstore.v1.Cluster`: the node's status, from the driver's last published snapshot (one
 //! consistent moment: role, term, leader and indexes together).
+//!
+//! `address` and `leader_address` are client addresses: this node's advertised one, and the
+//! one the leader advertises (its configured `--peers` address until heard from);
+//! `peers` lists the configured peer addresses, where this node dials them.
 
+use super::client_urls::ClientUrls;
 use crate::config::NodeConfig;
 use crate::node::{NodeHandle, NodeStatus};
 use crate::pb;
@@ -12,13 +17,15 @@ use tonic::{Request, Response, Status};
 #[derive(Clone, Debug)]
 pub struct ClusterService {
     config: Arc<NodeConfig>,
+    urls: ClientUrls,
     node: NodeHandle,
 }
 
 impl ClusterService {
-    /// A service describing `node`, configured by `config`.
-    pub fn new(config: Arc<NodeConfig>, node: NodeHandle) -> Self {
-        ClusterService { config, node }
+    /// A service describing `node`, configured by `config`, with the client addresses in
+    /// `urls`.
+    pub fn new(config: Arc<NodeConfig>, urls: ClientUrls, node: NodeHandle) -> Self {
+        ClusterService { config, urls, node }
     }
 }
 
@@ -32,7 +39,11 @@ pub fn role_to_pb(role: Role) -> pb::Role {
 }
 
 /// Builds the answer from one status snapshot.
-pub fn status_response(config: &NodeConfig, s: &NodeStatus) -> pb::StatusResponse {
+pub fn status_response(
+    config: &NodeConfig,
+    urls: &ClientUrls,
+    s: &NodeStatus,
+) -> pb::StatusResponse {
     pb::StatusResponse {
         id: s.id,
         role: role_to_pb(s.role) as i32,
@@ -40,7 +51,7 @@ pub fn status_response(config: &NodeConfig, s: &NodeStatus) -> pb::StatusRespons
         leader_id: s.leader.unwrap_or(0),
         leader_address: s
             .leader
-            .and_then(|id| config.address_of(id))
+            .and_then(|id| urls.address_of(id))
             .unwrap_or_default(),
         commit_index: s.commit,
         last_applied: s.applied,
@@ -53,7 +64,7 @@ pub fn status_response(config: &NodeConfig, s: &NodeStatus) -> pb::StatusRespons
                 address: p.addr.clone(),
             })
             .collect(),
-        address: config.address(),
+        address: urls.own().to_string(),
     }
 }
 
@@ -65,6 +76,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(status_response(
             &self.config,
+            &self.urls,
             &self.node.status(),
         )))
     }
@@ -95,11 +107,9 @@ mod tests {
     use super::*;
     use crate::config::parse_peers;
 
-    #[test]
-    fn status_maps_role_leader_and_peers() {
-        let mut config = NodeConfig::new(2, 9002);
-        config.peers = parse_peers("9001,9003", 2).unwrap();
-        let s = NodeStatus {
+    /// Node 2's status as a follower of node 3.
+    fn follower_of_3() -> NodeStatus {
+        NodeStatus {
             id: 2,
             role: Role::Follower,
             term: 4,
@@ -107,8 +117,16 @@ mod tests {
             commit: 10,
             applied: 9,
             last_index: 11,
-        };
-        let r = status_response(&config, &s);
+        }
+    }
+
+    #[test]
+    fn status_maps_role_leader_and_peers() {
+        let mut config = NodeConfig::new(2, 9002);
+        config.peers = parse_peers("9001,9003", 2).unwrap();
+        let s = follower_of_3();
+        let urls = ClientUrls::new(&config);
+        let r = status_response(&config, &urls, &s);
         assert_eq!(r.role, pb::Role::Follower as i32);
         assert_eq!((r.id, r.term, r.leader_id), (2, 4, 3));
         assert_eq!(r.leader_address, "127.0.0.1:9003");
@@ -122,6 +140,7 @@ mod tests {
 
         let leader = status_response(
             &config,
+            &urls,
             &NodeStatus {
                 role: Role::Leader,
                 leader: Some(2),
@@ -132,6 +151,7 @@ mod tests {
         assert_eq!(leader.leader_address, "127.0.0.1:9002");
         let none = status_response(
             &config,
+            &urls,
             &NodeStatus {
                 role: Role::Candidate,
                 leader: None,
@@ -140,5 +160,35 @@ mod tests {
         );
         assert_eq!(none.role, pb::Role::Candidate as i32);
         assert_eq!((none.leader_id, none.leader_address.as_str()), (0, ""));
+    }
+
+    #[test]
+    fn status_shows_advertised_client_addresses() {
+        let mut config = NodeConfig::new(2, 9002);
+        config.host = "0.0.0.0".into();
+        config.advertise_client_urls = vec!["kv-2.example:2379".into()];
+        config.peers = parse_peers("9001,9003", 2).unwrap();
+        let urls = ClientUrls::new(&config);
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(
+            crate::rpc::client_urls::CLIENT_URL_KEY,
+            "kv-3.example:2379".parse().unwrap(),
+        );
+        urls.learn(3, &md);
+        let s = follower_of_3();
+        let r = status_response(&config, &urls, &s);
+        assert_eq!(r.address, "kv-2.example:2379");
+        assert_eq!(r.leader_address, "kv-3.example:2379");
+        assert_eq!(r.peers[1].address, "127.0.0.1:9003");
+        let own = status_response(
+            &config,
+            &urls,
+            &NodeStatus {
+                role: Role::Leader,
+                leader: Some(2),
+                ..s
+            },
+        );
+        assert_eq!(own.leader_address, "kv-2.example:2379");
     }
 }

@@ -4,7 +4,8 @@
 //! # What this module may import
 //! `node` (through [`NodeHandle`]), `config`, `pb`, `raft` types (for conversions),
 //! `state_machine` command types, tonic, tokio. Every protobuf <-> core conversion lives in
-//! `convert.rs`, and every `ClientError` -> `Status` mapping in `status.rs`.
+//! `convert.rs`, and every `ClientError` -> `Status` mapping in `status.rs`. Where clients
+//! reach each member (advertised client addresses, learned on peer calls) is `client_urls.rs`.
 //!
 //! # Invariants
 //! - Handlers never touch Raft state: they send a request to the driver and await its answer.
@@ -13,6 +14,7 @@
 //!   [`peer::PEER_MESSAGE_LIMIT`], above the largest message a leader builds; the client
 //!   services' is [`kv_service::CLIENT_MESSAGE_LIMIT`], above the largest legal request.
 
+pub mod client_urls;
 pub mod cluster_service;
 pub mod convert;
 pub mod kv_service;
@@ -21,6 +23,7 @@ pub mod peer;
 pub mod raft_service;
 pub mod status;
 
+use self::client_urls::ClientUrls;
 use self::cluster_service::ClusterService;
 use self::kv_service::{KvService, CLIENT_MESSAGE_LIMIT};
 use self::lock_service::LockService;
@@ -133,7 +136,8 @@ async fn run_node(
     let peers_stop = CancellationToken::new();
 
     let (handle, inbox) = node::channel(config.id, node::INBOX_CAPACITY);
-    let peers = PeerSenders::spawn(&config, handle.clone(), &tracker, peers_stop.clone())?;
+    let urls = ClientUrls::new(&config);
+    let peers = PeerSenders::spawn(&config, &urls, handle.clone(), &tracker, peers_stop.clone())?;
     let driver = match Driver::open(config.clone(), inbox, Arc::new(peers)) {
         Ok(d) => d,
         Err(e) => {
@@ -162,7 +166,7 @@ async fn run_node(
         driver.run(driver_stop).await
     });
 
-    let served = serve(listener, &config, handle, stop.clone()).await;
+    let served = serve(listener, &config, &urls, handle, stop.clone()).await;
     stop.cancel();
     let driven = match tokio::time::timeout(SHUTDOWN_GRACE, driver_task).await {
         Ok(joined) => joined.map_err(|e| RunError::Driver(e.to_string())),
@@ -185,10 +189,12 @@ async fn run_node(
 }
 
 /// Serves every service on `listener` until `stop` is cancelled, then drains open connections
-/// for at most [`SHUTDOWN_DRAIN`] and drops the rest.
+/// for at most [`SHUTDOWN_DRAIN`] and drops the rest. Every call runs in `urls`' scope, so
+/// redirects name advertised client addresses.
 async fn serve(
     listener: TcpListener,
     config: &Arc<NodeConfig>,
+    urls: &ClientUrls,
     handle: NodeHandle,
     stop: CancellationToken,
 ) -> Result<(), RunError> {
@@ -208,13 +214,19 @@ async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = Server::builder()
+        .layer(urls.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            RaftServer::new(RaftService::new(config.id, handle.clone(), stop.clone()))
-                .max_decoding_message_size(PEER_MESSAGE_LIMIT)
-                .max_encoding_message_size(PEER_MESSAGE_LIMIT),
+            RaftServer::new(RaftService::new(
+                config.id,
+                handle.clone(),
+                urls.clone(),
+                stop.clone(),
+            ))
+            .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+            .max_encoding_message_size(PEER_MESSAGE_LIMIT),
         )
         .add_service(
             KvServer::new(KvService::new(handle.clone()))
@@ -227,11 +239,17 @@ async fn serve(
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
-            ClusterServer::new(ClusterService::new(config.clone(), handle))
+            ClusterServer::new(ClusterService::new(config.clone(), urls.clone(), handle))
                 .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
-    info!(node_id = config.id, addr = %config.address(), peers = config.peers.len(), "serving gRPC");
+    info!(
+        node_id = config.id,
+        addr = %config.address(),
+        advertised = urls.own(),
+        peers = config.peers.len(),
+        "serving gRPC"
+    );
     let drained = {
         let stop = stop.clone();
         async move {

@@ -9,7 +9,9 @@
 //! stream loses what was in flight on it and is reopened on the next append, and the core
 //! resends on its next heartbeat or election timeout. A stream whose oldest unanswered append
 //! is older than twice the election timeout counts as broken. Nothing here ever blocks the
-//! driver: `send` only does a `try_send` on a bounded queue.
+//! driver: `send` only does a `try_send` on a bounded queue. Every call carries this node's
+//! advertised client address in its metadata ([`ClientUrls::tag`]), so peers can redirect
+//! clients to it.
 //!
 //! A snapshot streams on its own connection, one at a time per peer: an InstallSnapshot
 //! that arrives while an earlier one is still streaming is dropped, never started beside
@@ -23,6 +25,7 @@
 //! snapshot chunk size ([`SNAPSHOT_CHUNK_BYTES`]); the tests below tie them to the
 //! protobuf encoding.
 
+use super::client_urls::ClientUrls;
 use super::convert::{self, PeerRequest, SNAPSHOT_CHUNK_BYTES};
 use super::kv_service::MAX_COMMAND_BYTES;
 use crate::config::{NodeConfig, PeerSpec};
@@ -112,12 +115,14 @@ pub struct PeerSenders {
 }
 
 impl PeerSenders {
-    /// Starts one sender task per configured peer (tracked by `tracker`, stopped by `stop`).
+    /// Starts one sender task per configured peer (tracked by `tracker`, stopped by `stop`);
+    /// their calls advertise `urls`' own client address.
     ///
     /// # Errors
     /// A peer address cannot be turned into an endpoint.
     pub fn spawn(
         config: &NodeConfig,
+        urls: &ClientUrls,
         node: NodeHandle,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -144,6 +149,7 @@ impl PeerSenders {
                 client: raft_client(endpoint.connect_lazy()),
                 snapshot_client: raft_client(snapshot_endpoint.connect_lazy()),
                 snapshot_busy: Arc::new(AtomicBool::new(false)),
+                urls: urls.clone(),
                 node: node.clone(),
                 inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
                 health: Arc::new(Health::new(
@@ -307,6 +313,8 @@ struct PeerSender {
     snapshot_client: RaftClient<Channel>,
     /// A snapshot is streaming to this peer.
     snapshot_busy: Arc<AtomicBool>,
+    /// Tags every call with this node's advertised client address.
+    urls: ClientUrls,
     node: NodeHandle,
     /// One permit per call in flight.
     inflight: Arc<Semaphore>,
@@ -374,6 +382,7 @@ impl PeerSender {
                 peer: self.peer.clone(),
                 client: self.client.clone(),
                 snapshot_client: self.snapshot_client.clone(),
+                urls: self.urls.clone(),
                 node: self.node.clone(),
                 health: self.health.clone(),
             };
@@ -435,6 +444,7 @@ impl PeerSender {
             me: self.me,
             peer: self.peer.clone(),
             client: self.client.clone(),
+            urls: self.urls.clone(),
             node: self.node.clone(),
             health: self.health.clone(),
             window: window.clone(),
@@ -535,6 +545,7 @@ struct StreamReader {
     me: NodeId,
     peer: PeerSpec,
     client: RaftClient<Channel>,
+    urls: ClientUrls,
     node: NodeHandle,
     health: Arc<Health>,
     window: Arc<Window>,
@@ -555,7 +566,10 @@ impl StreamReader {
     async fn read(&mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) -> tonic::Status {
         let mut answers = match self
             .client
-            .append_stream(ReceiverStream::new(requests))
+            .append_stream(
+                self.urls
+                    .tag(tonic::Request::new(ReceiverStream::new(requests))),
+            )
             .await
         {
             Ok(r) => r.into_inner(),
@@ -599,6 +613,7 @@ struct Call {
     peer: PeerSpec,
     client: RaftClient<Channel>,
     snapshot_client: RaftClient<Channel>,
+    urls: ClientUrls,
     node: NodeHandle,
     health: Arc<Health>,
 }
@@ -609,29 +624,32 @@ impl Call {
             PeerRequest::Vote(req) => (
                 "RequestVote",
                 self.client
-                    .request_vote(req)
+                    .request_vote(self.urls.tag(tonic::Request::new(req)))
                     .await
                     .map(|r| convert::vote_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
             PeerRequest::Append(req) => (
                 "AppendEntries",
                 self.client
-                    .append_entries(req)
+                    .append_entries(self.urls.tag(tonic::Request::new(req)))
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
             PeerRequest::Snapshot(chunks) => (
                 "InstallSnapshot",
                 self.snapshot_client
-                    .install_snapshot(snapshot_request(chunks))
+                    .install_snapshot(self.urls.tag(snapshot_request(chunks)))
                     .await
                     .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
             ),
             PeerRequest::TimeoutNow(req) => (
                 "TimeoutNow",
-                self.client.timeout_now(req).await.map(|r| {
-                    convert::timeout_now_response_in(r.into_inner(), self.peer.id, self.me)
-                }),
+                self.client
+                    .timeout_now(self.urls.tag(tonic::Request::new(req)))
+                    .await
+                    .map(|r| {
+                        convert::timeout_now_response_in(r.into_inner(), self.peer.id, self.me)
+                    }),
             ),
         };
         match result {
@@ -911,7 +929,8 @@ mod tests {
         }];
         let (node, _inbox) = crate::node::channel(1, 16);
         let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-        let peers = PeerSenders::spawn(&config, node, &tracker, stop.clone()).unwrap();
+        let urls = ClientUrls::new(&config);
+        let peers = PeerSenders::spawn(&config, &urls, node, &tracker, stop.clone()).unwrap();
         let started = || peer.started.load(Ordering::SeqCst);
 
         peers.send(snapshot_for_2());

@@ -6,7 +6,13 @@
 //! answers an append only after its fsync, so waiting would serialise pipelining and group
 //! commit), and the answers go out in completion order. No task is spawned: the response
 //! stream itself reads the requests and polls the pending answers.
+//!
+//! Each call's [`CLIENT_URL_KEY`](super::client_urls::CLIENT_URL_KEY) metadata, the caller's
+//! advertised client address, is recorded for the member its first message comes from
+//! ([`ClientUrls::learn`]): that is how a follower redirects clients to where its leader
+//! says clients reach it.
 
+use super::client_urls::ClientUrls;
 use super::convert;
 use crate::node::NodeHandle;
 use crate::pb;
@@ -16,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Requests of one `AppendStream` waiting for the core's answer at a time; the stream is not
@@ -27,15 +34,21 @@ pub const STREAM_WINDOW: usize = 256;
 pub struct RaftService {
     id: NodeId,
     node: NodeHandle,
+    urls: ClientUrls,
     stop: CancellationToken,
 }
 
 impl RaftService {
-    /// A service answering for node `id` through `node`. `stop` ends the open append streams
-    /// (the server's graceful shutdown waits for every call to end, and a stream does not end
-    /// on its own).
-    pub fn new(id: NodeId, node: NodeHandle, stop: CancellationToken) -> Self {
-        RaftService { id, node, stop }
+    /// A service answering for node `id` through `node`, recording the client addresses
+    /// callers advertise in `urls`. `stop` ends the open append streams (the server's
+    /// graceful shutdown waits for every call to end, and a stream does not end on its own).
+    pub fn new(id: NodeId, node: NodeHandle, urls: ClientUrls, stop: CancellationToken) -> Self {
+        RaftService {
+            id,
+            node,
+            urls,
+            stop,
+        }
     }
 }
 
@@ -45,7 +58,9 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
-        let msg = convert::vote_request_in(request.into_inner(), self.id)?;
+        let (metadata, _, request) = request.into_parts();
+        let msg = convert::vote_request_in(request, self.id)?;
+        self.urls.learn(msg.from, &metadata);
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::vote_response_out(reply)?))
     }
@@ -54,7 +69,9 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let answer = append_answer(self.id, &self.node, request.into_inner())?;
+        let (metadata, _, request) = request.into_parts();
+        let (from, answer) = append_answer(self.id, &self.node, request)?;
+        self.urls.learn(from, &metadata);
         Ok(Response::new(answer.await?))
     }
 
@@ -64,10 +81,12 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<AppendAnswers>, Status> {
+        let (metadata, _, requests) = request.into_parts();
         Ok(Response::new(AppendAnswers {
             id: self.id,
             node: self.node.clone(),
-            requests: Some(request.into_inner()),
+            learn: Some((self.urls.clone(), metadata)),
+            requests: Some(requests),
             pending: FuturesUnordered::new(),
             ended: false,
             stop: Box::pin(self.stop.clone().cancelled_owned()),
@@ -78,12 +97,13 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let mut stream = request.into_inner();
+        let (metadata, _, mut stream) = request.into_parts();
         let mut receiver = convert::SnapshotReceiver::new(self.id);
         while let Some(chunk) = stream.message().await? {
             receiver.push(chunk)?;
         }
         let msg = receiver.finish()?;
+        self.urls.learn(msg.from, &metadata);
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::append_response_out(reply)?))
     }
@@ -92,7 +112,9 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
-        let msg = convert::timeout_now_request_in(request.into_inner(), self.id)?;
+        let (metadata, _, request) = request.into_parts();
+        let msg = convert::timeout_now_request_in(request, self.id)?;
+        self.urls.learn(msg.from, &metadata);
         let reply = self.node.peer_request(msg).await?;
         Ok(Response::new(convert::timeout_now_response_out(reply)?))
     }
@@ -100,20 +122,24 @@ impl pb::raft_server::Raft for RaftService {
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
 
-/// Converts one AppendEntries request (refusing a malformed one at once) and returns the
-/// future of its answer from node `id`'s driver: the unary call awaits it, a stream collects
-/// it with the others.
+/// Converts one AppendEntries request (refusing a malformed one at once) and returns its
+/// sender and the future of its answer from node `id`'s driver: the unary call awaits it, a
+/// stream collects it with the others.
 fn append_answer(
     id: NodeId,
     node: &NodeHandle,
     req: pb::AppendEntriesRequest,
-) -> Result<Answer, Status> {
+) -> Result<(NodeId, Answer), Status> {
     let msg = convert::append_request_in(req, id)?;
+    let from = msg.from;
     let node = node.clone();
-    Ok(Box::pin(async move {
-        let reply = node.peer_request(msg).await?;
-        convert::append_response_out(reply)
-    }))
+    Ok((
+        from,
+        Box::pin(async move {
+            let reply = node.peer_request(msg).await?;
+            convert::append_response_out(reply)
+        }),
+    ))
 }
 
 /// The response stream of one `AppendStream` call.
@@ -125,6 +151,9 @@ fn append_answer(
 pub struct AppendAnswers {
     id: NodeId,
     node: NodeHandle,
+    /// The call's metadata, until its first request names the sender whose advertised
+    /// client address it carries.
+    learn: Option<(ClientUrls, MetadataMap)>,
     /// `None` once the leader closed its side.
     requests: Option<Streaming<pb::AppendEntriesRequest>>,
     pending: FuturesUnordered<Answer>,
@@ -163,7 +192,12 @@ impl Stream for AppendAnswers {
             };
             match requests.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(req))) => match append_answer(this.id, &this.node, req) {
-                    Ok(answer) => this.pending.push(answer),
+                    Ok((from, answer)) => {
+                        if let Some((urls, metadata)) = this.learn.take() {
+                            urls.learn(from, &metadata);
+                        }
+                        this.pending.push(answer);
+                    }
                     Err(status) => return this.end(status),
                 },
                 Poll::Ready(Some(Err(status))) => return this.end(status),

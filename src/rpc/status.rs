@@ -1,5 +1,10 @@
 //! The one place a [`ClientError`] becomes a `tonic::Status`.
+//!
+//! A NOT-leader redirect names the leader's advertised client address when the handler runs
+//! in a [`ClientUrls`](super::client_urls::ClientUrls) scope (the client services do), else
+//! the address the driver found in the config.
 
+use super::client_urls;
 use crate::node::ClientError;
 use crate::state_machine::ApplyError;
 use tonic::metadata::MetadataValue;
@@ -7,7 +12,8 @@ use tonic::{Code, Status};
 
 /// Metadata key naming the leader's id on a NOT-leader redirect.
 pub const LEADER_ID_KEY: &str = "leader-id";
-/// Metadata key naming the leader's address (`HOST:PORT`) on a NOT-leader redirect.
+/// Metadata key naming the leader's client address (`HOST:PORT`, as the leader advertises
+/// it) on a NOT-leader redirect.
 pub const LEADER_ADDR_KEY: &str = "leader-addr";
 /// Metadata key set to [`SESSION_EXPIRED`] on the FAILED_PRECONDITION answering a write
 /// from an expired session, so clients can tell it from other refusals without parsing the
@@ -21,13 +27,7 @@ impl From<ClientError> for Status {
         let message = err.to_string();
         match err {
             ClientError::NotLeader { id, addr } => {
-                let mut status = Status::new(Code::Unavailable, message);
-                let md = status.metadata_mut();
-                md.insert(LEADER_ID_KEY, MetadataValue::from(id));
-                if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
-                    md.insert(LEADER_ADDR_KEY, v);
-                }
-                status
+                not_leader(id, client_urls::advertised_address_of(id).unwrap_or(addr))
             }
             ClientError::NoLeader
             | ClientError::LeadershipLost
@@ -49,6 +49,22 @@ impl From<ClientError> for Status {
     }
 }
 
+/// The redirect to leader `id` at client address `addr`.
+fn not_leader(id: crate::raft::NodeId, addr: String) -> Status {
+    let message = ClientError::NotLeader {
+        id,
+        addr: addr.clone(),
+    }
+    .to_string();
+    let mut status = Status::new(Code::Unavailable, message);
+    let md = status.metadata_mut();
+    md.insert(LEADER_ID_KEY, MetadataValue::from(id));
+    if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+        md.insert(LEADER_ADDR_KEY, v);
+    }
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +79,38 @@ mod tests {
         assert_eq!(s.message(), "not leader, try node 2 (127.0.0.1:9002)");
         assert_eq!(s.metadata().get(LEADER_ID_KEY).unwrap(), "2");
         assert_eq!(s.metadata().get(LEADER_ADDR_KEY).unwrap(), "127.0.0.1:9002");
+    }
+
+    #[tokio::test]
+    async fn not_leader_names_the_advertised_address_in_a_client_urls_scope() {
+        use crate::rpc::client_urls::{ClientUrls, CLIENT_URL_KEY};
+        let mut config = crate::config::NodeConfig::new(1, 9001);
+        config.peers = crate::config::parse_peers("9002", 1).unwrap();
+        let urls = ClientUrls::new(&config);
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(
+            CLIENT_URL_KEY,
+            MetadataValue::from_static("kv-2.example:2379"),
+        );
+        urls.learn(2, &md);
+        let redirect = || {
+            Status::from(ClientError::NotLeader {
+                id: 2,
+                addr: "127.0.0.1:9002".into(),
+            })
+        };
+        let s = urls.within(async { redirect() }).await;
+        assert_eq!(s.message(), "not leader, try node 2 (kv-2.example:2379)");
+        assert_eq!(
+            s.metadata().get(LEADER_ADDR_KEY).unwrap(),
+            "kv-2.example:2379"
+        );
+        assert_eq!(s.metadata().get(LEADER_ID_KEY).unwrap(), "2");
+        // Outside a scope: the driver's address.
+        assert_eq!(
+            redirect().metadata().get(LEADER_ADDR_KEY).unwrap(),
+            "127.0.0.1:9002"
+        );
     }
 
     #[test]

@@ -1666,3 +1666,50 @@ async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing
         "only the valid first write applied"
     );
 }
+
+// ---------------------------------------------------------------- client library (issue 12)
+
+/// Two processes campaigning with the same name (a supervisor restart, two pods with one
+/// name) are two holders: the second waits while the first leads, and gets a higher token.
+#[tokio::test]
+async fn two_campaigns_with_one_name_never_share_a_token() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let ttl = Duration::from_millis(1500);
+    let first = Election::campaign(cluster.client(), "svc", "worker", ttl)
+        .await
+        .unwrap();
+    let (first_token, first_holder) = (first.token(), first.holder().to_string());
+    let second = tokio::spawn(Election::campaign(cluster.client(), "svc", "worker", ttl));
+
+    // For two TTLs (the first keeps its lease alive), the second waits and the store names
+    // the first's unique holder.
+    let mut observer = cluster.client();
+    let watched = Instant::now();
+    while watched.elapsed() < ttl * 2 {
+        assert!(
+            !second.is_finished(),
+            "a second campaign with the same name got the lock while the first led"
+        );
+        let check = observer.validate("svc", first_token).await.unwrap();
+        assert!(check.valid, "{check:?}");
+        assert_eq!(check.holder, first_holder);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    first.resign().await.unwrap();
+    let second = tokio::time::timeout(SECS_10, second)
+        .await
+        .expect("the second campaign leads after the first resigned")
+        .unwrap()
+        .unwrap();
+    assert!(
+        second.token() > first_token,
+        "{} > {first_token}",
+        second.token()
+    );
+    assert_ne!(second.holder(), first_holder);
+    let check = observer.validate("svc", second.token()).await.unwrap();
+    assert!(check.valid, "{check:?}");
+    assert_eq!(check.holder, second.holder());
+}

@@ -2,6 +2,14 @@
 //! waits until it holds the lock, then keeps the lease alive in the background and reports
 //! its loss; [`Leadership`] writes fenced with the lock's token.
 //!
+//! # Holders
+//! Each campaign acquires the lock as its own holder: the given name plus a random 64-bit
+//! suffix (`worker-1/1f3a9c2e7b5d4a60`). A same-holder Acquire renews and returns the same
+//! token, so a replacement process started with the same name must not share the holder: it
+//! waits for the old lease to end and gets a higher token. Retries within one campaign reuse
+//! its holder (idempotent). Between refused attempts the campaign backs off with the
+//! client's [`ClientOptions::backoff_initial`]..[`ClientOptions::backoff_max`].
+//!
 //! # Timing assumption
 //! The store's leader measures a lease from the moment it applies the grant or renewal,
 //! which is after the client sent the request. The client counts the lease from the moment
@@ -21,11 +29,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::kv_client::{DeleteResult, Header};
+use super::kv_client::{random_id, DeleteResult, Header};
+use super::retry::Backoff;
 use super::{Client, ClientError, ClientOptions, Fence};
 
 /// Renewals per TTL: the keep-alive runs every `ttl / RENEWALS_PER_TTL`.
 const RENEWALS_PER_TTL: u32 = 3;
+
+/// The store's limit on a holder's length in bytes (the same as for keys).
+const MAX_HOLDER_BYTES: usize = 4096;
+
+/// What [`unique_holder`] appends: `/` and 16 hex digits.
+const HOLDER_SUFFIX_BYTES: usize = 17;
 
 /// Pause between two failed renewal attempts (bounded by what is left of the lease).
 const RENEW_RETRY: Duration = Duration::from_millis(50);
@@ -35,49 +50,61 @@ const RENEW_RETRY: Duration = Duration::from_millis(50);
 pub struct Election;
 
 impl Election {
-    /// Waits until `holder` holds lock `name` (retrying the acquire, each waiting up to a
-    /// third of `ttl` on the server, for as long as it takes; wrap it in a timeout to bound
-    /// it), then starts the background keep-alive (every `ttl / 3`).
+    /// Waits until this campaign holds lock `name` (retrying the acquire, each waiting up to
+    /// a third of `ttl` on the server, with the client's backoff between attempts, for as
+    /// long as it takes; wrap it in a timeout to bound it), then starts the background
+    /// keep-alive (every `ttl / 3`).
+    ///
+    /// The lock's holder is `holder` plus a random per-campaign suffix
+    /// (`HOLDER/1f3a9c2e7b5d4a60`, see [`Leadership::holder`]), so two processes started with
+    /// the same name never share a token: the second waits for the first. Every retry within
+    /// one campaign uses the same holder, so a retried acquire is idempotent.
     ///
     /// # Errors
-    /// Only errors retrying cannot fix (an invalid name or TTL); an unavailable cluster or a
-    /// lock held by someone else make it wait.
+    /// Only errors retrying cannot fix (an empty or too long `holder`, an invalid name or
+    /// TTL); an unavailable cluster or a lock held by someone else make it wait.
     pub async fn campaign(
         mut client: Client,
         name: &str,
         holder: &str,
         ttl: Duration,
     ) -> Result<Leadership, ClientError> {
+        let holder = unique_holder(holder)?;
         let wait = ttl / RENEWALS_PER_TTL;
+        let options = client.options().clone();
+        let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         let (token, renewed_at) = loop {
             let sent = Instant::now();
-            match client.acquire(name, holder, ttl, wait).await {
+            let error = match client.acquire(name, &holder, ttl, wait).await {
                 Ok(lease) => {
                     // A long-retried acquire leaves little of the lease by our count:
                     // re-anchor it with a renewal before claiming leadership.
                     if sent.elapsed() < wait {
                         break (lease.token, sent);
                     }
+                    backoff = Backoff::new(options.backoff_initial, options.backoff_max);
                     let renew_sent = Instant::now();
                     match client.keep_alive(name, lease.token).await {
                         Ok(_) => break (lease.token, renew_sent),
-                        Err(e) if retryable_campaign_error(&e) => continue,
-                        Err(e) => return Err(e),
+                        Err(e) => e,
                     }
                 }
-                Err(e) if retryable_campaign_error(&e) => {
-                    // Held by someone else: the server already waited; a timeout: the
-                    // client already backed off. Try again at once.
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            if !retryable_campaign_error(&error) {
+                return Err(error);
             }
+            // Held by someone else (the server already waited), or no answer in time: pause
+            // before the next attempt, so a lock held elsewhere or a server that refuses at
+            // once is not asked in a tight loop.
+            tokio::time::sleep(backoff.next_delay()).await;
         };
         let keeper = Client::with_options(
             client.endpoints().to_vec(),
             ClientOptions {
                 timeout: wait,
-                attempt_timeout: client.options().attempt_timeout.min(wait),
-                ..client.options().clone()
+                attempt_timeout: options.attempt_timeout.min(wait),
+                ..options
             },
         )?;
         let (lost_tx, lost) = watch::channel(false);
@@ -92,10 +119,31 @@ impl Election {
         Ok(Leadership {
             client,
             fence: Fence::new(name, token),
+            holder,
             lost,
             task,
         })
     }
+}
+
+/// `holder` plus a random 64-bit suffix in hex: unique per campaign.
+///
+/// # Errors
+/// `holder` is empty, or too long to fit the store's holder limit with the suffix.
+fn unique_holder(holder: &str) -> Result<String, ClientError> {
+    if holder.is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "holder name must not be empty".into(),
+        ));
+    }
+    let limit = MAX_HOLDER_BYTES - HOLDER_SUFFIX_BYTES;
+    if holder.len() > limit {
+        return Err(ClientError::InvalidArgument(format!(
+            "holder name is {} bytes, the limit for a campaign is {limit} (the store's {MAX_HOLDER_BYTES} less a {HOLDER_SUFFIX_BYTES}-byte unique suffix)",
+            holder.len()
+        )));
+    }
+    Ok(format!("{holder}/{:016x}", random_id()))
 }
 
 /// A held lock: its token, a fenced writer, and the loss signal.
@@ -103,6 +151,7 @@ impl Election {
 pub struct Leadership {
     client: Client,
     fence: Fence,
+    holder: String,
     lost: watch::Receiver<bool>,
     task: KeepAliveTask,
 }
@@ -111,6 +160,12 @@ impl Leadership {
     /// The fencing token of this term of leadership.
     pub fn token(&self) -> u64 {
         self.fence.token
+    }
+
+    /// The holder this campaign acquired the lock as: the given name plus its random
+    /// suffix (`NAME/1f3a9c2e7b5d4a60`), as Validate reports it.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The fence every write of this leadership carries.

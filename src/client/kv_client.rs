@@ -104,7 +104,7 @@ impl Client {
         Ok(Self {
             endpoints: Endpoints::new(endpoints)?,
             options,
-            client_id: random_client_id(),
+            client_id: random_id(),
             next_sequence: 1,
             session_known: false,
         })
@@ -301,7 +301,7 @@ impl Client {
     }
 
     fn new_session(&mut self) {
-        self.client_id = random_client_id();
+        self.client_id = random_id();
         self.next_sequence = 1;
         self.session_known = false;
     }
@@ -431,9 +431,10 @@ async fn status_of(channel: Channel, wait: Duration) -> Result<pb::StatusRespons
     }
 }
 
-/// A random non-zero session id, from the OS-seeded keys of std's `RandomState` mixed with
-/// the time and process id (so two clients started together still differ).
-fn random_client_id() -> u64 {
+/// A random non-zero id (session ids, campaign holder suffixes), from the OS-seeded keys of
+/// std's `RandomState` mixed with the time and process id (so two clients started together
+/// still differ).
+pub(super) fn random_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -21,6 +21,10 @@ struct State {
     /// Keep-alives answer UNAVAILABLE while set (a partitioned client).
     keep_alive_unavailable: bool,
     keep_alives: u32,
+    /// Acquires answer FAILED_PRECONDITION at once while set (a lock held elsewhere, and a
+    /// server that does not wait).
+    refuse_acquires: bool,
+    acquires: u32,
     writes: Vec<(String, u64)>,
 }
 
@@ -62,6 +66,13 @@ impl Lock for FakeLocks {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let r = request.into_inner();
+        {
+            let mut state = self.0.lock().unwrap();
+            state.acquires += 1;
+            if state.refuse_acquires {
+                return Err(Status::failed_precondition("lock L is held by x (token 3)"));
+            }
+        }
         let until = Instant::now() + Duration::from_millis(r.wait_ms);
         loop {
             {
@@ -317,4 +328,67 @@ async fn a_refused_renewal_is_reported_at_once() {
     let started = Instant::now();
     tokio::time::timeout(ttl, a.wait_lost()).await.unwrap();
     assert!(started.elapsed() < ttl / 2, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_campaign_holds_the_lock_as_its_name_plus_a_unique_suffix() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let a = Election::campaign(client(&addr), "svc", "A", TTL)
+        .await
+        .unwrap();
+    let (name, suffix) = a.holder().split_once('/').unwrap();
+    assert_eq!(name, "A");
+    assert_eq!(suffix.len(), 16);
+    assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{suffix}");
+    let check = client(&addr).validate("svc", a.token()).await.unwrap();
+    assert_eq!(check.holder, a.holder());
+
+    // A second process with the same name is another holder: it waits (here: until the
+    // timeout), instead of being handed A's token.
+    let second =
+        tokio::time::timeout(TTL * 2, Election::campaign(client(&addr), "svc", "A", TTL)).await;
+    assert!(
+        second.is_err(),
+        "the same name got the lock while A held it"
+    );
+    assert!(!a.is_lost());
+}
+
+#[tokio::test]
+async fn a_campaign_refuses_an_empty_or_too_long_name() {
+    let addr = serve(FakeLocks::default()).await;
+    let empty = Election::campaign(client(&addr), "svc", "", TTL)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        empty,
+        ClientError::InvalidArgument("holder name must not be empty".into())
+    );
+    // The longest accepted name leaves room for the suffix within the store's 4096 bytes.
+    let longest = "h".repeat(4096 - 17);
+    let a = Election::campaign(client(&addr), "svc", &longest, TTL)
+        .await
+        .unwrap();
+    assert_eq!(a.holder().len(), 4096);
+    let too_long = Election::campaign(client(&addr), "other", &format!("{longest}h"), TTL)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_long.to_string(),
+        "invalid argument: holder name is 4080 bytes, the limit for a campaign is 4079 (the store's 4096 less a 17-byte unique suffix)"
+    );
+}
+
+#[tokio::test]
+async fn a_campaign_backs_off_between_refused_attempts() {
+    let fake = FakeLocks::default();
+    fake.0.lock().unwrap().refuse_acquires = true;
+    let addr = serve(fake.clone()).await;
+    // Default backoff: 20, 40, 80, 160, 320, 500 ms ... so about 6 attempts in a second.
+    let campaign = Election::campaign(client(&addr), "L", "me", TTL);
+    let result = tokio::time::timeout(Duration::from_secs(1), campaign).await;
+    assert!(result.is_err(), "the campaign cannot win");
+    let attempts = fake.0.lock().unwrap().acquires;
+    assert!((2..=12).contains(&attempts), "{attempts} attempts in 1 s");
 }

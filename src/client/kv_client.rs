@@ -120,7 +120,8 @@ impl Client {
         self.client_id
     }
 
-    /// The endpoints known now (the given ones plus any learned from redirects).
+    /// The configured endpoints (addresses learned from redirects are kept apart: at most a
+    /// few, each dropped when an attempt to it fails).
     pub fn endpoints(&self) -> &[String] {
         self.endpoints.addrs()
     }

@@ -8,7 +8,8 @@
 //! How an operation runs ([`Client`]):
 //! - It tries the last node that answered as leader first, then the endpoints in turn.
 //! - A non-leader answers UNAVAILABLE with `leader-addr` metadata; the client goes there next
-//!   (an address not in the endpoint list is added to it).
+//!   (an address not in the endpoint list is learned, apart from it: at most 8 learned
+//!   addresses, each dropped when an attempt to it fails).
 //! - UNAVAILABLE, connection errors and attempts that get no answer within
 //!   [`ClientOptions::attempt_timeout`] are retried on the next candidate with exponential
 //!   backoff, until the operation's overall [`ClientOptions::timeout`].

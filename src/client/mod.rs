@@ -26,6 +26,7 @@
 //!   as stale. Use one `Client` per concurrent writer.
 
 mod admin;
+mod clock;
 mod duration;
 mod election;
 mod endpoints;

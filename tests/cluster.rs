@@ -1713,3 +1713,38 @@ async fn two_campaigns_with_one_name_never_share_a_token() {
     assert!(check.valid, "{check:?}");
     assert_eq!(check.holder, second.holder());
 }
+
+/// A waiting Acquire sent to a store leader that then freezes (SIGSTOP: its sockets stay
+/// open, nothing answers) leaves it within about one attempt timeout (HTTP/2 keep-alive
+/// pings), not after its whole wait, and is granted by the new leader once the lease it
+/// waited for runs out there.
+#[tokio::test]
+async fn a_waiting_acquire_leaves_a_frozen_leader_and_is_granted_by_the_next() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let mut a = cluster.client();
+    let mut b = cluster.client();
+    let ttl = Duration::from_secs(1);
+    // B has asked the leader once, so its Acquire goes straight there.
+    let check = b.validate("L", 1).await.unwrap();
+    assert_eq!(check.current_token, 0, "{check:?}");
+    // A takes L and never renews it.
+    let held = a.acquire("L", "A", ttl, Duration::ZERO).await.unwrap();
+    cluster.stop(leader);
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(40),
+        b.acquire("L", "B", ttl, Duration::from_secs(20)),
+    )
+    .await;
+    let waited = started.elapsed();
+    cluster.cont(leader);
+    let lease = got
+        .expect("B's acquire never returned")
+        .expect("B's acquire failed");
+    assert!(lease.token > held.token, "{} > {}", lease.token, held.token);
+    assert!(
+        waited < Duration::from_secs(8),
+        "B was granted after {waited:?}: stuck on the frozen leader"
+    );
+}

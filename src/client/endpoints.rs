@@ -7,6 +7,7 @@
 //! time does not collect every address it was ever sent to.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,6 +38,10 @@ pub(crate) fn cluster(channel: Channel) -> ClusterClient<Channel> {
         .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
         .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
 }
+
+/// The shortest HTTP/2 keep-alive ping interval and timeout, however short the attempt
+/// timeout: a busy node must not lose its connections to late pongs.
+const MIN_PING: Duration = Duration::from_millis(250);
 
 /// Most addresses learned from redirects kept at once.
 pub(crate) const MAX_LEARNED: usize = 8;
@@ -91,11 +96,18 @@ impl Endpoints {
         if let Some(leader) = &self.leader {
             return leader.clone();
         }
-        let position = self.cursor % (self.addrs.len() + self.learned.len());
+        let addr = self.in_turn(self.cursor).to_string();
         self.cursor = self.cursor.wrapping_add(1);
+        addr
+    }
+
+    /// The address at rotation position `cursor`: the configured endpoints, then the
+    /// learned ones.
+    fn in_turn(&self, cursor: usize) -> &str {
+        let position = cursor % (self.addrs.len() + self.learned.len());
         match self.addrs.get(position) {
-            Some(addr) => addr.clone(),
-            None => self.learned[position - self.addrs.len()].clone(),
+            Some(addr) => addr,
+            None => &self.learned[position - self.addrs.len()],
         }
     }
 
@@ -119,7 +131,8 @@ impl Endpoints {
     }
 
     /// An attempt to `addr` failed: forgets it as the cached leader (so the next pick
-    /// rotates), and forgets it altogether if it was only learned from a redirect.
+    /// rotates, and not straight back to `addr` when there is another address), and forgets
+    /// it altogether if it was only learned from a redirect.
     pub(crate) fn forget_leader(&mut self, addr: &str) {
         if self.leader.as_deref() == Some(addr) {
             self.leader = None;
@@ -128,10 +141,19 @@ impl Endpoints {
             self.learned.remove(position);
             self.channels.remove(addr);
         }
+        if self.addrs.len() + self.learned.len() > 1 && self.in_turn(self.cursor) == addr {
+            self.cursor = self.cursor.wrapping_add(1);
+        }
     }
 
     /// The channel to `addr`, created on first use. Connecting happens lazily, on the
     /// first RPC, bounded by the connect timeout.
+    ///
+    /// The channel pings the node (HTTP/2 keep-alive, also while idle) every half attempt
+    /// timeout and drops the connection when a ping is not answered within another half:
+    /// a frozen node (SIGSTOP, a hung host) that still accepts TCP fails every request on
+    /// it within about one attempt timeout, even one the server may hold for a long time
+    /// (a waiting Acquire), and the retry goes to another node.
     pub(crate) fn channel(
         &mut self,
         addr: &str,
@@ -140,9 +162,13 @@ impl Endpoints {
         if let Some(channel) = self.channels.get(addr) {
             return Ok(channel.clone());
         }
+        let ping = (options.attempt_timeout / 2).max(MIN_PING);
         let channel = endpoint(addr)?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(ping)
+            .keep_alive_timeout(ping)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -231,6 +257,20 @@ mod tests {
         assert_eq!([e.pick(), e.pick()], ["c:3", "c:3"]);
         e.forget_leader("c:3");
         assert_eq!(e.pick(), "b:2");
+    }
+
+    #[test]
+    fn the_rotation_does_not_go_straight_back_to_a_node_that_failed() {
+        let mut e = endpoints(&["a:1", "b:2", "c:3"]).unwrap();
+        assert_eq!(e.pick(), "a:1");
+        // b:2 would be next in turn; it leads, then fails: the rotation passes it over once.
+        assert!(e.set_leader("b:2"));
+        assert_eq!(e.pick(), "b:2");
+        e.forget_leader("b:2");
+        assert_eq!([e.pick(), e.pick(), e.pick()], ["c:3", "a:1", "b:2"]);
+        let mut single = endpoints(&["a:1"]).unwrap();
+        single.forget_leader("a:1");
+        assert_eq!(single.pick(), "a:1");
     }
 
     #[test]

@@ -335,7 +335,9 @@ impl Client {
 
     /// [`Client::run`] for an operation the server may hold for up to `server_wait` (a lock
     /// acquire that waits for the holder): that time is added to the overall deadline and to
-    /// each attempt's timeout.
+    /// each attempt's timeout. A node that freezes meanwhile still costs only about one
+    /// attempt timeout: the channel's HTTP/2 keep-alive pings go unanswered, the connection
+    /// is dropped, and the attempt fails and is retried elsewhere (see `endpoints.rs`).
     pub(super) async fn run_waiting<T, F, Fut>(
         &mut self,
         operation: &'static str,

@@ -12,7 +12,9 @@
 //!   addresses, each dropped when an attempt to it fails).
 //! - UNAVAILABLE, connection errors and attempts that get no answer within
 //!   [`ClientOptions::attempt_timeout`] are retried on the next candidate with exponential
-//!   backoff, until the operation's overall [`ClientOptions::timeout`].
+//!   backoff, until the operation's overall [`ClientOptions::timeout`]. Each channel sends
+//!   HTTP/2 keep-alive pings every half attempt timeout, so a node that freezes under a
+//!   long-held request (a waiting lock acquire) fails it within about one attempt timeout.
 //! - INVALID_ARGUMENT, FAILED_PRECONDITION and other caller errors are returned at once.
 //!
 //! Invariants:

@@ -1802,3 +1802,85 @@ async fn listening_on_every_interface_needs_an_advertised_client_address() {
     .await;
     assert_eq!(own.address, advertised);
 }
+
+// ---------------------------------------------------------------- client library (issue 12)
+
+/// Two processes campaigning with the same name (a supervisor restart, two pods with one
+/// name) are two holders: the second waits while the first leads, and gets a higher token.
+#[tokio::test]
+async fn two_campaigns_with_one_name_never_share_a_token() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let ttl = Duration::from_millis(1500);
+    let first = Election::campaign(cluster.client(), "svc", "worker", ttl)
+        .await
+        .unwrap();
+    let (first_token, first_holder) = (first.token(), first.holder().to_string());
+    let second = tokio::spawn(Election::campaign(cluster.client(), "svc", "worker", ttl));
+
+    // For two TTLs (the first keeps its lease alive), the second waits and the store names
+    // the first's unique holder.
+    let mut observer = cluster.client();
+    let watched = Instant::now();
+    while watched.elapsed() < ttl * 2 {
+        assert!(
+            !second.is_finished(),
+            "a second campaign with the same name got the lock while the first led"
+        );
+        let check = observer.validate("svc", first_token).await.unwrap();
+        assert!(check.valid, "{check:?}");
+        assert_eq!(check.holder, first_holder);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    first.resign().await.unwrap();
+    let second = tokio::time::timeout(SECS_10, second)
+        .await
+        .expect("the second campaign leads after the first resigned")
+        .unwrap()
+        .unwrap();
+    assert!(
+        second.token() > first_token,
+        "{} > {first_token}",
+        second.token()
+    );
+    assert_ne!(second.holder(), first_holder);
+    let check = observer.validate("svc", second.token()).await.unwrap();
+    assert!(check.valid, "{check:?}");
+    assert_eq!(check.holder, second.holder());
+}
+
+/// A waiting Acquire sent to a store leader that then freezes (SIGSTOP: its sockets stay
+/// open, nothing answers) leaves it within about one attempt timeout (HTTP/2 keep-alive
+/// pings), not after its whole wait, and is granted by the new leader once the lease it
+/// waited for runs out there.
+#[tokio::test]
+async fn a_waiting_acquire_leaves_a_frozen_leader_and_is_granted_by_the_next() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let mut a = cluster.client();
+    let mut b = cluster.client();
+    let ttl = Duration::from_secs(1);
+    // B has asked the leader once, so its Acquire goes straight there.
+    let check = b.validate("L", 1).await.unwrap();
+    assert_eq!(check.current_token, 0, "{check:?}");
+    // A takes L and never renews it.
+    let held = a.acquire("L", "A", ttl, Duration::ZERO).await.unwrap();
+    cluster.stop(leader);
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(40),
+        b.acquire("L", "B", ttl, Duration::from_secs(20)),
+    )
+    .await;
+    let waited = started.elapsed();
+    cluster.cont(leader);
+    let lease = got
+        .expect("B's acquire never returned")
+        .expect("B's acquire failed");
+    assert!(lease.token > held.token, "{} > {}", lease.token, held.token);
+    assert!(
+        waited < Duration::from_secs(8),
+        "B was granted after {waited:?}: stuck on the frozen leader"
+    );
+}

@@ -94,7 +94,8 @@ enum LockCommand {
     Acquire {
         /// The lock's name.
         name: String,
-        /// Who takes it (the same holder acquiring again gets the same token).
+        /// Who takes it (the same holder acquiring again gets the same token, so use a name
+        /// unique to this process).
         #[arg(long)]
         holder: String,
         /// Lease length (e.g. 5s, 500ms).

@@ -104,7 +104,7 @@ impl Client {
         Ok(Self {
             endpoints: Endpoints::new(endpoints)?,
             options,
-            client_id: random_client_id(),
+            client_id: random_id(),
             next_sequence: 1,
             session_known: false,
         })
@@ -120,7 +120,8 @@ impl Client {
         self.client_id
     }
 
-    /// The endpoints known now (the given ones plus any learned from redirects).
+    /// The configured endpoints (addresses learned from redirects are kept apart: at most a
+    /// few, each dropped when an attempt to it fails).
     pub fn endpoints(&self) -> &[String] {
         self.endpoints.addrs()
     }
@@ -301,7 +302,7 @@ impl Client {
     }
 
     fn new_session(&mut self) {
-        self.client_id = random_client_id();
+        self.client_id = random_id();
         self.next_sequence = 1;
         self.session_known = false;
     }
@@ -334,7 +335,9 @@ impl Client {
 
     /// [`Client::run`] for an operation the server may hold for up to `server_wait` (a lock
     /// acquire that waits for the holder): that time is added to the overall deadline and to
-    /// each attempt's timeout.
+    /// each attempt's timeout. A node that freezes meanwhile still costs only about one
+    /// attempt timeout: the channel's HTTP/2 keep-alive pings go unanswered, the connection
+    /// is dropped, and the attempt fails and is retried elsewhere (see `endpoints.rs`).
     pub(super) async fn run_waiting<T, F, Fut>(
         &mut self,
         operation: &'static str,
@@ -431,9 +434,10 @@ async fn status_of(channel: Channel, wait: Duration) -> Result<pb::StatusRespons
     }
 }
 
-/// A random non-zero session id, from the OS-seeded keys of std's `RandomState` mixed with
-/// the time and process id (so two clients started together still differ).
-fn random_client_id() -> u64 {
+/// A random non-zero id (session ids, campaign holder suffixes), from the OS-seeded keys of
+/// std's `RandomState` mixed with the time and process id (so two clients started together
+/// still differ).
+pub(super) fn random_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

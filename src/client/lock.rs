@@ -1,10 +1,12 @@
 //! Named locks with leases and fencing tokens (the `Lock` service), as [`Client`] methods.
 //!
 //! Same discovery, redirect and retry rules as writes. Acquire is idempotent for one holder
-//! (the same holder acquiring again gets the same token), so a retried acquire is safe;
-//! keep-alive names the token, so resending it is harmless too. Release carries the client's
-//! session like a put: a release resent because its reply was lost is answered with the first
-//! one's outcome, not with "stale token" for the lock it already freed.
+//! (the same holder acquiring again renews the lease and gets the same token), so a retried
+//! acquire is safe; for the same reason a holder must be unique per process and attempt, or
+//! two processes would share one token ([`super::Election`] adds a random suffix to the
+//! name). Keep-alive names the token, so resending it is harmless too. Release carries the
+//! client's session like a put: a release resent because its reply was lost is answered with
+//! the first one's outcome, not with "stale token" for the lock it already freed.
 //! FAILED_PRECONDITION (stale token, lock held by someone else) is never retried.
 
 use std::time::Duration;
@@ -69,6 +71,12 @@ pub struct Validation {
 impl Client {
     /// Takes lock `name` for `holder` with a lease of `ttl`, waiting up to `wait` while
     /// another holder has an unexpired lease. Returns the fencing token.
+    ///
+    /// `holder` must be unique per process and per attempt to lead: the same holder
+    /// acquiring again renews the lease and gets the SAME token, so two processes using one
+    /// holder would both hold the lock with one token (and one's release frees the other's
+    /// lock). Reuse a holder only to retry your own acquire. [`super::Election::campaign`]
+    /// makes its holders unique.
     ///
     /// # Errors
     /// [`ClientError::FailedPrecondition`] `lock NAME is held by HOLDER (token N)` when the

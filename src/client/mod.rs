@@ -8,10 +8,13 @@
 //! How an operation runs ([`Client`]):
 //! - It tries the last node that answered as leader first, then the endpoints in turn.
 //! - A non-leader answers UNAVAILABLE with `leader-addr` metadata; the client goes there next
-//!   (an address not in the endpoint list is added to it).
+//!   (an address not in the endpoint list is learned, apart from it: at most 8 learned
+//!   addresses, each dropped when an attempt to it fails).
 //! - UNAVAILABLE, connection errors and attempts that get no answer within
 //!   [`ClientOptions::attempt_timeout`] are retried on the next candidate with exponential
-//!   backoff, until the operation's overall [`ClientOptions::timeout`].
+//!   backoff, until the operation's overall [`ClientOptions::timeout`]. Each channel sends
+//!   HTTP/2 keep-alive pings every half attempt timeout, so a node that freezes under a
+//!   long-held request (a waiting lock acquire) fails it within about one attempt timeout.
 //! - INVALID_ARGUMENT, FAILED_PRECONDITION and other caller errors are returned at once.
 //!
 //! Invariants:
@@ -25,6 +28,7 @@
 //!   as stale. Use one `Client` per concurrent writer.
 
 mod admin;
+mod clock;
 mod duration;
 mod election;
 mod endpoints;

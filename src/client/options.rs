@@ -9,7 +9,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Longest one RPC attempt may wait for an answer before the client tries another node
     /// (default 2 s). Bounds the time lost on a frozen node that accepts connections but
-    /// never answers.
+    /// never answers; for a request the server may hold longer (a waiting acquire) the
+    /// HTTP/2 keep-alive pings, sent every half of it, bound that time instead.
     pub attempt_timeout: Duration,
     /// TCP connect timeout per endpoint (default 300 ms), so a dead node costs little.
     pub connect_timeout: Duration,

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 use crate::pb;
 use crate::pb::kv_server::{Kv, KvServer};
@@ -21,6 +23,12 @@ struct State {
     /// Keep-alives answer UNAVAILABLE while set (a partitioned client).
     keep_alive_unavailable: bool,
     keep_alives: u32,
+    /// Acquires answer FAILED_PRECONDITION at once while set (a lock held elsewhere, and a
+    /// server that does not wait).
+    refuse_acquires: bool,
+    /// Keep-alives never get an answer while set (a store that stopped answering).
+    keep_alive_hangs: bool,
+    acquires: u32,
     writes: Vec<(String, u64)>,
 }
 
@@ -62,6 +70,13 @@ impl Lock for FakeLocks {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let r = request.into_inner();
+        {
+            let mut state = self.0.lock().unwrap();
+            state.acquires += 1;
+            if state.refuse_acquires {
+                return Err(Status::failed_precondition("lock L is held by x (token 3)"));
+            }
+        }
         let until = Instant::now() + Duration::from_millis(r.wait_ms);
         loop {
             {
@@ -98,12 +113,16 @@ impl Lock for FakeLocks {
         request: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let r = request.into_inner();
-        {
+        let hangs = {
             let mut state = self.0.lock().unwrap();
             state.keep_alives += 1;
             if state.keep_alive_unavailable {
                 return Err(Status::unavailable("no leader elected yet"));
             }
+            state.keep_alive_hangs
+        };
+        if hangs {
+            std::future::pending::<()>().await;
         }
         self.check(&r.name, r.token, "token")?;
         let mut state = self.0.lock().unwrap();
@@ -317,4 +336,151 @@ async fn a_refused_renewal_is_reported_at_once() {
     let started = Instant::now();
     tokio::time::timeout(ttl, a.wait_lost()).await.unwrap();
     assert!(started.elapsed() < ttl / 2, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_campaign_holds_the_lock_as_its_name_plus_a_unique_suffix() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let a = Election::campaign(client(&addr), "svc", "A", TTL)
+        .await
+        .unwrap();
+    let (name, suffix) = a.holder().split_once('/').unwrap();
+    assert_eq!(name, "A");
+    assert_eq!(suffix.len(), 16);
+    assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{suffix}");
+    let check = client(&addr).validate("svc", a.token()).await.unwrap();
+    assert_eq!(check.holder, a.holder());
+
+    // A second process with the same name is another holder: it waits (here: until the
+    // timeout), instead of being handed A's token.
+    let second =
+        tokio::time::timeout(TTL * 2, Election::campaign(client(&addr), "svc", "A", TTL)).await;
+    assert!(
+        second.is_err(),
+        "the same name got the lock while A held it"
+    );
+    assert!(!a.is_lost());
+}
+
+#[tokio::test]
+async fn a_campaign_refuses_an_empty_or_too_long_name() {
+    let addr = serve(FakeLocks::default()).await;
+    let empty = Election::campaign(client(&addr), "svc", "", TTL)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        empty,
+        ClientError::InvalidArgument("holder name must not be empty".into())
+    );
+    // The longest accepted name leaves room for the suffix within the store's 4096 bytes.
+    let longest = "h".repeat(4096 - 17);
+    let a = Election::campaign(client(&addr), "svc", &longest, TTL)
+        .await
+        .unwrap();
+    assert_eq!(a.holder().len(), 4096);
+    let too_long = Election::campaign(client(&addr), "other", &format!("{longest}h"), TTL)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_long.to_string(),
+        "invalid argument: holder name is 4080 bytes, the limit for a campaign is 4079 (the store's 4096 less a 17-byte unique suffix)"
+    );
+}
+
+#[tokio::test]
+async fn a_campaign_backs_off_between_refused_attempts() {
+    let fake = FakeLocks::default();
+    fake.0.lock().unwrap().refuse_acquires = true;
+    let addr = serve(fake.clone()).await;
+    // Default backoff: 20, 40, 80, 160, 320, 500 ms ... so about 6 attempts in a second.
+    let campaign = Election::campaign(client(&addr), "L", "me", TTL);
+    let result = tokio::time::timeout(Duration::from_secs(1), campaign).await;
+    assert!(result.is_err(), "the campaign cannot win");
+    let attempts = fake.0.lock().unwrap().acquires;
+    assert!((2..=12).contains(&attempts), "{attempts} attempts in 1 s");
+}
+
+/// Polls `leadership.is_lost()` for up to a second.
+async fn becomes_lost(leadership: &Leadership) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        if leadership.is_lost() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_leadership_whose_keep_alive_task_died_is_lost() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    // A long TTL: the losses below come from the task's end, not from the lease running out.
+    let ttl = Duration::from_secs(3);
+    let a = Election::campaign(client(&addr), "a", "A", ttl)
+        .await
+        .unwrap();
+    a.task.abort();
+    assert!(becomes_lost(&a).await, "an aborted keep-alive still leads");
+    assert!(*a.lost().borrow());
+    assert!(!a.lease.expired());
+
+    let mut b = Election::campaign(client(&addr), "b", "B", ttl)
+        .await
+        .unwrap();
+    b.lease.panic_at_renewal.store(true, Ordering::Relaxed);
+    // The first renewal, a third of the TTL in, panics.
+    tokio::time::sleep(ttl / 3).await;
+    assert!(becomes_lost(&b).await, "a panicked keep-alive still leads");
+    assert!(*b.lost().borrow());
+    assert!(!b.lease.expired());
+    tokio::time::timeout(Duration::from_millis(100), b.wait_lost())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_that_ran_out_during_a_suspend_is_lost_at_once() {
+    let fake = FakeLocks::default();
+    let addr = serve(fake.clone()).await;
+    let options = ClientOptions {
+        timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
+    };
+    let client = Client::with_options(vec![addr], options).unwrap();
+    let ttl = Duration::from_secs(3);
+    let clock = LeaseClock::default();
+    fake.0.lock().unwrap().keep_alive_hangs = true;
+    let mut a = Election::campaign_on(client, "svc", "A", ttl, clock.clone())
+        .await
+        .unwrap();
+    // The first renewal (a third of the TTL in) gets stuck waiting for an answer.
+    let started = Instant::now();
+    while fake.0.lock().unwrap().keep_alives == 0 {
+        assert!(started.elapsed() < ttl, "no renewal was sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!a.is_lost());
+    // The system sleeps past the TTL: tokio's clock did not move, the lease clock did.
+    clock.advance(ttl);
+    assert!(
+        a.is_lost(),
+        "a lease that ran out during a suspend still leads"
+    );
+    tokio::time::timeout(Duration::from_millis(50), a.wait_lost())
+        .await
+        .unwrap();
+    // The task notices too, within a clock check, and reports it on the receiver.
+    let mut lost = a.lost();
+    tokio::time::timeout(Duration::from_millis(500), lost.wait_for(|lost| *lost))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < ttl,
+        "noticed before the lease ran out on tokio's clock"
+    );
 }

@@ -105,6 +105,14 @@ pub struct Inbox {
     lock_waiters: Arc<LockWaiters>,
 }
 
+impl Inbox {
+    /// The request channel alone, for tests that stand in for the driver.
+    #[cfg(test)]
+    pub(crate) fn into_requests(self) -> mpsc::Receiver<Request> {
+        self.rx
+    }
+}
+
 /// Creates a handle and the inbox the driver will read. Split from [`Driver::open`] because
 /// the peer senders need a handle (to feed replies back) before the driver exists.
 pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {

@@ -332,6 +332,7 @@ impl pb::lock_server::Lock for LockService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     fn acquire(name: &str, holder: &str, ttl_ms: u64, wait_ms: u64) -> pb::AcquireRequest {
         pb::AcquireRequest {
@@ -367,6 +368,185 @@ mod tests {
         );
         let s = Status::from(validate_acquire(&acquire("L", "h", 0, 0)).unwrap_err());
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_waiter_proposes_when_the_lock_is_free_and_it_heads_the_queue_or_it_holds_the_lock() {
+        let held_by = |holder: &str, token| LockInfo {
+            holder: holder.into(),
+            token,
+            ttl_ms: 1000,
+        };
+        let other = held_by("other", 7);
+        let mine = held_by("me", 7);
+        assert!(should_propose(None, "me", true, None));
+        assert!(!should_propose(None, "me", false, None), "not our turn");
+        assert!(
+            should_propose(None, "me", true, Some(7)),
+            "the refusing grant ended"
+        );
+        assert!(!should_propose(Some(&other), "me", true, None));
+        assert!(
+            should_propose(Some(&mine), "me", false, None),
+            "a renewal needs no turn"
+        );
+        assert!(
+            !should_propose(Some(&mine), "me", true, Some(7)),
+            "the grant that was expiring is still there"
+        );
+        assert!(should_propose(Some(&mine), "me", true, Some(5)));
+    }
+
+    /// Stands in for the driver behind `handle`: this node leads (or redirects to node 2 when
+    /// `leader` is false), lock "L" is `lock`, and an Acquire is granted (token = its index)
+    /// when "L" is free. Returns the shared state and the holders that proposed, in order.
+    fn fake_driver(
+        inbox: crate::node::Inbox,
+        lock: Option<LockInfo>,
+        leader: bool,
+    ) -> Arc<Mutex<(Option<LockInfo>, Vec<String>)>> {
+        use crate::node::Request as NodeRequest;
+        let state = Arc::new(Mutex::new((lock, Vec::new())));
+        let shared = state.clone();
+        let mut requests = inbox.into_requests();
+        tokio::spawn(async move {
+            let mut index = 100;
+            while let Some(req) = requests.recv().await {
+                index += 1;
+                let h = Header {
+                    node_id: 1,
+                    term: 1,
+                    index,
+                };
+                let mut state = shared.lock().unwrap();
+                match req {
+                    NodeRequest::LeaderLocalLock { reply, .. } if leader => {
+                        let _ = reply.send(Ok((state.0.clone(), h)));
+                    }
+                    NodeRequest::LeaderLocalLock { reply, .. } => {
+                        let _ = reply.send(Err(ClientError::NotLeader {
+                            id: 2,
+                            addr: "127.0.0.1:9002".into(),
+                        }));
+                    }
+                    NodeRequest::Propose { data, reply } => {
+                        let Ok(Proposal {
+                            command: Command::Acquire { holder, ttl_ms, .. },
+                            ..
+                        }) = Proposal::decode(&data)
+                        else {
+                            panic!("not an acquire");
+                        };
+                        state.1.push(holder.clone());
+                        let answer = match &state.0 {
+                            Some(l) => Err(ClientError::Apply(ApplyError::LockHeld {
+                                name: "L".into(),
+                                holder: l.holder.clone(),
+                                token: l.token,
+                            })),
+                            None => {
+                                state.0 = Some(LockInfo {
+                                    holder,
+                                    token: index,
+                                    ttl_ms,
+                                });
+                                Ok((
+                                    Outcome::Acquired {
+                                        token: index,
+                                        ttl_ms,
+                                    },
+                                    h,
+                                ))
+                            }
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    other => panic!("unexpected request {other:?}"),
+                }
+            }
+        });
+        state
+    }
+
+    async fn call(svc: &LockService, holder: &str, wait_ms: u64) -> Result<u64, Status> {
+        use pb::lock_server::Lock as _;
+        let req = acquire("L", holder, 1000, wait_ms);
+        Ok(svc.acquire(Request::new(req)).await?.into_inner().token)
+    }
+
+    /// Issue 12, item 5: waiters re-proposed every 250 ms and on every release anywhere.
+    /// Now none proposes while the lock is held (also when it changes hands to someone else),
+    /// and a release lets exactly the first in line propose; the others answer "held" by the
+    /// new holder at their deadline.
+    #[tokio::test]
+    async fn waiters_propose_nothing_while_the_lock_is_held_and_one_proposal_after_a_release() {
+        let (handle, inbox) = crate::node::channel(1, 64);
+        let owner = |holder: &str, token| LockInfo {
+            holder: holder.into(),
+            token,
+            ttl_ms: 1000,
+        };
+        let state = fake_driver(inbox, Some(owner("owner", 1)), true);
+        let svc = LockService::new(handle.clone(), 100);
+        let mut waiters = tokio::task::JoinSet::new();
+        for i in 0..5 {
+            let svc = svc.clone();
+            waiters.spawn(async move { call(&svc, &format!("w{i}"), 1500).await });
+            // Joined in this order.
+            while handle.lock_waiters().len() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The lock changes hands to another owner: everyone looks again, nobody proposes.
+        state.lock().unwrap().0 = Some(owner("owner2", 2));
+        handle.lock_waiters().changed("L");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(state.lock().unwrap().1, Vec::<String>::new());
+        // Released: the first in line proposes, once, and gets it.
+        state.lock().unwrap().0 = None;
+        handle.lock_waiters().changed("L");
+        let first = waiters.join_next().await.unwrap().unwrap();
+        assert!(first.is_ok(), "{first:?}");
+        assert_eq!(state.lock().unwrap().1, vec!["w0".to_string()]);
+        while let Some(done) = waiters.join_next().await {
+            let status = done.unwrap().unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert!(
+                status.message().starts_with("lock L is held by w0 (token "),
+                "{status:?}"
+            );
+        }
+        assert_eq!(
+            state.lock().unwrap().1.len(),
+            1,
+            "no proposal at the deadline"
+        );
+        assert!(handle.lock_waiters().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_acquire_on_a_follower_is_redirected_at_once() {
+        let (handle, inbox) = crate::node::channel(1, 64);
+        let state = fake_driver(inbox, None, false);
+        let svc = LockService::new(handle.clone(), 100);
+        let status = call(&svc, "w", 60_000).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.metadata().get("leader-id").unwrap(), "2");
+        assert!(state.lock().unwrap().1.is_empty());
+        assert!(handle.lock_waiters().is_empty());
+    }
+
+    /// A driver that stopped answering holds a waiting client for [`NOT_RESPONDING`], not for
+    /// its whole wait.
+    #[tokio::test]
+    async fn a_waiting_acquire_fails_when_the_driver_does_not_answer() {
+        let (handle, _inbox) = crate::node::channel(1, 64);
+        let svc = LockService::new(handle, 100);
+        let started = Instant::now();
+        let status = call(&svc, "w", 60_000).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "node not responding, retry");
+        assert!(started.elapsed() < NOT_RESPONDING + Duration::from_secs(1));
     }
 
     #[test]

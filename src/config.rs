@@ -46,6 +46,12 @@ pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
 /// Default `--initial-cluster-token` (etcd's name for the same idea).
 pub const DEFAULT_CLUSTER_TOKEN: &str = "kvstore-cluster";
+/// Default bound on the Acquire requests waiting on one node for a held lock
+/// (`--max-waiting-acquires`).
+pub const DEFAULT_MAX_WAITING_ACQUIRES: usize = 10_000;
+/// Default bound on concurrent gRPC streams (calls) per client connection
+/// (`--max-concurrent-streams`, etcd's flag and default).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
 /// The election timeout must be at least this many heartbeat intervals, so a few lost or
 /// late heartbeats do not start an election.
 pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
@@ -124,6 +130,11 @@ pub struct NodeConfig {
     /// Mixed into the cluster id the data dir records at first start, so two clusters with
     /// the same members (say, a test cluster rebuilt on the same addresses) get different ids.
     pub cluster_token: String,
+    /// Acquire requests that may wait on this node for a held lock; one more that would
+    /// wait is refused with RESOURCE_EXHAUSTED (not 0).
+    pub max_waiting_acquires: usize,
+    /// Concurrent gRPC streams (calls) per client connection (HTTP/2 setting; not 0).
+    pub max_concurrent_streams: u32,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -192,6 +203,14 @@ pub enum ConfigError {
         /// `--port`.
         port: u16,
     },
+    /// `--max-waiting-acquires 0`.
+    #[error("--max-waiting-acquires must be at least 1 (default {DEFAULT_MAX_WAITING_ACQUIRES})")]
+    ZeroMaxWaitingAcquires,
+    /// `--max-concurrent-streams 0`.
+    #[error(
+        "--max-concurrent-streams must be at least 1 (default {DEFAULT_MAX_CONCURRENT_STREAMS})"
+    )]
+    ZeroMaxConcurrentStreams,
 }
 
 impl NodeConfig {
@@ -211,6 +230,8 @@ impl NodeConfig {
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             read_mode: ReadMode::ReadIndex,
             cluster_token: DEFAULT_CLUSTER_TOKEN.to_string(),
+            max_waiting_acquires: DEFAULT_MAX_WAITING_ACQUIRES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 
@@ -239,6 +260,12 @@ impl NodeConfig {
         }
         if self.cluster_token.is_empty() {
             return Err(ConfigError::EmptyClusterToken);
+        }
+        if self.max_waiting_acquires == 0 {
+            return Err(ConfigError::ZeroMaxWaitingAcquires);
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::ZeroMaxConcurrentStreams);
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -746,6 +773,24 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "--initial-cluster-token must not be empty"
         );
+    }
+
+    #[test]
+    fn zero_waiting_acquires_or_concurrent_streams_are_refused() {
+        let mut c = NodeConfig::new(1, 9001);
+        c.max_waiting_acquires = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--max-waiting-acquires must be at least 1 (default 10000)"
+        );
+        c.max_waiting_acquires = 1;
+        c.max_concurrent_streams = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--max-concurrent-streams must be at least 1 (default 1000)"
+        );
+        c.max_concurrent_streams = 1;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -104,6 +104,15 @@ struct Args {
     /// the same token; a later start with another token is refused.
     #[arg(long, default_value = config::DEFAULT_CLUSTER_TOKEN, value_name = "TOKEN")]
     initial_cluster_token: String,
+
+    /// Acquire requests that may wait on this node for a held lock (over all locks); one more
+    /// that would wait is refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_ACQUIRES, value_name = "N")]
+    max_waiting_acquires: usize,
+
+    /// Concurrent gRPC calls (HTTP/2 streams) per client connection (etcd's flag).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONCURRENT_STREAMS, value_name = "N")]
+    max_concurrent_streams: u32,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -126,6 +135,8 @@ impl TryFrom<Args> for NodeConfig {
             snapshot_bytes: a.snapshot_bytes,
             read_mode: a.read_mode,
             cluster_token: a.initial_cluster_token,
+            max_waiting_acquires: a.max_waiting_acquires,
+            max_concurrent_streams: a.max_concurrent_streams,
         };
         config.validate()?;
         Ok(config)

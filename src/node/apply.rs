@@ -7,7 +7,7 @@
 //! What it may import: `raft` types, `state_machine`, the lease table, std. No tokio, no clock.
 
 use super::leases::{LeaseTime, Leases};
-use crate::raft::{Entry, Payload, Term};
+use crate::raft::{Entry, LogIndex, Payload, Term};
 use crate::state_machine::{ApplyError, Outcome, Proposal, StateMachine};
 
 /// What applying one committed entry did.
@@ -80,12 +80,18 @@ impl Applied {
         }
     }
 
-    /// The lock this entry freed (a release, or an expiry that ended a grant), if any.
-    pub(crate) fn freed_lock(&self) -> Option<&str> {
-        match (&self.result, &self.proposal) {
-            (Some(Ok(Outcome::Released | Outcome::Expired { expired: true })), Some(p)) => {
-                super::leases::lock_name(&p.command)
-            }
+    /// The lock whose holder or token this entry (at `index`) changed: a grant of a new
+    /// token (tokens are the index of their grant, so a renewal or a session's cached
+    /// outcome, which keep an older token, do not count), a release, or an expiry that ended
+    /// a grant. Keep-alives change neither.
+    pub(crate) fn changed_lock(&self, index: LogIndex) -> Option<&str> {
+        let changed = match &self.result {
+            Some(Ok(Outcome::Released | Outcome::Expired { expired: true })) => true,
+            Some(Ok(Outcome::Acquired { token, .. })) => *token == index,
+            _ => false,
+        };
+        match &self.proposal {
+            Some(p) if changed => super::leases::lock_name(&p.command),
             _ => None,
         }
     }
@@ -140,27 +146,39 @@ mod tests {
         assert_eq!(sm.applied_index(), 2);
     }
 
-    /// The lease table's too-late answer replaces the state machine's outcome.
-    #[test]
-    fn a_renewal_after_the_expiry_was_proposed_is_answered_stale() {
-        let (mut sm, mut leases) = (StateMachine::new(), Leases::<Duration>::default());
-        leases.sync(Some(1), &sm, Duration::ZERO);
-        let acquire = Command::Acquire {
+    /// Holder "h" acquiring lock "l" for 10 ms.
+    fn acquire_l() -> Command {
+        Command::Acquire {
             name: "l".into(),
             holder: "h".into(),
             ttl_ms: 10,
-        };
+        }
+    }
+
+    /// A leader (term 1) whose lease table proposed the expiry of the grant of lock "l" to
+    /// "h" at index 1; returns its state machine, its lease table and the grant's token.
+    fn leader_with_an_expiring_grant() -> (StateMachine, Leases<Duration>, u64) {
+        let (mut sm, mut leases) = (StateMachine::new(), Leases::<Duration>::default());
+        leases.sync(Some(1), &sm, Duration::ZERO);
         let a = apply_entry(
             &mut sm,
             &mut leases,
-            &entry(1, 1, Some(acquire)),
+            &entry(1, 1, Some(acquire_l())),
             Duration::ZERO,
         );
         let Answer::Applied(Outcome::Acquired { token, .. }) = a.answer_for(1) else {
             panic!("not acquired: {a:?}");
         };
+        assert_eq!(a.changed_lock(1), Some("l"), "a grant changes the lock");
         let proposed = leases.propose_due(Duration::from_millis(10), |_| true);
         assert_eq!(proposed.len(), 1);
+        (sm, leases, token)
+    }
+
+    /// The lease table's too-late answer replaces the state machine's outcome.
+    #[test]
+    fn a_renewal_after_the_expiry_was_proposed_is_answered_stale() {
+        let (mut sm, mut leases, token) = leader_with_an_expiring_grant();
         let keep = Command::KeepAlive {
             name: "l".into(),
             token,
@@ -176,7 +194,7 @@ mod tests {
             k.answer_for(1),
             Answer::Rejected(ApplyError::StaleToken { current: None, .. })
         ));
-        assert_eq!(k.freed_lock(), None);
+        assert_eq!(k.changed_lock(2), None);
         let expire = Command::Expire {
             name: "l".into(),
             token,
@@ -187,6 +205,36 @@ mod tests {
             &entry(3, 1, Some(expire)),
             Duration::ZERO,
         );
-        assert_eq!(e.freed_lock(), Some("l"));
+        assert_eq!(e.changed_lock(3), Some("l"));
+    }
+
+    /// Issue 12: a same-holder Acquire (a renewal) applied after the leader proposed the
+    /// grant's expiry was answered "stale token", which told a waiting Acquire to give up.
+    /// It is `LockExpiring` now (the waiter waits for the expiry, then gets a new token),
+    /// and it changes no lock (no waiter is woken by it).
+    #[test]
+    fn a_same_holder_acquire_after_the_expiry_was_proposed_is_told_the_lock_is_expiring() {
+        let (mut sm, mut leases, token) = leader_with_an_expiring_grant();
+        let again = apply_entry(
+            &mut sm,
+            &mut leases,
+            &entry(2, 1, Some(acquire_l())),
+            Duration::ZERO,
+        );
+        let Answer::Rejected(err) = again.answer_for(1) else {
+            panic!("renewed an expiring lease: {again:?}");
+        };
+        assert_eq!(
+            err,
+            ApplyError::LockExpiring {
+                name: "l".into(),
+                token
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "lock l's lease (token 1) is expiring; acquire again to get a new token"
+        );
+        assert_eq!(again.changed_lock(2), None, "a renewal changes no lock");
     }
 }

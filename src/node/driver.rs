@@ -3,6 +3,7 @@
 use super::apply;
 use super::error::{ClientError, Fatal};
 use super::leases::Leases;
+use super::lock_waiters::LockWaiters;
 use super::pending::Pending;
 use super::request::{Header, ReadTarget, ReadValue, Request};
 use super::tick_clock::TickClock;
@@ -60,8 +61,9 @@ pub struct Driver {
     peer_waiters: HashMap<u64, oneshot::Sender<Message>>,
     /// Lease deadlines of the held locks, kept only while leader (see `node` docs, Leases).
     leases: Leases<Instant>,
-    /// Bumped when a lock is released or expires, so waiting acquirers retry.
-    locks_freed: watch::Sender<u64>,
+    /// The Acquire requests waiting on this node: woken when their lock changes hands, and
+    /// all of them after a snapshot install or a change of role or term.
+    lock_waiters: Arc<LockWaiters>,
     /// A leader's snapshot that arrived and decoded, waiting for the core to accept it.
     /// Invariant: `None` between two Ready cycles (installed or dropped by `handle_ready`).
     incoming_snapshot: Option<(SnapshotMeta, StateMachine)>,
@@ -139,7 +141,7 @@ impl Driver {
             last_rpc_id: 0,
             peer_waiters: HashMap::new(),
             leases: Leases::default(),
-            locks_freed: inbox.locks_freed,
+            lock_waiters: inbox.lock_waiters,
             incoming_snapshot: None,
             bytes_since_snapshot: 0,
             clock: TickClock::default(),
@@ -294,6 +296,16 @@ impl Driver {
                     }
                 }
             }
+            Request::LeaderLocalLock { name, reply } => {
+                let status = self.core.status();
+                let answer = if status.role == Role::Leader {
+                    let header = self.header(self.sm.applied_index());
+                    Ok((self.sm.lock(&name).cloned(), header))
+                } else {
+                    Err(self.not_leader(status.leader))
+                };
+                let _ = reply.send(answer);
+            }
             Request::Peer { mut msg, reply } => {
                 let mut refused = false;
                 if let MessageBody::InstallSnapshot { snapshot } = &msg.body {
@@ -402,6 +414,8 @@ impl Driver {
         self.blocking(move || store.install_snapshot(&snapshot))
             .await?;
         self.sm = sm;
+        // Every lock may have changed hands.
+        self.lock_waiters.changed_all();
         self.bytes_since_snapshot = 0;
         self.snapshot_size = size;
         info!(
@@ -504,8 +518,8 @@ impl Driver {
         }
     }
 
-    /// After an entry applied: logs an error or a lease expiry, and wakes waiting acquirers
-    /// when a lock was freed.
+    /// After an entry applied: logs an error or a lease expiry, and wakes the Acquires
+    /// waiting on a lock that changed hands.
     fn after_applied(&self, index: LogIndex, applied: &apply::Applied) {
         if let Some(Err(err)) = &applied.result {
             warn!(index, error = %err, "command applied to an error");
@@ -519,8 +533,8 @@ impl Driver {
                 info!(lock = %name, token, "lease expired: lock {name} token {token}");
             }
         }
-        if applied.freed_lock().is_some() {
-            self.locks_freed.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(name) = applied.changed_lock(index) {
+            self.lock_waiters.changed(name);
         }
     }
 
@@ -619,7 +633,9 @@ impl Driver {
         }
     }
 
-    /// Publishes the core's state as of now (one moment: all fields together).
+    /// Publishes the core's state as of now (one moment: all fields together). After a change
+    /// of role or term, wakes every waiting Acquire (once the new status is visible), so each
+    /// checks whether this node still leads.
     fn publish_status(&self) {
         let s = self.core.status();
         let next = NodeStatus {
@@ -631,14 +647,19 @@ impl Driver {
             applied: self.sm.applied_index(),
             last_index: s.last_index,
         };
+        let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {
             if *cur == next {
                 false
             } else {
+                new_role_or_term = (cur.role, cur.term) != (next.role, next.term);
                 *cur = next;
                 true
             }
         });
+        if new_role_or_term {
+            self.lock_waiters.changed_all();
+        }
     }
 
     /// Fails every waiter and every request still queued, and refuses new ones.
@@ -655,6 +676,9 @@ impl Driver {
                     let _ = reply.send(Err(err.clone()));
                 }
                 Request::TransferLeadership { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::LeaderLocalLock { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
                 Request::Peer { .. } | Request::PeerReply { .. } | Request::HandOver { .. } => {}

@@ -34,6 +34,17 @@ pub enum ClientError {
     /// The driver's inbox is full.
     #[error("node overloaded, retry")]
     Overloaded,
+    /// The driver did not answer a waiting Acquire's look at its lock in time (a stalled
+    /// node): the client should not be held for the rest of its wait.
+    #[error("node not responding, retry")]
+    NotResponding,
+    /// The bound on Acquire requests waiting on this node (`--max-waiting-acquires`) is
+    /// reached, and this one would have to wait.
+    #[error("too many Acquire requests are waiting on this node (limit {limit}); retry later or wait on another lock")]
+    TooManyWaiting {
+        /// The bound.
+        limit: usize,
+    },
     /// The request itself is malformed.
     #[error("{0}")]
     Invalid(String),

@@ -17,7 +17,9 @@
 //!   leadership transfer in progress) leaves it due, so the next tick proposes it again
 //!   (issue 11, defect 3: marking before proposing kept a dead holder's lock forever).
 //! - A renewal of a lease whose expiry was already proposed came too late: the expiry will end
-//!   the grant right after, so the renewal is answered `StaleToken { current: None }`.
+//!   the grant right after, so the renewal is refused: a keep-alive with
+//!   `StaleToken { current: None }`, a same-holder Acquire with `LockExpiring` (it may wait
+//!   for the expiry and then get a new token).
 //!
 //! # Cost
 //! The leases that may become due are also kept ordered by deadline, so a tick costs
@@ -135,10 +137,16 @@ impl<T: LeaseTime> Leases<T> {
         let renewed = renewed_token(command, outcome) == Some(current.token);
         let lease = self.leases.get(name).filter(|l| l.token == current.token);
         if renewed && lease.is_some_and(|l| l.expiring) {
-            return Some(ApplyError::StaleToken {
-                name: name.to_owned(),
-                token: current.token,
-                current: None,
+            let (name, token) = (name.to_owned(), current.token);
+            // An Acquire asked for the lock, not for this grant: "stale token" would tell a
+            // waiter to give up; "expiring" tells it to wait for the expiry and ask again.
+            return Some(match command {
+                Command::Acquire { .. } => ApplyError::LockExpiring { name, token },
+                _ => ApplyError::StaleToken {
+                    name,
+                    token,
+                    current: None,
+                },
             });
         }
         if renewed || lease.is_none() {

@@ -28,12 +28,22 @@
 //! That bookkeeping is I/O-free (`leases.rs`), as are applying a committed entry (`apply.rs`),
 //! the waiting writers and readers (`pending.rs`, `Waiters`) and the lease-read clock
 //! (`tick_clock.rs`): the simulator runs the same code.
+//!
+//! # Waiting Acquires
+//! An Acquire that waits for a held lock writes nothing to the log while it waits. It joins
+//! that lock's queue in [`LockWaiters`] (shared by the handle and the driver), watches the
+//! lock's generation, and proposes only when the state applied on the leader says the lock is
+//! free and it heads the queue. The driver bumps a lock's generation when an applied entry
+//! changes its holder or token (a grant of a new token, a release, an expiry that ended a
+//! grant; never a renewal), and every generation after a snapshot install or a change of this
+//! node's role or term.
 
 pub(crate) mod apply;
 mod driver;
 mod error;
 mod handover;
 pub(crate) mod leases;
+pub mod lock_waiters;
 pub(crate) mod pending;
 mod request;
 pub(crate) mod tick_clock;
@@ -46,7 +56,10 @@ pub use self::transport::Transport;
 
 use crate::raft::{LogIndex, Message, NodeId, Role, Term};
 use crate::state_machine::{LockInfo, Outcome};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::lock_waiters::{LockWaiters, TooManyWaiting, Waiter};
 
 /// Capacity of the driver's inbox; beyond it requests get UNAVAILABLE "node overloaded".
 pub const INBOX_CAPACITY: usize = 4096;
@@ -89,7 +102,15 @@ impl NodeStatus {
 pub struct Inbox {
     rx: mpsc::Receiver<Request>,
     status: watch::Sender<NodeStatus>,
-    locks_freed: watch::Sender<u64>,
+    lock_waiters: Arc<LockWaiters>,
+}
+
+impl Inbox {
+    /// The request channel alone, for tests that stand in for the driver.
+    #[cfg(test)]
+    pub(crate) fn into_requests(self) -> mpsc::Receiver<Request> {
+        self.rx
+    }
 }
 
 /// Creates a handle and the inbox the driver will read. Split from [`Driver::open`] because
@@ -97,17 +118,17 @@ pub struct Inbox {
 pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (status_tx, status_rx) = watch::channel(NodeStatus::initial(id));
-    let (freed_tx, freed_rx) = watch::channel(0);
+    let lock_waiters = Arc::new(LockWaiters::default());
     (
         NodeHandle {
             tx,
             status: status_rx,
-            locks_freed: freed_rx,
+            lock_waiters: lock_waiters.clone(),
         },
         Inbox {
             rx,
             status: status_tx,
-            locks_freed: freed_tx,
+            lock_waiters,
         },
     )
 }
@@ -117,8 +138,8 @@ pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
 pub struct NodeHandle {
     tx: mpsc::Sender<Request>,
     status: watch::Receiver<NodeStatus>,
-    /// Counts locks released or expired on this node (a waiting `Acquire` retries on change).
-    locks_freed: watch::Receiver<u64>,
+    /// The Acquire requests waiting on this node; the driver wakes them.
+    lock_waiters: Arc<LockWaiters>,
 }
 
 impl NodeHandle {
@@ -175,12 +196,25 @@ impl NodeHandle {
         rx.await.unwrap_or(Err(ClientError::ShuttingDown))
     }
 
-    /// A receiver that changes whenever this node applies a release or an expiry of a lock
-    /// (any lock). Subscribe before the attempt you want to retry, then await `changed()`.
-    pub fn watch_locks_freed(&self) -> watch::Receiver<u64> {
-        let mut rx = self.locks_freed.clone();
-        rx.mark_unchanged();
-        rx
+    /// The state of lock `name` as applied on this node (may lag the leader's commit), if
+    /// this node leads; otherwise the redirect error a proposal would get. Role and state come
+    /// from one moment of the driver. For waiting Acquires: they wait only on the leader and
+    /// propose only when this state says the lock is free (`rpc/lock_service.rs`).
+    ///
+    /// # Errors
+    /// Not leader (with the leader's address when known), overloaded, shutting down.
+    pub async fn leader_local_lock(
+        &self,
+        name: String,
+    ) -> Result<(Option<LockInfo>, Header), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::LeaderLocalLock { name, reply })?;
+        rx.await.unwrap_or(Err(ClientError::ShuttingDown))
+    }
+
+    /// The Acquire requests waiting on this node for a held lock.
+    pub fn lock_waiters(&self) -> &Arc<LockWaiters> {
+        &self.lock_waiters
     }
 
     /// Steps a peer request through the core and waits for the core's response.

@@ -58,6 +58,14 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<ReadResult>,
     },
+    /// The state of a lock as applied on this node, answered only if this node leads (else
+    /// the redirect): what a waiting Acquire looks at before it proposes.
+    LeaderLocalLock {
+        /// The lock's name.
+        name: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(Option<LockInfo>, Header), ClientError>>,
+    },
     /// A peer's RequestVote or AppendEntries; the core's response goes to `reply`.
     Peer {
         /// The request, already validated and converted.

@@ -215,6 +215,7 @@ async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = Server::builder()
         .layer(urls.clone())
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -234,9 +235,12 @@ async fn serve(
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
-            LockServer::new(LockService::new(handle.clone()))
-                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
-                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+            LockServer::new(LockService::new(
+                handle.clone(),
+                config.max_waiting_acquires,
+            ))
+            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
             ClusterServer::new(ClusterService::new(config.clone(), urls.clone(), handle))

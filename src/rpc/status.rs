@@ -34,7 +34,9 @@ impl From<ClientError> for Status {
             | ClientError::ShuttingDown
             | ClientError::StorageFailed(_)
             | ClientError::Overloaded
+            | ClientError::NotResponding
             | ClientError::TransferInProgress => Status::unavailable(message),
+            ClientError::TooManyWaiting { .. } => Status::resource_exhausted(message),
             ClientError::TransferTimedOut { .. } => Status::deadline_exceeded(message),
             ClientError::Invalid(_) => Status::invalid_argument(message),
             ClientError::Apply(ApplyError::SessionExpired { .. }) => {
@@ -129,6 +131,12 @@ mod tests {
                 Code::Unavailable,
                 "node is stopping: storage failed (cannot sync /d/db to disk: No space left); retry on another node",
             ),
+            (ClientError::NotResponding, Code::Unavailable, "node not responding, retry"),
+            (
+                ClientError::TooManyWaiting { limit: 3 },
+                Code::ResourceExhausted,
+                "too many Acquire requests are waiting on this node (limit 3); retry later or wait on another lock",
+            ),
             (
                 ClientError::Invalid("key must not be empty".into()),
                 Code::InvalidArgument,
@@ -168,6 +176,13 @@ mod tests {
                     current: Some(9),
                 },
                 "stale fencing token 5 for lock L (current 9)",
+            ),
+            (
+                ApplyError::LockExpiring {
+                    name: "L".into(),
+                    token: 4,
+                },
+                "lock L's lease (token 4) is expiring; acquire again to get a new token",
             ),
         ];
         for (err, msg) in lock_errors {

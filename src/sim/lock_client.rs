@@ -328,9 +328,10 @@ impl LockClient {
                 w.lock_check_mut().fenced_ok += 1;
             }
             // An Acquire that renewed its own grant after the leader proposed that grant's
-            // expiry is answered StaleToken too (`node::leases`): not acquired.
-            (
-                Command::Acquire { .. } | Command::KeepAlive { .. } | Command::Release { .. },
+            // expiry is answered LockExpiring (`node::leases`): not acquired.
+            (Command::Acquire { .. }, Err(ApplyError::LockExpiring { .. }))
+            | (
+                Command::KeepAlive { .. } | Command::Release { .. },
                 Err(ApplyError::StaleToken { .. }),
             )
             | (Command::Put { .. }, Err(ApplyError::StaleFence { .. })) => {

@@ -64,6 +64,17 @@ pub enum ApplyError {
         /// the current valid token, if the lock is held
         current: Option<u64>,
     },
+    /// A same-holder Acquire (a renewal) of a grant whose expiry the leader already proposed:
+    /// the expiry ends the grant right after, so the renewal is refused. Never the state
+    /// machine's own result (the leader's lease table answers it), so never cached in a
+    /// session; added last all the same, so the postcard encoding of the others is unchanged.
+    #[error("lock {name}'s lease (token {token}) is expiring; acquire again to get a new token")]
+    LockExpiring {
+        /// lock name
+        name: String,
+        /// the expiring grant's token
+        token: u64,
+    },
 }
 
 fn current_text(current: Option<u64>) -> String {

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
+use crate::node::WriteResult;
 use crate::state_machine::StateMachine;
 
 /// Keeps every message the driver sends to peers.
@@ -87,6 +88,43 @@ async fn round(d: &mut Driver, outbox: &Outbox) -> Vec<Command> {
     commands
 }
 
+/// Ticks node 1 until its peers (answering through [`round`]) have elected it.
+async fn elect(d: &mut Driver, outbox: &Outbox) {
+    for _ in 0..100 {
+        if d.core.status().role == Role::Leader {
+            return;
+        }
+        d.on_tick();
+        round(d, outbox).await;
+    }
+    panic!("node 1 was not elected");
+}
+
+/// Holder `holder` acquiring lock "l" for `ttl_ms`.
+fn acquire(holder: &str, ttl_ms: u64) -> Command {
+    Command::Acquire {
+        name: "l".into(),
+        holder: holder.into(),
+        ttl_ms,
+    }
+}
+
+/// Proposes `command` on the leader, lets the peers acknowledge it, and returns its answer.
+async fn commit(d: &mut Driver, outbox: &Outbox, command: Command) -> WriteResult {
+    let proposal = Proposal {
+        session: None,
+        command,
+    };
+    let (reply, answer) = oneshot::channel();
+    d.handle_request(Request::Propose {
+        data: proposal.encode(),
+        reply,
+    });
+    round(d, outbox).await;
+    round(d, outbox).await;
+    answer.await.unwrap_or_else(|e| panic!("no answer: {e}"))
+}
+
 /// Issue 11, defect 3, on the real driver: a lease that runs out while a leadership transfer
 /// is in progress (the core refuses proposals) is expired once the transfer is abandoned.
 /// Before the fix it was marked expiring although nothing was proposed, and the lock stayed
@@ -95,31 +133,10 @@ async fn round(d: &mut Driver, outbox: &Outbox) -> Vec<Command> {
 async fn a_lease_due_during_a_transfer_expires_once_the_transfer_is_abandoned() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (mut d, outbox) = with_outbox(&dir);
-    for _ in 0..100 {
-        if d.core.status().role == Role::Leader {
-            break;
-        }
-        d.on_tick();
-        round(&mut d, &outbox).await;
-    }
-    assert_eq!(d.core.status().role, Role::Leader, "node 1 was not elected");
-    let acquire = Proposal {
-        session: None,
-        command: Command::Acquire {
-            name: "l".into(),
-            holder: "h".into(),
-            ttl_ms: 1,
-        },
-    };
-    let (reply, granted) = oneshot::channel();
-    d.handle_request(Request::Propose {
-        data: acquire.encode(),
-        reply,
-    });
-    round(&mut d, &outbox).await;
-    round(&mut d, &outbox).await;
+    elect(&mut d, &outbox).await;
+    let granted = commit(&mut d, &outbox, acquire("h", 1)).await;
     assert!(
-        matches!(granted.await, Ok(Ok((Outcome::Acquired { .. }, _)))),
+        matches!(granted, Ok((Outcome::Acquired { .. }, _))),
         "lock not granted"
     );
     let (reply, started) = oneshot::channel();
@@ -210,6 +227,10 @@ async fn a_refused_snapshot_is_not_kept_in_memory() {
 async fn an_accepted_snapshot_is_installed() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut d = follower(&dir);
+    let mut waiter = d
+        .lock_waiters
+        .join("l", 10)
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let answer = deliver(&mut d, 1, snapshot(SnapshotMeta { index: 5, term: 1 })).await;
     assert!(
         matches!(
@@ -225,4 +246,55 @@ async fn an_accepted_snapshot_is_installed() {
     assert!(d.incoming_snapshot.is_none());
     assert_eq!(d.sm.applied_index(), 5);
     assert_eq!(d.sm.get("k5"), Some("v"));
+    assert!(
+        woken(&mut waiter).await,
+        "a waiting Acquire not woken when the state machine was replaced"
+    );
+}
+
+/// Whether `w` was woken (its lock's generation changed) since it last looked.
+async fn woken(w: &mut crate::node::Waiter) -> bool {
+    tokio::time::timeout(Duration::from_millis(10), w.changed())
+        .await
+        .is_ok()
+}
+
+/// Issue 12, item 5: the driver wakes the Acquires waiting on a lock when an applied entry
+/// changes its holder or token (a grant, a release; not a renewal or a keep-alive), and all
+/// of them when this node's role or term changes.
+#[tokio::test]
+async fn waiting_acquires_are_woken_when_their_lock_changes_hands_or_the_role_changes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut d, outbox) = with_outbox(&dir);
+    let mut w = d
+        .lock_waiters
+        .join("l", 10)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    d.publish_status();
+    let _ = woken(&mut w).await;
+    elect(&mut d, &outbox).await;
+    d.publish_status();
+    assert!(
+        woken(&mut w).await,
+        "not woken when this node became leader"
+    );
+    let Ok((Outcome::Acquired { token, .. }, _)) =
+        commit(&mut d, &outbox, acquire("h", 60_000)).await
+    else {
+        panic!("not granted");
+    };
+    assert!(woken(&mut w).await, "not woken by a grant");
+    assert!(commit(&mut d, &outbox, acquire("h", 60_000)).await.is_ok());
+    let keep_alive = Command::KeepAlive {
+        name: "l".into(),
+        token,
+    };
+    assert!(commit(&mut d, &outbox, keep_alive).await.is_ok());
+    assert!(!woken(&mut w).await, "woken by a renewal or a keep-alive");
+    let release = Command::Release {
+        name: "l".into(),
+        token,
+    };
+    assert!(commit(&mut d, &outbox, release).await.is_ok());
+    assert!(woken(&mut w).await, "not woken by a release");
 }

@@ -2039,6 +2039,47 @@ async fn an_acquire_beyond_max_waiting_acquires_is_refused_with_resource_exhaust
     waiters.abort_all();
 }
 
+/// Issue 12, item 5: `--max-concurrent-streams` bounds the calls one connection runs at once
+/// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): with 2, the third of three waiting Acquires on one
+/// connection starts only when one of the first two has ended, so it ends one wait later.
+#[tokio::test]
+async fn max_concurrent_streams_bounds_the_calls_one_connection_runs_at_once() {
+    const WAIT_MS: u64 = 1500;
+    let cluster = Cluster::start_args(1, &["--max-concurrent-streams", "2"]);
+    cluster.wait_for_leader(SECS_5).await;
+    let channel = common::channel(&cluster.addr(1));
+    let mut owner = kvstore::pb::lock_client::LockClient::new(channel.clone());
+    owner
+        .acquire(acquire("L", "owner", 60_000, 0))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut waiters = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let mut client = kvstore::pb::lock_client::LockClient::new(channel.clone());
+        waiters.spawn(async move {
+            let answer = client
+                .acquire(acquire("L", &format!("waiter-{i}"), 1000, WAIT_MS))
+                .await;
+            (answer, started.elapsed())
+        });
+    }
+    let mut ended = Vec::new();
+    while let Some(done) = waiters.join_next().await {
+        let (answer, elapsed) = done.unwrap();
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        ended.push(elapsed);
+    }
+    ended.sort();
+    let wait = Duration::from_millis(WAIT_MS);
+    assert!(ended[1] < wait * 2, "the first two ran at once: {ended:?}");
+    assert!(
+        ended[2] >= wait * 2,
+        "the third waited for a stream: {ended:?}"
+    );
+}
+
 /// Issue 12, item 5: a same-holder Acquire applied after the leader proposed its grant's
 /// expiry (the lease ran out while the renewal was in flight) was answered "stale token", and
 /// a waiting one gave up with it. Now the renewal is refused with LockExpiring, and a waiting

@@ -1,14 +1,15 @@
 //! The Acquire requests waiting on this node for a held lock, per lock name: a FIFO queue (who
-//! may propose when the lock is free) and a generation the waiters watch (bumped when the
-//! lock's holder or token changes, so they look at its state again). Waiting writes nothing to
-//! the log: a waiter proposes only when the applied state says the lock is free and it heads
-//! the queue (`rpc/lock_service.rs`).
+//! may propose when the lock is free), each waiter with a wake-up signal of its own (a
+//! generation it watches). Waiting writes nothing to the log: a waiter proposes only when the
+//! applied state says the lock is free and it heads the queue (`rpc/lock_service.rs`).
 //!
-//! Shared by the driver, which bumps generations ([`LockWaiters::changed`] after an applied
-//! grant, release or expiry; [`LockWaiters::changed_all`] after a snapshot install or a change
-//! of role or term), and the Lock service, whose waiters join with [`LockWaiters::join`]. A
-//! [`Waiter`] leaves its queue when dropped (granted, timed out, failed, or its RPC
-//! cancelled), and wakes the others of its lock, one of whom may now head the queue.
+//! Shared by the driver, which wakes waiters ([`LockWaiters::changed`] after an applied grant,
+//! release or expiry wakes the head of that lock's queue only, the one waiter that may act on
+//! it, so a release costs one look at the lock however many wait; [`LockWaiters::changed_all`]
+//! after a snapshot install or a change of role or term wakes every waiter), and the Lock
+//! service, whose waiters join with [`LockWaiters::join`]. A [`Waiter`] leaves its queue when
+//! dropped (granted, timed out, failed, or its RPC cancelled), and wakes the waiter that heads
+//! the queue after it.
 //!
 //! What it may import: std and `tokio::sync::watch` (no runtime, no I/O). The mutex is held
 //! only for a few map operations, never across an await.
@@ -34,12 +35,11 @@ struct Inner {
 }
 
 /// The waiters of one lock.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Queue {
-    /// Waiter ids in arrival order; the front may propose when the lock is free.
-    order: VecDeque<u64>,
-    /// The lock's generation: every waiter holds a receiver.
-    generation: watch::Sender<u64>,
+    /// Waiter ids in arrival order, each with the sender of its wake-up generation; the
+    /// front may propose when the lock is free.
+    order: VecDeque<(u64, watch::Sender<u64>)>,
 }
 
 /// The bound on waiting Acquires is reached: the request must not wait here.
@@ -64,12 +64,9 @@ impl LockWaiters {
         inner.next_id += 1;
         inner.total += 1;
         let id = inner.next_id;
-        let queue = inner.locks.entry(name.to_owned()).or_insert_with(|| Queue {
-            order: VecDeque::new(),
-            generation: watch::Sender::new(0),
-        });
-        queue.order.push_back(id);
-        let generation = queue.generation.subscribe();
+        let (wake, generation) = watch::channel(0);
+        let queue = inner.locks.entry(name.to_owned()).or_default();
+        queue.order.push_back((id, wake));
         Ok(Waiter {
             registry: Arc::clone(self),
             name: name.to_owned(),
@@ -79,10 +76,11 @@ impl LockWaiters {
     }
 
     /// The holder or token of lock `name` changed (an applied grant of a new token, a
-    /// release, an expiry that ended a grant): wakes its waiters.
+    /// release, an expiry that ended a grant): wakes the head of its queue, the one waiter
+    /// that may propose. The others move up when it leaves.
     pub fn changed(&self, name: &str) {
         if let Some(queue) = self.lock().locks.get(name) {
-            bump(&queue.generation);
+            queue.wake_head();
         }
     }
 
@@ -90,7 +88,9 @@ impl LockWaiters {
     /// term changed (waiters check leadership again).
     pub fn changed_all(&self) {
         for queue in self.lock().locks.values() {
-            bump(&queue.generation);
+            for (_, wake) in &queue.order {
+                bump(wake);
+            }
         }
     }
 
@@ -107,6 +107,14 @@ impl LockWaiters {
     /// A poisoned mutex is still usable: no operation leaves the maps half-updated.
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Queue {
+    fn wake_head(&self) {
+        if let Some((_, wake)) = self.order.front() {
+            bump(wake);
+        }
     }
 }
 
@@ -131,11 +139,11 @@ impl Waiter {
             .locks
             .get(&self.name)
             .and_then(|q| q.order.front())
-            .is_some_and(|&front| front == self.id)
+            .is_some_and(|&(front, _)| front == self.id)
     }
 
-    /// Waits until the lock's generation changes after the last call (or after the join).
-    /// Returns at once if it changed meanwhile.
+    /// Waits until this waiter is woken after the last call (or after the join). Returns at
+    /// once if it was woken meanwhile.
     pub async fn changed(&mut self) {
         // The sender lives in the queue this waiter is in, so it outlives the receiver;
         // an error (it cannot happen) just ends the wait early.
@@ -149,15 +157,15 @@ impl Drop for Waiter {
         let Some(queue) = inner.locks.get_mut(&self.name) else {
             return;
         };
-        let Some(at) = queue.order.iter().position(|&id| id == self.id) else {
+        let Some(at) = queue.order.iter().position(|(id, _)| *id == self.id) else {
             return;
         };
         queue.order.remove(at);
         if queue.order.is_empty() {
             inner.locks.remove(&self.name);
-        } else {
-            // Another waiter may head the queue now.
-            bump(&queue.generation);
+        } else if at == 0 {
+            // The next in line heads the queue now.
+            queue.wake_head();
         }
         inner.total -= 1;
     }
@@ -196,7 +204,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_waiter_leaves_its_queue_and_wakes_the_others_of_its_lock() {
+    async fn a_dropped_waiter_leaves_its_queue_and_wakes_the_next_in_line() {
         let r = registry();
         let a = r.join("L", 10).unwrap();
         let mut b = r.join("L", 10).unwrap();
@@ -218,19 +226,28 @@ mod tests {
         assert!(r.lock().locks.is_empty(), "no queue outlives its waiters");
     }
 
+    /// A release with 10,000 waiters wakes one of them, not all (each woken waiter asks the
+    /// driver for the lock's state: a crowd would fill its inbox).
     #[tokio::test]
-    async fn a_change_wakes_the_waiters_of_that_lock_and_changed_all_wakes_every_one() {
+    async fn a_change_wakes_the_head_of_that_lock_and_changed_all_wakes_every_one() {
         let r = registry();
         let mut a = r.join("L", 10).unwrap();
         let mut b = r.join("L", 10).unwrap();
         let mut m = r.join("M", 10).unwrap();
         r.changed("L");
         r.changed("nobody waits on this");
-        assert!(woken(&mut a).await && woken(&mut b).await);
+        assert!(woken(&mut a).await);
+        assert!(!woken(&mut b).await, "only the head is woken");
         assert!(!woken(&mut m).await);
         assert!(!woken(&mut a).await, "one change wakes once");
         r.changed_all();
         assert!(woken(&mut a).await && woken(&mut b).await && woken(&mut m).await);
+        // A waiter behind the head leaving wakes nobody; the head leaving wakes the next.
+        let mut c = r.join("L", 10).unwrap();
+        drop(b);
+        assert!(!woken(&mut a).await && !woken(&mut c).await);
+        drop(a);
+        assert!(woken(&mut c).await && c.is_head());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! # Invariants
 //! - Handlers never touch Raft state: they send a request to the driver and await its answer.
-//! - One port serves Raft, KV, Lock, Cluster, `grpc.health.v1` and reflection (v1 and v1alpha).
+//! - One port serves Raft, KV, Lock, Cluster, etcd's v3 services ([`etcd`]), `grpc.health.v1`
+//!   and reflection (v1 and v1alpha).
 //! - Message-size limits are explicit, never tonic's defaults: the Raft service's is
 //!   [`peer::PEER_MESSAGE_LIMIT`], above the largest message a leader builds; the client
 //!   services' is [`kv_service::CLIENT_MESSAGE_LIMIT`], above the largest legal request.
@@ -17,6 +18,7 @@
 pub mod client_urls;
 pub mod cluster_service;
 pub mod convert;
+pub mod etcd;
 pub mod kv_service;
 pub mod lock_service;
 pub mod peer;
@@ -247,6 +249,7 @@ async fn serve(
                 .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
+    let router = etcd::add_services(router);
     info!(
         node_id = config.id,
         addr = %config.address(),
@@ -288,10 +291,11 @@ async fn serve(
     Ok(())
 }
 
-/// A reflection builder with our descriptors and the health service's.
+/// A reflection builder with our descriptors (kvstore.v1 and etcd's) and the health service's.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::etcd::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 

@@ -1,0 +1,54 @@
+//! The etcd v3 front end: etcd's gRPC services (`etcdserverpb`: KV, Watch, Lease, Cluster,
+//! Maintenance, Auth) on the node's one port, so etcd's own clients (etcdctl, clientv3, the
+//! official client libraries) talk to kvstore unchanged.
+//!
+//! Today every method answers UNIMPLEMENTED with one line naming it ([`Unimplemented`]):
+//! the wire contract (proto/etcd/, compiled into [`crate::pb::etcd`]) and the registration
+//! come first, the methods one by one after. [`errors`] holds the code and exact message of
+//! each etcd error the methods will need, since etcd's clients match errors by message.
+//!
+//! # What this module may import
+//! As the rest of `rpc/`: `pb::etcd` wire types, `node` through its handle, tonic, tokio.
+//!
+//! # Invariants
+//! - Package, service, method, message and field names and numbers are etcd's (3.4, plus the
+//!   3.5 additions): etcd clients are compiled against them.
+//! - Errors carry etcd's gRPC code and message ([`errors`]), never our own wording, whenever
+//!   etcd has a word for the case.
+//! - Message-size limits are explicit, as for every client service:
+//!   [`CLIENT_MESSAGE_LIMIT`] both ways.
+
+pub mod errors;
+mod unimplemented;
+
+pub use self::unimplemented::Unimplemented;
+
+use super::kv_service::CLIENT_MESSAGE_LIMIT;
+use crate::pb::etcd::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use tonic::transport::server::Router;
+
+/// `$server` with the client services' message-size limits, both ways.
+macro_rules! with_client_limits {
+    ($server:expr) => {
+        $server
+            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+    };
+}
+
+/// Adds every etcd service to `router`.
+pub fn add_services<L>(router: Router<L>) -> Router<L> {
+    router
+        .add_service(with_client_limits!(KvServer::new(Unimplemented)))
+        .add_service(with_client_limits!(WatchServer::new(Unimplemented)))
+        .add_service(with_client_limits!(LeaseServer::new(Unimplemented)))
+        .add_service(with_client_limits!(ClusterServer::new(Unimplemented)))
+        .add_service(with_client_limits!(MaintenanceServer::new(Unimplemented)))
+        .add_service(with_client_limits!(AuthServer::new(Unimplemented)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! [`Unimplemented`]: every etcd service, each method answering UNIMPLEMENTED with one line
+//! naming it (see [`not_implemented`]).
+//!
+//! A method kvstore serves moves out of here into a service of its own; until then etcd
+//! clients reach a registered service and learn which call is missing, instead of gRPC's
+//! bare "unknown service".
+
+use super::errors::not_implemented;
+use crate::pb::etcd::etcdserverpb::*;
+use tokio_stream::Empty;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Serves each etcd service as UNIMPLEMENTED, method by method.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unimplemented;
+
+/// Implements `$service` for [`Unimplemented`]: each `fn method(Request) -> Response = "Name";`
+/// answers [`not_implemented`] with `$name/Name` (`$name` being gRPC's service name, e.g.
+/// `etcdserverpb.KV`); `type X = T;` lines give the streaming methods' stream types.
+macro_rules! unimplemented_service {
+    ($service:path, $name:literal {
+        $(type $stream:ident = $stream_ty:ty;)*
+        $(fn $method:ident($request:ty) -> $response:ty = $method_name:literal;)*
+    }) => {
+        #[tonic::async_trait]
+        impl $service for Unimplemented {
+            $(type $stream = $stream_ty;)*
+            $(
+                async fn $method(
+                    &self,
+                    _request: Request<$request>,
+                ) -> Result<Response<$response>, Status> {
+                    Err(not_implemented(concat!($name, "/", $method_name)))
+                }
+            )*
+        }
+    };
+}
+
+unimplemented_service!(kv_server::Kv, "etcdserverpb.KV" {
+    fn range(RangeRequest) -> RangeResponse = "Range";
+    fn put(PutRequest) -> PutResponse = "Put";
+    fn delete_range(DeleteRangeRequest) -> DeleteRangeResponse = "DeleteRange";
+    fn txn(TxnRequest) -> TxnResponse = "Txn";
+    fn compact(CompactionRequest) -> CompactionResponse = "Compact";
+});
+
+unimplemented_service!(watch_server::Watch, "etcdserverpb.Watch" {
+    type WatchStream = Empty<Result<WatchResponse, Status>>;
+    fn watch(Streaming<WatchRequest>) -> Self::WatchStream = "Watch";
+});
+
+unimplemented_service!(lease_server::Lease, "etcdserverpb.Lease" {
+    type LeaseKeepAliveStream = Empty<Result<LeaseKeepAliveResponse, Status>>;
+    fn lease_grant(LeaseGrantRequest) -> LeaseGrantResponse = "LeaseGrant";
+    fn lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse = "LeaseRevoke";
+    fn lease_keep_alive(Streaming<LeaseKeepAliveRequest>) -> Self::LeaseKeepAliveStream
+        = "LeaseKeepAlive";
+    fn lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse = "LeaseTimeToLive";
+    fn lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse = "LeaseLeases";
+});
+
+unimplemented_service!(cluster_server::Cluster, "etcdserverpb.Cluster" {
+    fn member_add(MemberAddRequest) -> MemberAddResponse = "MemberAdd";
+    fn member_remove(MemberRemoveRequest) -> MemberRemoveResponse = "MemberRemove";
+    fn member_update(MemberUpdateRequest) -> MemberUpdateResponse = "MemberUpdate";
+    fn member_list(MemberListRequest) -> MemberListResponse = "MemberList";
+    fn member_promote(MemberPromoteRequest) -> MemberPromoteResponse = "MemberPromote";
+});
+
+unimplemented_service!(maintenance_server::Maintenance, "etcdserverpb.Maintenance" {
+    type SnapshotStream = Empty<Result<SnapshotResponse, Status>>;
+    fn alarm(AlarmRequest) -> AlarmResponse = "Alarm";
+    fn status(StatusRequest) -> StatusResponse = "Status";
+    fn defragment(DefragmentRequest) -> DefragmentResponse = "Defragment";
+    fn hash(HashRequest) -> HashResponse = "Hash";
+    fn hash_kv(HashKvRequest) -> HashKvResponse = "HashKV";
+    fn snapshot(SnapshotRequest) -> Self::SnapshotStream = "Snapshot";
+    fn move_leader(MoveLeaderRequest) -> MoveLeaderResponse = "MoveLeader";
+    fn downgrade(DowngradeRequest) -> DowngradeResponse = "Downgrade";
+});
+
+unimplemented_service!(auth_server::Auth, "etcdserverpb.Auth" {
+    fn auth_enable(AuthEnableRequest) -> AuthEnableResponse = "AuthEnable";
+    fn auth_disable(AuthDisableRequest) -> AuthDisableResponse = "AuthDisable";
+    fn auth_status(AuthStatusRequest) -> AuthStatusResponse = "AuthStatus";
+    fn authenticate(AuthenticateRequest) -> AuthenticateResponse = "Authenticate";
+    fn user_add(AuthUserAddRequest) -> AuthUserAddResponse = "UserAdd";
+    fn user_get(AuthUserGetRequest) -> AuthUserGetResponse = "UserGet";
+    fn user_list(AuthUserListRequest) -> AuthUserListResponse = "UserList";
+    fn user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse = "UserDelete";
+    fn user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse
+        = "UserChangePassword";
+    fn user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse = "UserGrantRole";
+    fn user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse = "UserRevokeRole";
+    fn role_add(AuthRoleAddRequest) -> AuthRoleAddResponse = "RoleAdd";
+    fn role_get(AuthRoleGetRequest) -> AuthRoleGetResponse = "RoleGet";
+    fn role_list(AuthRoleListRequest) -> AuthRoleListResponse = "RoleList";
+    fn role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse = "RoleDelete";
+    fn role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse
+        = "RoleGrantPermission";
+    fn role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse
+        = "RoleRevokePermission";
+});

@@ -2141,3 +2141,61 @@ async fn a_waiting_renewal_that_meets_its_grants_expiry_gets_a_new_higher_token(
     }
     panic!("the window was missed or leadership changed in every attempt");
 }
+
+// ---------------------------------------------------------------- etcd API
+
+/// Runs `ETCDCTL_API=3 etcdctl --endpoints ENDPOINT ARGS...` (etcd's own client, Debian's
+/// etcd-client); None when etcdctl is not installed, else (exit code, stdout + stderr).
+fn etcdctl(endpoint: &str, args: &[&str]) -> Option<(i32, String)> {
+    let output = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint])
+        .args(["--dial-timeout", "2s", "--command-timeout", "5s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    let output = match output {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        other => other.unwrap(),
+    };
+    let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    Some((output.status.code().unwrap_or(-1), text.into_owned()))
+}
+
+#[tokio::test]
+async fn etcdctl_reaches_the_etcd_services_of_a_node() {
+    if etcdctl("127.0.0.1:1", &["version"]).is_none() {
+        cannot_run("etcdctl is not installed (.ci/run installs Debian's etcd-client)");
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let endpoint = cluster.addr(1);
+    // etcdctl's requests decode as our etcdserverpb messages and reach the method they name:
+    // each answer is that method's UNIMPLEMENTED line (a service we did not register would
+    // answer with gRPC's empty UNIMPLEMENTED; a request we could not decode, with INTERNAL).
+    for (args, method) in [
+        (&["get", "foo"][..], "etcdserverpb.KV/Range"),
+        (&["put", "foo", "bar"][..], "etcdserverpb.KV/Put"),
+        (&["member", "list"][..], "etcdserverpb.Cluster/MemberList"),
+        (
+            &["endpoint", "status"][..],
+            "etcdserverpb.Maintenance/Status",
+        ),
+    ] {
+        let want =
+            format!("code = Unimplemented desc = {method} is not implemented by kvstore yet");
+        poll_until(
+            SECS_10,
+            &format!("etcdctl {args:?} to print {want:?}"),
+            async || {
+                let (code, out) = etcdctl(&endpoint, args).unwrap();
+                let reached = code != 0 && out.contains(&want);
+                if !reached {
+                    eprintln!("etcdctl {args:?}: exit {code}: {out}");
+                }
+                reached.then_some(())
+            },
+        )
+        .await;
+    }
+}

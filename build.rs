@@ -35,7 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write_descriptor(&fds, &out_dir.join("etcd_descriptor.bin"))?;
     tonic_prost_build::configure()
         .build_server(true)
-        // Clients too: tests call the etcd services through them.
+        // Clients too (unused so far): Rust tests and the load generator can then drive both
+        // kvstore and a real etcd through the etcd API without protoc (the etcd-client crate
+        // behind kvstore-bench's `etcd` feature needs it).
         .build_client(true)
         .compile_fds(fds)?;
     Ok(())

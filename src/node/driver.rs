@@ -509,6 +509,7 @@ impl Driver {
                         node_id: self.id,
                         term: entry.term,
                         index: entry.index,
+                        revision: self.sm.revision(),
                     },
                 )),
                 apply::Answer::Rejected(err) => Err(ClientError::Apply(err)),
@@ -556,6 +557,7 @@ impl Driver {
         match target {
             ReadTarget::Key(key) => ReadValue::Key(self.sm.get(key).map(str::to_owned)),
             ReadTarget::Lock(name) => ReadValue::Lock(self.sm.lock(name).cloned()),
+            ReadTarget::Range(req) => ReadValue::Range(self.sm.range(req)),
         }
     }
 
@@ -630,6 +632,7 @@ impl Driver {
             node_id: self.id,
             term: self.core.status().term,
             index,
+            revision: self.sm.revision(),
         }
     }
 

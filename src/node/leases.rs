@@ -263,7 +263,10 @@ pub(crate) fn lock_name(command: &Command) -> Option<&str> {
         | Command::KeepAlive { name, .. }
         | Command::Release { name, .. }
         | Command::Expire { name, .. } => Some(name),
-        Command::Put { .. } | Command::Delete { .. } => None,
+        Command::Put { .. }
+        | Command::Delete { .. }
+        | Command::Kv { .. }
+        | Command::Compact { .. } => None,
     }
 }
 

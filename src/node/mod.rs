@@ -55,7 +55,8 @@ pub use self::request::{Header, ReadResult, ReadTarget, ReadValue, Request, Writ
 pub use self::transport::Transport;
 
 use crate::raft::{LogIndex, Message, NodeId, Role, Term};
-use crate::state_machine::{LockInfo, Outcome};
+use crate::state_machine::mvcc::{RangeRequest, RangeResponse};
+use crate::state_machine::{ApplyError, LockInfo, Outcome};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -166,7 +167,23 @@ impl NodeHandle {
         // The driver answers a read with the kind it asked for; the other arm is unreachable.
         match self.read_target(ReadTarget::Key(key), linearizable).await? {
             (ReadValue::Key(value), h) => Ok((value, h)),
-            (ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),
+            (ReadValue::Lock(_) | ReadValue::Range(_), _) => Err(ClientError::ShuttingDown),
+        }
+    }
+
+    /// An etcd Range, linearizably (leader + ReadIndex) or from local state. A compacted or
+    /// future revision is the inner error.
+    ///
+    /// # Errors
+    /// Not leader (linearizable only), leadership lost, overloaded, shutting down.
+    pub async fn range(
+        &self,
+        req: RangeRequest,
+        linearizable: bool,
+    ) -> Result<(Result<RangeResponse, ApplyError>, Header), ClientError> {
+        match self.read_target(ReadTarget::Range(req), linearizable).await? {
+            (ReadValue::Range(answer), h) => Ok((answer, h)),
+            (ReadValue::Key(_) | ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),
         }
     }
 
@@ -178,7 +195,7 @@ impl NodeHandle {
     pub async fn read_lock(&self, name: String) -> Result<(Option<LockInfo>, Header), ClientError> {
         match self.read_target(ReadTarget::Lock(name), true).await? {
             (ReadValue::Lock(lock), h) => Ok((lock, h)),
-            (ReadValue::Key(_), _) => Err(ClientError::ShuttingDown),
+            (ReadValue::Key(_) | ReadValue::Range(_), _) => Err(ClientError::ShuttingDown),
         }
     }
 

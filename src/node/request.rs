@@ -2,7 +2,8 @@
 
 use super::error::ClientError;
 use crate::raft::{LogIndex, Message, NodeId, Term};
-use crate::state_machine::{LockInfo, Outcome};
+use crate::state_machine::mvcc::{RangeRequest, RangeResponse};
+use crate::state_machine::{ApplyError, LockInfo, Outcome};
 use tokio::sync::oneshot;
 
 /// Where and when an answer took effect; sent with every client answer.
@@ -14,6 +15,8 @@ pub struct Header {
     pub term: Term,
     /// The log index the operation took effect at (reads: the applied index served from).
     pub index: LogIndex,
+    /// The key space's revision after the operation (reads: the revision served from).
+    pub revision: i64,
 }
 
 /// Result of a write.
@@ -28,6 +31,8 @@ pub enum ReadTarget {
     Key(String),
     /// The state of a lock.
     Lock(String),
+    /// An etcd Range over the key space.
+    Range(RangeRequest),
 }
 
 /// The answer to a read, matching its [`ReadTarget`].
@@ -37,6 +42,8 @@ pub enum ReadValue {
     Key(Option<String>),
     /// The lock's holder and token, if it is held.
     Lock(Option<LockInfo>),
+    /// The keys in range, or why the range cannot be read (a compacted or future revision).
+    Range(Result<RangeResponse, ApplyError>),
 }
 
 /// A request into the driver loop.

@@ -417,6 +417,7 @@ mod tests {
                     node_id: 1,
                     term: 1,
                     index,
+                    revision: 1,
                 };
                 let mut state = shared.lock().unwrap();
                 match req {

@@ -6,6 +6,7 @@
 
 use super::client_urls;
 use crate::node::ClientError;
+use crate::state_machine::mvcc::MvccError;
 use crate::state_machine::ApplyError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -46,8 +47,18 @@ impl From<ClientError> for Status {
                     .insert(ERROR_KIND_KEY, MetadataValue::from_static(SESSION_EXPIRED));
                 status
             }
+            ClientError::Apply(ApplyError::Kv(e)) => Status::new(mvcc_code(&e), message),
             ClientError::Apply(_) => Status::failed_precondition(message),
         }
+    }
+}
+
+/// The code etcd answers a key-space refusal with (the same in both front ends).
+pub(crate) fn mvcc_code(e: &MvccError) -> Code {
+    match e {
+        MvccError::Compacted { .. } | MvccError::FutureRevision => Code::OutOfRange,
+        MvccError::LeaseNotFound(_) => Code::NotFound,
+        _ => Code::InvalidArgument,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::raft::{
     Payload, RaftCore, ReadState, Ready, Role, Snapshot,
 };
 use crate::rpc::peer::PEER_MESSAGE_LIMIT;
+use crate::state_machine::mvcc::RangeRequest;
 use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
 use crate::storage::StorageError;
 
@@ -1508,25 +1509,16 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
         }
     }
     // Every replica applied the same state.
-    let states: BTreeSet<Vec<(String, String)>> = w
-        .nodes
-        .values()
-        .map(|n| {
-            n.sm.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect();
+    let states: BTreeSet<String> = w.nodes.values().map(|n| key_space_view(&n.sm)).collect();
     if states.len() != 1 {
         let per_node: Vec<String> = w
             .nodes
             .iter()
             .map(|(id, n)| {
-                let kv: Vec<String> = n.sm.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!(
                     "node {id} applied {}: {}",
                     n.sm.applied_index(),
-                    kv.join(",")
+                    key_space_view(&n.sm)
                 )
             })
             .collect();
@@ -1560,4 +1552,38 @@ pub(crate) fn run_traced(mut cfg: SimConfig) -> Vec<String> {
     let mut w = World::new(cfg);
     while w.step() && w.now < fault_end {}
     w.trace
+}
+
+/// A replica's key space as text: its revision, its compaction revision, and every key with
+/// its value and revisions (replicas that applied the same entries print the same).
+fn key_space_view(sm: &StateMachine) -> String {
+    let every_key = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..RangeRequest::default()
+    };
+    let keys = sm.key_space();
+    let kvs = match keys.range(&every_key) {
+        Ok(r) => r
+            .kvs
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{}={}@{}/{}/v{}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value),
+                    kv.create_revision,
+                    kv.mod_revision,
+                    kv.version
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(e) => format!("range failed: {e}"),
+    };
+    format!(
+        "rev {} compacted {} [{kvs}]",
+        keys.revision(),
+        keys.compact_revision()
+    )
 }

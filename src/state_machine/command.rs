@@ -1,5 +1,8 @@
 //! The commands carried in log entries and their outcomes. Encoded with postcard.
 
+use super::mvcc::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
 use serde::{Deserialize, Serialize};
 
 /// An exactly-once session tag.
@@ -73,6 +76,43 @@ pub enum Command {
         /// the token whose lease ran out
         token: u64,
     },
+    /// A write to the revisioned key space (etcd's Put, DeleteRange or Txn), applied only if
+    /// `fence` is current, when given (for a Txn: the whole Txn). Added after the lock
+    /// commands so their encodings stay what they were.
+    Kv {
+        /// the write
+        op: KvWrite,
+        /// optional fencing token
+        fence: Option<Fence>,
+    },
+    /// Drop the key space's history below `revision` (etcd's Compact): from clients, or
+    /// proposed by the leader's automatic compaction.
+    Compact {
+        /// the new compaction revision
+        revision: i64,
+    },
+}
+
+/// The writes of [`Command::Kv`], with etcd's request shapes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvWrite {
+    /// Put one key.
+    Put(PutRequest),
+    /// Delete one key or a range.
+    DeleteRange(DeleteRangeRequest),
+    /// Compares, then the success or the failure ops, atomically at one revision.
+    Txn(TxnRequest),
+}
+
+/// The result of a [`KvWrite`], with etcd's response shapes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResult {
+    /// A put applied.
+    Put(PutResponse),
+    /// A delete applied.
+    DeleteRange(DeleteRangeResponse),
+    /// A Txn applied (one branch or the other).
+    Txn(TxnResponse),
 }
 
 /// What goes in a log entry: a command and its optional session.
@@ -113,6 +153,10 @@ pub enum Outcome {
         /// whether a lease actually ended
         expired: bool,
     },
+    /// A key-space write applied; the header's revision is the store's revision after it.
+    Kv(KvResult),
+    /// A compaction applied.
+    Compacted,
 }
 
 /// postcard bytes of `value` in one allocation of exactly their length (which `Bytes::from`

@@ -75,6 +75,10 @@ pub enum ApplyError {
         /// the expiring grant's token
         token: u64,
     },
+    /// A key-space request that etcd's rules refuse (compacted or future revision, a
+    /// missing lease, ...); nothing changed.
+    #[error("{0}")]
+    Kv(super::mvcc::MvccError),
 }
 
 fn current_text(current: Option<u64>) -> String {

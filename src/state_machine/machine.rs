@@ -1,7 +1,11 @@
 //! [`StateMachine`]: the KV map, the applied index and the client sessions.
 
-use super::command::{encode_exact, Command, Fence, Outcome, Proposal};
+use super::command::{encode_exact, Command, Fence, KvResult, KvWrite, Outcome, Proposal};
 use super::error::ApplyError;
+use super::mvcc::{
+    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, NoLeases, PutRequest, RangeRequest,
+    RangeResponse,
+};
 use super::sessions::{command_digest, ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;
 use serde::{Deserialize, Serialize};
@@ -14,8 +18,9 @@ use std::collections::BTreeMap;
 /// only on the state and the call's arguments (ordered maps, no clock, no randomness).
 #[derive(Debug, Default)]
 pub struct StateMachine {
-    /// The key-value data.
-    kv: BTreeMap<String, String>,
+    /// The key space: keys, values, revisions and the history back to the compaction
+    /// revision.
+    keys: KeySpace,
     /// Index of the last entry applied (0 before any).
     applied_index: LogIndex,
     /// Exactly-once sessions.
@@ -36,17 +41,20 @@ pub struct LockInfo {
     pub ttl_ms: u64,
 }
 
-/// The snapshot format: everything that shapes future outcomes, in a stable order.
-///
-/// Written as these fields followed by [`SessionsExtra`]; a snapshot of an older version has
-/// nothing after them (postcard writes fields one after another without framing), so it still
-/// decodes, with no retired ids and no command digests.
-#[derive(Serialize, Deserialize)]
+/// The first bytes of a snapshot of the revisioned key space. A snapshot written before
+/// revisions existed starts with its applied index instead, and is refused: its keys have no
+/// revisions, and none can be made up that every replica would agree on.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP\x02\x00";
+
+/// The snapshot format after [`SNAPSHOT_MAGIC`]: everything that shapes future outcomes, in a
+/// stable order.
+#[derive(Deserialize)]
 struct SnapshotData {
     applied_index: LogIndex,
-    kv: BTreeMap<String, String>,
     sessions: Vec<ClientSession>,
     locks: BTreeMap<String, LockInfo>,
+    extra: SessionsExtra,
+    keys: KeySpaceSnapshot,
 }
 
 /// What the session rule needs beyond [`SnapshotData`]'s sessions: the command digest of each
@@ -57,16 +65,15 @@ struct SessionsExtra {
     retired: Vec<u64>,
 }
 
-/// [`SnapshotData`] and [`SessionsExtra`] borrowed from a live state machine: the same bytes
-/// (serde writes a reference as what it points to), without cloning every key and value
-/// first.
+/// [`SnapshotData`] borrowed from a live state machine: the same bytes (serde writes a
+/// reference as what it points to), without cloning the sessions and locks first.
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     applied_index: LogIndex,
-    kv: &'a BTreeMap<String, String>,
     sessions: Vec<&'a ClientSession>,
     locks: &'a BTreeMap<String, LockInfo>,
     extra: SessionsExtra,
+    keys: KeySpaceSnapshot,
 }
 
 /// A snapshot that could not be restored.
@@ -83,7 +90,7 @@ impl StateMachine {
     /// An empty state machine with the given session limits (the same on every replica).
     pub fn with_limits(limits: SessionLimits) -> Self {
         Self {
-            kv: BTreeMap::new(),
+            keys: KeySpace::new(),
             applied_index: 0,
             sessions: Sessions::new(limits),
             locks: BTreeMap::new(),
@@ -140,9 +147,33 @@ impl StateMachine {
         self.advance_to(index);
     }
 
-    /// Reads a key from local state.
+    /// The current value of a key, if it exists and is UTF-8 text (the `kvstore.v1` view).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.kv.get(key).map(String::as_str)
+        self.get_bytes(key.as_bytes())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The current value of a key, if it exists.
+    pub fn get_bytes(&self, key: &[u8]) -> Option<&[u8]> {
+        self.keys.get(key)
+    }
+
+    /// An etcd Range over the key space, at its revision (0: the current one).
+    ///
+    /// # Errors
+    /// The revision is compacted or in the future.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        self.keys.range(req).map_err(ApplyError::Kv)
+    }
+
+    /// The key space (revisions, history), read-only.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// The store's revision (etcd's): 1 when empty, +1 per applied change.
+    pub fn revision(&self) -> i64 {
+        self.keys.revision()
     }
 
     /// Last applied log index.
@@ -152,17 +183,12 @@ impl StateMachine {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.kv.len()
+        self.keys.len()
     }
 
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.kv.is_empty()
-    }
-
-    /// Every key and value, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.keys.is_empty()
     }
 
     /// Number of remembered client sessions.
@@ -180,30 +206,36 @@ impl StateMachine {
     pub fn snapshot(&self) -> Vec<u8> {
         let data = SnapshotRef {
             applied_index: self.applied_index,
-            kv: &self.kv,
             sessions: self.sessions.iter().collect(),
             locks: &self.locks,
             extra: SessionsExtra {
                 digests: self.sessions.iter().map(|s| s.digest).collect(),
                 retired: self.sessions.retired().collect(),
             },
+            keys: self.keys.snapshot(),
         };
-        encode_exact(&data)
+        // One allocation of the exact length, the magic first.
+        let size = postcard::experimental::serialized_size(&data).unwrap_or_default();
+        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + size);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        // Serializing into a growable Vec cannot fail (see `encode_exact`).
+        postcard::to_extend(&data, out).unwrap_or_default()
     }
 
-    /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes (also those written
-    /// before retired ids were kept).
+    /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes.
     ///
     /// # Errors
-    /// The bytes are not a snapshot.
+    /// The bytes are not a snapshot, or one written before the key space had revisions.
     pub fn restore(data: &[u8], limits: SessionLimits) -> Result<Self, SnapshotError> {
-        let (snap, rest): (SnapshotData, _) =
-            postcard::take_from_bytes(data).map_err(|e| SnapshotError(e.to_string()))?;
-        let extra: SessionsExtra = if rest.is_empty() {
-            SessionsExtra::default()
-        } else {
-            postcard::from_bytes(rest).map_err(|e| SnapshotError(e.to_string()))?
+        let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+            return Err(SnapshotError(
+                "it was written by a kvstore without revisions (before 2026-12), whose snapshots this version cannot read; start the node on an empty data dir to catch up from the leader, or keep running the older version".to_string(),
+            ));
         };
+        let snap: SnapshotData =
+            postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
+        let keys = KeySpace::restore(snap.keys).map_err(SnapshotError)?;
+        let extra = snap.extra;
         let mut sessions = Sessions::new(limits);
         for id in extra.retired {
             sessions.retire(id);
@@ -218,7 +250,7 @@ impl StateMachine {
             sessions.insert(s);
         }
         Ok(Self {
-            kv: snap.kv,
+            keys,
             applied_index: snap.applied_index,
             sessions,
             locks: snap.locks,
@@ -239,14 +271,39 @@ impl StateMachine {
         match command {
             Command::Put { key, value, fence } => {
                 self.check_fence(fence.as_ref())?;
-                self.kv.insert(key, value);
+                let put = PutRequest {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    ..PutRequest::default()
+                };
+                self.keys.put(&put, &NoLeases).map_err(ApplyError::Kv)?;
                 Ok(Outcome::Put)
             }
             Command::Delete { key, fence } => {
                 self.check_fence(fence.as_ref())?;
+                let delete = DeleteRangeRequest {
+                    key: key.into_bytes(),
+                    ..DeleteRangeRequest::default()
+                };
+                let deleted = self.keys.delete_range(&delete).map_err(ApplyError::Kv)?;
                 Ok(Outcome::Delete {
-                    existed: self.kv.remove(&key).is_some(),
+                    existed: deleted.deleted > 0,
                 })
+            }
+            Command::Kv { op, fence } => {
+                self.check_fence(fence.as_ref())?;
+                let result = match op {
+                    KvWrite::Put(put) => self.keys.put(&put, &NoLeases).map(KvResult::Put),
+                    KvWrite::DeleteRange(delete) => {
+                        self.keys.delete_range(&delete).map(KvResult::DeleteRange)
+                    }
+                    KvWrite::Txn(txn) => self.keys.txn(&txn, &NoLeases).map(KvResult::Txn),
+                };
+                result.map(Outcome::Kv).map_err(ApplyError::Kv)
+            }
+            Command::Compact { revision } => {
+                self.keys.compact(revision).map_err(ApplyError::Kv)?;
+                Ok(Outcome::Compacted)
             }
             Command::Acquire {
                 name,

@@ -26,9 +26,10 @@
 pub mod command;
 mod error;
 mod machine;
+pub mod mvcc;
 mod sessions;
 
-pub use command::{Command, Fence, Outcome, Proposal, Session};
+pub use command::{Command, Fence, KvResult, KvWrite, Outcome, Proposal, Session};
 pub use error::ApplyError;
 pub use machine::{LockInfo, SnapshotError, StateMachine};
 pub use sessions::SessionLimits;

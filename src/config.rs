@@ -52,6 +52,13 @@ pub const DEFAULT_MAX_WAITING_ACQUIRES: usize = 10_000;
 /// Default bound on concurrent gRPC streams (calls) per client connection
 /// (`--max-concurrent-streams`, etcd's flag and default).
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// Default bound on the ops in each branch of a Txn (`--max-txn-ops`, etcd's flag and
+/// default).
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Default and largest bound on the encoded size of one client request that goes through the
+/// log (`--max-request-bytes`, etcd's flag and default: 1.5 MiB). The peer protocol's message
+/// limits are derived from it, so it can be lowered but not raised.
+pub const MAX_REQUEST_BYTES: usize = 1_572_864;
 /// The election timeout must be at least this many heartbeat intervals, so a few lost or
 /// late heartbeats do not start an election.
 pub const MIN_ELECTION_TO_HEARTBEAT: u32 = 5;
@@ -135,6 +142,11 @@ pub struct NodeConfig {
     pub max_waiting_acquires: usize,
     /// Concurrent gRPC streams (calls) per client connection (HTTP/2 setting; not 0).
     pub max_concurrent_streams: u32,
+    /// Ops allowed in each branch of a Txn (not 0); more is refused with etcd's error.
+    pub max_txn_ops: usize,
+    /// Largest encoded client request that goes through the log, in bytes (1 KiB to
+    /// [`MAX_REQUEST_BYTES`]); larger is refused with etcd's "request is too large".
+    pub max_request_bytes: usize,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -211,6 +223,12 @@ pub enum ConfigError {
         "--max-concurrent-streams must be at least 1 (default {DEFAULT_MAX_CONCURRENT_STREAMS})"
     )]
     ZeroMaxConcurrentStreams,
+    /// `--max-txn-ops 0`.
+    #[error("--max-txn-ops must be at least 1 (default {DEFAULT_MAX_TXN_OPS})")]
+    ZeroMaxTxnOps,
+    /// `--max-request-bytes` out of range.
+    #[error("--max-request-bytes {0} is out of range: give 1024 to {MAX_REQUEST_BYTES} (the default; this version cannot raise it)")]
+    BadMaxRequestBytes(usize),
 }
 
 impl NodeConfig {
@@ -232,6 +250,8 @@ impl NodeConfig {
             cluster_token: DEFAULT_CLUSTER_TOKEN.to_string(),
             max_waiting_acquires: DEFAULT_MAX_WAITING_ACQUIRES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            max_request_bytes: MAX_REQUEST_BYTES,
         }
     }
 
@@ -266,6 +286,12 @@ impl NodeConfig {
         }
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError::ZeroMaxConcurrentStreams);
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::ZeroMaxTxnOps);
+        }
+        if !(1024..=MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
+            return Err(ConfigError::BadMaxRequestBytes(self.max_request_bytes));
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();

@@ -113,6 +113,15 @@ struct Args {
     /// Concurrent gRPC calls (HTTP/2 streams) per client connection (etcd's flag).
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONCURRENT_STREAMS, value_name = "N")]
     max_concurrent_streams: u32,
+
+    /// Ops allowed in each branch of a Txn (etcd's flag and default).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_TXN_OPS, value_name = "N")]
+    max_txn_ops: usize,
+
+    /// Largest client request that goes through the log, in bytes (etcd's flag and default,
+    /// 1.5 MiB; it can be lowered, not raised).
+    #[arg(long, default_value_t = config::MAX_REQUEST_BYTES, value_name = "BYTES")]
+    max_request_bytes: usize,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -137,6 +146,8 @@ impl TryFrom<Args> for NodeConfig {
             cluster_token: a.initial_cluster_token,
             max_waiting_acquires: a.max_waiting_acquires,
             max_concurrent_streams: a.max_concurrent_streams,
+            max_txn_ops: a.max_txn_ops,
+            max_request_bytes: a.max_request_bytes,
         };
         config.validate()?;
         Ok(config)

@@ -2174,8 +2174,6 @@ async fn etcdctl_reaches_the_etcd_services_of_a_node() {
     // each answer is that method's UNIMPLEMENTED line (a service we did not register would
     // answer with gRPC's empty UNIMPLEMENTED; a request we could not decode, with INTERNAL).
     for (args, method) in [
-        (&["get", "foo"][..], "etcdserverpb.KV/Range"),
-        (&["put", "foo", "bar"][..], "etcdserverpb.KV/Put"),
         (&["member", "list"][..], "etcdserverpb.Cluster/MemberList"),
         (
             &["endpoint", "status"][..],

@@ -1,6 +1,7 @@
 //! `kvstore.v1.KV`: client reads and writes. Validates, builds a `Proposal`, hands it to the
 //! driver and maps the answer; every answer carries a `ResponseHeader`.
 
+use crate::config::MAX_REQUEST_BYTES;
 use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb;
 use crate::state_machine::{Command, Fence, Outcome, Proposal, Session};
@@ -11,10 +12,18 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// Largest value accepted, in bytes (1 MiB).
 pub const MAX_VALUE_BYTES: usize = 1_048_576;
 /// An upper bound of the largest command a client can have proposed, encoded as a log
-/// entry's payload: a Put with the longest key, the largest value, a fence naming the
-/// longest lock, and a session (`rpc::peer`'s tests encode it). Every message-size limit
-/// is derived from it.
-pub const MAX_COMMAND_BYTES: usize = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 64;
+/// entry's payload: a `kvstore.v1` Put with the longest key, the largest value, a fence
+/// naming the longest lock, and a session (`rpc::peer`'s tests encode it), or any request
+/// the etcd front end let through (at most `--max-request-bytes` encoded). Every
+/// message-size limit is derived from it.
+pub const MAX_COMMAND_BYTES: usize = {
+    let v1_put = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 64;
+    if v1_put > MAX_REQUEST_BYTES {
+        v1_put
+    } else {
+        MAX_REQUEST_BYTES
+    }
+};
 /// The gRPC decode and encode limit of the client services (KV, Lock, Cluster) and of the
 /// Rust client: the largest legal request or answer is below [`MAX_COMMAND_BYTES`] plus its
 /// protobuf framing; the room above it lets a request just over a field's limit reach

@@ -18,9 +18,14 @@
 //! - Message-size limits are explicit, as for every client service:
 //!   [`CLIENT_MESSAGE_LIMIT`] both ways.
 
+mod convert;
 pub mod errors;
+mod kv;
+pub mod member;
 mod unimplemented;
 
+pub use self::kv::EtcdKv;
+pub use self::member::Member;
 pub use self::unimplemented::Unimplemented;
 
 use super::kv_service::CLIENT_MESSAGE_LIMIT;
@@ -39,10 +44,14 @@ macro_rules! with_client_limits {
     };
 }
 
-/// Adds every etcd service to `router`.
-pub fn add_services<L>(router: Router<L>) -> Router<L> {
+/// Adds every etcd service of `member` to `router`.
+pub fn add_services<L>(router: Router<L>, member: &Member) -> Router<L> {
     router
-        .add_service(with_client_limits!(KvServer::new(Unimplemented)))
+        .add_service(
+            KvServer::new(EtcdKv::new(member.clone()))
+                .max_decoding_message_size(member::DECODE_LIMIT)
+                .max_encoding_message_size(member::ENCODE_LIMIT),
+        )
         .add_service(with_client_limits!(WatchServer::new(Unimplemented)))
         .add_service(with_client_limits!(LeaseServer::new(Unimplemented)))
         .add_service(with_client_limits!(ClusterServer::new(Unimplemented)))

@@ -1,0 +1,244 @@
+//! [`Member`]: what every etcd service of one node shares — its ids for the response
+//! headers, its limits, the way to the leader for requests a follower forwards, and the
+//! translation of our errors into etcd's.
+//!
+//! etcd clients balance requests over every endpoint and do not follow kvstore's redirect
+//! metadata, so any member answers any request, as etcd's do: a follower forwards writes and
+//! linearizable reads to the leader over the same etcd API ([`Member::leader_kv`]), and serves
+//! serializable reads itself. A forwarded request carries [`FORWARDED_KEY`]; a member that
+//! receives one and does not lead answers "etcdserver: no leader" (UNAVAILABLE, which clients
+//! retry) instead of forwarding again, so stale leader knowledge never makes a loop.
+
+use super::errors::{self, EtcdError};
+use crate::config::NodeConfig;
+use crate::node::{ClientError, Header, NodeHandle};
+use crate::pb::etcd::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcd::etcdserverpb::ResponseHeader;
+use crate::raft::NodeId;
+use crate::state_machine::mvcc::MvccError;
+use crate::state_machine::ApplyError;
+use crate::storage::ClusterIdentity;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Request metadata key set on a request one member forwarded to the leader.
+pub const FORWARDED_KEY: &str = "kvstore-forwarded";
+
+/// How long a member waits to connect to the leader it forwards to.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The gRPC decode limit of the etcd services, as etcd sets it: the request limit plus
+/// 512 KiB of framing, so a request a little over the limit reaches the check that answers
+/// etcd's "request is too large".
+pub const DECODE_LIMIT: usize = crate::config::MAX_REQUEST_BYTES + (512 << 10);
+
+/// The largest answer the etcd services send (a Range's, mostly): 256 MiB. Larger is refused
+/// with RESOURCE_EXHAUSTED asking for a narrower range or a `limit`, before it is built
+/// into a gRPC message (etcd's own bound is gRPC's 2 GiB).
+pub const ENCODE_LIMIT: usize = 256 << 20;
+
+/// One node's shared state for its etcd services. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Member {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: NodeHandle,
+    cluster_id: u64,
+    id: NodeId,
+    /// The members' peer addresses (where this node dials them; they serve the etcd API on
+    /// the same port).
+    addresses: HashMap<NodeId, String>,
+    max_txn_ops: usize,
+    max_request_bytes: usize,
+    /// Channels to the members this node forwarded to.
+    channels: Mutex<HashMap<NodeId, Channel>>,
+}
+
+/// Where a request is served.
+#[derive(Debug)]
+pub enum Route {
+    /// Here: this node leads, or the request may be served by any member.
+    Local,
+    /// At the leader, through this client.
+    Leader(KvClient<Channel>),
+}
+
+impl Member {
+    /// The etcd services' state of the node configured by `config`.
+    pub fn new(config: &NodeConfig, node: NodeHandle) -> Self {
+        let members = config.members();
+        let cluster_id = ClusterIdentity::new(config.id, members.clone(), &config.cluster_token)
+            .cluster_id;
+        Member {
+            inner: Arc::new(Inner {
+                node,
+                cluster_id,
+                id: config.id,
+                addresses: members.into_iter().collect(),
+                max_txn_ops: config.max_txn_ops,
+                max_request_bytes: config.max_request_bytes,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The node's handle.
+    pub fn node(&self) -> &NodeHandle {
+        &self.inner.node
+    }
+
+    /// This member's id (our node id; etcd's are random, any distinct u64 will do).
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The cluster id the data dir records.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    /// `--max-txn-ops`.
+    pub fn max_txn_ops(&self) -> usize {
+        self.inner.max_txn_ops
+    }
+
+    /// `--max-request-bytes`.
+    pub fn max_request_bytes(&self) -> usize {
+        self.inner.max_request_bytes
+    }
+
+    /// The members' peer addresses, by id.
+    pub fn addresses(&self) -> &HashMap<NodeId, String> {
+        &self.inner.addresses
+    }
+
+    /// The header of an answer that took effect as `h` says.
+    pub fn header(&self, h: Header) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.id,
+            revision: h.revision,
+            raft_term: h.term,
+        }
+    }
+
+    /// A header from this member's last published status (calls that do not go through
+    /// the log).
+    pub fn status_header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.id,
+            revision,
+            raft_term: self.inner.node.status().term,
+        }
+    }
+
+    /// Where a request that needs the leader goes: here when this node leads (or knows no
+    /// leader: the driver then answers "no leader"), else the leader. A request that was
+    /// already forwarded is never forwarded again.
+    ///
+    /// # Errors
+    /// "etcdserver: no leader" for a forwarded request this node cannot serve.
+    pub fn route<T>(&self, request: &tonic::Request<T>) -> Result<Route, Status> {
+        let status = self.inner.node.status();
+        let leader = match status.leader {
+            Some(leader) if leader != self.inner.id => leader,
+            _ => return Ok(Route::Local),
+        };
+        if request.metadata().contains_key(FORWARDED_KEY) {
+            return Err(errors::NO_LEADER.status());
+        }
+        let channel = self.channel_to(leader)?;
+        Ok(Route::Leader(
+            KvClient::new(channel)
+                .max_decoding_message_size(ENCODE_LIMIT)
+                .max_encoding_message_size(DECODE_LIMIT),
+        ))
+    }
+
+    fn channel_to(&self, id: NodeId) -> Result<Channel, Status> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = channels.get(&id) {
+            return Ok(c.clone());
+        }
+        let addr = self
+            .inner
+            .addresses
+            .get(&id)
+            .ok_or_else(|| errors::NO_LEADER.status())?;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("leader address {addr} is not a URI: {e}")))?
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(id, channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel to `id` after a call on it failed, so the next one reconnects.
+    pub fn forget(&self, id: NodeId) {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
+/// Marks `request` as forwarded (see [`FORWARDED_KEY`]).
+pub fn forwarded<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// etcd's answer to a key-space refusal.
+pub fn mvcc_error(e: &MvccError) -> EtcdError {
+    match e {
+        MvccError::Compacted { .. } => errors::COMPACTED,
+        MvccError::FutureRevision => errors::FUTURE_REV,
+        MvccError::DuplicateKey => errors::DUPLICATE_KEY,
+        MvccError::TooManyOps { .. } => errors::TOO_MANY_OPS,
+        MvccError::LeaseNotFound(_) => errors::LEASE_NOT_FOUND,
+        MvccError::EmptyKey => errors::EMPTY_KEY,
+        MvccError::KeyNotFound => errors::KEY_NOT_FOUND,
+        MvccError::ValueProvided => errors::VALUE_PROVIDED,
+        MvccError::LeaseProvided => errors::LEASE_PROVIDED,
+    }
+}
+
+/// etcd's answer to a failed request (its code and message, which etcd's clients match on);
+/// failures etcd has no word for keep our one-line message.
+pub fn status(e: ClientError) -> Status {
+    match e {
+        ClientError::NoLeader | ClientError::NotLeader { .. } => errors::NO_LEADER.status(),
+        ClientError::LeadershipLost | ClientError::TransferInProgress => {
+            errors::LEADER_CHANGED.status()
+        }
+        ClientError::ShuttingDown => errors::STOPPED.status(),
+        ClientError::Overloaded => errors::TOO_MANY_REQUESTS.status(),
+        ClientError::Apply(ApplyError::Kv(e)) => mvcc_error(&e).status(),
+        ClientError::Invalid(m) => Status::invalid_argument(m),
+        other => {
+            let code = match &other {
+                ClientError::StorageFailed(_) | ClientError::NotResponding => Code::Unavailable,
+                ClientError::TooManyWaiting { .. } => Code::ResourceExhausted,
+                ClientError::TransferTimedOut { .. } => Code::DeadlineExceeded,
+                _ => Code::FailedPrecondition,
+            };
+            Status::new(code, other.to_string())
+        }
+    }
+}

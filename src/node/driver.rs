@@ -649,6 +649,9 @@ impl Driver {
             commit: s.commit,
             applied: self.sm.applied_index(),
             last_index: s.last_index,
+            revision: self.sm.revision(),
+            compact_revision: self.sm.key_space().compact_revision(),
+            snapshot_size: self.snapshot_size,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {

@@ -82,6 +82,13 @@ pub struct NodeStatus {
     pub applied: LogIndex,
     /// Index of the last log entry.
     pub last_index: LogIndex,
+    /// The key space's revision as applied here.
+    pub revision: i64,
+    /// The key space's compaction revision as applied here.
+    pub compact_revision: i64,
+    /// Size of the last snapshot taken or installed, in bytes (0 before any): what the
+    /// state takes on disk besides the log.
+    pub snapshot_size: u64,
 }
 
 impl NodeStatus {
@@ -95,6 +102,9 @@ impl NodeStatus {
             commit: 0,
             applied: 0,
             last_index: 0,
+            revision: 1,
+            compact_revision: 0,
+            snapshot_size: 0,
         }
     }
 }

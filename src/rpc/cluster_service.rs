@@ -117,6 +117,9 @@ mod tests {
             commit: 10,
             applied: 9,
             last_index: 11,
+            revision: 5,
+            compact_revision: 0,
+            snapshot_size: 0,
         }
     }
 

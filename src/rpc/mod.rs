@@ -249,7 +249,7 @@ async fn serve(
                 .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
-    let router = etcd::add_services(router, &etcd::Member::new(config, handle));
+    let router = etcd::add_services(router, &etcd::Member::new(config, handle), urls);
     info!(
         node_id = config.id,
         addr = %config.address(),

@@ -21,10 +21,12 @@
 mod convert;
 pub mod errors;
 mod kv;
+mod maintenance;
 pub mod member;
 mod unimplemented;
 
 pub use self::kv::EtcdKv;
+pub use self::maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use self::member::Member;
 pub use self::unimplemented::Unimplemented;
 
@@ -33,6 +35,7 @@ use crate::pb::etcd::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use super::client_urls::ClientUrls;
 use tonic::transport::server::Router;
 
 /// `$server` with the client services' message-size limits, both ways.
@@ -45,7 +48,8 @@ macro_rules! with_client_limits {
 }
 
 /// Adds every etcd service of `member` to `router`.
-pub fn add_services<L>(router: Router<L>, member: &Member) -> Router<L> {
+pub fn add_services<L>(router: Router<L>, member: &Member, urls: &ClientUrls) -> Router<L> {
+    let maintenance = EtcdMaintenance::new(member.clone(), urls.clone());
     router
         .add_service(
             KvServer::new(EtcdKv::new(member.clone()))
@@ -54,8 +58,8 @@ pub fn add_services<L>(router: Router<L>, member: &Member) -> Router<L> {
         )
         .add_service(with_client_limits!(WatchServer::new(Unimplemented)))
         .add_service(with_client_limits!(LeaseServer::new(Unimplemented)))
-        .add_service(with_client_limits!(ClusterServer::new(Unimplemented)))
-        .add_service(with_client_limits!(MaintenanceServer::new(Unimplemented)))
+        .add_service(with_client_limits!(ClusterServer::new(maintenance.clone())))
+        .add_service(with_client_limits!(MaintenanceServer::new(maintenance)))
         .add_service(with_client_limits!(AuthServer::new(Unimplemented)))
 }
 

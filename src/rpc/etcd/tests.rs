@@ -286,6 +286,11 @@ const SERVED: &[&str] = &[
     "etcdserverpb.KV/DeleteRange",
     "etcdserverpb.KV/Txn",
     "etcdserverpb.KV/Compact",
+    "etcdserverpb.Maintenance/Alarm",
+    "etcdserverpb.Maintenance/Status",
+    "etcdserverpb.Maintenance/HashKV",
+    "etcdserverpb.Maintenance/MoveLeader",
+    "etcdserverpb.Cluster/MemberList",
 ];
 
 #[tokio::test]

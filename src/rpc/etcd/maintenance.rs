@@ -1,0 +1,217 @@
+//! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster`, as far as a cluster with a fixed
+//! membership and no alarms has them: Status (what `etcdctl endpoint status` prints), Alarm
+//! (always an empty list), MoveLeader (our leadership transfer), HashKV (a checksum of the key
+//! space at a revision, equal on members that applied the same history), MemberList (the
+//! static members). Membership changes, snapshots, defragmentation and downgrades answer
+//! UNIMPLEMENTED naming the method.
+
+use super::errors::{self, not_implemented};
+use super::member::{self, Member};
+use crate::pb::etcd::etcdserverpb::*;
+use crate::raft::Role;
+use crate::rpc::client_urls::ClientUrls;
+use crate::state_machine::mvcc::RangeRequest as KeyRange;
+use std::time::Duration;
+use tokio_stream::Empty;
+use tonic::{Request, Response, Status};
+
+/// The etcd API version kvstore implements, as Status reports it (`etcdctl endpoint status`
+/// prints it; etcd clients compare it to enable features). kvstore's own version is logged
+/// at startup.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// MoveLeader waits this long for the target to take over (etcd waits up to its request
+/// timeout).
+const MOVE_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Maintenance and Cluster of one node.
+#[derive(Clone, Debug)]
+pub struct EtcdMaintenance {
+    member: Member,
+    urls: ClientUrls,
+}
+
+impl EtcdMaintenance {
+    /// The services of `member`; `urls` names the members' advertised client addresses.
+    pub fn new(member: Member, urls: ClientUrls) -> Self {
+        EtcdMaintenance { member, urls }
+    }
+
+    fn header(&self) -> ResponseHeader {
+        self.member
+            .status_header(self.member.node().status().revision)
+    }
+
+    /// The members, in id order, as MemberList shows them.
+    fn members(&self) -> Vec<Member_> {
+        let mut ids: Vec<_> = self.member.addresses().keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| {
+                let peer = self.member.addresses().get(&id).cloned().unwrap_or_default();
+                let client = if id == self.member.id() {
+                    self.urls.own().to_string()
+                } else {
+                    self.urls.address_of(id).unwrap_or_else(|| peer.clone())
+                };
+                Member_ {
+                    id,
+                    name: format!("node-{id}"),
+                    peer_ur_ls: vec![format!("http://{peer}")],
+                    client_ur_ls: vec![format!("http://{client}")],
+                    is_learner: false,
+                }
+            })
+            .collect()
+    }
+}
+
+/// etcd's `Member` message (renamed here: `Member` is the shared state).
+type Member_ = crate::pb::etcd::etcdserverpb::Member;
+
+#[tonic::async_trait]
+impl maintenance_server::Maintenance for EtcdMaintenance {
+    type SnapshotStream = Empty<Result<SnapshotResponse, Status>>;
+
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        use alarm_request::AlarmAction;
+        // kvstore raises no alarm: GET lists none, DEACTIVATE has nothing to clear.
+        if request.get_ref().action == AlarmAction::Activate as i32 {
+            return Err(Status::failed_precondition(
+                "kvstore raises no alarms and cannot record one (Alarm ACTIVATE)",
+            ));
+        }
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.header()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = self.member.node().status();
+        let size = i64::try_from(s.snapshot_size).unwrap_or(i64::MAX);
+        Ok(Response::new(StatusResponse {
+            header: Some(self.member.status_header(s.revision)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: size,
+            leader: s.leader.unwrap_or(0),
+            raft_index: s.commit,
+            raft_term: s.term,
+            raft_applied_index: s.applied,
+            errors: Vec::new(),
+            db_size_in_use: size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Maintenance/Defragment"))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Maintenance/Hash"))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        // Every key with its revisions and value at the revision (0: the current one), read
+        // from this member's applied state, as etcd's HashKV is.
+        let every_key = KeyRange {
+            key: vec![0],
+            range_end: vec![0],
+            revision: request.get_ref().revision,
+            ..KeyRange::default()
+        };
+        let (answer, h) = self
+            .member
+            .node()
+            .range(every_key, false)
+            .await
+            .map_err(member::status)?;
+        let answer = answer.map_err(|e| member::status(e.into()))?;
+        let mut hasher = crc32fast::Hasher::new();
+        for kv in &answer.kvs {
+            for n in [kv.key.len() as i64, kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                hasher.update(&n.to_le_bytes());
+            }
+            hasher.update(&kv.key);
+            hasher.update(&(kv.value.len() as u64).to_le_bytes());
+            hasher.update(&kv.value);
+        }
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.member.header(h)),
+            hash: hasher.finalize(),
+            compact_revision: self.member.node().status().compact_revision,
+        }))
+    }
+
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_implemented("etcdserverpb.Maintenance/Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        let s = self.member.node().status();
+        if s.role != Role::Leader {
+            return Err(errors::NOT_LEADER.status());
+        }
+        if !self.member.addresses().contains_key(&target) {
+            return Err(errors::BAD_LEADER_TRANSFEREE.status());
+        }
+        self.member
+            .node()
+            .transfer_leadership(target, MOVE_LEADER_WAIT)
+            .await
+            .map_err(|e| match e {
+                crate::node::ClientError::TransferTimedOut { .. } => errors::TIMEOUT.status(),
+                other => member::status(other),
+            })?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.header()),
+        }))
+    }
+
+    async fn downgrade(&self, _: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Maintenance/Downgrade"))
+    }
+}
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for EtcdMaintenance {
+    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Cluster/MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Cluster/MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Cluster/MemberUpdate"))
+    }
+
+    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.header()),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(not_implemented("etcdserverpb.Cluster/MemberPromote"))
+    }
+}

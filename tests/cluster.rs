@@ -2180,8 +2180,8 @@ async fn etcdctl_reaches_the_etcd_services_of_a_node() {
         (&["member", "list"][..], "node-1".to_string()),
         (&["endpoint", "status"][..], "3.5.0".to_string()),
         (
-            &["snapshot", "save", "/dev/null"][..],
-            "code = Unimplemented desc = etcdserverpb.Maintenance/Snapshot is not implemented by kvstore yet".to_string(),
+            &["defrag"][..],
+            "code = Unimplemented desc = etcdserverpb.Maintenance/Defragment is not implemented by kvstore yet".to_string(),
         ),
     ] {
         poll_until(

@@ -72,6 +72,93 @@ const CLIENT_URL_SHAPE: &str = "expected http://HOST:PORT or HOST:PORT";
 /// The longest advertised client address (`HOST:PORT`) accepted, from the flag or from a peer.
 pub const MAX_CLIENT_URL_BYTES: usize = 256;
 
+/// `--auto-compaction-mode` with its `--auto-compaction-retention` (see
+/// `node::compactor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// No automatic compaction (retention 0).
+    Off,
+    /// Keep this many revisions.
+    Revision(u64),
+    /// Keep what was written in this much time.
+    Periodic(Duration),
+}
+
+/// Default `--auto-compaction-mode`.
+pub const DEFAULT_AUTO_COMPACTION_MODE: &str = "revision";
+/// Default `--auto-compaction-retention`: 100,000 revisions, a few tens of MB of history
+/// with small values (README, "Memory").
+pub const DEFAULT_AUTO_COMPACTION_RETENTION: &str = "100000";
+
+/// Parses `--auto-compaction-mode` and `--auto-compaction-retention` as etcd does: in
+/// `revision` mode the retention is a number of revisions; in `periodic` mode a duration
+/// (`30m`, `1h30m`, `90s`) or a bare number of hours. A retention of 0 turns it off.
+///
+/// # Errors
+/// An unknown mode, or a retention that does not parse.
+pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadAutoCompaction {
+        mode: mode.to_string(),
+        retention: retention.to_string(),
+        reason: reason.to_string(),
+    };
+    let retention = retention.trim();
+    match mode {
+        "revision" => match retention.parse::<u64>() {
+            Ok(0) => Ok(AutoCompaction::Off),
+            Ok(n) => Ok(AutoCompaction::Revision(n)),
+            Err(_) => Err(bad(
+                "revision mode needs a number of revisions, e.g. 100000",
+            )),
+        },
+        "periodic" => {
+            let d = match retention.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours.saturating_mul(3600)),
+                Err(_) => parse_duration(retention).ok_or_else(|| {
+                    bad("periodic mode needs a duration such as 30m, 1h30m or 90s, or a number of hours")
+                })?,
+            };
+            Ok(if d.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(d)
+            })
+        }
+        _ => Err(bad("the mode is periodic or revision")),
+    }
+}
+
+/// `1h30m`, `30m`, `90s`, `500ms`: a sequence of numbers with units h, m, s, ms.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(n), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(n.checked_mul(3600)?), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(n.checked_mul(60)?), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(n), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
 /// How the leader confirms a linearizable read (`--read-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMode {
@@ -147,6 +234,8 @@ pub struct NodeConfig {
     /// Largest encoded client request that goes through the log, in bytes (1 KiB to
     /// [`MAX_REQUEST_BYTES`]); larger is refused with etcd's "request is too large".
     pub max_request_bytes: usize,
+    /// When the leader compacts the key space's history.
+    pub auto_compaction: AutoCompaction,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -223,6 +312,18 @@ pub enum ConfigError {
         "--max-concurrent-streams must be at least 1 (default {DEFAULT_MAX_CONCURRENT_STREAMS})"
     )]
     ZeroMaxConcurrentStreams,
+    /// Bad `--auto-compaction-mode` / `--auto-compaction-retention`.
+    #[error(
+        "invalid --auto-compaction-mode {mode} --auto-compaction-retention {retention}: {reason}"
+    )]
+    BadAutoCompaction {
+        /// The mode as given.
+        mode: String,
+        /// The retention as given.
+        retention: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `--max-txn-ops 0`.
     #[error("--max-txn-ops must be at least 1 (default {DEFAULT_MAX_TXN_OPS})")]
     ZeroMaxTxnOps,
@@ -252,6 +353,7 @@ impl NodeConfig {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_request_bytes: MAX_REQUEST_BYTES,
+            auto_compaction: AutoCompaction::Revision(100_000),
         }
     }
 
@@ -952,5 +1054,67 @@ mod tests {
         assert_eq!(c.address_of(3).as_deref(), Some("127.0.0.1:9003"));
         assert_eq!(c.address_of(9), None);
         assert_eq!(c.peer_ids(), vec![1, 2]);
+    }
+
+    #[test]
+    fn auto_compaction_flags_parse_as_etcd_reads_them() {
+        let p = parse_auto_compaction;
+        assert_eq!(
+            p("revision", "1000").unwrap(),
+            AutoCompaction::Revision(1000)
+        );
+        assert_eq!(p("revision", "0").unwrap(), AutoCompaction::Off);
+        assert_eq!(
+            p("periodic", "1").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            p("periodic", "1h30m").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            p("periodic", "500ms").unwrap(),
+            AutoCompaction::Periodic(Duration::from_millis(500))
+        );
+        assert_eq!(p("periodic", "0").unwrap(), AutoCompaction::Off);
+        for (mode, retention) in [
+            ("revision", "1h"),
+            ("periodic", "5x"),
+            ("hourly", "1"),
+            ("periodic", ""),
+        ] {
+            let e = p(mode, retention).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --auto-compaction-mode"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert_eq!(
+            parse_auto_compaction(
+                DEFAULT_AUTO_COMPACTION_MODE,
+                DEFAULT_AUTO_COMPACTION_RETENTION
+            )
+            .unwrap(),
+            NodeConfig::new(1, 1).auto_compaction,
+            "the flags' defaults are the config's"
+        );
+    }
+
+    #[test]
+    fn txn_and_request_limits_are_checked() {
+        let mut c = NodeConfig::new(1, 7001);
+        c.max_txn_ops = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-txn-ops"));
+        c.max_txn_ops = 1;
+        c.max_request_bytes = MAX_REQUEST_BYTES + 1;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-request-bytes"));
+        c.max_request_bytes = 1024;
+        assert!(c.validate().is_ok());
     }
 }

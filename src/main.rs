@@ -122,6 +122,16 @@ struct Args {
     /// 1.5 MiB; it can be lowered, not raised).
     #[arg(long, default_value_t = config::MAX_REQUEST_BYTES, value_name = "BYTES")]
     max_request_bytes: usize,
+
+    /// How the leader compacts the key space's history: `revision` keeps the last RETENTION
+    /// revisions, `periodic` what was written in the last RETENTION (etcd's flags).
+    #[arg(long, default_value = config::DEFAULT_AUTO_COMPACTION_MODE, value_name = "MODE")]
+    auto_compaction_mode: String,
+
+    /// Revisions (revision mode) or a duration such as 30m or 1h, or a number of hours
+    /// (periodic mode); 0 turns automatic compaction off.
+    #[arg(long, default_value = config::DEFAULT_AUTO_COMPACTION_RETENTION, value_name = "RETENTION")]
+    auto_compaction_retention: String,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -148,6 +158,10 @@ impl TryFrom<Args> for NodeConfig {
             max_concurrent_streams: a.max_concurrent_streams,
             max_txn_ops: a.max_txn_ops,
             max_request_bytes: a.max_request_bytes,
+            auto_compaction: config::parse_auto_compaction(
+                &a.auto_compaction_mode,
+                &a.auto_compaction_retention,
+            )?,
         };
         config.validate()?;
         Ok(config)

@@ -1,6 +1,7 @@
 //! The Ready loop: the one task that owns the Raft core, the store and the state machine.
 
 use super::apply;
+use super::compactor::Compactor;
 use super::error::{ClientError, Fatal};
 use super::leases::Leases;
 use super::lock_waiters::LockWaiters;
@@ -78,6 +79,8 @@ pub struct Driver {
     /// Size of the latest snapshot (0 without one): the next waits until a quarter of it
     /// was applied in commands (`snapshot.rs`).
     snapshot_size: u64,
+    /// As leader: when to compact the key space's history (`--auto-compaction-*`).
+    compactor: Compactor,
 }
 
 impl Driver {
@@ -98,6 +101,7 @@ impl Driver {
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
+        let auto_compaction = config.auto_compaction;
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -148,6 +152,7 @@ impl Driver {
             started: Instant::now(),
             snapshot_task: None,
             snapshot_size,
+            compactor: Compactor::new(auto_compaction),
         })
     }
 
@@ -241,6 +246,32 @@ impl Driver {
         self.pending.prune_closed();
         self.sync_leases();
         self.maybe_expire_leases();
+        self.maybe_compact();
+    }
+
+    /// As leader: proposes the compaction `--auto-compaction-*` calls for, if one is due.
+    fn maybe_compact(&mut self) {
+        let leading = self.core.status().role == Role::Leader;
+        let keys = self.sm.key_space();
+        let (revision, compacted) = (keys.revision(), keys.compact_revision());
+        let Some(target) = self
+            .compactor
+            .tick(Instant::now(), leading, revision, compacted)
+        else {
+            return;
+        };
+        let data = Proposal {
+            session: None,
+            command: Command::Compact { revision: target },
+        }
+        .encode();
+        match self.core.propose(data) {
+            Ok(_) => info!(
+                revision = target,
+                "proposed automatic compaction to revision {target}"
+            ),
+            Err(_) => self.compactor.refused(),
+        }
     }
 
     /// Feeds one request to the core (or answers it at once).

@@ -39,6 +39,7 @@
 //! node's role or term.
 
 pub(crate) mod apply;
+pub(crate) mod compactor;
 mod driver;
 mod error;
 mod handover;
@@ -191,7 +192,10 @@ impl NodeHandle {
         req: RangeRequest,
         linearizable: bool,
     ) -> Result<(Result<RangeResponse, ApplyError>, Header), ClientError> {
-        match self.read_target(ReadTarget::Range(req), linearizable).await? {
+        match self
+            .read_target(ReadTarget::Range(req), linearizable)
+            .await?
+        {
             (ReadValue::Range(answer), h) => Ok((answer, h)),
             (ReadValue::Key(_) | ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),
         }

@@ -245,9 +245,13 @@ async fn serve(
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
-            ClusterServer::new(ClusterService::new(config.clone(), urls.clone(), handle.clone()))
-                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
-                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+            ClusterServer::new(ClusterService::new(
+                config.clone(),
+                urls.clone(),
+                handle.clone(),
+            ))
+            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
     let router = etcd::add_services(router, &etcd::Member::new(config, handle), urls);
     info!(

@@ -226,7 +226,10 @@ mod tests {
             target_union: Some(TargetUnion::ModRevision(7)),
             range_end: Vec::new(),
         };
-        assert_eq!(compare(c.clone()).unwrap().target, mvcc::CompareTarget::Mod(7));
+        assert_eq!(
+            compare(c.clone()).unwrap().target,
+            mvcc::CompareTarget::Mod(7)
+        );
         let other = pb::Compare {
             target_union: Some(TargetUnion::Version(7)),
             ..c

@@ -11,9 +11,8 @@ use super::errors;
 use super::member::{self, forwarded, Member, Route, ENCODE_LIMIT};
 use crate::node::Header;
 use crate::pb::etcd::etcdserverpb::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::state_machine::mvcc::{self, MvccError};
 use crate::state_machine::{Command, KvResult, KvWrite, Outcome, Proposal};
@@ -59,7 +58,9 @@ impl EtcdKv {
 
 /// An outcome that does not belong to the command proposed (a bug, not a user error).
 fn unexpected(outcome: &Outcome) -> Status {
-    Status::internal(format!("the log applied an unexpected outcome: {outcome:?}"))
+    Status::internal(format!(
+        "the log applied an unexpected outcome: {outcome:?}"
+    ))
 }
 
 fn invalid(e: &MvccError) -> Status {

@@ -48,7 +48,12 @@ impl EtcdMaintenance {
         ids.sort_unstable();
         ids.into_iter()
             .map(|id| {
-                let peer = self.member.addresses().get(&id).cloned().unwrap_or_default();
+                let peer = self
+                    .member
+                    .addresses()
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_default();
                 let client = if id == self.member.id() {
                     self.urls.own().to_string()
                 } else {
@@ -73,7 +78,10 @@ type Member_ = crate::pb::etcd::etcdserverpb::Member;
 impl maintenance_server::Maintenance for EtcdMaintenance {
     type SnapshotStream = Empty<Result<SnapshotResponse, Status>>;
 
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         use alarm_request::AlarmAction;
         // kvstore raises no alarm: GET lists none, DEACTIVATE has nothing to clear.
         if request.get_ref().action == AlarmAction::Activate as i32 {
@@ -115,7 +123,10 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         Err(not_implemented("etcdserverpb.Maintenance/Hash"))
     }
 
-    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         // Every key with its revisions and value at the revision (0: the current one), read
         // from this member's applied state, as etcd's HashKV is.
         let every_key = KeyRange {
@@ -133,7 +144,13 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         let answer = answer.map_err(|e| member::status(e.into()))?;
         let mut hasher = crc32fast::Hasher::new();
         for kv in &answer.kvs {
-            for n in [kv.key.len() as i64, kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+            for n in [
+                kv.key.len() as i64,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease,
+            ] {
                 hasher.update(&n.to_le_bytes());
             }
             hasher.update(&kv.key);
@@ -147,7 +164,10 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         }))
     }
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_implemented("etcdserverpb.Maintenance/Snapshot"))
     }
 
@@ -176,14 +196,20 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         }))
     }
 
-    async fn downgrade(&self, _: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_implemented("etcdserverpb.Maintenance/Downgrade"))
     }
 }
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for EtcdMaintenance {
-    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         Err(not_implemented("etcdserverpb.Cluster/MemberAdd"))
     }
 
@@ -201,7 +227,10 @@ impl cluster_server::Cluster for EtcdMaintenance {
         Err(not_implemented("etcdserverpb.Cluster/MemberUpdate"))
     }
 
-    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: Some(self.header()),
             members: self.members(),

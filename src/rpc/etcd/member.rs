@@ -73,8 +73,8 @@ impl Member {
     /// The etcd services' state of the node configured by `config`.
     pub fn new(config: &NodeConfig, node: NodeHandle) -> Self {
         let members = config.members();
-        let cluster_id = ClusterIdentity::new(config.id, members.clone(), &config.cluster_token)
-            .cluster_id;
+        let cluster_id =
+            ClusterIdentity::new(config.id, members.clone(), &config.cluster_token).cluster_id;
         Member {
             inner: Arc::new(Inner {
                 node,
@@ -198,9 +198,10 @@ impl Member {
 /// Marks `request` as forwarded (see [`FORWARDED_KEY`]).
 pub fn forwarded<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(
+        FORWARDED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     request
 }
 

@@ -30,12 +30,12 @@ pub use self::maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use self::member::Member;
 pub use self::unimplemented::Unimplemented;
 
+use super::client_urls::ClientUrls;
 use super::kv_service::CLIENT_MESSAGE_LIMIT;
 use crate::pb::etcd::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use super::client_urls::ClientUrls;
 use tonic::transport::server::Router;
 
 /// `$server` with the client services' message-size limits, both ways.

@@ -586,7 +586,9 @@ impl Driver {
     /// Reads a key or a lock from the local state.
     fn read_value(&self, target: &ReadTarget) -> ReadValue {
         match target {
-            ReadTarget::Key(key) => ReadValue::Key(self.sm.get(key).map(str::to_owned)),
+            ReadTarget::Key(key) => {
+                ReadValue::Key(self.sm.get_bytes(key.as_bytes()).map(<[u8]>::to_vec))
+            }
             ReadTarget::Lock(name) => ReadValue::Lock(self.sm.lock(name).cloned()),
             ReadTarget::Range(req) => ReadValue::Range(self.sm.range(req)),
         }

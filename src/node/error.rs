@@ -48,6 +48,10 @@ pub enum ClientError {
     /// The request itself is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A key or value that `kvstore.v1` cannot carry (not UTF-8; written through the etcd
+    /// API).
+    #[error("{0}")]
+    NotText(String),
     /// The command applied, deterministically, to an error.
     #[error(transparent)]
     Apply(#[from] ApplyError),

@@ -174,7 +174,7 @@ impl NodeHandle {
         &self,
         key: String,
         linearizable: bool,
-    ) -> Result<(Option<String>, Header), ClientError> {
+    ) -> Result<(Option<Vec<u8>>, Header), ClientError> {
         // The driver answers a read with the kind it asked for; the other arm is unreachable.
         match self.read_target(ReadTarget::Key(key), linearizable).await? {
             (ReadValue::Key(value), h) => Ok((value, h)),

@@ -39,7 +39,7 @@ pub enum ReadTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadValue {
     /// The key's value, if the key exists.
-    Key(Option<String>),
+    Key(Option<Vec<u8>>),
     /// The lock's holder and token, if it is held.
     Lock(Option<LockInfo>),
     /// The keys in range, or why the range cannot be read (a compacted or future revision).

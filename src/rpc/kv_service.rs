@@ -4,7 +4,10 @@
 use crate::config::MAX_REQUEST_BYTES;
 use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb;
-use crate::state_machine::{Command, Fence, Outcome, Proposal, Session};
+use crate::state_machine::mvcc;
+use crate::state_machine::{
+    ApplyError, Command, Fence, KvResult, KvWrite, Outcome, Proposal, Session,
+};
 use tonic::{Request, Response, Status};
 
 /// Longest key accepted, in bytes.
@@ -35,12 +38,14 @@ pub const CLIENT_MESSAGE_LIMIT: usize = MAX_COMMAND_BYTES + (256 << 10);
 #[derive(Clone, Debug)]
 pub struct KvService {
     node: NodeHandle,
+    /// `--max-txn-ops`.
+    max_txn_ops: usize,
 }
 
 impl KvService {
     /// A service backed by `node`.
-    pub fn new(node: NodeHandle) -> Self {
-        KvService { node }
+    pub fn new(node: NodeHandle, max_txn_ops: usize) -> Self {
+        KvService { node, max_txn_ops }
     }
 
     async fn write(
@@ -52,7 +57,15 @@ impl KvService {
             session: session_from_pb(session)?,
             command,
         };
-        Ok(self.node.propose(proposal.encode()).await?)
+        let data = proposal.encode();
+        if data.len() > MAX_COMMAND_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "the request is {} bytes once encoded, above the limit of {MAX_COMMAND_BYTES}; split it",
+                data.len()
+            ))
+            .into());
+        }
+        Ok(self.node.propose(data).await?)
     }
 }
 
@@ -62,6 +75,7 @@ pub fn header(h: Header) -> Option<pb::ResponseHeader> {
         node_id: h.node_id,
         term: h.term,
         index: h.index,
+        revision: h.revision,
     })
 }
 
@@ -167,11 +181,16 @@ impl pb::kv_server::Kv for KvService {
         let req = request.into_inner();
         validate_key(&req.key)?;
         let linearizable = linearizable(req.consistency)?;
-        let (value, h) = self.node.read(req.key, linearizable).await?;
+        let (value, h) = self.node.read(req.key.clone(), linearizable).await?;
+        let found = value.is_some();
+        let value = match value {
+            Some(v) => text(v, "value", req.key.as_bytes())?,
+            None => String::new(),
+        };
         Ok(Response::new(pb::GetResponse {
             header: header(h),
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
+            found,
+            value,
         }))
     }
 
@@ -191,6 +210,295 @@ impl pb::kv_server::Kv for KvService {
             deleted: matches!(outcome, Outcome::Delete { existed: true }),
         }))
     }
+
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let req = request.into_inner();
+        let linearizable = linearizable(req.consistency)?;
+        let range = range_from_pb(req)?;
+        let (answer, h) = self.node.range(range, linearizable).await?;
+        let answer = answer.map_err(ClientError::Apply)?;
+        Ok(Response::new(range_to_pb(answer, Some(h))?))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let req = request.into_inner();
+        let fence = fence_from_pb(req.fence.clone())?;
+        let session = req.session;
+        let txn = txn_from_pb(pb::TxnRequest {
+            session: None,
+            fence: None,
+            ..req
+        })?;
+        mvcc::validate_txn(&txn, self.max_txn_ops)
+            .map_err(|e| ClientError::Apply(ApplyError::Kv(e)))?;
+        let command = Command::Kv {
+            op: KvWrite::Txn(txn),
+            fence,
+        };
+        match self.write(command, session).await? {
+            (Outcome::Kv(KvResult::Txn(r)), h) => Ok(Response::new(txn_to_pb(r, Some(h))?)),
+            (other, _) => Err(Status::internal(format!(
+                "the log applied an unexpected outcome: {other:?}"
+            ))),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let (_, h) = self.write(Command::Compact { revision }, None).await?;
+        Ok(Response::new(pb::CompactResponse { header: header(h) }))
+    }
+}
+
+/// Bytes from the key space as text, or FAILED_PRECONDITION: `kvstore.v1` carries UTF-8
+/// strings, and a key or value written through the etcd API may be any bytes.
+fn text(bytes: Vec<u8>, what: &str, key: &[u8]) -> Result<String, ClientError> {
+    String::from_utf8(bytes).map_err(|_| {
+        ClientError::NotText(format!(
+            "the {what} of key {:?} is not UTF-8 text, which kvstore.v1 cannot carry; read it through the etcd API",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// A key selector as the key space's `[key, range_end)`.
+fn keys_from_pb(k: Option<pb::KeySelector>) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+    let k = k.unwrap_or_default();
+    let given = [!k.range_end.is_empty(), k.prefix, k.from_key];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ClientError::Invalid(
+            "give at most one of range_end, prefix and from_key".to_string(),
+        ));
+    }
+    if k.key.len() > MAX_KEY_BYTES || k.range_end.len() > MAX_KEY_BYTES {
+        return Err(ClientError::Invalid(format!(
+            "key and range_end must be at most {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    let key = k.key.into_bytes();
+    if k.prefix || k.from_key {
+        // An empty key with either means every key, as etcdctl's `--prefix ""`.
+        let all = key.is_empty();
+        let start = if all { vec![0] } else { key };
+        let end = if all || k.from_key {
+            vec![0]
+        } else {
+            mvcc::prefix_end(&start)
+        };
+        return Ok((start, end));
+    }
+    if key.is_empty() {
+        return Err(ClientError::Invalid("key must not be empty".to_string()));
+    }
+    Ok((key, k.range_end.into_bytes()))
+}
+
+fn range_from_pb(r: pb::RangeRequest) -> Result<mvcc::RangeRequest, ClientError> {
+    use pb::range_request::{SortOrder, SortTarget};
+    let (key, range_end) = keys_from_pb(r.keys)?;
+    let sort_order = match SortOrder::try_from(r.sort_order) {
+        Ok(SortOrder::Unspecified) => mvcc::SortOrder::None,
+        Ok(SortOrder::Ascend) => mvcc::SortOrder::Ascend,
+        Ok(SortOrder::Descend) => mvcc::SortOrder::Descend,
+        Err(_) => return Err(bad_enum("sort_order", r.sort_order)),
+    };
+    let sort_target = match SortTarget::try_from(r.sort_target) {
+        Ok(SortTarget::Unspecified) => mvcc::SortTarget::Key,
+        Ok(SortTarget::Version) => mvcc::SortTarget::Version,
+        Ok(SortTarget::Create) => mvcc::SortTarget::Create,
+        Ok(SortTarget::Mod) => mvcc::SortTarget::Mod,
+        Ok(SortTarget::Value) => mvcc::SortTarget::Value,
+        Err(_) => return Err(bad_enum("sort_target", r.sort_target)),
+    };
+    Ok(mvcc::RangeRequest {
+        key,
+        range_end,
+        limit: r.limit,
+        revision: r.revision,
+        sort_order,
+        sort_target,
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    })
+}
+
+fn bad_enum(field: &str, value: i32) -> ClientError {
+    ClientError::Invalid(format!("{field} {value} is not a defined value"))
+}
+
+fn txn_from_pb(t: pb::TxnRequest) -> Result<mvcc::TxnRequest, ClientError> {
+    Ok(mvcc::TxnRequest {
+        compare: t
+            .compare
+            .into_iter()
+            .map(compare_from_pb)
+            .collect::<Result<_, _>>()?,
+        success: t
+            .success
+            .into_iter()
+            .map(op_from_pb)
+            .collect::<Result<_, _>>()?,
+        failure: t
+            .failure
+            .into_iter()
+            .map(op_from_pb)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn compare_from_pb(c: pb::Compare) -> Result<mvcc::Compare, ClientError> {
+    use pb::compare::{Against, Result as Cmp, Target};
+    let (key, range_end) = keys_from_pb(c.keys)?;
+    let result = match Cmp::try_from(c.result) {
+        Ok(Cmp::Equal) => mvcc::CompareResult::Equal,
+        Ok(Cmp::NotEqual) => mvcc::CompareResult::NotEqual,
+        Ok(Cmp::Greater) => mvcc::CompareResult::Greater,
+        Ok(Cmp::Less) => mvcc::CompareResult::Less,
+        Ok(Cmp::Unspecified) | Err(_) => {
+            return Err(ClientError::Invalid(format!(
+                "compare result {} must be EQUAL, NOT_EQUAL, GREATER or LESS",
+                c.result
+            )))
+        }
+    };
+    let number = match &c.against {
+        Some(Against::Number(n)) => Some(*n),
+        _ => None,
+    };
+    let need_number = |what: &str| {
+        number.ok_or_else(|| ClientError::Invalid(format!("a {what} compare needs `number`")))
+    };
+    let target = match Target::try_from(c.target) {
+        Ok(Target::Value) => match c.against {
+            Some(Against::Value(v)) => mvcc::CompareTarget::Value(v.into_bytes()),
+            _ => {
+                return Err(ClientError::Invalid(
+                    "a VALUE compare needs `value`".to_string(),
+                ))
+            }
+        },
+        Ok(Target::Version) => mvcc::CompareTarget::Version(need_number("VERSION")?),
+        Ok(Target::Create) => mvcc::CompareTarget::Create(need_number("CREATE")?),
+        Ok(Target::Mod) => mvcc::CompareTarget::Mod(need_number("MOD")?),
+        Ok(Target::Lease) => mvcc::CompareTarget::Lease(need_number("LEASE")?),
+        Ok(Target::Unspecified) | Err(_) => {
+            return Err(ClientError::Invalid(format!(
+                "compare target {} must be VALUE, VERSION, CREATE, MOD or LEASE",
+                c.target
+            )))
+        }
+    };
+    Ok(mvcc::Compare {
+        result,
+        target,
+        key,
+        range_end,
+    })
+}
+
+fn op_from_pb(op: pb::TxnOp) -> Result<mvcc::RequestOp, ClientError> {
+    use pb::txn_op::Op;
+    Ok(match op.op {
+        Some(Op::Range(r)) => mvcc::RequestOp::Range(range_from_pb(r)?),
+        Some(Op::Put(p)) => {
+            validate_key(&p.key)?;
+            validate_value(&p.value)?;
+            mvcc::RequestOp::Put(mvcc::PutRequest {
+                key: p.key.into_bytes(),
+                value: p.value.into_bytes(),
+                prev_kv: p.prev_kv,
+                ..mvcc::PutRequest::default()
+            })
+        }
+        Some(Op::Delete(d)) => {
+            let (key, range_end) = keys_from_pb(d.keys)?;
+            mvcc::RequestOp::DeleteRange(mvcc::DeleteRangeRequest {
+                key,
+                range_end,
+                prev_kv: d.prev_kv,
+            })
+        }
+        Some(Op::Txn(t)) => {
+            if t.session.is_some() || t.fence.is_some() {
+                return Err(ClientError::Invalid(
+                    "a nested Txn takes no session or fence: give them on the outermost one"
+                        .to_string(),
+                ));
+            }
+            mvcc::RequestOp::Txn(txn_from_pb(t)?)
+        }
+        None => return Err(ClientError::Invalid("a Txn op carries no op".to_string())),
+    })
+}
+
+fn kv_to_pb(kv: mvcc::KeyValue) -> Result<pb::KeyValue, ClientError> {
+    let value = text(kv.value, "value", &kv.key)?;
+    let key = text(kv.key, "key", b"")?;
+    Ok(pb::KeyValue {
+        key,
+        value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+    })
+}
+
+fn kvs_to_pb(kvs: Vec<mvcc::KeyValue>) -> Result<Vec<pb::KeyValue>, ClientError> {
+    kvs.into_iter().map(kv_to_pb).collect()
+}
+
+fn range_to_pb(
+    r: mvcc::RangeResponse,
+    h: Option<Header>,
+) -> Result<pb::RangeResponse, ClientError> {
+    Ok(pb::RangeResponse {
+        header: h.and_then(header),
+        kvs: kvs_to_pb(r.kvs)?,
+        more: r.more,
+        count: r.count,
+    })
+}
+
+fn txn_to_pb(r: mvcc::TxnResponse, h: Option<Header>) -> Result<pb::TxnResponse, ClientError> {
+    use pb::txn_op_result::Result as R;
+    let results = r
+        .responses
+        .into_iter()
+        .map(|op| {
+            Ok(pb::TxnOpResult {
+                result: Some(match op {
+                    mvcc::ResponseOp::Range(r) => R::Range(range_to_pb(r, None)?),
+                    mvcc::ResponseOp::Put(p) => R::Put(pb::TxnPutResult {
+                        prev_kv: p.prev_kv.map(kv_to_pb).transpose()?,
+                    }),
+                    mvcc::ResponseOp::DeleteRange(d) => R::Delete(pb::TxnDeleteResult {
+                        deleted: d.deleted,
+                        prev_kvs: kvs_to_pb(d.prev_kvs)?,
+                    }),
+                    mvcc::ResponseOp::Txn(t) => R::Txn(txn_to_pb(t, None)?),
+                }),
+            })
+        })
+        .collect::<Result<_, ClientError>>()?;
+    Ok(pb::TxnResponse {
+        header: h.and_then(header),
+        succeeded: r.succeeded,
+        results,
+    })
 }
 
 #[cfg(test)]

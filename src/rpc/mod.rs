@@ -232,7 +232,7 @@ async fn serve(
             .max_encoding_message_size(PEER_MESSAGE_LIMIT),
         )
         .add_service(
-            KvServer::new(KvService::new(handle.clone()))
+            KvServer::new(KvService::new(handle.clone(), config.max_txn_ops))
                 .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
                 .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )

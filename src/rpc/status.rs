@@ -40,6 +40,7 @@ impl From<ClientError> for Status {
             ClientError::TooManyWaiting { .. } => Status::resource_exhausted(message),
             ClientError::TransferTimedOut { .. } => Status::deadline_exceeded(message),
             ClientError::Invalid(_) => Status::invalid_argument(message),
+            ClientError::NotText(_) => Status::failed_precondition(message),
             ClientError::Apply(ApplyError::SessionExpired { .. }) => {
                 let mut status = Status::failed_precondition(message);
                 status

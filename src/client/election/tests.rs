@@ -186,6 +186,21 @@ impl Kv for FakeLocks {
             deleted: true,
         }))
     }
+    async fn range(
+        &self,
+        _: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn txn(&self, _: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn compact(
+        &self,
+        _: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
 }
 
 async fn serve(fake: FakeLocks) -> String {

@@ -53,6 +53,7 @@ impl Kv for FakeNode {
                     node_id: 1,
                     term: 1,
                     index,
+                    revision: 1,
                 }),
             })),
             Answer::Fail(status) => Err(status),
@@ -65,6 +66,21 @@ impl Kv for FakeNode {
         &self,
         _: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn range(
+        &self,
+        _: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn txn(&self, _: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn compact(
+        &self,
+        _: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
         Err(Status::unimplemented("not in the fake"))
     }
 }

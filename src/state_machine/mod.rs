@@ -26,6 +26,7 @@
 pub mod command;
 mod error;
 mod machine;
+pub mod mvcc;
 mod sessions;
 
 pub use command::{Command, Fence, Outcome, Proposal, Session};

@@ -714,6 +714,18 @@ impl KeySpace {
         Ok(events)
     }
 
+    /// How many keys have a history (live or not).
+    #[cfg(test)]
+    pub(super) fn stored_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    /// How many versions all histories hold.
+    #[cfg(test)]
+    pub(super) fn stored_versions(&self) -> usize {
+        self.index.values().map(Vec::len).sum()
+    }
+
     /// The parts of a snapshot: revision, compaction revision and the histories.
     pub(super) fn parts(&self) -> (i64, i64, &Histories) {
         (self.revision, self.compact_revision, &self.index)

@@ -1,0 +1,38 @@
+//! etcd's v3 data model as a PURE data structure: the MVCC key space.
+//!
+//! [`KeySpace`] keeps every key's history of versions back to the compaction revision, so a
+//! read can name any revision at or above it and a watcher can ask for every change since one
+//! ([`KeySpace::changes`]). It implements etcd 3.5's semantics for Range, Put, DeleteRange,
+//! Txn and Compact (server/mvcc and server/etcdserver/apply.go); the checks etcd's gRPC layer
+//! runs before proposing (v3rpc/key.go) are the free functions [`validate_put`],
+//! [`validate_range`], [`validate_delete_range`] and [`validate_txn`].
+//!
+//! # What this module may import
+//! The same as the rest of `state_machine`: std, serde, thiserror. No clock, no I/O, no
+//! randomness, no `HashMap` iteration: results depend only on the store and the call.
+//!
+//! # Invariants
+//! - The store revision starts at 1 and grows by exactly 1 for every call that changed
+//!   something (a put, a delete that deleted a key, a txn with such a write); every write of
+//!   one call shares that revision and is ordered by a sub-revision.
+//! - Each key's history is ordered by (revision, sub-revision), never empty, and starts with
+//!   a put. Only the first version may be older than the compaction revision (the version a
+//!   read at the compaction revision needs).
+//! - The change log lists every version newer than the compaction revision, plus the versions
+//!   at exactly the compaction revision that survived it, in (revision, sub-revision) order.
+//! - A failing call changes nothing.
+
+mod snapshot;
+mod store;
+mod types;
+mod validate;
+
+pub use snapshot::{KeySpaceSnapshot, KeySpaceSnapshotView};
+pub use store::{KeySpace, LeaseLookup, NoLeases};
+pub use types::*;
+pub use validate::{prefix_end, validate_delete_range, validate_put, validate_range, validate_txn};
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 use super::command::{encode_exact, Command, Fence, KvResult, KvWrite, Outcome, Proposal};
 use super::error::ApplyError;
 use super::mvcc::{
-    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, NoLeases, PutRequest, RangeRequest,
+    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, KeySpaceSnapshotView, NoLeases, PutRequest, RangeRequest,
     RangeResponse,
 };
 use super::sessions::{command_digest, ClientSession, SessionLimits, Sessions, Verdict};
@@ -66,14 +66,14 @@ struct SessionsExtra {
 }
 
 /// [`SnapshotData`] borrowed from a live state machine: the same bytes (serde writes a
-/// reference as what it points to), without cloning the sessions and locks first.
+/// reference as what it points to), without cloning the keys, sessions and locks first.
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     applied_index: LogIndex,
     sessions: Vec<&'a ClientSession>,
     locks: &'a BTreeMap<String, LockInfo>,
     extra: SessionsExtra,
-    keys: KeySpaceSnapshot,
+    keys: KeySpaceSnapshotView<'a>,
 }
 
 /// A snapshot that could not be restored.
@@ -212,7 +212,7 @@ impl StateMachine {
                 digests: self.sessions.iter().map(|s| s.digest).collect(),
                 retired: self.sessions.retired().collect(),
             },
-            keys: self.keys.snapshot(),
+            keys: self.keys.snapshot_view(),
         };
         // One allocation of the exact length, the magic first.
         let size = postcard::experimental::serialized_size(&data).unwrap_or_default();

@@ -203,6 +203,11 @@ impl KeySpace {
         self.live == 0
     }
 
+    /// The current value of `key`, if it is live: the cheap point read of `kvstore.v1`'s Get.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.index.get(key)?.last()?.value.as_deref()
+    }
+
     /// The live versions in `[key, range_end)` at revision `rev`, in key order.
     fn live_in<'a>(
         &'a self,

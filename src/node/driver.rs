@@ -684,7 +684,7 @@ impl Driver {
             last_index: s.last_index,
             revision: self.sm.revision(),
             compact_revision: self.sm.key_space().compact_revision(),
-            snapshot_size: self.snapshot_size,
+            state_bytes: self.snapshot_size + self.bytes_since_snapshot,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {

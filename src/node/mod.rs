@@ -87,9 +87,9 @@ pub struct NodeStatus {
     pub revision: i64,
     /// The key space's compaction revision as applied here.
     pub compact_revision: i64,
-    /// Size of the last snapshot taken or installed, in bytes (0 before any): what the
-    /// state takes on disk besides the log.
-    pub snapshot_size: u64,
+    /// The size of the last snapshot taken or installed plus the commands applied since, in
+    /// bytes: what the state takes on disk, about (etcd's "db size").
+    pub state_bytes: u64,
 }
 
 impl NodeStatus {
@@ -105,7 +105,7 @@ impl NodeStatus {
             last_index: 0,
             revision: 1,
             compact_revision: 0,
-            snapshot_size: 0,
+            state_bytes: 0,
         }
     }
 }

@@ -119,7 +119,7 @@ mod tests {
             last_index: 11,
             revision: 5,
             compact_revision: 0,
-            snapshot_size: 0,
+            state_bytes: 0,
         }
     }
 

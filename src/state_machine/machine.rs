@@ -3,8 +3,8 @@
 use super::command::{encode_exact, Command, Fence, KvResult, KvWrite, Outcome, Proposal};
 use super::error::ApplyError;
 use super::mvcc::{
-    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, KeySpaceSnapshotView, NoLeases, PutRequest, RangeRequest,
-    RangeResponse,
+    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, KeySpaceSnapshotView, NoLeases, PutRequest,
+    RangeRequest, RangeResponse,
 };
 use super::sessions::{command_digest, ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;

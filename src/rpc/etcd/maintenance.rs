@@ -63,7 +63,11 @@ impl EtcdMaintenance {
                     id,
                     name: format!("node-{id}"),
                     peer_ur_ls: vec![format!("http://{peer}")],
-                    client_ur_ls: vec![format!("http://{client}")],
+                    // Without the scheme: etcdctl 3.4 dials each listed client URL as a
+                    // gRPC target, and with `http://` the target's scheme ends up in the
+                    // HTTP/2 :authority, which our HTTP/2 server (unlike grpc-go's) refuses
+                    // as malformed; `HOST:PORT` works with every etcd client.
+                    client_ur_ls: vec![client],
                     is_learner: false,
                 }
             })
@@ -97,7 +101,7 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.member.node().status();
-        let size = i64::try_from(s.snapshot_size).unwrap_or(i64::MAX);
+        let size = i64::try_from(s.state_bytes).unwrap_or(i64::MAX);
         Ok(Response::new(StatusResponse {
             header: Some(self.member.status_header(s.revision)),
             version: ETCD_API_VERSION.to_string(),

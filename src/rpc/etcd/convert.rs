@@ -188,20 +188,25 @@ pub fn delete_response(
     }
 }
 
-/// A Txn's answer to the wire; every nested answer carries the same header, as etcd's do.
+/// A Txn's answer to the wire. As etcd's, each nested answer's header carries the Txn's
+/// revision and nothing else.
 pub fn txn_response(r: mvcc::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let nested = pb::ResponseHeader {
+        revision: header.revision,
+        ..pb::ResponseHeader::default()
+    };
     let responses = r
         .responses
         .into_iter()
         .map(|op| pb::ResponseOp {
             response: Some(match op {
-                mvcc::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, header)),
-                mvcc::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, header)),
+                mvcc::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, nested)),
+                mvcc::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, nested)),
                 mvcc::ResponseOp::DeleteRange(r) => {
-                    Response::ResponseDeleteRange(delete_response(r, header))
+                    Response::ResponseDeleteRange(delete_response(r, nested))
                 }
-                mvcc::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, header)),
+                mvcc::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, nested)),
             }),
         })
         .collect();

@@ -93,8 +93,9 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
                 "kvstore raises no alarms and cannot record one (Alarm ACTIVATE)",
             ));
         }
+        // etcd answers a GET with no header at all.
         Ok(Response::new(AlarmResponse {
-            header: Some(self.header()),
+            header: None,
             alarms: Vec::new(),
         }))
     }
@@ -184,7 +185,8 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         if s.role != Role::Leader {
             return Err(errors::NOT_LEADER.status());
         }
-        if !self.member.addresses().contains_key(&target) {
+        // As etcd: the leader itself is no transferee either.
+        if target == self.member.id() || !self.member.addresses().contains_key(&target) {
             return Err(errors::BAD_LEADER_TRANSFEREE.status());
         }
         self.member
@@ -235,8 +237,9 @@ impl cluster_server::Cluster for EtcdMaintenance {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        // etcd's MemberList header carries no revision.
         Ok(Response::new(MemberListResponse {
-            header: Some(self.header()),
+            header: Some(self.member.status_header(0)),
             members: self.members(),
         }))
     }

@@ -40,7 +40,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BIN=$ROOT/target/release
 
 ARGS="$*"
 VS_ETCD=0
@@ -113,6 +112,7 @@ say() { printf '    %s\n' "$*"; }
 die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 
 source scripts/lib.sh
+BIN=$(release_dir) # honours CARGO_TARGET_DIR
 
 cleanup() {
   stop_pids "${PIDS[@]}"

@@ -13,10 +13,12 @@ use tempfile::TempDir;
 use super::common::{free_port, poll_until};
 use super::etcdctl::etcdctl;
 
-/// etcd's `--heartbeat-interval` (ms): short, so the cluster forms fast.
-const HEARTBEAT_MS: u64 = 25;
+/// etcd's `--heartbeat-interval` (ms). Half etcd's default: the cluster forms in about a
+/// second, and a loaded 2-core CI machine still does not see spurious elections (a leader
+/// change mid-script would fail a request with "leader changed").
+const HEARTBEAT_MS: u64 = 50;
 /// etcd's `--election-timeout` (ms); etcd wants at least 5x the heartbeat.
-const ELECTION_MS: u64 = 250;
+const ELECTION_MS: u64 = 500;
 
 /// One etcd member process.
 struct Member {

@@ -3,6 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+// A real etcd for the etcd-API workloads (tests/etcd_compat's harness).
+#[cfg(feature = "etcd")]
+#[allow(dead_code)] // the cluster, not its follower lookup
+#[path = "etcd_compat/etcd.rs"]
+mod etcd;
+#[cfg(feature = "etcd")]
+#[allow(dead_code)] // only the runner is used here
+#[path = "etcd_compat/etcdctl.rs"]
+mod etcdctl;
 
 use std::process::Command;
 use std::time::Duration;
@@ -154,4 +163,139 @@ async fn bench_fails_in_one_line_when_no_cluster_answers() {
         stderr.starts_with("kvstore-bench: no leader found among") && stderr.lines().count() == 1,
         "one clear line: {stderr}"
     );
+}
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_api_workloads_ask_for_the_etcd_feature() {
+    for workload in ["txn-cas", "range"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kvstore-bench"))
+            .args([workload, "--no-progress", "--endpoints", "127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with("kvstore-bench: this kvstore-bench was built without etcd support")
+                && stderr.lines().count() == 1,
+            "{workload}: one clear line: {stderr}"
+        );
+    }
+}
+
+/// The etcd-API workloads against a real 3-member etcd (`cargo test --features etcd --test
+/// bench etcd_api`; needs etcd and etcdctl, and protoc to build etcd-client).
+#[cfg(feature = "etcd")]
+mod etcd_api {
+    use super::*;
+    use crate::etcd::EtcdCluster;
+    use crate::etcdctl::{cannot_run, etcdctl, missing_tool};
+
+    /// The sum of the values of every key under `prefix`, and how many keys there are.
+    fn sum_under(endpoints: &[String], prefix: &str) -> (u64, usize) {
+        let args: Vec<String> = ["get", prefix, "--prefix", "--print-value-only"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let outcome = etcdctl(endpoints, &args, None).unwrap();
+        assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+        let values: Vec<u64> = outcome
+            .stdout
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.parse().unwrap())
+            .collect();
+        (values.iter().sum(), values.len())
+    }
+
+    /// A fresh 3-member etcd, or `None` (skipped; failed in CI) when etcd is not installed.
+    async fn etcd_cluster() -> Option<EtcdCluster> {
+        if let Some(why) = missing_tool() {
+            cannot_run(&why);
+            return None;
+        }
+        Some(EtcdCluster::start(3).await)
+    }
+
+    fn args<'a>(
+        workload: &'a str,
+        clients: &'a str,
+        total: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut args = vec![
+            workload,
+            "--target",
+            "etcd",
+            "--clients",
+            clients,
+            "--total",
+            total,
+        ];
+        args.extend(["--warmup", "0"]);
+        args.extend(extra);
+        args
+    }
+
+    #[tokio::test]
+    async fn txn_cas_counts_every_increment_exactly_once() {
+        let Some(etcd) = etcd_cluster().await else {
+            return;
+        };
+        let endpoints = etcd.endpoints();
+        // 16 clients on 20 counters: compares fail often, and every failure is retried.
+        let run = bench(
+            &endpoints,
+            &args("txn-cas", "16", "500", &["--key-space", "20"]),
+        )
+        .await;
+        assert_plausible(&run, 16);
+        assert_eq!(u64_at(&run, "/writes"), 500);
+        assert_eq!(run["workload"], "txn-cas");
+        // Without the compare (or with a retry that lost an update) the sum would fall short.
+        assert_eq!(
+            sum_under(&endpoints, "bench/counter/"),
+            (500, 20),
+            "500 successful increments add exactly 500: {run}"
+        );
+        // A second run starts from what the store holds: one client then never conflicts.
+        let run = bench(
+            &endpoints,
+            &args("txn-cas", "1", "100", &["--key-space", "20"]),
+        )
+        .await;
+        assert_eq!(
+            u64_at(&run, "/conflicts"),
+            0,
+            "counters loaded first: {run}"
+        );
+        assert_eq!(sum_under(&endpoints, "bench/counter/").0, 600);
+    }
+
+    #[tokio::test]
+    async fn range_reads_the_whole_prefix_and_counts_a_wrong_size_as_an_error() {
+        let Some(etcd) = etcd_cluster().await else {
+            return;
+        };
+        let endpoints = etcd.endpoints();
+        let run = bench(&endpoints, &args("range", "4", "200", &[])).await;
+        assert_plausible(&run, 4);
+        assert_eq!(
+            (u64_at(&run, "/reads"), u64_at(&run, "/key_space")),
+            (200, 100),
+            "100 keys by default: {run}"
+        );
+        // One key too many under the prefix: every range is now an error.
+        let put: Vec<String> = ["put", "bench/range/extra", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(etcdctl(&endpoints, &put, None).unwrap().code, 0);
+        let run = bench(&endpoints, &args("range", "2", "20", &["--no-preload"])).await;
+        assert_eq!(u64_at(&run, "/errors"), 20, "{run}");
+        assert_eq!(
+            run["error_kinds"]["range of bench/range/ returned 101 keys, not 100"], 20,
+            "{run}"
+        );
+    }
 }

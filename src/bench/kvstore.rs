@@ -99,7 +99,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, BenchError> {
 }
 
 /// Asks every endpoint for its status until one is leader or names one.
-async fn find_leader(config: &BenchConfig) -> Result<String, BenchError> {
+pub(crate) async fn find_leader(config: &BenchConfig) -> Result<String, BenchError> {
     let endpoints = &config.endpoints;
     let started = Instant::now();
     let mut last = "no answer yet".to_string();

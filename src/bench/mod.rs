@@ -2,6 +2,10 @@
 //! requests against a kvstore cluster (or, with the `etcd` cargo feature, an etcd cluster),
 //! with latencies in an HDR histogram and one [`Report`] at the end.
 //!
+//! Two workloads speak etcd's v3 API to BOTH systems (so they need the `etcd` feature; kvstore
+//! answers it on the port of its other services): `txn-cas` (compare-and-swap increments of
+//! counters, [`Workload::TxnCas`]) and `range` (a prefix read, [`Workload::Range`]).
+//!
 //! May import: `crate::pb` and tonic (it speaks the public gRPC contract like any foreign
 //! client), hdrhistogram, indicatif, serde, and etcd-client behind the `etcd` feature.
 //! Nothing from `node/`, `raft/`, `storage/` or `state_machine/`. No clap: the binary parses
@@ -59,6 +63,34 @@ pub enum Workload {
     Get,
     /// Reads with probability `read_ratio`, writes otherwise.
     Mixed,
+    /// etcd API: increments one of `key_space` counters (drawn uniformly) by compare-and-swap:
+    /// a Txn `mod_revision(counter) == last seen` -> put value + 1, else get the counter; on
+    /// a failed compare the client retries with what the else branch read. One operation is
+    /// one successful increment (its latency includes its retries); failed compares are
+    /// counted apart as conflicts. The last seen (mod revision, value) of every counter is
+    /// shared by all clients and loaded with one Range before the run.
+    #[serde(rename = "txn-cas")]
+    TxnCas,
+    /// etcd API: a Range of the whole prefix holding `key_space` keys (written before the
+    /// run); an answer with another number of keys counts as an error.
+    Range,
+}
+
+impl Workload {
+    /// Whether it speaks etcd's v3 API to every target (kvstore through its etcd front end).
+    pub fn uses_etcd_api(self) -> bool {
+        matches!(self, Workload::TxnCas | Workload::Range)
+    }
+
+    /// The key space it uses when none is asked for: 1,000 counters, a 100-key prefix,
+    /// 10,000 keys for put, get and mixed.
+    pub fn default_key_space(self) -> u64 {
+        match self {
+            Workload::Put | Workload::Get | Workload::Mixed => 10_000,
+            Workload::TxnCas => 1_000,
+            Workload::Range => 100,
+        }
+    }
 }
 
 /// How reads are served.
@@ -145,6 +177,16 @@ pub enum BenchError {
     /// Writing the key space before a read workload failed.
     #[error("preloading the key space failed: {0}")]
     Preload(String),
+    /// A kvstore node answered an etcd-API workload's first call with UNIMPLEMENTED.
+    #[error("kvstore at {endpoint} does not serve etcd's KV API yet ({message}); the {workload} workload drives kvstore through it")]
+    EtcdApiUnimplemented {
+        /// The node asked.
+        endpoint: String,
+        /// Its answer.
+        message: String,
+        /// The workload that needs the API.
+        workload: Workload,
+    },
 }
 
 impl BenchConfig {
@@ -182,6 +224,8 @@ impl BenchConfig {
             Workload::Put => false,
             Workload::Get => true,
             Workload::Mixed => self.read_ratio > 0.0,
+            Workload::TxnCas => false,
+            Workload::Range => true,
         }
     }
 }
@@ -215,7 +259,15 @@ macro_rules! name_enum {
 }
 
 name_enum!(Target, "target", "kvstore" => Target::Kvstore, "etcd" => Target::Etcd);
-name_enum!(Workload, "workload", "put" => Workload::Put, "get" => Workload::Get, "mixed" => Workload::Mixed);
+name_enum!(
+    Workload,
+    "workload",
+    "put" => Workload::Put,
+    "get" => Workload::Get,
+    "mixed" => Workload::Mixed,
+    "txn-cas" => Workload::TxnCas,
+    "range" => Workload::Range
+);
 name_enum!(
     ReadConsistency,
     "consistency",
@@ -249,8 +301,17 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_list_the_choices() {
-        for w in [Workload::Put, Workload::Get, Workload::Mixed] {
+        for w in [
+            Workload::Put,
+            Workload::Get,
+            Workload::Mixed,
+            Workload::TxnCas,
+            Workload::Range,
+        ] {
             assert_eq!(w.to_string().parse::<Workload>(), Ok(w));
+            // The JSON report spells it as the command line does.
+            let json = serde_json::to_string(&w).unwrap();
+            assert_eq!(json, format!("\"{w}\""));
         }
         for c in [ReadConsistency::Linearizable, ReadConsistency::Serializable] {
             assert_eq!(c.to_string().parse::<ReadConsistency>(), Ok(c));
@@ -258,7 +319,7 @@ mod tests {
         assert_eq!("etcd".parse::<Target>(), Ok(Target::Etcd));
         assert_eq!(
             "scan".parse::<Workload>().unwrap_err(),
-            "unknown workload \"scan\"; use one of: put, get, mixed"
+            "unknown workload \"scan\"; use one of: put, get, mixed, txn-cas, range"
         );
     }
 
@@ -287,6 +348,10 @@ mod tests {
         assert!(!c.reads());
         c.workload = Workload::Get;
         assert!(c.reads());
+        c.workload = Workload::Range;
+        assert!(c.reads());
+        c.workload = Workload::TxnCas;
+        assert!(!c.reads());
         c.workload = Workload::Mixed;
         c.read_ratio = 0.0;
         assert!(!c.reads());

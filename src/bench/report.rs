@@ -73,6 +73,9 @@ pub struct Report {
     pub writes: u64,
     /// Reads that found no value.
     pub not_found: u64,
+    /// Failed compares of the `txn-cas` workload's successful operations (each was retried).
+    #[serde(default)]
+    pub conflicts: u64,
     /// Failed measured requests (timeouts included).
     pub errors: u64,
     /// Failures by kind (`CODE: message`), for a look at what went wrong.
@@ -90,6 +93,8 @@ pub(crate) struct ClientStats {
     pub reads: u64,
     pub writes: u64,
     pub not_found: u64,
+    /// Failed compares retried by successful `txn-cas` operations.
+    pub conflicts: u64,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -111,6 +116,7 @@ impl ClientStats {
             reads: 0,
             writes: 0,
             not_found: 0,
+            conflicts: 0,
             errors: BTreeMap::new(),
         })
     }
@@ -145,6 +151,7 @@ impl ClientStats {
         self.reads += other.reads;
         self.writes += other.writes;
         self.not_found += other.not_found;
+        self.conflicts += other.conflicts;
         for (kind, n) in other.errors {
             self.count_errors(kind, n);
         }
@@ -164,8 +171,8 @@ impl Report {
             workload: config.workload,
             consistency: config.consistency,
             read_ratio: match config.workload {
-                Workload::Put => 0.0,
-                Workload::Get => 1.0,
+                Workload::Put | Workload::TxnCas => 0.0,
+                Workload::Get | Workload::Range => 1.0,
                 Workload::Mixed => config.read_ratio,
             },
             clients: config.clients,
@@ -178,6 +185,7 @@ impl Report {
             reads: stats.reads,
             writes: stats.writes,
             not_found: stats.not_found,
+            conflicts: stats.conflicts,
             errors: stats.errors.values().sum(),
             error_kinds: stats.errors.clone(),
             throughput_ops_s: if elapsed_s > 0.0 {
@@ -209,6 +217,8 @@ impl fmt::Display for Report {
                 self.read_ratio * 100.0,
                 self.consistency
             ),
+            Workload::TxnCas => "txn-cas (etcd API, compare-and-swap increments)".to_string(),
+            Workload::Range => format!("range (etcd API, {} prefix reads)", self.consistency),
         };
         writeln!(
             f,
@@ -230,6 +240,18 @@ impl fmt::Display for Report {
             self.writes,
             self.not_found
         )?;
+        if self.workload == Workload::TxnCas {
+            writeln!(
+                f,
+                "  conflicts   {} failed compares retried ({:.3} per successful increment)",
+                self.conflicts,
+                if self.ops > 0 {
+                    self.conflicts as f64 / self.ops as f64
+                } else {
+                    0.0
+                }
+            )?;
+        }
         let l = &self.latency;
         writeln!(
             f,

@@ -1,7 +1,7 @@
 //! The closed loop: one task per client, a shared stop condition, a progress bar.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
-use super::conn::{connect, Conn};
+use super::conn::{connect, Cas, Conn, Seen};
 use super::report::{describe_limit, ClientStats};
 use super::{BenchConfig, BenchError, Limit, Report, Workload};
 
@@ -21,6 +21,73 @@ const PRELOAD_WRITERS: u64 = 32;
 /// The key of index `i`: fixed width, so every key has the same size.
 fn key(i: u64) -> String {
     format!("bench/{i:012}")
+}
+
+/// The prefix the `range` workload reads (and writes before the run).
+const RANGE_PREFIX: &str = "bench/range/";
+/// The prefix of the `txn-cas` workload's counters.
+const COUNTER_PREFIX: &str = "bench/counter/";
+
+/// The `range` workload's key of index `i`.
+fn range_key(i: u64) -> String {
+    format!("{RANGE_PREFIX}{i:012}")
+}
+
+/// The `txn-cas` workload's counter of index `i`.
+fn counter_key(i: u64) -> String {
+    format!("{COUNTER_PREFIX}{i:012}")
+}
+
+/// The last seen state of every counter, shared by all clients (`txn-cas` only).
+struct Counters(Vec<Mutex<Seen>>);
+
+impl Counters {
+    fn new(n: u64) -> Self {
+        Self((0..n).map(|_| Mutex::new(Seen::default())).collect())
+    }
+
+    fn get(&self, i: u64) -> Seen {
+        *self.0[i as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the newer of what is known and `seen` (answers arrive out of order).
+    fn update(&self, i: u64, seen: Seen) {
+        let mut known = self.0[i as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.mod_revision > known.mod_revision {
+            *known = seen;
+        }
+    }
+
+    /// Loads what the store holds under [`COUNTER_PREFIX`] (counters of an earlier run).
+    async fn load(&self, conn: &mut Conn) -> Result<(), BenchError> {
+        let existing = conn
+            .counters(COUNTER_PREFIX.to_string())
+            .await
+            .map_err(|e| BenchError::Preload(format!("reading the counters: {e}")))?;
+        for (key, seen) in existing {
+            let index = key
+                .strip_prefix(COUNTER_PREFIX)
+                .and_then(|i| i.parse::<u64>().ok());
+            if let Some(i) = index.filter(|&i| i < self.0.len() as u64) {
+                self.update(i, seen);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one successful operation did.
+enum Done {
+    /// A read; whether it found its key.
+    Read { found: bool },
+    /// A write.
+    Write,
+    /// A compare-and-swap increment, after this many failed compares.
+    Cas { conflicts: u64 },
 }
 
 /// A value of `size` printable bytes (the wire type is a string).
@@ -42,6 +109,8 @@ struct Shared {
     completed: AtomicU64,
     config: BenchConfig,
     value: String,
+    /// The `txn-cas` workload's counters (empty for the others).
+    counters: Counters,
 }
 
 impl Shared {
@@ -73,7 +142,18 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let mut rng = SmallRng::seed_from_u64(0x6b76_7374);
     let value = value(config.value_size, &mut rng);
     if config.reads() && config.preload {
-        preload(config, &pool, &value).await?;
+        let key_of = match config.workload {
+            Workload::Range => range_key,
+            _ => key,
+        };
+        preload(config, &pool, &value, key_of).await?;
+    }
+    let counters = Counters::new(match config.workload {
+        Workload::TxnCas => config.key_space,
+        _ => 0,
+    });
+    if config.workload == Workload::TxnCas {
+        counters.load(&mut pool[0].clone()).await?;
     }
 
     let measure_start = Instant::now() + config.warmup;
@@ -87,6 +167,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         completed: AtomicU64::new(0),
         config: config.clone(),
         value,
+        counters,
     });
     let mut clients = JoinSet::new();
     for i in 0..config.clients {
@@ -127,32 +208,24 @@ async fn client(
         let Some(measured) = shared.admit(start) else {
             break;
         };
-        let key = key(rng.random_range(0..config.key_space));
-        let read = match config.workload {
-            Workload::Put => false,
-            Workload::Get => true,
-            Workload::Mixed => rng.random_bool(config.read_ratio),
-        };
-        // A write "finds" nothing, so both operations yield a `found` flag.
-        let op = async {
-            if read {
-                conn.get(key, config.consistency).await
-            } else {
-                conn.put(key, &shared.value).await.map(|()| false)
-            }
-        };
+        let op = operation(&mut conn, &shared, &mut rng);
         let result = tokio::time::timeout(config.request_timeout, op).await;
         if !measured {
             continue;
         }
         match result {
-            Ok(Ok(found)) => {
+            Ok(Ok(done)) => {
                 stats.record(start.elapsed().as_micros() as u64);
-                if read {
-                    stats.reads += 1;
-                    stats.not_found += u64::from(!found);
-                } else {
-                    stats.writes += 1;
+                match done {
+                    Done::Read { found } => {
+                        stats.reads += 1;
+                        stats.not_found += u64::from(!found);
+                    }
+                    Done::Write => stats.writes += 1,
+                    Done::Cas { conflicts } => {
+                        stats.writes += 1;
+                        stats.conflicts += conflicts;
+                    }
                 }
                 shared.completed.fetch_add(1, Ordering::Relaxed);
             }
@@ -166,8 +239,61 @@ async fn client(
     stats
 }
 
-/// Writes every key of the key space once, `PRELOAD_WRITERS` at a time.
-async fn preload(config: &BenchConfig, pool: &[Conn], value: &str) -> Result<(), BenchError> {
+/// One operation of the workload.
+async fn operation(conn: &mut Conn, shared: &Shared, rng: &mut SmallRng) -> Result<Done, String> {
+    let config = &shared.config;
+    let key_index = rng.random_range(0..config.key_space);
+    let read = match config.workload {
+        Workload::Put => false,
+        Workload::Get => true,
+        Workload::Mixed => rng.random_bool(config.read_ratio),
+        Workload::TxnCas => return increment(conn, &shared.counters, key_index).await,
+        Workload::Range => {
+            let n = conn
+                .range(RANGE_PREFIX.to_string(), config.consistency)
+                .await?;
+            if n as u64 != config.key_space {
+                return Err(format!(
+                    "range of {RANGE_PREFIX} returned {n} keys, not {}",
+                    config.key_space
+                ));
+            }
+            return Ok(Done::Read { found: true });
+        }
+    };
+    if read {
+        let found = conn.get(key(key_index), config.consistency).await?;
+        Ok(Done::Read { found })
+    } else {
+        conn.put(key(key_index), &shared.value).await?;
+        Ok(Done::Write)
+    }
+}
+
+/// Increments counter `i` by compare-and-swap, retrying on conflicts.
+async fn increment(conn: &mut Conn, counters: &Counters, i: u64) -> Result<Done, String> {
+    let mut conflicts = 0;
+    loop {
+        match conn.txn_cas(counter_key(i), counters.get(i)).await? {
+            Cas::Swapped(now) => {
+                counters.update(i, now);
+                return Ok(Done::Cas { conflicts });
+            }
+            Cas::Conflict(now) => {
+                counters.update(i, now);
+                conflicts += 1;
+            }
+        }
+    }
+}
+
+/// Writes every key of the key space (as `key` names them) once, `PRELOAD_WRITERS` at a time.
+async fn preload(
+    config: &BenchConfig,
+    pool: &[Conn],
+    value: &str,
+    key: fn(u64) -> String,
+) -> Result<(), BenchError> {
     let writers = PRELOAD_WRITERS.min(config.key_space);
     let mut tasks = JoinSet::new();
     for w in 0..writers {
@@ -263,6 +389,7 @@ mod tests {
                 progress: false,
             },
             value: String::new(),
+            counters: Counters::new(0),
         }
     }
 
@@ -291,8 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn counters_keep_the_newest_state_seen() {
+        let counters = Counters::new(2);
+        assert_eq!(counters.get(1), Seen::default(), "unknown: a missing key");
+        let seen = |mod_revision, value| Seen {
+            mod_revision,
+            value,
+        };
+        counters.update(1, seen(10, 4));
+        // An answer that left the server earlier arrives later: it must not win.
+        counters.update(1, seen(8, 3));
+        assert_eq!(counters.get(1), seen(10, 4));
+        counters.update(1, seen(12, 5));
+        assert_eq!(counters.get(1), seen(12, 5));
+        assert_eq!(counters.get(0), Seen::default());
+    }
+
+    #[test]
     fn keys_have_a_fixed_width_and_values_the_asked_size() {
         assert_eq!(key(7).len(), key(123_456).len());
+        assert_eq!(range_key(7).len(), range_key(99).len());
+        assert!(range_key(7).starts_with(RANGE_PREFIX) && !key(7).starts_with(RANGE_PREFIX));
+        assert!(counter_key(7).starts_with(COUNTER_PREFIX) && !key(7).starts_with(COUNTER_PREFIX));
         let v = value(100, &mut SmallRng::seed_from_u64(1));
         assert_eq!(v.len(), 100);
         assert!(v.bytes().all(|b| b.is_ascii_lowercase()));

@@ -16,6 +16,9 @@ pub struct Scenario {
     pub consistency: ReadConsistency,
     /// Read ratio in permille (mixed only; 0 for put, 1000 for get).
     pub read_permille: u32,
+    /// Counters (txn-cas) or keys per range (range); 0 for put, get and mixed, whose rows
+    /// do not depend on it.
+    pub keys: u64,
 }
 
 impl Scenario {
@@ -24,10 +27,15 @@ impl Scenario {
         Self {
             workload: report.workload,
             consistency: match report.workload {
-                Workload::Put => ReadConsistency::Linearizable,
+                Workload::Put | Workload::TxnCas => ReadConsistency::Linearizable,
                 _ => report.consistency,
             },
             read_permille: (report.read_ratio * 1000.0).round() as u32,
+            keys: if report.workload.uses_etcd_api() {
+                report.key_space
+            } else {
+                0
+            },
         }
     }
 
@@ -41,6 +49,8 @@ impl Scenario {
                 self.read_permille / 10,
                 self.consistency
             ),
+            Workload::TxnCas => format!("txn CAS on 1 of {} counters", self.keys),
+            Workload::Range => format!("range of {} keys ({})", self.keys, self.consistency),
         }
     }
 }
@@ -166,6 +176,7 @@ mod tests {
             reads: 0,
             writes: ops_s as u64,
             not_found: 0,
+            conflicts: 0,
             errors: 0,
             error_kinds: BTreeMap::new(),
             throughput_ops_s: ops_s,
@@ -197,6 +208,34 @@ mod tests {
         assert_eq!(rows[2].scenario.label(), "get (linearizable)");
         let table = markdown(&rows);
         assert!(table.contains("| put | 16 | 3000 | 1000 | 3.00x | 1.00ms | 2.00ms | 2.00ms | 4.00ms | 0.50x | 0/0 |"), "{table}");
+    }
+
+    #[test]
+    fn etcd_api_rows_name_their_key_counts_and_keep_put_rows_apart() {
+        let mut cas = report(Target::Kvstore, Workload::TxnCas, 64, 2000.0, 8000);
+        cas.key_space = 1000;
+        let mut etcd_cas = report(Target::Etcd, Workload::TxnCas, 64, 1000.0, 9000);
+        etcd_cas.key_space = 1000;
+        let mut range = report(Target::Etcd, Workload::Range, 64, 500.0, 9000);
+        range.key_space = 100;
+        range.read_ratio = 1.0;
+        let mut put = report(Target::Kvstore, Workload::Put, 64, 3000.0, 2000);
+        put.key_space = 1000;
+        let rows = rows(&[cas, etcd_cas, range, put]);
+        let labels: Vec<String> = rows.iter().map(|r| r.scenario.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "put",
+                "txn CAS on 1 of 1000 counters",
+                "range of 100 keys (linearizable)"
+            ]
+        );
+        assert_eq!(
+            rows[0].scenario.keys, 0,
+            "put rows do not depend on the key space"
+        );
+        assert_eq!(rows[1].throughput_ratio(), Some(2.0));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! kvstore-bench get --consistency serializable --clients 16 --total 100000
 //! kvstore-bench mixed --read-ratio 0.9 --clients 64 --json
 //! kvstore-bench put --target etcd --endpoints 127.0.0.1:2379 --clients 64
+//! kvstore-bench txn-cas --target etcd --endpoints 127.0.0.1:2379 --clients 64   # etcd API
+//! kvstore-bench range --clients 64          # kvstore through its etcd front end
 //! ```
+//! `txn-cas` and `range` speak etcd's v3 API to both targets (a build with `--features etcd`).
 //! Prints a short text report, or one JSON object with `--json`. A progress bar runs on
 //! stderr while it measures. Exit codes: 0 the run completed (failed requests are counted in
 //! the report, not fatal), 2 it could not run (one line on stderr: `kvstore-bench: <message>`).
@@ -33,7 +36,9 @@ const ETCD_ENDPOINTS: &str = "127.0.0.1:2379";
 #[derive(Debug, Parser)]
 #[command(name = "kvstore-bench", version, about)]
 struct Args {
-    /// What the clients issue: put, get or mixed.
+    /// What the clients issue: put, get or mixed; or, through etcd's API (a build with
+    /// --features etcd), txn-cas (compare-and-swap increments of counters) or range (a
+    /// prefix read).
     workload: Workload,
     /// The system under test: kvstore, or etcd (needs a build with --features etcd).
     #[arg(long, default_value = "kvstore")]
@@ -60,9 +65,10 @@ struct Args {
     /// Measure this many requests instead of a duration.
     #[arg(long)]
     total: Option<u64>,
-    /// Number of distinct keys, drawn uniformly.
-    #[arg(long, default_value_t = 10_000)]
-    key_space: u64,
+    /// Number of distinct keys, drawn uniformly (txn-cas: counters; range: keys under the
+    /// prefix) [default: 10000; txn-cas 1000; range 100].
+    #[arg(long)]
+    key_space: Option<u64>,
     /// Bytes per written value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -117,7 +123,7 @@ impl From<Args> for BenchConfig {
                 (Some(total), _) => Limit::Total(total),
                 (None, duration) => Limit::Duration(duration.unwrap_or(Duration::from_secs(10))),
             },
-            key_space: args.key_space,
+            key_space: args.key_space.unwrap_or(args.workload.default_key_space()),
             value_size: args.value_size,
             warmup: args.warmup,
             preload: !args.no_preload,

@@ -244,7 +244,6 @@ async fn kvstore_cluster_endpoints() -> (Cluster, String, Vec<String>) {
 }
 
 #[tokio::test]
-#[ignore = "until the etcd KV front end lands (issue 13)"]
 async fn kvstore_matches_etcd() {
     if !tools_present() {
         return;
@@ -396,7 +395,6 @@ async fn etcdctl_session_against_an_etcd_follower() {
 }
 
 #[tokio::test]
-#[ignore = "until the etcd KV front end lands (issue 13)"]
 async fn etcdctl_against_a_kvstore_follower() {
     if !tools_present() {
         return;

@@ -2199,3 +2199,54 @@ async fn etcdctl_reaches_the_etcd_services_of_a_node() {
         .await;
     }
 }
+
+/// The leader compacts the history by itself (`--auto-compaction-retention` revisions):
+/// every member then refuses a read below the compaction revision with etcd's error, and
+/// answers one at or above it; with retention 0 nothing is ever compacted (the control).
+#[tokio::test]
+async fn the_leader_compacts_history_automatically_on_every_member() {
+    use kvstore::pb::{KeySelector, RangeRequest};
+    async fn read_at(cluster: &Cluster, id: u64, revision: i64) -> Result<i64, tonic::Status> {
+        let request = RangeRequest {
+            keys: Some(KeySelector {
+                key: "k".into(),
+                ..KeySelector::default()
+            }),
+            revision,
+            consistency: kvstore::pb::Consistency::Serializable as i32,
+            ..RangeRequest::default()
+        };
+        let answer = cluster.kv(id).range(request).await?.into_inner();
+        Ok(answer.header.map_or(0, |h| h.revision))
+    }
+    for (retention, compacts) in [("20", true), ("0", false)] {
+        let cluster = Cluster::start_args(3, &["--auto-compaction-retention", retention]);
+        cluster.wait_for_leader(SECS_10).await;
+        let mut client = cluster.client();
+        for i in 0..100 {
+            client.put("k", &i.to_string()).await.unwrap();
+        }
+        // Revision 101 now (1 + 100 puts); retention 20 keeps at least revisions 81..=101.
+        for id in 1..=3 {
+            let outcome = poll_until(SECS_10, &format!("node {id} to apply every put"), async || {
+                match read_at(&cluster, id, 0).await {
+                    Ok(101) => Some(()),
+                    _ => None,
+                }
+            })
+            .await;
+            let _: () = outcome;
+            if compacts {
+                let err = poll_until(SECS_10, &format!("node {id} to compact"), async || {
+                    read_at(&cluster, id, 2).await.err()
+                })
+                .await;
+                assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+                assert_eq!(err.message(), "mvcc: required revision has been compacted");
+                assert!(read_at(&cluster, id, 81).await.is_ok(), "revision 81 is kept");
+            } else {
+                assert!(read_at(&cluster, id, 2).await.is_ok(), "retention 0 keeps it all");
+            }
+        }
+    }
+}

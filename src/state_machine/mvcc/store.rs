@@ -513,12 +513,17 @@ impl KeySpace {
     }
 
     /// etcd's Txn: every compare (nested txns' too) is evaluated on the store as it was
-    /// before the txn (etcd's compareToPath); then the chosen branches' ops run in order,
-    /// each seeing the writes before it, all at one revision. Any error undoes the whole txn.
+    /// before the txn (etcd's compareToPath). The ops of the chosen branches are then checked
+    /// against that same state, the puts first and the ranges after (etcd's checkRequests,
+    /// so a txn with several faults fails with etcd's error), and run in order, each seeing
+    /// the writes before it, all at one revision. Any error undoes the whole txn.
     ///
     /// # Errors
-    /// Those of the ops; a range naming a revision above the one before the txn is
-    /// [`MvccError::FutureRevision`].
+    /// Those of the ops: [`MvccError::KeyNotFound`] and [`MvccError::LeaseNotFound`] for
+    /// puts, then [`MvccError::FutureRevision`] for a range naming a revision above the one
+    /// before the txn and [`MvccError::Compacted`] for one below the compaction revision
+    /// (including a negative revision below etcd's -1 "never compacted", as etcd does);
+    /// [`MvccError::EmptyKey`].
     pub fn txn(
         &mut self,
         req: &TxnRequest,
@@ -526,6 +531,8 @@ impl KeySpace {
     ) -> Result<TxnResponse, MvccError> {
         let mut path = Vec::new();
         self.compare_path(req, &mut path);
+        walk(req, &path, &mut 0, &mut |op| self.check_put(op, leases))?;
+        walk(req, &path, &mut 0, &mut |op| self.check_range(op))?;
         #[allow(unused_mut)]
         let mut w = self.begin();
         #[cfg(test)]
@@ -533,6 +540,41 @@ impl KeySpace {
             w.split = SPLIT_TXN_WRITES.with(|s| s.get());
         }
         self.write(w, |s, w| s.txn_in(w, req, &path, &mut 0, leases))
+    }
+
+    /// etcd's checkRequestPut, on the state before the txn.
+    fn check_put(&self, op: &RequestOp, leases: &dyn LeaseLookup) -> Result<(), MvccError> {
+        let RequestOp::Put(p) = op else { return Ok(()) };
+        if (p.ignore_value || p.ignore_lease)
+            && self.live_in(&p.key, &[], self.revision).next().is_none()
+        {
+            return Err(MvccError::KeyNotFound);
+        }
+        if p.lease != 0 && !leases.exists(p.lease) {
+            return Err(MvccError::LeaseNotFound(p.lease));
+        }
+        Ok(())
+    }
+
+    /// etcd's checkRequestRange, on the state before the txn. etcd's first revision is -1
+    /// until the first compaction.
+    fn check_range(&self, op: &RequestOp) -> Result<(), MvccError> {
+        let RequestOp::Range(r) = op else {
+            return Ok(());
+        };
+        let first = if self.compact_revision == 0 {
+            -1
+        } else {
+            self.compact_revision
+        };
+        match r.revision {
+            0 => Ok(()),
+            rev if rev > self.revision => Err(MvccError::FutureRevision),
+            rev if rev < first => Err(MvccError::Compacted {
+                compact_revision: self.compact_revision,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn compare_path(&self, req: &TxnRequest, path: &mut Vec<bool>) {
@@ -758,6 +800,29 @@ impl KeySpace {
             live,
         }
     }
+}
+
+/// Calls `f` on every non-txn op of the branches `path` chooses, in order (etcd's
+/// checkRequests walk).
+fn walk(
+    req: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+    f: &mut dyn FnMut(&RequestOp) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let succeeded = path.get(*at).copied().unwrap_or(false);
+    *at += 1;
+    for op in if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    } {
+        match op {
+            RequestOp::Txn(t) => walk(t, path, at, f)?,
+            op => f(op)?,
+        }
+    }
+    Ok(())
 }
 
 fn count<'a>(it: impl Iterator<Item = (&'a [u8], &'a Version)>) -> i64 {

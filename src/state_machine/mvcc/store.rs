@@ -444,7 +444,7 @@ impl KeySpace {
         };
         let key = match entry {
             Some((k, h)) => {
-                h.push(version);
+                push_version(h, version);
                 k.clone()
             }
             None => {
@@ -496,14 +496,17 @@ impl KeySpace {
         for key in doomed {
             let (rev, sub) = w.next();
             if let Some(h) = self.index.get_mut(&*key) {
-                h.push(Version {
-                    rev,
-                    sub,
-                    create: 0,
-                    version: 0,
-                    lease: 0,
-                    value: None,
-                });
+                push_version(
+                    h,
+                    Version {
+                        rev,
+                        sub,
+                        create: 0,
+                        version: 0,
+                        lease: 0,
+                        value: None,
+                    },
+                );
             }
             self.live -= 1;
             resp.deleted += 1;
@@ -823,6 +826,15 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Appends to a history, growing it 1, 2, 4, ... rather than `Vec`'s minimum of 4: most
+/// keys have one or two versions, and the spare slots would cost more than the version.
+fn push_version(history: &mut Vec<Version>, version: Version) {
+    if history.len() == history.capacity() {
+        history.reserve_exact(history.len().max(1));
+    }
+    history.push(version);
 }
 
 fn count<'a>(it: impl Iterator<Item = (&'a [u8], &'a Version)>) -> i64 {

@@ -1094,6 +1094,7 @@ fn restore_refuses_inconsistent_snapshots() {
             vec![(k("a"), vec![ver(2, 2, 1), tomb(3), ver(4, 2, 2)])],
         ),
         raw_snapshot(5, 4, vec![(k("a"), vec![ver(2, 2, 1), ver(3, 2, 2)])]),
+        raw_snapshot(5, 3, vec![(k("a"), vec![ver(2, 2, 1), ver(3, 2, 2)])]),
     ];
     for snap in bad {
         let shown = format!("{snap:?}");

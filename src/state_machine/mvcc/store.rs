@@ -276,44 +276,43 @@ impl KeySpace {
             resp.more = n > req.limit;
             return Ok(resp);
         }
-        // etcd drops the values after sorting: a sort on the value still sees them.
-        let drop_early =
-            req.keys_only && !(order.is_some() && req.sort_target == SortTarget::Value);
-        let mut kvs: Vec<KeyValue> = matching.map(|(k, v)| v.kv(k, drop_early)).collect();
-        resp.count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+        // Filter, sort and cut on borrowed versions; copy out only what is returned.
+        let mut found: Vec<(&[u8], &Version)> = matching.collect();
+        resp.count = i64::try_from(found.len()).unwrap_or(i64::MAX);
         if filtered {
-            kvs.retain(|kv| {
-                !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
-                    || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
-                    || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
-                    || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+            found.retain(|(_, v)| {
+                !(req.max_mod_revision != 0 && v.rev > req.max_mod_revision
+                    || req.min_mod_revision != 0 && v.rev < req.min_mod_revision
+                    || req.max_create_revision != 0 && v.create > req.max_create_revision
+                    || req.min_create_revision != 0 && v.create < req.min_create_revision)
             });
         }
         if let Some(order) = order {
             // Stable: ties stay in key order (etcd's sort is unstable; ours is deterministic).
-            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+            // The value sort sees the values even with keys_only: etcd drops them afterwards.
+            let by = |(ka, a): &(&[u8], &Version), (kb, b): &(&[u8], &Version)| -> Ordering {
                 match req.sort_target {
-                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Key => ka.cmp(kb),
                     SortTarget::Version => a.version.cmp(&b.version),
-                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Create => a.create.cmp(&b.create),
+                    SortTarget::Mod => a.rev.cmp(&b.rev),
                     SortTarget::Value => a.value.cmp(&b.value),
                 }
             };
             if order == SortOrder::Descend {
-                kvs.sort_by(|a, b| by(b, a));
+                found.sort_by(|a, b| by(b, a));
             } else {
-                kvs.sort_by(by);
+                found.sort_by(by);
             }
         }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
+        if limit > 0 && found.len() > limit {
+            found.truncate(limit);
             resp.more = true;
         }
-        if req.keys_only && !drop_early {
-            kvs.iter_mut().for_each(|kv| kv.value = Vec::new());
-        }
-        resp.kvs = kvs;
+        resp.kvs = found
+            .into_iter()
+            .map(|(k, v)| v.kv(k, req.keys_only))
+            .collect();
         Ok(resp)
     }
 

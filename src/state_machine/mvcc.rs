@@ -21,6 +21,17 @@
 //! - The change log lists every version newer than the compaction revision, plus the versions
 //!   at exactly the compaction revision that survived it, in (revision, sub-revision) order.
 //! - A failing call changes nothing.
+//!
+//! # Where we chose
+//! - Sorting is stable: kvs with equal sort fields stay in key order (etcd's sort is not
+//!   stable, so its order for ties is unspecified).
+//! - [`validate_txn`] treats a delete to the end of the key space (`range_end = [0]`) as
+//!   covering every key after `key`; etcd's interval check compares against the literal
+//!   `"\0"` and so misses duplicates under such a delete.
+//! - The store refuses an empty key at apply time as well ([`MvccError::EmptyKey`]), so no
+//!   history ever holds one; etcd relies on the gRPC check alone.
+//! - `compact(0)` on a never-compacted store is [`MvccError::Compacted`] (etcd starts its
+//!   compaction revision at -1 and accepts it as a no-op).
 
 mod snapshot;
 mod store;

@@ -277,10 +277,58 @@ impl Model {
         })
     }
 
+    /// The non-txn ops the path runs, in order.
+    fn flatten<'a>(
+        req: &'a TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+        out: &mut Vec<&'a RequestOp>,
+    ) {
+        let ok = path[*at];
+        *at += 1;
+        for op in if ok { &req.success } else { &req.failure } {
+            match op {
+                RequestOp::Txn(t) => Self::flatten(t, path, at, out),
+                op => out.push(op),
+            }
+        }
+    }
+
+    /// etcd's checks before a txn runs: puts first, then ranges, on the state before it.
+    fn precheck(&self, map: &Map, ops: &[&RequestOp]) -> Result<(), MvccError> {
+        for op in ops {
+            if let RequestOp::Put(p) = op {
+                if (p.ignore_value || p.ignore_lease) && !map.contains_key(&p.key) {
+                    return Err(MvccError::KeyNotFound);
+                }
+                if !TwoLeases.exists(p.lease) {
+                    return Err(MvccError::LeaseNotFound(p.lease));
+                }
+            }
+        }
+        for op in ops {
+            if let RequestOp::Range(r) = op {
+                let first = if self.compact == 0 { -1 } else { self.compact };
+                if r.revision != 0 && r.revision > self.rev() {
+                    return Err(MvccError::FutureRevision);
+                }
+                if r.revision != 0 && r.revision < first {
+                    return Err(MvccError::Compacted {
+                        compact_revision: self.compact,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let mut ctx = self.ctx();
         let mut path = vec![];
         Self::path(&ctx.map, req, &mut path);
+        let mut ops = vec![];
+        Self::flatten(req, &path, &mut 0, &mut ops);
+        self.precheck(&ctx.map, &ops)?;
         let r = self.run_txn(&mut ctx, req, &path, &mut 0);
         self.finish(ctx, r)
     }

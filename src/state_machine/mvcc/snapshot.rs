@@ -97,7 +97,7 @@ impl KeySpace {
 }
 
 /// A history as the store keeps it: not empty, in (revision, sub) order within
-/// `[1, revision]`, starting with a put, only the first version below the compaction
+/// `[1, revision]`, starting with a put, only the first version at or below the compaction
 /// revision, versions and create revisions following the generations.
 fn check_history(
     history: &[Version],
@@ -124,7 +124,8 @@ fn check_history(
             if (p.rev, p.sub) >= (v.rev, v.sub) {
                 return Err("versions out of order");
             }
-            if v.rev < compact_revision {
+            if compact_revision > 0 && v.rev <= compact_revision {
+                // Compaction keeps one version at or below its revision: the latest.
                 return Err("history below the compaction revision");
             }
             match (&p.value, &v.value) {

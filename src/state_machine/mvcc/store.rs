@@ -281,44 +281,43 @@ impl KeySpace {
             resp.more = n > req.limit;
             return Ok(resp);
         }
-        // etcd drops the values after sorting: a sort on the value still sees them.
-        let drop_early =
-            req.keys_only && !(order.is_some() && req.sort_target == SortTarget::Value);
-        let mut kvs: Vec<KeyValue> = matching.map(|(k, v)| v.kv(k, drop_early)).collect();
-        resp.count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+        // Filter, sort and cut on borrowed versions; copy out only what is returned.
+        let mut found: Vec<(&[u8], &Version)> = matching.collect();
+        resp.count = i64::try_from(found.len()).unwrap_or(i64::MAX);
         if filtered {
-            kvs.retain(|kv| {
-                !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
-                    || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
-                    || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
-                    || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+            found.retain(|(_, v)| {
+                !(req.max_mod_revision != 0 && v.rev > req.max_mod_revision
+                    || req.min_mod_revision != 0 && v.rev < req.min_mod_revision
+                    || req.max_create_revision != 0 && v.create > req.max_create_revision
+                    || req.min_create_revision != 0 && v.create < req.min_create_revision)
             });
         }
         if let Some(order) = order {
             // Stable: ties stay in key order (etcd's sort is unstable; ours is deterministic).
-            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+            // The value sort sees the values even with keys_only: etcd drops them afterwards.
+            let by = |(ka, a): &(&[u8], &Version), (kb, b): &(&[u8], &Version)| -> Ordering {
                 match req.sort_target {
-                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Key => ka.cmp(kb),
                     SortTarget::Version => a.version.cmp(&b.version),
-                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Create => a.create.cmp(&b.create),
+                    SortTarget::Mod => a.rev.cmp(&b.rev),
                     SortTarget::Value => a.value.cmp(&b.value),
                 }
             };
             if order == SortOrder::Descend {
-                kvs.sort_by(|a, b| by(b, a));
+                found.sort_by(|a, b| by(b, a));
             } else {
-                kvs.sort_by(by);
+                found.sort_by(by);
             }
         }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
+        if limit > 0 && found.len() > limit {
+            found.truncate(limit);
             resp.more = true;
         }
-        if req.keys_only && !drop_early {
-            kvs.iter_mut().for_each(|kv| kv.value = Vec::new());
-        }
-        resp.kvs = kvs;
+        resp.kvs = found
+            .into_iter()
+            .map(|(k, v)| v.kv(k, req.keys_only))
+            .collect();
         Ok(resp)
     }
 
@@ -449,7 +448,7 @@ impl KeySpace {
         };
         let key = match entry {
             Some((k, h)) => {
-                h.push(version);
+                push_version(h, version);
                 k.clone()
             }
             None => {
@@ -501,14 +500,17 @@ impl KeySpace {
         for key in doomed {
             let (rev, sub) = w.next();
             if let Some(h) = self.index.get_mut(&*key) {
-                h.push(Version {
-                    rev,
-                    sub,
-                    create: 0,
-                    version: 0,
-                    lease: 0,
-                    value: None,
-                });
+                push_version(
+                    h,
+                    Version {
+                        rev,
+                        sub,
+                        create: 0,
+                        version: 0,
+                        lease: 0,
+                        value: None,
+                    },
+                );
             }
             self.live -= 1;
             resp.deleted += 1;
@@ -518,12 +520,17 @@ impl KeySpace {
     }
 
     /// etcd's Txn: every compare (nested txns' too) is evaluated on the store as it was
-    /// before the txn (etcd's compareToPath); then the chosen branches' ops run in order,
-    /// each seeing the writes before it, all at one revision. Any error undoes the whole txn.
+    /// before the txn (etcd's compareToPath). The ops of the chosen branches are then checked
+    /// against that same state, the puts first and the ranges after (etcd's checkRequests,
+    /// so a txn with several faults fails with etcd's error), and run in order, each seeing
+    /// the writes before it, all at one revision. Any error undoes the whole txn.
     ///
     /// # Errors
-    /// Those of the ops; a range naming a revision above the one before the txn is
-    /// [`MvccError::FutureRevision`].
+    /// Those of the ops: [`MvccError::KeyNotFound`] and [`MvccError::LeaseNotFound`] for
+    /// puts, then [`MvccError::FutureRevision`] for a range naming a revision above the one
+    /// before the txn and [`MvccError::Compacted`] for one below the compaction revision
+    /// (including a negative revision below etcd's -1 "never compacted", as etcd does);
+    /// [`MvccError::EmptyKey`].
     pub fn txn(
         &mut self,
         req: &TxnRequest,
@@ -531,6 +538,8 @@ impl KeySpace {
     ) -> Result<TxnResponse, MvccError> {
         let mut path = Vec::new();
         self.compare_path(req, &mut path);
+        walk(req, &path, &mut 0, &mut |op| self.check_put(op, leases))?;
+        walk(req, &path, &mut 0, &mut |op| self.check_range(op))?;
         #[allow(unused_mut)]
         let mut w = self.begin();
         #[cfg(test)]
@@ -538,6 +547,41 @@ impl KeySpace {
             w.split = SPLIT_TXN_WRITES.with(|s| s.get());
         }
         self.write(w, |s, w| s.txn_in(w, req, &path, &mut 0, leases))
+    }
+
+    /// etcd's checkRequestPut, on the state before the txn.
+    fn check_put(&self, op: &RequestOp, leases: &dyn LeaseLookup) -> Result<(), MvccError> {
+        let RequestOp::Put(p) = op else { return Ok(()) };
+        if (p.ignore_value || p.ignore_lease)
+            && self.live_in(&p.key, &[], self.revision).next().is_none()
+        {
+            return Err(MvccError::KeyNotFound);
+        }
+        if p.lease != 0 && !leases.exists(p.lease) {
+            return Err(MvccError::LeaseNotFound(p.lease));
+        }
+        Ok(())
+    }
+
+    /// etcd's checkRequestRange, on the state before the txn. etcd's first revision is -1
+    /// until the first compaction.
+    fn check_range(&self, op: &RequestOp) -> Result<(), MvccError> {
+        let RequestOp::Range(r) = op else {
+            return Ok(());
+        };
+        let first = if self.compact_revision == 0 {
+            -1
+        } else {
+            self.compact_revision
+        };
+        match r.revision {
+            0 => Ok(()),
+            rev if rev > self.revision => Err(MvccError::FutureRevision),
+            rev if rev < first => Err(MvccError::Compacted {
+                compact_revision: self.compact_revision,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn compare_path(&self, req: &TxnRequest, path: &mut Vec<bool>) {
@@ -763,6 +807,38 @@ impl KeySpace {
             live,
         }
     }
+}
+
+/// Calls `f` on every non-txn op of the branches `path` chooses, in order (etcd's
+/// checkRequests walk).
+fn walk(
+    req: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+    f: &mut dyn FnMut(&RequestOp) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let succeeded = path.get(*at).copied().unwrap_or(false);
+    *at += 1;
+    for op in if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    } {
+        match op {
+            RequestOp::Txn(t) => walk(t, path, at, f)?,
+            op => f(op)?,
+        }
+    }
+    Ok(())
+}
+
+/// Appends to a history, growing it 1, 2, 4, ... rather than `Vec`'s minimum of 4: most
+/// keys have one or two versions, and the spare slots would cost more than the version.
+fn push_version(history: &mut Vec<Version>, version: Version) {
+    if history.len() == history.capacity() {
+        history.reserve_exact(history.len().max(1));
+    }
+    history.push(version);
 }
 
 fn count<'a>(it: impl Iterator<Item = (&'a [u8], &'a Version)>) -> i64 {

@@ -742,6 +742,66 @@ fn a_failing_txn_changes_nothing() {
 }
 
 #[test]
+fn a_txn_with_several_faults_fails_with_etcds_error() {
+    let mut s = five(); // revision 6
+    let txn = |ops: Vec<RequestOp>| TxnRequest {
+        success: ops,
+        ..TxnRequest::default()
+    };
+    let future = RequestOp::Range(RangeRequest {
+        revision: 99,
+        ..get("a", b"")
+    });
+    let bad_lease = RequestOp::Put(PutRequest {
+        lease: 9,
+        ..put_req("a", "1")
+    });
+    assert_eq!(
+        s.txn(&txn(vec![future, bad_lease]), &NoLeases),
+        Err(MvccError::LeaseNotFound(9)),
+        "puts are checked before ranges"
+    );
+    let missing = RequestOp::Put(PutRequest {
+        ignore_value: true,
+        ..put_req("zz", "")
+    });
+    let bad_lease = RequestOp::Put(PutRequest {
+        lease: 9,
+        ..put_req("a", "1")
+    });
+    assert_eq!(
+        s.txn(&txn(vec![bad_lease, missing]), &NoLeases),
+        Err(MvccError::LeaseNotFound(9))
+    );
+    let negative = |rev| {
+        RequestOp::Range(RangeRequest {
+            revision: rev,
+            ..get("a", b"")
+        })
+    };
+    assert!(
+        s.txn(&txn(vec![negative(-1)]), &NoLeases).is_ok(),
+        "-1 is etcd's first revision before a compaction"
+    );
+    assert!(s.txn(&txn(vec![negative(-2)]), &NoLeases).is_err());
+    assert!(
+        s.range(&RangeRequest {
+            revision: -2,
+            ..get("a", b"")
+        })
+        .is_ok(),
+        "outside a txn: the current revision"
+    );
+    s.compact(3).unwrap();
+    assert_eq!(
+        s.txn(&txn(vec![negative(-1)]), &NoLeases),
+        Err(MvccError::Compacted {
+            compact_revision: 3
+        })
+    );
+}
+
+#[test]
 fn validate_txn_finds_duplicate_keys_like_etcd() {
     let p = |k: &str| RequestOp::Put(put_req(k, "v"));
     let d = |k: &str, end: &[u8]| RequestOp::DeleteRange(del(k, end));
@@ -1034,6 +1094,7 @@ fn restore_refuses_inconsistent_snapshots() {
             vec![(k("a"), vec![ver(2, 2, 1), tomb(3), ver(4, 2, 2)])],
         ),
         raw_snapshot(5, 4, vec![(k("a"), vec![ver(2, 2, 1), ver(3, 2, 2)])]),
+        raw_snapshot(5, 3, vec![(k("a"), vec![ver(2, 2, 1), ver(3, 2, 2)])]),
     ];
     for snap in bad {
         let shown = format!("{snap:?}");

@@ -1,7 +1,8 @@
 //! PURE deterministic state machine: `apply(index, command) -> outcome`.
 //!
-//! [`StateMachine`] holds the key-value map, the applied index and the exactly-once client
-//! [sessions](SessionLimits). The driver applies committed entries to it in log order; every
+//! [`StateMachine`] holds the key space (etcd's data model: revisions, per-key versions and
+//! the history back to a compaction revision, in [`mvcc`]), the locks, the applied index and
+//! the exactly-once client [sessions](SessionLimits). The driver applies committed entries to it in log order; every
 //! replica that applies the same entries reaches the same state and returns the same outcomes,
 //! errors included.
 //!

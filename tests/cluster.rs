@@ -2228,12 +2228,14 @@ async fn the_leader_compacts_history_automatically_on_every_member() {
         }
         // Revision 101 now (1 + 100 puts); retention 20 keeps at least revisions 81..=101.
         for id in 1..=3 {
-            let outcome = poll_until(SECS_10, &format!("node {id} to apply every put"), async || {
-                match read_at(&cluster, id, 0).await {
+            let outcome = poll_until(
+                SECS_10,
+                &format!("node {id} to apply every put"),
+                async || match read_at(&cluster, id, 0).await {
                     Ok(101) => Some(()),
                     _ => None,
-                }
-            })
+                },
+            )
             .await;
             let _: () = outcome;
             if compacts {
@@ -2243,9 +2245,15 @@ async fn the_leader_compacts_history_automatically_on_every_member() {
                 .await;
                 assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
                 assert_eq!(err.message(), "mvcc: required revision has been compacted");
-                assert!(read_at(&cluster, id, 81).await.is_ok(), "revision 81 is kept");
+                assert!(
+                    read_at(&cluster, id, 81).await.is_ok(),
+                    "revision 81 is kept"
+                );
             } else {
-                assert!(read_at(&cluster, id, 2).await.is_ok(), "retention 0 keeps it all");
+                assert!(
+                    read_at(&cluster, id, 2).await.is_ok(),
+                    "retention 0 keeps it all"
+                );
             }
         }
     }

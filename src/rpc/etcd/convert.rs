@@ -188,18 +188,24 @@ pub fn delete_response(
     }
 }
 
-/// A Txn's answer to the wire. As etcd's, each nested answer's header carries the Txn's
-/// revision and nothing else.
+/// A Txn's answer to the wire. As etcd's, each nested answer's header carries only the
+/// revision the txn was at right after that op.
 pub fn txn_response(r: mvcc::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
     use pb::response_op::Response;
-    let nested = pb::ResponseHeader {
-        revision: header.revision,
-        ..pb::ResponseHeader::default()
-    };
     let responses = r
         .responses
         .into_iter()
-        .map(|op| pb::ResponseOp {
+        .zip(r.revisions)
+        .map(|(op, revision)| {
+            (
+                op,
+                pb::ResponseHeader {
+                    revision,
+                    ..pb::ResponseHeader::default()
+                },
+            )
+        })
+        .map(|(op, nested)| pb::ResponseOp {
             response: Some(match op {
                 mvcc::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, nested)),
                 mvcc::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, nested)),

@@ -243,3 +243,63 @@ pub fn status(e: ClientError) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_space_refusals_get_etcds_code_and_message() {
+        let cases = [
+            (
+                MvccError::Compacted {
+                    compact_revision: 3,
+                },
+                errors::COMPACTED,
+            ),
+            (MvccError::FutureRevision, errors::FUTURE_REV),
+            (MvccError::DuplicateKey, errors::DUPLICATE_KEY),
+            (MvccError::TooManyOps { max: 128 }, errors::TOO_MANY_OPS),
+            (MvccError::LeaseNotFound(7), errors::LEASE_NOT_FOUND),
+            (MvccError::EmptyKey, errors::EMPTY_KEY),
+            (MvccError::KeyNotFound, errors::KEY_NOT_FOUND),
+            (MvccError::ValueProvided, errors::VALUE_PROVIDED),
+            (MvccError::LeaseProvided, errors::LEASE_PROVIDED),
+        ];
+        for (e, want) in cases {
+            // etcd's message is ours with its "etcdserver: " prefix.
+            assert_eq!(want.message(), format!("etcdserver: {e}"));
+            let s = status(ClientError::Apply(ApplyError::Kv(e)));
+            assert_eq!((s.code(), s.message()), (want.code(), want.message()));
+        }
+    }
+
+    #[test]
+    fn failures_etcd_clients_retry_are_unavailable_with_etcds_words() {
+        for (e, want) in [
+            (ClientError::NoLeader, errors::NO_LEADER),
+            (
+                ClientError::NotLeader {
+                    id: 2,
+                    addr: String::new(),
+                },
+                errors::NO_LEADER,
+            ),
+            (ClientError::LeadershipLost, errors::LEADER_CHANGED),
+            (ClientError::TransferInProgress, errors::LEADER_CHANGED),
+            (ClientError::ShuttingDown, errors::STOPPED),
+            (ClientError::Overloaded, errors::TOO_MANY_REQUESTS),
+        ] {
+            let s = status(e);
+            assert_eq!((s.code(), s.message()), (want.code(), want.message()));
+        }
+        let s = status(ClientError::Invalid("bad".into()));
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "bad"));
+    }
+
+    #[test]
+    fn a_forwarded_request_is_marked() {
+        let r = forwarded(());
+        assert!(r.metadata().contains_key(FORWARDED_KEY));
+    }
+}

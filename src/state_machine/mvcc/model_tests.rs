@@ -259,6 +259,7 @@ impl Model {
         let succeeded = path[*at];
         *at += 1;
         let mut responses = vec![];
+        let mut revisions = vec![];
         for op in if succeeded {
             &req.success
         } else {
@@ -270,10 +271,16 @@ impl Model {
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(ctx, d)?),
                 RequestOp::Txn(t) => ResponseOp::Txn(self.run_txn(ctx, t, path, at)?),
             });
+            revisions.push(if ctx.events.is_empty() {
+                ctx.pre_rev
+            } else {
+                ctx.rev
+            });
         }
         Ok(TxnResponse {
             succeeded,
             responses,
+            revisions,
         })
     }
 

@@ -610,6 +610,7 @@ impl KeySpace {
             &req.failure
         };
         let mut responses = Vec::with_capacity(ops.len());
+        let mut revisions = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
                 RequestOp::Range(r) => {
@@ -619,10 +620,12 @@ impl KeySpace {
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_in(w, d)?),
                 RequestOp::Txn(t) => ResponseOp::Txn(self.txn_in(w, t, path, at, leases)?),
             });
+            revisions.push(w.current());
         }
         Ok(TxnResponse {
             succeeded,
             responses,
+            revisions,
         })
     }
 

@@ -223,6 +223,10 @@ pub struct TxnResponse {
     pub succeeded: bool,
     /// One response per op of the branch that ran.
     pub responses: Vec<ResponseOp>,
+    /// For each response, the store revision as the txn saw it right after that op (the
+    /// revision before the txn until its first write, the txn's own after it): the header
+    /// revision etcd gives each op's answer.
+    pub revisions: Vec<i64>,
 }
 
 /// The kind of a change.

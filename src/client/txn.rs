@@ -5,45 +5,7 @@
 //! atomically, at one revision. A Txn is a write: it carries the client's exactly-once
 //! session like a put, so it is resent on the same retry rules and applied at most once.
 //!
-//! The generation counter of a coordination seed, with [`Client::cas`]:
-//!
-//! ```no_run
-//! # async fn bump(client: &mut kvstore::client::Client) -> Result<u64, kvstore::client::ClientError> {
-//! use kvstore::client::Consistency;
-//!
-//! let mut current = client.get("gen", Consistency::Linearizable).await?.value;
-//! loop {
-//!     let next = match &current {
-//!         Some(v) => v.parse::<u64>().unwrap_or(0) + 1,
-//!         None => 1,
-//!     };
-//!     let cas = client.cas("gen", current.as_deref(), &next.to_string()).await?;
-//!     if cas.succeeded {
-//!         return Ok(next);
-//!     }
-//!     // Someone else won the race: try again from the value that beat us.
-//!     current = cas.current.map(|kv| kv.value);
-//! }
-//! # }
-//! ```
-//!
-//! The same with a Txn on the key's mod revision:
-//!
-//! ```no_run
-//! # async fn bump(client: &mut kvstore::client::Client) -> Result<(), kvstore::client::ClientError> {
-//! use kvstore::client::{Compare, TxnOp};
-//!
-//! let result = client
-//!     .txn()
-//!     .when(Compare::mod_revision("gen").eq(5))
-//!     .and_then(TxnOp::put("gen", "6"))
-//!     .or_else(TxnOp::get("gen"))
-//!     .commit()
-//!     .await?;
-//! println!("succeeded: {} at revision {}", result.succeeded, result.header.revision);
-//! # Ok(())
-//! # }
-//! ```
+//! Examples: [`Client::txn`] and [`Client::cas`] (a generation counter).
 
 use super::endpoints;
 use super::kv_client::Header;
@@ -419,7 +381,26 @@ impl From<TxnResult> for CasResult {
 }
 
 impl Client {
-    /// Starts a transaction (see the module doc for an example).
+    /// Starts a transaction: compares, then the ops run when all hold and those run
+    /// otherwise; nothing is sent before [`Txn::commit`].
+    ///
+    /// # Example: swap on the key's mod revision
+    ///
+    /// ```no_run
+    /// # async fn bump(client: &mut kvstore::client::Client) -> Result<(), kvstore::client::ClientError> {
+    /// use kvstore::client::{Compare, TxnOp};
+    ///
+    /// let result = client
+    ///     .txn()
+    ///     .when(Compare::mod_revision("gen").eq(5))
+    ///     .and_then(TxnOp::put("gen", "6"))
+    ///     .or_else(TxnOp::get("gen"))
+    ///     .commit()
+    ///     .await?;
+    /// println!("succeeded: {} at revision {}", result.succeeded, result.header.revision);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn txn(&mut self) -> Txn<'_> {
         Txn {
             client: self,
@@ -434,6 +415,28 @@ impl Client {
     /// # Errors
     /// As for [`Txn::commit`]. A failed compare is not an error: see
     /// [`CasResult::succeeded`].
+    ///
+    /// # Example: a generation counter
+    ///
+    /// ```no_run
+    /// # async fn bump(client: &mut kvstore::client::Client) -> Result<u64, kvstore::client::ClientError> {
+    /// use kvstore::client::Consistency;
+    ///
+    /// let mut current = client.get("gen", Consistency::Linearizable).await?.value;
+    /// loop {
+    ///     let next = match &current {
+    ///         Some(v) => v.parse::<u64>().unwrap_or(0) + 1,
+    ///         None => 1,
+    ///     };
+    ///     let cas = client.cas("gen", current.as_deref(), &next.to_string()).await?;
+    ///     if cas.succeeded {
+    ///         return Ok(next);
+    ///     }
+    ///     // Someone else won the race: try again from the value that beat us.
+    ///     current = cas.current.map(|kv| kv.value);
+    /// }
+    /// # }
+    /// ```
     pub async fn cas(
         &mut self,
         key: &str,

@@ -258,6 +258,11 @@ mod tests {
             serde_json::json!({"del": {"deleted": 1, "prev_kvs": []}})
         );
         assert_eq!(value["responses"][2]["get"]["kvs"][0]["value"], "1");
+        // put's object is the header alone.
+        assert_eq!(
+            json(&header(), serde_json::json!({})),
+            r#"{"header":{"revision":7,"node_id":1,"term":2,"index":30}}"#
+        );
     }
 
     #[test]

@@ -938,6 +938,15 @@ async fn kvctl_ranges_transacts_swaps_and_compacts_through_a_follower() {
     let compacted = kvctl_json(&cluster, f, &["compact", &later.to_string()]);
     assert_eq!(compacted["compacted"], later, "{compacted}");
     assert_eq!(compacted["header"]["revision"], later, "{compacted}");
+    let (code, out, err) = kvctl_at(&cluster, f, &["-w", "json", "status"], "");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (
+            2,
+            "",
+            "kvctl: -w json is supported by put, get, del, txn, cas and compact only\n"
+        )
+    );
 }
 
 #[tokio::test]

@@ -739,6 +739,273 @@ async fn kvctl_takes_validates_and_fences_with_a_lock() {
     );
 }
 
+// ---------------------------------------------------------------- Range / Txn / Compact
+
+/// Runs kvctl against node `id` only (it follows redirects from there), with `stdin` as its
+/// standard input; returns (exit code, stdout, stderr).
+fn kvctl_at(cluster: &Cluster, id: u64, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", &cluster.addr(id), "--timeout", "5s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `kvctl -w json ARGS` at node `id`, parsed.
+fn kvctl_json(cluster: &Cluster, id: u64, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-w", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = kvctl_at(cluster, id, &all, "");
+    assert_eq!(code, 0, "kvctl {args:?}: {err}");
+    assert_eq!(out.lines().count(), 1, "one JSON object on one line: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test]
+async fn kvctl_ranges_transacts_swaps_and_compacts_through_a_follower() {
+    let cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(SECS_5).await;
+    let f = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = kvctl_at(&cluster, f, args, "");
+        assert_eq!(code, 0, "kvctl {args:?}: {err}");
+        out
+    };
+
+    // put, then the old value stays readable at its revision.
+    assert!(ok(&["put", "gen/a", "1"]).starts_with("OK (index "));
+    ok(&["put", "gen/b", "1"]);
+    let first = kvctl_json(&cluster, f, &["get", "gen/a"]);
+    let rev_a1 = first["kvs"][0]["mod_revision"].as_i64().unwrap();
+    assert_eq!(first["kvs"][0]["value"], "1");
+    assert_eq!(
+        first["header"]["node_id"], leader,
+        "a linearizable read is the leader's"
+    );
+    ok(&["put", "gen/a", "2"]);
+    assert_eq!(
+        ok(&["get", "gen/a"]),
+        "2\n",
+        "a bare get prints the value only"
+    );
+    assert_eq!(
+        ok(&["get", "gen/a", "--rev", &rev_a1.to_string()]),
+        "gen/a\n1\n"
+    );
+    assert_eq!(ok(&["get", "gen/", "--prefix"]), "gen/a\n2\ngen/b\n1\n");
+    assert_eq!(ok(&["get", "gen/", "--prefix", "--count-only"]), "2\n");
+    assert_eq!(
+        ok(&[
+            "get",
+            "gen/",
+            "--prefix",
+            "--keys-only",
+            "--sort-by",
+            "modify",
+            "--order",
+            "descend"
+        ]),
+        "gen/a\ngen/b\n"
+    );
+
+    // txn from stdin: the success branch, then (the compare no longer holding) the failure one.
+    let txn = "value(\"gen/a\") = \"2\"\n\nput gen/a 3\nget gen/b\n\nget gen/a\n\n";
+    let (code, out, err) = kvctl_at(&cluster, f, &["txn"], txn);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "SUCCESS\n\nOK\n\ngen/b\n1\n"),
+        "{err}"
+    );
+    let (code, out, err) = kvctl_at(&cluster, f, &["txn"], txn);
+    assert_eq!((code, out.as_str()), (0, "FAILURE\n\ngen/a\n3\n"), "{err}");
+    let (code, out, err) = kvctl_at(&cluster, f, &["txn"], "mod(\"gen/a\") = 3\n\n");
+    assert_eq!(code, 2);
+    assert_eq!(out, "");
+    assert_eq!(
+        err, "kvctl: line 1: malformed comparison: mod(\"gen/a\") = 3\n",
+        "one line"
+    );
+    let (code, out, err) = kvctl_at(
+        &cluster,
+        f,
+        &["-w", "json", "txn"],
+        "version(\"gen/a\") > \"2\"\n\nput gen/x 1 --prev-kv\n\n\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let txn_json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(txn_json["succeeded"], true, "{txn_json}");
+    assert_eq!(
+        txn_json["responses"][0]["put"]["prev_kv"],
+        serde_json::Value::Null
+    );
+    ok(&["del", "gen/x"]);
+
+    // cas: succeeds on the expected value, then fails showing the current one.
+    assert_eq!(ok(&["cas", "gen/a", "3", "4"]), "OK\n");
+    let (code, out, err) = kvctl_at(&cluster, f, &["cas", "gen/a", "3", "5"], "");
+    assert_eq!((code, out.as_str()), (1, "4\n"));
+    assert!(
+        err.starts_with("cas failed: gen/a has another value (mod revision ")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(ok(&["cas", "gen/c", "1", "--absent"]), "OK\n");
+    let (code, out, err) = kvctl_at(&cluster, f, &["cas", "gen/c", "2", "--absent"], "");
+    assert_eq!((code, out.as_str()), (1, "1\n"), "{err}");
+    let (code, out, err) = kvctl_at(&cluster, f, &["cas", "gen/none", "1", "2"], "");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", "cas failed: gen/none does not exist\n")
+    );
+
+    // -w json: the documented fields.
+    let all = kvctl_json(&cluster, f, &["get", "gen/", "--prefix"]);
+    let keys: Vec<&str> = all["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["gen/a", "gen/b", "gen/c"]);
+    assert_eq!(all["count"], 3);
+    let a = &all["kvs"][0];
+    assert_eq!(
+        (a["value"].as_str(), a["version"].as_i64()),
+        (Some("4"), Some(4))
+    );
+    assert!(a["create_revision"].as_i64().unwrap() < a["mod_revision"].as_i64().unwrap());
+    let revision = all["header"]["revision"].as_i64().unwrap();
+    let newest = all["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["mod_revision"].as_i64().unwrap());
+    assert!(revision >= newest.max().unwrap(), "{all}");
+    for field in ["term", "index", "node_id"] {
+        assert!(all["header"][field].as_u64().unwrap() > 0, "{field}: {all}");
+    }
+
+    // del --prefix prints the number deleted.
+    assert_eq!(ok(&["del", "gen/", "--prefix"]), "3\n");
+    assert_eq!(ok(&["get", "gen/", "--prefix"]), "");
+    assert_eq!(ok(&["del", "gen/", "--prefix"]), "0\n");
+    assert_eq!(
+        ok(&["del", "gen/a"]),
+        "not found\n",
+        "a bare del answers as before"
+    );
+
+    // compact, then a read below it fails with one line.
+    let now = kvctl_json(&cluster, f, &["get", "gen/a"])["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        ok(&["compact", &now.to_string()]),
+        format!("compacted revision {now}\n")
+    );
+    let (code, out, err) = kvctl_at(
+        &cluster,
+        f,
+        &["get", "gen/a", "--rev", &rev_a1.to_string()],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (
+            2,
+            "",
+            "kvctl: server error (OutOfRange): mvcc: required revision has been compacted\n"
+        )
+    );
+    ok(&["put", "gen/a", "5"]);
+    let later = now + 1;
+    let compacted = kvctl_json(&cluster, f, &["compact", &later.to_string()]);
+    assert_eq!(compacted["compacted"], later, "{compacted}");
+    assert_eq!(compacted["header"]["revision"], later, "{compacted}");
+    let (code, out, err) = kvctl_at(&cluster, f, &["-w", "json", "status"], "");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (
+            2,
+            "",
+            "kvctl: -w json is supported by put, get, del, txn, cas and compact only\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn eight_clients_bump_a_generation_counter_by_cas_to_exactly_200() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_5).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = cluster.client();
+        tasks.spawn(async move {
+            let mut conflicts = 0u32;
+            for _ in 0..25 {
+                let mut current = client
+                    .get("generation", Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .value;
+                loop {
+                    let next = current.as_deref().map_or(0, |v| v.parse::<u64>().unwrap()) + 1;
+                    let cas = client
+                        .cas("generation", current.as_deref(), &next.to_string())
+                        .await
+                        .unwrap();
+                    if cas.succeeded {
+                        break;
+                    }
+                    conflicts += 1;
+                    assert!(conflicts < 10_000, "a CAS loop that never wins");
+                    current = cas.current.map(|kv| kv.value);
+                }
+            }
+            conflicts
+        });
+    }
+    let mut conflicts = 0;
+    while let Some(joined) = tasks.join_next().await {
+        conflicts += joined.unwrap();
+    }
+    let mut client = cluster.client();
+    let end = client
+        .get("generation", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        end.value.as_deref(),
+        Some("200"),
+        "every successful CAS counted once"
+    );
+    let kv = client
+        .range("generation", &kvstore::client::RangeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.kvs[0].version, 200,
+        "one put per successful CAS, none by a failed one"
+    );
+    eprintln!("generation counter: 200 increments, {conflicts} CAS conflicts retried");
+}
+
 /// A tmpfs mounted on a directory for the length of a test; unmounted on drop (also after a
 /// failed assertion), so no test leaves a mount behind. Drop it after the processes using it.
 struct Tmpfs {

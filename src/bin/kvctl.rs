@@ -3,29 +3,61 @@
 //! ```text
 //! kvctl [--endpoints 127.0.0.1:9001,...] [--timeout 10s] [--no-redirect] COMMAND
 //!   put KEY VALUE [--fence NAME:TOKEN] | get KEY [--serializable] | del KEY [--fence NAME:TOKEN]
+//!   get KEY [RANGE_END] [--prefix | --from-key] [--rev N] [--limit N] [--keys-only]
+//!       [--count-only] [--sort-by key|version|create|modify|value] [--order ascend|descend]
+//!       [--consistency s|l]                               (etcdctl's output: KEY, VALUE lines)
+//!   del KEY [RANGE_END] [--prefix | --from-key] [--prev-kv]  (prints the number deleted)
+//!   txn [--fence NAME:TOKEN] < compares, success ops, failure ops (etcdctl's txn format)
+//!   cas KEY EXPECTED NEW | cas KEY NEW --absent           (OK, or exit 1 and the current value)
+//!   compact REV
 //!   status
 //!   transfer-leader ID                                     (waits until node ID leads)
 //!   lock acquire NAME --holder H --ttl 5s [--wait 10s]   (prints the token)
 //!   lock keepalive NAME TOKEN | lock release NAME TOKEN | lock validate NAME TOKEN
 //! ```
-//! Output is plain text. Exit codes: 0 success, 1 `get` of a missing key or `lock validate`
-//! of an invalid token, 2 any failure (one line on stderr: `kvctl: <message>`), 3 a write
+//! Output is plain text, or with `-w json` one JSON object per key-space command (see
+//! [`JSON_HELP`]). Exit codes: 0 success, 1 `get` of a missing key, `lock validate` of an
+//! invalid token or a `cas` whose compare failed, 2 any failure (one line on stderr: `kvctl: <message>`), 3 a write
 //! whose outcome is unknown because the cluster had dropped its session (one line:
 //! `kvctl: outcome unknown: session expired; ...`).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "kvctl/output.rs"]
+mod output;
+#[path = "kvctl/txn_input.rs"]
+mod txn_input;
+
+use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use kvstore::client::{
-    parse_duration, Client, ClientError, ClientOptions, Consistency, Fence, NodeStatus, Validation,
+    parse_duration, Client, ClientError, ClientOptions, Consistency, Fence, NodeStatus, OpResult,
+    RangeOptions, SortOrder, SortTarget, TxnOp, Validation,
 };
 use kvstore::pb::Role;
 
+/// The `-w json` output, in kvctl's --help.
+const JSON_HELP: &str = "\
+With -w json (--write-out json), put, get, del, txn, cas and compact print one JSON object
+on one line. Field names are stable:
+  every object  header: {revision, node_id, term, index}   (revision: the key space's
+                revision after the command; index: the log index it took effect or was read at)
+  a kv          {key, value, create_revision, mod_revision, version, lease}
+  put           {header}
+  get           {header, kvs: [kv], count, more}
+  del           {header, deleted, prev_kvs: [kv]}
+  txn           {header, succeeded, responses: [{put: {prev_kv}} | {get: {kvs, count, more}}
+                | {del: {deleted, prev_kvs}}]}
+  cas           {header, succeeded, current: kv or null}   (current: the key when the
+                compare failed)
+  compact       {header, compacted}
+Other commands do not take -w json.";
+
 /// Command-line client for a kvstore cluster.
 #[derive(Debug, Parser)]
-#[command(name = "kvctl", version, about)]
+#[command(name = "kvctl", version, about, after_help = JSON_HELP)]
 struct Args {
     /// Comma-separated node addresses (HOST:PORT); the leader is found automatically.
     #[arg(
@@ -42,6 +74,15 @@ struct Args {
     /// answer as the failure instead of following it to node Y.
     #[arg(long, global = true)]
     no_redirect: bool,
+    /// Output format: `simple` (text) or `json` (one object per command; see below).
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        value_enum,
+        default_value = "simple"
+    )]
+    write_out: WriteOut,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,22 +99,65 @@ enum Command {
         #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
         fence: Option<Fence>,
     },
-    /// Print the value of KEY (exit 1 if it does not exist).
+    /// Print the value of KEY (exit 1 if it does not exist). With any range option (or -w
+    /// json): print each key found and its value on two lines, as etcdctl does (exit 0 even
+    /// when none is found).
     Get {
         /// The key.
         key: String,
-        /// Read from any node's local state instead of the leader (may be stale).
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Read from any node's local state instead of the leader (may be stale); the same
+        /// as --consistency s.
         #[arg(long)]
         serializable: bool,
+        /// Linearizable (l, the default: through the leader) or serializable (s: any node's
+        /// local state, may be stale).
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
     },
-    /// Delete KEY (prints `deleted` or `not found`).
+    /// Delete KEY (prints `deleted` or `not found`). With any range option or --prev-kv (or
+    /// -w json): print the number of keys deleted, then each deleted key and its value when
+    /// --prev-kv, as etcdctl does.
     #[command(alias = "delete")]
     Del {
         /// The key.
         key: String,
+        #[command(flatten)]
+        delete: DeleteArgs,
         /// Apply only while TOKEN is the current token of lock NAME.
         #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
         fence: Option<Fence>,
+    },
+    /// Run a transaction read from standard input in etcdctl's format: compares one a line
+    /// (`mod("k") = "5"`, `value("k") != "v"`, `version("k") > "1"`, `create("k") = "0"`,
+    /// `lease("k") = "0"`), a blank line, the ops run when all hold (`put K V [--prev-kv]`,
+    /// `get K [flags of get]`, `del K [flags of del]`), a blank line, the ops run otherwise, a
+    /// blank line. Prints SUCCESS or FAILURE, then each op's output after a blank line.
+    Txn {
+        /// Apply only while TOKEN is the current token of lock NAME.
+        #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
+        fence: Option<Fence>,
+    },
+    /// Compare-and-swap: set KEY to NEW only if its value is EXPECTED (`cas KEY EXPECTED
+    /// NEW`) or, with --absent, only if KEY does not exist (`cas KEY NEW --absent`). Prints
+    /// OK; otherwise exits 1, printing the current value on stdout (nothing if absent) and
+    /// why on stderr.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value KEY must have (with --absent: the new value).
+        expected: String,
+        /// The new value (not given with --absent).
+        new: Option<String>,
+        /// Swap only if KEY does not exist.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Drop the key space's history below revision REV (reads at older revisions fail).
+    Compact {
+        /// The revision.
+        revision: i64,
     },
     /// Show every node's role, term, leader, commit and applied index.
     Status,
@@ -130,6 +214,164 @@ enum LockCommand {
     },
 }
 
+/// `-w`: how the key-space commands print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WriteOut {
+    /// Text (etcdctl's format for the range, delete and txn forms).
+    Simple,
+    /// One JSON object per command.
+    Json,
+}
+
+/// `--consistency`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ConsistencyArg {
+    /// Serializable.
+    S,
+    /// Linearizable.
+    L,
+}
+
+/// `--sort-by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SortBy {
+    Key,
+    Version,
+    Create,
+    Modify,
+    Value,
+}
+
+/// `--order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Order {
+    Ascend,
+    Descend,
+}
+
+/// The range options of `get` (and of `get` in a txn).
+#[derive(Debug, Default, clap::Args)]
+struct RangeArgs {
+    /// Read every key in [KEY, RANGE_END).
+    range_end: Option<String>,
+    /// Read every key starting with KEY (an empty KEY: every key).
+    #[arg(long)]
+    prefix: bool,
+    /// Read every key >= KEY (an empty KEY: every key).
+    #[arg(long)]
+    from_key: bool,
+    /// Read at revision N (0: the current one).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    rev: i64,
+    /// At most N keys (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    limit: i64,
+    /// Print the keys only.
+    #[arg(long)]
+    keys_only: bool,
+    /// Print only how many keys match.
+    #[arg(long)]
+    count_only: bool,
+    /// Sort by this (ascending unless --order says otherwise).
+    #[arg(long, value_enum, ignore_case = true)]
+    sort_by: Option<SortBy>,
+    /// Sort order (by key unless --sort-by says otherwise).
+    #[arg(long, value_enum, ignore_case = true)]
+    order: Option<Order>,
+}
+
+impl RangeArgs {
+    /// Whether no option is given: a plain `get KEY`, answered the old way.
+    fn is_plain(&self) -> bool {
+        self.range_end.is_none()
+            && !self.prefix
+            && !self.from_key
+            && self.rev == 0
+            && self.limit == 0
+            && !self.keys_only
+            && !self.count_only
+            && self.sort_by.is_none()
+            && self.order.is_none()
+    }
+
+    /// The client's options (linearizable).
+    fn options(&self) -> Result<RangeOptions, String> {
+        one_selector(self.range_end.as_ref(), self.prefix, self.from_key)?;
+        let sort_target = match self.sort_by.unwrap_or(SortBy::Key) {
+            SortBy::Key => SortTarget::Key,
+            SortBy::Version => SortTarget::Version,
+            SortBy::Create => SortTarget::Create,
+            SortBy::Modify => SortTarget::Mod,
+            SortBy::Value => SortTarget::Value,
+        };
+        let sort_order = match (self.order, self.sort_by) {
+            (Some(Order::Ascend), _) | (None, Some(_)) => SortOrder::Ascend,
+            (Some(Order::Descend), _) => SortOrder::Descend,
+            (None, None) => SortOrder::None,
+        };
+        Ok(RangeOptions {
+            prefix: self.prefix,
+            from_key: self.from_key,
+            range_end: self.range_end.clone(),
+            limit: self.limit,
+            revision: self.rev,
+            sort_target,
+            sort_order,
+            keys_only: self.keys_only,
+            count_only: self.count_only,
+            serializable: false,
+        })
+    }
+}
+
+/// The options of `del` (and of `del` in a txn).
+#[derive(Debug, Default, clap::Args)]
+struct DeleteArgs {
+    /// Delete every key in [KEY, RANGE_END).
+    range_end: Option<String>,
+    /// Delete every key starting with KEY (an empty KEY: every key).
+    #[arg(long)]
+    prefix: bool,
+    /// Delete every key >= KEY (an empty KEY: every key).
+    #[arg(long)]
+    from_key: bool,
+    /// Print the deleted keys and their values.
+    #[arg(long)]
+    prev_kv: bool,
+}
+
+impl DeleteArgs {
+    /// Whether no option is given: a plain `del KEY`, answered the old way.
+    fn is_plain(&self) -> bool {
+        self.range_end.is_none() && !self.prefix && !self.from_key && !self.prev_kv
+    }
+
+    /// The delete as a txn op.
+    fn op(&self, key: &str) -> Result<TxnOp, String> {
+        one_selector(self.range_end.as_ref(), self.prefix, self.from_key)?;
+        let op = match &self.range_end {
+            Some(end) => TxnOp::delete_range(key, end),
+            None if self.prefix => TxnOp::delete_prefix(key),
+            None if self.from_key => TxnOp::delete_from_key(key),
+            None => TxnOp::delete(key),
+        };
+        Ok(if self.prev_kv { op.with_prev_kv() } else { op })
+    }
+}
+
+/// Refuses more than one of RANGE_END, --prefix and --from-key.
+fn one_selector(range_end: Option<&String>, prefix: bool, from_key: bool) -> Result<(), String> {
+    if [range_end.is_some(), prefix, from_key]
+        .iter()
+        .filter(|given| **given)
+        .count()
+        > 1
+    {
+        return Err("give at most one of RANGE_END, --prefix and --from-key".to_string());
+    }
+    Ok(())
+}
+
 /// A failure already worded for the user, and the exit status it ends with.
 struct Failure(String, u8);
 
@@ -171,6 +413,7 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
     };
     let mut client = Client::with_options(args.endpoints, options).map_err(Failure::from)?;
     let failed = Failure::from;
+    let json = args.write_out == WriteOut::Json;
     match args.command {
         Command::Put { key, value, fence } => {
             let header = match &fence {
@@ -178,9 +421,22 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                 None => client.put(&key, &value).await,
             }
             .map_err(failed)?;
-            println!("OK (index {})", header.index);
+            if json {
+                println!("{}", output::json(&header, serde_json::json!({})));
+            } else {
+                println!("OK (index {})", header.index);
+            }
         }
-        Command::Get { key, serializable } => {
+        Command::Get {
+            key,
+            range,
+            serializable,
+            consistency,
+        } => {
+            let serializable = serializable || consistency == Some(ConsistencyArg::S);
+            if json || !range.is_plain() {
+                return get_range(&mut client, &key, &range, serializable, json).await;
+            }
             let consistency = if serializable {
                 Consistency::Serializable
             } else {
@@ -195,7 +451,26 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Del { key, fence } => {
+        Command::Del { key, delete, fence } => {
+            if json || !delete.is_plain() {
+                let op = delete.op(&key).map_err(Failure::new)?;
+                let result = commit(&mut client, fence.as_ref(), |txn| txn.and_then(op)).await?;
+                let Some(OpResult::Delete { deleted, prev_kvs }) = result.results.first() else {
+                    return Err(Failure::new(
+                        "the cluster answered a delete with another op's result",
+                    ));
+                };
+                if json {
+                    let body = output::JsonDelete {
+                        deleted: *deleted,
+                        prev_kvs: prev_kvs.iter().map(output::JsonKv::from).collect(),
+                    };
+                    println!("{}", output::json(&result.header, body));
+                } else {
+                    print!("{}", output::simple_delete(*deleted, prev_kvs));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let result = match &fence {
                 Some(fence) => client.delete_fenced(&key, fence).await,
                 None => client.delete(&key).await,
@@ -209,6 +484,54 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                     "not found"
                 }
             );
+        }
+        Command::Txn { fence } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .map_err(|e| Failure::new(format!("cannot read the txn from stdin: {e}")))?;
+            let parsed = txn_input::parse(&input).map_err(Failure::new)?;
+            let result = commit(&mut client, fence.as_ref(), |mut txn| {
+                for compare in parsed.compares {
+                    txn = txn.when(compare);
+                }
+                for op in parsed.success {
+                    txn = txn.and_then(op);
+                }
+                for op in parsed.failure {
+                    txn = txn.or_else(op);
+                }
+                txn
+            })
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    output::json(&result.header, output::JsonTxn::from(&result))
+                );
+            } else {
+                print!("{}", output::simple_txn(&result));
+            }
+        }
+        Command::Cas {
+            key,
+            expected,
+            new,
+            absent,
+        } => return cas(&mut client, &key, expected, new, absent, json).await,
+        Command::Compact { revision } => {
+            let header = client.compact(revision).await.map_err(failed)?;
+            if json {
+                let body = serde_json::json!({ "compacted": revision });
+                println!("{}", output::json(&header, body));
+            } else {
+                println!("compacted revision {revision}");
+            }
+        }
+        _ if json => {
+            return Err(Failure::new(
+                "-w json is supported by put, get, del, txn, cas and compact only",
+            ))
         }
         Command::Status => {
             let statuses = client.status_all().await;
@@ -224,6 +547,103 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `get` with range options (or -w json): etcdctl's output.
+async fn get_range(
+    client: &mut Client,
+    key: &str,
+    range: &RangeArgs,
+    serializable: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let options = RangeOptions {
+        serializable,
+        ..range.options().map_err(Failure::new)?
+    };
+    let result = client.range(key, &options).await.map_err(Failure::from)?;
+    if json {
+        println!(
+            "{}",
+            output::json(&result.header, output::JsonRange::from(&result))
+        );
+    } else {
+        print!(
+            "{}",
+            output::simple_range(&result, range.keys_only, range.count_only)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds a txn with `build`, fences it if asked, and commits it.
+async fn commit(
+    client: &mut Client,
+    fence: Option<&Fence>,
+    build: impl FnOnce(kvstore::client::Txn<'_>) -> kvstore::client::Txn<'_>,
+) -> Result<kvstore::client::TxnResult, Failure> {
+    let mut txn = client.txn();
+    if let Some(fence) = fence {
+        txn = txn.fenced(fence);
+    }
+    build(txn).commit().await.map_err(Failure::from)
+}
+
+/// `cas KEY EXPECTED NEW` / `cas KEY NEW --absent`.
+async fn cas(
+    client: &mut Client,
+    key: &str,
+    expected: String,
+    new: Option<String>,
+    absent: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let (expected, new) = match (absent, new) {
+        (false, Some(new)) => (Some(expected), new),
+        (true, None) => (None, expected),
+        (false, None) => {
+            return Err(Failure::new(
+                "cas needs KEY EXPECTED NEW (or KEY NEW --absent)",
+            ))
+        }
+        (true, Some(_)) => {
+            return Err(Failure::new(
+                "cas --absent takes KEY NEW only (there is no expected value)",
+            ))
+        }
+    };
+    let result = client
+        .cas(key, expected.as_deref(), &new)
+        .await
+        .map_err(Failure::from)?;
+    if json {
+        let body = serde_json::json!({
+            "succeeded": result.succeeded,
+            "current": result.current.as_ref().map(output::JsonKv::from),
+        });
+        println!("{}", output::json(&result.header, body));
+    } else if result.succeeded {
+        println!("OK");
+    } else {
+        match &result.current {
+            Some(kv) => {
+                println!("{}", kv.value);
+                let why = match &expected {
+                    Some(_) => {
+                        format!("{key} has another value (mod revision {})", kv.mod_revision)
+                    }
+                    None => format!("{key} exists (mod revision {})", kv.mod_revision),
+                };
+                eprintln!("cas failed: {why}");
+            }
+            None => eprintln!("cas failed: {key} does not exist"),
+        }
+    }
+    Ok(if result.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn run_lock(client: &mut Client, command: LockCommand) -> Result<ExitCode, Failure> {
@@ -366,6 +786,115 @@ mod tests {
         let Failure(_, code) = Failure::from(ClientError::FailedPrecondition("x".into()));
         assert_eq!(code, 2);
         assert_eq!(Failure::new("no node is reachable").1, 2);
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        let args = Args::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        args.unwrap().command
+    }
+
+    #[test]
+    fn get_options_become_range_options_and_a_bare_get_stays_plain() {
+        let Command::Get { range, .. } = parse(&["get", "k"]) else {
+            panic!("not get")
+        };
+        assert!(range.is_plain());
+        let Command::Get {
+            range, consistency, ..
+        } = parse(&[
+            "get",
+            "p/",
+            "--prefix",
+            "--rev",
+            "4",
+            "--limit",
+            "2",
+            "--keys-only",
+            "--sort-by",
+            "MODIFY",
+            "--consistency",
+            "s",
+        ])
+        else {
+            panic!("not get")
+        };
+        assert!(!range.is_plain());
+        assert_eq!(consistency, Some(ConsistencyArg::S));
+        let options = range.options().unwrap();
+        assert_eq!(
+            options,
+            RangeOptions {
+                prefix: true,
+                revision: 4,
+                limit: 2,
+                keys_only: true,
+                sort_target: SortTarget::Mod,
+                sort_order: SortOrder::Ascend,
+                ..RangeOptions::default()
+            },
+            "--sort-by alone sorts ascending"
+        );
+        let Command::Get { range, .. } = parse(&["get", "a", "z", "--order", "descend"]) else {
+            panic!("not get")
+        };
+        let options = range.options().unwrap();
+        assert_eq!(options.range_end.as_deref(), Some("z"));
+        assert_eq!(
+            (options.sort_target, options.sort_order),
+            (SortTarget::Key, SortOrder::Descend)
+        );
+        let Command::Get { range, .. } = parse(&["get", "a", "z", "--prefix"]) else {
+            panic!("not get")
+        };
+        assert_eq!(
+            range.options().unwrap_err(),
+            "give at most one of RANGE_END, --prefix and --from-key"
+        );
+    }
+
+    #[test]
+    fn del_options_become_a_delete_op_and_a_bare_del_stays_plain() {
+        let Command::Del { delete, .. } = parse(&["del", "k"]) else {
+            panic!("not del")
+        };
+        assert!(delete.is_plain());
+        assert_eq!(delete.op("k"), Ok(TxnOp::delete("k")));
+        let Command::Del { delete, .. } = parse(&["del", "p/", "--prefix", "--prev-kv"]) else {
+            panic!("not del")
+        };
+        assert!(!delete.is_plain());
+        assert_eq!(
+            delete.op("p/"),
+            Ok(TxnOp::delete_prefix("p/").with_prev_kv())
+        );
+        let Command::Del { delete, .. } = parse(&["del", "a", "--from-key", "--prefix"]) else {
+            panic!("not del")
+        };
+        assert!(delete.op("a").is_err());
+    }
+
+    #[test]
+    fn write_out_is_global_and_cas_takes_absent() {
+        let args = Args::try_parse_from(["kvctl", "get", "k", "-w", "json"]).unwrap();
+        assert_eq!(args.write_out, WriteOut::Json);
+        let args =
+            Args::try_parse_from(["kvctl", "--write-out", "simple", "compact", "5"]).unwrap();
+        assert_eq!(args.write_out, WriteOut::Simple);
+        assert!(matches!(
+            parse(&["cas", "gen", "1", "--absent"]),
+            Command::Cas {
+                absent: true,
+                new: None,
+                ..
+            }
+        ));
+        assert!(Args::try_parse_from(["kvctl", "get", "k", "-w", "yaml"]).is_err());
     }
 
     #[test]

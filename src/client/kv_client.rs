@@ -28,6 +28,8 @@ pub struct Header {
     pub term: u64,
     /// The log index the operation took effect at (reads: the index served at).
     pub index: u64,
+    /// The key space's revision after the operation (reads: the revision served from).
+    pub revision: i64,
 }
 
 impl From<Option<pb::ResponseHeader>> for Header {
@@ -37,6 +39,7 @@ impl From<Option<pb::ResponseHeader>> for Header {
             node_id: header.node_id,
             term: header.term,
             index: header.index,
+            revision: header.revision,
         }
     }
 }

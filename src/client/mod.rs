@@ -1,5 +1,6 @@
 //! Rust client library for kvstore: leader discovery, redirects, bounded retries,
-//! exactly-once write sessions, locks with fencing tokens and leader election
+//! exactly-once write sessions, revisioned ranges, transactions and compare-and-swap
+//! ([`Client::txn`], [`Client::cas`]), locks with fencing tokens and leader election
 //! ([`Election`]).
 //!
 //! May import: `crate::pb` (wire types) and tonic. Nothing else from the crate: the client
@@ -36,7 +37,9 @@ mod error;
 mod kv_client;
 mod lock;
 mod options;
+mod range;
 mod retry;
+mod txn;
 
 pub use duration::parse_duration;
 pub use election::{Election, Leadership};
@@ -44,6 +47,8 @@ pub use error::ClientError;
 pub use kv_client::{Client, DeleteResult, GetResult, Header, NodeStatus};
 pub use lock::{Fence, Lease, Validation};
 pub use options::ClientOptions;
+pub use range::{KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget};
+pub use txn::{CasResult, Compare, CompareOn, OpResult, Txn, TxnOp, TxnResult};
 
 /// Read consistency for [`Client::get`] (the wire enum).
 pub use crate::pb::Consistency;

@@ -23,6 +23,7 @@ enum Answer {
 struct FakeNode {
     script: Arc<Mutex<VecDeque<Answer>>>,
     seen: Arc<Mutex<Vec<pb::PutRequest>>>,
+    txns: Arc<Mutex<Vec<pb::TxnRequest>>>,
 }
 
 impl FakeNode {
@@ -74,8 +75,25 @@ impl Kv for FakeNode {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         Err(Status::unimplemented("not in the fake"))
     }
-    async fn txn(&self, _: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        Err(Status::unimplemented("not in the fake"))
+    /// Answers from the same script as Put (`Ok(index)`: a succeeded Txn with no ops).
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        self.txns.lock().unwrap().push(request.into_inner());
+        let answer = self.script.lock().unwrap().pop_front();
+        match answer.unwrap_or(Answer::Ok(1)) {
+            Answer::Ok(index) => Ok(Response::new(pb::TxnResponse {
+                header: Some(pb::ResponseHeader {
+                    index,
+                    revision: 7,
+                    ..Default::default()
+                }),
+                succeeded: true,
+                results: vec![],
+            })),
+            Answer::Fail(status) => Err(status),
+        }
     }
     async fn compact(
         &self,
@@ -316,4 +334,37 @@ async fn status_all_reports_unreachable_nodes_per_endpoint() {
         statuses[0].result,
         Err(ClientError::Unreachable(_))
     ));
+}
+
+#[tokio::test]
+async fn a_txn_is_a_write_retried_with_its_session_between_puts() {
+    let node = FakeNode::default();
+    node.script(vec![
+        Answer::Ok(1),
+        Answer::Fail(Status::unavailable("no leader elected yet")),
+        Answer::Ok(2),
+        Answer::Ok(3),
+    ]);
+    let addr = serve(node.clone()).await;
+    let mut client = Client::with_options(vec![addr], fast(5000)).unwrap();
+    client.put("k", "v").await.unwrap();
+    let result = client
+        .txn()
+        .and_then(crate::client::TxnOp::put("k", "w"))
+        .commit()
+        .await
+        .unwrap();
+    assert!(result.succeeded);
+    assert_eq!((result.header.index, result.header.revision), (2, 7));
+    client.put("k", "x").await.unwrap();
+    let id = client.client_id();
+    let txn_sessions: Vec<(u64, u64)> = node
+        .txns
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.session.map(|s| (s.client_id, s.sequence)).unwrap())
+        .collect();
+    assert_eq!(txn_sessions, [(id, 2), (id, 2)], "resent with its sequence");
+    assert_eq!(sessions_seen(&node), [(id, 1), (id, 3)]);
 }

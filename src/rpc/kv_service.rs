@@ -303,22 +303,11 @@ fn keys_from_pb(k: Option<pb::KeySelector>) -> Result<(Vec<u8>, Vec<u8>), Client
 }
 
 fn range_from_pb(r: pb::RangeRequest) -> Result<mvcc::RangeRequest, ClientError> {
-    use pb::range_request::{SortOrder, SortTarget};
     let (key, range_end) = keys_from_pb(r.keys)?;
-    let sort_order = match SortOrder::try_from(r.sort_order) {
-        Ok(SortOrder::Unspecified) => mvcc::SortOrder::None,
-        Ok(SortOrder::Ascend) => mvcc::SortOrder::Ascend,
-        Ok(SortOrder::Descend) => mvcc::SortOrder::Descend,
-        Err(_) => return Err(bad_enum("sort_order", r.sort_order)),
-    };
-    let sort_target = match SortTarget::try_from(r.sort_target) {
-        Ok(SortTarget::Unspecified) => mvcc::SortTarget::Key,
-        Ok(SortTarget::Version) => mvcc::SortTarget::Version,
-        Ok(SortTarget::Create) => mvcc::SortTarget::Create,
-        Ok(SortTarget::Mod) => mvcc::SortTarget::Mod,
-        Ok(SortTarget::Value) => mvcc::SortTarget::Value,
-        Err(_) => return Err(bad_enum("sort_target", r.sort_target)),
-    };
+    let sort_order = mvcc::SortOrder::from_code(r.sort_order)
+        .ok_or_else(|| bad_enum("sort_order", r.sort_order))?;
+    let sort_target = mvcc::SortTarget::from_code(r.sort_target)
+        .ok_or_else(|| bad_enum("sort_target", r.sort_target))?;
     Ok(mvcc::RangeRequest {
         key,
         range_end,
@@ -504,6 +493,28 @@ fn txn_to_pb(r: mvcc::TxnResponse, h: Option<Header>) -> Result<pb::TxnResponse,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_sort_enums_are_numbered_as_etcds() {
+        use pb::range_request::{SortOrder as O, SortTarget as T};
+        for (code, want) in [
+            (O::Unspecified, mvcc::SortOrder::None),
+            (O::Ascend, mvcc::SortOrder::Ascend),
+            (O::Descend, mvcc::SortOrder::Descend),
+        ] {
+            assert_eq!(mvcc::SortOrder::from_code(code as i32), Some(want));
+        }
+        for (code, want) in [
+            (T::Unspecified, mvcc::SortTarget::Key),
+            (T::Version, mvcc::SortTarget::Version),
+            (T::Create, mvcc::SortTarget::Create),
+            (T::Mod, mvcc::SortTarget::Mod),
+            (T::Value, mvcc::SortTarget::Value),
+        ] {
+            assert_eq!(mvcc::SortTarget::from_code(code as i32), Some(want));
+        }
+        assert_eq!(mvcc::SortTarget::from_code(5), None);
+    }
 
     #[test]
     fn key_and_value_limits() {

@@ -12,21 +12,10 @@ use tonic::Status;
 /// # Errors
 /// INVALID_ARGUMENT for a sort order or target etcd does not define.
 pub fn range_request(r: pb::RangeRequest) -> Result<mvcc::RangeRequest, Status> {
-    use pb::range_request::{SortOrder, SortTarget};
-    let sort_order = match SortOrder::try_from(r.sort_order) {
-        Ok(SortOrder::None) => mvcc::SortOrder::None,
-        Ok(SortOrder::Ascend) => mvcc::SortOrder::Ascend,
-        Ok(SortOrder::Descend) => mvcc::SortOrder::Descend,
-        Err(_) => return Err(bad_enum("sort_order", r.sort_order)),
-    };
-    let sort_target = match SortTarget::try_from(r.sort_target) {
-        Ok(SortTarget::Key) => mvcc::SortTarget::Key,
-        Ok(SortTarget::Version) => mvcc::SortTarget::Version,
-        Ok(SortTarget::Create) => mvcc::SortTarget::Create,
-        Ok(SortTarget::Mod) => mvcc::SortTarget::Mod,
-        Ok(SortTarget::Value) => mvcc::SortTarget::Value,
-        Err(_) => return Err(bad_enum("sort_target", r.sort_target)),
-    };
+    let sort_order = mvcc::SortOrder::from_code(r.sort_order)
+        .ok_or_else(|| bad_enum("sort_order", r.sort_order))?;
+    let sort_target = mvcc::SortTarget::from_code(r.sort_target)
+        .ok_or_else(|| bad_enum("sort_target", r.sort_target))?;
     Ok(mvcc::RangeRequest {
         key: r.key,
         range_end: r.range_end,

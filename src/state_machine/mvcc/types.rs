@@ -51,6 +51,34 @@ pub enum SortTarget {
     Value,
 }
 
+impl SortOrder {
+    /// The order numbered `code` as etcd's `RangeRequest.SortOrder` (and `kvstore.v1`'s,
+    /// which numbers them the same): 0 none, 1 ascend, 2 descend.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => SortOrder::None,
+            1 => SortOrder::Ascend,
+            2 => SortOrder::Descend,
+            _ => return None,
+        })
+    }
+}
+
+impl SortTarget {
+    /// The target numbered `code` as etcd's `RangeRequest.SortTarget` (and `kvstore.v1`'s):
+    /// 0 key, 1 version, 2 create, 3 mod, 4 value.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => SortTarget::Key,
+            1 => SortTarget::Version,
+            2 => SortTarget::Create,
+            3 => SortTarget::Mod,
+            4 => SortTarget::Value,
+            _ => return None,
+        })
+    }
+}
+
 /// A read of `[key, range_end)` (etcd's `RangeRequest`).
 ///
 /// `range_end` empty: the single key; `[0]`: every key from `key` on; `key = [0]` with

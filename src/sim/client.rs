@@ -115,6 +115,8 @@ pub(crate) struct Client {
     seen: BTreeMap<String, Option<String>>,
     /// The highest store revision this client saw (for past reads and compactions).
     max_revision: i64,
+    /// A CAS that lost a race and retries next: its key and the tries so far.
+    cas_retry: Option<(String, u8)>,
 }
 
 impl Client {

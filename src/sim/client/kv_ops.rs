@@ -2,9 +2,11 @@
 //! and Ranges on top of the plain puts, gets and deletes, and the checks on their answers.
 //!
 //! - **CAS** on `kN`, the generation-counter loop: a Txn `value(kN) == last seen` (or
-//!   `create_revision(kN) == 0` when the client last saw it absent) → put a fresh value, else
-//!   range `kN`. Recorded as a compare-and-set on the register `kN` (`crate::lincheck`).
-//!   Expectations use only plain values (a padded large value's bytes are not its id).
+//!   `create_revision(kN) == 0` when the client last saw it absent) → put the next
+//!   generation (`<n+1>:<fresh id>`), else range `kN`; a CAS that lost retries at once from
+//!   the value it found, up to 3 tries. Recorded as a compare-and-set on the register `kN`
+//!   (`crate::lincheck`). Expectations use only plain values (a padded large value's bytes
+//!   are not its id).
 //! - **pair writes**: one Txn puts the same fresh id into `p0` and `p1`, or deletes both;
 //!   **pair reads**: a Txn of two Ranges, or a linearizable Range over the prefix `p`. Every
 //!   pair read must see both keys absent, or both with the same value and the same
@@ -36,6 +38,9 @@ use crate::state_machine::{ApplyError, Command, KvResult, KvWrite, Outcome as Sm
 /// The two keys pair writes keep equal.
 pub(crate) const PAIR: [&str; 2] = ["p0", "p1"];
 
+/// How many times a CAS loop tries before the client moves on.
+const CAS_TRIES: u8 = 3;
+
 /// What the operation in flight is, to read its answer.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Pending {
@@ -47,6 +52,8 @@ pub(crate) enum Pending {
         key: String,
         expected: Option<String>,
         new: String,
+        /// Which try of the loop this is (from 1).
+        tries: u8,
     },
     /// A Txn writing both pair keys.
     PairWrite,
@@ -97,44 +104,14 @@ fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) 
 impl Client {
     /// The next operation of the key-space mix.
     pub(super) fn next_kv_op(&mut self, w: &mut World) -> Next {
+        // A CAS that lost a race retries at once from the value it found (the loop).
+        if let Some((key, tries)) = self.cas_retry.take() {
+            return self.cas_op(key, tries + 1);
+        }
         let keys = w.keys();
         let key = format!("k{}", w.rng().random_range(0..keys));
         match w.rng().random_range(0..20u8) {
-            0..=4 => {
-                // The last value this client saw, if plain; unknown: assume absent (a failed
-                // CAS reads the key and teaches it).
-                let expected = self.seen.get(&key).cloned().flatten();
-                let new = self.fresh_id();
-                let target = match &expected {
-                    Some(v) => CompareTarget::Value(v.as_bytes().to_vec()),
-                    None => CompareTarget::Create(0),
-                };
-                let command = txn(
-                    vec![Compare {
-                        result: CompareResult::Equal,
-                        target,
-                        key: key.as_bytes().to_vec(),
-                        range_end: Vec::new(),
-                    }],
-                    vec![RequestOp::Put(PutRequest {
-                        key: key.as_bytes().to_vec(),
-                        value: new.as_bytes().to_vec(),
-                        ..PutRequest::default()
-                    })],
-                    vec![RequestOp::Range(single_range(&key, 0))],
-                );
-                Next {
-                    ops: vec![(
-                        key.clone(),
-                        OpKind::Cas {
-                            expected: expected.clone(),
-                            new: new.clone(),
-                        },
-                    )],
-                    req: self.write(command),
-                    pending: Pending::Cas { key, expected, new },
-                }
-            }
+            0..=4 => self.cas_op(key, 1),
             5..=6 => self.put_op(w, key),
             7 => self.delete_op(key),
             8..=9 => Next {
@@ -217,6 +194,53 @@ impl Client {
         }
     }
 
+    /// Try `tries` (from 1) of the generation-counter loop on `key`: compare with the last
+    /// value this client saw there if plain (unknown: expect it absent; a failed CAS reads
+    /// the key and teaches it), and write the next generation: `<generation>:<fresh id>`.
+    fn cas_op(&mut self, key: String, tries: u8) -> Next {
+        let expected = self.seen.get(&key).cloned().flatten();
+        let generation = expected
+            .as_deref()
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(g, _)| g.parse::<u64>().ok())
+            .unwrap_or(0);
+        let new = format!("{}:{}", generation + 1, self.fresh_id());
+        let target = match &expected {
+            Some(v) => CompareTarget::Value(v.as_bytes().to_vec()),
+            None => CompareTarget::Create(0),
+        };
+        let command = txn(
+            vec![Compare {
+                result: CompareResult::Equal,
+                target,
+                key: key.as_bytes().to_vec(),
+                range_end: Vec::new(),
+            }],
+            vec![RequestOp::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: new.as_bytes().to_vec(),
+                ..PutRequest::default()
+            })],
+            vec![RequestOp::Range(single_range(&key, 0))],
+        );
+        Next {
+            ops: vec![(
+                key.clone(),
+                OpKind::Cas {
+                    expected: expected.clone(),
+                    new: new.clone(),
+                },
+            )],
+            req: self.write(command),
+            pending: Pending::Cas {
+                key,
+                expected,
+                new,
+                tries,
+            },
+        }
+    }
+
     /// Reads the answer to a key-space operation (`pending` is not [`Pending::Single`]): the
     /// results of its history entries, in order, or the violation it shows.
     pub(super) fn kv_answer(
@@ -228,7 +252,12 @@ impl Client {
         let who = self.idx;
         match (pending, answer) {
             (
-                Pending::Cas { key, expected, new },
+                Pending::Cas {
+                    key,
+                    expected,
+                    new,
+                    tries,
+                },
                 KvAnswer::Applied(SmOutcome::Kv(KvResult::Txn(t))),
             ) => {
                 let stats = w.stats();
@@ -243,6 +272,9 @@ impl Client {
                 } else {
                     let kv = only_range(&t, 0)?.kvs.first();
                     self.learn(key, kv.map(|kv| kv.value.as_slice()));
+                    if *tries < CAS_TRIES {
+                        self.cas_retry = Some((key.clone(), *tries));
+                    }
                     kv.map(id_of).transpose()?
                 };
                 Ok(vec![OpResult::Cas {

@@ -3,6 +3,8 @@
 #   scripts/sim.sh --seeds N [--start S]        seeds S..S+N-1; exit 0 only if all pass
 #   scripts/sim.sh --seed S --trace             replay one seed with its event trace
 #   scripts/sim.sh --seeds 500 --mutation no-check-term --fail-fast
+#   scripts/sim.sh --seeds 3000 --kv-txns       the key-space workload (CAS, pair Txns, Ranges, Compact)
+#   scripts/sim.sh --seeds 20 --kv-txns --split-txn-writes --fail-fast   its mutation
 # All flags: scripts/sim.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."

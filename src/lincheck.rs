@@ -1,12 +1,13 @@
 //! Linearizability checker for key-value histories (Wing & Gong's search with Lowe's
 //! memoisation, the algorithm Porcupine uses), partitioned per key: single-key operations on
 //! a map are linearizable iff each key's sub-history is (linearizability is local, Herlihy &
-//! Wing 1990).
+//! Wing 1990). Each key is a register with put, delete, get and compare-and-set.
 //!
 //! An operation whose outcome the client never learned (timed out) may have taken effect at
 //! any time after it was invoked, or never: it is given an infinite completion time and an
 //! unconstrained result, which covers both (taking effect after everything else is
-//! indistinguishable from never).
+//! indistinguishable from never). An unknown compare-and-set takes effect where it is
+//! linearized exactly when the register then holds its expected value, as a real one would.
 //!
 //! Pure: used by the simulator and by the real-process fault runner alike.
 
@@ -21,6 +22,13 @@ pub enum OpKind {
     Delete,
     /// Read the key.
     Get,
+    /// Compare-and-set: set the key to `new` if it holds `expected` (`None`: is absent).
+    Cas {
+        /// The value the key must hold (`None`: the key must not exist).
+        expected: Option<String>,
+        /// The value written when it does.
+        new: String,
+    },
 }
 
 /// What the client was told. `None` in [`Op::result`] means it never learned.
@@ -32,6 +40,14 @@ pub enum OpResult {
     Delete(bool),
     /// A read returned this value (None: not found).
     Get(Option<String>),
+    /// A compare-and-set answered: whether it set the key, and the value it found there
+    /// (the expected one when it succeeded; what a failed one read instead).
+    Cas {
+        /// Whether the key held the expected value, and now holds the new one.
+        succeeded: bool,
+        /// The value the key held when it was compared.
+        found: Option<String>,
+    },
 }
 
 /// One client operation in a history. Times are any monotonic clock shared by all clients.
@@ -110,6 +126,25 @@ fn step(state: &Option<String>, op: &Op) -> Option<Option<String>> {
             (*existed == state.is_some()).then_some(None)
         }
         (OpKind::Get, Some(OpResult::Get(v))) => (v == state).then(|| state.clone()),
+        (OpKind::Cas { expected, new }, None) => Some(if state == expected {
+            Some(new.clone())
+        } else {
+            state.clone()
+        }),
+        (
+            OpKind::Cas { expected, new },
+            Some(OpResult::Cas {
+                succeeded: true,
+                found,
+            }),
+        ) => (state == expected && found == state).then(|| Some(new.clone())),
+        (
+            OpKind::Cas { expected, .. },
+            Some(OpResult::Cas {
+                succeeded: false,
+                found,
+            }),
+        ) => (state != expected && found == state).then(|| state.clone()),
         _ => None,
     }
 }
@@ -319,6 +354,92 @@ mod tests {
             ]),
             Ok(())
         );
+    }
+
+    fn cas(c: u64, expected: Option<&str>, new: &str, found: Option<&str>, t: (u64, u64)) -> Op {
+        Op {
+            client: c,
+            key: "k".into(),
+            kind: OpKind::Cas {
+                expected: expected.map(String::from),
+                new: new.into(),
+            },
+            invoke: t.0,
+            complete: Some(t.1),
+            result: Some(OpResult::Cas {
+                succeeded: expected == found,
+                found: found.map(String::from),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_counter_of_compare_and_sets_is_linearizable() {
+        // The generation-counter loop: create, then bump from the value last seen; a loser
+        // of a race sees the winner's value and retries from it.
+        let h = vec![
+            cas(1, None, "1", None, (0, 1)),
+            cas(1, Some("1"), "2", Some("1"), (2, 5)),
+            cas(2, Some("1"), "2b", Some("2"), (3, 6)),
+            cas(2, Some("2"), "3", Some("2"), (7, 8)),
+            get(1, Some("3"), (9, 10)),
+        ];
+        assert_eq!(check(&h), Ok(()));
+    }
+
+    #[test]
+    fn two_successful_cas_from_one_expected_value_are_not() {
+        // Both replaced "1": one of them must have seen the other's value.
+        let h = vec![
+            put(1, "1", (0, 1)),
+            cas(1, Some("1"), "a", Some("1"), (2, 5)),
+            cas(2, Some("1"), "b", Some("1"), (3, 6)),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn a_failed_cas_must_report_the_value_there() {
+        // It failed although the key held what it expected.
+        let h = vec![
+            put(1, "1", (0, 1)),
+            cas(2, Some("1"), "a", Some("x"), (2, 3)),
+        ];
+        assert!(check(&h).is_err());
+        // It failed and found a value no one wrote.
+        let mut failed = cas(2, Some("0"), "a", Some("1"), (2, 3));
+        assert_eq!(check(&[put(1, "1", (0, 1)), failed.clone()]), Ok(()));
+        failed.result = Some(OpResult::Cas {
+            succeeded: false,
+            found: Some("2".into()),
+        });
+        assert!(check(&[put(1, "1", (0, 1)), failed]).is_err());
+        // An expected absence fails once the key exists.
+        let h = vec![put(1, "1", (0, 1)), cas(2, None, "a", None, (2, 3))];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn an_unknown_cas_may_apply_or_not() {
+        let base = || {
+            vec![
+                put(1, "1", (0, 1)),
+                unknown(cas(2, Some("1"), "a", None, (2, 3))),
+            ]
+        };
+        let mut applied = base();
+        applied.push(get(1, Some("a"), (5, 6)));
+        assert_eq!(check(&applied), Ok(()));
+        let mut not_applied = base();
+        not_applied.push(get(1, Some("1"), (5, 6)));
+        assert_eq!(check(&not_applied), Ok(()));
+        // But it cannot write when the key held another value.
+        let h = vec![
+            put(1, "2", (0, 1)),
+            unknown(cas(2, Some("1"), "a", None, (2, 3))),
+            get(1, Some("a"), (5, 6)),
+        ];
+        assert!(check(&h).is_err());
     }
 
     #[test]

@@ -109,6 +109,19 @@ struct Args {
     /// (`false`), instead of one seed in three.
     #[arg(long, value_name = "BOOL")]
     large_values: Option<bool>,
+    /// Clients run the key-space workload: CAS loops and pair writes and reads through Txns,
+    /// Ranges at current and past revisions, compactions (checked for linearizability with
+    /// CAS, pair atomicity, revision consistency and density, identical histories).
+    #[arg(long)]
+    kv_txns: bool,
+    /// Checker test: every node's key space applies a Txn's writes at several revisions
+    /// (use with --kv-txns, whose Txns write two keys).
+    #[arg(long)]
+    split_txn_writes: bool,
+    /// Checker test: skip the revision density check at every apply (so the pair atomicity
+    /// check must catch --split-txn-writes on its own).
+    #[arg(long)]
+    no_density_check: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -127,6 +140,9 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     if let Some(large) = args.large_values {
         c.large_values = large;
     }
+    c.kv_txns = args.kv_txns;
+    c.split_txn_writes = args.split_txn_writes;
+    c.check_revision_density = !args.no_density_check;
     c
 }
 
@@ -145,23 +161,25 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
     if args.lock_clients != 2 {
         extra += &format!(" --lock-clients {}", args.lock_clients);
     }
-    if args.classic_raft {
-        extra += " --classic-raft";
-    }
     if let Some(n) = args.snapshot_every {
         extra += &format!(" --snapshot-every {n}");
     }
-    if args.no_disk_faults {
-        extra += " --no-disk-faults";
-    }
-    if args.no_transfers {
-        extra += " --no-transfers";
-    }
-    if args.strip_fences {
-        extra += " --strip-fences";
-    }
     if let Some(large) = args.large_values {
         extra += &format!(" --large-values {large}");
+    }
+    let switches = [
+        (args.classic_raft, " --classic-raft"),
+        (args.no_disk_faults, " --no-disk-faults"),
+        (args.no_transfers, " --no-transfers"),
+        (args.strip_fences, " --strip-fences"),
+        (args.kv_txns, " --kv-txns"),
+        (args.split_txn_writes, " --split-txn-writes"),
+        (args.no_density_check, " --no-density-check"),
+    ];
+    for (on, flag) in switches {
+        if on {
+            extra += flag;
+        }
     }
     format!(
         "scripts/sim.sh --seed {seed} --trace --fault-ms {}{extra}{m}",

@@ -8,8 +8,13 @@
 //! one in 32 of a random size up to it (large values cost about 1 ms of copying each). A long
 //! value starts with its id and length and is padded, so a read checks that it arrived
 //! whole, and the history records only the id (the linearizability checker hashes values).
+//!
+//! With `SimConfig::kv_txns` the clients run the key-space mix instead (`kv_ops.rs`): CAS
+//! loops, pair writes and reads through Txns, Ranges (some at past revisions), compactions.
 
-use std::collections::VecDeque;
+mod kv_ops;
+
+use std::collections::{BTreeMap, VecDeque};
 
 use rand::Rng;
 
@@ -17,7 +22,10 @@ use super::world::{Time, World, OP_DEADLINE};
 use crate::lincheck::{Op, OpKind, OpResult};
 use crate::raft::{LogIndex, NodeId};
 use crate::rpc::kv_service::MAX_VALUE_BYTES;
+use crate::state_machine::mvcc::{RangeRequest, RangeResponse};
 use crate::state_machine::{ApplyError, Command, Outcome as SmOutcome, Proposal, Session};
+pub(crate) use kv_ops::Observations;
+use kv_ops::{KvAnswer, Next, Pending};
 
 /// A request from a client to a node.
 #[derive(Clone, Debug)]
@@ -31,6 +39,8 @@ pub(crate) struct ClientReq {
 pub(crate) enum ReqOp {
     Write(Proposal),
     Read(String),
+    /// A linearizable etcd Range (through ReadIndex, like `Read`).
+    Range(RangeRequest),
 }
 
 /// A node's answer to one attempt.
@@ -46,6 +56,11 @@ pub(crate) struct ClientReply {
 pub(crate) enum Answer {
     Kv(OpResult),
     Applied(SmOutcome, LogIndex),
+    /// A Range served at the store's `revision` (the header's).
+    Range {
+        revision: i64,
+        result: Result<RangeResponse, ApplyError>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -71,9 +86,12 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 struct Current {
-    hist: usize,
+    /// Its entries in the history (none for a compaction or a past-revision read; two for
+    /// the pair operations).
+    hist: Vec<usize>,
     op: ReqOp,
     started: Time,
+    pending: Pending,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -92,6 +110,13 @@ pub(crate) struct Client {
     stop: bool,
     final_keys: VecDeque<String>,
     values: u64,
+    /// The last plain value this client saw in each key (`None`: absent): what its next CAS
+    /// of the key expects.
+    seen: BTreeMap<String, Option<String>>,
+    /// The highest store revision this client saw (for past reads and compactions).
+    max_revision: i64,
+    /// A CAS that lost a race and retries next: its key and the tries so far.
+    cas_retry: Option<(String, u8)>,
 }
 
 impl Client {
@@ -118,9 +143,14 @@ impl Client {
         self.stop = true;
     }
 
-    pub(crate) fn final_reads(&mut self, keys: usize) {
+    /// Client 0 reads every key once more (with `pairs`, the pair keys too).
+    pub(crate) fn final_reads(&mut self, keys: usize, pairs: bool) {
         if self.idx == 0 {
             self.final_keys = (0..keys).map(|k| format!("k{k}")).collect();
+            if pairs {
+                self.final_keys
+                    .extend(kv_ops::PAIR.iter().map(|k| k.to_string()));
+            }
         }
     }
 
@@ -140,50 +170,76 @@ impl Client {
 
     fn start_next(&mut self, w: &mut World) {
         let now = w.now();
-        let (key, kind, op) = if !self.stop {
-            let keys = w.keys();
-            let key = format!("k{}", w.rng().random_range(0..keys));
-            match w.rng().random_range(0..20u8) {
-                0..=9 => {
-                    self.values += 1;
-                    let id = format!("c{}-{}", self.idx, self.values);
-                    let value = sized_value(w, &id);
-                    (
-                        key.clone(),
-                        OpKind::Put(id),
-                        self.write(Command::Put {
-                            key,
-                            value,
-                            fence: None,
-                        }),
-                    )
-                }
-                10..=16 => (key.clone(), OpKind::Get, ReqOp::Read(key)),
-                _ => (
-                    key.clone(),
-                    OpKind::Delete,
-                    self.write(Command::Delete { key, fence: None }),
-                ),
-            }
-        } else if let Some(key) = self.final_keys.pop_front() {
-            (key.clone(), OpKind::Get, ReqOp::Read(key))
+        let next = if self.stop {
+            let Some(key) = self.final_keys.pop_front() else {
+                return;
+            };
+            Next::single(key.clone(), OpKind::Get, ReqOp::Read(key))
+        } else if w.cfg.kv_txns {
+            self.next_kv_op(w)
         } else {
-            return;
+            self.next_plain_op(w)
         };
-        w.history.push(Op {
-            client: self.idx as u64,
-            key,
-            kind,
-            invoke: now,
-            complete: None,
-            result: None,
-        });
+        let hist = next
+            .ops
+            .into_iter()
+            .map(|(key, kind)| {
+                w.history.push(Op {
+                    client: self.idx as u64,
+                    key,
+                    kind,
+                    invoke: now,
+                    complete: None,
+                    result: None,
+                });
+                w.history.len() - 1
+            })
+            .collect();
         self.current = Some(Current {
-            hist: w.history.len() - 1,
-            op,
+            hist,
+            op: next.req,
             started: now,
+            pending: next.pending,
         });
         self.send(w);
+    }
+
+    /// The plain mix: puts, gets and deletes of one key.
+    fn next_plain_op(&mut self, w: &mut World) -> Next {
+        let keys = w.keys();
+        let key = format!("k{}", w.rng().random_range(0..keys));
+        match w.rng().random_range(0..20u8) {
+            0..=9 => self.put_op(w, key),
+            10..=16 => Next::single(key.clone(), OpKind::Get, ReqOp::Read(key)),
+            _ => self.delete_op(key),
+        }
+    }
+
+    /// A put of a fresh value (maybe a large one, see [`sized_value`]) to `key`.
+    fn put_op(&mut self, w: &mut World, key: String) -> Next {
+        let id = self.fresh_id();
+        let value = sized_value(w, &id);
+        let command = Command::Put {
+            key: key.clone(),
+            value,
+            fence: None,
+        };
+        Next::single(key, OpKind::Put(id), self.write(command))
+    }
+
+    /// A delete of `key`.
+    fn delete_op(&mut self, key: String) -> Next {
+        let command = Command::Delete {
+            key: key.clone(),
+            fence: None,
+        };
+        Next::single(key, OpKind::Delete, self.write(command))
+    }
+
+    /// A value no one wrote before: `c<client>-<n>`.
+    fn fresh_id(&mut self) -> String {
+        self.values += 1;
+        format!("c{}-{}", self.idx, self.values)
     }
 
     fn write(&mut self, command: Command) -> ReqOp {
@@ -261,35 +317,100 @@ impl Client {
         if is_write && r.result.is_ok() {
             self.session_known = true;
         }
-        match r.result {
-            Ok(Answer::Applied(outcome, index)) => {
-                w.violation(format!(
-                    "client {} got a lock outcome {outcome:?} (index {index}) for a key-value operation",
-                    self.idx
-                ));
-            }
-            Ok(Answer::Kv(mut res)) => {
-                if let OpResult::Get(Some(value)) = &mut res {
-                    match value_id(value) {
-                        Ok(id) => *value = id,
-                        Err(e) => {
-                            w.violation(format!("client {} read a corrupted value: {e}", self.idx));
-                            return;
+        let pending = match &self.current {
+            Some(cur) => cur.pending.clone(),
+            None => return,
+        };
+        let kv_answer = match (&pending, r.result) {
+            (Pending::Single, Ok(Answer::Kv(mut res))) => {
+                if let OpResult::Get(value) = &mut res {
+                    if let Some(key) = self.current_key(w) {
+                        self.learn(&key, value.as_deref().map(str::as_bytes));
+                    }
+                    if let Some(v) = value {
+                        match value_id(v) {
+                            Ok(id) => *v = id,
+                            Err(e) => {
+                                w.violation(format!(
+                                    "client {} read a corrupted value: {e}",
+                                    self.idx
+                                ));
+                                return;
+                            }
                         }
                     }
                 }
-                if let Some(cur) = self.current.take() {
-                    let now = w.now();
-                    if let Some(op) = w.history.get_mut(cur.hist) {
-                        op.complete = Some(now);
-                        op.result = Some(res);
-                    }
-                }
-                self.phase = Phase::Idle;
-                let think = w.rng().random_range(0..20_000);
-                w.schedule_client(self.idx, think);
+                self.complete(w, vec![res]);
+                return;
             }
-            Err(ReplyErr::NotLeader(hint)) => {
+            (Pending::Single, Ok(answer)) => {
+                w.violation(format!(
+                    "client {} got {answer:?} for a key-value operation",
+                    self.idx
+                ));
+                return;
+            }
+            (_, Ok(Answer::Applied(outcome, _))) => KvAnswer::Applied(outcome),
+            (_, Ok(Answer::Range { revision, result })) => KvAnswer::Range { revision, result },
+            (_, Ok(Answer::Kv(res))) => {
+                w.violation(format!(
+                    "client {} got a plain answer {res:?} to {pending:?}",
+                    self.idx
+                ));
+                return;
+            }
+            (Pending::Compact, Err(ReplyErr::Rejected(err @ ApplyError::Kv(_)))) => {
+                KvAnswer::Rejected(err)
+            }
+            (_, Err(e)) => {
+                self.on_error(w, e);
+                return;
+            }
+        };
+        match self.kv_answer(w, &pending, kv_answer) {
+            Ok(results) => self.complete(w, results),
+            Err(msg) => w.violation(msg),
+        }
+    }
+
+    /// The key of the operation in flight, if it has one history entry.
+    fn current_key(&self, w: &World) -> Option<String> {
+        let cur = self.current.as_ref()?;
+        let [i] = cur.hist.as_slice() else {
+            return None;
+        };
+        w.history.get(*i).map(|op| op.key.clone())
+    }
+
+    /// The operation in flight completed with `results` (one per history entry).
+    fn complete(&mut self, w: &mut World, results: Vec<OpResult>) {
+        if let Some(cur) = self.current.take() {
+            let now = w.now();
+            if cur.hist.len() != results.len() {
+                w.violation(format!(
+                    "client {}: {} results for {} history entries",
+                    self.idx,
+                    results.len(),
+                    cur.hist.len()
+                ));
+                return;
+            }
+            for (i, res) in cur.hist.into_iter().zip(results) {
+                if let Some(op) = w.history.get_mut(i) {
+                    op.complete = Some(now);
+                    op.result = Some(res);
+                }
+            }
+        }
+        self.phase = Phase::Idle;
+        let think = w.rng().random_range(0..20_000);
+        w.schedule_client(self.idx, think);
+    }
+
+    /// An attempt failed: retry (elsewhere, after a backoff) or give up.
+    fn on_error(&mut self, w: &mut World, err: ReplyErr) {
+        match err {
+            ReplyErr::NotLeader(hint) => {
                 let backoff = match hint {
                     Some(l) if l != self.leader_guess => {
                         self.leader_guess = l;
@@ -302,12 +423,12 @@ impl Client {
                 };
                 self.retry_or_give_up(w, backoff);
             }
-            Err(ReplyErr::LeadershipLost | ReplyErr::ConnectionLost) => {
+            ReplyErr::LeadershipLost | ReplyErr::ConnectionLost => {
                 self.leader_guess = other_node(w, self.leader_guess, self.nodes);
                 let backoff = w.rng().random_range(5_000..50_000);
                 self.retry_or_give_up(w, backoff);
             }
-            Err(ReplyErr::Rejected(ApplyError::SessionExpired { .. })) => {
+            ReplyErr::Rejected(ApplyError::SessionExpired { .. }) => {
                 // The Rust client's UnknownOutcome: the op stays unknown in the history (an
                 // earlier attempt may have applied), and the next write opens a new session.
                 self.new_session();
@@ -316,7 +437,7 @@ impl Client {
                 let think = w.rng().random_range(0..20_000);
                 w.schedule_client(self.idx, think);
             }
-            Err(ReplyErr::Rejected(err)) => {
+            ReplyErr::Rejected(err) => {
                 w.violation(format!(
                     "client {} got a deterministic rejection it never provoked: {err}",
                     self.idx

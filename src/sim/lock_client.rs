@@ -262,7 +262,7 @@ impl LockClient {
                 self.pending = None;
                 self.on_outcome(w, &command, started, Ok((SmOutcome::Put, 0)));
             }
-            Ok(Answer::Kv(res)) => w.violation(format!(
+            Ok(res @ (Answer::Kv(_) | Answer::Range { .. })) => w.violation(format!(
                 "{} got a key-value answer {res:?} to {command:?}",
                 self.name
             )),

@@ -18,10 +18,15 @@
 //! node's next file-system operations: the node stops, as the daemon exits 3); nodes paused
 //! (SIGSTOP-like zombies) and resumed; slow disks.
 //!
-//! Checks: after every event, the Raft invariants (`invariants.rs`); at the end, the client
-//! history is linearizable (`crate::lincheck`), every node applied the same state, once
-//! faults stop the cluster elects a leader and converges within a bound, and every lock
-//! expires once its holders stopped.
+//! Checks: after every event, the Raft invariants (`invariants.rs`); at every apply, the
+//! key space's revision moves by exactly 1 for an entry that changed it and by 0 otherwise
+//! (revision density); at the end, the client history is linearizable (`crate::lincheck`,
+//! compare-and-set included), every node holds a byte-identical key space (revisions and the
+//! whole history back to the compaction revision), once faults stop the cluster elects a
+//! leader and converges within a bound, and every lock expires once its holders stopped. With
+//! the key-space workload (`SimConfig::kv_txns`, `client/kv_ops.rs`) the clients also check
+//! pair atomicity (two keys one Txn writes) and revision consistency (every read of a key at
+//! a revision agrees) on every answer.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the

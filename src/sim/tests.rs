@@ -5,14 +5,24 @@
 
 use super::*;
 
-#[test]
-fn same_seed_same_run() {
-    let mut a = SimConfig::for_seed(42);
-    a.trace = true;
-    let b = a.clone();
-    let (ra, rb) = (world::run_traced(a), world::run_traced(b));
+/// Runs `cfg` twice with tracing: the traces must be equal, and not trivially short.
+fn assert_replays(cfg: SimConfig) {
+    let (ra, rb) = (world::run_traced(cfg.clone()), world::run_traced(cfg));
     assert_eq!(ra, rb, "a seed must replay bit for bit");
     assert!(ra.len() > 100);
+}
+
+#[test]
+fn same_seed_same_run() {
+    assert_replays(SimConfig::for_seed(42));
+}
+
+/// The same with the key-space workload (CAS, pair Txns, Ranges, Compact).
+#[test]
+fn same_seed_same_run_with_the_key_space_workload() {
+    let mut cfg = SimConfig::for_seed(43);
+    cfg.kv_txns = true;
+    assert_replays(cfg);
 }
 
 /// Issue 11, defect 1, through the whole simulator: with the storage's mutation switch on

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::client::{Answer, Client, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::client::{Answer, Client, ClientReply, ClientReq, Observations, ReplyErr, ReqOp};
 use super::invariants::Invariants;
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
@@ -23,8 +23,8 @@ use crate::raft::{
     Payload, RaftCore, ReadState, Ready, Role, Snapshot,
 };
 use crate::rpc::peer::PEER_MESSAGE_LIMIT;
-use crate::state_machine::mvcc::RangeRequest;
-use crate::state_machine::{Command, Outcome as SmOutcome, Proposal, StateMachine};
+use crate::state_machine::mvcc::{RangeRequest, ResponseOp, TxnResponse};
+use crate::state_machine::{Command, KvResult, Outcome as SmOutcome, Proposal, StateMachine};
 use crate::storage::StorageError;
 
 /// Simulated time, in microseconds.
@@ -84,6 +84,18 @@ pub struct SimConfig {
     /// Mutation switch of the driver's lease table (`node::leases`): every due lease is
     /// marked expiring before any expiry is proposed (issue 11, defect 3).
     pub mark_leases_before_proposing: bool,
+    /// Clients run the key-space mix (`client/kv_ops.rs`): CAS loops, pair writes and reads
+    /// through Txns, Ranges at current and past revisions, compactions; the pair atomicity
+    /// and revision consistency checks watch their answers. Off, clients draw exactly as
+    /// before the key space had revisions.
+    pub kv_txns: bool,
+    /// Mutation switch of the key space: a Txn applies its writes at several revisions
+    /// (set on every node's state machine, again whenever one is rebuilt).
+    pub split_txn_writes: bool,
+    /// The revision density check at every apply (on in every real run). Off only in the
+    /// mutation test that shows the pair atomicity check catches a split Txn on its own
+    /// (density catches it first, at the apply).
+    pub check_revision_density: bool,
 }
 
 impl SimConfig {
@@ -122,6 +134,9 @@ impl SimConfig {
             transfers: true,
             check_quorum: true,
             mark_leases_before_proposing: false,
+            kv_txns: false,
+            split_txn_writes: false,
+            check_revision_density: true,
         }
     }
 }
@@ -161,6 +176,18 @@ pub struct Outcome {
     pub transfer_campaigns: u64,
     /// Linearizable reads served by lease, without a heartbeat round.
     pub lease_reads: u64,
+    /// Key-space workload (`SimConfig::kv_txns`): compare-and-sets answered that succeeded.
+    pub cas_succeeded: u64,
+    /// Compare-and-sets answered that failed (found another value).
+    pub cas_failed: u64,
+    /// Pair reads answered (each checked for pair atomicity) that saw the pair present.
+    pub pair_reads_present: u64,
+    /// Compactions answered as applied.
+    pub compactions: u64,
+    /// Ranges at a past revision answered with data.
+    pub past_reads: u64,
+    /// Ranges at a past revision answered "compacted".
+    pub past_reads_compacted: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -243,6 +270,15 @@ struct InFlightReady {
     read_states: Vec<ReadState>,
 }
 
+/// What a waiting reader reads.
+#[derive(Clone, Debug)]
+enum Read {
+    /// One key's value (`kvstore.v1` Get).
+    Get(String),
+    /// An etcd Range.
+    Range(RangeRequest),
+}
+
 /// A client request waiting on a node.
 #[derive(Clone, Debug)]
 struct Waiting {
@@ -265,8 +301,8 @@ pub(crate) struct SimNode {
     inbox: VecDeque<Input>,
     tick_pending: bool,
     /// Writers and readers waiting on this node: the driver's own bookkeeping
-    /// (`node::pending::Waiters`); a reader waits with the key it reads.
-    waiters: Waiters<Waiting, (Waiting, String)>,
+    /// (`node::pending::Waiters`); a reader waits with what it reads.
+    waiters: Waiters<Waiting, (Waiting, Read)>,
     role: Role,
     /// Leader only: the lease of every held lock on this node's clock, the driver's own
     /// table (`node::leases`), with simulated time as a `Duration` since the run started.
@@ -307,6 +343,8 @@ pub(crate) struct World {
     roles: Vec<scenario::RoleChange>,
     answers: Vec<scenario::Answered>,
     pub(crate) history: Vec<Op>,
+    /// What Range answers saw at each revision (the revision consistency check).
+    observations: Observations,
     inv: Invariants,
     trace: Vec<String>,
     outcome: Outcome,
@@ -366,7 +404,7 @@ impl World {
                 SimNode {
                     core,
                     disk: disk::Disk::new(id, cfg.seed, cfg.segment_bytes),
-                    sm: StateMachine::new(),
+                    sm: state_machine(&cfg, StateMachine::new()),
                     up: true,
                     paused: false,
                     incarnation: 0,
@@ -411,6 +449,7 @@ impl World {
             roles: Vec::new(),
             answers: Vec::new(),
             history: Vec::new(),
+            observations: Observations::default(),
             inv,
             trace: Vec::new(),
             outcome: Outcome::default(),
@@ -615,17 +654,24 @@ impl World {
                 }
                 Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader()))),
             },
-            ReqOp::Read(key) => {
-                let rid = n.waiters.next_read_id();
-                let by_lease = n.core.lease_reads_served();
-                match n.core.read_index(rid) {
-                    Ok(()) => {
-                        self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
-                        n.waiters.add_read(rid, (waiting, key));
-                    }
-                    Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
-                }
+            ReqOp::Read(key) => self.read_index(id, waiting, Read::Get(key)),
+            ReqOp::Range(r) => self.read_index(id, waiting, Read::Range(r)),
+        }
+    }
+
+    /// A linearizable read: ReadIndex (or a lease), served once applied catches up.
+    fn read_index(&mut self, id: NodeId, waiting: Waiting, read: Read) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let rid = n.waiters.next_read_id();
+        let by_lease = n.core.lease_reads_served();
+        match n.core.read_index(rid) {
+            Ok(()) => {
+                self.outcome.lease_reads += n.core.lease_reads_served() - by_lease;
+                n.waiters.add_read(rid, (waiting, read));
             }
+            Err(e) => self.reply(&waiting, Err(ReplyErr::NotLeader(e.leader))),
         }
     }
 
@@ -804,7 +850,7 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return false;
         };
-        n.sm = sm;
+        n.sm = state_machine(&self.cfg, sm);
         self.locks.on_snapshot(id, &n.sm);
         self.inv.on_snapshot(id, snap.meta, &mut self.fail);
         self.outcome.snapshots_installed += 1;
@@ -827,15 +873,35 @@ impl World {
             return;
         }
         // The lock checker's view of the lock table before the entry.
-        let before = match &e.payload {
-            Payload::Command(data) => Proposal::decode(data)
-                .ok()
-                .map(|p| LockCheck::before(&n.sm, &p)),
+        let proposal = match &e.payload {
+            Payload::Command(data) => Proposal::decode(data).ok(),
             Payload::Noop => None,
         };
+        let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
+        // A retry the session answers from its cache changes nothing.
+        let duplicate = proposal
+            .as_ref()
+            .and_then(|p| p.session)
+            .is_some_and(|s| n.sm.session_sequence(s.client_id) == Some(s.sequence));
+        let revision = n.sm.revision();
         // The driver's own step: apply, lease bookkeeping, the answer owed (`node::apply`).
         let now = Duration::from_micros(self.now);
         let applied = apply::apply_entry(&mut n.sm, &mut n.leases, &e, now);
+        let wrote = !duplicate
+            && matches!(&applied.result, Some(Ok(outcome)) if changed_key_space(outcome));
+        let grew = n.sm.revision() - revision;
+        if self.cfg.check_revision_density && grew != i64::from(wrote) {
+            self.fail.get_or_insert(format!(
+                "revision density: node {id} applied entry {} ({}) and its revision went from {revision} to {} (a change moves it by exactly 1, anything else by 0)",
+                e.index,
+                match &applied.result {
+                    Some(Ok(outcome)) => format!("{outcome:?}"),
+                    Some(Err(err)) => format!("refused: {err}"),
+                    None => "a no-op".into(),
+                },
+                n.sm.revision()
+            ));
+        }
         if let (Some(p), Some(b), Some(r)) = (&applied.proposal, &before, &applied.result) {
             if let Err(msg) = self.locks.after(id, e.index, p, b, r, &n.sm) {
                 self.fail.get_or_insert(format!("lock safety: {msg}"));
@@ -875,13 +941,22 @@ impl World {
             return;
         };
         let applied = n.sm.applied_index();
-        let answers: Vec<(Waiting, Option<String>)> = n
+        let answers: Vec<(Waiting, Answer)> = n
             .waiters
             .servable_reads(applied)
             .into_iter()
-            .map(|(w, key)| (w, n.sm.get(&key).map(String::from)))
+            .map(|(w, read)| {
+                let answer = match read {
+                    Read::Get(key) => Answer::Kv(OpResult::Get(n.sm.get(&key).map(String::from))),
+                    Read::Range(r) => Answer::Range {
+                        revision: n.sm.revision(),
+                        result: n.sm.range(&r),
+                    },
+                };
+                (w, answer)
+            })
             .collect();
-        for (w, v) in answers {
+        for (w, answer) in answers {
             if !self.random_faults {
                 self.answers.push(scenario::Answered {
                     at: self.now,
@@ -889,7 +964,7 @@ impl World {
                     write: None,
                 });
             }
-            self.reply(&w, Ok(Answer::Kv(OpResult::Get(v))));
+            self.reply(&w, Ok(answer));
         }
     }
 
@@ -990,9 +1065,9 @@ impl World {
         let (term, len) = (hs.term, log.len());
         let meta = snap.as_ref().map_or_else(Default::default, |s| s.meta);
         n.sm = match &snap {
-            None => StateMachine::new(),
+            None => state_machine(&self.cfg, StateMachine::new()),
             Some(s) => match StateMachine::restore(&s.data, Default::default()) {
-                Ok(sm) => sm,
+                Ok(sm) => state_machine(&self.cfg, sm),
                 Err(e) => {
                     self.violation(format!("node {id}: stored snapshot does not decode: {e}"));
                     return;
@@ -1233,6 +1308,15 @@ impl World {
         self.clients[c] = client;
     }
 
+    /// The run's counters, for the clients to count what they saw.
+    pub(crate) fn stats(&mut self) -> &mut Outcome {
+        &mut self.outcome
+    }
+
+    pub(crate) fn observations(&mut self) -> &mut Observations {
+        &mut self.observations
+    }
+
     pub(crate) fn lock_check(&self) -> &LockCheck {
         &self.locks
     }
@@ -1310,6 +1394,38 @@ fn is_lock_op(c: &Command) -> bool {
         Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.is_some(),
         _ => true,
     }
+}
+
+/// Whether an applied command's outcome changed the key space (so moved its revision): a
+/// put, a delete that deleted, a txn with such a write. Lock commands, compactions and reads
+/// do not.
+fn changed_key_space(outcome: &SmOutcome) -> bool {
+    fn txn_wrote(t: &TxnResponse) -> bool {
+        t.responses.iter().any(|r| match r {
+            ResponseOp::Put(_) => true,
+            ResponseOp::DeleteRange(d) => d.deleted > 0,
+            ResponseOp::Txn(t) => txn_wrote(t),
+            ResponseOp::Range(_) => false,
+        })
+    }
+    match outcome {
+        SmOutcome::Put | SmOutcome::Kv(KvResult::Put(_)) => true,
+        SmOutcome::Delete { existed } => *existed,
+        SmOutcome::Kv(KvResult::DeleteRange(d)) => d.deleted > 0,
+        SmOutcome::Kv(KvResult::Txn(t)) => txn_wrote(t),
+        SmOutcome::Acquired { .. }
+        | SmOutcome::KeptAlive { .. }
+        | SmOutcome::Released
+        | SmOutcome::Expired { .. }
+        | SmOutcome::Compacted => false,
+    }
+}
+
+/// A node's state machine, with the key space's mutation switch of the run set (it is not
+/// part of the state: every rebuilt state machine needs it again).
+fn state_machine(cfg: &SimConfig, mut sm: StateMachine) -> StateMachine {
+    sm.set_split_txn_writes(cfg.split_txn_writes);
+    sm
 }
 
 /// A node's lease table, with the mutation switch of the run.
@@ -1430,7 +1546,7 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     // Final linearizable reads of every key, through the client path, recorded in the history:
     // an acknowledged write that was lost shows up as a non-linearizable read here.
     for c in 0..w.clients.len() {
-        w.clients[c].final_reads(w.cfg.keys);
+        w.clients[c].final_reads(w.cfg.keys, w.cfg.kv_txns);
     }
     for c in 0..w.clients.len() {
         w.schedule_client(c, 0);
@@ -1508,21 +1624,31 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
             return Err(fail(&mut w, msg));
         }
     }
-    // Every replica applied the same state.
-    let states: BTreeSet<String> = w.nodes.values().map(|n| key_space_view(&n.sm)).collect();
+    // Every replica applied the same state: the same key space, revisions and whole history
+    // back to the same compaction revision (byte for byte as a snapshot would store it).
+    let states: BTreeSet<Vec<u8>> = w
+        .nodes
+        .values()
+        .map(|n| postcard::to_allocvec(&n.sm.key_space().snapshot_view()).unwrap_or_default())
+        .collect();
     if states.len() != 1 {
         let per_node: Vec<String> = w
             .nodes
             .iter()
             .map(|(id, n)| {
+                let history =
+                    postcard::to_allocvec(&n.sm.key_space().snapshot_view()).map_or(0, |b| b.len());
                 format!(
-                    "node {id} applied {}: {}",
+                    "node {id} applied {}: {} ({history} bytes with the history)",
                     n.sm.applied_index(),
                     key_space_view(&n.sm)
                 )
             })
             .collect();
-        let msg = format!("replicas differ after convergence: {}", per_node.join("; "));
+        let msg = format!(
+            "replicas differ after convergence (key space or history): {}",
+            per_node.join("; ")
+        );
         return Err(fail(&mut w, msg));
     }
 

@@ -171,6 +171,14 @@ impl StateMachine {
         &self.keys
     }
 
+    /// Mutation switch for the simulator's checker tests ([`KeySpace::set_split_txn_writes`]):
+    /// txns apply their writes at several revisions. Not part of the state: whoever rebuilds
+    /// a state machine (restart, snapshot install) sets it again.
+    #[doc(hidden)]
+    pub fn set_split_txn_writes(&mut self, on: bool) {
+        self.keys.set_split_txn_writes(on);
+    }
+
     /// The store's revision (etcd's): 1 when empty, +1 per applied change.
     pub fn revision(&self) -> i64 {
         self.keys.revision()

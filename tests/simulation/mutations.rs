@@ -224,3 +224,44 @@ fn mutation_no_byte_cap_is_caught() {
         },
     );
 }
+
+/// Issue 13: a Txn applied non-atomically (its second write at a revision of its own, the key
+/// space's mutation switch) in the full setup with the key-space workload, whose pair writes
+/// are two-key Txns. The revision grows by 2 for one entry (revision density, checked at
+/// every apply) before any pair read can see the pair at two revisions (pair atomicity,
+/// `client/kv_ops.rs`; its unit tests show it catches the split on its own).
+#[test]
+fn a_txn_split_over_two_revisions_is_caught() {
+    let expected = Expected {
+        flag: "--split-txn-writes",
+        limit: 20,
+        first_seed: 0,
+        checkers: &["revision density"],
+    };
+    assert_caught(&expected, "--kv-txns", split_txn(true));
+}
+
+/// The full setup with the key-space workload, Txns split over two revisions when `on`, the
+/// revision density check as given.
+fn split_txn(density_check: bool) -> impl Fn(u64, bool) -> SimConfig {
+    move |seed, on| {
+        let mut c = SimConfig::for_seed(seed);
+        c.kv_txns = true;
+        c.check_revision_density = density_check;
+        c.split_txn_writes = on;
+        c
+    }
+}
+
+/// The same bug with the revision density check off: the client-side multi-key check (pair
+/// atomicity: a pair read sees p0 and p1 at two mod_revisions) catches it on its own.
+#[test]
+fn a_txn_split_over_two_revisions_is_caught_by_pair_atomicity() {
+    let expected = Expected {
+        flag: "--split-txn-writes",
+        limit: 20,
+        first_seed: 0,
+        checkers: &["pair atomicity"],
+    };
+    assert_caught(&expected, "--kv-txns --no-density-check", split_txn(false));
+}

@@ -905,3 +905,46 @@ fn pairs(sm: &StateMachine) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The simulator's mutation switch splits a txn's writes over two revisions, and is not
+/// part of the state: a snapshot neither carries it nor turns it on (whoever rebuilds a
+/// state machine sets it again).
+#[test]
+fn the_split_txn_switch_splits_and_is_not_snapshotted() {
+    use super::super::mvcc::{RequestOp, TxnRequest};
+    let two_puts = |value: &str| {
+        let put = |key: &str| {
+            RequestOp::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..PutRequest::default()
+            })
+        };
+        proposal(
+            Command::Kv {
+                op: KvWrite::Txn(TxnRequest {
+                    compare: vec![],
+                    success: vec![put("p0"), put("p1")],
+                    failure: vec![],
+                }),
+                fence: None,
+            },
+            None,
+        )
+    };
+    let mut sm = StateMachine::new();
+    sm.set_split_txn_writes(true);
+    sm.apply(1, &two_puts("a")).unwrap();
+    assert_eq!(
+        sm.revision(),
+        3,
+        "with the switch, two writes, two revisions"
+    );
+    let mut restored = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
+    restored.apply(2, &two_puts("b")).unwrap();
+    assert_eq!(
+        restored.revision(),
+        4,
+        "restored without the switch: one txn, one revision"
+    );
+}

@@ -93,6 +93,9 @@ pub struct KeySpace {
     compact_revision: i64,
     /// Live keys.
     live: usize,
+    /// Mutation switch (simulator checker tests only, never serialized): a txn gives its
+    /// second and later writes a revision of their own, breaking "one txn, one revision".
+    split_txn_writes: bool,
 }
 
 impl Default for KeySpace {
@@ -111,8 +114,7 @@ struct Writer {
     live_before: usize,
     /// The revision reads inside a txn may name (the one before the txn).
     read_limit: i64,
-    /// Test mutation: each write after a txn's first gets its own revision.
-    #[cfg(test)]
+    /// Mutation: each write after a txn's first gets its own revision.
     split: bool,
 }
 
@@ -131,7 +133,6 @@ impl Writer {
     }
 
     fn next(&mut self) -> (i64, u32) {
-        #[cfg(test)]
         if self.split && self.sub > 0 {
             self.rev += 1;
             self.sub = 0;
@@ -180,7 +181,16 @@ impl KeySpace {
             revision: 1,
             compact_revision: 0,
             live: 0,
+            split_txn_writes: false,
         }
+    }
+
+    /// Mutation switch for the simulator's checker tests: every txn from now on gives its
+    /// second and later writes a revision of their own (a txn applied non-atomically). Not
+    /// part of the state: snapshots neither carry nor restore it.
+    #[doc(hidden)]
+    pub fn set_split_txn_writes(&mut self, on: bool) {
+        self.split_txn_writes = on;
     }
 
     /// The current store revision.
@@ -328,7 +338,6 @@ impl KeySpace {
             log_start: self.log.len(),
             live_before: self.live,
             read_limit: self.revision,
-            #[cfg(test)]
             split: false,
         }
     }
@@ -540,11 +549,11 @@ impl KeySpace {
         self.compare_path(req, &mut path);
         walk(req, &path, &mut 0, &mut |op| self.check_put(op, leases))?;
         walk(req, &path, &mut 0, &mut |op| self.check_range(op))?;
-        #[allow(unused_mut)]
         let mut w = self.begin();
+        w.split = self.split_txn_writes;
         #[cfg(test)]
         {
-            w.split = SPLIT_TXN_WRITES.with(|s| s.get());
+            w.split |= SPLIT_TXN_WRITES.with(|s| s.get());
         }
         self.write(w, |s, w| s.txn_in(w, req, &path, &mut 0, leases))
     }
@@ -808,6 +817,7 @@ impl KeySpace {
             revision,
             compact_revision,
             live,
+            split_txn_writes: false,
         }
     }
 }

@@ -948,3 +948,62 @@ fn the_split_txn_switch_splits_and_is_not_snapshotted() {
         "restored without the switch: one txn, one revision"
     );
 }
+
+#[test]
+fn a_fenced_txn_applies_whole_with_the_current_token_and_not_at_all_with_a_stale_one() {
+    use crate::state_machine::mvcc::{PutRequest, RequestOp, TxnRequest};
+    let acquire = |holder: &str| Command::Acquire {
+        name: "L".into(),
+        holder: holder.into(),
+        ttl_ms: 1000,
+    };
+    let txn = |token: u64, value: &str| Command::Kv {
+        op: KvWrite::Txn(TxnRequest {
+            success: ["a", "b"]
+                .into_iter()
+                .map(|k| {
+                    RequestOp::Put(PutRequest {
+                        key: k.into(),
+                        value: value.into(),
+                        ..PutRequest::default()
+                    })
+                })
+                .collect(),
+            ..TxnRequest::default()
+        }),
+        fence: Some(Fence {
+            lock: "L".into(),
+            token,
+        }),
+    };
+    let mut sm = StateMachine::new();
+    sm.apply(1, &proposal(acquire("x"), None)).unwrap();
+    // Token 1: current. Both writes at one revision.
+    assert!(matches!(
+        sm.apply(2, &proposal(txn(1, "v1"), None)),
+        Ok(Outcome::Kv(KvResult::Txn(_)))
+    ));
+    assert_eq!(sm.revision(), 2, "one revision for the whole txn");
+    sm.apply(
+        3,
+        &proposal(
+            Command::Expire {
+                name: "L".into(),
+                token: 1,
+            },
+            None,
+        ),
+    )
+    .unwrap();
+    sm.apply(4, &proposal(acquire("y"), None)).unwrap();
+    // Token 1 is stale now: refused, nothing written, the revision unchanged.
+    assert!(matches!(
+        sm.apply(5, &proposal(txn(1, "late"), None)),
+        Err(ApplyError::StaleFence {
+            current: Some(4),
+            ..
+        })
+    ));
+    assert_eq!((sm.get("a"), sm.get("b")), (Some("v1"), Some("v1")));
+    assert_eq!(sm.revision(), 2);
+}

@@ -259,6 +259,8 @@ async fn serve(
         addr = %config.address(),
         advertised = urls.own(),
         peers = config.peers.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        etcd_api = etcd::ETCD_API_VERSION,
         "serving gRPC"
     );
     let drained = {

@@ -196,21 +196,25 @@ impl Client {
     /// Drops the history below `revision` (etcd's Compact): reads at an older revision fail
     /// from then on.
     ///
-    /// The wire request carries no session, so a compact resent after a lost reply may be
-    /// answered `mvcc: required revision has been compacted` although the first attempt
-    /// succeeded.
+    /// Sent with the client's exactly-once session, like a put: a compact resent after a
+    /// lost reply is answered as its first attempt was.
     ///
     /// # Errors
     /// `revision` is at or below the compaction revision, or above the current one
     /// ([`ClientError::Server`] with code `OutOfRange`), or no leader answered in time.
     pub async fn compact(&mut self, revision: i64) -> Result<Header, ClientError> {
-        let request = pb::CompactRequest { revision };
+        let session = self.next_session();
+        let request = pb::CompactRequest {
+            revision,
+            session: Some(session),
+        };
         let response = self
             .run("compact", true, |channel| async move {
                 endpoints::kv(channel).compact(request).await
             })
-            .await?;
-        Ok(response.header.into())
+            .await;
+        self.end_write(session.sequence, &response);
+        Ok(response?.header.into())
     }
 }
 

@@ -253,8 +253,11 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        let revision = request.into_inner().revision;
-        let (_, h) = self.write(Command::Compact { revision }, None).await?;
+        let req = request.into_inner();
+        let command = Command::Compact {
+            revision: req.revision,
+        };
+        let (_, h) = self.write(command, req.session).await?;
         Ok(Response::new(pb::CompactResponse { header: header(h) }))
     }
 }

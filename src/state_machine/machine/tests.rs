@@ -1007,3 +1007,24 @@ fn a_fenced_txn_applies_whole_with_the_current_token_and_not_at_all_with_a_stale
     assert_eq!((sm.get("a"), sm.get("b")), (Some("v1"), Some("v1")));
     assert_eq!(sm.revision(), 2);
 }
+
+#[test]
+fn a_resent_compact_is_answered_as_its_first_attempt() {
+    let mut sm = StateMachine::new();
+    for i in 1..=5 {
+        sm.apply(i, &put("k", &i.to_string(), None)).unwrap();
+    }
+    let compact = proposal(Command::Compact { revision: 4 }, Some((9, 1)));
+    assert_eq!(sm.apply(6, &compact), Ok(Outcome::Compacted));
+    // The same request again (its answer was lost): the session answers, not the key space
+    // (which would say the revision is compacted now).
+    assert_eq!(sm.apply(7, &compact), Ok(Outcome::Compacted));
+    // Without a session it is refused.
+    let bare = proposal(Command::Compact { revision: 4 }, None);
+    assert!(matches!(
+        sm.apply(8, &bare),
+        Err(ApplyError::Kv(
+            crate::state_machine::mvcc::MvccError::Compacted { .. }
+        ))
+    ));
+}

@@ -181,8 +181,11 @@ fn a_driver_that_drops_fences_is_caught() {
 #[test]
 fn mutation_mark_leases_before_proposing_is_caught_in_random_runs() {
     // A rare schedule (an expiry due exactly while a transfer is in progress): first caught
-    // at seed 416 since the simulator runs the real storage (its random stream moved).
-    let caught = (0..800).find_map(|seed| {
+    // at seed 705 since the key space has revisions (416 before; the random stream moved).
+    // The search starts a little below it: from 0 it took 460 s of a debug build, most of
+    // this binary's time. If the stream moves and nothing fails in 690..1500, this test
+    // fails: search from 0 once (`-- --nocapture` prints the seed) and move the range.
+    let caught = (690..1500).find_map(|seed| {
         let mut c = SimConfig::for_seed(seed);
         c.mark_leases_before_proposing = true;
         run(c).err().map(|f| (seed, f.message))

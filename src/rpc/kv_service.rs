@@ -227,14 +227,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let req = request.into_inner();
-        let fence = fence_from_pb(req.fence.clone())?;
-        let session = req.session;
-        let txn = txn_from_pb(pb::TxnRequest {
-            session: None,
-            fence: None,
-            ..req
-        })?;
+        let mut req = request.into_inner();
+        let fence = fence_from_pb(req.fence.take())?;
+        let session = req.session.take();
+        let txn = txn_from_pb(req)?;
         mvcc::validate_txn(&txn, self.max_txn_ops)
             .map_err(|e| ClientError::Apply(ApplyError::Kv(e)))?;
         let command = Command::Kv {

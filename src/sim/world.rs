@@ -1683,13 +1683,8 @@ pub(crate) fn run_traced(mut cfg: SimConfig) -> Vec<String> {
 /// A replica's key space as text: its revision, its compaction revision, and every key with
 /// its value and revisions (replicas that applied the same entries print the same).
 fn key_space_view(sm: &StateMachine) -> String {
-    let every_key = RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        ..RangeRequest::default()
-    };
     let keys = sm.key_space();
-    let kvs = match keys.range(&every_key) {
+    let kvs = match keys.range(&RangeRequest::every_key()) {
         Ok(r) => r
             .kvs
             .iter()

@@ -70,12 +70,11 @@ fn invalid(e: &MvccError) -> Status {
 /// A forwarded call's failure, as the client should see it: the leader's own answer, or
 /// "leader changed" if the leader could not be reached (the client retries).
 fn forward_failed(member: &Member, status: Status) -> Status {
-    if matches!(
+    let transport = matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-    ) && status.message().starts_with("transport error")
-        || status.message().contains("error trying to connect")
-    {
+    ) && status.message().starts_with("transport error");
+    if transport || status.message().contains("error trying to connect") {
         if let Some(leader) = member.node().status().leader {
             member.forget(leader);
         }
@@ -91,6 +90,22 @@ fn own_header(member: &Member, header: &mut Option<crate::pb::etcd::etcdserverpb
     }
 }
 
+/// A follower sends `$request` to the leader's `$method` and returns its answer, with this
+/// member's id in the header (see [`Member::route`]); on the leader it does nothing.
+macro_rules! forward_if_follower {
+    ($service:ident, $request:ident, $method:ident) => {
+        if let Route::Leader(mut leader) = $service.member.route(&$request)? {
+            let mut answer = leader
+                .$method(forwarded($request.into_inner()))
+                .await
+                .map_err(|s| forward_failed(&$service.member, s))?
+                .into_inner();
+            own_header(&$service.member, &mut answer.header);
+            return Ok(Response::new(answer));
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl Kv for EtcdKv {
     async fn range(
@@ -102,15 +117,7 @@ impl Kv for EtcdKv {
             return Err(errors::EMPTY_KEY.status());
         }
         if linearizable {
-            if let Route::Leader(mut leader) = self.member.route(&request)? {
-                let mut answer = leader
-                    .range(forwarded(request.into_inner()))
-                    .await
-                    .map_err(|s| forward_failed(&self.member, s))?
-                    .into_inner();
-                own_header(&self.member, &mut answer.header);
-                return Ok(Response::new(answer));
-            }
+            forward_if_follower!(self, request, range);
         }
         let req = convert::range_request(request.into_inner())?;
         let (answer, h) = self
@@ -131,15 +138,7 @@ impl Kv for EtcdKv {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        if let Route::Leader(mut leader) = self.member.route(&request)? {
-            let mut answer = leader
-                .put(forwarded(request.into_inner()))
-                .await
-                .map_err(|s| forward_failed(&self.member, s))?
-                .into_inner();
-            own_header(&self.member, &mut answer.header);
-            return Ok(Response::new(answer));
-        }
+        forward_if_follower!(self, request, put);
         let put = convert::put_request(request.into_inner());
         mvcc::validate_put(&put).map_err(|e| invalid(&e))?;
         match self.write(KvWrite::Put(put)).await? {
@@ -158,15 +157,7 @@ impl Kv for EtcdKv {
         if request.get_ref().key.is_empty() {
             return Err(errors::EMPTY_KEY.status());
         }
-        if let Route::Leader(mut leader) = self.member.route(&request)? {
-            let mut answer = leader
-                .delete_range(forwarded(request.into_inner()))
-                .await
-                .map_err(|s| forward_failed(&self.member, s))?
-                .into_inner();
-            own_header(&self.member, &mut answer.header);
-            return Ok(Response::new(answer));
-        }
+        forward_if_follower!(self, request, delete_range);
         let delete = convert::delete_request(request.into_inner());
         match self.write(KvWrite::DeleteRange(delete)).await? {
             (KvResult::DeleteRange(r), h) => Ok(Response::new(convert::delete_response(
@@ -178,15 +169,7 @@ impl Kv for EtcdKv {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        if let Route::Leader(mut leader) = self.member.route(&request)? {
-            let mut answer = leader
-                .txn(forwarded(request.into_inner()))
-                .await
-                .map_err(|s| forward_failed(&self.member, s))?
-                .into_inner();
-            own_header(&self.member, &mut answer.header);
-            return Ok(Response::new(answer));
-        }
+        forward_if_follower!(self, request, txn);
         let txn = convert::txn_request(request.into_inner())?;
         mvcc::validate_txn(&txn, self.member.max_txn_ops()).map_err(|e| invalid(&e))?;
         match self.write(KvWrite::Txn(txn)).await? {
@@ -202,15 +185,7 @@ impl Kv for EtcdKv {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        if let Route::Leader(mut leader) = self.member.route(&request)? {
-            let mut answer = leader
-                .compact(forwarded(request.into_inner()))
-                .await
-                .map_err(|s| forward_failed(&self.member, s))?
-                .into_inner();
-            own_header(&self.member, &mut answer.header);
-            return Ok(Response::new(answer));
-        }
+        forward_if_follower!(self, request, compact);
         // `physical` (wait until the compaction reached the disk) needs no wait here: the
         // history lives in memory and is gone once the command applied.
         let revision = request.into_inner().revision;

@@ -135,10 +135,8 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         // Every key with its revisions and value at the revision (0: the current one), read
         // from this member's applied state, as etcd's HashKV is.
         let every_key = KeyRange {
-            key: vec![0],
-            range_end: vec![0],
             revision: request.get_ref().revision,
-            ..KeyRange::default()
+            ..KeyRange::every_key()
         };
         let (answer, h) = self
             .member

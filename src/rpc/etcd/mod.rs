@@ -2,10 +2,11 @@
 //! Maintenance, Auth) on the node's one port, so etcd's own clients (etcdctl, clientv3, the
 //! official client libraries) talk to kvstore unchanged.
 //!
-//! Today every method answers UNIMPLEMENTED with one line naming it ([`Unimplemented`]):
-//! the wire contract (proto/etcd/, compiled into [`crate::pb::etcd`]) and the registration
-//! come first, the methods one by one after. [`errors`] holds the code and exact message of
-//! each etcd error the methods will need, since etcd's clients match errors by message.
+//! Served: KV ([`EtcdKv`], on the revisioned key space; a follower forwards to the leader
+//! through [`Member`]), Maintenance and Cluster as far as a fixed membership has them
+//! ([`EtcdMaintenance`]). Every other method answers UNIMPLEMENTED with one line naming it
+//! ([`Unimplemented`]). [`errors`] holds the code and exact message of each etcd error, since
+//! etcd's clients match errors by message.
 //!
 //! # What this module may import
 //! As the rest of `rpc/`: `pb::etcd` wire types, `node` through its handle, tonic, tokio.
@@ -15,8 +16,10 @@
 //!   3.5 additions): etcd clients are compiled against them.
 //! - Errors carry etcd's gRPC code and message ([`errors`]), never our own wording, whenever
 //!   etcd has a word for the case.
-//! - Message-size limits are explicit, as for every client service:
-//!   [`CLIENT_MESSAGE_LIMIT`] both ways.
+//! - Message-size limits are explicit, as for every client service: KV decodes up to
+//!   [`member::DECODE_LIMIT`] and encodes up to [`member::ENCODE_LIMIT`] (etcd's request
+//!   limit plus framing, and a cap on Range answers); the others [`CLIENT_MESSAGE_LIMIT`]
+//!   both ways.
 
 mod convert;
 pub mod errors;

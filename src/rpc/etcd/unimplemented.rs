@@ -1,5 +1,5 @@
-//! [`Unimplemented`]: every etcd service, each method answering UNIMPLEMENTED with one line
-//! naming it (see [`not_implemented`]).
+//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Watch, Lease, Auth), each
+//! method answering UNIMPLEMENTED with one line naming it (see [`not_implemented`]).
 //!
 //! A method kvstore serves moves out of here into a service of its own; until then etcd
 //! clients reach a registered service and learn which call is missing, instead of gRPC's
@@ -58,26 +58,6 @@ unimplemented_service!(lease_server::Lease, "etcdserverpb.Lease" {
         = "LeaseKeepAlive";
     fn lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse = "LeaseTimeToLive";
     fn lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse = "LeaseLeases";
-});
-
-unimplemented_service!(cluster_server::Cluster, "etcdserverpb.Cluster" {
-    fn member_add(MemberAddRequest) -> MemberAddResponse = "MemberAdd";
-    fn member_remove(MemberRemoveRequest) -> MemberRemoveResponse = "MemberRemove";
-    fn member_update(MemberUpdateRequest) -> MemberUpdateResponse = "MemberUpdate";
-    fn member_list(MemberListRequest) -> MemberListResponse = "MemberList";
-    fn member_promote(MemberPromoteRequest) -> MemberPromoteResponse = "MemberPromote";
-});
-
-unimplemented_service!(maintenance_server::Maintenance, "etcdserverpb.Maintenance" {
-    type SnapshotStream = Empty<Result<SnapshotResponse, Status>>;
-    fn alarm(AlarmRequest) -> AlarmResponse = "Alarm";
-    fn status(StatusRequest) -> StatusResponse = "Status";
-    fn defragment(DefragmentRequest) -> DefragmentResponse = "Defragment";
-    fn hash(HashRequest) -> HashResponse = "Hash";
-    fn hash_kv(HashKvRequest) -> HashKvResponse = "HashKV";
-    fn snapshot(SnapshotRequest) -> Self::SnapshotStream = "Snapshot";
-    fn move_leader(MoveLeaderRequest) -> MoveLeaderResponse = "MoveLeader";
-    fn downgrade(DowngradeRequest) -> DowngradeResponse = "Downgrade";
 });
 
 unimplemented_service!(auth_server::Auth, "etcdserverpb.Auth" {

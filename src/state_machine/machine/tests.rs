@@ -888,12 +888,7 @@ mod locks {
 
 /// Every key and value, in key order, as text.
 fn pairs(sm: &StateMachine) -> Vec<(String, String)> {
-    let every_key = RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        ..RangeRequest::default()
-    };
-    sm.range(&every_key)
+    sm.range(&RangeRequest::every_key())
         .unwrap()
         .kvs
         .into_iter()

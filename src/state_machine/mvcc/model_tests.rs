@@ -615,10 +615,8 @@ fn check_all(step: usize, store: &KeySpace, model: &Model) -> Result<(), String>
     let top = model.ctx();
     for rev in 0..=model.rev() + 1 {
         let req = RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
             revision: rev,
-            ..RangeRequest::default()
+            ..RangeRequest::every_key()
         };
         same(
             &format!("range all at {rev}"),

@@ -111,6 +111,17 @@ pub struct RangeRequest {
     pub max_create_revision: i64,
 }
 
+impl RangeRequest {
+    /// Every key, at the current revision (etcd's `key = range_end = "\0"`).
+    pub fn every_key() -> Self {
+        RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..RangeRequest::default()
+        }
+    }
+}
+
 /// The result of a range.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeResponse {

@@ -2662,3 +2662,47 @@ async fn etcd_values_at_the_request_limit_survive_lag_and_clean_restarts() {
         );
     }
 }
+
+/// The flags of the key space (`--auto-compaction-*`, `--max-txn-ops`,
+/// `--max-request-bytes`) are checked before anything starts: a bad value stops the real
+/// binary with exit 1, one line naming the flag, and no data dir.
+#[tokio::test]
+async fn bad_key_space_flags_are_refused_at_startup_in_one_line() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data_dir = dir.path().join("node-1");
+    let port = free_port().to_string();
+    for (flags, want) in [
+        (
+            &["--auto-compaction-mode", "hourly"][..],
+            "kvstore: invalid --auto-compaction-mode hourly --auto-compaction-retention 100000: the mode is periodic or revision",
+        ),
+        (
+            &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5x"][..],
+            "kvstore: invalid --auto-compaction-mode periodic --auto-compaction-retention 5x: periodic mode needs a duration such as 30m, 1h30m or 90s, or a number of hours",
+        ),
+        (
+            &["--max-txn-ops", "0"][..],
+            "kvstore: --max-txn-ops must be at least 1 (default 128)",
+        ),
+        (
+            &["--max-request-bytes", "2000000"][..],
+            "kvstore: --max-request-bytes 2000000 is out of range: give 1024 to 1572864 (the default; this version cannot raise it)",
+        ),
+    ] {
+        let mut refused = OwnNode::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kvstore"))
+                .args(["--id", "1", "--port", &port])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(flags)
+                .stdin(Stdio::null()),
+        );
+        let status = refused
+            .wait_for_exit(SECS_10, &format!("kvstore {flags:?} to exit"))
+            .await;
+        let stderr = refused.stderr();
+        assert_eq!(status.code(), Some(1), "{flags:?}: {stderr}");
+        assert_eq!(refusal_line(&stderr), want, "{flags:?}");
+        assert!(!data_dir.exists(), "{flags:?}: a refused node created its data dir");
+    }
+}

@@ -23,6 +23,7 @@ fn put(key: &str, value: &str) -> PutRequest {
         key: key.into(),
         value: value.into(),
         session: None,
+        lease: 0,
     }
 }
 
@@ -455,6 +456,7 @@ async fn a_resent_write_with_the_same_session_applies_once() {
     let mut kv = cluster.kv(leader);
     let with_session = |value: &str, sequence| PutRequest {
         fence: None,
+        lease: 0,
         key: "k".into(),
         value: value.into(),
         session: Some(Session {
@@ -1903,6 +1905,7 @@ async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing
     let mut kv = cluster.kv(1);
     let with_session = |value: &str, client_id, sequence| PutRequest {
         fence: None,
+        lease: 0,
         key: "k".into(),
         value: value.into(),
         session: Some(Session {

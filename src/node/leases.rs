@@ -266,7 +266,9 @@ pub(crate) fn lock_name(command: &Command) -> Option<&str> {
         Command::Put { .. }
         | Command::Delete { .. }
         | Command::Kv { .. }
-        | Command::Compact { .. } => None,
+        | Command::Compact { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseRevoke { .. } => None,
     }
 }
 

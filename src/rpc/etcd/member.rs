@@ -231,6 +231,10 @@ pub fn status(e: ClientError) -> Status {
         ClientError::ShuttingDown => errors::STOPPED.status(),
         ClientError::Overloaded => errors::TOO_MANY_REQUESTS.status(),
         ClientError::Apply(ApplyError::Kv(e)) => mvcc_error(&e).status(),
+        ClientError::Apply(ApplyError::LeaseExists { .. }) => errors::LEASE_EXIST.status(),
+        ClientError::Apply(ApplyError::LeaseTtlTooLarge { .. }) => {
+            errors::LEASE_TTL_TOO_LARGE.status()
+        }
         ClientError::Invalid(m) => Status::invalid_argument(m),
         other => {
             let code = match &other {

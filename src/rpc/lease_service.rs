@@ -49,14 +49,6 @@ impl LeaseService {
     }
 }
 
-/// etcd's minimum lease TTL for a cluster with this election timeout: 1.5 election
-/// timeouts, in whole seconds rounded up (a shorter lease could run out during the election
-/// that follows a leader's failure, before any client could renew it).
-pub fn min_lease_ttl(election_timeout: std::time::Duration) -> i64 {
-    let ms = election_timeout.as_millis().saturating_mul(3) / 2;
-    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)
-}
-
 /// The Outcome a command cannot have: a bug, never a client's fault.
 fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!(

@@ -251,7 +251,7 @@ async fn serve(
         .add_service(
             LeaseServer::new(LeaseService::new(
                 handle.clone(),
-                lease_service::min_lease_ttl(config.election_timeout),
+                etcd::member::min_lease_ttl(config.election_timeout),
             ))
             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),

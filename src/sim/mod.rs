@@ -46,6 +46,7 @@
 
 mod client;
 mod invariants;
+mod key_leases;
 mod lock_client;
 mod locks;
 mod world;

@@ -15,7 +15,8 @@
 //!   and changes no other key;
 //! - a lease renewed by a leader at time t for TTL s is not revoked by the lease clock before
 //!   t + s (checked at each apply: the first node to apply it applies it earliest); a revoke a
-//!   client asked for is exempt;
+//!   client asked for is exempt, and so is a renewal by a deposed leader that did not know it
+//!   yet (see [`KeyLeaseCheck::renewed`]);
 //! - at the end (`world.rs`): every replica holds the same lease table, and within a bound
 //!   after the clients stopped no lease and no leased key is left.
 

@@ -117,11 +117,17 @@ fn tools_present() -> bool {
 // ---------------------------------------------------------------------------------------
 // The scenarios, each against any target.
 
-/// Four clients, each with its own session, take one `concurrency.Mutex` five times each:
-/// never two holders inside (the holder key claimed in a Txn guarded by `IsOwner()` is
-/// free every time), and no increment of the counter made under the lock is lost.
+/// Four clients, each with its own session, take one `concurrency.Mutex` five times each;
+/// the cluster's Raft leader is SIGKILLed while the seventh holder is inside. Never two
+/// holders inside (the holder key claimed in a Txn guarded by `IsOwner()` is free every
+/// time), and no increment of the counter made under the lock is lost.
 async fn mutex_scenario(target: &mut Target) {
-    let run = target.kvcheck("mutex --workers 4 --rounds 5").finish();
+    let mut running = target.kvcheck("mutex --workers 4 --rounds 5 --pause-at 7");
+    running.wait_for("mutex-pause", SECS_30);
+    let leader = target.leader().await;
+    target.kill(&leader);
+    running.resume();
+    let run = running.finish();
     run.assert_ok();
     assert_eq!(run.of("mutex-hold").len(), 20, "{run}");
     assert_eq!(run.one("mutex-done").get("counter"), "20", "{run}");
@@ -447,7 +453,7 @@ macro_rules! scenarios {
 }
 
 scenarios! {
-    go_mutex_on_etcd, go_mutex_on_kvstore, mutex_scenario;
+    go_mutex_with_a_leader_kill_on_etcd, go_mutex_with_a_leader_kill_on_kvstore, mutex_scenario;
     go_election_with_a_leader_kill_on_etcd, go_election_with_a_leader_kill_on_kvstore,
         election_scenario;
     go_watch_across_a_member_kill_on_etcd, go_watch_across_a_member_kill_on_kvstore,

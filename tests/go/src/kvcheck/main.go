@@ -102,7 +102,7 @@ func main() {
 	defer cancel()
 	switch cmd {
 	case "mutex":
-		runMutex(ctx, eps, *name, *workers, *rounds, *sabotage)
+		runMutex(ctx, eps, *name, *workers, *rounds, *pauseAt, *sabotage)
 	case "elect":
 		runElect(ctx, eps, *name, *candidates, *leaderships, *proclaims, *pauseAt, *sabotage)
 	case "watch":
@@ -214,8 +214,9 @@ func clearPrefix(ctx context.Context, c *clientv3.Client, prefix string) {
 // guarded by m.IsOwner() and by the holder key being absent, (2) increments a counter with
 // a plain read and put, (3) releases the holder key. A second holder inside at the same
 // time shows as a taken holder key or a lost increment; the counter values read must be
-// 0..workers*rounds-1, each once.
-func runMutex(ctx context.Context, eps []string, name string, workers, rounds int, sabotage bool) {
+// 0..workers*rounds-1, each once. With --pause-at K the K-th holder pauses inside, holding
+// the lock, while the harness kills a member.
+func runMutex(ctx context.Context, eps []string, name string, workers, rounds, pauseAt int, sabotage bool) {
 	prefix := name + "/lock"
 	holderKey := name + "/holder"
 	counterKey := name + "/counter"
@@ -225,6 +226,7 @@ func runMutex(ctx context.Context, eps []string, name string, workers, rounds in
 
 	var mu sync.Mutex
 	seen := map[int64]int{} // counter value read -> how many holders read it
+	holds := 0
 	// sabotage: worker 1 locks a mutex of its own prefix (two "holders" at once, as a
 	// broken lock would give) while worker 0 waits inside until worker 1 has tried.
 	inside := make(chan struct{})
@@ -318,8 +320,13 @@ func runMutex(ctx context.Context, eps []string, name string, workers, rounds in
 				}
 				mu.Lock()
 				seen[value]++
+				holds++
+				n := holds
 				mu.Unlock()
-				emit("mutex-hold", "worker", w, "round", r, "counter", value, "lock_rev", m.Header().Revision)
+				emit("mutex-hold", "worker", w, "round", r, "counter", value, "lock_rev", m.Header().Revision, "n", n)
+				if pauseAt > 0 && n == pauseAt {
+					pause("mutex", "worker", w, "n", n)
+				}
 				// A plain put: with two holders inside, one increment is lost.
 				if err := retry(ctx, "write counter", func(c context.Context) error {
 					_, err := s.Client().Put(c, counterKey, strconv.FormatInt(value+1, 10))
@@ -361,8 +368,8 @@ func runMutex(ctx context.Context, eps []string, name string, workers, rounds in
 	}); err != nil {
 		violation("counter", err.Error())
 	}
-	holds := int64(workers * rounds)
-	if msg := checkCounter(seen, final, holds); msg != "" {
+	want := int64(workers * rounds)
+	if msg := checkCounter(seen, final, want); msg != "" {
 		violation("lost-update", msg)
 	}
 	emit("mutex-done", "holds", holds, "counter", final)

@@ -543,8 +543,11 @@ func runElect(ctx context.Context, eps []string, name string, candidates, leader
 					case <-cctx.Done():
 					}
 				}
-				if pauseAt > 0 && n == pauseAt && !paused {
-					paused = true // only leaders reach here, one at a time
+				mu.Lock()
+				doPause := pauseAt > 0 && n == pauseAt && !paused
+				paused = paused || doPause
+				mu.Unlock()
+				if doPause {
 					pause("elect", "candidate", cand, "n", n)
 				}
 				for p := 1; p <= proclaims && ok; p++ {

@@ -1,6 +1,6 @@
 //! etcd's own clients against an etcd-API cluster: the official Go client's `concurrency`
 //! recipes (Mutex, Election) and its watch, driven by the Go program `kvcheck`
-//! (tests/go/src/kvcheck), and etcdctl 3.4's `lock` and `elect`.
+//! (tests/go/src/kvcheck), and etcdctl 3.4's `lock`, `elect`, `watch` and `lease`.
 //!
 //! Every scenario runs against a real 3-member etcd 3.4 first: that proves the program and
 //! its checks right (and a `--sabotage` run of each proves the checks can fail), so a
@@ -38,7 +38,7 @@ use tempfile::TempDir;
 
 use common::{poll_until, Cluster};
 use etcd::EtcdCluster;
-use etcdctl::{cannot_run, etcdctl, missing_tool};
+use etcdctl::{cannot_run, etcdctl, missing_tool, Outcome};
 
 const SECS_10: Duration = Duration::from_secs(10);
 const SECS_30: Duration = Duration::from_secs(30);
@@ -205,7 +205,7 @@ async fn sabotage_scenario(target: &mut Target) {
 }
 
 // ---------------------------------------------------------------------------------------
-// etcdctl lock and elect
+// etcdctl lock, elect, watch and lease
 
 /// A long-running etcdctl (`lock`, `elect`) whose output goes to a file; killed on drop.
 struct Background {
@@ -266,6 +266,12 @@ impl Background {
         assert!(status.success());
     }
 
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Waits (bounded) for the exit; asserts it is 0.
     async fn exits_cleanly(&mut self) {
         let name = self.name.clone();
@@ -289,15 +295,22 @@ impl Drop for Background {
     }
 }
 
+/// `etcdctl ARGS` (split on spaces), run to its end.
+fn ctl(endpoints: &[String], args: &str) -> Outcome {
+    let args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    etcdctl(endpoints, &args, None).unwrap()
+}
+
+/// `etcdctl ARGS`, which must succeed; its stdout.
+fn ctl_ok(endpoints: &[String], args: &str) -> String {
+    let out = ctl(endpoints, args);
+    assert_eq!(out.code, 0, "{} failed: {}", out.command, out.stderr);
+    out.stdout
+}
+
 /// The keys under `prefix` (etcdctl `get --prefix --keys-only`).
 fn keys_under(endpoints: &[String], prefix: &str) -> Vec<String> {
-    let args: Vec<String> = ["get", prefix, "--prefix", "--keys-only"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let out = etcdctl(endpoints, &args, None).unwrap();
-    assert_eq!(out.code, 0, "etcdctl get {prefix} failed: {}", out.stderr);
-    out.stdout
+    ctl_ok(endpoints, &format!("get {prefix} --prefix --keys-only"))
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -420,10 +433,141 @@ async fn etcdctl_elect_scenario(target: &Target) {
     wait_keys(&endpoints, "ctl-elect/", 0).await;
 }
 
-/// etcdctl's `lock`, then its `elect`, on one cluster.
+/// etcdctl's `watch`, `lease grant/timetolive/list/keep-alive/revoke` and `put --lease`:
+/// a leased key is attached and listed; revoking deletes it (and only it); a lease kept
+/// alive by `lease keep-alive` outlives one of the same TTL granted later and left alone,
+/// whose key expires; `watch --prefix` prints every put and delete in order.
+async fn etcdctl_watch_lease_scenario(target: &Target) {
+    let endpoints = target.endpoints();
+    let dir = TempDir::new().unwrap();
+    let watcher = Background::start(
+        &endpoints,
+        dir.path(),
+        "watcher",
+        &["watch", "--prefix", "svc/"],
+    );
+    // The watch starts at the revision current when it is created: put until it reports.
+    poll_until(SECS_30, "etcdctl watch to print a put", async || {
+        ctl_ok(&endpoints, "put svc/ready 1");
+        watcher.output().contains("svc/ready").then_some(())
+    })
+    .await;
+
+    let granted = ctl_ok(&endpoints, "lease grant 30");
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(granted.trim(), format!("lease {id} granted with TTL(30s)"));
+    assert_eq!(
+        ctl_ok(&endpoints, &format!("put svc/a 1 --lease={id}")).trim(),
+        "OK"
+    );
+    ctl_ok(&endpoints, "put svc/b 2");
+    let ttl = ctl_ok(&endpoints, &format!("lease timetolive {id} --keys"));
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(30s), remaining("))
+            && ttl.trim().ends_with("attached keys([svc/a])"),
+        "timetolive said {ttl:?}"
+    );
+    let list = ctl_ok(&endpoints, "lease list");
+    assert!(
+        list.lines().any(|l| l.trim() == id),
+        "lease list said {list:?}"
+    );
+    assert_eq!(
+        ctl_ok(&endpoints, &format!("lease keep-alive --once {id}")).trim(),
+        format!("lease {id} keepalived with TTL(30)")
+    );
+    assert_eq!(
+        ctl_ok(&endpoints, &format!("lease revoke {id}")).trim(),
+        format!("lease {id} revoked")
+    );
+    assert_eq!(keys_under(&endpoints, "svc/"), ["svc/b", "svc/ready"]);
+    assert_eq!(
+        ctl_ok(&endpoints, &format!("lease timetolive {id}")).trim(),
+        format!("lease {id} already expired")
+    );
+    let again = ctl(&endpoints, &format!("lease revoke {id}"));
+    assert!(
+        again.code != 0
+            && again
+                .stderr
+                .contains("etcdserver: requested lease not found"),
+        "revoking a revoked lease: exit {}, {}",
+        again.code,
+        again.stderr
+    );
+
+    // Expiry and keep-alive: `kept` is granted first and kept alive, `left` granted after
+    // it with the same TTL and left alone. When `left`'s key has expired, `kept`'s would
+    // have too without the keep-alives.
+    let grant = |ttl: u32| {
+        let granted = ctl_ok(&endpoints, &format!("lease grant {ttl}"));
+        granted.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let kept = grant(2);
+    let mut keeper = Background::start(
+        &endpoints,
+        dir.path(),
+        "keeper",
+        &["lease", "keep-alive", &kept],
+    );
+    ctl_ok(&endpoints, &format!("put svc/kept 1 --lease={kept}"));
+    let left = grant(2);
+    ctl_ok(&endpoints, &format!("put svc/left 1 --lease={left}"));
+    poll_until(SECS_30, "svc/left to expire with its lease", async || {
+        (!keys_under(&endpoints, "svc/").contains(&"svc/left".to_string())).then_some(())
+    })
+    .await;
+    assert!(
+        keys_under(&endpoints, "svc/").contains(&"svc/kept".to_string()),
+        "the kept-alive lease expired: {}",
+        keeper.output()
+    );
+    assert!(keeper.running());
+    assert!(
+        keeper
+            .output()
+            .contains(&format!("lease {kept} keepalived with TTL(")),
+        "{}",
+        keeper.output()
+    );
+    // `lease keep-alive` has no handler for SIGINT: it just dies, as with SIGKILL.
+    keeper.kill();
+    poll_until(
+        SECS_30,
+        "svc/kept to expire once nobody keeps it alive",
+        async || (!keys_under(&endpoints, "svc/").contains(&"svc/kept".to_string())).then_some(()),
+    )
+    .await;
+
+    // etcdctl watch prints "TYPE\nkey\nvalue" per event (an empty value for a delete).
+    let text = watcher
+        .output()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let expected = [
+        "PUT svc/a 1",
+        "PUT svc/b 2",
+        "DELETE svc/a",
+        "PUT svc/kept 1",
+        "PUT svc/left 1",
+        "DELETE svc/left",
+        "DELETE svc/kept",
+    ];
+    let mut at = 0;
+    for event in expected {
+        match text[at..].find(event) {
+            Some(i) => at += i + event.len(),
+            None => panic!("etcdctl watch did not print {event:?} in order: {text:?}"),
+        }
+    }
+}
+
+/// etcdctl's `lock`, `elect`, `watch` and `lease` on one cluster.
 async fn etcdctl_scenario(target: &mut Target) {
     etcdctl_lock_scenario(target).await;
     etcdctl_elect_scenario(target).await;
+    etcdctl_watch_lease_scenario(target).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -458,7 +602,8 @@ scenarios! {
         election_scenario;
     go_watch_across_a_member_kill_on_etcd, go_watch_across_a_member_kill_on_kvstore,
         watch_scenario;
-    etcdctl_lock_and_elect_on_etcd, etcdctl_lock_and_elect_on_kvstore, etcdctl_scenario;
+    etcdctl_lock_elect_watch_lease_on_etcd, etcdctl_lock_elect_watch_lease_on_kvstore,
+        etcdctl_scenario;
 }
 
 /// The checks can fail: run against etcd, whose behaviour is right, so every violation

@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, poll_until, Cluster};
+use common::{free_port, kvctl, poll_until, Cluster};
 use kvstore::client::{Client, ClientError, Consistency, Election, Fence};
 use kvstore::pb::{GetRequest, PutRequest, Role, Session};
 use tonic::Code;
@@ -23,6 +23,7 @@ fn put(key: &str, value: &str) -> PutRequest {
         key: key.into(),
         value: value.into(),
         session: None,
+        lease: 0,
     }
 }
 
@@ -455,6 +456,7 @@ async fn a_resent_write_with_the_same_session_applies_once() {
     let mut kv = cluster.kv(leader);
     let with_session = |value: &str, sequence| PutRequest {
         fence: None,
+        lease: 0,
         key: "k".into(),
         value: value.into(),
         session: Some(Session {
@@ -484,25 +486,6 @@ async fn a_resent_write_with_the_same_session_applies_once() {
         got.value, "b",
         "re-sending sequence 1 must not set k back to a"
     );
-}
-
-/// Runs kvctl against `cluster`; returns (exit code, stdout, stderr).
-fn kvctl(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args([
-            "--endpoints",
-            &cluster.endpoints().join(","),
-            "--timeout",
-            "5s",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
@@ -1903,6 +1886,7 @@ async fn writes_from_unknown_or_malformed_sessions_are_refused_and_apply_nothing
     let mut kv = cluster.kv(1);
     let with_session = |value: &str, client_id, sequence| PutRequest {
         fence: None,
+        lease: 0,
         key: "k".into(),
         value: value.into(),
         session: Some(Session {

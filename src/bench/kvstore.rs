@@ -33,6 +33,7 @@ impl KvConn {
             value: value.to_string(),
             session: None,
             fence: None,
+            lease: 0,
         };
         for _ in 0..MAX_REDIRECTS {
             match self.client.put(request.clone()).await {

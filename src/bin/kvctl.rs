@@ -10,6 +10,9 @@
 //!   txn [--fence NAME:TOKEN] < compares, success ops, failure ops (etcdctl's txn format)
 //!   cas KEY EXPECTED NEW | cas KEY NEW --absent           (OK, or exit 1 and the current value)
 //!   compact REV
+//!   put KEY VALUE --lease ID | lease grant TTL | lease revoke ID | lease keep-alive ID [--once]
+//!   lease timetolive ID [--keys] | lease list                (ids in hex, as etcdctl)
+//!   watch KEY [RANGE_END] [--prefix] [--rev N] [--prev-kv]    (etcdctl's output, until ^C)
 //!   status
 //!   transfer-leader ID                                     (waits until node ID leads)
 //!   lock acquire NAME --holder H --ttl 5s [--wait 10s]   (prints the token)
@@ -22,6 +25,8 @@
 //! `kvctl: outcome unknown: session expired; ...`).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "kvctl/lease_watch.rs"]
+mod lease_watch;
 #[path = "kvctl/output.rs"]
 mod output;
 #[path = "kvctl/txn_input.rs"]
@@ -34,7 +39,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kvstore::client::{
     parse_duration, Client, ClientError, ClientOptions, Consistency, Fence, NodeStatus, OpResult,
-    RangeOptions, SortOrder, SortTarget, TxnOp, Validation,
+    RangeOptions, SortOrder, SortTarget, TxnOp, Validation, WatchOptions,
 };
 use kvstore::pb::Role;
 
@@ -98,6 +103,10 @@ enum Command {
         /// Apply only while TOKEN is the current token of lock NAME.
         #[arg(long, value_name = "NAME:TOKEN", value_parser = parse_fence)]
         fence: Option<Fence>,
+        /// Attach the key to lease ID (hex, as `lease grant` prints it): the key is deleted
+        /// when the lease is revoked or runs out.
+        #[arg(long, value_name = "ID", value_parser = lease_watch::parse_lease_id)]
+        lease: Option<i64>,
     },
     /// Print the value of KEY (exit 1 if it does not exist). With any range option (or -w
     /// json): print each key found and its value on two lines, as etcdctl does (exit 0 even
@@ -159,6 +168,28 @@ enum Command {
         /// The revision.
         revision: i64,
     },
+    /// Print every change of KEY (or a prefix, a range) as it comes, until interrupted:
+    /// etcdctl's output (PUT or DELETE, then the key and the value), or one JSON object per
+    /// event with -w json. Resumes by itself across node failures, never losing or repeating
+    /// an event.
+    Watch {
+        /// The key.
+        key: String,
+        /// Watch every key in [KEY, RANGE_END).
+        range_end: Option<String>,
+        /// Watch every key starting with KEY (an empty KEY: every key).
+        #[arg(long)]
+        prefix: bool,
+        /// Start at revision N (0: the changes after the current revision).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rev: i64,
+        /// Also print the key as it was before each change.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Leases on keys: grant, revoke, keep-alive, timetolive, list.
+    #[command(subcommand)]
+    Lease(lease_watch::LeaseCommand),
     /// Show every node's role, term, leader, commit and applied index.
     Status,
     /// Named locks with leases and fencing tokens.
@@ -415,10 +446,19 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
     let failed = Failure::from;
     let json = args.write_out == WriteOut::Json;
     match args.command {
-        Command::Put { key, value, fence } => {
-            let header = match &fence {
-                Some(fence) => client.put_fenced(&key, &value, fence).await,
-                None => client.put(&key, &value).await,
+        Command::Put {
+            key,
+            value,
+            fence,
+            lease,
+        } => {
+            let header = match (&fence, lease) {
+                (Some(_), Some(_)) => {
+                    return Err(Failure::new("give --fence or --lease, not both"));
+                }
+                (Some(fence), None) => client.put_fenced(&key, &value, fence).await,
+                (None, Some(lease)) => client.put_with_lease(&key, &value, lease).await,
+                (None, None) => client.put(&key, &value).await,
             }
             .map_err(failed)?;
             if json {
@@ -528,9 +568,27 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
                 println!("compacted revision {revision}");
             }
         }
+        Command::Watch {
+            key,
+            range_end,
+            prefix,
+            rev,
+            prev_kv,
+        } => {
+            one_selector(range_end.as_ref(), prefix, false).map_err(Failure::new)?;
+            let options = WatchOptions {
+                prefix,
+                range_end,
+                start_revision: rev,
+                prev_kv,
+                ..WatchOptions::default()
+            };
+            return lease_watch::run_watch(&client, &key, options, json).await;
+        }
+        Command::Lease(command) => return lease_watch::run_lease(&mut client, command, json).await,
         _ if json => {
             return Err(Failure::new(
-                "-w json is supported by put, get, del, txn, cas and compact only",
+                "-w json is supported by put, get, del, txn, cas, compact, watch and lease only",
             ))
         }
         Command::Status => {

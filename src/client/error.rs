@@ -38,6 +38,16 @@ pub enum ClientError {
     /// writes work as usual. Not retried.
     #[error("outcome unknown: {0}")]
     UnknownOutcome(String),
+    /// A watch ended because the history it needs is gone: its next revision is below the
+    /// compaction revision. Read the keys afresh and watch again from a revision at or above
+    /// `compact_revision`.
+    #[error("watch cancelled: {reason} (compact revision {compact_revision}); read the keys again and watch from a revision >= {compact_revision}")]
+    WatchCanceled {
+        /// The node's reason.
+        reason: String,
+        /// The compaction revision that made the history unavailable.
+        compact_revision: i64,
+    },
     /// The operation did not succeed before its deadline.
     #[error("{operation} gave up after {elapsed_ms} ms and {attempts} attempts; last error: {last_error}")]
     Timeout {

@@ -138,7 +138,22 @@ impl Client {
     /// cluster had dropped this client's session, so it refused the write and cannot say
     /// whether an earlier attempt of it applied.
     pub async fn put(&mut self, key: &str, value: &str) -> Result<Header, ClientError> {
-        self.put_with(key, value, None).await
+        self.put_with(key, value, None, 0).await
+    }
+
+    /// Sets `key` to `value` attached to lease `lease` (see [`Client::grant_lease`]): the key
+    /// is deleted when the lease is revoked or runs out.
+    ///
+    /// # Errors
+    /// As for [`Client::put`]; a lease that does not exist is [`ClientError::Server`] with
+    /// the server's `requested lease not found`.
+    pub async fn put_with_lease(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> Result<Header, ClientError> {
+        self.put_with(key, value, None, lease).await
     }
 
     /// Sets `key` to `value` only if `fence` names the current holder of its lock: the
@@ -153,7 +168,7 @@ impl Client {
         value: &str,
         fence: &Fence,
     ) -> Result<Header, ClientError> {
-        self.put_with(key, value, Some(fence.into())).await
+        self.put_with(key, value, Some(fence.into()), 0).await
     }
 
     async fn put_with(
@@ -161,6 +176,7 @@ impl Client {
         key: &str,
         value: &str,
         fence: Option<pb::Fence>,
+        lease: i64,
     ) -> Result<Header, ClientError> {
         let session = self.next_session();
         let request = pb::PutRequest {
@@ -168,6 +184,7 @@ impl Client {
             key: key.to_string(),
             value: value.to_string(),
             session: Some(session),
+            lease,
         };
         let response = self
             .run("put", true, |channel| {

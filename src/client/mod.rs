@@ -34,21 +34,25 @@ mod duration;
 mod election;
 mod endpoints;
 mod error;
+mod key_lease;
 mod kv_client;
 mod lock;
 mod options;
 mod range;
 mod retry;
 mod txn;
+mod watch;
 
 pub use duration::parse_duration;
 pub use election::{Election, Leadership};
 pub use error::ClientError;
+pub use key_lease::{GrantedLease, LeaseKeeper, LeaseTimeToLive};
 pub use kv_client::{Client, DeleteResult, GetResult, Header, NodeStatus};
 pub use lock::{Fence, Lease, Validation};
 pub use options::ClientOptions;
 pub use range::{KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget};
 pub use txn::{CasResult, Compare, CompareOn, OpResult, Txn, TxnOp, TxnResult};
+pub use watch::{EventKind, WatchEvent, WatchOptions, Watcher};
 
 /// Read consistency for [`Client::get`] (the wire enum).
 pub use crate::pb::Consistency;

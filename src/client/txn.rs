@@ -132,11 +132,17 @@ pub struct TxnOp(pb::TxnOp);
 impl TxnOp {
     /// Sets `key` to `value`.
     pub fn put(key: &str, value: &str) -> Self {
+        Self::put_with_lease(key, value, 0)
+    }
+
+    /// Sets `key` to `value` attached to lease `lease` (0: no lease).
+    pub fn put_with_lease(key: &str, value: &str, lease: i64) -> Self {
         Self(pb::TxnOp {
             op: Some(Op::Put(pb::TxnPut {
                 key: key.to_string(),
                 value: value.to_string(),
                 prev_kv: false,
+                lease,
             })),
         })
     }

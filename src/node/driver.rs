@@ -6,7 +6,9 @@ use super::error::{ClientError, Fatal};
 use super::leases::Leases;
 use super::lock_waiters::LockWaiters;
 use super::pending::Pending;
-use super::request::{Header, ReadTarget, ReadValue, Request};
+use super::request::{
+    Header, KeyLeaseAnswer, KeyLeaseInfo, KeyLeaseQuery, ReadTarget, ReadValue, Request,
+};
 use super::tick_clock::TickClock;
 use super::transport::Transport;
 use super::{Inbox, NodeStatus};
@@ -81,6 +83,10 @@ pub struct Driver {
     snapshot_size: u64,
     /// As leader: when to compact the key space's history (`--auto-compaction-*`).
     compactor: Compactor,
+    /// The term of the last entry applied here since start (0 before any): a leader answers
+    /// lease questions once it equals its term (its no-op applied, so every lease committed
+    /// before it led is in its state machine and lease table).
+    applied_term: Term,
 }
 
 impl Driver {
@@ -153,6 +159,7 @@ impl Driver {
             snapshot_task: None,
             snapshot_size,
             compactor: Compactor::new(auto_compaction),
+            applied_term: 0,
         })
     }
 
@@ -367,6 +374,9 @@ impl Driver {
             Request::TransferLeadership { target, reply } => {
                 let _ = reply.send(self.transfer_leadership(target));
             }
+            Request::KeyLease { query, reply } => {
+                let _ = reply.send(self.key_lease(query));
+            }
             Request::HandOver { reply } => {
                 let _ = reply.send(self.hand_over());
             }
@@ -529,6 +539,7 @@ impl Driver {
             }
             let applied =
                 apply::apply_entry(&mut self.sm, &mut self.leases, &entry, Instant::now());
+            self.applied_term = entry.term;
             self.after_applied(entry.index, &applied);
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
@@ -650,6 +661,49 @@ impl Driver {
         self.pending.fail_leader_bound(&ClientError::LeadershipLost);
     }
 
+    /// A leader-local question about leases on keys (see [`Request::KeyLease`]).
+    fn key_lease(&mut self, query: KeyLeaseQuery) -> Result<(KeyLeaseAnswer, Header), ClientError> {
+        let status = self.core.status();
+        if status.role != Role::Leader {
+            return Err(self.not_leader(status.leader));
+        }
+        if self.applied_term != status.term {
+            // Leases granted before this term may not be applied here yet: no answer
+            // ("lease not found") until they are. The client retries.
+            return Err(ClientError::NoLeader);
+        }
+        self.sync_leases();
+        let now = Instant::now();
+        let answer = match query {
+            KeyLeaseQuery::KeepAlive(id) => KeyLeaseAnswer::KeptAlive {
+                ttl: self.leases.renew(id, now).unwrap_or(0),
+            },
+            KeyLeaseQuery::TimeToLive { id, keys } => {
+                KeyLeaseAnswer::TimeToLive(self.sm.key_leases().ttl(id).map(|granted_ttl| {
+                    let remaining = self.leases.remaining(id, now).unwrap_or_default();
+                    KeyLeaseInfo {
+                        id,
+                        granted_ttl,
+                        remaining_ttl: i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
+                        keys: if keys {
+                            self.sm
+                                .key_space()
+                                .lease_keys(id)
+                                .map(<[u8]>::to_vec)
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                }))
+            }
+            KeyLeaseQuery::List => {
+                KeyLeaseAnswer::List(self.sm.key_leases().iter().map(|(id, _)| id).collect())
+            }
+        };
+        Ok((answer, self.header(self.sm.applied_index())))
+    }
+
     fn not_leader(&self, leader: Option<NodeId>) -> ClientError {
         match leader {
             Some(id) if id != self.id => ClientError::NotLeader {
@@ -718,6 +772,9 @@ impl Driver {
                     let _ = reply.send(Err(err.clone()));
                 }
                 Request::LeaderLocalLock { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Request::KeyLease { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
                 Request::Peer { .. } | Request::PeerReply { .. } | Request::HandOver { .. } => {}

@@ -1,5 +1,7 @@
-//! The leader's lease clock for held locks, without I/O: which leases run, when each runs out,
-//! which expiries were proposed, and the answer to a renewal that came too late. The daemon's
+//! The leader's lease clock, without I/O, for both kinds of lease: held locks (the Lock
+//! service's) and leases on keys (etcd's). One table times both ([`Timed`]): which leases run,
+//! when each runs out, which expiries were proposed, and the answer to a renewal that came
+//! too late. The daemon's
 //! driver and the simulator both run this code; they differ only in the time they pass in
 //! (`Instant` in the daemon, simulated time as a `Duration` since the start in the simulator).
 //!
@@ -7,12 +9,18 @@
 //! is an argument of every call that needs it.
 //!
 //! # Rules
-//! - Only the leader times leases. On leading a new term every held lock gets its full TTL
-//!   from that moment: a lease may outlive its TTL across a change of leader, never end early.
+//! - Only the leader times leases. On leading a new term every held lock and every lease on
+//!   keys gets its full TTL from that moment: a lease may outlive its TTL across a change of
+//!   leader, never end early. (etcd 3.5 does the same on promotion; its optional checkpoints
+//!   of the remaining TTL are not implemented.)
 //! - An applied grant or keep-alive of the current token restarts that lease; a release or an
 //!   expiry drops it. The table follows the state machine, never the outcome alone (a session's
 //!   cached outcome may describe an older grant).
-//! - A lease whose deadline passed is *due*: the leader proposes `Command::Expire` for it, and
+//! - A lease on keys is renewed by the leader alone, without a log entry (etcd's
+//!   LeaseKeepAlive): [`Leases::renew`] restarts its full TTL, and refuses a lease whose revoke
+//!   was already proposed. A grant starts its lease; a revoke drops it.
+//! - A lease whose deadline passed is *due*: the leader proposes `Command::Expire` for a lock,
+//!   `Command::LeaseRevoke` for a lease on keys, and
 //!   marks it `expiring` only once the core accepted the proposal. A refused proposal (a
 //!   leadership transfer in progress) leaves it due, so the next tick proposes it again
 //!   (issue 11, defect 3: marking before proposing kept a dead holder's lock forever).
@@ -28,26 +36,57 @@
 //! leadership walks every held lock, once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Add;
+use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use crate::raft::Term;
 use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
 
-/// Longest lease timed, in ms (the Lock service accepts at most one day); caps the deadline
-/// arithmetic whatever a log entry says.
+/// Longest lease timed, in ms (the Lock service accepts at most one day; etcd's largest TTL
+/// is 9e9 s); caps the deadline arithmetic whatever a log entry says.
 const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// A point in time the table can add a TTL to: `Instant` in the daemon, `Duration` since the
 /// start of the run in the simulator and in tests.
-pub(crate) trait LeaseTime: Copy + Ord + Add<Duration, Output = Self> {}
-impl<T: Copy + Ord + Add<Duration, Output = T>> LeaseTime for T {}
+pub(crate) trait LeaseTime:
+    Copy + Ord + Add<Duration, Output = Self> + Sub<Output = Duration>
+{
+}
+impl<T: Copy + Ord + Add<Duration, Output = T> + Sub<Output = Duration>> LeaseTime for T {}
 
-/// The leader's clock for one held lock.
+/// What a lease belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Timed {
+    /// The lock of this name (its grant is the lease's token).
+    Lock(String),
+    /// The lease on keys of this id (etcd's; its token is always 0).
+    KeyLease(i64),
+}
+
+impl Timed {
+    /// The lock `name`.
+    pub(crate) fn lock(name: &str) -> Self {
+        Timed::Lock(name.to_owned())
+    }
+}
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Timed::Lock(name) => write!(f, "lock {name}"),
+            Timed::KeyLease(id) => write!(f, "lease {id}"),
+        }
+    }
+}
+
+/// The leader's clock for one lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Lease<T> {
-    /// The grant this lease belongs to.
+    /// The grant this lease belongs to (a lock's token; 0 for a lease on keys, whose id
+    /// names it alone).
     token: u64,
+    /// The TTL it restarts with.
+    ttl: Duration,
     /// When it runs out on this leader's clock.
     deadline: T,
     /// An `Expire` for it was accepted by the core (in the current term); do not propose
@@ -55,16 +94,16 @@ struct Lease<T> {
     expiring: bool,
 }
 
-/// The lease of every held lock, kept only while leading.
+/// The lease of every held lock and every lease on keys, kept only while leading.
 #[derive(Debug)]
 pub(crate) struct Leases<T> {
     /// The term whose leadership `leases` was built in.
     term: Option<Term>,
-    /// By lock name. Invariant: empty unless `term` is `Some`.
-    leases: BTreeMap<String, Lease<T>>,
-    /// `(deadline, name)` of every lease in `leases` that is not `expiring`, and of nothing
+    /// By what they time. Invariant: empty unless `term` is `Some`.
+    leases: BTreeMap<Timed, Lease<T>>,
+    /// `(deadline, what)` of every lease in `leases` that is not `expiring`, and of nothing
     /// else: what [`Leases::due`] walks, earliest first.
-    by_deadline: BTreeSet<(T, String)>,
+    by_deadline: BTreeSet<(T, Timed)>,
     /// Mutation switch for the checkers: mark every due lease `expiring` before proposing any
     /// (the bug of issue 11, defect 3).
     pub(crate) mark_before_proposing: bool,
@@ -89,7 +128,8 @@ impl<T: LeaseTime> Leases<T> {
 
     /// Keeps the table in step with leadership: `leading` is the term this node leads in, if
     /// it leads. Cleared when it does not lead; on leading a new term, every lock held in `sm`
-    /// gets its full TTL from `now`. Returns how many leases were restarted, when they were.
+    /// and every lease on keys gets its full TTL from `now`. Returns how many leases were
+    /// restarted, when they were.
     pub(crate) fn sync(
         &mut self,
         leading: Option<Term>,
@@ -110,7 +150,10 @@ impl<T: LeaseTime> Leases<T> {
         self.leases.clear();
         self.by_deadline.clear();
         for (name, l) in sm.locks() {
-            self.insert(name, new_lease(l.token, l.ttl_ms, now));
+            self.insert(Timed::lock(name), new_lease(l.token, l.ttl_ms, now));
+        }
+        for (id, ttl) in sm.key_leases().iter() {
+            self.insert(Timed::KeyLease(id), new_lease(0, key_lease_ms(ttl), now));
         }
         Some(self.leases.len())
     }
@@ -126,16 +169,30 @@ impl<T: LeaseTime> Leases<T> {
         sm: &StateMachine,
         now: T,
     ) -> Option<ApplyError> {
-        let name = lock_name(command)?;
         if !self.leading() {
             return None;
         }
+        match (command, outcome) {
+            (Command::LeaseGrant { .. }, Some(Outcome::LeaseGranted { id, ttl })) => {
+                self.insert(Timed::KeyLease(*id), new_lease(0, key_lease_ms(*ttl), now));
+                return None;
+            }
+            (Command::LeaseRevoke { id }, _) => {
+                if sm.key_leases().ttl(*id).is_none() {
+                    self.remove(&Timed::KeyLease(*id));
+                }
+                return None;
+            }
+            _ => {}
+        }
+        let name = lock_name(command)?;
         let Some(current) = sm.lock(name) else {
-            self.remove(name);
+            self.remove(&Timed::lock(name));
             return None;
         };
         let renewed = renewed_token(command, outcome) == Some(current.token);
-        let lease = self.leases.get(name).filter(|l| l.token == current.token);
+        let key = Timed::lock(name);
+        let lease = self.leases.get(&key).filter(|l| l.token == current.token);
         if renewed && lease.is_some_and(|l| l.expiring) {
             let (name, token) = (name.to_owned(), current.token);
             // An Acquire asked for the lock, not for this grant: "stale token" would tell a
@@ -150,74 +207,102 @@ impl<T: LeaseTime> Leases<T> {
             });
         }
         if renewed || lease.is_none() {
-            self.insert(name, new_lease(current.token, current.ttl_ms, now));
+            self.insert(key, new_lease(current.token, current.ttl_ms, now));
         }
         None
     }
 
+    /// etcd's LeaseKeepAlive on the leader: restarts lease `id`'s full TTL from `now` and
+    /// returns that TTL in seconds. `None` if this node does not lead, the lease does not
+    /// exist, or its revoke was already proposed (it ends right after: too late).
+    pub(crate) fn renew(&mut self, id: i64, now: T) -> Option<i64> {
+        let key = Timed::KeyLease(id);
+        let lease = *self.leases.get(&key).filter(|l| !l.expiring)?;
+        self.insert(
+            key,
+            Lease {
+                deadline: now + lease.ttl,
+                ..lease
+            },
+        );
+        i64::try_from(lease.ttl.as_secs()).ok()
+    }
+
+    /// The time lease `id` has left on this leader's clock (zero once due), if it is timed.
+    pub(crate) fn remaining(&self, id: i64, now: T) -> Option<Duration> {
+        let lease = self.leases.get(&Timed::KeyLease(id))?;
+        Some(if lease.deadline > now {
+            lease.deadline - now
+        } else {
+            Duration::ZERO
+        })
+    }
+
     /// The leases that ran out by `now` and whose expiry is not proposed yet, as
-    /// `(lock, token)`, earliest deadline first (name order among equal deadlines).
-    pub(crate) fn due(&self, now: T) -> Vec<(String, u64)> {
+    /// `(what, token)`, earliest deadline first (locks first, by name, then leases on keys,
+    /// by id, among equal deadlines).
+    pub(crate) fn due(&self, now: T) -> Vec<(Timed, u64)> {
         if !self.leading() {
             return Vec::new();
         }
         self.by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
-            .filter_map(|(_, name)| Some((name.clone(), self.leases.get(name)?.token)))
+            .filter_map(|(_, what)| Some((what.clone(), self.leases.get(what)?.token)))
             .collect()
     }
 
-    /// Proposes through `propose` the expiry of every due lease, once each, and returns the
-    /// `(lock, token)` pairs whose proposal the core accepted. `propose` returns whether the
+    /// Proposes through `propose` the expiry of every due lease (an `Expire` for a lock, a
+    /// `LeaseRevoke` for a lease on keys), once each, and returns the `(what, token)` pairs
+    /// whose proposal the core accepted. `propose` returns whether the
     /// core accepted; after a refusal (leadership gone or being handed over) nothing more is
     /// proposed and the refused leases stay due for the next call.
     pub(crate) fn propose_due(
         &mut self,
         now: T,
         mut propose: impl FnMut(Vec<u8>) -> bool,
-    ) -> Vec<(String, u64)> {
+    ) -> Vec<(Timed, u64)> {
         let due = self.due(now);
         if self.mark_before_proposing {
-            for (name, token) in &due {
-                self.mark_expiring(name, *token);
+            for (what, token) in &due {
+                self.mark_expiring(what, *token);
             }
         }
         let mut proposed = Vec::new();
-        for (name, token) in due {
-            if !propose(expire_proposal(&name, token)) {
+        for (what, token) in due {
+            if !propose(expire_proposal(&what, token)) {
                 break;
             }
-            self.mark_expiring(&name, token);
-            proposed.push((name, token));
+            self.mark_expiring(&what, token);
+            proposed.push((what, token));
         }
         proposed
     }
 
-    /// The core accepted an `Expire` of `(name, token)`: do not propose it again this term.
-    fn mark_expiring(&mut self, name: &str, token: u64) {
-        if let Some(l) = self.leases.get_mut(name).filter(|l| l.token == token) {
+    /// The core accepted the expiry of `(what, token)`: do not propose it again this term.
+    fn mark_expiring(&mut self, what: &Timed, token: u64) {
+        if let Some(l) = self.leases.get_mut(what).filter(|l| l.token == token) {
             if !l.expiring {
                 l.expiring = true;
-                self.by_deadline.remove(&(l.deadline, name.to_owned()));
+                self.by_deadline.remove(&(l.deadline, what.clone()));
             }
         }
     }
 
-    /// Times `lease` for lock `name`, replacing its previous lease.
-    fn insert(&mut self, name: &str, lease: Lease<T>) {
-        self.remove(name);
+    /// Times `lease` for `what`, replacing its previous lease.
+    fn insert(&mut self, what: Timed, lease: Lease<T>) {
+        self.remove(&what);
         if !lease.expiring {
-            self.by_deadline.insert((lease.deadline, name.to_owned()));
+            self.by_deadline.insert((lease.deadline, what.clone()));
         }
-        self.leases.insert(name.to_owned(), lease);
+        self.leases.insert(what, lease);
     }
 
-    /// Stops timing lock `name`.
-    fn remove(&mut self, name: &str) {
-        if let Some(old) = self.leases.remove(name) {
+    /// Stops timing `what`.
+    fn remove(&mut self, what: &Timed) {
+        if let Some(old) = self.leases.remove(what) {
             if !old.expiring {
-                self.by_deadline.remove(&(old.deadline, name.to_owned()));
+                self.by_deadline.remove(&(old.deadline, what.clone()));
             }
         }
     }
@@ -231,11 +316,11 @@ impl<T: LeaseTime> Leases<T> {
     /// Checks that `by_deadline` indexes exactly the leases not `expiring`.
     #[cfg(test)]
     pub(crate) fn assert_index_consistent(&self) {
-        let expected: BTreeSet<(T, String)> = self
+        let expected: BTreeSet<(T, Timed)> = self
             .leases
             .iter()
             .filter(|(_, l)| !l.expiring)
-            .map(|(name, l)| (l.deadline, name.clone()))
+            .map(|(what, l)| (l.deadline, what.clone()))
             .collect();
         assert!(
             expected == self.by_deadline,
@@ -244,16 +329,25 @@ impl<T: LeaseTime> Leases<T> {
     }
 }
 
-/// The encoded proposal that ends grant `token` of lock `name`.
-fn expire_proposal(name: &str, token: u64) -> Vec<u8> {
-    Proposal {
-        session: None,
-        command: Command::Expire {
-            name: name.to_owned(),
+/// The encoded proposal that ends `what`: grant `token` of a lock, or a lease on keys.
+fn expire_proposal(what: &Timed, token: u64) -> Vec<u8> {
+    let command = match what {
+        Timed::Lock(name) => Command::Expire {
+            name: name.clone(),
             token,
         },
+        Timed::KeyLease(id) => Command::LeaseRevoke { id: *id },
+    };
+    Proposal {
+        session: None,
+        command,
     }
     .encode()
+}
+
+/// A lease on keys' TTL (seconds, as granted) in ms, capped like every lease.
+fn key_lease_ms(ttl: i64) -> u64 {
+    u64::try_from(ttl).unwrap_or(0).saturating_mul(1000)
 }
 
 /// The lock a command acts on; `None` for key-value commands.
@@ -266,7 +360,9 @@ pub(crate) fn lock_name(command: &Command) -> Option<&str> {
         Command::Put { .. }
         | Command::Delete { .. }
         | Command::Kv { .. }
-        | Command::Compact { .. } => None,
+        | Command::Compact { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseRevoke { .. } => None,
     }
 }
 
@@ -281,9 +377,11 @@ fn renewed_token(command: &Command, outcome: Option<&Outcome>) -> Option<u64> {
 
 /// A lease of `ttl_ms` starting at `now`.
 fn new_lease<T: LeaseTime>(token: u64, ttl_ms: u64, now: T) -> Lease<T> {
+    let ttl = Duration::from_millis(ttl_ms.min(MAX_LEASE_MS));
     Lease {
         token,
-        deadline: now + Duration::from_millis(ttl_ms.min(MAX_LEASE_MS)),
+        ttl,
+        deadline: now + ttl,
         expiring: false,
     }
 }

@@ -25,6 +25,9 @@
 //! full TTL from the moment it starts leading (a lease may outlive its TTL across a leader
 //! change, never end early); an applied grant or keep-alive restarts it. When a deadline
 //! passes, the leader proposes `Command::Expire` once, and the state machine decides.
+//! Leases on keys (etcd's) are timed by the same table: a grant starts one, a keep-alive is
+//! answered by the leader alone without a log entry (as in etcd), and a lease that runs out
+//! gets a `Command::LeaseRevoke`, proposed once.
 //! That bookkeeping is I/O-free (`leases.rs`), as are applying a committed entry (`apply.rs`),
 //! the waiting writers and readers (`pending.rs`, `Waiters`) and the lease-read clock
 //! (`tick_clock.rs`): the simulator runs the same code.
@@ -52,7 +55,10 @@ mod transport;
 
 pub use self::driver::Driver;
 pub use self::error::{ClientError, Fatal};
-pub use self::request::{Header, ReadResult, ReadTarget, ReadValue, Request, WriteResult};
+pub use self::request::{
+    Header, KeyLeaseAnswer, KeyLeaseInfo, KeyLeaseQuery, ReadResult, ReadTarget, ReadValue,
+    Request, WriteResult,
+};
 pub use self::transport::Transport;
 
 use crate::raft::{LogIndex, Message, NodeId, Role, Term};
@@ -240,6 +246,20 @@ impl NodeHandle {
     ) -> Result<(Option<LockInfo>, Header), ClientError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::LeaderLocalLock { name, reply })?;
+        rx.await.unwrap_or(Err(ClientError::ShuttingDown))
+    }
+
+    /// Asks the leader's lease clock about leases on keys (see [`Request::KeyLease`]).
+    ///
+    /// # Errors
+    /// Not leader (with the leader's address when known), no leader yet (a new leader still
+    /// applying what came before its term), overloaded, shutting down.
+    pub async fn key_lease(
+        &self,
+        query: KeyLeaseQuery,
+    ) -> Result<(KeyLeaseAnswer, Header), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::KeyLease { query, reply })?;
         rx.await.unwrap_or(Err(ClientError::ShuttingDown))
     }
 

@@ -98,4 +98,59 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<Option<(NodeId, Term)>>,
     },
+    /// A question about leases on keys that the leader's lease clock answers, without a log
+    /// entry (etcd's LeaseKeepAlive, LeaseTimeToLive, LeaseLeases). Answered only by a leader
+    /// that applied an entry of its own term (so its lease table holds every lease committed
+    /// before it led); otherwise the redirect, or `NoLeader` while it catches up.
+    KeyLease {
+        /// The question.
+        query: KeyLeaseQuery,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(KeyLeaseAnswer, Header), ClientError>>,
+    },
+}
+
+/// What [`Request::KeyLease`] asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLeaseQuery {
+    /// Restart lease `id`'s full TTL (etcd's LeaseKeepAlive).
+    KeepAlive(i64),
+    /// Lease `id`'s granted and remaining TTL, and its keys when `keys` (etcd's
+    /// LeaseTimeToLive).
+    TimeToLive {
+        /// The lease.
+        id: i64,
+        /// Whether to list the attached keys.
+        keys: bool,
+    },
+    /// Every lease's id (etcd's LeaseLeases).
+    List,
+}
+
+/// The answer to a [`KeyLeaseQuery`], matching it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLeaseAnswer {
+    /// The TTL the lease was renewed for, in seconds; 0 if it does not exist or its revoke
+    /// was already proposed (etcd answers TTL 0 for a lease it cannot renew).
+    KeptAlive {
+        /// seconds
+        ttl: i64,
+    },
+    /// The lease, if it exists.
+    TimeToLive(Option<KeyLeaseInfo>),
+    /// Every lease's id, in id order.
+    List(Vec<i64>),
+}
+
+/// One lease on keys as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLeaseInfo {
+    /// Its id.
+    pub id: i64,
+    /// The TTL it was granted with, in seconds.
+    pub granted_ttl: i64,
+    /// What is left of it on the leader's clock, in whole seconds (etcd truncates too).
+    pub remaining_ttl: i64,
+    /// The attached keys, in key order, when asked for.
+    pub keys: Vec<Vec<u8>>,
 }

@@ -165,10 +165,25 @@ impl pb::kv_server::Kv for KvService {
         let req = request.into_inner();
         validate_key(&req.key)?;
         validate_value(&req.value)?;
-        let command = Command::Put {
-            key: req.key,
-            value: req.value,
-            fence: fence_from_pb(req.fence)?,
+        let fence = fence_from_pb(req.fence)?;
+        // A put with a lease goes through the key space's etcd-shaped Put (the plain Put
+        // command, kept for the entries already in logs, has no lease).
+        let command = if req.lease == 0 {
+            Command::Put {
+                key: req.key,
+                value: req.value,
+                fence,
+            }
+        } else {
+            Command::Kv {
+                op: KvWrite::Put(mvcc::PutRequest {
+                    key: req.key.into_bytes(),
+                    value: req.value.into_bytes(),
+                    lease: req.lease,
+                    ..mvcc::PutRequest::default()
+                }),
+                fence,
+            }
         };
         let (_, h) = self.write(command, req.session).await?;
         Ok(Response::new(pb::PutResponse { header: header(h) }))
@@ -408,6 +423,7 @@ fn op_from_pb(op: pb::TxnOp) -> Result<mvcc::RequestOp, ClientError> {
                 key: p.key.into_bytes(),
                 value: p.value.into_bytes(),
                 prev_kv: p.prev_kv,
+                lease: p.lease,
                 ..mvcc::PutRequest::default()
             })
         }

@@ -20,6 +20,7 @@ pub mod cluster_service;
 pub mod convert;
 pub mod etcd;
 pub mod kv_service;
+pub mod lease_service;
 pub mod lock_service;
 pub mod peer;
 pub mod raft_service;
@@ -28,6 +29,7 @@ pub mod status;
 use self::client_urls::ClientUrls;
 use self::cluster_service::ClusterService;
 use self::kv_service::{KvService, CLIENT_MESSAGE_LIMIT};
+use self::lease_service::LeaseService;
 use self::lock_service::LockService;
 use self::peer::{PeerAddrError, PeerSenders, PEER_MESSAGE_LIMIT};
 use self::raft_service::RaftService;
@@ -35,6 +37,7 @@ use crate::config::NodeConfig;
 use crate::node::{self, Driver, Fatal, NodeHandle};
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
+use crate::pb::lease_server::LeaseServer;
 use crate::pb::lock_server::LockServer;
 use crate::pb::raft_server::RaftServer;
 use std::sync::Arc;
@@ -206,6 +209,7 @@ async fn serve(
         <RaftServer<RaftService> as NamedService>::NAME,
         <KvServer<KvService> as NamedService>::NAME,
         <LockServer<LockService> as NamedService>::NAME,
+        <LeaseServer<LeaseService> as NamedService>::NAME,
         <ClusterServer<ClusterService> as NamedService>::NAME,
     ];
     for name in service_names {
@@ -240,6 +244,14 @@ async fn serve(
             LockServer::new(LockService::new(
                 handle.clone(),
                 config.max_waiting_acquires,
+            ))
+            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(
+                handle.clone(),
+                lease_service::min_lease_ttl(config.election_timeout),
             ))
             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),

@@ -141,6 +141,7 @@ async fn put(node: &TestNode, key: &str, value: &str) -> Result<pb::PutResponse,
             key: key.into(),
             value: value.into(),
             session: None,
+            lease: 0,
         })
         .await
         .map(|r| r.into_inner())
@@ -190,6 +191,7 @@ async fn three_nodes_elect_replicate_redirect_and_fail_over() {
                 key: format!("c{i}"),
                 value: i.to_string(),
                 session: None,
+                lease: 0,
             };
             kv.put(req)
                 .await
@@ -276,6 +278,35 @@ async fn three_nodes_elect_replicate_redirect_and_fail_over() {
     for n in &mut nodes {
         n.stop().await;
     }
+}
+
+/// A `kvstore.v1` put naming a lease that does not exist is refused with etcd's words and
+/// writes nothing (it travels as the key space's Put, whose lease check runs at apply time).
+#[tokio::test]
+async fn a_put_with_an_unknown_lease_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = configs(1, dir.path()).await.remove(0);
+    let node = TestNode::start(cfg).await;
+    wait_for_leader(&[&node]).await;
+    let err = node
+        .kv()
+        .await
+        .put(pb::PutRequest {
+            fence: None,
+            key: "k".into(),
+            value: "v".into(),
+            session: None,
+            lease: 7,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(
+        err.message().contains("requested lease not found"),
+        "{err:?}"
+    );
+    let got = get(&node, "k", Consistency::Linearizable).await.unwrap();
+    assert!(!got.found, "nothing was written: {got:?}");
 }
 
 #[tokio::test]
@@ -453,6 +484,7 @@ async fn fenced_put(
             key: key.into(),
             value: value.into(),
             session: None,
+            lease: 0,
         })
         .await
         .map(|r| r.into_inner())

@@ -1413,7 +1413,9 @@ fn changed_key_space(outcome: &SmOutcome) -> bool {
         SmOutcome::Delete { existed } => *existed,
         SmOutcome::Kv(KvResult::DeleteRange(d)) => d.deleted > 0,
         SmOutcome::Kv(KvResult::Txn(t)) => txn_wrote(t),
-        SmOutcome::Acquired { .. }
+        SmOutcome::LeaseRevoked { deleted } => *deleted > 0,
+        SmOutcome::LeaseGranted { .. }
+        | SmOutcome::Acquired { .. }
         | SmOutcome::KeptAlive { .. }
         | SmOutcome::Released
         | SmOutcome::Expired { .. }

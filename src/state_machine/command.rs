@@ -91,6 +91,22 @@ pub enum Command {
         /// the new compaction revision
         revision: i64,
     },
+    /// Create a lease on keys (etcd's LeaseGrant): id 0 lets the state machine pick one (the
+    /// entry's index, stepping past ids in use). `ttl` is in seconds, already raised to the
+    /// cluster's minimum by whoever proposed it.
+    LeaseGrant {
+        /// the lease id, or 0
+        id: i64,
+        /// the TTL in seconds
+        ttl: i64,
+    },
+    /// End a lease and delete every key attached to it at one revision (etcd's
+    /// LeaseRevoke): from clients, or proposed by the leader when the lease ran out on its
+    /// clock.
+    LeaseRevoke {
+        /// the lease id
+        id: i64,
+    },
 }
 
 /// The writes of [`Command::Kv`], with etcd's request shapes.
@@ -157,6 +173,18 @@ pub enum Outcome {
     Kv(KvResult),
     /// A compaction applied.
     Compacted,
+    /// A lease on keys was granted.
+    LeaseGranted {
+        /// its id
+        id: i64,
+        /// its TTL in seconds
+        ttl: i64,
+    },
+    /// A lease on keys was revoked and its keys deleted.
+    LeaseRevoked {
+        /// how many keys were deleted
+        deleted: u64,
+    },
 }
 
 /// postcard bytes of `value` in one allocation of exactly their length (which `Bytes::from`

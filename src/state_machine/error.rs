@@ -79,6 +79,18 @@ pub enum ApplyError {
     /// missing lease, ...); nothing changed.
     #[error("{0}")]
     Kv(super::mvcc::MvccError),
+    /// A LeaseGrant naming a lease id in use (etcd's "lease already exists").
+    #[error("lease already exists")]
+    LeaseExists {
+        /// the id asked for
+        id: i64,
+    },
+    /// A LeaseGrant above etcd's largest TTL (etcd's "too large lease TTL").
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge {
+        /// the TTL asked for, in seconds
+        ttl: i64,
+    },
 }
 
 fn current_text(current: Option<u64>) -> String {

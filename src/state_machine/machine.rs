@@ -2,9 +2,10 @@
 
 use super::command::{encode_exact, Command, Fence, KvResult, KvWrite, Outcome, Proposal};
 use super::error::ApplyError;
+use super::key_leases::KeyLeases;
 use super::mvcc::{
-    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, KeySpaceSnapshotView, NoLeases, PutRequest,
-    RangeRequest, RangeResponse,
+    DeleteRangeRequest, KeySpace, KeySpaceSnapshot, KeySpaceSnapshotView, PutRequest, RangeRequest,
+    RangeResponse,
 };
 use super::sessions::{command_digest, ClientSession, SessionLimits, Sessions, Verdict};
 use crate::raft::LogIndex;
@@ -28,6 +29,9 @@ pub struct StateMachine {
     /// Locks with a valid lease (a lock absent from the map is free). Lease time is measured
     /// by the leader, which proposes `Expire`; this map never reads a clock.
     locks: BTreeMap<String, LockInfo>,
+    /// The leases on keys (etcd's). Invariant: every lease a live key carries is in it (a put
+    /// naming an unknown lease fails; a revoke deletes the lease's keys with it).
+    key_leases: KeyLeases,
 }
 
 /// A held lock.
@@ -41,15 +45,32 @@ pub struct LockInfo {
     pub ttl_ms: u64,
 }
 
-/// The first bytes of a snapshot of the revisioned key space. A snapshot written before
-/// revisions existed starts with its applied index instead, and is refused: its keys have no
+/// The first bytes of a snapshot with leases on keys. A snapshot written before revisions
+/// existed starts with its applied index instead, and is refused: its keys have no
 /// revisions, and none can be made up that every replica would agree on.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP\x02\x00";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP\x03\x00";
+
+/// The first bytes of a snapshot of the revisioned key space written before leases on keys
+/// existed: [`SnapshotData`] without its last field. Still read: no key could carry a lease
+/// then, so an empty lease table is exact.
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"KVSNAP\x02\x00";
 
 /// The snapshot format after [`SNAPSHOT_MAGIC`]: everything that shapes future outcomes, in a
 /// stable order.
 #[derive(Deserialize)]
 struct SnapshotData {
+    applied_index: LogIndex,
+    sessions: Vec<ClientSession>,
+    locks: BTreeMap<String, LockInfo>,
+    extra: SessionsExtra,
+    keys: KeySpaceSnapshot,
+    /// The leases on keys, `(id, granted ttl)` in id order.
+    key_leases: Vec<(i64, i64)>,
+}
+
+/// The snapshot format after [`SNAPSHOT_MAGIC_V2`].
+#[derive(Deserialize)]
+struct SnapshotDataV2 {
     applied_index: LogIndex,
     sessions: Vec<ClientSession>,
     locks: BTreeMap<String, LockInfo>,
@@ -74,6 +95,7 @@ struct SnapshotRef<'a> {
     locks: &'a BTreeMap<String, LockInfo>,
     extra: SessionsExtra,
     keys: KeySpaceSnapshotView<'a>,
+    key_leases: Vec<(i64, i64)>,
 }
 
 /// A snapshot that could not be restored.
@@ -94,6 +116,7 @@ impl StateMachine {
             applied_index: 0,
             sessions: Sessions::new(limits),
             locks: BTreeMap::new(),
+            key_leases: KeyLeases::new(),
         }
     }
 
@@ -221,6 +244,7 @@ impl StateMachine {
                 retired: self.sessions.retired().collect(),
             },
             keys: self.keys.snapshot_view(),
+            key_leases: self.key_leases.to_snapshot(),
         };
         // One allocation of the exact length, the magic first.
         let size = postcard::experimental::serialized_size(&data).unwrap_or_default();
@@ -235,14 +259,34 @@ impl StateMachine {
     /// # Errors
     /// The bytes are not a snapshot, or one written before the key space had revisions.
     pub fn restore(data: &[u8], limits: SessionLimits) -> Result<Self, SnapshotError> {
-        let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        let snap: SnapshotData = if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?
+        } else if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
+            let v2: SnapshotDataV2 =
+                postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
+            SnapshotData {
+                applied_index: v2.applied_index,
+                sessions: v2.sessions,
+                locks: v2.locks,
+                extra: v2.extra,
+                keys: v2.keys,
+                key_leases: Vec::new(),
+            }
+        } else {
             return Err(SnapshotError(
                 "it was written by a kvstore without revisions (before 2026-12), whose snapshots this version cannot read; start the node on an empty data dir to catch up from the leader, or keep running the older version".to_string(),
             ));
         };
-        let snap: SnapshotData =
-            postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
         let keys = KeySpace::restore(snap.keys).map_err(SnapshotError)?;
+        let key_leases = KeyLeases::from_snapshot(snap.key_leases).map_err(SnapshotError)?;
+        if let Some((id, _)) = keys
+            .leases_in_use()
+            .find(|(id, _)| key_leases.ttl(*id).is_none())
+        {
+            return Err(SnapshotError(format!(
+                "a key is attached to lease {id}, which the lease table does not hold"
+            )));
+        }
         let extra = snap.extra;
         let mut sessions = Sessions::new(limits);
         for id in extra.retired {
@@ -262,6 +306,7 @@ impl StateMachine {
             applied_index: snap.applied_index,
             sessions,
             locks: snap.locks,
+            key_leases,
         })
     }
 
@@ -284,7 +329,9 @@ impl StateMachine {
                     value: value.into_bytes(),
                     ..PutRequest::default()
                 };
-                self.keys.put(&put, &NoLeases).map_err(ApplyError::Kv)?;
+                self.keys
+                    .put(&put, &self.key_leases)
+                    .map_err(ApplyError::Kv)?;
                 Ok(Outcome::Put)
             }
             Command::Delete { key, fence } => {
@@ -301,17 +348,28 @@ impl StateMachine {
             Command::Kv { op, fence } => {
                 self.check_fence(fence.as_ref())?;
                 let result = match op {
-                    KvWrite::Put(put) => self.keys.put(&put, &NoLeases).map(KvResult::Put),
+                    KvWrite::Put(put) => self.keys.put(&put, &self.key_leases).map(KvResult::Put),
                     KvWrite::DeleteRange(delete) => {
                         self.keys.delete_range(&delete).map(KvResult::DeleteRange)
                     }
-                    KvWrite::Txn(txn) => self.keys.txn(&txn, &NoLeases).map(KvResult::Txn),
+                    KvWrite::Txn(txn) => self.keys.txn(&txn, &self.key_leases).map(KvResult::Txn),
                 };
                 result.map(Outcome::Kv).map_err(ApplyError::Kv)
             }
             Command::Compact { revision } => {
                 self.keys.compact(revision).map_err(ApplyError::Kv)?;
                 Ok(Outcome::Compacted)
+            }
+            Command::LeaseGrant { id, ttl } => {
+                let (id, ttl) = self.key_leases.grant(index, id, ttl)?;
+                Ok(Outcome::LeaseGranted { id, ttl })
+            }
+            Command::LeaseRevoke { id } => {
+                self.key_leases.revoke(id)?;
+                let deleted = self.keys.delete_lease_keys(id);
+                Ok(Outcome::LeaseRevoked {
+                    deleted: u64::try_from(deleted).unwrap_or(u64::MAX),
+                })
             }
             Command::Acquire {
                 name,
@@ -393,6 +451,12 @@ impl StateMachine {
     /// The lock `name` if it is held (its lease has not been expired or released).
     pub fn lock(&self, name: &str) -> Option<&LockInfo> {
         self.locks.get(name)
+    }
+
+    /// The leases on keys (etcd's): ids and granted TTLs; their keys are in
+    /// [`key_space`](Self::key_space)'s [`lease_keys`](KeySpace::lease_keys).
+    pub fn key_leases(&self) -> &KeyLeases {
+        &self.key_leases
     }
 
     /// Every held lock, in name order (a new leader restarts each lease with its full TTL).

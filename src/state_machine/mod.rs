@@ -26,11 +26,13 @@
 
 pub mod command;
 mod error;
+pub mod key_leases;
 mod machine;
 pub mod mvcc;
 mod sessions;
 
 pub use command::{Command, Fence, KvResult, KvWrite, Outcome, Proposal, Session};
 pub use error::ApplyError;
+pub use key_leases::{KeyLeases, MAX_LEASE_TTL};
 pub use machine::{LockInfo, SnapshotError, StateMachine};
 pub use sessions::SessionLimits;

@@ -41,6 +41,18 @@ mod validate;
 pub use snapshot::{KeySpaceSnapshot, KeySpaceSnapshotView};
 pub use store::{KeySpace, LeaseLookup, NoLeases};
 pub use types::*;
+
+/// Mutation switch of the lease-index model test (`key_leases`): while on, a txn's writes on
+/// this thread leave the lease index alone.
+#[cfg(test)]
+pub(crate) struct KvLeaseSwitch;
+
+#[cfg(test)]
+impl KvLeaseSwitch {
+    pub(crate) fn set(on: bool) {
+        store::TXN_SKIPS_LEASE_INDEX.with(|s| s.set(on));
+    }
+}
 pub use validate::{prefix_end, validate_delete_range, validate_put, validate_range, validate_txn};
 
 #[cfg(test)]

@@ -417,6 +417,25 @@ impl Cluster {
     }
 }
 
+/// Runs kvctl against `cluster`; returns (exit code, stdout, stderr).
+pub fn kvctl(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args([
+            "--endpoints",
+            &cluster.endpoints().join(","),
+            "--timeout",
+            "5s",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The proxied peer links of a cluster started with [`Cluster::start_behind_proxies`].
 pub struct Links(BTreeMap<(u64, u64), Link>);
 

@@ -29,6 +29,7 @@ fn put(k: &str, v: &str) -> pb::TxnOp {
             key: k.into(),
             value: v.into(),
             prev_kv: false,
+            lease: 0,
         })),
     }
 }

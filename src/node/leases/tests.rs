@@ -79,11 +79,12 @@ fn keep_alive(name: &str, token: u64) -> Command {
 }
 
 /// The `(name, token)` of every `Expire` in `proposals`.
-fn expiries(proposals: &[Vec<u8>]) -> Vec<(String, u64)> {
+fn expiries(proposals: &[Vec<u8>]) -> Vec<(Timed, u64)> {
     proposals
         .iter()
         .map(|p| match Proposal::decode(p).map(|p| p.command) {
-            Ok(Command::Expire { name, token }) => (name, token),
+            Ok(Command::Expire { name, token }) => (Timed::Lock(name), token),
+            Ok(Command::LeaseRevoke { id }) => (Timed::KeyLease(id), 0),
             other => panic!("not an expiry: {other:?}"),
         })
         .collect()
@@ -94,7 +95,7 @@ fn a_lease_is_due_at_its_deadline_not_before() {
     let mut l = Leader::new();
     let t = l.acquire("a", 300, ms(10));
     assert_eq!(l.leases.due(ms(309)), vec![]);
-    assert_eq!(l.leases.due(ms(310)), vec![("a".to_owned(), t)]);
+    assert_eq!(l.leases.due(ms(310)), vec![(Timed::lock("a"), t)]);
 }
 
 #[test]
@@ -106,8 +107,8 @@ fn a_due_lease_is_proposed_once() {
         sent.push(p);
         true
     });
-    assert_eq!(accepted, vec![("a".to_owned(), t)]);
-    assert_eq!(expiries(&sent), vec![("a".to_owned(), t)]);
+    assert_eq!(accepted, vec![(Timed::lock("a"), t)]);
+    assert_eq!(expiries(&sent), vec![(Timed::lock("a"), t)]);
     let again = l.leases.propose_due(ms(500), |p| {
         sent.push(p);
         true
@@ -127,7 +128,7 @@ fn a_refused_expiry_leaves_the_lease_due_for_the_next_tick() {
     let b = l.acquire("b", 100, ms(0));
     let refused = l.leases.propose_due(ms(100), |_| false);
     assert!(refused.is_empty());
-    let both = vec![("a".to_owned(), a), ("b".to_owned(), b)];
+    let both = vec![(Timed::lock("a"), a), (Timed::lock("b"), b)];
     assert_eq!(
         l.leases.due(ms(110)),
         both,
@@ -163,9 +164,9 @@ fn a_refusal_midway_keeps_the_rest_due() {
         calls += 1;
         calls == 1
     });
-    assert_eq!(accepted, vec![("a".to_owned(), a)]);
+    assert_eq!(accepted, vec![(Timed::lock("a"), a)]);
     assert_eq!(calls, 2);
-    assert_eq!(l.leases.due(ms(100)), vec![("b".to_owned(), b)]);
+    assert_eq!(l.leases.due(ms(100)), vec![(Timed::lock("b"), b)]);
 }
 
 #[test]
@@ -177,7 +178,7 @@ fn a_keep_alive_restarts_the_lease() {
         Ok(Outcome::KeptAlive { .. })
     ));
     assert_eq!(l.leases.due(ms(179)), vec![]);
-    assert_eq!(l.leases.due(ms(180)), vec![("a".to_owned(), t)]);
+    assert_eq!(l.leases.due(ms(180)), vec![(Timed::lock("a"), t)]);
 }
 
 /// A keep-alive applied after this leader proposed the grant's expiry is answered
@@ -215,7 +216,7 @@ fn a_renewal_after_a_refused_expiry_is_kept() {
         Ok(Outcome::KeptAlive { .. })
     ));
     assert_eq!(l.leases.due(ms(200)), vec![]);
-    assert_eq!(l.leases.due(ms(201)), vec![("a".to_owned(), t)]);
+    assert_eq!(l.leases.due(ms(201)), vec![(Timed::lock("a"), t)]);
 }
 
 #[test]
@@ -246,7 +247,7 @@ fn a_new_grant_replaces_an_expiring_lease() {
     let new = l.acquire("a", 100, ms(150));
     assert!(new > old);
     assert_eq!(l.leases.due(ms(249)), vec![]);
-    assert_eq!(l.leases.due(ms(250)), vec![("a".to_owned(), new)]);
+    assert_eq!(l.leases.due(ms(250)), vec![(Timed::lock("a"), new)]);
 }
 
 /// A new leader gives every held lock its full TTL from the moment it leads; a follower
@@ -263,7 +264,7 @@ fn leadership_restarts_every_lease_and_losing_it_clears_them() {
     assert_eq!(l.leases.due(ms(1_000)), vec![]);
     assert_eq!(l.leases.sync(Some(TERM + 1), &l.sm, ms(300)), Some(1));
     assert_eq!(l.leases.due(ms(399)), vec![]);
-    assert_eq!(l.leases.due(ms(400)), vec![("a".to_owned(), t)]);
+    assert_eq!(l.leases.due(ms(400)), vec![(Timed::lock("a"), t)]);
 }
 
 /// A follower applying lock commands times nothing.
@@ -295,7 +296,7 @@ fn a_cached_outcome_of_an_older_grant_renews_nothing() {
         .leases
         .after_apply(&acquire, stale.as_ref(), &l.sm, ms(90))
         .is_none());
-    assert_eq!(l.leases.due(ms(100)), vec![("a".to_owned(), current)]);
+    assert_eq!(l.leases.due(ms(100)), vec![(Timed::lock("a"), current)]);
 }
 
 /// A TTL beyond any legal one cannot overflow the deadline.
@@ -307,10 +308,105 @@ fn a_huge_ttl_is_capped() {
     assert_eq!(l.leases.due(ms(MAX_LEASE_MS)).len(), 1);
 }
 
+/// The command an expiry proposal of `what` carries.
+fn expiry(what: &Timed, token: u64) -> Command {
+    match what {
+        Timed::Lock(name) => expire(name, token),
+        Timed::KeyLease(id) => Command::LeaseRevoke { id: *id },
+    }
+}
+
+/// Grants lease on keys `id` with `ttl` seconds at `now`.
+fn grant(l: &mut Leader, id: i64, ttl: i64, now: Duration) {
+    assert_eq!(
+        l.apply(Command::LeaseGrant { id, ttl }, now),
+        Ok(Outcome::LeaseGranted { id, ttl })
+    );
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn a_lease_on_keys_is_due_at_its_ttl_and_its_revoke_proposed_once() {
+    let mut l = Leader::new();
+    grant(&mut l, 7, 5, ms(0));
+    assert_eq!(l.leases.remaining(7, secs(2)), Some(secs(3)));
+    assert_eq!(l.leases.due(secs(5) - ms(1)), vec![]);
+    let mut sent = Vec::new();
+    let proposed = l.leases.propose_due(secs(5), |p| {
+        sent.push(p);
+        true
+    });
+    assert_eq!(proposed, vec![(Timed::KeyLease(7), 0)]);
+    assert_eq!(expiries(&sent), vec![(Timed::KeyLease(7), 0)]);
+    assert!(
+        l.leases.propose_due(secs(9), |_| true).is_empty(),
+        "proposed twice"
+    );
+    assert_eq!(l.leases.remaining(7, secs(9)), Some(Duration::ZERO));
+}
+
+#[test]
+fn a_keep_alive_restarts_the_full_ttl_and_is_refused_once_the_revoke_was_proposed() {
+    let mut l = Leader::new();
+    grant(&mut l, 7, 5, ms(0));
+    assert_eq!(l.leases.renew(7, secs(4)), Some(5));
+    assert_eq!(
+        l.leases.due(secs(9) - ms(1)),
+        vec![],
+        "renewed at 4 s for 5 s"
+    );
+    assert_eq!(l.leases.due(secs(9)), vec![(Timed::KeyLease(7), 0)]);
+    assert_eq!(l.leases.renew(8, secs(4)), None, "no such lease");
+    // A refused proposal keeps the lease renewable; an accepted one does not.
+    assert!(l.leases.propose_due(secs(9), |_| false).is_empty());
+    assert_eq!(l.leases.renew(7, secs(9)), Some(5));
+    l.leases.propose_due(secs(14), |_| true);
+    assert_eq!(
+        l.leases.renew(7, secs(14)),
+        None,
+        "renewed a lease being revoked"
+    );
+}
+
+/// A new leader gives every lease on keys its full TTL from the moment it leads, however
+/// much of it the old leader had used.
+#[test]
+fn a_new_term_restarts_every_lease_on_keys_with_its_full_ttl() {
+    let mut l = Leader::new();
+    grant(&mut l, 7, 5, ms(0));
+    l.acquire("a", 60_000, ms(0));
+    l.leases.sync(None, &l.sm, secs(4));
+    assert_eq!(
+        l.leases.renew(7, secs(4)),
+        None,
+        "a follower renews nothing"
+    );
+    assert_eq!(l.leases.len(), 0);
+    assert_eq!(l.leases.sync(Some(TERM + 1), &l.sm, secs(6)), Some(2));
+    assert_eq!(l.leases.due(secs(11) - ms(1)), vec![]);
+    assert_eq!(l.leases.due(secs(11)), vec![(Timed::KeyLease(7), 0)]);
+}
+
+#[test]
+fn a_revoke_stops_timing_the_lease() {
+    let mut l = Leader::new();
+    grant(&mut l, 7, 5, ms(0));
+    assert_eq!(
+        l.apply(Command::LeaseRevoke { id: 7 }, secs(1)),
+        Ok(Outcome::LeaseRevoked { deleted: 0 })
+    );
+    assert_eq!(l.leases.len(), 0);
+    assert_eq!(l.leases.renew(7, secs(2)), None);
+    assert_eq!(l.leases.due(secs(60)), vec![]);
+}
+
 /// What `due` must return, found the slow way: every lease not expiring whose deadline
 /// passed, earliest first.
-fn due_by_scanning(leases: &Leases<Duration>, now: Duration) -> Vec<(String, u64)> {
-    let mut due: Vec<(Duration, String, u64)> = leases
+fn due_by_scanning(leases: &Leases<Duration>, now: Duration) -> Vec<(Timed, u64)> {
+    let mut due: Vec<(Duration, Timed, u64)> = leases
         .leases
         .iter()
         .filter(|(_, l)| !l.expiring && l.deadline <= now)
@@ -327,7 +423,7 @@ proptest::proptest! {
     /// changes: the deadline index always answers `due` exactly as a scan of every lease.
     #[test]
     fn the_deadline_index_answers_as_a_scan_of_every_lease(
-        steps in proptest::collection::vec((0u8..6, 0u8..5, 1u64..400, 1u64..50), 1..120),
+        steps in proptest::collection::vec((0u8..9, 0u8..5, 1u64..400, 1u64..50), 1..120),
     ) {
         let mut l = Leader::new();
         let mut now = ms(0);
@@ -356,7 +452,7 @@ proptest::proptest! {
                         calls += 1;
                         calls <= refuse_after
                     }) {
-                        let _ = l.apply(expire(&name, token), now);
+                        let _ = l.apply(expiry(&name, token), now);
                     }
                     l.leases.assert_index_consistent();
                 }
@@ -364,6 +460,17 @@ proptest::proptest! {
                     term += 1;
                     l.leases.sync(Some(term), &l.sm, now);
                     l.leases.assert_index_consistent();
+                }
+                5 => {
+                    let ttl = i64::try_from(ttl % 3).unwrap_or(0) + 1;
+                    let _ = l.apply(Command::LeaseGrant { id: i64::from(lock) + 1, ttl }, now);
+                }
+                6 => {
+                    let _ = l.leases.renew(i64::from(lock) + 1, now);
+                    l.leases.assert_index_consistent();
+                }
+                7 => {
+                    let _ = l.apply(Command::LeaseRevoke { id: i64::from(lock) + 1 }, now);
                 }
                 _ => {}
             }
@@ -396,5 +503,5 @@ fn a_tick_does_not_walk_every_held_lock() {
         elapsed < std::time::Duration::from_secs(2),
         "2,000 ticks over 100,001 leases took {elapsed:?}"
     );
-    assert_eq!(l.leases.due(ms(100)), vec![("soon".to_owned(), soon)]);
+    assert_eq!(l.leases.due(ms(100)), vec![(Timed::lock("soon"), soon)]);
 }

@@ -104,7 +104,7 @@ pub const NO_SPACE: EtcdError = EtcdError::new(
 
 // ------------------------------------------------------------ leases
 
-/// A request naming a lease that does not exist (a Put with a lease, before leases exist).
+/// A request naming a lease that does not exist.
 pub const LEASE_NOT_FOUND: EtcdError =
     EtcdError::new(Code::NotFound, "etcdserver: requested lease not found");
 /// A LeaseGrant with an ID already in use.

@@ -57,7 +57,7 @@ impl EtcdKv {
 }
 
 /// An outcome that does not belong to the command proposed (a bug, not a user error).
-fn unexpected(outcome: &Outcome) -> Status {
+pub(super) fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!(
         "the log applied an unexpected outcome: {outcome:?}"
     ))
@@ -69,7 +69,7 @@ fn invalid(e: &MvccError) -> Status {
 
 /// A forwarded call's failure, as the client should see it: the leader's own answer, or
 /// "leader changed" if the leader could not be reached (the client retries).
-fn forward_failed(member: &Member, status: Status) -> Status {
+pub(super) fn forward_failed(member: &Member, status: Status) -> Status {
     let transport = matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
@@ -84,17 +84,33 @@ fn forward_failed(member: &Member, status: Status) -> Status {
 }
 
 /// Sets this member's id in a forwarded answer's header (the leader wrote its own).
-fn own_header(member: &Member, header: &mut Option<crate::pb::etcd::etcdserverpb::ResponseHeader>) {
+pub(super) fn own_header(
+    member: &Member,
+    header: &mut Option<crate::pb::etcd::etcdserverpb::ResponseHeader>,
+) {
     if let Some(h) = header {
         h.member_id = member.id();
     }
 }
 
 /// A follower sends `$request` to the leader's `$method` and returns its answer, with this
-/// member's id in the header (see [`Member::route`]); on the leader it does nothing.
+/// member's id in the header (see [`Member::route`]); on the leader it does nothing. The
+/// four-argument form takes the leader's client (`Option`, `None` on the leader) for services
+/// other than KV.
 macro_rules! forward_if_follower {
     ($service:ident, $request:ident, $method:ident) => {
-        if let Route::Leader(mut leader) = $service.member.route(&$request)? {
+        forward_if_follower!(
+            $service,
+            $request,
+            $method,
+            match $service.member.route(&$request)? {
+                Route::Leader(leader) => Some(leader),
+                Route::Local => None,
+            }
+        )
+    };
+    ($service:ident, $request:ident, $method:ident, $leader:expr) => {
+        if let Some(mut leader) = $leader {
             let mut answer = leader
                 .$method(forwarded($request.into_inner()))
                 .await
@@ -105,6 +121,7 @@ macro_rules! forward_if_follower {
         }
     };
 }
+pub(super) use forward_if_follower;
 
 #[tonic::async_trait]
 impl Kv for EtcdKv {

@@ -56,6 +56,9 @@ struct Inner {
     addresses: HashMap<NodeId, String>,
     max_txn_ops: usize,
     max_request_bytes: usize,
+    /// etcd's minimum lease TTL in seconds: 1.5 election timeouts, rounded up. A LeaseGrant
+    /// asking for less gets this (etcd's lessor raises it the same way).
+    min_lease_ttl: i64,
     /// Channels to the members this node forwarded to.
     channels: Mutex<HashMap<NodeId, Channel>>,
 }
@@ -83,6 +86,7 @@ impl Member {
                 addresses: members.into_iter().collect(),
                 max_txn_ops: config.max_txn_ops,
                 max_request_bytes: config.max_request_bytes,
+                min_lease_ttl: min_lease_ttl(config.election_timeout),
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -111,6 +115,11 @@ impl Member {
     /// `--max-request-bytes`.
     pub fn max_request_bytes(&self) -> usize {
         self.inner.max_request_bytes
+    }
+
+    /// etcd's minimum lease TTL for this cluster, in seconds (see [`min_lease_ttl`]).
+    pub fn min_lease_ttl(&self) -> i64 {
+        self.inner.min_lease_ttl
     }
 
     /// The members' peer addresses, by id.
@@ -146,20 +155,34 @@ impl Member {
     /// # Errors
     /// "etcdserver: no leader" for a forwarded request this node cannot serve.
     pub fn route<T>(&self, request: &tonic::Request<T>) -> Result<Route, Status> {
-        let status = self.inner.node.status();
-        let leader = match status.leader {
-            Some(leader) if leader != self.inner.id => leader,
-            _ => return Ok(Route::Local),
+        let Some((_, channel)) = self.leader_channel(request)? else {
+            return Ok(Route::Local);
         };
-        if request.metadata().contains_key(FORWARDED_KEY) {
-            return Err(errors::NO_LEADER.status());
-        }
-        let channel = self.channel_to(leader)?;
         Ok(Route::Leader(
             KvClient::new(channel)
                 .max_decoding_message_size(ENCODE_LIMIT)
                 .max_encoding_message_size(DECODE_LIMIT),
         ))
+    }
+
+    /// [`route`](Self::route) for any etcd service: `None` to serve here, else the leader's id
+    /// and a channel to it.
+    ///
+    /// # Errors
+    /// "etcdserver: no leader" for a forwarded request this node cannot serve.
+    pub fn leader_channel<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<Option<(NodeId, Channel)>, Status> {
+        let status = self.inner.node.status();
+        let leader = match status.leader {
+            Some(leader) if leader != self.inner.id => leader,
+            _ => return Ok(None),
+        };
+        if request.metadata().contains_key(FORWARDED_KEY) {
+            return Err(errors::NO_LEADER.status());
+        }
+        Ok(Some((leader, self.channel_to(leader)?)))
     }
 
     fn channel_to(&self, id: NodeId) -> Result<Channel, Status> {
@@ -193,6 +216,13 @@ impl Member {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
     }
+}
+
+/// etcd's minimum lease TTL for an election timeout: 1.5 of them, in whole seconds rounded
+/// up (etcd: `ceil(3 * election ticks / 2 * tick)`; 2 s with its default 1 s timeout).
+pub fn min_lease_ttl(election_timeout: Duration) -> i64 {
+    let ms = election_timeout.as_millis().saturating_mul(3) / 2;
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)
 }
 
 /// Marks `request` as forwarded (see [`FORWARDED_KEY`]).
@@ -231,6 +261,10 @@ pub fn status(e: ClientError) -> Status {
         ClientError::ShuttingDown => errors::STOPPED.status(),
         ClientError::Overloaded => errors::TOO_MANY_REQUESTS.status(),
         ClientError::Apply(ApplyError::Kv(e)) => mvcc_error(&e).status(),
+        ClientError::Apply(ApplyError::LeaseExists { .. }) => errors::LEASE_EXIST.status(),
+        ClientError::Apply(ApplyError::LeaseTtlTooLarge { .. }) => {
+            errors::LEASE_TTL_TOO_LARGE.status()
+        }
         ClientError::Invalid(m) => Status::invalid_argument(m),
         other => {
             let code = match &other {
@@ -247,6 +281,30 @@ pub fn status(e: ClientError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// etcd's minimum: ceil(1.5 election timeouts) in seconds; 2 s for its default 1 s.
+    #[test]
+    fn the_minimum_lease_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(min_lease_ttl(ms(1000)), 2);
+        assert_eq!(min_lease_ttl(ms(150)), 1);
+        assert_eq!(min_lease_ttl(ms(2000)), 3);
+        assert_eq!(min_lease_ttl(ms(2001)), 4);
+    }
+
+    #[test]
+    fn lease_refusals_get_etcds_code_and_message() {
+        let exists = status(ClientError::Apply(ApplyError::LeaseExists { id: 1 }));
+        assert_eq!(
+            (exists.code(), exists.message()),
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
+        );
+        let large = status(ClientError::Apply(ApplyError::LeaseTtlTooLarge { ttl: 1 }));
+        assert_eq!(
+            (large.code(), large.message()),
+            (Code::OutOfRange, "etcdserver: too large lease TTL")
+        );
+    }
 
     #[test]
     fn key_space_refusals_get_etcds_code_and_message() {

@@ -3,7 +3,7 @@
 //! official client libraries) talk to kvstore unchanged.
 //!
 //! Served: KV ([`EtcdKv`], on the revisioned key space; a follower forwards to the leader
-//! through [`Member`]), Maintenance and Cluster as far as a fixed membership has them
+//! through [`Member`]), Lease ([`EtcdLease`], leases on keys timed by the leader), Maintenance and Cluster as far as a fixed membership has them
 //! ([`EtcdMaintenance`]). Every other method answers UNIMPLEMENTED with one line naming it
 //! ([`Unimplemented`]). [`errors`] holds the code and exact message of each etcd error, since
 //! etcd's clients match errors by message.
@@ -24,11 +24,13 @@
 mod convert;
 pub mod errors;
 mod kv;
+mod lease;
 mod maintenance;
 pub mod member;
 mod unimplemented;
 
 pub use self::kv::EtcdKv;
+pub use self::lease::EtcdLease;
 pub use self::maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use self::member::Member;
 pub use self::unimplemented::Unimplemented;
@@ -60,7 +62,9 @@ pub fn add_services<L>(router: Router<L>, member: &Member, urls: &ClientUrls) ->
                 .max_encoding_message_size(member::ENCODE_LIMIT),
         )
         .add_service(with_client_limits!(WatchServer::new(Unimplemented)))
-        .add_service(with_client_limits!(LeaseServer::new(Unimplemented)))
+        .add_service(with_client_limits!(LeaseServer::new(EtcdLease::new(
+            member.clone()
+        ))))
         .add_service(with_client_limits!(ClusterServer::new(maintenance.clone())))
         .add_service(with_client_limits!(MaintenanceServer::new(maintenance)))
         .add_service(with_client_limits!(AuthServer::new(Unimplemented)))

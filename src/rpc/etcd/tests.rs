@@ -291,6 +291,11 @@ const SERVED: &[&str] = &[
     "etcdserverpb.Maintenance/HashKV",
     "etcdserverpb.Maintenance/MoveLeader",
     "etcdserverpb.Cluster/MemberList",
+    "etcdserverpb.Lease/LeaseGrant",
+    "etcdserverpb.Lease/LeaseRevoke",
+    "etcdserverpb.Lease/LeaseKeepAlive",
+    "etcdserverpb.Lease/LeaseTimeToLive",
+    "etcdserverpb.Lease/LeaseLeases",
 ];
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Watch, Lease, Auth), each
+//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Watch, Auth), each
 //! method answering UNIMPLEMENTED with one line naming it (see [`not_implemented`]).
 //!
 //! A method kvstore serves moves out of here into a service of its own; until then etcd
@@ -48,16 +48,6 @@ unimplemented_service!(kv_server::Kv, "etcdserverpb.KV" {
 unimplemented_service!(watch_server::Watch, "etcdserverpb.Watch" {
     type WatchStream = Empty<Result<WatchResponse, Status>>;
     fn watch(Streaming<WatchRequest>) -> Self::WatchStream = "Watch";
-});
-
-unimplemented_service!(lease_server::Lease, "etcdserverpb.Lease" {
-    type LeaseKeepAliveStream = Empty<Result<LeaseKeepAliveResponse, Status>>;
-    fn lease_grant(LeaseGrantRequest) -> LeaseGrantResponse = "LeaseGrant";
-    fn lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse = "LeaseRevoke";
-    fn lease_keep_alive(Streaming<LeaseKeepAliveRequest>) -> Self::LeaseKeepAliveStream
-        = "LeaseKeepAlive";
-    fn lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse = "LeaseTimeToLive";
-    fn lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse = "LeaseLeases";
 });
 
 unimplemented_service!(auth_server::Auth, "etcdserverpb.Auth" {

@@ -7,7 +7,7 @@ use super::types::{
 };
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -93,6 +93,10 @@ pub struct KeySpace {
     compact_revision: i64,
     /// Live keys.
     live: usize,
+    /// Lease id → the live keys whose latest version carries it. Invariant: exactly the
+    /// non-zero leases of the live keys' latest versions, no empty sets; kept up to date when
+    /// a write call commits (a rolled-back call never touched it) and derived on restore.
+    leased: BTreeMap<i64, BTreeSet<Arc<[u8]>>>,
     /// Mutation switch (simulator checker tests only, never serialized): a txn gives its
     /// second and later writes a revision of their own, breaking "one txn, one revision".
     split_txn_writes: bool,
@@ -116,6 +120,8 @@ struct Writer {
     read_limit: i64,
     /// Mutation: each write after a txn's first gets its own revision.
     split: bool,
+    /// Mutation (model test only): the call's writes leave the lease index as it was.
+    skip_lease_index: bool,
 }
 
 impl Writer {
@@ -148,6 +154,9 @@ thread_local! {
     /// Mutation switch for the model test: a txn gives its second (and later) write a
     /// revision of its own, breaking "one txn, one revision".
     pub(super) static SPLIT_TXN_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Mutation switch for the model test: a txn's puts and deletes leave the lease index
+    /// alone, so a revoke forgets the keys attached through a txn.
+    pub(super) static TXN_SKIPS_LEASE_INDEX: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Bounds of a key interval, for `BTreeMap::range`.
@@ -181,6 +190,7 @@ impl KeySpace {
             revision: 1,
             compact_revision: 0,
             live: 0,
+            leased: BTreeMap::new(),
             split_txn_writes: false,
         }
     }
@@ -339,13 +349,79 @@ impl KeySpace {
             live_before: self.live,
             read_limit: self.revision,
             split: false,
+            skip_lease_index: false,
         }
     }
 
     fn commit(&mut self, w: Writer) {
         if w.wrote() {
+            if !w.skip_lease_index {
+                self.index_leases(w.log_start);
+            }
             self.revision = w.rev;
         }
+    }
+
+    /// Moves every key the committing call wrote (the change log from `log_start` on) from
+    /// the lease its version before the call carried to the lease its latest version carries.
+    /// Runs before the store revision moves: the version before the call is the latest at or
+    /// below it.
+    fn index_leases(&mut self, log_start: usize) {
+        let mut keys: Vec<Arc<[u8]>> = self.log.range(log_start..).map(|c| c.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let Some(h) = self.index.get(&*key) else {
+                continue;
+            };
+            let lease_of =
+                |v: Option<&Version>| v.filter(|v| v.value.is_some()).map_or(0, |v| v.lease);
+            let before = lease_of(live_at(h, self.revision));
+            let after = lease_of(h.last());
+            if before == after {
+                continue;
+            }
+            if before != 0 {
+                if let Some(set) = self.leased.get_mut(&before) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.leased.remove(&before);
+                    }
+                }
+            }
+            if after != 0 {
+                self.leased.entry(after).or_default().insert(key);
+            }
+        }
+    }
+
+    /// The live keys attached to `lease`, in key order.
+    pub fn lease_keys(&self, lease: i64) -> impl Iterator<Item = &[u8]> + '_ {
+        self.leased.get(&lease).into_iter().flatten().map(|k| &**k)
+    }
+
+    /// The leases some live key is attached to, with their keys (what a snapshot restore
+    /// checks against the lease table).
+    pub fn leases_in_use(&self) -> impl Iterator<Item = (i64, usize)> + '_ {
+        self.leased.iter().map(|(id, keys)| (*id, keys.len()))
+    }
+
+    /// Deletes every key attached to `lease` in one write (one revision, like a txn of
+    /// deletes): what revoking the lease does to the key space. Returns how many keys it
+    /// deleted; none (and no new revision) if no key is attached.
+    pub fn delete_lease_keys(&mut self, lease: i64) -> usize {
+        let keys: Vec<Arc<[u8]>> = self
+            .leased
+            .get(&lease)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut w = self.begin();
+        let deleted = keys.len();
+        self.tombstone(&mut w, keys);
+        self.commit(w);
+        deleted
     }
 
     /// Undoes every write of `w`: pops the versions it appended, newest first.
@@ -506,7 +582,14 @@ impl KeySpace {
                 }
             }
         }
-        for key in doomed {
+        resp.deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+        self.tombstone(w, doomed);
+        Ok(resp)
+    }
+
+    /// A tombstone for each of `keys` (live ones), at `w`'s revision.
+    fn tombstone(&mut self, w: &mut Writer, keys: Vec<Arc<[u8]>>) {
+        for key in keys {
             let (rev, sub) = w.next();
             if let Some(h) = self.index.get_mut(&*key) {
                 push_version(
@@ -522,10 +605,8 @@ impl KeySpace {
                 );
             }
             self.live -= 1;
-            resp.deleted += 1;
             self.log.push_back(Change { rev, sub, key });
         }
-        Ok(resp)
     }
 
     /// etcd's Txn: every compare (nested txns' too) is evaluated on the store as it was
@@ -554,6 +635,7 @@ impl KeySpace {
         #[cfg(test)]
         {
             w.split |= SPLIT_TXN_WRITES.with(|s| s.get());
+            w.skip_lease_index = TXN_SKIPS_LEASE_INDEX.with(|s| s.get());
         }
         self.write(w, |s, w| s.txn_in(w, req, &path, &mut 0, leases))
     }
@@ -811,12 +893,19 @@ impl KeySpace {
             .values()
             .filter(|h| h.last().is_some_and(|v| v.value.is_some()))
             .count();
+        let mut leased: BTreeMap<i64, BTreeSet<Arc<[u8]>>> = BTreeMap::new();
+        for (k, h) in &index {
+            if let Some(v) = h.last().filter(|v| v.value.is_some() && v.lease != 0) {
+                leased.entry(v.lease).or_default().insert(k.clone());
+            }
+        }
         KeySpace {
             index,
             log: log.into(),
             revision,
             compact_revision,
             live,
+            leased,
             split_txn_writes: false,
         }
     }

@@ -11,7 +11,7 @@
 //! and etcd + etcdctl (`.ci/run` installs them all): without them these tests skip with a
 //! message, and fail when `CI` is set.
 //!
-//! The kvstore runs are `#[ignore]`d until kvstore's etcd API serves Watch and Lease
+//! The kvstore runs that need watches are `#[ignore]`d until kvstore's etcd API serves Watch
 //! (issue 14): run them with `cargo test --test etcd_clients -- --ignored`, and enable each
 //! by deleting its `#[ignore]` line in `scenarios!` below.
 // Integration tests may unwrap (STYLE.md §6); clippy's allow-unwrap-in-tests only covers
@@ -580,9 +580,7 @@ async fn etcdctl_scenario(target: &mut Target) {
 
 // ---------------------------------------------------------------------------------------
 // The tests: each scenario against a real etcd 3.4 (proving the program and the checks
-// right) and against kvstore. The kvstore ones are ignored until kvstore's etcd API serves
-// Watch and Lease (issue 14): the recipes need leases (sessions) and watches (waiting for
-// the keys queued before one's own).
+// right) and against kvstore.
 
 /// `scenarios! { etcd_test, #[attributes] kvstore_test, scenario; ... }` defines both tests
 /// of each scenario; the attributes go on the kvstore test.
@@ -605,28 +603,26 @@ macro_rules! scenarios {
     )*};
 }
 
-// Each kvstore test is enabled by deleting its #[ignore] line.
+// Each kvstore test is enabled by deleting its #[ignore] line. The recipes need leases
+// (sessions) and watches (waiting for the keys queued before one's own).
 scenarios! {
     go_mutex_with_a_leader_kill_on_etcd,
-        #[ignore = "needs Lease and Watch in kvstore's etcd API (issue 14)"]
+        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_mutex_with_a_leader_kill_on_kvstore,
         mutex_scenario;
     go_election_with_a_leader_kill_on_etcd,
-        #[ignore = "needs Lease and Watch in kvstore's etcd API (issue 14)"]
+        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_election_with_a_leader_kill_on_kvstore,
         election_scenario;
-    // No lease here: the watch scenario needs only Watch.
     go_watch_across_a_member_kill_on_etcd,
         #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_watch_across_a_member_kill_on_kvstore,
         watch_scenario;
     etcdctl_lock_elect_watch_on_etcd,
-        #[ignore = "needs Lease and Watch in kvstore's etcd API (issue 14)"]
+        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         etcdctl_lock_elect_watch_on_kvstore,
         etcdctl_scenario;
-    // No watch here: the lease scenario needs only Lease.
     etcdctl_lease_on_etcd,
-        #[ignore = "needs Lease in kvstore's etcd API (issue 14)"]
         etcdctl_lease_on_kvstore,
         etcdctl_lease_scenario;
 }

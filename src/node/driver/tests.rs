@@ -299,6 +299,19 @@ async fn waiting_acquires_are_woken_when_their_lock_changes_hands_or_the_role_ch
     assert!(woken(&mut w).await, "not woken by a release");
 }
 
+/// An etcd Put of `key` = "v" attached to lease `lease`.
+fn leased_put(key: &[u8], lease: i64) -> Command {
+    Command::Kv {
+        op: crate::state_machine::KvWrite::Put(crate::state_machine::mvcc::PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }),
+        fence: None,
+    }
+}
+
 /// Asks the driver a leader-local question about leases on keys.
 async fn ask(d: &mut Driver, query: KeyLeaseQuery) -> Result<KeyLeaseAnswer, ClientError> {
     let (reply, answer) = oneshot::channel();
@@ -339,15 +352,7 @@ async fn the_leader_times_leases_on_keys_and_revokes_one_that_runs_out() {
         matches!(granted, Ok((Outcome::LeaseGranted { id: 9, ttl: 60 }, _))),
         "{granted:?}"
     );
-    let put = Command::Kv {
-        op: crate::state_machine::KvWrite::Put(crate::state_machine::mvcc::PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            lease: 9,
-            ..Default::default()
-        }),
-        fence: None,
-    };
+    let put = leased_put(b"k", 9);
     assert!(commit(&mut d, &outbox, put).await.is_ok());
     assert_eq!(
         ask(&mut d, KeyLeaseQuery::KeepAlive(9)).await,
@@ -375,15 +380,7 @@ async fn the_leader_times_leases_on_keys_and_revokes_one_that_runs_out() {
         short,
         Ok((Outcome::LeaseGranted { id: 5, .. }, _))
     ));
-    let put = Command::Kv {
-        op: crate::state_machine::KvWrite::Put(crate::state_machine::mvcc::PutRequest {
-            key: b"short".to_vec(),
-            value: b"v".to_vec(),
-            lease: 5,
-            ..Default::default()
-        }),
-        fence: None,
-    };
+    let put = leased_put(b"short", 5);
     assert!(commit(&mut d, &outbox, put).await.is_ok());
     std::thread::sleep(Duration::from_millis(1_050));
     d.on_tick();

@@ -443,3 +443,68 @@ async fn a_slow_consumer_still_gets_every_event() {
         (0..N).map(|i| format!("s/{i:05}")).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn idle_watches_get_progress_notifications_and_progress_requests_an_answer() {
+    let cluster = Cluster::start_args(
+        1,
+        &["--experimental-watch-progress-notify-interval", "300ms"],
+    );
+    cluster.wait_for_leader(SECS_10).await;
+    let addr = cluster.addr(1);
+    let mut kv = KvClient::new(common::channel(&addr));
+    kv.put(put("p", "1")).await.unwrap();
+    let (tx, mut rx) = open(&addr).await;
+    let mut notify = create("p", &[], 0, 5);
+    if let Some(RequestUnion::CreateRequest(c)) = &mut notify.request_union {
+        c.progress_notify = true;
+    }
+    tx.send(notify).await.unwrap();
+    tx.send(create("q", &[], 0, 6)).await.unwrap();
+    assert!(next(&mut rx).await.created);
+    assert!(next(&mut rx).await.created);
+    // Within a few intervals: an empty response to watch 5 (only: 6 did not ask), at the
+    // current revision.
+    let r = next(&mut rx).await;
+    assert_eq!(
+        (r.watch_id, r.events.len(), r.created, r.canceled),
+        (5, 0, false, false)
+    );
+    assert_eq!(r.header.unwrap().revision, 2);
+    // A progress request: watch id -1 and the revision every watch is caught up to.
+    kv.put(put("q", "2")).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!((r.watch_id, r.events.len()), (6, 1));
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::ProgressRequest(Default::default())),
+    })
+    .await
+    .unwrap();
+    let r = loop {
+        let r = next(&mut rx).await;
+        if r.watch_id == -1 {
+            break r;
+        }
+        assert_eq!(
+            (r.watch_id, r.events.len()),
+            (5, 0),
+            "only notifications meanwhile"
+        );
+    };
+    assert_eq!(r.header.unwrap().revision, 3);
+    // Cancel: answered canceled.
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CancelRequest(
+            kvstore::pb::etcd::etcdserverpb::WatchCancelRequest { watch_id: 6 },
+        )),
+    })
+    .await
+    .unwrap();
+    let r = loop {
+        let r = next(&mut rx).await;
+        if r.watch_id == 6 {
+            break r;
+        }
+    };
+    assert!(r.canceled);
+}

@@ -56,6 +56,8 @@ struct Inner {
     addresses: HashMap<NodeId, String>,
     max_txn_ops: usize,
     max_request_bytes: usize,
+    /// How often idle watches that asked get a progress notification.
+    watch_progress_interval: std::time::Duration,
     /// Channels to the members this node forwarded to.
     channels: Mutex<HashMap<NodeId, Channel>>,
 }
@@ -83,6 +85,7 @@ impl Member {
                 addresses: members.into_iter().collect(),
                 max_txn_ops: config.max_txn_ops,
                 max_request_bytes: config.max_request_bytes,
+                watch_progress_interval: config.watch_progress_notify_interval,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -111,6 +114,11 @@ impl Member {
     /// `--max-request-bytes`.
     pub fn max_request_bytes(&self) -> usize {
         self.inner.max_request_bytes
+    }
+
+    /// `--experimental-watch-progress-notify-interval`.
+    pub fn watch_progress_interval(&self) -> std::time::Duration {
+        self.inner.watch_progress_interval
     }
 
     /// The members' peer addresses, by id.

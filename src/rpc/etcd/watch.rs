@@ -55,8 +55,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How often a watcher that asked for progress notifications gets one when idle (etcd's
-/// default, `--experimental-watch-progress-notify-interval`).
-pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// default; `--experimental-watch-progress-notify-interval` sets another).
+pub const PROGRESS_NOTIFY_INTERVAL: Duration =
+    crate::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL;
 
 /// Watches one stream may carry.
 pub const MAX_WATCHERS_PER_STREAM: usize = 1024;
@@ -78,16 +79,13 @@ pub struct EtcdWatch {
 }
 
 impl EtcdWatch {
-    /// The service of `member`, notifying progress every [`PROGRESS_NOTIFY_INTERVAL`].
+    /// The service of `member`, notifying progress every
+    /// `--experimental-watch-progress-notify-interval` ([`PROGRESS_NOTIFY_INTERVAL`] unless
+    /// set).
     pub fn new(member: Member) -> Self {
-        Self::with_progress_interval(member, PROGRESS_NOTIFY_INTERVAL)
-    }
-
-    /// The service with another progress notification interval (tests).
-    pub fn with_progress_interval(member: Member, progress_interval: Duration) -> Self {
         EtcdWatch {
+            progress_interval: member.watch_progress_interval(),
             member,
-            progress_interval,
         }
     }
 }

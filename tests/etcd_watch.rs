@@ -10,10 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "etcd_compat/watch.rs"]
+#[allow(dead_code)]
+mod watch;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use common::{poll_until, Cluster};
@@ -58,46 +59,15 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `etcdctl watch ARGS` on `endpoint` until it printed `lines` lines or `deadline`
-/// passed, then kills it; returns stdout's lines and stderr.
+/// passed, then kills it; returns stdout's lines and the "watch was canceled" lines.
 fn watch_lines(
     endpoint: &str,
     args: &[&str],
     lines: usize,
     deadline: Duration,
 ) -> (Vec<String>, String) {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--dial-timeout", "2s", "watch"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut got = Vec::new();
-    let end = Instant::now() + deadline;
-    while got.len() < lines {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => got.push(line),
-            Err(_) => break,
-        }
-    }
-    // A little longer: anything more would be a duplicate.
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
-        got.push(line);
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    (got, String::from_utf8_lossy(&out.stderr).into_owned())
+    let printed = watch::watch(endpoint, &args.join(" "), Some(lines), deadline);
+    (printed.stdout, printed.canceled.join("\n"))
 }
 
 /// A follower of `cluster` (after a leader is elected).

@@ -165,3 +165,30 @@ pub fn script() -> Vec<Step> {
     ]);
     steps
 }
+
+/// `etcdctl watch` in the differential test (`watch.rs`): the history both systems get
+/// (revision 1 -> 10), compacted at 4.
+pub fn watch_history() -> Vec<Step> {
+    vec![
+        Step::new("put w/a 1"),
+        Step::new("put w/b 2"),
+        Step::new("put w/a 3"),
+        Step::new("del w/b"),
+        Step::new("txn").stdin("\nput w/c 4\nput w/d 5\nput x 6\n\n\n"),
+        Step::new("put x 7"),
+        Step::new("del w/ --prefix"),
+        Step::new("put w/a 8"),
+        Step::new("put w/b 9"),
+        Step::new("compaction 4"),
+    ]
+}
+
+/// The watches compared (etcdctl's arguments after `watch`).
+pub const WATCHES: &[&str] = &[
+    "--prefix w/ --rev 4",
+    "--prefix w/ --rev 5 --prev-kv",
+    "w/a --rev 4",
+    "--rev 6 x",
+    "--rev 2 w/a",
+    "--prefix w/ --rev 100",
+];

@@ -16,7 +16,8 @@ pub struct Scenario {
     pub consistency: ReadConsistency,
     /// Read ratio in permille (mixed only; 0 for put, 1000 for get).
     pub read_permille: u32,
-    /// Counters (txn-cas) or keys per range (range); 0 for put, get and mixed, whose rows
+    /// Counters (txn-cas), keys per range (range), watchers (watch) or leases
+    /// (lease-keepalive); 0 for put, get and mixed, whose rows
     /// do not depend on it.
     pub keys: u64,
 }
@@ -27,7 +28,9 @@ impl Scenario {
         Self {
             workload: report.workload,
             consistency: match report.workload {
-                Workload::Put | Workload::TxnCas => ReadConsistency::Linearizable,
+                Workload::Put | Workload::TxnCas | Workload::Watch | Workload::LeaseKeepAlive => {
+                    ReadConsistency::Linearizable
+                }
                 _ => report.consistency,
             },
             read_permille: (report.read_ratio * 1000.0).round() as u32,
@@ -51,6 +54,8 @@ impl Scenario {
             ),
             Workload::TxnCas => format!("txn CAS on 1 of {} counters", self.keys),
             Workload::Range => format!("range of {} keys ({})", self.keys, self.consistency),
+            Workload::Watch => format!("watch: events/s to {} watchers", self.keys),
+            Workload::LeaseKeepAlive => format!("lease keep-alive of {} leases", self.keys),
         }
     }
 }
@@ -175,6 +180,7 @@ mod tests {
             ops: ops_s as u64,
             reads: 0,
             writes: ops_s as u64,
+            events: 0,
             not_found: 0,
             conflicts: 0,
             errors: 0,

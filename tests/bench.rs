@@ -327,6 +327,20 @@ mod etcd_api {
         assert_plausible(&run, 4);
         assert_eq!(run["workload"], "watch");
         assert_eq!(u64_at(&run, "/key_space"), 50, "--watchers sets the count");
+        let members: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let mut spread: Vec<String> = run["watch_members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect();
+        spread.sort();
+        let mut expected = members.clone();
+        expected.sort();
+        assert_eq!(
+            spread, expected,
+            "watchers on every member, not only the leader"
+        );
         assert_eq!(u64_at(&run, "/writes"), 200, "{run}");
         assert_eq!(
             u64_at(&run, "/events"),

@@ -64,6 +64,9 @@ pub struct Report {
     pub value_size: usize,
     /// The leader the load went to.
     pub leader: String,
+    /// The members the watchers were spread over (watch only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_members: Vec<String>,
     /// Seconds of the measured phase.
     pub elapsed_s: f64,
     /// Successful measured requests (watch: events delivered to watchers).
@@ -196,6 +199,7 @@ impl Report {
             key_space: config.key_space,
             value_size: config.value_size,
             leader,
+            watch_members: Vec::new(),
             elapsed_s,
             ops,
             reads: stats.reads,
@@ -255,6 +259,7 @@ impl fmt::Display for Report {
             self.key_space
         )?;
         if self.workload == Workload::Watch {
+            writeln!(f, "  watchers on {}", self.watch_members.join(", "))?;
             writeln!(
                 f,
                 "  throughput  {:.0} events/s  ({} events in {:.2} s from {} measured puts)",

@@ -176,6 +176,7 @@ mod tests {
             key_space: 10,
             value_size: 100,
             leader: "127.0.0.1:1".into(),
+            watch_members: Vec::new(),
             elapsed_s: 1.0,
             ops: ops_s as u64,
             reads: 0,
@@ -242,6 +243,30 @@ mod tests {
             "put rows do not depend on the key space"
         );
         assert_eq!(rows[1].throughput_ratio(), Some(2.0));
+    }
+
+    #[test]
+    fn watch_and_lease_rows_name_their_watchers_and_leases() {
+        let mut watch = report(Target::Etcd, Workload::Watch, 64, 50_000.0, 9000);
+        watch.key_space = 1000;
+        let mut kv_watch = report(Target::Kvstore, Workload::Watch, 64, 100_000.0, 3000);
+        kv_watch.key_space = 1000;
+        let mut lease = report(Target::Etcd, Workload::LeaseKeepAlive, 64, 8000.0, 9000);
+        lease.key_space = 10_000;
+        let rows = rows(&[watch, lease, kv_watch]);
+        let labels: Vec<String> = rows.iter().map(|r| r.scenario.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "watch: events/s to 1000 watchers",
+                "lease keep-alive of 10000 leases"
+            ]
+        );
+        assert_eq!(
+            rows[0].throughput_ratio(),
+            Some(2.0),
+            "both systems on one row"
+        );
     }
 
     #[test]

@@ -194,7 +194,9 @@ pub(crate) async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         .clone();
     check(&mut stats, outcomes, &acks, config.key_space);
     let elapsed = end.saturating_duration_since(measure_start).as_secs_f64();
-    Ok(Report::new(config, leader, elapsed, &stats))
+    let mut report = Report::new(config, leader, elapsed, &stats);
+    report.watch_members = members;
+    Ok(report)
 }
 
 /// Waits until every watcher saw the highest measured revision, at most `request_timeout`.

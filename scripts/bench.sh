@@ -315,7 +315,8 @@ run_one() {
       --json "${preload[@]}")
   fi
   echo "$report" >>"$RESULTS"
-  # Includes the warmup (and a read workload's first preload), so it is a slight overestimate.
+  # Includes the warmup (and a read workload's first preload), so it is a slight overestimate;
+  # for lease-keepalive it also includes granting and revoking every lease: a large one.
   echo "$report" | awk -v sys="$system" -v wl="$workload" -v c="$clients" \
     -v ticks=$(( $(server_ticks "$system") - ticks )) -v hz="$(getconf CLK_TCK)" \
     -v cticks=$(( $(client_ticks) - cticks )) \
@@ -326,8 +327,10 @@ run_one() {
         sys, wl, c, cpu, (n > 0 ? cpu * 1e6 / n : 0), ccpu, (n > 0 ? ccpu * 1e6 / n : 0)
     }' >>"$OUT/cpu.txt"
   RUN=$((RUN + 1))
+  local unit=ops/s,
+  [[ $workload == watch ]] && unit=events/s, # one operation is one event delivered to a watcher
   printf '    [%2d/%d] %-7s %-7s %3s clients: %s\n' "$RUN" "$TOTAL" "$system" "$workload" "$clients" \
-    "$(echo "$report" | sed -E 's/.*"ops":([0-9]+).*"errors":([0-9]+).*"throughput_ops_s":([0-9.]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\3 ops\/s, p50 \4 us, p99 \5 us, \2 errors/' | awk '{ $1 = sprintf("%.0f", $1); print }')"
+    "$(echo "$report" | sed -E 's/.*"ops":([0-9]+).*"errors":([0-9]+).*"throughput_ops_s":([0-9.]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\3 ops\/s, p50 \4 us, p99 \5 us, \2 errors/' | awk -v unit="$unit" '{ $1 = sprintf("%.0f", $1); $2 = unit; print }')"
 }
 
 step "Running $TOTAL runs: ${WORKLOAD_LIST[*]} x clients ${CLIENT_LIST[*]} x ${SYSTEMS[*]}, $DURATION each after $WARMUP warmup"

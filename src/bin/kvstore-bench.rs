@@ -71,7 +71,8 @@ struct Args {
     /// How long to measure (e.g. 10s, 500ms, 1m) [default: 10s].
     #[arg(long, value_parser = parse_duration, conflicts_with = "total")]
     duration: Option<Duration>,
-    /// Measure this many requests instead of a duration.
+    /// Measure this many requests instead of a duration (watch: puts; lease-keepalive:
+    /// renewals).
     #[arg(long)]
     total: Option<u64>,
     /// Number of distinct keys, drawn uniformly (txn-cas: counters; range: keys under the

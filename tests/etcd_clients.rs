@@ -10,10 +10,7 @@
 //! Needs Go and Debian's golang-etcd-server-dev (the client sources, built in GOPATH mode)
 //! and etcd + etcdctl (`.ci/run` installs them all): without them these tests skip with a
 //! message, and fail when `CI` is set.
-//!
-//! The kvstore runs that need watches are `#[ignore]`d until kvstore's etcd API serves Watch
-//! (issue 14): run them with `cargo test --test etcd_clients -- --ignored`, and enable each
-//! by deleting its `#[ignore]` line in `scenarios!` below.
+
 // Integration tests may unwrap (STYLE.md §6); clippy's allow-unwrap-in-tests only covers
 // #[test] functions, not the harness helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -603,23 +600,19 @@ macro_rules! scenarios {
     )*};
 }
 
-// Each kvstore test is enabled by deleting its #[ignore] line. The recipes need leases
-// (sessions) and watches (waiting for the keys queued before one's own).
+// Every scenario runs against both. The recipes need leases (sessions) and watches (waiting
+// for the keys queued before one's own).
 scenarios! {
     go_mutex_with_a_leader_kill_on_etcd,
-        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_mutex_with_a_leader_kill_on_kvstore,
         mutex_scenario;
     go_election_with_a_leader_kill_on_etcd,
-        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_election_with_a_leader_kill_on_kvstore,
         election_scenario;
     go_watch_across_a_member_kill_on_etcd,
-        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         go_watch_across_a_member_kill_on_kvstore,
         watch_scenario;
     etcdctl_lock_elect_watch_on_etcd,
-        #[ignore = "needs Watch in kvstore's etcd API (issue 14)"]
         etcdctl_lock_elect_watch_on_kvstore,
         etcdctl_scenario;
     etcdctl_lease_on_etcd,

@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// How often a watcher that asked for progress notifications gets one when idle (etcd's
@@ -98,6 +99,20 @@ impl Watch for EtcdWatch {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let rx = self.serve(request.into_inner());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl EtcdWatch {
+    /// Serves one stream of watch requests: the responses come out of the returned channel,
+    /// from a task that ends when `inbound` ends or fails, or the member stops. The
+    /// `kvstore.v1` Watch service runs its streams through this too, converting at the
+    /// edges, so both front ends deliver exactly the same events.
+    pub fn serve<S>(&self, inbound: S) -> mpsc::Receiver<Result<WatchResponse, Status>>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+    {
         let (out, rx) = mpsc::channel(OUT_CAPACITY);
         let node = self.member.node().clone();
         // Subscribed before any history is asked for (see `NodeHandle::watch_batches`).
@@ -110,8 +125,8 @@ impl Watch for EtcdWatch {
             next_id: 0,
             pos: 0,
         };
-        tokio::spawn(stream.run(request.into_inner(), batches, self.progress_interval));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(stream.run(inbound, batches, self.progress_interval));
+        rx
     }
 }
 
@@ -143,22 +158,24 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    async fn run(
+    async fn run<S>(
         mut self,
-        mut inbound: Streaming<WatchRequest>,
+        mut inbound: S,
         mut batches: broadcast::Receiver<Arc<crate::node::watches::Batch>>,
         progress_interval: Duration,
-    ) {
+    ) where
+        S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
+    {
         let mut status = self.node.watch_status();
         let start = tokio::time::Instant::now() + progress_interval;
         let mut ticker = tokio::time::interval_at(start, progress_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let flow = tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await,
-                    Ok(None) => Err(Closed),
-                    Err(status) => {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => self.on_request(req).await,
+                    None => Err(Closed),
+                    Some(Err(status)) => {
                         // A request over the size limit, say: the client learns why.
                         let _ = self.out.send(Err(status)).await;
                         Err(Closed)

@@ -24,8 +24,12 @@
 #   systems (kvstore through its etcd front end): txn-cas (a compare-and-swap increment of one
 #   of 1,000 counters; ops = successful increments, failed compares counted as conflicts) and
 #   range (a linearizable Range of a prefix holding 100 keys). --key-space does not apply to
-#   them. Needs the etcd cargo feature (so protoc). While kvstore does not serve etcd's KV
-#   API, its runs of these rows fail in one line, the script says so and goes on.
+#   them. Also watch (1,000 watchers on one prefix spread over every member, the clients
+#   putting under it; events delivered per second, latency from a put's acknowledgement to
+#   each event, every missed or repeated event an error) and lease-keepalive (10,000 leases
+#   renewed by the clients, one keep-alive stream each). Needs the etcd cargo feature (so
+#   protoc). While kvstore does not serve the etcd service a row needs, its runs of that row
+#   fail in one line, the script says so and goes on. Each name also works in --workloads.
 # --quick: clients 1 and 16, 1 s per run, 0.5 s warmup: well under a minute once built.
 # --perf: records a perf profile of the kvstore leader during the first workload's run with 64 clients
 #   (or the largest count below it) into OUT/perf-leader.txt (Debian package linux-perf);
@@ -55,7 +59,7 @@ PERF_NODE=leader
 PORTS=9300
 NODES=3
 
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --vs-etcd) VS_ETCD=1 ;;
@@ -78,9 +82,9 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ $NODES == 3 || $NODES == 5 ]] || { echo "bench.sh: --nodes must be 3 or 5, not $NODES" >&2; exit 2; }
-[[ $ETCD_API == 1 ]] && WORKLOADS="$WORKLOADS txn-cas range"
+[[ $ETCD_API == 1 ]] && WORKLOADS="$WORKLOADS txn-cas range watch lease-keepalive"
 # The etcd-API workloads speak etcd's API to both systems: kvstore-bench needs the etcd feature.
-is_etcd_api() { [[ $1 == txn-cas || $1 == range ]]; }
+is_etcd_api() { [[ $1 == txn-cas || $1 == range || $1 == watch || $1 == lease-keepalive ]]; }
 NEEDS_ETCD_CLIENT=$VS_ETCD
 for w in $WORKLOADS; do is_etcd_api "$w" && NEEDS_ETCD_CLIENT=1; done
 mkdir -p "$OUT"
@@ -222,7 +226,7 @@ fi
   echo "load average before the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
   [[ $VS_ETCD == 1 ]] && echo "etcd: $(etcd --version | head -1)"
   echo "command: scripts/bench.sh $ARGS"
-  echo "matrix: $NODES nodes, workloads [$WORKLOADS], clients [$CLIENTS], $DURATION measured after $WARMUP warmup, 100-byte values, $KEY_SPACE keys (txn-cas: 1000 counters, range: 100 keys under a prefix)"
+  echo "matrix: $NODES nodes, workloads [$WORKLOADS], clients [$CLIENTS], $DURATION measured after $WARMUP warmup, 100-byte values, $KEY_SPACE keys (txn-cas: 1000 counters, range: 100 keys under a prefix, watch: 1000 watchers, lease-keepalive: 10000 leases)"
 } >"$OUT/machine.txt"
 
 RESULTS=$OUT/results.jsonl
@@ -274,7 +278,8 @@ run_one() {
   [[ $system == etcd ]] && endpoints=$ETCD_ENDPOINTS
   keys=(--key-space "$KEY_SPACE")
   if is_etcd_api "$workload"; then
-    # Their own key counts (1,000 counters, 100 keys); range rewrites its 100 keys each run.
+    # Their own key counts (1,000 counters, 100 keys, 1,000 watchers, 10,000 leases); range
+    # rewrites its 100 keys each run.
     keys=()
   else
     # Read workloads need the key space written once per system; later runs reuse it.
@@ -310,7 +315,8 @@ run_one() {
       --json "${preload[@]}")
   fi
   echo "$report" >>"$RESULTS"
-  # Includes the warmup (and a read workload's first preload), so it is a slight overestimate.
+  # Includes the warmup (and a read workload's first preload), so it is a slight overestimate;
+  # for lease-keepalive it also includes granting and revoking every lease: a large one.
   echo "$report" | awk -v sys="$system" -v wl="$workload" -v c="$clients" \
     -v ticks=$(( $(server_ticks "$system") - ticks )) -v hz="$(getconf CLK_TCK)" \
     -v cticks=$(( $(client_ticks) - cticks )) \
@@ -321,8 +327,10 @@ run_one() {
         sys, wl, c, cpu, (n > 0 ? cpu * 1e6 / n : 0), ccpu, (n > 0 ? ccpu * 1e6 / n : 0)
     }' >>"$OUT/cpu.txt"
   RUN=$((RUN + 1))
+  local unit=ops/s,
+  [[ $workload == watch ]] && unit=events/s, # one operation is one event delivered to a watcher
   printf '    [%2d/%d] %-7s %-7s %3s clients: %s\n' "$RUN" "$TOTAL" "$system" "$workload" "$clients" \
-    "$(echo "$report" | sed -E 's/.*"ops":([0-9]+).*"errors":([0-9]+).*"throughput_ops_s":([0-9.]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\3 ops\/s, p50 \4 us, p99 \5 us, \2 errors/' | awk '{ $1 = sprintf("%.0f", $1); print }')"
+    "$(echo "$report" | sed -E 's/.*"ops":([0-9]+).*"errors":([0-9]+).*"throughput_ops_s":([0-9.]+).*"p50_us":([0-9]+).*"p99_us":([0-9]+).*/\3 ops\/s, p50 \4 us, p99 \5 us, \2 errors/' | awk -v unit="$unit" '{ $1 = sprintf("%.0f", $1); $2 = unit; print }')"
 }
 
 step "Running $TOTAL runs: ${WORKLOAD_LIST[*]} x clients ${CLIENT_LIST[*]} x ${SYSTEMS[*]}, $DURATION each after $WARMUP warmup"

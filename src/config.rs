@@ -128,6 +128,21 @@ pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompacti
     }
 }
 
+/// etcd's default interval of watch progress notifications.
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// `--experimental-watch-progress-notify-interval`: a duration such as `10m` or `500ms`,
+/// above 0.
+///
+/// # Errors
+/// A value that does not parse, or 0.
+pub fn parse_watch_progress_notify_interval(s: &str) -> Result<Duration, ConfigError> {
+    match parse_duration(s.trim()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(ConfigError::BadWatchProgressNotifyInterval(s.to_string())),
+    }
+}
+
 /// `1h30m`, `30m`, `90s`, `500ms`: a sequence of numbers with units h, m, s, ms.
 fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -236,6 +251,9 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// When the leader compacts the key space's history.
     pub auto_compaction: AutoCompaction,
+    /// How often an idle etcd watch that asked for progress notifications gets one
+    /// (`--experimental-watch-progress-notify-interval`, etcd's default 10 minutes).
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -330,6 +348,9 @@ pub enum ConfigError {
     /// `--max-request-bytes` out of range.
     #[error("--max-request-bytes {0} is out of range: give 1024 to {MAX_REQUEST_BYTES} (the default; this version cannot raise it)")]
     BadMaxRequestBytes(usize),
+    /// `--experimental-watch-progress-notify-interval` does not parse or is 0.
+    #[error("--experimental-watch-progress-notify-interval {0:?}: give a duration above 0 such as 10m, 30s or 500ms")]
+    BadWatchProgressNotifyInterval(String),
 }
 
 impl NodeConfig {
@@ -354,6 +375,7 @@ impl NodeConfig {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_request_bytes: MAX_REQUEST_BYTES,
             auto_compaction: AutoCompaction::Revision(100_000),
+            watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 
@@ -1054,6 +1076,20 @@ mod tests {
         assert_eq!(c.address_of(3).as_deref(), Some("127.0.0.1:9003"));
         assert_eq!(c.address_of(9), None);
         assert_eq!(c.peer_ids(), vec![1, 2]);
+    }
+
+    #[test]
+    fn watch_progress_notify_interval_parses_durations_above_zero() {
+        let p = parse_watch_progress_notify_interval;
+        assert_eq!(p("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(p("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["0s", "", "ten"] {
+            let err = p(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.starts_with("--experimental-watch-progress-notify-interval"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

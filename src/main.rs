@@ -132,6 +132,11 @@ struct Args {
     /// (periodic mode); 0 turns automatic compaction off.
     #[arg(long, default_value = config::DEFAULT_AUTO_COMPACTION_RETENTION, value_name = "RETENTION")]
     auto_compaction_retention: String,
+
+    /// How often an idle etcd watch that asked for progress notifications gets one, as a
+    /// duration such as 10m or 500ms (etcd's flag and default).
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    experimental_watch_progress_notify_interval: String,
 }
 
 impl TryFrom<Args> for NodeConfig {
@@ -161,6 +166,9 @@ impl TryFrom<Args> for NodeConfig {
             auto_compaction: config::parse_auto_compaction(
                 &a.auto_compaction_mode,
                 &a.auto_compaction_retention,
+            )?,
+            watch_progress_notify_interval: config::parse_watch_progress_notify_interval(
+                &a.experimental_watch_progress_notify_interval,
             )?,
         };
         config.validate()?;

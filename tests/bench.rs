@@ -168,7 +168,7 @@ async fn bench_fails_in_one_line_when_no_cluster_answers() {
 #[cfg(not(feature = "etcd"))]
 #[test]
 fn etcd_api_workloads_ask_for_the_etcd_feature() {
-    for workload in ["txn-cas", "range"] {
+    for workload in ["txn-cas", "range", "watch", "lease-keepalive"] {
         let output = Command::new(env!("CARGO_BIN_EXE_kvstore-bench"))
             .args([workload, "--no-progress", "--endpoints", "127.0.0.1:1"])
             .output()
@@ -297,5 +297,170 @@ mod etcd_api {
             run["error_kinds"]["range of bench/range/ returned 101 keys, not 100"], 20,
             "{run}"
         );
+    }
+
+    /// The number under `/error_kinds` whose kind starts with `prefix` (0 when none does).
+    fn errors_of(report: &Value, prefix: &str) -> u64 {
+        report["error_kinds"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(kind, _)| kind.starts_with(prefix))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum()
+    }
+
+    /// 50 watchers over the 3 members (2 streams each), 4 writers, 200 measured puts.
+    fn watch_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut more = vec!["--watchers", "50", "--connections", "2"];
+        more.extend(extra);
+        args("watch", "4", "200", &more)
+    }
+
+    #[tokio::test]
+    async fn watch_delivers_every_measured_put_to_every_watcher_once_and_counts_faults() {
+        let Some(etcd) = etcd_cluster().await else {
+            return;
+        };
+        let endpoints = etcd.endpoints();
+        let run = bench(&endpoints, &watch_args(&[])).await;
+        assert_plausible(&run, 4);
+        assert_eq!(run["workload"], "watch");
+        assert_eq!(u64_at(&run, "/key_space"), 50, "--watchers sets the count");
+        let members: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let mut spread: Vec<String> = run["watch_members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect();
+        spread.sort();
+        let mut expected = members.clone();
+        expected.sort();
+        assert_eq!(
+            spread, expected,
+            "watchers on every member, not only the leader"
+        );
+        assert_eq!(u64_at(&run, "/writes"), 200, "{run}");
+        assert_eq!(
+            u64_at(&run, "/events"),
+            200 * 50,
+            "every watcher got every measured put: {run}"
+        );
+        assert_eq!(u64_at(&run, "/ops"), u64_at(&run, "/events"));
+
+        // One event dropped by one watcher: exactly one missing event, and nothing else.
+        let run = bench(&endpoints, &watch_args(&["--test-fault", "drop-event"])).await;
+        assert_eq!(u64_at(&run, "/errors"), 1, "{run}");
+        assert_eq!(errors_of(&run, "missing event"), 1, "{run}");
+        assert_eq!(u64_at(&run, "/events"), 200 * 50 - 1, "{run}");
+
+        // One event counted twice: one duplicate, and the delivered count is still exact.
+        let run = bench(
+            &endpoints,
+            &watch_args(&["--test-fault", "duplicate-event"]),
+        )
+        .await;
+        let puts = u64_at(&run, "/writes");
+        assert_eq!(u64_at(&run, "/errors"), 1, "{run}");
+        assert_eq!(errors_of(&run, "duplicate event"), 1, "{run}");
+        assert_eq!(u64_at(&run, "/events"), puts * 50, "{run}");
+    }
+
+    /// 100 leases renewed by 4 clients, 400 measured renewals.
+    fn lease_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut more = vec!["--leases", "100"];
+        more.extend(extra);
+        args("lease-keepalive", "4", "400", &more)
+    }
+
+    /// The leases etcd holds now.
+    fn lease_count(endpoints: &[String]) -> usize {
+        let outcome = etcdctl(endpoints, &["lease".to_string(), "list".to_string()], None).unwrap();
+        assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+        // "found N leases" then one id per line.
+        outcome
+            .stdout
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+
+    #[tokio::test]
+    async fn lease_keepalive_renews_every_lease_and_counts_ttl_zero_as_an_error() {
+        let Some(etcd) = etcd_cluster().await else {
+            return;
+        };
+        let endpoints = etcd.endpoints();
+        let run = bench(&endpoints, &lease_args(&[])).await;
+        assert_plausible(&run, 4);
+        assert_eq!(run["workload"], "lease-keepalive");
+        assert_eq!(u64_at(&run, "/key_space"), 100, "--leases sets the count");
+        assert_eq!(u64_at(&run, "/writes"), 400, "{run}");
+        assert_eq!(u64_at(&run, "/ops"), 400, "{run}");
+        assert_eq!(lease_count(&endpoints), 0, "the run revokes its leases");
+
+        // One lease revoked before the run: each of its renewals answers TTL 0.
+        let run = bench(&endpoints, &lease_args(&["--test-fault", "revoke-lease"])).await;
+        let expired = errors_of(&run, "keep-alive answered TTL 0");
+        assert!(expired > 0, "{run}");
+        assert_eq!(u64_at(&run, "/errors"), expired, "{run}");
+        assert_eq!(u64_at(&run, "/ops") + expired, 400, "{run}");
+        // Its client renews 25 leases in turn: about 1 renewal in 25 hits the revoked one.
+        assert!(expired * 10 < 400, "only the revoked lease fails: {run}");
+    }
+
+    /// kvstore through its etcd front end: while it lacks the Watch or Lease service the run
+    /// fails in one line naming it; once it serves them, the same checks as against etcd.
+    #[tokio::test]
+    async fn watch_and_lease_keepalive_against_kvstore_are_exact_or_name_the_missing_service() {
+        let cluster = Cluster::start(3);
+        cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let endpoints: Vec<String> = cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.addr(id))
+            .collect();
+        for (workload, service, count) in [
+            ("watch", "Watch", "--watchers"),
+            ("lease-keepalive", "Lease", "--leases"),
+        ] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_kvstore-bench"));
+            command
+                .args([workload, count, "40", "--clients", "2", "--duration", "1s"])
+                .args([
+                    "--warmup",
+                    "0",
+                    "--json",
+                    "--no-progress",
+                    "--timeout",
+                    "5s",
+                ])
+                .args(["--endpoints", &endpoints.join(",")]);
+            let output = tokio::task::spawn_blocking(move || command.output())
+                .await
+                .unwrap()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() {
+                assert_eq!(output.status.code(), Some(2), "{workload}: {stderr}");
+                assert!(
+                    stderr.contains(&format!("does not serve etcd's {service} API yet"))
+                        && stderr.lines().count() == 1,
+                    "{workload}: one line naming the missing service: {stderr}"
+                );
+                continue;
+            }
+            let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_plausible(&run, 2);
+            if workload == "watch" {
+                assert_eq!(
+                    u64_at(&run, "/events"),
+                    u64_at(&run, "/writes") * 40,
+                    "{run}"
+                );
+            }
+        }
     }
 }

@@ -18,6 +18,8 @@ mod etcd;
 mod etcdctl;
 #[path = "etcd_compat/script.rs"]
 mod script;
+#[path = "etcd_compat/watch.rs"]
+mod watch;
 
 use std::time::Duration;
 
@@ -401,4 +403,40 @@ async fn etcdctl_against_a_kvstore_follower() {
     }
     let (_cluster, follower, all) = kvstore_cluster_endpoints().await;
     etcdctl_session(&follower, &all).await;
+}
+
+#[tokio::test]
+async fn kvstore_watch_output_matches_etcd() {
+    if !tools_present() {
+        return;
+    }
+    let history = script::watch_history();
+    let etcd = EtcdCluster::start(3).await;
+    let etcd_ep = etcd.follower().await;
+    let written = run_script(&history, std::slice::from_ref(&etcd_ep));
+    assert_script_matches_etcd(&history, &written);
+    let (_cluster, follower, _) = kvstore_cluster_endpoints().await;
+    let written = run_script(&history, std::slice::from_ref(&follower));
+    assert_script_matches_etcd(&history, &written);
+    for args in script::WATCHES {
+        let expected = watch::watch(&etcd_ep, args, None, Duration::from_secs(2));
+        // The comparison proves something only where etcd printed something.
+        let compacted = args.contains("--rev 2 ");
+        let future = args.contains("--rev 100");
+        assert_eq!(
+            (expected.stdout.is_empty(), expected.canceled.is_empty()),
+            (compacted || future, !compacted),
+            "etcd's own output for watch {args}: {expected:?}"
+        );
+        let actual = watch::watch(
+            &follower,
+            args,
+            Some(expected.stdout.len()),
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            actual, expected,
+            "etcdctl watch {args}: kvstore (left) vs etcd (right)"
+        );
+    }
 }

@@ -29,11 +29,16 @@ pub(crate) struct EtcdConn {
 
 impl EtcdConn {
     pub(crate) async fn put(&mut self, key: String, value: &str) -> Result<(), String> {
-        self.client
-            .put(key, value, None)
-            .await
-            .map(drop)
-            .map_err(describe)
+        self.put_revision(key, value).await.map(drop)
+    }
+
+    /// Writes `key` = `value`; returns the revision of the write.
+    pub(crate) async fn put_revision(&mut self, key: String, value: &str) -> Result<i64, String> {
+        let response = self.client.put(key, value, None).await.map_err(describe)?;
+        response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| "Put answer without a header".to_string())
     }
 
     pub(crate) async fn get(
@@ -140,7 +145,8 @@ fn counter_value(key: &str, value: &[u8]) -> Result<i64, String> {
         })
 }
 
-fn describe(err: etcd_client::Error) -> String {
+/// The error kind of a failed call: the gRPC code and message, or the client's error.
+pub(crate) fn describe(err: etcd_client::Error) -> String {
     match err {
         etcd_client::Error::GRpcStatus(status) => {
             format!("{:?}: {}", status.code(), status.message())
@@ -156,7 +162,8 @@ fn connect_error(endpoint: &str) -> impl Fn(etcd_client::Error) -> BenchError + 
     }
 }
 
-async fn client(endpoints: &[String]) -> Result<Client, BenchError> {
+/// An etcd client on `endpoints` (one HTTP/2 connection when there is one endpoint).
+pub(crate) async fn client(endpoints: &[String]) -> Result<Client, BenchError> {
     let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
     Client::connect(endpoints, Some(options))
         .await
@@ -181,10 +188,7 @@ async fn leader_url(client: &mut Client) -> Result<Option<String>, etcd_client::
 /// a kvstore target (an etcd-API workload), the leader comes from kvstore's own status, and a
 /// probe Range makes an etcd front end that is not there yet fail the run in one line.
 pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<EtcdConn>), BenchError> {
-    let leader = match config.target {
-        Target::Etcd => etcd_leader(config).await?,
-        Target::Kvstore => super::kvstore::find_leader(config).await?,
-    };
+    let leader = leader(config).await?;
     let mut pool = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
         let client = client(std::slice::from_ref(&leader)).await?;
@@ -200,6 +204,7 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<EtcdCon
                 if status.code() == Code::Unimplemented {
                     return Err(BenchError::EtcdApiUnimplemented {
                         endpoint: leader,
+                        service: "KV",
                         message: status.message().to_string(),
                         workload: config.workload,
                     });
@@ -208,6 +213,62 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<EtcdCon
         }
     }
     Ok((leader, pool))
+}
+
+/// The leader's client address: etcd's from its status, kvstore's from its own.
+pub(crate) async fn leader(config: &BenchConfig) -> Result<String, BenchError> {
+    match config.target {
+        Target::Etcd => etcd_leader(config).await,
+        Target::Kvstore => super::kvstore::find_leader(config).await,
+    }
+}
+
+/// Every member's client address: etcd's member list, or kvstore's `--endpoints` (its
+/// members answer etcd's API on the port they were given).
+pub(crate) async fn members(config: &BenchConfig) -> Result<Vec<String>, BenchError> {
+    if config.target == Target::Kvstore {
+        return Ok(config.endpoints.clone());
+    }
+    let mut any = client(&config.endpoints).await?;
+    let list = any
+        .member_list()
+        .await
+        .map_err(connect_error(&config.endpoints.join(",")))?;
+    let urls: Vec<String> = list
+        .members()
+        .iter()
+        .filter_map(|m| m.client_urls().first().cloned())
+        .collect();
+    if urls.is_empty() {
+        return Ok(config.endpoints.clone());
+    }
+    Ok(urls)
+}
+
+/// `Err(EtcdApiUnimplemented)` when `status` says a kvstore node lacks `service`, else the
+/// error kind of the failed call.
+pub(crate) fn unimplemented(
+    config: &BenchConfig,
+    endpoint: &str,
+    service: &'static str,
+    err: etcd_client::Error,
+) -> BenchError {
+    match err {
+        etcd_client::Error::GRpcStatus(status)
+            if config.target == Target::Kvstore && status.code() == Code::Unimplemented =>
+        {
+            BenchError::EtcdApiUnimplemented {
+                endpoint: endpoint.to_string(),
+                service,
+                message: status.message().to_string(),
+                workload: config.workload,
+            }
+        }
+        other => BenchError::Connect {
+            endpoint: endpoint.to_string(),
+            reason: describe(other),
+        },
+    }
 }
 
 /// The etcd leader's client URL, asking until `config.leader_timeout`.

@@ -99,6 +99,17 @@ fn endpoint(addr: &str) -> Result<Endpoint, BenchError> {
         })
 }
 
+/// A connected channel to `addr` (`HOST:PORT` or `http://HOST:PORT`).
+pub(crate) async fn channel(addr: &str) -> Result<Channel, BenchError> {
+    endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connect {
+            endpoint: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Asks every endpoint for its status until one is leader or names one.
 pub(crate) async fn find_leader(config: &BenchConfig) -> Result<String, BenchError> {
     let endpoints = &config.endpoints;
@@ -138,13 +149,7 @@ pub(crate) async fn connect(config: &BenchConfig) -> Result<(String, Vec<KvConn>
     let leader = find_leader(config).await?;
     let mut pool = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let channel = endpoint(&leader)?
-            .connect()
-            .await
-            .map_err(|e| BenchError::Connect {
-                endpoint: leader.clone(),
-                reason: e.to_string(),
-            })?;
+        let channel = channel(&leader).await?;
         pool.push(KvConn {
             client: KvClient::new(channel),
         });

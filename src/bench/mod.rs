@@ -4,7 +4,9 @@
 //!
 //! Two workloads speak etcd's v3 API to BOTH systems (so they need the `etcd` feature; kvstore
 //! answers it on the port of its other services): `txn-cas` (compare-and-swap increments of
-//! counters, [`Workload::TxnCas`]) and `range` (a prefix read, [`Workload::Range`]).
+//! counters, [`Workload::TxnCas`]), `range` (a prefix read, [`Workload::Range`]), `watch`
+//! (puts fanned out to many watchers on every member, [`Workload::Watch`]) and
+//! `lease-keepalive` (renewals of many leases over a few streams, [`Workload::LeaseKeepAlive`]).
 //!
 //! May import: `crate::pb` and tonic (it speaks the public gRPC contract like any foreign
 //! client), hdrhistogram, indicatif, serde, and etcd-client behind the `etcd` feature.
@@ -30,9 +32,13 @@ mod conn;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod kvstore;
+#[cfg(feature = "etcd")]
+mod lease;
 mod report;
 mod runner;
 pub mod table;
+#[cfg(feature = "etcd")]
+mod watch;
 
 use std::fmt;
 use std::str::FromStr;
@@ -74,23 +80,52 @@ pub enum Workload {
     /// etcd API: a Range of the whole prefix holding `key_space` keys (written before the
     /// run); an answer with another number of keys counts as an error.
     Range,
+    /// etcd API: `key_space` watchers on one prefix, spread round-robin over every member
+    /// (several watches share one stream, as real clients do), and `clients` writers putting
+    /// keys under that prefix through the leader. One operation is one event delivered to
+    /// one watcher; the latency runs from the put's acknowledgement to the event's arrival
+    /// (0 when the event arrived first). Every watcher must receive every measured put's
+    /// revision exactly once: each missing or repeated delivery counts as an error.
+    Watch,
+    /// etcd API: `key_space` leases granted before the run (and revoked after it), renewed by
+    /// `clients` keep-alive streams to the leader, each renewing its share in turn: send one
+    /// keep-alive, await its answer. One operation is one answered renewal with a TTL above
+    /// 0; an answer with TTL 0 (the lease is gone) counts as an error.
+    #[serde(rename = "lease-keepalive")]
+    LeaseKeepAlive,
 }
 
 impl Workload {
     /// Whether it speaks etcd's v3 API to every target (kvstore through its etcd front end).
     pub fn uses_etcd_api(self) -> bool {
-        matches!(self, Workload::TxnCas | Workload::Range)
+        matches!(
+            self,
+            Workload::TxnCas | Workload::Range | Workload::Watch | Workload::LeaseKeepAlive
+        )
     }
 
     /// The key space it uses when none is asked for: 1,000 counters, a 100-key prefix,
-    /// 10,000 keys for put, get and mixed.
+    /// 1,000 watchers, 10,000 leases, 10,000 keys for put, get and mixed.
     pub fn default_key_space(self) -> u64 {
         match self {
-            Workload::Put | Workload::Get | Workload::Mixed => 10_000,
-            Workload::TxnCas => 1_000,
+            Workload::Put | Workload::Get | Workload::Mixed | Workload::LeaseKeepAlive => 10_000,
+            Workload::TxnCas | Workload::Watch => 1_000,
             Workload::Range => 100,
         }
     }
+}
+
+/// A deliberate fault for the tests of the checks themselves (a hidden flag of the binary):
+/// each must turn into errors in the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestFault {
+    /// `watch`: the first watcher ignores the first event it receives once measuring started.
+    DropEvent,
+    /// `watch`: the first watcher counts the first event it receives once measuring started
+    /// twice.
+    DuplicateEvent,
+    /// `lease-keepalive`: one lease is revoked after the grants, so its renewals answer TTL 0.
+    RevokeLease,
 }
 
 /// How reads are served.
@@ -145,6 +180,8 @@ pub struct BenchConfig {
     pub leader_timeout: Duration,
     /// Draw a progress bar on stderr (indicatif hides it when stderr is not a terminal).
     pub progress: bool,
+    /// A deliberate fault, for tests of the exactness checks only.
+    pub test_fault: Option<TestFault>,
 }
 
 /// Why a run could not start or finish.
@@ -178,10 +215,12 @@ pub enum BenchError {
     #[error("preloading the key space failed: {0}")]
     Preload(String),
     /// A kvstore node answered an etcd-API workload's first call with UNIMPLEMENTED.
-    #[error("kvstore at {endpoint} does not serve etcd's KV API yet ({message}); the {workload} workload drives kvstore through it")]
+    #[error("kvstore at {endpoint} does not serve etcd's {service} API yet ({message}); the {workload} workload drives kvstore through it")]
     EtcdApiUnimplemented {
         /// The node asked.
         endpoint: String,
+        /// The etcd service it lacks: KV, Watch or Lease.
+        service: &'static str,
         /// Its answer.
         message: String,
         /// The workload that needs the API.
@@ -208,6 +247,11 @@ impl BenchConfig {
         if self.key_space == 0 {
             return invalid("--key-space must be at least 1");
         }
+        if self.workload == Workload::LeaseKeepAlive && self.clients as u64 > self.key_space {
+            return invalid(
+                "--clients must not exceed --leases (every stream renews its own share)",
+            );
+        }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return invalid("--read-ratio must be between 0 and 1");
         }
@@ -224,7 +268,7 @@ impl BenchConfig {
             Workload::Put => false,
             Workload::Get => true,
             Workload::Mixed => self.read_ratio > 0.0,
-            Workload::TxnCas => false,
+            Workload::TxnCas | Workload::Watch | Workload::LeaseKeepAlive => false,
             Workload::Range => true,
         }
     }
@@ -266,7 +310,16 @@ name_enum!(
     "get" => Workload::Get,
     "mixed" => Workload::Mixed,
     "txn-cas" => Workload::TxnCas,
-    "range" => Workload::Range
+    "range" => Workload::Range,
+    "watch" => Workload::Watch,
+    "lease-keepalive" => Workload::LeaseKeepAlive
+);
+name_enum!(
+    TestFault,
+    "test fault",
+    "drop-event" => TestFault::DropEvent,
+    "duplicate-event" => TestFault::DuplicateEvent,
+    "revoke-lease" => TestFault::RevokeLease
 );
 name_enum!(
     ReadConsistency,
@@ -296,6 +349,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             leader_timeout: Duration::from_secs(1),
             progress: false,
+            test_fault: None,
         }
     }
 
@@ -307,6 +361,8 @@ mod tests {
             Workload::Mixed,
             Workload::TxnCas,
             Workload::Range,
+            Workload::Watch,
+            Workload::LeaseKeepAlive,
         ] {
             assert_eq!(w.to_string().parse::<Workload>(), Ok(w));
             // The JSON report spells it as the command line does.
@@ -319,7 +375,7 @@ mod tests {
         assert_eq!("etcd".parse::<Target>(), Ok(Target::Etcd));
         assert_eq!(
             "scan".parse::<Workload>().unwrap_err(),
-            "unknown workload \"scan\"; use one of: put, get, mixed, txn-cas, range"
+            "unknown workload \"scan\"; use one of: put, get, mixed, txn-cas, range, watch, lease-keepalive"
         );
     }
 
@@ -351,6 +407,10 @@ mod tests {
         c.workload = Workload::Range;
         assert!(c.reads());
         c.workload = Workload::TxnCas;
+        assert!(!c.reads());
+        c.workload = Workload::Watch;
+        assert!(!c.reads());
+        c.workload = Workload::LeaseKeepAlive;
         assert!(!c.reads());
         c.workload = Workload::Mixed;
         c.read_ratio = 0.0;

@@ -57,20 +57,29 @@ pub struct Report {
     pub clients: usize,
     /// gRPC channels they shared.
     pub connections: usize,
-    /// Number of distinct keys.
+    /// Number of distinct keys (txn-cas: counters; range: keys under the prefix; watch:
+    /// watchers; lease-keepalive: leases).
     pub key_space: u64,
     /// Bytes per written value.
     pub value_size: usize,
     /// The leader the load went to.
     pub leader: String,
+    /// The members the watchers were spread over (watch only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_members: Vec<String>,
     /// Seconds of the measured phase.
     pub elapsed_s: f64,
-    /// Successful measured requests.
+    /// Successful measured requests (watch: events delivered to watchers).
     pub ops: u64,
     /// Of which reads.
     pub reads: u64,
-    /// Of which writes.
+    /// Of which writes (watch: the measured puts whose events were watched; lease-keepalive:
+    /// the renewals).
     pub writes: u64,
+    /// Events delivered to watchers (watch only): each measured put's event counted once per
+    /// watcher that received it.
+    #[serde(default)]
+    pub events: u64,
     /// Reads that found no value.
     pub not_found: u64,
     /// Failed compares of the `txn-cas` workload's successful operations (each was retried).
@@ -82,7 +91,8 @@ pub struct Report {
     pub error_kinds: BTreeMap<String, u64>,
     /// `ops / elapsed_s`.
     pub throughput_ops_s: f64,
-    /// Latency of the successful measured requests.
+    /// Latency of the successful measured requests (watch: from a put's acknowledgement to
+    /// its event's arrival at a watcher, 0 when the event came first).
     pub latency: Latency,
 }
 
@@ -95,6 +105,8 @@ pub(crate) struct ClientStats {
     pub not_found: u64,
     /// Failed compares retried by successful `txn-cas` operations.
     pub conflicts: u64,
+    /// Events delivered (`watch`).
+    pub events: u64,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -117,6 +129,7 @@ impl ClientStats {
             writes: 0,
             not_found: 0,
             conflicts: 0,
+            events: 0,
             errors: BTreeMap::new(),
         })
     }
@@ -133,7 +146,7 @@ impl ClientStats {
 
     /// Counts `n` failures of kind `kind`; past [`MAX_ERROR_KINDS`] distinct kinds, new
     /// kinds go under [`OTHER_ERRORS`].
-    fn count_errors(&mut self, kind: String, n: u64) {
+    pub(crate) fn count_errors(&mut self, kind: String, n: u64) {
         let full = self.errors.len() >= MAX_ERROR_KINDS;
         let kind = if full && !self.errors.contains_key(&kind) {
             OTHER_ERRORS.to_string()
@@ -152,6 +165,7 @@ impl ClientStats {
         self.writes += other.writes;
         self.not_found += other.not_found;
         self.conflicts += other.conflicts;
+        self.events += other.events;
         for (kind, n) in other.errors {
             self.count_errors(kind, n);
         }
@@ -165,13 +179,18 @@ impl Report {
         elapsed_s: f64,
         stats: &ClientStats,
     ) -> Self {
-        let ops = stats.reads + stats.writes;
+        let ops = match config.workload {
+            Workload::Watch => stats.events,
+            _ => stats.reads + stats.writes,
+        };
         Self {
             target: config.target,
             workload: config.workload,
             consistency: config.consistency,
             read_ratio: match config.workload {
-                Workload::Put | Workload::TxnCas => 0.0,
+                Workload::Put | Workload::TxnCas | Workload::Watch | Workload::LeaseKeepAlive => {
+                    0.0
+                }
                 Workload::Get | Workload::Range => 1.0,
                 Workload::Mixed => config.read_ratio,
             },
@@ -180,10 +199,12 @@ impl Report {
             key_space: config.key_space,
             value_size: config.value_size,
             leader,
+            watch_members: Vec::new(),
             elapsed_s,
             ops,
             reads: stats.reads,
             writes: stats.writes,
+            events: stats.events,
             not_found: stats.not_found,
             conflicts: stats.conflicts,
             errors: stats.errors.values().sum(),
@@ -219,10 +240,17 @@ impl fmt::Display for Report {
             ),
             Workload::TxnCas => "txn-cas (etcd API, compare-and-swap increments)".to_string(),
             Workload::Range => format!("range (etcd API, {} prefix reads)", self.consistency),
+            Workload::Watch => "watch (etcd API, puts fanned out to watchers)".to_string(),
+            Workload::LeaseKeepAlive => "lease-keepalive (etcd API, renewals)".to_string(),
+        };
+        let keys = match self.workload {
+            Workload::Watch => "watchers on every member",
+            Workload::LeaseKeepAlive => "leases",
+            _ => "keys",
         };
         writeln!(
             f,
-            "{} {what}: {} clients on {} connections to {}, {}-byte values, {} keys",
+            "{} {what}: {} clients on {} connections to {}, {}-byte values, {} {keys}",
             self.target,
             self.clients,
             self.connections,
@@ -230,16 +258,25 @@ impl fmt::Display for Report {
             self.value_size,
             self.key_space
         )?;
-        writeln!(
-            f,
-            "  throughput  {:.0} ops/s  ({} ops in {:.2} s: {} reads, {} writes, {} not found)",
-            self.throughput_ops_s,
-            self.ops,
-            self.elapsed_s,
-            self.reads,
-            self.writes,
-            self.not_found
-        )?;
+        if self.workload == Workload::Watch {
+            writeln!(f, "  watchers on {}", self.watch_members.join(", "))?;
+            writeln!(
+                f,
+                "  throughput  {:.0} events/s  ({} events in {:.2} s from {} measured puts)",
+                self.throughput_ops_s, self.events, self.elapsed_s, self.writes
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  throughput  {:.0} ops/s  ({} ops in {:.2} s: {} reads, {} writes, {} not found)",
+                self.throughput_ops_s,
+                self.ops,
+                self.elapsed_s,
+                self.reads,
+                self.writes,
+                self.not_found
+            )?;
+        }
         if self.workload == Workload::TxnCas {
             writeln!(
                 f,

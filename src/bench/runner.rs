@@ -16,7 +16,7 @@ use super::{BenchConfig, BenchError, Limit, Report, Workload};
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
 /// Concurrent writers while preloading the key space.
-const PRELOAD_WRITERS: u64 = 32;
+pub(super) const PRELOAD_WRITERS: u64 = 32;
 
 /// The key of index `i`: fixed width, so every key has the same size.
 fn key(i: u64) -> String {
@@ -91,37 +91,46 @@ enum Done {
 }
 
 /// A value of `size` printable bytes (the wire type is a string).
-fn value(size: usize, rng: &mut SmallRng) -> String {
+pub(super) fn value(size: usize, rng: &mut SmallRng) -> String {
     (0..size)
         .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect()
 }
 
-/// What all clients share.
-struct Shared {
+/// When requests are admitted and measured: shared by all clients of a run.
+pub(super) struct Admission {
     /// When measuring starts (end of the warmup).
-    measure_start: Instant,
+    pub(super) measure_start: Instant,
     /// When a client stops starting requests (duration limit only).
     deadline: Option<Instant>,
     /// Measured requests started so far (total limit only).
     started: AtomicU64,
-    /// Measured requests completed, for the progress bar.
-    completed: AtomicU64,
-    config: BenchConfig,
-    value: String,
-    /// The `txn-cas` workload's counters (empty for the others).
-    counters: Counters,
+    limit: Limit,
 }
 
-impl Shared {
+impl Admission {
+    /// Measuring starts `config.warmup` from now.
+    pub(super) fn new(config: &BenchConfig) -> Self {
+        let measure_start = Instant::now() + config.warmup;
+        Self {
+            measure_start,
+            deadline: match config.limit {
+                Limit::Duration(d) => Some(measure_start + d),
+                Limit::Total(_) => None,
+            },
+            started: AtomicU64::new(0),
+            limit: config.limit,
+        }
+    }
+
     /// Whether the next request, starting at `now`, is measured; `None` to stop.
-    fn admit(&self, now: Instant) -> Option<bool> {
+    pub(super) fn admit(&self, now: Instant) -> Option<bool> {
         if self.deadline.is_some_and(|d| now >= d) {
             return None;
         }
         let measured = now >= self.measure_start;
         if measured {
-            if let Limit::Total(total) = self.config.limit {
+            if let Limit::Total(total) = self.limit {
                 if self.started.fetch_add(1, Ordering::Relaxed) >= total {
                     return None;
                 }
@@ -131,6 +140,18 @@ impl Shared {
     }
 }
 
+/// What all clients share.
+struct Shared {
+    /// Which requests run and which are measured.
+    admission: Admission,
+    /// Measured requests completed, for the progress bar.
+    completed: AtomicU64,
+    config: BenchConfig,
+    value: String,
+    /// The `txn-cas` workload's counters (empty for the others).
+    counters: Counters,
+}
+
 /// Runs one benchmark as `config` says and returns its report.
 ///
 /// # Errors
@@ -138,6 +159,15 @@ impl Shared {
 /// run are not errors: the report counts them.
 pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     config.validate()?;
+    match config.workload {
+        #[cfg(feature = "etcd")]
+        Workload::Watch => return super::watch::run(config).await,
+        #[cfg(feature = "etcd")]
+        Workload::LeaseKeepAlive => return super::lease::run(config).await,
+        #[cfg(not(feature = "etcd"))]
+        Workload::Watch | Workload::LeaseKeepAlive => return Err(BenchError::EtcdNotBuilt),
+        _ => {}
+    }
     let (leader, pool) = connect(config).await?;
     let mut rng = SmallRng::seed_from_u64(0x6b76_7374);
     let value = value(config.value_size, &mut rng);
@@ -156,14 +186,10 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         counters.load(&mut pool[0].clone()).await?;
     }
 
-    let measure_start = Instant::now() + config.warmup;
+    let admission = Admission::new(config);
+    let measure_start = admission.measure_start;
     let shared = Arc::new(Shared {
-        measure_start,
-        deadline: match config.limit {
-            Limit::Duration(d) => Some(measure_start + d),
-            Limit::Total(_) => None,
-        },
-        started: AtomicU64::new(0),
+        admission,
         completed: AtomicU64::new(0),
         config: config.clone(),
         value,
@@ -172,11 +198,32 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let mut clients = JoinSet::new();
     for i in 0..config.clients {
         let conn = pool[i % pool.len()].clone();
-        let stats = ClientStats::new().map_err(|e| BenchError::Invalid(e.to_string()))?;
+        let stats = new_stats()?;
         clients.spawn(client(i as u64, conn, Arc::clone(&shared), stats));
     }
+    let stats = join_clients(clients, config, measure_start, &shared.completed).await?;
+    let elapsed = Instant::now().saturating_duration_since(measure_start);
+    Ok(Report::new(config, leader, elapsed.as_secs_f64(), &stats))
+}
+
+/// Empty client stats.
+///
+/// # Errors
+/// Only if hdrhistogram rejected the histogram's constant bounds.
+pub(super) fn new_stats() -> Result<ClientStats, BenchError> {
+    ClientStats::new().map_err(|e| BenchError::Invalid(e.to_string()))
+}
+
+/// Waits for every client task and merges their stats, meanwhile drawing the progress bar
+/// from `completed` (measured operations so far). A task that failed counts as one error.
+pub(super) async fn join_clients(
+    mut clients: JoinSet<ClientStats>,
+    config: &BenchConfig,
+    measure_start: Instant,
+    completed: &AtomicU64,
+) -> Result<ClientStats, BenchError> {
     let progress = progress_bar(config);
-    let mut stats = ClientStats::new().map_err(|e| BenchError::Invalid(e.to_string()))?;
+    let mut stats = new_stats()?;
     let mut tick = tokio::time::interval(PROGRESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -186,12 +233,16 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                 Some(Err(e)) => stats.error(format!("client task failed: {e}")),
                 None => break,
             },
-            _ = tick.tick() => update_progress(&progress, &shared),
+            _ = tick.tick() => show_progress(
+                &progress,
+                config.limit,
+                measure_start,
+                completed.load(Ordering::Relaxed),
+            ),
         }
     }
-    let elapsed = Instant::now().saturating_duration_since(measure_start);
     progress.finish_and_clear();
-    Ok(Report::new(config, leader, elapsed.as_secs_f64(), &stats))
+    Ok(stats)
 }
 
 /// One closed-loop client: the next request leaves when the previous one is answered.
@@ -205,7 +256,7 @@ async fn client(
     let mut rng = SmallRng::seed_from_u64(id);
     loop {
         let start = Instant::now();
-        let Some(measured) = shared.admit(start) else {
+        let Some(measured) = shared.admission.admit(start) else {
             break;
         };
         let op = operation(&mut conn, &shared, &mut rng);
@@ -239,6 +290,9 @@ async fn client(
     stats
 }
 
+/// Why the closed loop was asked for an operation of a workload that runs its own loop.
+const NOT_CLOSED_LOOP: &str = "invariant: watch and lease-keepalive run their own loops";
+
 /// One operation of the workload.
 async fn operation(conn: &mut Conn, shared: &Shared, rng: &mut SmallRng) -> Result<Done, String> {
     let config = &shared.config;
@@ -260,6 +314,7 @@ async fn operation(conn: &mut Conn, shared: &Shared, rng: &mut SmallRng) -> Resu
             }
             return Ok(Done::Read { found: true });
         }
+        Workload::Watch | Workload::LeaseKeepAlive => return Err(NOT_CLOSED_LOOP.to_string()),
     };
     if read {
         let found = conn.get(key(key_index), config.consistency).await?;
@@ -319,6 +374,7 @@ async fn preload(
     Ok(())
 }
 
+/// A progress bar for `config`'s run (hidden without `--progress`).
 fn progress_bar(config: &BenchConfig) -> ProgressBar {
     if !config.progress {
         return ProgressBar::hidden();
@@ -341,15 +397,15 @@ fn progress_bar(config: &BenchConfig) -> ProgressBar {
     bar
 }
 
-fn update_progress(bar: &ProgressBar, shared: &Shared) {
+/// Shows `ops` measured operations since `measure_start` on `bar`.
+fn show_progress(bar: &ProgressBar, limit: Limit, measure_start: Instant, ops: u64) {
     let now = Instant::now();
-    if now < shared.measure_start {
+    if now < measure_start {
         bar.set_message("warming up");
         return;
     }
-    let ops = shared.completed.load(Ordering::Relaxed);
-    let secs = now.duration_since(shared.measure_start).as_secs_f64();
-    match shared.config.limit {
+    let secs = now.duration_since(measure_start).as_secs_f64();
+    match limit {
         Limit::Duration(_) => bar.set_position((secs * 1000.0) as u64),
         Limit::Total(_) => bar.set_position(ops),
     }
@@ -362,32 +418,28 @@ mod tests {
     use super::*;
 
     fn shared(limit: Limit, warmup: Duration) -> Shared {
-        let measure_start = Instant::now() + warmup;
+        let config = BenchConfig {
+            target: super::super::Target::Kvstore,
+            endpoints: vec!["127.0.0.1:1".into()],
+            workload: Workload::Put,
+            consistency: super::super::ReadConsistency::Linearizable,
+            read_ratio: 0.0,
+            clients: 1,
+            connections: 1,
+            limit,
+            key_space: 10,
+            value_size: 10,
+            warmup,
+            preload: false,
+            request_timeout: Duration::from_secs(1),
+            leader_timeout: Duration::from_secs(1),
+            progress: false,
+            test_fault: None,
+        };
         Shared {
-            measure_start,
-            deadline: match limit {
-                Limit::Duration(d) => Some(measure_start + d),
-                Limit::Total(_) => None,
-            },
-            started: AtomicU64::new(0),
+            admission: Admission::new(&config),
             completed: AtomicU64::new(0),
-            config: BenchConfig {
-                target: super::super::Target::Kvstore,
-                endpoints: vec!["127.0.0.1:1".into()],
-                workload: Workload::Put,
-                consistency: super::super::ReadConsistency::Linearizable,
-                read_ratio: 0.0,
-                clients: 1,
-                connections: 1,
-                limit,
-                key_space: 10,
-                value_size: 10,
-                warmup,
-                preload: false,
-                request_timeout: Duration::from_secs(1),
-                leader_timeout: Duration::from_secs(1),
-                progress: false,
-            },
+            config,
             value: String::new(),
             counters: Counters::new(0),
         }
@@ -397,7 +449,7 @@ mod tests {
     fn a_total_limit_admits_exactly_that_many_measured_requests() {
         let s = shared(Limit::Total(3), Duration::ZERO);
         let now = Instant::now() + Duration::from_millis(1);
-        let admitted: Vec<_> = (0..5).map(|_| s.admit(now)).collect();
+        let admitted: Vec<_> = (0..5).map(|_| s.admission.admit(now)).collect();
         assert_eq!(admitted, [Some(true), Some(true), Some(true), None, None]);
     }
 
@@ -407,14 +459,18 @@ mod tests {
             Limit::Duration(Duration::from_secs(5)),
             Duration::from_secs(60),
         );
-        assert_eq!(s.admit(Instant::now()), Some(false));
+        assert_eq!(s.admission.admit(Instant::now()), Some(false));
         assert_eq!(
-            s.started.load(Ordering::Relaxed),
+            s.admission.started.load(Ordering::Relaxed),
             0,
             "warmup does not count"
         );
-        assert_eq!(s.admit(s.measure_start), Some(true));
-        assert_eq!(s.admit(s.measure_start + Duration::from_secs(5)), None);
+        assert_eq!(s.admission.admit(s.admission.measure_start), Some(true));
+        assert_eq!(
+            s.admission
+                .admit(s.admission.measure_start + Duration::from_secs(5)),
+            None
+        );
     }
 
     #[test]

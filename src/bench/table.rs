@@ -16,7 +16,8 @@ pub struct Scenario {
     pub consistency: ReadConsistency,
     /// Read ratio in permille (mixed only; 0 for put, 1000 for get).
     pub read_permille: u32,
-    /// Counters (txn-cas) or keys per range (range); 0 for put, get and mixed, whose rows
+    /// Counters (txn-cas), keys per range (range), watchers (watch) or leases
+    /// (lease-keepalive); 0 for put, get and mixed, whose rows
     /// do not depend on it.
     pub keys: u64,
 }
@@ -27,7 +28,9 @@ impl Scenario {
         Self {
             workload: report.workload,
             consistency: match report.workload {
-                Workload::Put | Workload::TxnCas => ReadConsistency::Linearizable,
+                Workload::Put | Workload::TxnCas | Workload::Watch | Workload::LeaseKeepAlive => {
+                    ReadConsistency::Linearizable
+                }
                 _ => report.consistency,
             },
             read_permille: (report.read_ratio * 1000.0).round() as u32,
@@ -51,6 +54,8 @@ impl Scenario {
             ),
             Workload::TxnCas => format!("txn CAS on 1 of {} counters", self.keys),
             Workload::Range => format!("range of {} keys ({})", self.keys, self.consistency),
+            Workload::Watch => format!("watch: events/s to {} watchers", self.keys),
+            Workload::LeaseKeepAlive => format!("lease keep-alive of {} leases", self.keys),
         }
     }
 }
@@ -171,10 +176,12 @@ mod tests {
             key_space: 10,
             value_size: 100,
             leader: "127.0.0.1:1".into(),
+            watch_members: Vec::new(),
             elapsed_s: 1.0,
             ops: ops_s as u64,
             reads: 0,
             writes: ops_s as u64,
+            events: 0,
             not_found: 0,
             conflicts: 0,
             errors: 0,
@@ -236,6 +243,30 @@ mod tests {
             "put rows do not depend on the key space"
         );
         assert_eq!(rows[1].throughput_ratio(), Some(2.0));
+    }
+
+    #[test]
+    fn watch_and_lease_rows_name_their_watchers_and_leases() {
+        let mut watch = report(Target::Etcd, Workload::Watch, 64, 50_000.0, 9000);
+        watch.key_space = 1000;
+        let mut kv_watch = report(Target::Kvstore, Workload::Watch, 64, 100_000.0, 3000);
+        kv_watch.key_space = 1000;
+        let mut lease = report(Target::Etcd, Workload::LeaseKeepAlive, 64, 8000.0, 9000);
+        lease.key_space = 10_000;
+        let rows = rows(&[watch, lease, kv_watch]);
+        let labels: Vec<String> = rows.iter().map(|r| r.scenario.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "watch: events/s to 1000 watchers",
+                "lease keep-alive of 10000 leases"
+            ]
+        );
+        assert_eq!(
+            rows[0].throughput_ratio(),
+            Some(2.0),
+            "both systems on one row"
+        );
     }
 
     #[test]

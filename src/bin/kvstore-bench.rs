@@ -8,8 +8,11 @@
 //! kvstore-bench put --target etcd --endpoints 127.0.0.1:2379 --clients 64
 //! kvstore-bench txn-cas --target etcd --endpoints 127.0.0.1:2379 --clients 64   # etcd API
 //! kvstore-bench range --clients 64          # kvstore through its etcd front end
+//! kvstore-bench watch --watchers 1000 --clients 64 --target etcd --endpoints 127.0.0.1:2379
+//! kvstore-bench lease-keepalive --leases 10000 --clients 64
 //! ```
-//! `txn-cas` and `range` speak etcd's v3 API to both targets (a build with `--features etcd`).
+//! `txn-cas`, `range`, `watch` and `lease-keepalive` speak etcd's v3 API to both targets (a
+//! build with `--features etcd`).
 //! Prints a short text report, or one JSON object with `--json`. A progress bar runs on
 //! stderr while it measures. Exit codes: 0 the run completed (failed requests are counted in
 //! the report, not fatal), 2 it could not run (one line on stderr: `kvstore-bench: <message>`).
@@ -19,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kvstore::bench::{self, BenchConfig, Limit, ReadConsistency, Target, Workload};
+use kvstore::bench::{self, BenchConfig, Limit, ReadConsistency, Target, TestFault, Workload};
 use kvstore::client::parse_duration;
 
 /// mimalloc, as in the node: the load generator shares the cores with the servers it measures,
@@ -37,8 +40,12 @@ const ETCD_ENDPOINTS: &str = "127.0.0.1:2379";
 #[command(name = "kvstore-bench", version, about)]
 struct Args {
     /// What the clients issue: put, get or mixed; or, through etcd's API (a build with
-    /// --features etcd), txn-cas (compare-and-swap increments of counters) or range (a
-    /// prefix read).
+    /// --features etcd), txn-cas (compare-and-swap increments of counters), range (a
+    /// prefix read), watch (the clients put under a prefix that --watchers watchers spread
+    /// over every member watch; reports events delivered per second and the latency from a
+    /// put's acknowledgement to each event; a missing or repeated event is an error) or
+    /// lease-keepalive (--leases leases granted first, renewed by the clients, one
+    /// keep-alive stream each; an operation is one renewal answered with a TTL above 0).
     workload: Workload,
     /// The system under test: kvstore, or etcd (needs a build with --features etcd).
     #[arg(long, default_value = "kvstore")]
@@ -53,21 +60,25 @@ struct Args {
     /// Share of reads in the mixed workload (0 to 1).
     #[arg(long, default_value_t = 0.5)]
     read_ratio: f64,
-    /// Concurrent clients, each issuing its next request when the last one is answered.
+    /// Concurrent clients, each issuing its next request when the last one is answered
+    /// (watch: the writers; lease-keepalive: the keep-alive streams).
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// gRPC connections the clients share [default: the number of clients, at most 8].
+    /// gRPC connections the clients share [default: the number of clients, at most 8]
+    /// (watch: also the watch streams per member, each on its own connection).
     #[arg(long)]
     connections: Option<usize>,
     /// How long to measure (e.g. 10s, 500ms, 1m) [default: 10s].
     #[arg(long, value_parser = parse_duration, conflicts_with = "total")]
     duration: Option<Duration>,
-    /// Measure this many requests instead of a duration.
+    /// Measure this many requests instead of a duration (watch: puts; lease-keepalive:
+    /// renewals).
     #[arg(long)]
     total: Option<u64>,
     /// Number of distinct keys, drawn uniformly (txn-cas: counters; range: keys under the
-    /// prefix) [default: 10000; txn-cas 1000; range 100].
-    #[arg(long)]
+    /// prefix; watch: watchers, also --watchers; lease-keepalive: leases, also --leases)
+    /// [default: 10000; txn-cas 1000; range 100; watch 1000; lease-keepalive 10000].
+    #[arg(long, visible_aliases = ["watchers", "leases"])]
     key_space: Option<u64>,
     /// Bytes per written value.
     #[arg(long, default_value_t = 100)]
@@ -90,6 +101,10 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Tests of the checks only: drop-event, duplicate-event (watch) or revoke-lease
+    /// (lease-keepalive); the report must count the damage as errors.
+    #[arg(long, hide = true)]
+    test_fault: Option<TestFault>,
 }
 
 /// Like `parse_duration`, but `0` means no warmup.
@@ -130,6 +145,7 @@ impl From<Args> for BenchConfig {
             request_timeout: args.timeout,
             leader_timeout: args.leader_timeout,
             progress: !args.no_progress,
+            test_fault: args.test_fault,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::request::{
 };
 use super::tick_clock::TickClock;
 use super::transport::Transport;
+use super::watches::{self, Publisher};
 use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
 use crate::raft::storage::LogStore;
@@ -87,6 +88,9 @@ pub struct Driver {
     /// lease questions once it equals its term (its no-op applied, so every lease committed
     /// before it led is in its state machine and lease table).
     applied_term: Term,
+    /// Where applied changes go to watchers, and what was published last (`watches.rs`).
+    watch: super::WatchHub,
+    watch_publisher: Publisher,
 }
 
 impl Driver {
@@ -136,6 +140,9 @@ impl Driver {
             "opened node state"
         );
         let core = RaftCore::restore(rc, hard_state, snapshot_meta, log)?;
+        let revision = sm.revision();
+        let mut watch_publisher = Publisher::new(revision);
+        watch_publisher.set_drop_snapshot_catch_up(drop_snapshot_watch_catch_up());
         Ok(Driver {
             id: config.id,
             tick: config.heartbeat_interval,
@@ -160,6 +167,8 @@ impl Driver {
             snapshot_size,
             compactor: Compactor::new(auto_compaction),
             applied_term: 0,
+            watch: inbox.watch,
+            watch_publisher,
         })
     }
 
@@ -380,6 +389,33 @@ impl Driver {
             Request::HandOver { reply } => {
                 let _ = reply.send(self.hand_over());
             }
+            Request::WatchHistory {
+                from,
+                key,
+                range_end,
+                prev_kv,
+                reply,
+            } => {
+                let keys = self.sm.key_space();
+                debug_assert_eq!(
+                    keys.revision(),
+                    self.watch_publisher.last(),
+                    "invariant: between Readies everything applied is published"
+                );
+                let _ = reply.send(watches::history(keys, from, &key, &range_end, prev_kv));
+            }
+        }
+    }
+
+    /// Publishes to watchers what the applies of this Ready changed (after they applied:
+    /// a watcher never sees an event before its entry is committed and applied here).
+    fn publish_watch(&mut self) {
+        let (listening, prev_kv) = self.watch.wanted();
+        if let Some(batch) = self
+            .watch_publisher
+            .publish(self.sm.key_space(), listening, prev_kv)
+        {
+            self.watch.send(batch);
         }
     }
 
@@ -420,6 +456,7 @@ impl Driver {
             // state applied so far, then the entries below restart the ones they touch.
             self.sync_leases();
             self.apply(committed_entries);
+            self.publish_watch();
             self.serve_reads();
             self.check_leadership();
             // (5) Tell the core the batch is handled.
@@ -455,6 +492,7 @@ impl Driver {
         self.blocking(move || store.install_snapshot(&snapshot))
             .await?;
         self.sm = sm;
+        self.watch_publisher.snapshot_installed(self.sm.key_space());
         // Every lock may have changed hands.
         self.lock_waiters.changed_all();
         self.bytes_since_snapshot = 0;
@@ -777,7 +815,10 @@ impl Driver {
                 Request::KeyLease { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Request::Peer { .. } | Request::PeerReply { .. } | Request::HandOver { .. } => {}
+                Request::Peer { .. }
+                | Request::PeerReply { .. }
+                | Request::HandOver { .. }
+                | Request::WatchHistory { .. } => {}
             }
         }
     }
@@ -797,6 +838,13 @@ fn start_seed(id: NodeId) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Mutation switch for tests, never set in production: with
+/// `KVSTORE_TEST_DROP_SNAPSHOT_WATCH_CATCH_UP=1` in its environment at start, watchers lose
+/// the events an installed snapshot brought (`watches::Publisher::set_drop_snapshot_catch_up`).
+fn drop_snapshot_watch_catch_up() -> bool {
+    std::env::var("KVSTORE_TEST_DROP_SNAPSHOT_WATCH_CATCH_UP").is_ok_and(|v| v == "1")
+}
 
 /// Test-only fault injection, never set in production: with `KVSTORE_TEST_PANIC_AFTER_TICKS=N`
 /// in its environment at start, the driver panics at its Nth tick (tests/cluster.rs checks

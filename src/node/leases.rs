@@ -42,8 +42,8 @@ use std::time::Duration;
 use crate::raft::Term;
 use crate::state_machine::{ApplyError, Command, Outcome, Proposal, StateMachine};
 
-/// Longest lease timed, in ms (the Lock service accepts at most one day; etcd's largest TTL
-/// is 9e9 s); caps the deadline arithmetic whatever a log entry says.
+/// Longest lock lease timed, in ms (the Lock service accepts at most one day); caps the
+/// deadline arithmetic whatever a log entry says. Leases on keys have etcd's own cap.
 const MAX_LEASE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// A point in time the table can add a TTL to: `Instant` in the daemon, `Duration` since the
@@ -158,7 +158,7 @@ impl<T: LeaseTime> Leases<T> {
             self.insert(Timed::lock(name), new_lease(l.token, l.ttl_ms, now));
         }
         for (id, ttl) in sm.key_leases().iter() {
-            let mut lease = new_lease(0, key_lease_ms(ttl), now);
+            let mut lease = key_lease(ttl, now);
             if self.key_leases_not_restarted {
                 lease.deadline = now;
             }
@@ -182,8 +182,12 @@ impl<T: LeaseTime> Leases<T> {
             return None;
         }
         match (command, outcome) {
-            (Command::LeaseGrant { .. }, Some(Outcome::LeaseGranted { id, ttl })) => {
-                self.insert(Timed::KeyLease(*id), new_lease(0, key_lease_ms(*ttl), now));
+            (Command::LeaseGrant { .. }, Some(Outcome::LeaseGranted { id, .. })) => {
+                // The state machine's lease, not the outcome's: a session's cached outcome may
+                // name a lease revoked since.
+                if let Some(ttl) = sm.key_leases().ttl(*id) {
+                    self.insert(Timed::KeyLease(*id), key_lease(ttl, now));
+                }
                 return None;
             }
             (Command::LeaseRevoke { id }, _) => {
@@ -222,7 +226,7 @@ impl<T: LeaseTime> Leases<T> {
     }
 
     /// etcd's LeaseKeepAlive on the leader: restarts lease `id`'s full TTL from `now` and
-    /// returns that TTL in seconds. `None` if this node does not lead, the lease does not
+    /// returns that TTL in seconds (the granted one). `None` if this node does not lead, the lease does not
     /// exist, or its revoke was already proposed (it ends right after: too late).
     pub(crate) fn renew(&mut self, id: i64, now: T) -> Option<i64> {
         let key = Timed::KeyLease(id);
@@ -354,9 +358,18 @@ fn expire_proposal(what: &Timed, token: u64) -> Vec<u8> {
     .encode()
 }
 
-/// A lease on keys' TTL (seconds, as granted) in ms, capped like every lease.
-fn key_lease_ms(ttl: i64) -> u64 {
-    u64::try_from(ttl).unwrap_or(0).saturating_mul(1000)
+/// The lease of a lease on keys granted `ttl` seconds, starting at `now`. etcd's largest TTL
+/// (9e9 s) is timed as it is, not capped like a lock's; a negative TTL (never proposed by the
+/// front end, which raises it to the minimum) runs out at once.
+fn key_lease<T: LeaseTime>(ttl: i64, now: T) -> Lease<T> {
+    let ttl = ttl.clamp(0, crate::state_machine::MAX_LEASE_TTL);
+    let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+    Lease {
+        token: 0,
+        ttl,
+        deadline: now + ttl,
+        expiring: false,
+    }
 }
 
 /// The lock a command acts on; `None` for key-value commands.

@@ -52,6 +52,7 @@ pub(crate) mod pending;
 mod request;
 pub(crate) mod tick_clock;
 mod transport;
+pub mod watches;
 
 pub use self::driver::Driver;
 pub use self::error::{ClientError, Fatal};
@@ -64,8 +65,9 @@ pub use self::transport::Transport;
 use crate::raft::{LogIndex, Message, NodeId, Role, Term};
 use crate::state_machine::mvcc::{RangeRequest, RangeResponse};
 use crate::state_machine::{ApplyError, LockInfo, Outcome};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::lock_waiters::{LockWaiters, TooManyWaiting, Waiter};
 
@@ -121,6 +123,48 @@ pub struct Inbox {
     rx: mpsc::Receiver<Request>,
     status: watch::Sender<NodeStatus>,
     lock_waiters: Arc<LockWaiters>,
+    watch: WatchHub,
+}
+
+/// Batches of applied changes published after every Ready's applies ([`watches::Batch`]),
+/// shared by the driver (which sends) and the handles (which subscribe).
+#[derive(Clone, Debug)]
+pub struct WatchHub {
+    tx: broadcast::Sender<Arc<watches::Batch>>,
+    /// How many watchers asked for previous kvs: batches carry them only while it is not 0.
+    prev_kv: Arc<AtomicUsize>,
+}
+
+impl WatchHub {
+    fn new() -> Self {
+        WatchHub {
+            tx: broadcast::channel(watches::BATCH_CAPACITY).0,
+            prev_kv: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Whether anyone listens, and whether batches need previous kvs.
+    fn wanted(&self) -> (bool, bool) {
+        (
+            self.tx.receiver_count() > 0,
+            self.prev_kv.load(Ordering::SeqCst) > 0,
+        )
+    }
+
+    /// Publishes a batch (no one listening is fine).
+    fn send(&self, batch: watches::Batch) {
+        let _ = self.tx.send(Arc::new(batch));
+    }
+}
+
+/// Keeps previous kvs in published batches while it lives (one per watcher that asked).
+#[derive(Debug)]
+pub struct PrevKvWanted(Arc<AtomicUsize>);
+
+impl Drop for PrevKvWanted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Inbox {
@@ -137,16 +181,19 @@ pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (status_tx, status_rx) = watch::channel(NodeStatus::initial(id));
     let lock_waiters = Arc::new(LockWaiters::default());
+    let hub = WatchHub::new();
     (
         NodeHandle {
             tx,
             status: status_rx,
             lock_waiters: lock_waiters.clone(),
+            watch: hub.clone(),
         },
         Inbox {
             rx,
             status: status_tx,
             lock_waiters,
+            watch: hub,
         },
     )
 }
@@ -158,6 +205,8 @@ pub struct NodeHandle {
     status: watch::Receiver<NodeStatus>,
     /// The Acquire requests waiting on this node; the driver wakes them.
     lock_waiters: Arc<LockWaiters>,
+    /// Where applied changes are published for watchers.
+    watch: WatchHub,
 }
 
 impl NodeHandle {
@@ -294,6 +343,43 @@ impl NodeHandle {
     /// A receiver for status changes.
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
+    }
+
+    /// A receiver of the batches of applied changes published from now on. Subscribe
+    /// before asking for history ([`NodeHandle::watch_history`]): every batch the answer
+    /// does not cover then reaches the receiver (or it reports a lag).
+    pub fn watch_batches(&self) -> broadcast::Receiver<Arc<watches::Batch>> {
+        self.watch.tx.subscribe()
+    }
+
+    /// Makes published batches carry previous kvs while the guard lives. Take it before
+    /// asking for history, so no batch after the answer lacks them.
+    pub fn want_prev_kv(&self) -> PrevKvWanted {
+        self.watch.prev_kv.fetch_add(1, Ordering::SeqCst);
+        PrevKvWanted(self.watch.prev_kv.clone())
+    }
+
+    /// The changes of `[key, range_end)` from revision `from` (0: none) as applied here,
+    /// and the revision the answer reflects ([`watches::history`]).
+    ///
+    /// # Errors
+    /// Overloaded or shutting down.
+    pub async fn watch_history(
+        &self,
+        from: i64,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        prev_kv: bool,
+    ) -> Result<watches::History, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::WatchHistory {
+            from,
+            key,
+            range_end,
+            prev_kv,
+            reply,
+        })?;
+        rx.await.map_err(|_| ClientError::ShuttingDown)
     }
 
     fn submit(&self, req: Request) -> Result<(), ClientError> {

@@ -108,6 +108,20 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<(KeyLeaseAnswer, Header), ClientError>>,
     },
+    /// A watcher's catch-up: the changes of `[key, range_end)` from `from` as applied here
+    /// (`node::watches::history`).
+    WatchHistory {
+        /// The first revision wanted (0: none, only the current revision).
+        from: i64,
+        /// First key.
+        key: Vec<u8>,
+        /// End of the interval (key space conventions).
+        range_end: Vec<u8>,
+        /// Add previous kvs.
+        prev_kv: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<super::watches::History>,
+    },
 }
 
 /// What [`Request::KeyLease`] asks.

@@ -285,7 +285,7 @@ fn text(bytes: Vec<u8>, what: &str, key: &[u8]) -> Result<String, ClientError> {
 }
 
 /// A key selector as the key space's `[key, range_end)`.
-fn keys_from_pb(k: Option<pb::KeySelector>) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+pub(super) fn keys_from_pb(k: Option<pb::KeySelector>) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
     let k = k.unwrap_or_default();
     let given = [!k.range_end.is_empty(), k.prefix, k.from_key];
     if given.iter().filter(|g| **g).count() > 1 {

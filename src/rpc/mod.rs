@@ -25,6 +25,7 @@ pub mod lock_service;
 pub mod peer;
 pub mod raft_service;
 pub mod status;
+pub mod watch_service;
 
 use self::client_urls::ClientUrls;
 use self::cluster_service::ClusterService;
@@ -33,6 +34,7 @@ use self::lease_service::LeaseService;
 use self::lock_service::LockService;
 use self::peer::{PeerAddrError, PeerSenders, PEER_MESSAGE_LIMIT};
 use self::raft_service::RaftService;
+use self::watch_service::WatchService;
 use crate::config::NodeConfig;
 use crate::node::{self, Driver, Fatal, NodeHandle};
 use crate::pb::cluster_server::ClusterServer;
@@ -40,6 +42,7 @@ use crate::pb::kv_server::KvServer;
 use crate::pb::lease_server::LeaseServer;
 use crate::pb::lock_server::LockServer;
 use crate::pb::raft_server::RaftServer;
+use crate::pb::watch_server::WatchServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -210,6 +213,7 @@ async fn serve(
         <KvServer<KvService> as NamedService>::NAME,
         <LockServer<LockService> as NamedService>::NAME,
         <LeaseServer<LeaseService> as NamedService>::NAME,
+        <WatchServer<WatchService> as NamedService>::NAME,
         <ClusterServer<ClusterService> as NamedService>::NAME,
     ];
     for name in service_names {
@@ -217,6 +221,9 @@ async fn serve(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
+    // The etcd front end's view of this member: its services, and the watch engine that
+    // kvstore.v1.Watch shares with etcd's Watch.
+    let member = etcd::Member::new(config, handle.clone());
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = Server::builder()
@@ -257,6 +264,11 @@ async fn serve(
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
+            WatchServer::new(WatchService::new(etcd::EtcdWatch::new(member.clone())))
+                .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+        )
+        .add_service(
             ClusterServer::new(ClusterService::new(
                 config.clone(),
                 urls.clone(),
@@ -265,7 +277,7 @@ async fn serve(
             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         );
-    let router = etcd::add_services(router, &etcd::Member::new(config, handle), urls);
+    let router = etcd::add_services(router, &member, urls);
     info!(
         node_id = config.id,
         addr = %config.address(),

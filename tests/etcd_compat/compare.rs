@@ -3,8 +3,12 @@
 //! An outcome becomes one JSON document: `exit` (the status), `stdout` (the `-w json` output,
 //! or the lines of a plain one) and `stderr` (what etcdctl said, without its JSON log lines,
 //! so the `Error: ...` line stays). Fields that legitimately differ between two clusters are
-//! dropped: `cluster_id`, `member_id`, `raft_term` and member `ID`s. Keys and values are
-//! base64 in etcdctl's JSON: they are decoded so a difference reads as text. Then two
+//! dropped: `cluster_id`, `member_id`, `raft_term`, member and lease `ID`s (and a
+//! timetolive's lowercase `id`). A key's `lease` and a timetolive's remaining `ttl` keep only
+//! what is deterministic: whether there is a lease, and whether time is left (or -1: the
+//! lease does not exist). Keys and values (and a timetolive's `keys`, compared as a set) are
+//! base64 in etcdctl's
+//! JSON: they are decoded so a difference reads as text. Then two
 //! documents are walked side by side and the first difference is reported with the command,
 //! the path of the field and both values.
 
@@ -16,9 +20,9 @@ use serde_json::{Map, Value};
 use super::etcdctl::{Compare, Outcome, Step};
 
 /// Fields that differ between any two clusters (and between two members of one).
-const IDS: [&str; 4] = ["cluster_id", "member_id", "raft_term", "ID"];
+const IDS: [&str; 5] = ["cluster_id", "member_id", "raft_term", "ID", "id"];
 /// Fields etcdctl prints base64-encoded.
-const BYTES: [&str; 2] = ["key", "value"];
+const BYTES: [&str; 3] = ["key", "value", "keys"];
 /// Decoded values longer than this are shown by length and hash.
 const SHOWN_BYTES: usize = 64;
 
@@ -107,7 +111,19 @@ fn normalise_json(value: &Value, field: Option<&str>) -> Value {
                 .collect(),
         ),
         Value::Array(items) => {
-            Value::Array(items.iter().map(|v| normalise_json(v, field)).collect())
+            let mut items: Vec<Value> = items.iter().map(|v| normalise_json(v, field)).collect();
+            if field == Some("keys") {
+                // A lease's keys come in etcd's map order (random): compare them as a set.
+                items.sort_by_key(Value::to_string);
+            }
+            Value::Array(items)
+        }
+        // A kv's lease id (random in etcd) and a lease's remaining seconds (a clock reading).
+        Value::Number(n) if field == Some("lease") && n.as_i64() != Some(0) => {
+            Value::String("<a lease>".into())
+        }
+        Value::Number(n) if field == Some("ttl") && n.as_i64().is_some_and(|t| t > 0) => {
+            Value::String("<time left>".into())
         }
         Value::String(text) if field.is_some_and(|f| BYTES.contains(&f)) => {
             match base64_decode(text) {

@@ -26,6 +26,8 @@ struct Member {
     client_port: u16,
     child: Child,
     log: PathBuf,
+    /// SIGKILLed by [`EtcdCluster::kill`].
+    killed: bool,
 }
 
 /// A running etcd cluster.
@@ -90,6 +92,7 @@ impl EtcdCluster {
                 client_port: client,
                 child,
                 log,
+                killed: false,
             });
         }
         let cluster = EtcdCluster { members, dir };
@@ -118,13 +121,7 @@ impl EtcdCluster {
     pub async fn follower(&self) -> String {
         let endpoints = self.endpoints();
         poll_until(Duration::from_secs(10), "an etcd follower", async || {
-            let args: Vec<String> = ["endpoint", "status", "-w", "json"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            let status = etcdctl(&endpoints, &args, None)?;
-            let statuses: Value = serde_json::from_str(&status.stdout).ok()?;
-            statuses.as_array()?.iter().find_map(|s| {
+            endpoint_statuses(&endpoints)?.iter().find_map(|s| {
                 let member = s.pointer("/Status/header/member_id")?.as_u64()?;
                 let leader = s.pointer("/Status/leader")?.as_u64()?;
                 (leader != 0 && member != leader)
@@ -134,6 +131,65 @@ impl EtcdCluster {
         })
         .await
     }
+}
+
+// Used by etcd_clients.rs, not by etcd_compat.rs.
+#[allow(dead_code)]
+impl EtcdCluster {
+    /// SIGKILLs the member serving `endpoint` (`127.0.0.1:PORT`) and reaps it.
+    pub fn kill(&mut self, endpoint: &str) {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| format!("127.0.0.1:{}", m.client_port) == endpoint)
+            .unwrap_or_else(|| panic!("no etcd member serves {endpoint}"));
+        assert!(!member.killed, "etcd {} is already killed", member.name);
+        member.child.kill().unwrap();
+        member.child.wait().unwrap();
+        member.killed = true;
+    }
+
+    /// The client addresses of the members not killed.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| !m.killed)
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// The client address of the member that leads, as the live members agree on it.
+    pub async fn leader(&self) -> String {
+        let endpoints = self.live_endpoints();
+        poll_until(Duration::from_secs(10), "an etcd leader", async || {
+            let statuses = endpoint_statuses(&endpoints)?;
+            let leader = statuses.first()?.pointer("/Status/leader")?.as_u64()?;
+            let agreed = statuses.len() == endpoints.len()
+                && statuses
+                    .iter()
+                    .all(|s| s.pointer("/Status/leader").and_then(Value::as_u64) == Some(leader));
+            if leader == 0 || !agreed {
+                return None;
+            }
+            statuses.iter().find_map(|s| {
+                (s.pointer("/Status/header/member_id")?.as_u64()? == leader)
+                    .then(|| s.get("Endpoint")?.as_str().map(str::to_string))
+                    .flatten()
+            })
+        })
+        .await
+    }
+}
+
+/// What `etcdctl endpoint status -w json` says of every endpoint, or `None` when it fails.
+fn endpoint_statuses(endpoints: &[String]) -> Option<Vec<Value>> {
+    let args: Vec<String> = ["endpoint", "status", "-w", "json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let status = etcdctl(endpoints, &args, None)?;
+    let statuses: Value = serde_json::from_str(&status.stdout).ok()?;
+    statuses.as_array().cloned()
 }
 
 impl Drop for EtcdCluster {

@@ -3,8 +3,9 @@
 //! `--prev-kv`), the get options (prefix, revision incl. compacted and future, from-key,
 //! limit, sort, keys-only, count-only where etcdctl has it), del (key, prefix, prev-kv), txn
 //! compares and both branches, the seed's generation-number CAS, compaction and reading below
-//! it, the duplicate-key and too-large errors, and the shape of endpoint status and member
-//! list.
+//! it, the duplicate-key and too-large errors, the shape of endpoint status and member
+//! list, and leases (grant, put with a lease, timetolive, keep-alive once, list, revoke and
+//! their refusals).
 
 use serde_json::Value;
 
@@ -34,6 +35,14 @@ fn first_value_plus_one(json: &Value) -> Option<String> {
     let n: i64 = std::str::from_utf8(&bytes).ok()?.parse().ok()?;
     Some((n + 1).to_string())
 }
+
+/// A `lease grant -w json`'s lease id, in the hex etcdctl takes.
+fn lease_id(json: &Value) -> Option<String> {
+    Some(format!("{:x}", json.pointer("/ID")?.as_i64()?))
+}
+
+/// etcd's error for a lease that does not exist.
+const NO_LEASE: &str = "etcdserver: requested lease not found";
 
 /// Whether this etcdctl has `get --count-only` (etcdctl 3.5 and later; 3.4 does not).
 fn has_count_only() -> bool {
@@ -130,6 +139,56 @@ pub fn script() -> Vec<Step> {
         // Cluster surface: only the shape is comparable.
         Step::new("endpoint status -w json").shape(),
         Step::new("member list -w json").shape(),
+        // Leases: grant, attach two keys (and one put without), time to live with the keys,
+        // keep-alive, list, revoke (both keys at one revision), then the answers for a lease
+        // that is gone and the refusals.
+        Step::new("lease grant 60 -w json").capture("lease", lease_id),
+        Step::new("put --lease={lease} l/a 1 -w json"),
+        Step::new("put --lease={lease} l/b 2 -w json"),
+        Step::new("put l/c 3 -w json"),
+        Step::new("get l/ --prefix -w json"),
+        Step::new("lease timetolive {lease} --keys -w json"),
+        Step::new("lease keep-alive --once {lease} -w json"),
+        Step::new("lease list -w json"),
+        Step::new("lease revoke {lease} -w json"),
+        Step::new("get l/ --prefix -w json"),
+        Step::new("lease timetolive {lease} -w json"),
+        Step::new("lease revoke {lease}")
+            .fails("failed to revoke lease (etcdserver: requested lease not found)"),
+        Step::new("lease keep-alive --once {lease}").fails(NO_LEASE),
+        Step::new("put --lease=1234abcd l/z 1 -w json").fails(NO_LEASE),
+        Step::new("lease grant 9000000001 -w json")
+            .fails("failed to grant lease (etcdserver: too large lease TTL)"),
+        Step::new("lease list -w json"),
+        // Below the minimum TTL (1.5 election timeouts: 1 s for both clusters here): raised.
+        Step::new("lease grant 0 -w json"),
     ]);
     steps
 }
+
+/// `etcdctl watch` in the differential test (`watch.rs`): the history both systems get
+/// (revision 1 -> 10), compacted at 4.
+pub fn watch_history() -> Vec<Step> {
+    vec![
+        Step::new("put w/a 1"),
+        Step::new("put w/b 2"),
+        Step::new("put w/a 3"),
+        Step::new("del w/b"),
+        Step::new("txn").stdin("\nput w/c 4\nput w/d 5\nput x 6\n\n\n"),
+        Step::new("put x 7"),
+        Step::new("del w/ --prefix"),
+        Step::new("put w/a 8"),
+        Step::new("put w/b 9"),
+        Step::new("compaction 4"),
+    ]
+}
+
+/// The watches compared (etcdctl's arguments after `watch`).
+pub const WATCHES: &[&str] = &[
+    "--prefix w/ --rev 4",
+    "--prefix w/ --rev 5 --prev-kv",
+    "w/a --rev 4",
+    "--rev 6 x",
+    "--rev 2 w/a",
+    "--prefix w/ --rev 100",
+];

@@ -298,3 +298,125 @@ async fn waiting_acquires_are_woken_when_their_lock_changes_hands_or_the_role_ch
     assert!(commit(&mut d, &outbox, release).await.is_ok());
     assert!(woken(&mut w).await, "not woken by a release");
 }
+
+/// An etcd Put of `key` = "v" attached to lease `lease`.
+fn leased_put(key: &[u8], lease: i64) -> Command {
+    Command::Kv {
+        op: crate::state_machine::KvWrite::Put(crate::state_machine::mvcc::PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }),
+        fence: None,
+    }
+}
+
+/// Asks the driver a leader-local question about leases on keys.
+async fn ask(d: &mut Driver, query: KeyLeaseQuery) -> Result<KeyLeaseAnswer, ClientError> {
+    let (reply, answer) = oneshot::channel();
+    d.handle_request(Request::KeyLease { query, reply });
+    answer
+        .await
+        .unwrap_or_else(|e| panic!("no answer: {e}"))
+        .map(|(a, _)| a)
+}
+
+/// Leases on keys on the real driver: a follower refuses lease questions; the leader answers
+/// them only once it applied an entry of its term; a keep-alive renews; a lease that runs out
+/// gets a `LeaseRevoke` proposed, which deletes its key, and a keep-alive after that proposal
+/// is answered TTL 0.
+#[tokio::test]
+async fn the_leader_times_leases_on_keys_and_revokes_one_that_runs_out() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut d, outbox) = with_outbox(&dir);
+    assert!(
+        matches!(
+            ask(&mut d, KeyLeaseQuery::List).await,
+            Err(ClientError::NoLeader)
+        ),
+        "a follower with no leader answered"
+    );
+    elect(&mut d, &outbox).await;
+    if d.applied_term != d.core.status().term {
+        assert!(
+            matches!(
+                ask(&mut d, KeyLeaseQuery::List).await,
+                Err(ClientError::NoLeader)
+            ),
+            "a leader answered before applying an entry of its term"
+        );
+    }
+    let granted = commit(&mut d, &outbox, Command::LeaseGrant { id: 9, ttl: 60 }).await;
+    assert!(
+        matches!(granted, Ok((Outcome::LeaseGranted { id: 9, ttl: 60 }, _))),
+        "{granted:?}"
+    );
+    let put = leased_put(b"k", 9);
+    assert!(commit(&mut d, &outbox, put).await.is_ok());
+    assert_eq!(
+        ask(&mut d, KeyLeaseQuery::KeepAlive(9)).await,
+        Ok(KeyLeaseAnswer::KeptAlive { ttl: 60 })
+    );
+    assert_eq!(
+        ask(&mut d, KeyLeaseQuery::KeepAlive(10)).await,
+        Ok(KeyLeaseAnswer::KeptAlive { ttl: 0 }),
+        "an unknown lease is answered TTL 0"
+    );
+    let Ok(KeyLeaseAnswer::TimeToLive(Some(info))) =
+        ask(&mut d, KeyLeaseQuery::TimeToLive { id: 9, keys: true }).await
+    else {
+        panic!("lease 9 unknown");
+    };
+    assert_eq!(
+        (info.granted_ttl, info.keys.clone()),
+        (60, vec![b"k".to_vec()])
+    );
+    assert!((59..=60).contains(&info.remaining_ttl), "{info:?}");
+
+    // A lease of 1 s: once it ran out, the next tick proposes its revoke.
+    let short = commit(&mut d, &outbox, Command::LeaseGrant { id: 5, ttl: 1 }).await;
+    assert!(matches!(
+        short,
+        Ok((Outcome::LeaseGranted { id: 5, .. }, _))
+    ));
+    let put = leased_put(b"short", 5);
+    assert!(commit(&mut d, &outbox, put).await.is_ok());
+    std::thread::sleep(Duration::from_millis(1_050));
+    d.on_tick();
+    d.handle_ready()
+        .await
+        .unwrap_or_else(|e| panic!("handle_ready: {e}"));
+    assert_eq!(
+        ask(&mut d, KeyLeaseQuery::KeepAlive(5)).await,
+        Ok(KeyLeaseAnswer::KeptAlive { ttl: 0 }),
+        "renewed a lease whose revoke was proposed"
+    );
+    let mut revoked = false;
+    for _ in 0..10 {
+        let sent = round(&mut d, &outbox).await;
+        revoked |= sent
+            .iter()
+            .any(|c| matches!(c, Command::LeaseRevoke { id: 5 }));
+        if d.sm.get_bytes(b"short").is_none() {
+            break;
+        }
+    }
+    assert!(
+        revoked,
+        "no LeaseRevoke proposed for the lease that ran out"
+    );
+    assert!(
+        d.sm.get_bytes(b"short").is_none(),
+        "the key outlived its lease"
+    );
+    assert_eq!(
+        d.sm.get_bytes(b"k"),
+        Some(&b"v"[..]),
+        "the live lease's key stays"
+    );
+    assert_eq!(
+        ask(&mut d, KeyLeaseQuery::List).await,
+        Ok(KeyLeaseAnswer::List(vec![9]))
+    );
+}

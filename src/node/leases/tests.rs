@@ -390,6 +390,30 @@ fn a_new_term_restarts_every_lease_on_keys_with_its_full_ttl() {
     assert_eq!(l.leases.due(secs(11)), vec![(Timed::KeyLease(7), 0)]);
 }
 
+/// etcd's largest TTL is timed as it is (a lock's cap of 30 days does not apply), and a
+/// keep-alive answers the granted TTL.
+#[test]
+fn a_lease_on_keys_of_etcds_largest_ttl_is_not_capped() {
+    let mut l = Leader::new();
+    let max = crate::state_machine::MAX_LEASE_TTL;
+    grant(&mut l, 7, max, ms(0));
+    assert_eq!(l.leases.due(ms(MAX_LEASE_MS) + secs(1)), vec![]);
+    assert_eq!(l.leases.renew(7, secs(1)), Some(max));
+}
+
+/// A grant answered from a session's cache (the lease since revoked) times nothing.
+#[test]
+fn a_grant_outcome_for_a_lease_that_no_longer_exists_times_nothing() {
+    let mut l = Leader::new();
+    let granted = Outcome::LeaseGranted { id: 7, ttl: 5 };
+    let grant = Command::LeaseGrant { id: 7, ttl: 5 };
+    assert_eq!(
+        l.leases.after_apply(&grant, Some(&granted), &l.sm, ms(0)),
+        None
+    );
+    assert_eq!(l.leases.len(), 0);
+}
+
 #[test]
 fn a_revoke_stops_timing_the_lease() {
     let mut l = Leader::new();

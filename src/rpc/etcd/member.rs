@@ -59,6 +59,8 @@ struct Inner {
     /// etcd's minimum lease TTL in seconds: 1.5 election timeouts, rounded up. A LeaseGrant
     /// asking for less gets this (etcd's lessor raises it the same way).
     min_lease_ttl: i64,
+    /// How often idle watches that asked get a progress notification.
+    watch_progress_interval: std::time::Duration,
     /// Channels to the members this node forwarded to.
     channels: Mutex<HashMap<NodeId, Channel>>,
 }
@@ -87,6 +89,7 @@ impl Member {
                 max_txn_ops: config.max_txn_ops,
                 max_request_bytes: config.max_request_bytes,
                 min_lease_ttl: min_lease_ttl(config.election_timeout),
+                watch_progress_interval: config.watch_progress_notify_interval,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -120,6 +123,11 @@ impl Member {
     /// etcd's minimum lease TTL for this cluster, in seconds (see [`min_lease_ttl`]).
     pub fn min_lease_ttl(&self) -> i64 {
         self.inner.min_lease_ttl
+    }
+
+    /// `--experimental-watch-progress-notify-interval`.
+    pub fn watch_progress_interval(&self) -> std::time::Duration {
+        self.inner.watch_progress_interval
     }
 
     /// The members' peer addresses, by id.

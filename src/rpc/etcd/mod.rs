@@ -3,7 +3,9 @@
 //! official client libraries) talk to kvstore unchanged.
 //!
 //! Served: KV ([`EtcdKv`], on the revisioned key space; a follower forwards to the leader
-//! through [`Member`]), Lease ([`EtcdLease`], leases on keys timed by the leader), Maintenance and Cluster as far as a fixed membership has them
+//! through [`Member`]), Watch ([`EtcdWatch`], every member from its own applied state), Lease
+//! ([`EtcdLease`], leases on keys timed by the leader), Maintenance and Cluster as far as a
+//! fixed membership has them
 //! ([`EtcdMaintenance`]). Every other method answers UNIMPLEMENTED with one line naming it
 //! ([`Unimplemented`]). [`errors`] holds the code and exact message of each etcd error, since
 //! etcd's clients match errors by message.
@@ -16,7 +18,7 @@
 //!   3.5 additions): etcd clients are compiled against them.
 //! - Errors carry etcd's gRPC code and message ([`errors`]), never our own wording, whenever
 //!   etcd has a word for the case.
-//! - Message-size limits are explicit, as for every client service: KV decodes up to
+//! - Message-size limits are explicit, as for every client service: KV and Watch decode up to
 //!   [`member::DECODE_LIMIT`] and encodes up to [`member::ENCODE_LIMIT`] (etcd's request
 //!   limit plus framing, and a cap on Range answers); the others [`CLIENT_MESSAGE_LIMIT`]
 //!   both ways.
@@ -28,12 +30,14 @@ mod lease;
 mod maintenance;
 pub mod member;
 mod unimplemented;
+pub mod watch;
 
 pub use self::kv::EtcdKv;
 pub use self::lease::EtcdLease;
 pub use self::maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use self::member::Member;
 pub use self::unimplemented::Unimplemented;
+pub use self::watch::EtcdWatch;
 
 use super::client_urls::ClientUrls;
 use super::kv_service::CLIENT_MESSAGE_LIMIT;
@@ -61,7 +65,11 @@ pub fn add_services<L>(router: Router<L>, member: &Member, urls: &ClientUrls) ->
                 .max_decoding_message_size(member::DECODE_LIMIT)
                 .max_encoding_message_size(member::ENCODE_LIMIT),
         )
-        .add_service(with_client_limits!(WatchServer::new(Unimplemented)))
+        .add_service(
+            WatchServer::new(EtcdWatch::new(member.clone()))
+                .max_decoding_message_size(member::DECODE_LIMIT)
+                .max_encoding_message_size(member::ENCODE_LIMIT),
+        )
         .add_service(with_client_limits!(LeaseServer::new(EtcdLease::new(
             member.clone()
         ))))

@@ -136,6 +136,14 @@ struct Args {
     /// the keys they attached (use with --key-leases).
     #[arg(long)]
     txn_skips_lease_index: bool,
+    /// Every node serves simulated watchers (random ranges, random start revisions), fed by
+    /// the daemon's watch code; each must deliver exactly its range's history.
+    #[arg(long)]
+    watches: bool,
+    /// Checker test: after a snapshot install the watch publisher leaves out the events the
+    /// snapshot brought (use with --watches).
+    #[arg(long)]
+    watch_drop_snapshot_catch_up: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -160,6 +168,8 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.key_leases = args.key_leases;
     c.key_leases_not_restarted = args.key_leases_not_restarted;
     c.txn_skips_lease_index = args.txn_skips_lease_index;
+    c.watches = args.watches;
+    c.watch_drop_snapshot_catch_up = args.watch_drop_snapshot_catch_up;
     c
 }
 
@@ -195,6 +205,11 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
         (args.key_leases, " --key-leases"),
         (args.key_leases_not_restarted, " --key-leases-not-restarted"),
         (args.txn_skips_lease_index, " --txn-skips-lease-index"),
+        (args.watches, " --watches"),
+        (
+            args.watch_drop_snapshot_catch_up,
+            " --watch-drop-snapshot-catch-up",
+        ),
     ];
     for (on, flag) in switches {
         if on {
@@ -228,6 +243,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
                 println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed, o.transfers, o.lease_reads);
+                if args.watches {
+                    println!("  watches: {} events delivered", o.watch_events);
+                }
                 if args.key_leases {
                     println!("  key leases: {} granted, {} renewals, {} revokes that deleted keys (per node), {} renewals by a deposed leader", o.key_lease_grants, o.key_lease_renewals, o.key_lease_revokes_with_keys, o.key_lease_stale_renewals);
                 }

@@ -30,7 +30,9 @@
 //! `key_leases.rs`): at every applied revoke on every node, exactly the keys carrying that
 //! lease are deleted, at one revision; no lease a leader renewed is revoked by the lease clock
 //! before that renewal's TTL ran out; at the end every replica holds the same lease table and
-//! every lease ran out once its client stopped renewing.
+//! every lease ran out once its client stopped renewing. With watchers (`SimConfig::watches`,
+//! `watchers.rs`, the daemon's `node::watches` code): every watcher delivers exactly its
+//! range's history from its start, or is cancelled with the compaction revision.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the
@@ -54,6 +56,7 @@ mod invariants;
 mod key_leases;
 mod lock_client;
 mod locks;
+mod watchers;
 mod world;
 
 /// The one lock the simulated lock clients compete for.

@@ -13,6 +13,7 @@ use super::invariants::Invariants;
 use super::key_leases::{self, BeforeRevoke, KeyLeaseCheck, KeyLeaseClient};
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
+use super::watchers::NodeWatches;
 use crate::lincheck::{self, Op, OpResult};
 use crate::node::apply;
 use crate::node::leases::Leases;
@@ -108,6 +109,13 @@ pub struct SimConfig {
     /// revoke misses the keys they attached (set on every node's state machine, again
     /// whenever one is rebuilt).
     pub txn_skips_lease_index: bool,
+    /// Simulated watchers on every node (`watchers.rs`), fed by the daemon's watch code
+    /// after every apply batch and snapshot install, checked against the node's history.
+    /// Off, nothing draws for them.
+    pub watches: bool,
+    /// Mutation switch of the watch publisher (`node::watches`): the events a snapshot
+    /// install brought are left out of the next batch.
+    pub watch_drop_snapshot_catch_up: bool,
 }
 
 impl SimConfig {
@@ -152,6 +160,8 @@ impl SimConfig {
             key_leases: false,
             key_leases_not_restarted: false,
             txn_skips_lease_index: false,
+            watches: false,
+            watch_drop_snapshot_catch_up: false,
         }
     }
 }
@@ -212,6 +222,8 @@ pub struct Outcome {
     /// Keep-alives answered with a TTL by a deposed leader that did not know it yet (a
     /// newer term already had a leader, whose clock may end the lease before that TTL).
     pub key_lease_stale_renewals: u64,
+    /// Watch events delivered to simulated watchers (`SimConfig::watches`), over every node.
+    pub watch_events: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -334,6 +346,8 @@ pub(crate) struct SimNode {
     /// The term of the last entry applied (the driver's `applied_term`): a leader answers a
     /// keep-alive only once it applied an entry of its own term.
     applied_term: crate::raft::Term,
+    /// Its watchers and their publisher (`SimConfig::watches`), for this life of the node.
+    watches: NodeWatches,
     /// The lease clock as the driver keeps it (`node::tick_clock`): when this life started,
     /// and the ticks credited to the core since (see `catch_up_clock`).
     born: Time,
@@ -452,6 +466,10 @@ impl World {
                     role: Role::Follower,
                     leases: lease_table(&cfg),
                     applied_term: 0,
+                    watches: NodeWatches::new(
+                        StateMachine::new().key_space(),
+                        cfg.watch_drop_snapshot_catch_up,
+                    ),
                     born: 0,
                     clock: TickClock::default(),
                 },
@@ -645,6 +663,9 @@ impl World {
                 n.core.tick();
                 n.clock.ticked();
                 self.expire_leases(id);
+                if self.cfg.watches {
+                    self.maybe_add_watcher(id);
+                }
             }
             Input::Transfer(target) => self.transfer(id, target),
             Input::Msg(m) => {
@@ -701,6 +722,42 @@ impl World {
             ReqOp::Range(r) => self.read_index(id, waiting, Read::Range(r)),
             ReqOp::KeepAlive(lease) => self.keep_alive(id, waiting, lease),
         }
+    }
+
+    /// Now and then a new watcher on node `id` (at most four): every key, a prefix or one key
+    /// of the workloads, from now on, from revision 1, from a recent revision, or from just
+    /// below the compaction revision (it must be cancelled).
+    fn maybe_add_watcher(&mut self, id: NodeId) {
+        use crate::node::watches::WatchSpec;
+        if !self.faults_on || !self.rng.random_bool(0.02) {
+            return;
+        }
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.watches.len() >= 4 {
+            return;
+        }
+        let keys = n.sm.key_space();
+        let (key, range_end): (&[u8], &[u8]) = match self.rng.random_range(0..4) {
+            0 => (&[0], &[0]),
+            1 => (b"lk", b"ll"),
+            2 => (b"lk1", b""),
+            _ => (b"p", b"q"),
+        };
+        let revision = keys.revision();
+        let start = match self.rng.random_range(0..4) {
+            0 => 0,
+            1 => 1,
+            2 => (revision - self.rng.random_range(0..5)).max(1),
+            _ => (keys.compact_revision() - 1).max(1),
+        };
+        let spec = WatchSpec {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            ..WatchSpec::default()
+        };
+        n.watches.add(spec, start, keys);
     }
 
     /// The driver's `Request::KeyLease` keep-alive: answered by a leader that applied an
@@ -856,6 +913,9 @@ impl World {
         for e in rd.committed_entries {
             self.apply(id, e);
         }
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.watches.after_applies(n.sm.key_space());
+        }
         for rs in rd.read_states {
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
@@ -923,6 +983,7 @@ impl World {
         };
         n.sm = state_machine(&self.cfg, sm);
         n.applied_term = snap.meta.term;
+        n.watches.snapshot_installed(n.sm.key_space());
         self.locks.on_snapshot(id, &n.sm);
         self.inv.on_snapshot(id, snap.meta, &mut self.fail);
         self.outcome.snapshots_installed += 1;
@@ -1122,6 +1183,11 @@ impl World {
         n.snapshot_task = None;
         n.inbox.clear();
         n.tick_pending = false;
+        if let Err(msg) = n.watches.check(id, n.sm.key_space()) {
+            self.fail.get_or_insert(msg);
+        }
+        self.outcome.watch_events += n.watches.delivered;
+        n.watches = NodeWatches::new(n.sm.key_space(), self.cfg.watch_drop_snapshot_catch_up);
         self.note(|| format!("{} node {id}", if power_loss { "CRASH" } else { "STOP" }));
         // Clients waiting on it see their connection drop.
         self.fail_pending(id, ReplyErr::ConnectionLost, true);
@@ -1176,6 +1242,7 @@ impl World {
         }
         self.locks.on_snapshot(id, &n.sm);
         n.applied_term = meta.term;
+        n.watches = NodeWatches::new(n.sm.key_space(), self.cfg.watch_drop_snapshot_catch_up);
         n.up = true;
         n.role = Role::Follower;
         n.leases = lease_table(&self.cfg);
@@ -1798,6 +1865,12 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
             keys.join(", ")
         );
         return Err(fail(&mut w, msg));
+    }
+    for (id, n) in &w.nodes {
+        w.outcome.watch_events += n.watches.delivered;
+        if let Err(msg) = n.watches.check(*id, n.sm.key_space()) {
+            return Err(fail(&mut w, msg));
+        }
     }
     // Every replica applied the same state: the same key space, revisions and whole history
     // back to the same compaction revision (byte for byte as a snapshot would store it).

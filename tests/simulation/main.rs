@@ -136,8 +136,8 @@ fn replay_hint_kv(f: &Failure) -> String {
 const KEY_LEASE_SEEDS: u64 = 100;
 
 /// The key-lease workload (grants, keys attached by puts and Txn puts, leader-local
-/// keep-alives, revokes, clients that stop renewing) under the standard faults passes every
-/// check: each revoke deletes exactly its keys at one revision on every replica, no renewed
+/// keep-alives, revokes, clients that stop renewing), with watchers on every node, under the
+/// standard faults passes every check: every watcher delivers exactly its range's history; each revoke deletes exactly its keys at one revision on every replica, no renewed
 /// lease is revoked by the clock before its TTL ran out, every lease ends once its client
 /// stopped, and every replica holds the same lease table.
 #[test]
@@ -146,9 +146,10 @@ fn key_lease_seeds_pass_every_check() {
     for seed in 0..KEY_LEASE_SEEDS {
         let mut c = SimConfig::for_seed(seed);
         c.key_leases = true;
+        c.watches = true;
         let out = run(c).unwrap_or_else(|f| {
             panic!(
-                "{f}\nreplay: scripts/sim.sh --seed {} --trace --key-leases",
+                "{f}\nreplay: scripts/sim.sh --seed {} --trace --key-leases --watches",
                 f.seed
             )
         });
@@ -156,6 +157,7 @@ fn key_lease_seeds_pass_every_check() {
         total.key_lease_renewals += out.key_lease_renewals;
         total.key_lease_revokes_with_keys += out.key_lease_revokes_with_keys;
         total.key_lease_stale_renewals += out.key_lease_stale_renewals;
+        total.watch_events += out.watch_events;
     }
     let n = KEY_LEASE_SEEDS;
     eprintln!(
@@ -174,6 +176,7 @@ fn key_lease_seeds_pass_every_check() {
             total.key_lease_revokes_with_keys,
             3 * n,
         ),
+        ("watch events delivered", total.watch_events, 20 * n),
     ];
     for (what, got, above) in minimums {
         assert!(got > above, "only {got} {what} (want more than {above})");

@@ -389,10 +389,11 @@ async fn a_slow_consumer_still_gets_every_event() {
     let (tx, mut rx) = open(&addr).await;
     tx.send(create("s/", b"s0", 0, 0)).await.unwrap();
     assert!(next(&mut rx).await.created);
-    // A burst bigger than the broadcast capacity (1024 batches), with 1 KiB values, while
-    // the client reads nothing: the stream falls behind and catches up from history.
+    // A burst bigger than the broadcast capacity (1024 batches), with 4 KiB values (12 MiB,
+    // far over what HTTP/2 windows and the stream's buffer hold), while the client reads
+    // nothing: the stream falls behind and catches up from history.
     const N: usize = 3000;
-    let value = "v".repeat(1024);
+    let value = "v".repeat(4096);
     let mut kv = KvClient::new(common::channel(&addr));
     for i in 0..N {
         kv.put(put(&format!("s/{i:05}"), &value)).await.unwrap();

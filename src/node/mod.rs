@@ -122,7 +122,7 @@ pub struct Inbox {
 
 /// Batches of applied changes published after every Ready's applies ([`watches::Batch`]),
 /// shared by the driver (which sends) and the handles (which subscribe).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<watches::Batch>>,
     /// How many watchers asked for previous kvs: batches carry them only while it is not 0.
@@ -149,6 +149,14 @@ impl WatchHub {
     fn send(&self, batch: watches::Batch) {
         let _ = self.tx.send(Arc::new(batch));
     }
+}
+
+/// The handles' side of [`WatchHub`]: subscribes without keeping the channel open, so
+/// receivers see it closed once the driver is gone.
+#[derive(Clone, Debug)]
+struct WatchSubscriber {
+    tx: broadcast::WeakSender<Arc<watches::Batch>>,
+    prev_kv: Arc<AtomicUsize>,
 }
 
 /// Keeps previous kvs in published batches while it lives (one per watcher that asked).
@@ -181,7 +189,10 @@ pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
             tx,
             status: status_rx,
             lock_waiters: lock_waiters.clone(),
-            watch: hub.clone(),
+            watch: WatchSubscriber {
+                tx: hub.tx.downgrade(),
+                prev_kv: hub.prev_kv.clone(),
+            },
         },
         Inbox {
             rx,
@@ -200,7 +211,7 @@ pub struct NodeHandle {
     /// The Acquire requests waiting on this node; the driver wakes them.
     lock_waiters: Arc<LockWaiters>,
     /// Where applied changes are published for watchers.
-    watch: WatchHub,
+    watch: WatchSubscriber,
 }
 
 impl NodeHandle {
@@ -325,11 +336,15 @@ impl NodeHandle {
         self.status.clone()
     }
 
-    /// A receiver of the batches of applied changes published from now on. Subscribe
-    /// before asking for history ([`NodeHandle::watch_history`]): every batch the answer
-    /// does not cover then reaches the receiver (or it reports a lag).
-    pub fn watch_batches(&self) -> broadcast::Receiver<Arc<watches::Batch>> {
-        self.watch.tx.subscribe()
+    /// A receiver of the batches of applied changes published from now on (closed once the
+    /// driver stops). Subscribe before asking for history ([`NodeHandle::watch_history`]):
+    /// every batch the answer does not cover then reaches the receiver (or it reports a lag).
+    ///
+    /// # Errors
+    /// Shutting down: the driver is gone.
+    pub fn watch_batches(&self) -> Result<broadcast::Receiver<Arc<watches::Batch>>, ClientError> {
+        let tx = self.watch.tx.upgrade().ok_or(ClientError::ShuttingDown)?;
+        Ok(tx.subscribe())
     }
 
     /// Makes published batches carry previous kvs while the guard lives. Take it before

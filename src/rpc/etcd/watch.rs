@@ -53,6 +53,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 /// How often a watcher that asked for progress notifications gets one when idle (etcd's
 /// default; `--experimental-watch-progress-notify-interval` sets another).
@@ -101,7 +102,7 @@ impl Watch for EtcdWatch {
         let (out, rx) = mpsc::channel(OUT_CAPACITY);
         let node = self.member.node().clone();
         // Subscribed before any history is asked for (see `NodeHandle::watch_batches`).
-        let batches = node.watch_batches();
+        let batches = node.watch_batches().map_err(member::status)?;
         let stream = WatchStream {
             member: self.member.clone(),
             node,
@@ -149,7 +150,6 @@ impl WatchStream {
         mut batches: broadcast::Receiver<Arc<crate::node::watches::Batch>>,
         progress_interval: Duration,
     ) {
-        let mut status = self.node.watch_status();
         let start = tokio::time::Instant::now() + progress_interval;
         let mut ticker = tokio::time::interval_at(start, progress_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,13 +166,12 @@ impl WatchStream {
                 },
                 batch = batches.recv() => match batch {
                     Ok(b) => self.on_batch(&b).await,
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up_all().await,
-                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
-                },
-                changed = status.changed() => match changed {
-                    Ok(()) => Ok(()),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        debug!(missed, watchers = self.watchers.len(), "watch stream fell behind: catching up from history");
+                        self.catch_up_all().await
+                    }
                     // The driver is gone: the member stops.
-                    Err(_) => {
+                    Err(broadcast::error::RecvError::Closed) => {
                         let _ = self.out.send(Err(super::errors::STOPPED.status())).await;
                         Err(Closed)
                     }

@@ -291,6 +291,7 @@ const SERVED: &[&str] = &[
     "etcdserverpb.Maintenance/HashKV",
     "etcdserverpb.Maintenance/MoveLeader",
     "etcdserverpb.Cluster/MemberList",
+    "etcdserverpb.Watch/Watch",
 ];
 
 #[tokio::test]

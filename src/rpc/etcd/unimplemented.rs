@@ -1,4 +1,4 @@
-//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Watch, Lease, Auth), each
+//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Lease, Auth), each
 //! method answering UNIMPLEMENTED with one line naming it (see [`not_implemented`]).
 //!
 //! A method kvstore serves moves out of here into a service of its own; until then etcd
@@ -43,11 +43,6 @@ unimplemented_service!(kv_server::Kv, "etcdserverpb.KV" {
     fn delete_range(DeleteRangeRequest) -> DeleteRangeResponse = "DeleteRange";
     fn txn(TxnRequest) -> TxnResponse = "Txn";
     fn compact(CompactionRequest) -> CompactionResponse = "Compact";
-});
-
-unimplemented_service!(watch_server::Watch, "etcdserverpb.Watch" {
-    type WatchStream = Empty<Result<WatchResponse, Status>>;
-    fn watch(Streaming<WatchRequest>) -> Self::WatchStream = "Watch";
 });
 
 unimplemented_service!(lease_server::Lease, "etcdserverpb.Lease" {

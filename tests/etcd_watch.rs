@@ -479,3 +479,39 @@ async fn idle_watches_get_progress_notifications_and_progress_requests_an_answer
     };
     assert!(r.canceled);
 }
+
+#[tokio::test]
+async fn a_stream_refuses_watches_past_its_bound_and_empty_ranges() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_10).await;
+    let (tx, mut rx) = open(&cluster.addr(1)).await;
+    // etcd's empty range: an end at or before the key.
+    tx.send(create("b", b"a", 0, 0)).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(
+        (r.watch_id, r.created, r.canceled, r.cancel_reason.as_str()),
+        (-1, true, true, "mvcc: watcher range is empty")
+    );
+    const LIMIT: usize = 1024; // rpc::etcd::watch::MAX_WATCHERS_PER_STREAM
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for i in 0..=LIMIT {
+            sender
+                .send(create(&format!("k{i}"), &[], 0, 0))
+                .await
+                .unwrap();
+        }
+    });
+    for i in 0..LIMIT {
+        let r = next(&mut rx).await;
+        assert!(r.created && !r.canceled, "watch {i}: {r:?}");
+    }
+    let r = next(&mut rx).await;
+    assert_eq!((r.watch_id, r.created, r.canceled), (-1, true, true));
+    assert!(
+        r.cancel_reason
+            .contains("too many watches on this stream (limit 1024)"),
+        "{}",
+        r.cancel_reason
+    );
+}

@@ -37,6 +37,14 @@
 //! changes its holder or token (a grant of a new token, a release, an expiry that ended a
 //! grant; never a renewal), and every generation after a snapshot install or a change of this
 //! node's role or term.
+//!
+//! # Watches
+//! After each Ready's applies the driver publishes what they changed as one [`watches::Batch`]
+//! on a bounded broadcast ([`watches::BATCH_CAPACITY`]; skipped while nobody listens), and
+//! answers [`Request::WatchHistory`] from the applied key space. Watchers subscribe before they
+//! ask for history, so batch and history together cover every revision; which event reaches
+//! which watcher is decided in the I/O-free `watches.rs` (exactly the history, including across
+//! lag and snapshot installs).
 
 pub(crate) mod apply;
 pub(crate) mod compactor;

@@ -515,3 +515,23 @@ async fn a_stream_refuses_watches_past_its_bound_and_empty_ranges() {
         r.cancel_reason
     );
 }
+
+#[tokio::test]
+async fn open_watch_streams_do_not_hold_up_a_graceful_shutdown() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_10).await;
+    let (tx, mut rx) = open(&cluster.addr(1)).await;
+    tx.send(create("k", &[], 0, 0)).await.unwrap();
+    assert!(next(&mut rx).await.created);
+    let started = Instant::now();
+    let status = cluster.terminate(1).await;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "an open watch stream delayed the exit by {:?}",
+        started.elapsed()
+    );
+    // The stream ends (with "server stopped", or the connection closing).
+    let end = tokio::time::timeout(SECS_10, rx.message()).await.unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+}

@@ -5,6 +5,8 @@
 #   scripts/sim.sh --seeds 500 --mutation no-check-term --fail-fast
 #   scripts/sim.sh --seeds 3000 --kv-txns       the key-space workload (CAS, pair Txns, Ranges, Compact)
 #   scripts/sim.sh --seeds 20 --kv-txns --split-txn-writes --fail-fast   its mutation
+#   scripts/sim.sh --seeds 600 --key-leases    leases on keys (grants, attached keys, keep-alives, revokes)
+#   scripts/sim.sh --seeds 20 --key-leases --key-leases-not-restarted --fail-fast   one of its mutations
 # All flags: scripts/sim.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."

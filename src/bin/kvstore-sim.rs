@@ -122,6 +122,20 @@ struct Args {
     /// check must catch --split-txn-writes on its own).
     #[arg(long)]
     no_density_check: bool,
+    /// Clients also run the key-lease workload: grant leases on keys, attach keys (puts and
+    /// Txn puts), renew through the leader, revoke or stop renewing (checked at every revoke
+    /// on every node: exactly the attached keys at one revision, never before the last
+    /// renewal's TTL ran out; at the end: every lease gone, the same lease table everywhere).
+    #[arg(long)]
+    key_leases: bool,
+    /// Checker test: a new leader starts every lease on keys with nothing left instead of
+    /// restarting its full TTL (use with --key-leases).
+    #[arg(long)]
+    key_leases_not_restarted: bool,
+    /// Checker test: a Txn's puts leave the key space's lease index alone, so a revoke misses
+    /// the keys they attached (use with --key-leases).
+    #[arg(long)]
+    txn_skips_lease_index: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -143,6 +157,9 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.kv_txns = args.kv_txns;
     c.split_txn_writes = args.split_txn_writes;
     c.check_revision_density = !args.no_density_check;
+    c.key_leases = args.key_leases;
+    c.key_leases_not_restarted = args.key_leases_not_restarted;
+    c.txn_skips_lease_index = args.txn_skips_lease_index;
     c
 }
 
@@ -175,6 +192,9 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
         (args.kv_txns, " --kv-txns"),
         (args.split_txn_writes, " --split-txn-writes"),
         (args.no_density_check, " --no-density-check"),
+        (args.key_leases, " --key-leases"),
+        (args.key_leases_not_restarted, " --key-leases-not-restarted"),
+        (args.txn_skips_lease_index, " --txn-skips-lease-index"),
     ];
     for (on, flag) in switches {
         if on {
@@ -208,6 +228,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         return Ok(match run(config(&args, seed, args.trace)) {
             Ok(o) => {
                 println!("seed {seed}: PASS ({} ops ok, {} unknown, {} faults, {} leaders, {} events, commit {}, {} snapshots taken, {} installed, {} transfers, {} lease reads)", o.ok, o.unknown, o.faults, o.leader_changes, o.events, o.commit, o.snapshots_taken, o.snapshots_installed, o.transfers, o.lease_reads);
+                if args.key_leases {
+                    println!("  key leases: {} granted, {} renewals, {} revokes that deleted keys (per node), {} renewals by a deposed leader", o.key_lease_grants, o.key_lease_renewals, o.key_lease_revokes_with_keys, o.key_lease_stale_renewals);
+                }
                 ExitCode::SUCCESS
             }
             Err(f) => {

@@ -107,6 +107,10 @@ pub(crate) struct Leases<T> {
     /// Mutation switch for the checkers: mark every due lease `expiring` before proposing any
     /// (the bug of issue 11, defect 3).
     pub(crate) mark_before_proposing: bool,
+    /// Mutation switch for the simulator's checkers: a new leader does not restart the
+    /// leases on keys, it starts them with nothing left (so it revokes them at once, however
+    /// recently the last leader renewed them).
+    pub(crate) key_leases_not_restarted: bool,
 }
 
 impl<T> Default for Leases<T> {
@@ -116,6 +120,7 @@ impl<T> Default for Leases<T> {
             leases: BTreeMap::new(),
             by_deadline: BTreeSet::new(),
             mark_before_proposing: false,
+            key_leases_not_restarted: false,
         }
     }
 }
@@ -153,7 +158,11 @@ impl<T: LeaseTime> Leases<T> {
             self.insert(Timed::lock(name), new_lease(l.token, l.ttl_ms, now));
         }
         for (id, ttl) in sm.key_leases().iter() {
-            self.insert(Timed::KeyLease(id), key_lease(ttl, now));
+            let mut lease = key_lease(ttl, now);
+            if self.key_leases_not_restarted {
+                lease.deadline = now;
+            }
+            self.insert(Timed::KeyLease(id), lease);
         }
         Some(self.leases.len())
     }

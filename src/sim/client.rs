@@ -41,6 +41,9 @@ pub(crate) enum ReqOp {
     Read(String),
     /// A linearizable etcd Range (through ReadIndex, like `Read`).
     Range(RangeRequest),
+    /// etcd's LeaseKeepAlive of this lease on keys: answered by the leader alone, from its
+    /// lease clock, without a log entry (the driver's `Request::KeyLease`).
+    KeepAlive(i64),
 }
 
 /// A node's answer to one attempt.
@@ -61,6 +64,9 @@ pub(crate) enum Answer {
         revision: i64,
         result: Result<RangeResponse, ApplyError>,
     },
+    /// A keep-alive's answer: the TTL (seconds) the lease was renewed for, 0 if it could
+    /// not be (gone, or its revoke already proposed).
+    KeptAlive(i64),
 }
 
 #[derive(Clone, Debug)]
@@ -352,7 +358,7 @@ impl Client {
             }
             (_, Ok(Answer::Applied(outcome, _))) => KvAnswer::Applied(outcome),
             (_, Ok(Answer::Range { revision, result })) => KvAnswer::Range { revision, result },
-            (_, Ok(Answer::Kv(res))) => {
+            (_, Ok(res @ (Answer::Kv(_) | Answer::KeptAlive(_)))) => {
                 w.violation(format!(
                     "client {} got a plain answer {res:?} to {pending:?}",
                     self.idx
@@ -410,23 +416,9 @@ impl Client {
     /// An attempt failed: retry (elsewhere, after a backoff) or give up.
     fn on_error(&mut self, w: &mut World, err: ReplyErr) {
         match err {
-            ReplyErr::NotLeader(hint) => {
-                let backoff = match hint {
-                    Some(l) if l != self.leader_guess => {
-                        self.leader_guess = l;
-                        w.rng().random_range(0..2_000)
-                    }
-                    _ => {
-                        self.leader_guess = other_node(w, self.leader_guess, self.nodes);
-                        w.rng().random_range(10_000..50_000)
-                    }
-                };
-                self.retry_or_give_up(w, backoff);
-            }
-            ReplyErr::LeadershipLost | ReplyErr::ConnectionLost => {
-                self.leader_guess = other_node(w, self.leader_guess, self.nodes);
-                let backoff = w.rng().random_range(5_000..50_000);
-                self.retry_or_give_up(w, backoff);
+            ReplyErr::NotLeader(_) | ReplyErr::LeadershipLost | ReplyErr::ConnectionLost => {
+                let backoff = redirect(w, &err, &mut self.leader_guess, self.nodes);
+                self.retry_or_give_up(w, backoff.unwrap_or(0));
             }
             ReplyErr::Rejected(ApplyError::SessionExpired { .. }) => {
                 // The Rust client's UnknownOutcome: the op stays unknown in the history (an
@@ -489,6 +481,46 @@ fn value_id(value: &str) -> Result<String, String> {
 }
 
 /// A random node other than `current` (of `nodes`), for a client trying elsewhere.
+/// Sends attempt `attempt` of client `client`'s operation `op` to `node`, and wakes the
+/// client when the attempt times out.
+pub(crate) fn send_attempt(w: &mut World, client: usize, attempt: u64, node: NodeId, op: ReqOp) {
+    w.send_to_node(
+        node,
+        ClientReq {
+            client,
+            attempt,
+            op,
+        },
+    );
+    w.schedule_client(client, World::attempt_timeout());
+}
+
+/// Where the next attempt goes after `err`, as every simulated client retries (`kvctl`'s
+/// way): a leader hint not tried yet is followed almost at once, otherwise another node after
+/// a backoff. Returns the backoff; `None` for an answer (`Rejected`), which is not retried.
+pub(crate) fn redirect(
+    w: &mut World,
+    err: &ReplyErr,
+    leader_guess: &mut NodeId,
+    nodes: u64,
+) -> Option<Time> {
+    Some(match err {
+        ReplyErr::NotLeader(Some(l)) if l != leader_guess => {
+            *leader_guess = *l;
+            w.rng().random_range(0..2_000)
+        }
+        ReplyErr::NotLeader(_) => {
+            *leader_guess = other_node(w, *leader_guess, nodes);
+            w.rng().random_range(10_000..50_000)
+        }
+        ReplyErr::LeadershipLost | ReplyErr::ConnectionLost => {
+            *leader_guess = other_node(w, *leader_guess, nodes);
+            w.rng().random_range(5_000..50_000)
+        }
+        ReplyErr::Rejected(_) => return None,
+    })
+}
+
 pub(crate) fn other_node(w: &mut World, current: NodeId, nodes: u64) -> NodeId {
     let mut n = current;
     while n == current && nodes > 1 {

@@ -9,7 +9,7 @@
 
 use rand::Rng;
 
-use super::client::{other_node, Answer, ClientReply, ClientReq, ReplyErr, ReqOp};
+use super::client::{other_node, redirect, send_attempt, Answer, ClientReply, ReplyErr, ReqOp};
 use super::world::{Time, World, OP_DEADLINE};
 use crate::raft::NodeId;
 use crate::state_machine::{ApplyError, Command, Fence, Outcome as SmOutcome, Proposal, Session};
@@ -186,19 +186,14 @@ impl LockClient {
         p.attempt = self.attempt;
         p.sent_at = w.now();
         p.backoff_until = None;
-        let req = ClientReq {
-            client: self.idx,
-            attempt: self.attempt,
-            op: ReqOp::Write(Proposal {
-                session: Some(Session {
-                    client_id: self.client_id,
-                    sequence: p.seq,
-                }),
-                command: p.command.clone(),
+        let op = ReqOp::Write(Proposal {
+            session: Some(Session {
+                client_id: self.client_id,
+                sequence: p.seq,
             }),
-        };
-        w.send_to_node(self.leader_guess, req);
-        w.schedule_client(self.idx, World::attempt_timeout());
+            command: p.command.clone(),
+        });
+        send_attempt(w, self.idx, self.attempt, self.leader_guess, op);
     }
 
     fn retry_or_give_up(&mut self, w: &mut World, backoff: Time) {
@@ -262,27 +257,18 @@ impl LockClient {
                 self.pending = None;
                 self.on_outcome(w, &command, started, Ok((SmOutcome::Put, 0)));
             }
-            Ok(res @ (Answer::Kv(_) | Answer::Range { .. })) => w.violation(format!(
-                "{} got a key-value answer {res:?} to {command:?}",
-                self.name
-            )),
-            Err(ReplyErr::NotLeader(hint)) => {
-                let backoff = match hint {
-                    Some(l) if l != self.leader_guess => {
-                        self.leader_guess = l;
-                        w.rng().random_range(0..2 * MS)
-                    }
-                    _ => {
-                        self.leader_guess = other_node(w, self.leader_guess, self.nodes);
-                        w.rng().random_range(10 * MS..50 * MS)
-                    }
-                };
-                self.retry_or_give_up(w, backoff);
+            Ok(res @ (Answer::Kv(_) | Answer::Range { .. } | Answer::KeptAlive(_))) => {
+                w.violation(format!(
+                    "{} got a key-value answer {res:?} to {command:?}",
+                    self.name
+                ))
             }
-            Err(ReplyErr::LeadershipLost | ReplyErr::ConnectionLost) => {
-                self.leader_guess = other_node(w, self.leader_guess, self.nodes);
-                let backoff = w.rng().random_range(5 * MS..50 * MS);
-                self.retry_or_give_up(w, backoff);
+            Err(
+                err
+                @ (ReplyErr::NotLeader(_) | ReplyErr::LeadershipLost | ReplyErr::ConnectionLost),
+            ) => {
+                let backoff = redirect(w, &err, &mut self.leader_guess, self.nodes);
+                self.retry_or_give_up(w, backoff.unwrap_or(0));
             }
         }
     }

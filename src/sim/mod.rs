@@ -26,7 +26,11 @@
 //! leader and converges within a bound, and every lock expires once its holders stopped. With
 //! the key-space workload (`SimConfig::kv_txns`, `client/kv_ops.rs`) the clients also check
 //! pair atomicity (two keys one Txn writes) and revision consistency (every read of a key at
-//! a revision agrees) on every answer.
+//! a revision agrees) on every answer. With the key-lease workload (`SimConfig::key_leases`,
+//! `key_leases.rs`): at every applied revoke on every node, exactly the keys carrying that
+//! lease are deleted, at one revision; no lease a leader renewed is revoked by the lease clock
+//! before that renewal's TTL ran out; at the end every replica holds the same lease table and
+//! every lease ran out once its client stopped renewing.
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the
@@ -39,13 +43,15 @@
 //! test-only mutation of issue 11's defect 1 caught through the simulator.
 //!
 //! The simulated driver runs the daemon driver's own I/O-free parts: the lease table
-//! (`node::leases`) and the lease-read clock (`node::tick_clock`).
+//! (`node::leases`, for locks and leases on keys, with the leader-local keep-alive of
+//! `Request::KeyLease`) and the lease-read clock (`node::tick_clock`).
 //!
 //! What it may import: `raft`, `state_machine`, `lincheck`, the I/O-free modules of `node`
 //! named above, `storage` (`FileStore` over `SimFs` only), std, rand. No tokio, no clock.
 
 mod client;
 mod invariants;
+mod key_leases;
 mod lock_client;
 mod locks;
 mod world;

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::client::{Answer, Client, ClientReply, ClientReq, Observations, ReplyErr, ReqOp};
 use super::invariants::Invariants;
+use super::key_leases::{self, BeforeRevoke, KeyLeaseCheck, KeyLeaseClient};
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
 use crate::lincheck::{self, Op, OpResult};
@@ -96,6 +97,17 @@ pub struct SimConfig {
     /// mutation test that shows the pair atomicity check catches a split Txn on its own
     /// (density catches it first, at the apply).
     pub check_revision_density: bool,
+    /// The key-lease workload (`key_leases.rs`): clients grant leases on keys, attach keys,
+    /// renew through the leader, revoke or stop renewing; its checkers run at every revoke
+    /// and at the end. Off, nothing draws for it (the other workloads run as before).
+    pub key_leases: bool,
+    /// Mutation switch of the lease clock (`node::leases`): a new leader starts every lease
+    /// on keys with nothing left instead of its full TTL.
+    pub key_leases_not_restarted: bool,
+    /// Mutation switch of the key space: a Txn's puts leave the lease index alone, so a
+    /// revoke misses the keys they attached (set on every node's state machine, again
+    /// whenever one is rebuilt).
+    pub txn_skips_lease_index: bool,
 }
 
 impl SimConfig {
@@ -137,6 +149,9 @@ impl SimConfig {
             kv_txns: false,
             split_txn_writes: false,
             check_revision_density: true,
+            key_leases: false,
+            key_leases_not_restarted: false,
+            txn_skips_lease_index: false,
         }
     }
 }
@@ -188,6 +203,15 @@ pub struct Outcome {
     pub past_reads: u64,
     /// Ranges at a past revision answered "compacted".
     pub past_reads_compacted: u64,
+    /// Key-lease workload (`SimConfig::key_leases`): grants answered.
+    pub key_lease_grants: u64,
+    /// Keep-alives a leader answered with a TTL.
+    pub key_lease_renewals: u64,
+    /// Revokes (by a client or by the lease clock) that deleted keys, counted per node.
+    pub key_lease_revokes_with_keys: u64,
+    /// Keep-alives answered with a TTL by a deposed leader that did not know it yet (a
+    /// newer term already had a leader, whose clock may end the lease before that TTL).
+    pub key_lease_stale_renewals: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -307,6 +331,9 @@ pub(crate) struct SimNode {
     /// Leader only: the lease of every held lock on this node's clock, the driver's own
     /// table (`node::leases`), with simulated time as a `Duration` since the run started.
     leases: Leases<Duration>,
+    /// The term of the last entry applied (the driver's `applied_term`): a leader answers a
+    /// keep-alive only once it applied an entry of its own term.
+    applied_term: crate::raft::Term,
     /// The lease clock as the driver keeps it (`node::tick_clock`): when this life started,
     /// and the ticks credited to the core since (see `catch_up_clock`).
     born: Time,
@@ -331,6 +358,9 @@ pub(crate) struct World {
     clients: Vec<Client>,
     lock_clients: Vec<LockClient>,
     locks: LockCheck,
+    /// The key-lease clients (`SimConfig::key_leases`), after the lock clients.
+    key_lease_clients: Vec<KeyLeaseClient>,
+    key_leases: KeyLeaseCheck,
     /// Directed node-to-node links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     drop_rate: f64,
@@ -379,6 +409,12 @@ const ATTEMPT_TIMEOUT: Time = 300 * MS;
 /// Once every lock client stopped and the cluster converged, every lock expires within this
 /// (a lease is at most a few hundred ms, plus a new leader's full TTL and the commit).
 const LOCKS_EXPIRE_WITHIN: Time = 5_000 * MS;
+/// Key-lease clients of the key-lease workload (`SimConfig::key_leases`).
+const KEY_LEASE_CLIENTS: usize = 3;
+/// Once the key-lease clients stopped renewing and the cluster converged, every lease on keys
+/// is revoked within this (a TTL of at most 2 s, restarted in full by a new leader, plus the
+/// commit).
+const KEY_LEASES_EXPIRE_WITHIN: Time = 8_000 * MS;
 /// A client operation with no answer after this is given up: its outcome is unknown.
 pub(crate) const OP_DEADLINE: Time = 2_000 * MS;
 
@@ -415,6 +451,7 @@ impl World {
                     waiters: Waiters::default(),
                     role: Role::Follower,
                     leases: lease_table(&cfg),
+                    applied_term: 0,
                     born: 0,
                     clock: TickClock::default(),
                 },
@@ -429,6 +466,10 @@ impl World {
                 LockClient::new(cfg.clients + i, &name, 2000 + i as u64, cfg.nodes)
             })
             .collect();
+        let first = cfg.clients + cfg.lock_clients;
+        let key_lease_clients = (0..if cfg.key_leases { KEY_LEASE_CLIENTS } else { 0 })
+            .map(|i| KeyLeaseClient::new(first + i, cfg.nodes))
+            .collect();
         let inv = Invariants::new(cfg.nodes);
         let mut w = World {
             cfg,
@@ -440,6 +481,8 @@ impl World {
             clients,
             lock_clients,
             locks: LockCheck::default(),
+            key_lease_clients,
+            key_leases: KeyLeaseCheck::default(),
             cut: BTreeSet::new(),
             drop_rate: 0.0,
             dup_rate: 0.0,
@@ -459,7 +502,7 @@ impl World {
             let jitter = w.rng.random_range(0..TICK);
             w.schedule(jitter, Ev::Tick(id));
         }
-        for c in 0..w.cfg.clients + w.cfg.lock_clients {
+        for c in 0..w.cfg.clients + w.cfg.lock_clients + w.key_lease_clients.len() {
             let d = w.rng.random_range(0..50 * MS);
             w.schedule(d, Ev::ClientWake(c));
         }
@@ -656,7 +699,34 @@ impl World {
             },
             ReqOp::Read(key) => self.read_index(id, waiting, Read::Get(key)),
             ReqOp::Range(r) => self.read_index(id, waiting, Read::Range(r)),
+            ReqOp::KeepAlive(lease) => self.keep_alive(id, waiting, lease),
         }
+    }
+
+    /// The driver's `Request::KeyLease` keep-alive: answered by a leader that applied an
+    /// entry of its term, from its lease clock, without a log entry.
+    fn keep_alive(&mut self, id: NodeId, waiting: Waiting, lease: i64) {
+        self.sync_leases(id);
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let s = n.core.status();
+        if s.role != Role::Leader {
+            return self.reply(&waiting, Err(ReplyErr::NotLeader(s.leader)));
+        }
+        if n.applied_term != s.term {
+            return self.reply(&waiting, Err(ReplyErr::NotLeader(None)));
+        }
+        let ttl = n
+            .leases
+            .renew(lease, Duration::from_micros(now))
+            .unwrap_or(0);
+        if ttl > 0 {
+            self.key_leases.renewed(lease, now, ttl, s.term);
+        }
+        self.note(|| format!("node {id} renews lease {lease}: ttl {ttl}"));
+        self.reply(&waiting, Ok(Answer::KeptAlive(ttl)));
     }
 
     /// A linearizable read: ReadIndex (or a lease), served once applied catches up.
@@ -708,6 +778,7 @@ impl World {
                     self.fail_pending(id, ReplyErr::LeadershipLost, false);
                 }
                 if ss.role == Role::Leader {
+                    self.key_leases.on_leader(term);
                     self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
                 }
             }
@@ -851,6 +922,7 @@ impl World {
             return false;
         };
         n.sm = state_machine(&self.cfg, sm);
+        n.applied_term = snap.meta.term;
         self.locks.on_snapshot(id, &n.sm);
         self.inv.on_snapshot(id, snap.meta, &mut self.fail);
         self.outcome.snapshots_installed += 1;
@@ -884,9 +956,27 @@ impl World {
             .and_then(|p| p.session)
             .is_some_and(|s| n.sm.session_sequence(s.client_id) == Some(s.sequence));
         let revision = n.sm.revision();
+        let revoke = match proposal.as_ref().map(|p| &p.command) {
+            Some(Command::LeaseRevoke { id }) => Some(BeforeRevoke::take(&n.sm, *id)),
+            _ => None,
+        };
         // The driver's own step: apply, lease bookkeeping, the answer owed (`node::apply`).
         let now = Duration::from_micros(self.now);
         let applied = apply::apply_entry(&mut n.sm, &mut n.leases, &e, now);
+        n.applied_term = e.term;
+        if let Some(before) = &revoke {
+            let checked = self.key_leases.after_revoke(
+                id,
+                e.index,
+                before,
+                applied.result.as_ref(),
+                &n.sm,
+                self.now,
+            );
+            if let Err(msg) = checked {
+                self.fail.get_or_insert(msg);
+            }
+        }
         let wrote = !duplicate
             && matches!(&applied.result, Some(Ok(outcome)) if changed_key_space(outcome));
         let grew = n.sm.revision() - revision;
@@ -1085,6 +1175,7 @@ impl World {
             }
         }
         self.locks.on_snapshot(id, &n.sm);
+        n.applied_term = meta.term;
         n.up = true;
         n.role = Role::Follower;
         n.leases = lease_table(&self.cfg);
@@ -1228,6 +1319,9 @@ impl World {
         for c in &mut self.lock_clients {
             c.stop_new_ops();
         }
+        for c in &mut self.key_lease_clients {
+            c.stop_new_ops();
+        }
     }
 
     fn resume(&mut self, id: NodeId) {
@@ -1285,6 +1379,12 @@ impl World {
     }
 
     fn client_wake(&mut self, c: usize) {
+        if let Some(k) = c.checked_sub(self.clients.len() + self.lock_clients.len()) {
+            let mut client = std::mem::take(&mut self.key_lease_clients[k]);
+            client.wake(self);
+            self.key_lease_clients[k] = client;
+            return;
+        }
         if let Some(l) = c.checked_sub(self.clients.len()) {
             let mut client = std::mem::take(&mut self.lock_clients[l]);
             client.wake(self);
@@ -1297,6 +1397,12 @@ impl World {
     }
 
     fn client_reply(&mut self, c: usize, r: ClientReply) {
+        if let Some(k) = c.checked_sub(self.clients.len() + self.lock_clients.len()) {
+            let mut client = std::mem::take(&mut self.key_lease_clients[k]);
+            client.on_reply(self, r);
+            self.key_lease_clients[k] = client;
+            return;
+        }
         if let Some(l) = c.checked_sub(self.clients.len()) {
             let mut client = std::mem::take(&mut self.lock_clients[l]);
             client.on_reply(self, r);
@@ -1325,8 +1431,14 @@ impl World {
         &mut self.locks
     }
 
+    pub(crate) fn key_lease_check_mut(&mut self) -> &mut KeyLeaseCheck {
+        &mut self.key_leases
+    }
+
     fn clients_idle(&self) -> bool {
-        self.clients.iter().all(Client::idle) && self.lock_clients.iter().all(LockClient::idle)
+        self.clients.iter().all(Client::idle)
+            && self.lock_clients.iter().all(LockClient::idle)
+            && self.key_lease_clients.iter().all(KeyLeaseClient::idle)
     }
 
     /// As the driver does on a tick: keep the lease table in step with leadership, then
@@ -1427,6 +1539,7 @@ fn changed_key_space(outcome: &SmOutcome) -> bool {
 /// part of the state: every rebuilt state machine needs it again).
 fn state_machine(cfg: &SimConfig, mut sm: StateMachine) -> StateMachine {
     sm.set_split_txn_writes(cfg.split_txn_writes);
+    sm.set_txn_skips_lease_index(cfg.txn_skips_lease_index);
     sm
 }
 
@@ -1434,6 +1547,7 @@ fn state_machine(cfg: &SimConfig, mut sm: StateMachine) -> StateMachine {
 fn lease_table(cfg: &SimConfig) -> Leases<Duration> {
     let mut leases = Leases::default();
     leases.mark_before_proposing = cfg.mark_leases_before_proposing;
+    leases.key_leases_not_restarted = cfg.key_leases_not_restarted;
     leases
 }
 
@@ -1596,6 +1710,30 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
             return Err(fail(&mut w, msg));
         }
     }
+    // Every replica holds the same lease table (part of the snapshot, so also of what a
+    // follower installs), compared while leases may still be held.
+    let tables: BTreeSet<Vec<(i64, i64)>> = w
+        .nodes
+        .values()
+        .map(|n| n.sm.key_leases().iter().collect())
+        .collect();
+    if tables.len() != 1 {
+        let per_node: Vec<String> = w
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                format!(
+                    "node {id}: {:?}",
+                    n.sm.key_leases().iter().collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        let msg = format!(
+            "replicas differ after convergence (lease table): {}",
+            per_node.join("; ")
+        );
+        return Err(fail(&mut w, msg));
+    }
     // The lock clients stopped with the others: every lease must run out on the leader's
     // clock and its expiry be applied on every node. A lease whose expiry is never proposed
     // would hold its lock for good (issue 11, defect 3).
@@ -1625,6 +1763,41 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
         if let Some(msg) = w.fail.take() {
             return Err(fail(&mut w, msg));
         }
+    }
+    // The key-lease clients stopped renewing: every lease on keys must run out, with its keys.
+    let leases_by = w.now + KEY_LEASES_EXPIRE_WITHIN;
+    while !(w.converged() && w.nodes.values().all(|n| n.sm.key_leases().is_empty())) {
+        if !w.step() || w.now > leases_by {
+            let held: Vec<String> = w
+                .nodes
+                .iter()
+                .map(|(id, n)| {
+                    let ids: Vec<i64> = n.sm.key_leases().iter().map(|(id, _)| id).collect();
+                    format!("node {id}: {ids:?}")
+                })
+                .collect();
+            let msg = format!(
+                "liveness: leases on keys still exist {} ms after their clients stopped renewing: {}",
+                KEY_LEASES_EXPIRE_WITHIN / MS,
+                held.join("; ")
+            );
+            return Err(fail(&mut w, msg));
+        }
+        if let Some(msg) = w.fail.take() {
+            return Err(fail(&mut w, msg));
+        }
+    }
+    if let Some((id, keys)) = w
+        .nodes
+        .iter()
+        .map(|(id, n)| (id, key_leases::leased_keys(&n.sm)))
+        .find(|(_, keys)| !keys.is_empty())
+    {
+        let msg = format!(
+            "lease revoke: every lease ran out but node {id} still holds keys attached to one: {}",
+            keys.join(", ")
+        );
+        return Err(fail(&mut w, msg));
     }
     // Every replica applied the same state: the same key space, revisions and whole history
     // back to the same compaction revision (byte for byte as a snapshot would store it).
@@ -1663,6 +1836,10 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     w.outcome.lock_grants = w.locks.grants;
     w.outcome.fenced_ok = w.locks.fenced_ok;
     w.outcome.fenced_stale = w.locks.fenced_stale;
+    w.outcome.key_lease_grants = w.key_leases.grants;
+    w.outcome.key_lease_renewals = w.key_leases.renewals;
+    w.outcome.key_lease_revokes_with_keys = w.key_leases.revokes_with_keys;
+    w.outcome.key_lease_stale_renewals = w.key_leases.stale_renewals;
     w.outcome.commit = w
         .nodes
         .values()

@@ -202,6 +202,14 @@ impl StateMachine {
         self.keys.set_split_txn_writes(on);
     }
 
+    /// Mutation switch for the simulator's checker tests
+    /// ([`KeySpace::set_txn_skips_lease_index`]): a revoke misses the keys a txn attached.
+    /// Not part of the state, like [`set_split_txn_writes`](Self::set_split_txn_writes).
+    #[doc(hidden)]
+    pub fn set_txn_skips_lease_index(&mut self, on: bool) {
+        self.keys.set_txn_skips_lease_index(on);
+    }
+
     /// The store's revision (etcd's): 1 when empty, +1 per applied change.
     pub fn revision(&self) -> i64 {
         self.keys.revision()

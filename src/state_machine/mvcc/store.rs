@@ -100,6 +100,9 @@ pub struct KeySpace {
     /// Mutation switch (simulator checker tests only, never serialized): a txn gives its
     /// second and later writes a revision of their own, breaking "one txn, one revision".
     split_txn_writes: bool,
+    /// Mutation switch (simulator checker tests only, never serialized): a txn's writes leave
+    /// the lease index alone.
+    txn_skips_lease_index: bool,
 }
 
 impl Default for KeySpace {
@@ -192,6 +195,7 @@ impl KeySpace {
             live: 0,
             leased: BTreeMap::new(),
             split_txn_writes: false,
+            txn_skips_lease_index: false,
         }
     }
 
@@ -201,6 +205,14 @@ impl KeySpace {
     #[doc(hidden)]
     pub fn set_split_txn_writes(&mut self, on: bool) {
         self.split_txn_writes = on;
+    }
+
+    /// Mutation switch for the simulator's checker tests: a txn's writes from now on leave
+    /// the lease index alone, so a revoke misses the keys a txn attached. Not part of the
+    /// state, like [`set_split_txn_writes`](Self::set_split_txn_writes).
+    #[doc(hidden)]
+    pub fn set_txn_skips_lease_index(&mut self, on: bool) {
+        self.txn_skips_lease_index = on;
     }
 
     /// The current store revision.
@@ -632,10 +644,11 @@ impl KeySpace {
         walk(req, &path, &mut 0, &mut |op| self.check_range(op))?;
         let mut w = self.begin();
         w.split = self.split_txn_writes;
+        w.skip_lease_index = self.txn_skips_lease_index;
         #[cfg(test)]
         {
             w.split |= SPLIT_TXN_WRITES.with(|s| s.get());
-            w.skip_lease_index = TXN_SKIPS_LEASE_INDEX.with(|s| s.get());
+            w.skip_lease_index |= TXN_SKIPS_LEASE_INDEX.with(|s| s.get());
         }
         self.write(w, |s, w| s.txn_in(w, req, &path, &mut 0, leases))
     }
@@ -907,6 +920,7 @@ impl KeySpace {
             live,
             leased,
             split_txn_writes: false,
+            txn_skips_lease_index: false,
         }
     }
 }

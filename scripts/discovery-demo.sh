@@ -73,11 +73,12 @@ register() {
 LIST=$RUN_DIR/list.log
 CONFIG=$RUN_DIR/config.log
 
-# Polls (up to $3 tenths of a second) until file $1 has a line matching $2; prints it.
+# Polls (up to $3 tenths of a second) until file $1 has a line matching $2, stamped at or
+# after $4 ms (default: any time); prints it.
 wait_for_line() {
-  local file=$1 pattern=$2 tries=${3:-150} line
+  local file=$1 pattern=$2 tries=${3:-150} since=${4:-0} line
   for _ in $(seq 1 "$tries"); do
-    line=$(grep -E -m1 -- "$pattern" "$file" 2>/dev/null || true)
+    line=$(awk -v since="$since" -v re="$pattern" '$1 >= since && $0 ~ re { print; exit }' "$file" 2>/dev/null || true)
     if [[ -n $line ]]; then
       echo "$line"
       return 0
@@ -151,9 +152,10 @@ sleep "$((TTL + 1))"
 
 step "SIGKILL instance i2"
 KILLED_AT=$(now_ms)
-kill -KILL "${INSTANCES[i2]}"
+# (The wait, silenced, keeps bash from reporting the killed job.)
+{ kill -KILL "${INSTANCES[i2]}" && wait "${INSTANCES[i2]}"; } 2>/dev/null || true
 unset 'INSTANCES[i2]'
-LEFT=$(wait_for_line "$LIST" "members: i1=10.0.0.1:8080 i3=10.0.0.3:8080$" 100) ||
+LEFT=$(wait_for_line "$LIST" "members: i1=10.0.0.1:8080 i3=10.0.0.3:8080$" 100 "$KILLED_AT") ||
   fail "i2 did not leave the list within 10 s: $(tail -3 "$LIST")"
 LEFT_AT=${LEFT%% *}
 TOOK=$((LEFT_AT - KILLED_AT))

@@ -389,10 +389,11 @@ async fn a_slow_consumer_still_gets_every_event() {
     let (tx, mut rx) = open(&addr).await;
     tx.send(create("s/", b"s0", 0, 0)).await.unwrap();
     assert!(next(&mut rx).await.created);
-    // A burst bigger than the broadcast capacity (1024 batches), with 1 KiB values, while
-    // the client reads nothing: the stream falls behind and catches up from history.
+    // A burst bigger than the broadcast capacity (1024 batches), with 4 KiB values (12 MiB,
+    // far over what HTTP/2 windows and the stream's buffer hold), while the client reads
+    // nothing: the stream falls behind and catches up from history.
     const N: usize = 3000;
-    let value = "v".repeat(1024);
+    let value = "v".repeat(4096);
     let mut kv = KvClient::new(common::channel(&addr));
     for i in 0..N {
         kv.put(put(&format!("s/{i:05}"), &value)).await.unwrap();
@@ -477,4 +478,60 @@ async fn idle_watches_get_progress_notifications_and_progress_requests_an_answer
         }
     };
     assert!(r.canceled);
+}
+
+#[tokio::test]
+async fn a_stream_refuses_watches_past_its_bound_and_empty_ranges() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_10).await;
+    let (tx, mut rx) = open(&cluster.addr(1)).await;
+    // etcd's empty range: an end at or before the key.
+    tx.send(create("b", b"a", 0, 0)).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(
+        (r.watch_id, r.created, r.canceled, r.cancel_reason.as_str()),
+        (-1, true, true, "mvcc: watcher range is empty")
+    );
+    const LIMIT: usize = 1024; // rpc::etcd::watch::MAX_WATCHERS_PER_STREAM
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for i in 0..=LIMIT {
+            sender
+                .send(create(&format!("k{i}"), &[], 0, 0))
+                .await
+                .unwrap();
+        }
+    });
+    for i in 0..LIMIT {
+        let r = next(&mut rx).await;
+        assert!(r.created && !r.canceled, "watch {i}: {r:?}");
+    }
+    let r = next(&mut rx).await;
+    assert_eq!((r.watch_id, r.created, r.canceled), (-1, true, true));
+    assert!(
+        r.cancel_reason
+            .contains("too many watches on this stream (limit 1024)"),
+        "{}",
+        r.cancel_reason
+    );
+}
+
+#[tokio::test]
+async fn open_watch_streams_do_not_hold_up_a_graceful_shutdown() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(SECS_10).await;
+    let (tx, mut rx) = open(&cluster.addr(1)).await;
+    tx.send(create("k", &[], 0, 0)).await.unwrap();
+    assert!(next(&mut rx).await.created);
+    let started = Instant::now();
+    let status = cluster.terminate(1).await;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "an open watch stream delayed the exit by {:?}",
+        started.elapsed()
+    );
+    // The stream ends (with "server stopped", or the connection closing).
+    let end = tokio::time::timeout(SECS_10, rx.message()).await.unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }

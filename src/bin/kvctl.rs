@@ -45,8 +45,8 @@ use kvstore::pb::Role;
 
 /// The `-w json` output, in kvctl's --help.
 const JSON_HELP: &str = "\
-With -w json (--write-out json), put, get, del, txn, cas and compact print one JSON object
-on one line. Field names are stable:
+With -w json (--write-out json), put, get, del, txn, cas, compact and lease print one JSON
+object on one line, watch one per event. Field names are stable:
   every object  header: {revision, node_id, term, index}   (revision: the key space's
                 revision after the command; index: the log index it took effect or was read at)
   a kv          {key, value, create_revision, mod_revision, version, lease}
@@ -58,6 +58,10 @@ on one line. Field names are stable:
   cas           {header, succeeded, current: kv or null}   (current: the key when the
                 compare failed)
   compact       {header, compacted}
+  watch         {type: PUT|DELETE, kv, prev_kv: kv or null}   (no header: one per event)
+  lease grant   {header, id, ttl}      lease revoke {header}     lease list {leases: [id]}
+  lease keep-alive {id, ttl}           lease timetolive {id, ttl, granted_ttl, keys}
+                (ids as decimal numbers; the text output prints them in hex, as etcdctl)
 Other commands do not take -w json.";
 
 /// Command-line client for a kvstore cluster.

@@ -40,6 +40,14 @@
 //! changes its holder or token (a grant of a new token, a release, an expiry that ended a
 //! grant; never a renewal), and every generation after a snapshot install or a change of this
 //! node's role or term.
+//!
+//! # Watches
+//! After each Ready's applies the driver publishes what they changed as one [`watches::Batch`]
+//! on a bounded broadcast ([`watches::BATCH_CAPACITY`]; skipped while nobody listens), and
+//! answers [`Request::WatchHistory`] from the applied key space. Watchers subscribe before they
+//! ask for history, so batch and history together cover every revision; which event reaches
+//! which watcher is decided in the I/O-free `watches.rs` (exactly the history, including across
+//! lag and snapshot installs).
 
 pub(crate) mod apply;
 pub(crate) mod compactor;
@@ -128,7 +136,7 @@ pub struct Inbox {
 
 /// Batches of applied changes published after every Ready's applies ([`watches::Batch`]),
 /// shared by the driver (which sends) and the handles (which subscribe).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<watches::Batch>>,
     /// How many watchers asked for previous kvs: batches carry them only while it is not 0.
@@ -155,6 +163,14 @@ impl WatchHub {
     fn send(&self, batch: watches::Batch) {
         let _ = self.tx.send(Arc::new(batch));
     }
+}
+
+/// The handles' side of [`WatchHub`]: subscribes without keeping the channel open, so
+/// receivers see it closed once the driver is gone.
+#[derive(Clone, Debug)]
+struct WatchSubscriber {
+    tx: broadcast::WeakSender<Arc<watches::Batch>>,
+    prev_kv: Arc<AtomicUsize>,
 }
 
 /// Keeps previous kvs in published batches while it lives (one per watcher that asked).
@@ -187,7 +203,10 @@ pub fn channel(id: NodeId, capacity: usize) -> (NodeHandle, Inbox) {
             tx,
             status: status_rx,
             lock_waiters: lock_waiters.clone(),
-            watch: hub.clone(),
+            watch: WatchSubscriber {
+                tx: hub.tx.downgrade(),
+                prev_kv: hub.prev_kv.clone(),
+            },
         },
         Inbox {
             rx,
@@ -206,7 +225,7 @@ pub struct NodeHandle {
     /// The Acquire requests waiting on this node; the driver wakes them.
     lock_waiters: Arc<LockWaiters>,
     /// Where applied changes are published for watchers.
-    watch: WatchHub,
+    watch: WatchSubscriber,
 }
 
 impl NodeHandle {
@@ -345,11 +364,15 @@ impl NodeHandle {
         self.status.clone()
     }
 
-    /// A receiver of the batches of applied changes published from now on. Subscribe
-    /// before asking for history ([`NodeHandle::watch_history`]): every batch the answer
-    /// does not cover then reaches the receiver (or it reports a lag).
-    pub fn watch_batches(&self) -> broadcast::Receiver<Arc<watches::Batch>> {
-        self.watch.tx.subscribe()
+    /// A receiver of the batches of applied changes published from now on (closed once the
+    /// driver stops). Subscribe before asking for history ([`NodeHandle::watch_history`]):
+    /// every batch the answer does not cover then reaches the receiver (or it reports a lag).
+    ///
+    /// # Errors
+    /// Shutting down: the driver is gone.
+    pub fn watch_batches(&self) -> Result<broadcast::Receiver<Arc<watches::Batch>>, ClientError> {
+        let tx = self.watch.tx.upgrade().ok_or(ClientError::ShuttingDown)?;
+        Ok(tx.subscribe())
     }
 
     /// Makes published batches carry previous kvs while the guard lives. Take it before

@@ -133,7 +133,7 @@ impl pb::watch_server::Watch for WatchService {
         // A request that cannot be converted ends the stream with its error, as one the
         // decoder refuses does.
         let inbound = request.into_inner().map(|r| r.and_then(request_to_etcd));
-        let out = ReceiverStream::new(self.engine.serve(inbound));
+        let out = ReceiverStream::new(self.engine.serve(inbound)?);
         Ok(Response::new(Box::pin(
             out.map(|r| r.map(response_from_etcd)),
         )))

@@ -296,6 +296,7 @@ const SERVED: &[&str] = &[
     "etcdserverpb.Lease/LeaseKeepAlive",
     "etcdserverpb.Lease/LeaseTimeToLive",
     "etcdserverpb.Lease/LeaseLeases",
+    "etcdserverpb.Watch/Watch",
 ];
 
 #[tokio::test]

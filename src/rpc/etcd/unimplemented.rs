@@ -1,4 +1,4 @@
-//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Watch, Auth), each
+//! [`Unimplemented`]: the etcd services kvstore does not serve yet (Auth), each
 //! method answering UNIMPLEMENTED with one line naming it (see [`not_implemented`]).
 //!
 //! A method kvstore serves moves out of here into a service of its own; until then etcd
@@ -7,8 +7,7 @@
 
 use super::errors::not_implemented;
 use crate::pb::etcd::etcdserverpb::*;
-use tokio_stream::Empty;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 /// Serves each etcd service as UNIMPLEMENTED, method by method.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,11 +42,6 @@ unimplemented_service!(kv_server::Kv, "etcdserverpb.KV" {
     fn delete_range(DeleteRangeRequest) -> DeleteRangeResponse = "DeleteRange";
     fn txn(TxnRequest) -> TxnResponse = "Txn";
     fn compact(CompactionRequest) -> CompactionResponse = "Compact";
-});
-
-unimplemented_service!(watch_server::Watch, "etcdserverpb.Watch" {
-    type WatchStream = Empty<Result<WatchResponse, Status>>;
-    fn watch(Streaming<WatchRequest>) -> Self::WatchStream = "Watch";
 });
 
 unimplemented_service!(auth_server::Auth, "etcdserverpb.Auth" {

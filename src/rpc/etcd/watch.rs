@@ -54,6 +54,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 /// How often a watcher that asked for progress notifications gets one when idle (etcd's
 /// default; `--experimental-watch-progress-notify-interval` sets another).
@@ -99,7 +100,7 @@ impl Watch for EtcdWatch {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let rx = self.serve(request.into_inner());
+        let rx = self.serve(request.into_inner())?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -109,14 +110,20 @@ impl EtcdWatch {
     /// from a task that ends when `inbound` ends or fails, or the member stops. The
     /// `kvstore.v1` Watch service runs its streams through this too, converting at the
     /// edges, so both front ends deliver exactly the same events.
-    pub fn serve<S>(&self, inbound: S) -> mpsc::Receiver<Result<WatchResponse, Status>>
+    ///
+    /// # Errors
+    /// The member is stopping (etcd's "server stopped").
+    pub fn serve<S>(
+        &self,
+        inbound: S,
+    ) -> Result<mpsc::Receiver<Result<WatchResponse, Status>>, Status>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
     {
         let (out, rx) = mpsc::channel(OUT_CAPACITY);
         let node = self.member.node().clone();
         // Subscribed before any history is asked for (see `NodeHandle::watch_batches`).
-        let batches = node.watch_batches();
+        let batches = node.watch_batches().map_err(member::status)?;
         let stream = WatchStream {
             member: self.member.clone(),
             node,
@@ -126,7 +133,7 @@ impl EtcdWatch {
             pos: 0,
         };
         tokio::spawn(stream.run(inbound, batches, self.progress_interval));
-        rx
+        Ok(rx)
     }
 }
 
@@ -166,7 +173,6 @@ impl WatchStream {
     ) where
         S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
     {
-        let mut status = self.node.watch_status();
         let start = tokio::time::Instant::now() + progress_interval;
         let mut ticker = tokio::time::interval_at(start, progress_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,13 +189,12 @@ impl WatchStream {
                 },
                 batch = batches.recv() => match batch {
                     Ok(b) => self.on_batch(&b).await,
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up_all().await,
-                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
-                },
-                changed = status.changed() => match changed {
-                    Ok(()) => Ok(()),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        debug!(missed, watchers = self.watchers.len(), "watch stream fell behind: catching up from history");
+                        self.catch_up_all().await
+                    }
                     // The driver is gone: the member stops.
-                    Err(_) => {
+                    Err(broadcast::error::RecvError::Closed) => {
                         let _ = self.out.send(Err(super::errors::STOPPED.status())).await;
                         Err(Closed)
                     }

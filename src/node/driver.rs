@@ -330,6 +330,22 @@ impl Driver {
                 linearizable: true,
                 reply,
             } => {
+                let target = match target {
+                    ReadTarget::LeaseKeepAlive(lease) => match self.renew_key_lease(lease) {
+                        // Renewed: answered once a quorum confirms this node still leads.
+                        Ok(ttl @ 1..) => ReadTarget::LeaseRenewed(ttl),
+                        Ok(ttl) => {
+                            let header = self.header(self.sm.applied_index());
+                            let _ = reply.send(Ok((ReadValue::LeaseKeptAlive(ttl), header)));
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    },
+                    other => other,
+                };
                 let id = self.pending.next_read_id();
                 // A lease is measured in ticks: count the ones a stall made us miss first.
                 self.catch_up_clock();
@@ -382,6 +398,29 @@ impl Driver {
             }
             Request::TransferLeadership { target, reply } => {
                 let _ = reply.send(self.transfer_leadership(target));
+            }
+            Request::KeyLease {
+                query: KeyLeaseQuery::KeepAlive(lease),
+                reply,
+            } => {
+                // Answered once a quorum confirmed this node still leads: through the
+                // linearizable read path (see `ReadTarget::LeaseKeepAlive`).
+                let (read_reply, read) = oneshot::channel();
+                self.handle_request(Request::Read {
+                    target: ReadTarget::LeaseKeepAlive(lease),
+                    linearizable: true,
+                    reply: read_reply,
+                });
+                tokio::spawn(async move {
+                    let answer = match read.await {
+                        Ok(Ok((ReadValue::LeaseKeptAlive(ttl), h))) => {
+                            Ok((KeyLeaseAnswer::KeptAlive { ttl }, h))
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Ok(Ok(_)) | Err(_) => Err(ClientError::ShuttingDown),
+                    };
+                    let _ = reply.send(answer);
+                });
             }
             Request::KeyLease { query, reply } => {
                 let _ = reply.send(self.key_lease(query));
@@ -640,6 +679,9 @@ impl Driver {
             }
             ReadTarget::Lock(name) => ReadValue::Lock(self.sm.lock(name).cloned()),
             ReadTarget::Range(req) => ReadValue::Range(self.sm.range(req)),
+            ReadTarget::LeaseRenewed(ttl) => ReadValue::LeaseKeptAlive(*ttl),
+            // Renewed only through the linearizable path (`renew_key_lease`); never read.
+            ReadTarget::LeaseKeepAlive(_) => ReadValue::LeaseKeptAlive(0),
         }
     }
 
@@ -699,8 +741,17 @@ impl Driver {
         self.pending.fail_leader_bound(&ClientError::LeadershipLost);
     }
 
-    /// A leader-local question about leases on keys (see [`Request::KeyLease`]).
-    fn key_lease(&mut self, query: KeyLeaseQuery) -> Result<(KeyLeaseAnswer, Header), ClientError> {
+    /// Restarts the TTL of lease on keys `id` on this leader's clock; returns the TTL (0: no
+    /// such lease, or its revoke was already proposed). The caller answers only once a
+    /// quorum confirmed this node still leads (`ReadTarget::LeaseKeepAlive`).
+    fn renew_key_lease(&mut self, id: i64) -> Result<i64, ClientError> {
+        self.check_lease_leader()?;
+        Ok(self.leases.renew(id, Instant::now()).unwrap_or(0))
+    }
+
+    /// Whether this node may answer questions about leases on keys: it leads and applied an
+    /// entry of its own term; keeps the lease table in step with that leadership.
+    fn check_lease_leader(&mut self) -> Result<(), ClientError> {
         let status = self.core.status();
         if status.role != Role::Leader {
             return Err(self.not_leader(status.leader));
@@ -711,11 +762,21 @@ impl Driver {
             return Err(ClientError::NoLeader);
         }
         self.sync_leases();
+        Ok(())
+    }
+
+    /// A leader-local question about leases on keys (see [`Request::KeyLease`]).
+    fn key_lease(&mut self, query: KeyLeaseQuery) -> Result<(KeyLeaseAnswer, Header), ClientError> {
+        self.check_lease_leader()?;
         let now = Instant::now();
         let answer = match query {
-            KeyLeaseQuery::KeepAlive(id) => KeyLeaseAnswer::KeptAlive {
-                ttl: self.leases.renew(id, now).unwrap_or(0),
-            },
+            // Handled by `handle_request`, which answers it only once leadership is
+            // confirmed; renewing here would skip that.
+            KeyLeaseQuery::KeepAlive(_) => {
+                return Err(ClientError::Invalid(
+                    "invariant: a keep-alive goes through the confirmed read path".to_string(),
+                ))
+            }
             KeyLeaseQuery::TimeToLive { id, keys } => {
                 KeyLeaseAnswer::TimeToLive(self.sm.key_leases().ttl(id).map(|granted_ttl| {
                     let remaining = self.leases.remaining(id, now).unwrap_or_default();

@@ -252,7 +252,9 @@ impl NodeHandle {
         // The driver answers a read with the kind it asked for; the other arm is unreachable.
         match self.read_target(ReadTarget::Key(key), linearizable).await? {
             (ReadValue::Key(value), h) => Ok((value, h)),
-            (ReadValue::Lock(_) | ReadValue::Range(_), _) => Err(ClientError::ShuttingDown),
+            (ReadValue::Lock(_) | ReadValue::Range(_) | ReadValue::LeaseKeptAlive(_), _) => {
+                Err(ClientError::ShuttingDown)
+            }
         }
     }
 
@@ -271,7 +273,9 @@ impl NodeHandle {
             .await?
         {
             (ReadValue::Range(answer), h) => Ok((answer, h)),
-            (ReadValue::Key(_) | ReadValue::Lock(_), _) => Err(ClientError::ShuttingDown),
+            (ReadValue::Key(_) | ReadValue::Lock(_) | ReadValue::LeaseKeptAlive(_), _) => {
+                Err(ClientError::ShuttingDown)
+            }
         }
     }
 
@@ -283,7 +287,9 @@ impl NodeHandle {
     pub async fn read_lock(&self, name: String) -> Result<(Option<LockInfo>, Header), ClientError> {
         match self.read_target(ReadTarget::Lock(name), true).await? {
             (ReadValue::Lock(lock), h) => Ok((lock, h)),
-            (ReadValue::Key(_) | ReadValue::Range(_), _) => Err(ClientError::ShuttingDown),
+            (ReadValue::Key(_) | ReadValue::Range(_) | ReadValue::LeaseKeptAlive(_), _) => {
+                Err(ClientError::ShuttingDown)
+            }
         }
     }
 

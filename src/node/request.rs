@@ -33,6 +33,14 @@ pub enum ReadTarget {
     Lock(String),
     /// An etcd Range over the key space.
     Range(RangeRequest),
+    /// Renew lease on keys `id` (etcd's LeaseKeepAlive): the leader restarts its TTL at once
+    /// and answers only once a quorum confirmed it still leads, like a linearizable read,
+    /// so a deposed leader that does not know it yet (paused, partitioned) never tells a
+    /// client its lease was renewed: the new leader restarted every TTL when it took over,
+    /// which is after that confirmation. Only as a linearizable read.
+    LeaseKeepAlive(i64),
+    /// What a [`ReadTarget::LeaseKeepAlive`] waits as once renewed: the TTL to answer.
+    LeaseRenewed(i64),
 }
 
 /// The answer to a read, matching its [`ReadTarget`].
@@ -44,6 +52,9 @@ pub enum ReadValue {
     Lock(Option<LockInfo>),
     /// The keys in range, or why the range cannot be read (a compacted or future revision).
     Range(Result<RangeResponse, ApplyError>),
+    /// The TTL a lease on keys was renewed for, in seconds (0: no such lease, or its revoke
+    /// was already proposed).
+    LeaseKeptAlive(i64),
 }
 
 /// A request into the driver loop.

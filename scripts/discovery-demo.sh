@@ -88,22 +88,6 @@ wait_for_line() {
   return 1
 }
 
-# Prints the store's leader id once one node is leader and every reachable node agrees.
-store_leader() {
-  local found
-  for _ in $(seq 1 60); do
-    found=$(kvctl --endpoints "$ALL" --timeout 1s status 2>/dev/null | awk '
-      NR > 1 && $1 != "-" { rows++; if ($3 == "leader") { leaders++; id = $1 }; leader_of[rows] = $5 }
-      END {
-        if (leaders != 1) exit 1
-        for (r = 1; r <= rows; r++) if (leader_of[r] != id) exit 1
-        print id
-      }') && { echo "$found"; return 0; }
-    sleep 0.25
-  done
-  return 1
-}
-
 step "Building release binaries (kvstore, kvctl, examples/discovery, examples/config_reload)"
 cargo build --release --bins --example discovery --example config_reload
 

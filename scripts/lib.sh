@@ -43,3 +43,20 @@ get_says_not_found() {
   echo "$out"
   [[ $rc == 1 && $out == "key not found: $key" ]]
 }
+
+# Prints the store's leader id once one node is leader and every reachable node agrees on it
+# (and it is not node $1, when given); fails after 15 s. Needs the caller's kvctl() and ALL.
+store_leader() {
+  local found
+  for _ in $(seq 1 60); do
+    found=$(kvctl --endpoints "$ALL" --timeout 1s status 2>/dev/null | awk -v not="${1:-0}" '
+      NR > 1 && $1 != "-" { rows++; if ($3 == "leader") { leaders++; id = $1 }; leader_of[rows] = $5 }
+      END {
+        if (leaders != 1 || id == not) exit 1
+        for (r = 1; r <= rows; r++) if (leader_of[r] != id) exit 1
+        print id
+      }') && { echo "$found"; return 0; }
+    sleep 0.25
+  done
+  return 1
+}

@@ -14,7 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 use super::{ClientError, ClientOptions};
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
+use crate::pb::lease_client::LeaseClient;
 use crate::pb::lock_client::LockClient;
+use crate::pb::watch_client::WatchClient;
 use crate::rpc::kv_service::CLIENT_MESSAGE_LIMIT;
 
 /// A KV stub on `channel` with the servers' message-size limits: a 1 MiB value goes out
@@ -28,6 +30,20 @@ pub(crate) fn kv(channel: Channel) -> KvClient<Channel> {
 /// A Lock stub on `channel` with the servers' message-size limits.
 pub(crate) fn lock(channel: Channel) -> LockClient<Channel> {
     LockClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
+
+/// A Lease stub on `channel` with the servers' message-size limits.
+pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
+    LeaseClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
+}
+
+/// A Watch stub on `channel` with the servers' message-size limits.
+pub(crate) fn watch(channel: Channel) -> WatchClient<Channel> {
+    WatchClient::new(channel)
         .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
         .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
 }

@@ -15,20 +15,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use super::endpoints::Endpoints;
+use super::endpoints::{self, Endpoints};
 use super::kv_client::Header;
 use super::retry::{classify, Backoff, Verdict};
 use super::{ClientError, ClientOptions};
 use crate::pb;
-use crate::pb::lease_client::LeaseClient;
-use crate::rpc::kv_service::CLIENT_MESSAGE_LIMIT;
-
-/// A Lease stub on `channel` with the servers' message-size limits.
-pub(crate) fn lease_stub(channel: Channel) -> LeaseClient<Channel> {
-    LeaseClient::new(channel)
-        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
-        .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
-}
 
 /// A granted lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +60,7 @@ impl super::Client {
         };
         let r = self
             .run("lease grant", true, |channel| async move {
-                lease_stub(channel).grant(request).await
+                endpoints::lease(channel).grant(request).await
             })
             .await?;
         Ok(GrantedLease {
@@ -88,7 +79,7 @@ impl super::Client {
         let request = pb::LeaseRevokeRequest { id };
         let r = self
             .run("lease revoke", true, |channel| async move {
-                lease_stub(channel).revoke(request).await
+                endpoints::lease(channel).revoke(request).await
             })
             .await?;
         Ok(r.header.into())
@@ -106,7 +97,7 @@ impl super::Client {
         let request = pb::LeaseTimeToLiveRequest { id, keys };
         let r = self
             .run("lease timetolive", true, |channel| async move {
-                lease_stub(channel).time_to_live(request).await
+                endpoints::lease(channel).time_to_live(request).await
             })
             .await?;
         Ok(LeaseTimeToLive {
@@ -123,7 +114,9 @@ impl super::Client {
     pub async fn leases(&mut self) -> Result<Vec<i64>, ClientError> {
         let r = self
             .run("lease list", true, |channel| async move {
-                lease_stub(channel).leases(pb::LeaseLeasesRequest {}).await
+                endpoints::lease(channel)
+                    .leases(pb::LeaseLeasesRequest {})
+                    .await
             })
             .await?;
         Ok(r.ids)
@@ -225,7 +218,8 @@ impl KeeperTask {
         let _ = req_tx.try_send(request);
         let opened = tokio::time::timeout(
             self.options.attempt_timeout,
-            lease_stub(channel).keep_alive(tokio_stream::wrappers::ReceiverStream::new(req_rx)),
+            endpoints::lease(channel)
+                .keep_alive(tokio_stream::wrappers::ReceiverStream::new(req_rx)),
         )
         .await;
         let mut responses = match opened {

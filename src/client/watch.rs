@@ -17,12 +17,10 @@
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::endpoints::Endpoints;
+use super::endpoints::{self, Endpoints};
 use super::retry::{one_line, Backoff};
 use super::{ClientError, ClientOptions, KeyValue};
 use crate::pb;
-use crate::pb::watch_client::WatchClient;
-use crate::rpc::kv_service::CLIENT_MESSAGE_LIMIT;
 
 /// Which keys a watch covers and from where; `Default` watches one key from the next
 /// revision on. At most one of `prefix`, `from_key` and `range_end` may be given.
@@ -195,9 +193,7 @@ impl WatchTask {
 
     /// One stream on `channel`, from `next_revision`, until it breaks.
     async fn stream(&mut self, channel: Channel) -> StreamEnd {
-        let mut client = WatchClient::new(channel)
-            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
-            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT);
+        let mut client = endpoints::watch(channel);
         let create = pb::WatchRequest {
             request: Some(pb::watch_request::Request::Create(pb::WatchCreate {
                 keys: Some(pb::KeySelector {

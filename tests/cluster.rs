@@ -2672,6 +2672,10 @@ async fn bad_key_space_flags_are_refused_at_startup_in_one_line() {
             &["--max-request-bytes", "2000000"][..],
             "kvstore: --max-request-bytes 2000000 is out of range: give 1024 to 1572864 (the default; this version cannot raise it)",
         ),
+        (
+            &["--experimental-watch-progress-notify-interval", "0s"][..],
+            "kvstore: --experimental-watch-progress-notify-interval \"0s\": give a duration above 0 such as 10m, 30s or 500ms",
+        ),
     ] {
         let mut refused = OwnNode::spawn(
             std::process::Command::new(env!("CARGO_BIN_EXE_kvstore"))

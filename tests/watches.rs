@@ -168,3 +168,31 @@ async fn kvctl_watch_prints_history_and_new_changes() {
         "etcdctl's format"
     );
 }
+
+/// Values at the size limit through a watch with prev_kv: one revision's event carries the
+/// new and the old value (2 MiB with 1 MiB values), more than a client request may be; it
+/// still arrives, whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_at_the_limit_arrive_with_their_previous_values() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(SECS_10).await;
+    let mut client = cluster.client();
+    let big = |c: char| c.to_string().repeat(1 << 20);
+    let first = client.put("big", &big('a')).await.unwrap().revision;
+    let second = client.put("big", &big('b')).await.unwrap().revision;
+    let options = WatchOptions {
+        prev_kv: true,
+        ..WatchOptions::default().from_revision(first)
+    };
+    let mut w = client.watch("big", options).unwrap();
+    let events = collect(&mut w, 2, SECS_10).await;
+    assert_eq!(
+        events.iter().map(WatchEvent::revision).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(events[1].kv.value, big('b'));
+    assert_eq!(
+        events[1].prev_kv.as_ref().map(|kv| kv.value.clone()),
+        Some(big('a'))
+    );
+}

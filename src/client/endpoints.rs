@@ -41,10 +41,11 @@ pub(crate) fn lease(channel: Channel) -> LeaseClient<Channel> {
         .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
 }
 
-/// A Watch stub on `channel` with the servers' message-size limits.
+/// A Watch stub on `channel` with the servers' message-size limits (a watch answer may be
+/// larger than any request: one revision's values, each with its previous value).
 pub(crate) fn watch(channel: Channel) -> WatchClient<Channel> {
     WatchClient::new(channel)
-        .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+        .max_decoding_message_size(crate::rpc::etcd::member::ENCODE_LIMIT)
         .max_encoding_message_size(CLIENT_MESSAGE_LIMIT)
 }
 

@@ -264,9 +264,11 @@ async fn serve(
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         )
         .add_service(
+            // One revision's events are never split, and with prev_kv each carries two values:
+            // answers may exceed a request's size (the etcd Watch has the same limit).
             WatchServer::new(WatchService::new(etcd::EtcdWatch::new(member.clone())))
                 .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
-                .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+                .max_encoding_message_size(etcd::member::ENCODE_LIMIT),
         )
         .add_service(
             ClusterServer::new(ClusterService::new(

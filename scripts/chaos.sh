@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-cargo build --release --quiet --bin kvstore --bin kvstore-chaos
+build_release --quiet
 CHAOS=$(release_dir)/kvstore-chaos
 
 if [[ ${1:-} != self-test ]]; then

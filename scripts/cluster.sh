@@ -23,7 +23,7 @@ source scripts/lib.sh
 is_running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
-  cargo build --release --bins
+  build_release
   mkdir -p "$RUN_DIR/data"
   local id pidfile
   for id in "${IDS[@]}"; do
@@ -73,7 +73,7 @@ down() {
 
 status() {
   if [[ ! -x $BIN/kvctl ]]; then
-    cargo build --release --bin kvctl
+    build_release
   fi
   "$BIN/kvctl" --endpoints "$ENDPOINTS" --timeout 2s status
 }

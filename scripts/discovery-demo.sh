@@ -89,7 +89,7 @@ wait_for_line() {
 }
 
 step "Building release binaries (kvstore, kvctl, examples/discovery, examples/config_reload)"
-cargo build --release --bins --example discovery --example config_reload
+build_release
 
 step "Starting 3 nodes on $ALL (data and logs in $RUN_DIR)"
 for p in 9301 9302 9303; do

@@ -100,7 +100,7 @@ wait_for_writes() {
 }
 
 step "Building release binaries (kvstore, kvctl, examples/worker)"
-cargo build --release --bins --example worker
+build_release
 
 step "Starting 3 nodes on $ALL (data and logs in $RUN_DIR)"
 for p in 9201 9202 9203; do

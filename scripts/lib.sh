@@ -27,6 +27,14 @@ peers_of() {
   (IFS=,; echo "${peers[*]}")
 }
 
+# Builds every release binary and example (extra cargo flags in "$@"). Every script builds
+# this same set: building examples turns on dev-dependency features (proptest's regex,
+# tempfile's rustix) in shared dependencies, so a `--bins`-only build compiles the library a
+# second time in another configuration (two minutes of a 2-core CI run).
+build_release() {
+  cargo build --release --bins --examples "$@"
+}
+
 # The directory cargo builds release binaries into (honours CARGO_TARGET_DIR).
 release_dir() {
   local target=${CARGO_TARGET_DIR:-target}

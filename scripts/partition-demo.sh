@@ -108,7 +108,7 @@ wait_for_value() {
 }
 
 step "Building release binaries"
-cargo build --release --bins
+build_release
 
 step "Starting 3 nodes on $ALL (data and logs in $RUN_DIR)"
 for p in 9101 9102 9103; do

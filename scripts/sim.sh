@@ -11,5 +11,6 @@
 # All flags: scripts/sim.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin kvstore-sim
+source scripts/lib.sh
+build_release --quiet
 exec "${CARGO_TARGET_DIR:-target}/release/kvstore-sim" "$@"

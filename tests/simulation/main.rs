@@ -17,7 +17,7 @@ use kvstore::sim::{run, Failure, Outcome, SimConfig};
 
 /// Seeds run by `cargo test` (debug build, about 0.7 s each: a smoke set; `.ci/run` runs
 /// thousands more in release with `scripts/sim.sh`).
-const FIXED_SEEDS: u64 = 100;
+const FIXED_SEEDS: u64 = 60;
 
 fn replay_hint(f: &Failure) -> String {
     format!("{f}\nreplay: scripts/sim.sh --seed {} --trace", f.seed)
@@ -133,7 +133,7 @@ fn replay_hint_kv(f: &Failure) -> String {
 }
 
 /// Seeds run with the key-lease workload (`SimConfig::key_leases`).
-const KEY_LEASE_SEEDS: u64 = 100;
+const KEY_LEASE_SEEDS: u64 = 50;
 
 /// The key-lease workload (grants, keys attached by puts and Txn puts, leader-local
 /// keep-alives, revokes, clients that stop renewing), with watchers on every node, under the

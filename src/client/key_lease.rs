@@ -1,6 +1,6 @@
-//! Leases on keys through the `kvstore.v1` Lease service: [`Client::grant_lease`],
-//! [`Client::revoke_lease`], [`Client::lease_time_to_live`], [`Client::leases`], and
-//! [`Client::keep_lease_alive`], a handle whose background task renews the lease until it is
+//! Leases on keys through the `kvstore.v1` Lease service: [`Client::grant_lease`](super::Client::grant_lease),
+//! [`Client::revoke_lease`](super::Client::revoke_lease), [`Client::lease_time_to_live`](super::Client::lease_time_to_live), [`Client::leases`](super::Client::leases), and
+//! [`Client::keep_lease_alive`](super::Client::keep_lease_alive), a handle whose background task renews the lease until it is
 //! dropped.
 //!
 //! The keeper renews every third of the lease's TTL on a KeepAlive stream to the leader
@@ -24,7 +24,7 @@ use crate::pb;
 /// A granted lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantedLease {
-    /// Its id (attach keys with [`Client::put_with_lease`]).
+    /// Its id (attach keys with [`Client::put_with_lease`](super::Client::put_with_lease)).
     pub id: i64,
     /// Its TTL in seconds (the cluster may have raised the one asked for to its minimum).
     pub ttl: i64,
@@ -32,7 +32,7 @@ pub struct GrantedLease {
     pub header: Header,
 }
 
-/// The answer to [`Client::lease_time_to_live`].
+/// The answer to [`Client::lease_time_to_live`](super::Client::lease_time_to_live).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseTimeToLive {
     /// Seconds left on the leader's clock; -1 when the lease does not exist.
@@ -47,7 +47,7 @@ impl super::Client {
     /// Grants a lease of `ttl_seconds` (`id` 0: the cluster picks the id).
     ///
     /// # Errors
-    /// As for [`Client::put`]; an id in use or a TTL too large is [`ClientError::Server`]
+    /// As for [`Client::put`](super::Client::put); an id in use or a TTL too large is [`ClientError::Server`]
     /// with etcd's message.
     pub async fn grant_lease(
         &mut self,
@@ -73,7 +73,7 @@ impl super::Client {
     /// Revokes lease `id`: every key attached to it is deleted, at one revision.
     ///
     /// # Errors
-    /// As for [`Client::put`]; an unknown lease is [`ClientError::Server`] with
+    /// As for [`Client::put`](super::Client::put); an unknown lease is [`ClientError::Server`] with
     /// `requested lease not found`.
     pub async fn revoke_lease(&mut self, id: i64) -> Result<Header, ClientError> {
         let request = pb::LeaseRevokeRequest { id };
@@ -88,7 +88,7 @@ impl super::Client {
     /// The remaining and granted TTL of lease `id`, with its keys if `keys`.
     ///
     /// # Errors
-    /// As for [`Client::get`].
+    /// As for [`Client::get`](super::Client::get).
     pub async fn lease_time_to_live(
         &mut self,
         id: i64,
@@ -110,7 +110,7 @@ impl super::Client {
     /// The ids of every lease.
     ///
     /// # Errors
-    /// As for [`Client::get`].
+    /// As for [`Client::get`](super::Client::get).
     pub async fn leases(&mut self) -> Result<Vec<i64>, ClientError> {
         let r = self
             .run("lease list", true, |channel| async move {

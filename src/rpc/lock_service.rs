@@ -14,8 +14,8 @@
 //! and never while the state still shows the token that refused it last (`LockHeld`, or
 //! `LockExpiring` for a renewal that met the grant's proposed expiry: it then waits for the
 //! expiry and gets a new token). Otherwise it waits for the lock to change hands, for the
-//! deadline, or [`RECHECK_EVERY`] (a node that lost leadership unnoticed redirects its
-//! waiters; a driver that does not answer within [`NOT_RESPONDING`] fails them). A follower
+//! deadline, or `RECHECK_EVERY` (a node that lost leadership unnoticed redirects its
+//! waiters; a driver that does not answer within `NOT_RESPONDING` fails them). A follower
 //! redirects at once. At the deadline it answers the last known refusal. Beyond
 //! `--max-waiting-acquires` waiters on this node, an Acquire that would wait is refused with
 //! RESOURCE_EXHAUSTED.
@@ -201,7 +201,7 @@ impl LockService {
     }
 }
 
-/// Waits until the waiter's lock changes, the deadline, or [`RECHECK_EVERY`].
+/// Waits until the waiter's lock changes, the deadline, or `RECHECK_EVERY`.
 async fn nap(waiter: &mut Waiter, deadline: Instant) {
     let nap = deadline
         .saturating_duration_since(Instant::now())

@@ -96,7 +96,7 @@ pub enum RunError {
 /// Shutdown order (STYLE.md §13): health NOT_SERVING, stop accepting RPCs, the driver fails
 /// pending requests and finishes its current Ready, then peers stop and tasks are awaited.
 /// Every wait is bounded: open connections get [`SHUTDOWN_DRAIN`], then are dropped; the
-/// driver and other tasks get [`SHUTDOWN_GRACE`]. A panic in the driver stops the node too
+/// driver and other tasks get `SHUTDOWN_GRACE`. A panic in the driver stops the node too
 /// ([`RunError::Driver`]).
 ///
 /// # Errors

@@ -4,7 +4,7 @@
 //!
 //! etcd clients balance requests over every endpoint and do not follow kvstore's redirect
 //! metadata, so any member answers any request, as etcd's do: a follower forwards writes and
-//! linearizable reads to the leader over the same etcd API ([`Member::leader_kv`]), and serves
+//! linearizable reads to the leader over the same etcd API ([`Member::leader_channel`]), and serves
 //! serializable reads itself. A forwarded request carries [`FORWARDED_KEY`]; a member that
 //! receives one and does not lead answers "etcdserver: no leader" (UNAVAILABLE, which clients
 //! retry) instead of forwarding again, so stale leader knowledge never makes a loop.

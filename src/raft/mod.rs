@@ -23,6 +23,7 @@
 mod config;
 mod core;
 mod log;
+mod membership;
 mod message;
 mod progress;
 mod ready;
@@ -31,6 +32,8 @@ mod types;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod membership_tests;
 #[cfg(test)]
 mod paper_tests;
 #[cfg(test)]
@@ -43,6 +46,9 @@ pub use self::config::{
     DEFAULT_MAX_BYTES_PER_MESSAGE, ENTRY_OVERHEAD_BYTES, MAX_BYTES_PER_MESSAGE_CEILING,
 };
 pub use self::core::{Mutation, NotLeader, ProposeError, Proposed, RaftCore, TransferError};
+pub use self::membership::{
+    ConfChange, ConfChangeError, ConfChangeKind, ConfEntry, DecodeError, Membership,
+};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{ReadState, Ready};
 pub use self::types::{

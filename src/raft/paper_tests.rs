@@ -454,7 +454,7 @@ fn fig2_all_nodes_apply_the_same_sequence_across_leader_failure() {
             .iter()
             .filter_map(|e| match &e.payload {
                 Payload::Command(d) => Some(d.to_vec()),
-                Payload::Noop => None,
+                Payload::Noop | Payload::ConfChange(_) => None,
             })
             .collect()
     };

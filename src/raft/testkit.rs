@@ -154,10 +154,15 @@ impl Net {
         let core = self.nodes.get_mut(&id).unwrap();
         let meta = core.applied_snapshot_meta();
         let data = bytes::Bytes::from(format!("state@{}", meta.index));
+        let membership = Some(core.applied_membership());
         self.stores
             .get_mut(&id)
             .unwrap()
-            .install_snapshot(&Snapshot { meta, data })
+            .install_snapshot(&Snapshot {
+                meta,
+                data,
+                membership,
+            })
             .unwrap();
         core.compact(meta.index);
         meta

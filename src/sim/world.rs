@@ -1008,7 +1008,7 @@ impl World {
         // The lock checker's view of the lock table before the entry.
         let proposal = match &e.payload {
             Payload::Command(data) => Proposal::decode(data).ok(),
-            Payload::Noop => None,
+            Payload::Noop | Payload::ConfChange(_) => None,
         };
         let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
         // A retry the session answers from its cache changes nothing.

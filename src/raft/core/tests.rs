@@ -754,6 +754,7 @@ fn undecodable_snapshot(from: NodeId, term: Term) -> Message {
         term,
         MessageBody::InstallSnapshot {
             snapshot: Snapshot {
+                membership: None,
                 meta: SnapshotMeta { index: 9, term },
                 data: bytes::Bytes::from_static(b"not a state machine"),
             },

@@ -180,6 +180,7 @@ impl Harness {
                     return Ok(());
                 };
                 let snapshot = Snapshot {
+                    membership: None,
                     meta: SnapshotMeta {
                         index,
                         term: entry.term,
@@ -207,6 +208,7 @@ impl Harness {
                 };
                 self.serial += 1;
                 let snapshot = Snapshot {
+                    membership: None,
                     meta: SnapshotMeta { index, term },
                     data: {
                         let mut data = vec![0; *data_len];

@@ -1,0 +1,1 @@
+//! Membership-change tests (issue 15).

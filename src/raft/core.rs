@@ -339,6 +339,10 @@ impl RaftCore {
             cfg,
         };
         core.refresh_membership();
+        // What the committed prefix (as far as the stored hint knows) says about this node;
+        // the rest is re-applied and noted in `ready()`.
+        let me = core.cfg.id;
+        core.removed |= core.membership_at(core.commit).removed.contains(&me);
         core.randomize_election_timeout();
         Ok(core)
     }
@@ -1376,6 +1380,7 @@ impl RaftCore {
         }
         self.read_round_sent_now();
         self.confirm_reads();
+        self.prune_progress();
     }
 
     /// An empty AppendEntries anchored at the follower's known match, so it always succeeds

@@ -180,13 +180,19 @@ impl RaftCore {
     ///   log, and the leader's messages are how it learns the membership).
     pub(super) fn accepts_from(&self, msg: &crate::raft::Message) -> bool {
         let from = msg.from;
-        if from == self.cfg.id || self.membership.removed.contains(&from) {
+        if from == self.cfg.id {
             return false;
         }
-        self.membership.contains(from)
-            || self.progress.contains_key(&from)
-            || (self.leader == Some(from) && msg.term == self.term)
-            || !self.membership.contains(self.cfg.id)
+        // Before the removed check: a leader that removed itself is still this term's leader,
+        // and a leader hears the answers of a node it is removing until it lets it go.
+        if (self.leader == Some(from) && msg.term == self.term) || self.progress.contains_key(&from)
+        {
+            return true;
+        }
+        if self.membership.removed.contains(&from) {
+            return false;
+        }
+        self.membership.contains(from) || !self.membership.contains(self.cfg.id)
     }
 
     /// The membership as of `index`: the last configuration entry at or before it in the
@@ -226,7 +232,10 @@ impl RaftCore {
         self.membership = membership;
         self.conf_index = index;
         if self.role == Role::Leader {
-            let next = self.log.last_index() + 1;
+            // A new member is probed from the last entry (the configuration entry that added
+            // it): its rejection says where its log ends. (Probing from past the end would
+            // send nothing, and heartbeats, anchored at its match, always succeed.)
+            let next = self.log.last_index();
             for p in self.membership.members().filter(|&p| p != self.cfg.id) {
                 self.progress
                     .entry(p)
@@ -237,20 +246,23 @@ impl RaftCore {
     }
 
     /// Leader: stops replicating to nodes that left, once the configuration without them is
-    /// committed; each gets a last heartbeat that carries the commit index up to what it holds,
-    /// so a node that has its removal entry learns that the removal committed.
-    fn prune_progress(&mut self) {
-        let committed = self.conf_index <= self.commit;
+    /// committed and each has acknowledged it (or is not live: a dead node is not waited
+    /// for). Each gets a last heartbeat that carries the commit index up to what it holds, so
+    /// a node that has its removal entry learns that the removal committed. Called when the
+    /// commit index moves and at every heartbeat round.
+    pub(super) fn prune_progress(&mut self) {
+        if self.conf_index > self.commit {
+            return;
+        }
         let gone: Vec<NodeId> = self
             .progress
-            .keys()
-            .copied()
-            .filter(|&p| !self.membership.contains(p))
+            .iter()
+            .filter(|&(&p, pr)| {
+                !self.membership.contains(p) && (pr.matched >= self.conf_index || !self.is_live(p))
+            })
+            .map(|(&p, _)| p)
             .collect();
         for p in gone {
-            if !committed {
-                continue;
-            }
             self.send_heartbeat(p);
             self.progress.remove(&p);
         }

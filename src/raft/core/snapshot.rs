@@ -168,13 +168,7 @@ mod tests {
     fn cluster_with_ten_commands() -> (Net, u64) {
         let mut net = Net::new(3);
         let leader = net.elect();
-        for i in 0..10u8 {
-            net.nodes
-                .get_mut(&leader)
-                .unwrap()
-                .propose(vec![i])
-                .unwrap();
-        }
+        net.propose_commands(leader, 10);
         net.settle();
         net.tick_all(); // the commit index reaches the followers
         (net, leader)

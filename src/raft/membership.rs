@@ -293,6 +293,21 @@ impl ConfEntry {
         })
     }
 
+    /// Test value: `learner` (peer address `127.0.0.1:<7000 + id>`) joins voters 1, 2, 3.
+    #[cfg(test)]
+    pub(crate) fn learner_joins_three(learner: NodeId) -> ConfEntry {
+        let mut membership = Membership::with_voters([1, 2, 3]);
+        membership.learners.insert(learner);
+        ConfEntry {
+            change: ConfChange {
+                kind: ConfChangeKind::AddLearner,
+                node: learner,
+                context: format!("127.0.0.1:{}", 7000 + learner).into_bytes(),
+            },
+            membership,
+        }
+    }
+
     /// Size of [`ConfEntry::encode`]'s output, without encoding.
     pub fn encoded_len(&self) -> usize {
         let m = &self.membership;

@@ -507,10 +507,13 @@ fn learners_do_not_count_for_commit_or_check_quorum_and_never_lead() {
     net.add_node(4);
     conf(&mut net, ConfChangeKind::AddLearner, 4);
     let followers: Vec<NodeId> = (1..=3).filter(|&i| i != leader).collect();
-    // Only the learner still hears from the leader.
+    // Only the learner still hears from the leader (and from nobody else, so no term of a
+    // new leader reaches the old one through it).
     for &f in &followers {
-        net.cut.insert((leader, f));
-        net.cut.insert((f, leader));
+        for (a, b) in [(leader, f), (f, 4)] {
+            net.cut.insert((a, b));
+            net.cut.insert((b, a));
+        }
     }
     let p = net
         .nodes
@@ -566,6 +569,34 @@ fn a_learner_catches_up_through_a_snapshot_and_is_promoted() {
     assert_eq!(snap.membership, Some(Membership::with_voters([1, 2, 3])));
 }
 
+#[test]
+fn a_learner_added_before_a_compaction_learns_the_membership_from_the_snapshot() {
+    let mut net = Net::new(3);
+    let leader = net.elect();
+    net.add_node(4);
+    net.cut.insert((leader, 4)); // 4 is added but reached only after the compaction
+    conf(&mut net, ConfChangeKind::AddLearner, 4);
+    net.propose_commands(leader, 3);
+    settle_ticks(&mut net, 2);
+    for id in 1..=3 {
+        net.compact(id);
+    }
+    net.heal();
+    settle_ticks(&mut net, 3);
+    assert_eq!(net.installed[&4].len(), 1);
+    let log_has_conf =
+        (net.nodes[&4].snapshot_meta().index + 1..=net.status(4).last_index).any(|i| {
+            matches!(
+                net.nodes[&4].entry(i).map(|e| &e.payload),
+                Some(Payload::ConfChange(_))
+            )
+        });
+    assert!(!log_has_conf, "no configuration entry after the snapshot");
+    let mut want = Membership::with_voters([1, 2, 3]);
+    want.learners.insert(4);
+    assert_eq!(net.status(4).membership, want, "from the snapshot");
+}
+
 // ---------------------------------------------------------------- removal
 
 #[test]
@@ -612,10 +643,23 @@ fn a_removed_follower_learns_it_and_cannot_disturb_the_cluster_after_a_restart()
     let mut net = Net::new(3);
     let leader = net.elect();
     let gone = (1..=3).find(|&i| i != leader).unwrap();
-    conf(&mut net, ConfChangeKind::Remove, gone);
+    // Its acknowledgement of the removal arrives after the removal committed.
+    net.hold.insert((gone, leader));
+    let p = net
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .propose_conf_change(change(ConfChangeKind::Remove, gone), false)
+        .unwrap();
+    net.settle();
+    assert!(net.status(leader).commit >= p.index);
+    assert!(!net.status(gone).removed);
+    net.hold.clear();
+    net.release(|_| true);
+    settle_ticks(&mut net, 2);
     assert!(
         net.status(gone).removed,
-        "the last heartbeat told it the removal committed"
+        "the leader waited for its acknowledgement, then its last heartbeat told it the removal committed"
     );
     assert!(net.nodes[&leader].is_removed(gone));
     // It comes back with its old data dir and forces an election (no PreVote in this net).
@@ -666,7 +710,7 @@ fn a_restart_rebuilds_the_membership_from_the_log_and_the_snapshot() {
     let mut net = Net::new(3);
     net.elect();
     net.add_node(4);
-    conf(&mut net, ConfChangeKind::AddLearner, 4);
+    let index = conf(&mut net, ConfChangeKind::AddLearner, 4);
     let mut want = Membership::with_voters([1, 2, 3]);
     want.learners.insert(4);
     // From the log.
@@ -677,9 +721,22 @@ fn a_restart_rebuilds_the_membership_from_the_log_and_the_snapshot() {
     // From the snapshot, once the configuration entry is compacted away.
     settle_ticks(&mut net, 2);
     let meta = net.compact(2);
-    assert!(net.nodes[&2].entry(meta.index).is_none());
+    assert!(
+        meta.index >= index,
+        "the snapshot covers the configuration entry"
+    );
     net.restart(2);
     assert_eq!(net.status(2).membership, want);
+    // And from a second snapshot, taken (without a restart in between) when the log holds
+    // no configuration entry at all: the first compaction kept the membership it covered.
+    let first = net.compact(3);
+    let leader = leader_of(&net);
+    net.propose_commands(leader, 3);
+    settle_ticks(&mut net, 2);
+    let second = net.compact(3);
+    assert!(second.index > first.index);
+    net.restart(3);
+    assert_eq!(net.status(3).membership, want);
     // Control: the same core restored without the snapshot's membership falls back to the
     // configured one, which is what the snapshot's record prevents.
     let (hs, log) = crate::raft::storage::LogStore::load(&net.stores[&2]).unwrap();
@@ -693,15 +750,12 @@ fn a_restart_rebuilds_the_membership_from_the_log_and_the_snapshot() {
 #[test]
 fn a_truncated_configuration_entry_stops_counting() {
     let mut c = core(2, 3, 1, None, &[]);
-    let mut m = Membership::with_voters([1, 2, 3]);
-    m.learners.insert(4);
+    let conf = ConfEntry::learner_joins_three(4);
+    let m = conf.membership.clone();
     let conf_entry = Entry {
         term: 1,
         index: 2,
-        payload: Payload::ConfChange(Box::new(ConfEntry {
-            change: change(ConfChangeKind::AddLearner, 4),
-            membership: m.clone(),
-        })),
+        payload: Payload::ConfChange(Box::new(conf)),
     };
     let noop = |term, index| Entry {
         term,

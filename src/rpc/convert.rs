@@ -871,6 +871,46 @@ mod tests {
     }
 
     #[test]
+    fn memberships_and_configuration_entries_cross_the_wire() {
+        use crate::raft::{ConfChange, ConfChangeKind};
+        let mut membership = Membership::with_voters([1, 2, 3]);
+        membership.learners.insert(4);
+        membership.removed.insert(5);
+        let mut msg = snapshot_msg(b"0123456789");
+        if let MessageBody::InstallSnapshot { snapshot } = &mut msg.body {
+            snapshot.membership = Some(membership.clone());
+        }
+        let mut rx = SnapshotReceiver::new(2);
+        for c in chunks_of(&msg, 3) {
+            rx.push(c).unwrap();
+        }
+        assert_eq!(rx.finish().unwrap(), msg);
+
+        let entry = Entry {
+            term: 2,
+            index: 9,
+            payload: Payload::ConfChange(Box::new(ConfEntry {
+                change: ConfChange {
+                    kind: ConfChangeKind::Remove,
+                    node: 5,
+                    context: Vec::new(),
+                },
+                membership,
+            })),
+        };
+        let wire = pb::Entry::from(entry.clone());
+        assert_eq!(wire.r#type, pb::EntryType::ConfChange as i32);
+        assert_eq!(Entry::try_from(wire.clone()).unwrap(), entry);
+        let damaged = pb::Entry {
+            data: wire.data.slice(1..),
+            ..wire
+        };
+        let s = Entry::try_from(damaged).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("entry 9"), "{}", s.message());
+    }
+
+    #[test]
     fn damaged_or_incomplete_snapshot_streams_are_refused() {
         let msg = snapshot_msg(b"0123456789abcdef0123");
         let push_all = |chunks: Vec<pb::InstallSnapshotChunk>| {

@@ -1220,6 +1220,7 @@ impl World {
         };
         let (term, len) = (hs.term, log.len());
         let meta = snap.as_ref().map_or_else(Default::default, |s| s.meta);
+        let membership = snap.as_ref().and_then(|s| s.membership.clone());
         n.sm = match &snap {
             None => state_machine(&self.cfg, StateMachine::new()),
             Some(s) => match StateMachine::restore(&s.data, Default::default()) {
@@ -1230,7 +1231,7 @@ impl World {
                 }
             },
         };
-        match RaftCore::restore(config, hs, meta, log) {
+        match RaftCore::restore_with_membership(config, hs, meta, membership, log) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;

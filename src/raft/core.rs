@@ -4,7 +4,8 @@
 //! [`RaftCore::step_refused`]), which runs [`RaftCore::check_term`] first: this is the only
 //! place that compares a message's term with ours. Role changes go through `become_follower`
 //! / `become_candidate` / `become_leader`, which all start with `reset_for_term`, the one
-//! place that clears term-dependent state.
+//! place that clears term-dependent state. Membership changes (who counts, who is replicated
+//! to, who is refused) are in `core/membership.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -531,6 +531,15 @@ fn learners_do_not_count_for_commit_or_check_quorum_and_never_lead() {
         net.nodes.get_mut(&leader).unwrap().transfer_leadership(4),
         Err(TransferError::TargetIsLearner(4))
     );
+    // ReadIndex: the learner confirms the heartbeat round, which is no quorum either.
+    net.nodes.get_mut(&leader).unwrap().read_index(99).unwrap();
+    for _ in 0..3 {
+        net.tick_all();
+    }
+    assert!(
+        net.reads[&leader].iter().all(|r| r.id != 99),
+        "no read served"
+    );
     for _ in 0..25 {
         net.tick_all();
     }

@@ -4,7 +4,8 @@
 //! [`RaftCore`] is a deterministic state machine. Its inputs are [`RaftCore::step`] (a message
 //! from a peer, request or reply; [`RaftCore::step_refused`] for a request whose payload the
 //! driver could not accept), [`RaftCore::tick`] (logical time), [`RaftCore::propose`]
-//! (a client command) and [`RaftCore::read_index`] (a linearizable read). Its output is a
+//! (a client command), [`RaftCore::propose_conf_change`] (a membership change, see
+//! `membership.rs`) and [`RaftCore::read_index`] (a linearizable read). Its output is a
 //! [`Ready`] batch, taken with [`RaftCore::ready`] and acknowledged with [`RaftCore::advance`]
 //! once the driver has handled it (see `ready.rs` for the obligations and their order).
 //!
@@ -18,6 +19,9 @@
 //!   code compares a message's term with ours.
 //! - `applied <= commit <= last_index`, and entries are handed out to apply only once durable.
 //! - A vote grant or an append ack is only ever put in `Ready::persisted_messages`.
+//! - Every quorum (commit, votes, PreVote, CheckQuorum, ReadIndex, leases) is a majority of
+//!   the voters of the membership the node follows: the last configuration entry in its log,
+//!   else its snapshot's, else the configured one. Learners never count and never campaign.
 #![warn(missing_docs)]
 
 mod config;

@@ -921,6 +921,12 @@ impl RaftCore {
     // ------------------------------------------------------------------ elections
 
     /// RequestVote receiver (Figure 2; §5.2, §5.4.1). Terms are already equal.
+    ///
+    /// A learner (or a node that does not know its membership yet) answers like a voter, as
+    /// etcd's learners do: the candidate asked because its log says this node votes, and the
+    /// promotion may be committed (on the other voters) before this node has the entry; were it
+    /// to refuse, a cluster that lost the leader could be left with too few voters willing to
+    /// elect anyone. Only the candidate decides whose votes count (`has_quorum_of_votes`).
     fn handle_request_vote(
         &mut self,
         msg: &Message,

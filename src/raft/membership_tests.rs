@@ -797,3 +797,50 @@ fn config_entries_travel_and_persist_intact() {
     }
     assert!(entry_bytes(&entry) >= c.encode().len());
 }
+
+/// etcd's rule (and its example): a learner grants a vote it is asked for, since the
+/// candidate may know of its promotion before it does; the candidate's membership decides
+/// whether the vote counts.
+#[test]
+fn a_promoted_learner_that_missed_its_promotion_still_helps_elect_a_leader() {
+    // Voters 2 and 3, learner 4. Leader 2 commits the promotion of 4 with 3's ack alone, then
+    // fails: 3 can only win with 4's vote, and 4 does not know it was promoted.
+    let node = |id: NodeId| {
+        let mut c = cfg(id, &[]);
+        c.joining = true;
+        let mut m = Membership::with_voters([2, 3]);
+        m.learners.insert(4);
+        let meta = SnapshotMeta { index: 5, term: 1 };
+        RaftCore::restore_with_membership(c, HardState::default(), meta, Some(m), vec![]).unwrap()
+    };
+    let promotion = Entry {
+        term: 1,
+        index: 6,
+        payload: Payload::ConfChange(Box::new(ConfEntry {
+            change: change(ConfChangeKind::PromoteLearner, 4),
+            membership: Membership::with_voters([2, 3, 4]),
+        })),
+    };
+    let mut three = node(3);
+    three.step(append(2, 3, 1, (5, 1), vec![promotion], 6));
+    take_ready(&mut three);
+    campaign(&mut three);
+    let rd = take_ready(&mut three);
+    let to_four = all_msgs(&rd)
+        .into_iter()
+        .find(|m| m.to == 4)
+        .expect("4 is asked");
+    let mut four = node(4);
+    four.step(to_four);
+    let answer = all_msgs(&take_ready(&mut four)).pop().unwrap();
+    assert_eq!(
+        answer.body,
+        MessageBody::RequestVoteResponse { granted: true }
+    );
+    three.step(answer);
+    assert_eq!(
+        three.status().role,
+        Role::Leader,
+        "3 and 4 are 2 of the 3 voters"
+    );
+}

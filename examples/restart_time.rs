@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         term: 1,
     };
     let snapshot = Snapshot {
+        membership: None,
         meta,
         data: sm.snapshot().into(),
     };

@@ -112,6 +112,7 @@ impl Driver {
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let auto_compaction = config.auto_compaction;
+        let membership = snapshot.as_ref().and_then(|s| s.membership.clone());
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -139,7 +140,9 @@ impl Driver {
             data_dir = %config.data_dir.display(),
             "opened node state"
         );
-        let core = RaftCore::restore(rc, hard_state, snapshot_meta, log)?;
+        // The membership is the last configuration entry of the log, else the snapshot's.
+        let core =
+            RaftCore::restore_with_membership(rc, hard_state, snapshot_meta, membership, log)?;
         let revision = sm.revision();
         let mut watch_publisher = Publisher::new(revision);
         watch_publisher.set_drop_snapshot_catch_up(drop_snapshot_watch_catch_up());

@@ -23,6 +23,7 @@ pub fn entry_bytes(entry: &Entry) -> usize {
     let payload = match &entry.payload {
         Payload::Noop => 0,
         Payload::Command(data) => data.len(),
+        Payload::ConfChange(conf) => conf.encoded_len(),
     };
     payload + ENTRY_OVERHEAD_BYTES
 }
@@ -53,8 +54,14 @@ pub(crate) fn limit_size(entries: &mut Vec<Entry>, max_bytes: usize) {
 pub struct Config {
     /// This node's id (not 0).
     pub id: NodeId,
-    /// The other voting members (must not contain `id`, no duplicates, no 0).
+    /// The other voting members (must not contain `id`, no duplicates, no 0) of the cluster
+    /// as it was started: the membership until a snapshot or a configuration entry in the log
+    /// says otherwise (`membership.rs`).
     pub peers: Vec<NodeId>,
+    /// This node joins an existing cluster (it was added as a learner or voter by a
+    /// configuration change): it starts knowing no members, `peers` is ignored, and it never
+    /// campaigns until a leader's log or snapshot has told it the membership.
+    pub joining: bool,
     /// Minimum election timeout in ticks. Each term, a follower or candidate draws its timeout
     /// uniformly from `[election_ticks, 2 * election_ticks)` with the seeded RNG (§5.2).
     pub election_ticks: u32,
@@ -117,6 +124,7 @@ impl Config {
         Config {
             id,
             peers,
+            joining: false,
             election_ticks: 10,
             heartbeat_ticks: 1,
             seed: id,

@@ -4,7 +4,8 @@
 //! [`RaftCore::step_refused`]), which runs [`RaftCore::check_term`] first: this is the only
 //! place that compares a message's term with ours. Role changes go through `become_follower`
 //! / `become_candidate` / `become_leader`, which all start with `reset_for_term`, the one
-//! place that clears term-dependent state.
+//! place that clears term-dependent state. Membership changes (who counts, who is replicated
+//! to, who is refused) are in `core/membership.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,6 +16,7 @@ use tracing::{debug, info, warn};
 use self::warn_limit::Warning;
 use super::config::{Config, ConfigError};
 use super::log::RaftLog;
+use super::membership::Membership;
 use super::message::{Message, MessageBody};
 use super::progress::{Progress, ProgressState};
 use super::ready::{ReadState, Ready};
@@ -105,6 +107,13 @@ pub enum Mutation {
     /// AppendEntries are capped by entry count only, not by bytes: a follower far behind is
     /// sent batches of large entries over the transport's message-size limit (issue 11).
     NoByteCap,
+    /// A second membership change is accepted while the first is not yet applied (issue 15).
+    ConcurrentConfChanges,
+    /// A membership change is accepted before the leader committed an entry of its own term
+    /// (the single-server change bug found on the raft-dev list; issue 15).
+    ConfChangeBeforeTermCommit,
+    /// A candidate counts the votes of learners (and of any other non-voter; issue 15).
+    CountLearnerVotes,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
@@ -196,6 +205,29 @@ pub struct RaftCore {
     pending_snapshot: Option<Snapshot>,
     /// Rate limit of the warnings a peer can repeat with every message (`warn_limit.rs`).
     warnings: warn_limit::WarnLimit,
+
+    // Membership (`membership.rs`: a change is in effect once in the log).
+    /// The membership this node follows: the last configuration entry in the log, else
+    /// `base_membership`.
+    membership: Membership,
+    /// Index of the configuration entry `membership` comes from; 0 when it comes from the
+    /// snapshot or the configuration.
+    conf_index: LogIndex,
+    /// The membership as of the snapshot the log starts after (the configured one without a
+    /// snapshot, or with a snapshot written before memberships were recorded).
+    base_membership: Membership,
+    /// This node applied a configuration (or installed a snapshot) that removed it.
+    removed: bool,
+}
+
+/// The membership a node starts with when neither a snapshot nor its log says otherwise:
+/// `Config::peers` and the node itself as voters, or nobody for a node that joins.
+fn configured_membership(cfg: &Config) -> Membership {
+    if cfg.joining {
+        Membership::default()
+    } else {
+        Membership::with_voters(cfg.peers.iter().copied().chain([cfg.id]))
+    }
 }
 
 /// The highest value that at least `quorum` of `values` (one per voter) have reached: the
@@ -235,10 +267,28 @@ impl RaftCore {
         snapshot: SnapshotMeta,
         log: Vec<Entry>,
     ) -> Result<Self, ConfigError> {
+        Self::restore_with_membership(config, hard_state, snapshot, None, log)
+    }
+
+    /// [`RaftCore::restore`] from a snapshot that recorded the membership as of its index
+    /// (`Snapshot::membership`; `None` for a snapshot without one, or no snapshot: then the
+    /// configured membership, `Config::peers` and this node, or none if `Config::joining`).
+    /// The membership the core follows is the last configuration entry of `log`, else this.
+    ///
+    /// # Errors
+    /// The configuration is invalid.
+    pub fn restore_with_membership(
+        config: Config,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        membership: Option<Membership>,
+        log: Vec<Entry>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut peers = config.peers.clone();
         peers.sort_unstable();
         let cfg = Config { peers, ..config };
+        let base_membership = membership.unwrap_or_else(|| configured_membership(&cfg));
         let log = RaftLog::restore(snapshot, log);
         // The stored commit index is a hint; it can be ahead of a log whose tail did not reach
         // disk. A snapshot holds only committed entries.
@@ -283,8 +333,17 @@ impl RaftCore {
             mutation: Mutation::None,
             pending_snapshot: None,
             warnings: warn_limit::WarnLimit::default(),
+            removed: base_membership.removed.contains(&cfg.id),
+            membership: base_membership.clone(),
+            conf_index: 0,
+            base_membership,
             cfg,
         };
+        core.refresh_membership();
+        // What the committed prefix (as far as the stored hint knows) says about this node;
+        // the rest is re-applied and noted in `ready()`.
+        let me = core.cfg.id;
+        core.removed |= core.membership_at(core.commit).removed.contains(&me);
         core.randomize_election_timeout();
         Ok(core)
     }
@@ -388,7 +447,7 @@ impl RaftCore {
         self.transfer_tick();
         match self.role {
             Role::Leader => {
-                self.election_elapsed += 1;
+                self.election_elapsed = self.election_elapsed.saturating_add(1);
                 if self.cfg.check_quorum && self.election_elapsed >= self.cfg.election_ticks {
                     self.election_elapsed = 0;
                     if !self.quorum_recently_active() {
@@ -409,9 +468,11 @@ impl RaftCore {
                 }
             }
             Role::Follower | Role::Candidate => {
-                self.election_elapsed += 1;
-                if self.election_elapsed >= self.election_timeout {
-                    if self.cfg.pre_vote && !self.cfg.peers.is_empty() {
+                self.election_elapsed = self.election_elapsed.saturating_add(1);
+                // Only a voter campaigns: never a learner, a removed node, or a joining node
+                // that does not know the membership yet.
+                if self.election_elapsed >= self.election_timeout && self.is_voter() {
+                    if self.cfg.pre_vote && !self.sole_voter() {
                         self.start_pre_campaign();
                     } else {
                         self.become_candidate();
@@ -498,8 +559,7 @@ impl RaftCore {
             self.need_broadcast = false;
             self.broadcast_append();
             if self.read_round_open && self.confirmed_read_round() >= self.read_round_sent {
-                for i in 0..self.cfg.peers.len() {
-                    let p = self.cfg.peers[i];
+                for p in self.replication_targets() {
                     self.send_heartbeat(p);
                 }
                 self.read_round_sent_now();
@@ -524,6 +584,7 @@ impl RaftCore {
         } else {
             Vec::new()
         };
+        self.note_applied_confs(&committed_entries);
 
         self.in_flight = Some(InFlight {
             last_entry: entries.last().map(|e| e.index),
@@ -569,6 +630,16 @@ impl RaftCore {
             leader: self.leader,
             commit: self.commit,
             last_index: self.log.last_index(),
+            membership: self.membership.clone(),
+            matched: if self.role == Role::Leader {
+                self.progress
+                    .iter()
+                    .map(|(&id, p)| (id, p.matched))
+                    .collect()
+            } else {
+                Default::default()
+            },
+            removed: self.removed,
         }
     }
 
@@ -616,7 +687,7 @@ impl RaftCore {
         // Input no correct peer can send: a sender outside the cluster, or a term that could
         // never be followed by an election (term + 1 would overflow). Refuse it before it can
         // touch our term.
-        if !self.cfg.peers.contains(&msg.from) || msg.term == Term::MAX {
+        if !self.accepts_from(msg) || msg.term == Term::MAX {
             warn_limited!(
                 self,
                 Warning::NonMember,
@@ -784,8 +855,7 @@ impl RaftCore {
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for i in 0..self.cfg.peers.len() {
-            let to = self.cfg.peers[i];
+        for to in self.other_voters() {
             // The request promises our vote for ourselves in this term: persist first.
             let msg = self.message(
                 to,
@@ -809,7 +879,7 @@ impl RaftCore {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         let next = self.log.last_index() + 1;
-        for &p in &self.cfg.peers {
+        for p in self.membership.members().filter(|&p| p != self.cfg.id) {
             self.progress.insert(p, Progress::new(next));
         }
         info!(
@@ -836,18 +906,27 @@ impl RaftCore {
     }
 
     fn quorum(&self) -> usize {
-        // A majority of the voters (the peers plus this node).
-        let voters = self.cfg.peers.len() + 1;
-        voters / 2 + 1
+        // A majority of the voters (learners never count).
+        self.membership.quorum()
     }
 
     fn has_quorum_of_votes(&self) -> bool {
-        self.votes.values().filter(|&&g| g).count() >= self.quorum()
+        let counted = |id: &NodeId| {
+            self.membership.is_voter(*id) || self.mutation == Mutation::CountLearnerVotes
+        };
+        let granted = self.votes.iter().filter(|&(id, &g)| g && counted(id));
+        granted.count() >= self.quorum()
     }
 
     // ------------------------------------------------------------------ elections
 
     /// RequestVote receiver (Figure 2; §5.2, §5.4.1). Terms are already equal.
+    ///
+    /// A learner (or a node that does not know its membership yet) answers like a voter, as
+    /// etcd's learners do: the candidate asked because its log says this node votes, and the
+    /// promotion may be committed (on the other voters) before this node has the entry; were it
+    /// to refuse, a cluster that lost the leader could be left with too few voters willing to
+    /// elect anyone. Only the candidate decides whose votes count (`has_quorum_of_votes`).
     fn handle_request_vote(
         &mut self,
         msg: &Message,
@@ -884,7 +963,13 @@ impl RaftCore {
 
     /// A leader's CheckQuorum test: did a majority (counting itself) answer since the last one?
     fn quorum_recently_active(&mut self) -> bool {
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let me = self.cfg.id;
+        let active = self
+            .membership
+            .voters
+            .iter()
+            .filter(|&&v| v == me || self.progress.get(&v).is_some_and(|p| p.recent_active))
+            .count();
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
@@ -903,8 +988,7 @@ impl RaftCore {
         self.pre_votes.insert(self.cfg.id, true);
         debug!(node = self.cfg.id, term = proposed, "starting pre-vote");
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for i in 0..self.cfg.peers.len() {
-            let to = self.cfg.peers[i];
+        for to in self.other_voters() {
             self.msgs.push(Message {
                 from: self.cfg.id,
                 to,
@@ -948,7 +1032,7 @@ impl RaftCore {
             return;
         };
         if self.role == Role::Leader
-            || !self.cfg.peers.contains(&from)
+            || !self.membership.is_voter(from)
             || (granted && term != proposed)
         {
             return; // not pre-campaigning any more, or an answer to an earlier round
@@ -961,7 +1045,7 @@ impl RaftCore {
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
         // A reply that no longer fits our role (we already won, or stepped down) is ignored.
-        if self.role != Role::Candidate || !self.cfg.peers.contains(&from) {
+        if self.role != Role::Candidate || !self.membership.contains(from) {
             return;
         }
         self.votes.insert(from, granted);
@@ -1036,6 +1120,8 @@ impl RaftCore {
         }
 
         // The logs match at prev_log_index. Append what is new; truncate only at a real conflict.
+        // A configuration entry takes effect once in the log, and stops when truncated away.
+        let mut conf_touched = false;
         for (i, e) in entries.iter().enumerate() {
             match self.log.term(e.index) {
                 Some(t) if t == e.term => continue,
@@ -1051,14 +1137,19 @@ impl RaftCore {
                         self.respond_now(msg, reject(0, 0));
                         return;
                     }
+                    conf_touched |= e.index <= self.conf_index;
                     self.log.truncate_from(e.index);
                 }
                 None => {}
             }
             for e in &entries[i..] {
+                conf_touched |= matches!(e.payload, Payload::ConfChange(_));
                 self.log.push(e.clone());
             }
             break;
+        }
+        if conf_touched {
+            self.refresh_membership();
         }
 
         let match_index = prev_log_index + entries.len() as u64;
@@ -1121,12 +1212,14 @@ impl RaftCore {
             return;
         }
         let last_index = self.log.last_index();
+        let clock = self.lease_clock();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         // Any answer in our term confirms we were still leader when it was sent.
         pr.read_ack = pr.read_ack.max(read_ctx);
         pr.recent_active = true;
+        pr.heard_at = Some(clock);
         if success {
             // A follower cannot hold more than we sent; clamp hostile or buggy values.
             if pr.ack(match_index.min(last_index)) {
@@ -1173,9 +1266,17 @@ impl RaftCore {
     /// Figure 2 / Figure 8: advance the commit index to the highest index stored on a quorum,
     /// but only by counting replicas of an entry from the current term (§5.4.2).
     fn maybe_commit(&mut self) {
-        // The leader's own copy counts only once durable.
-        let matched = self.progress.values().map(|p| p.matched);
-        let candidate = quorum_value(matched.chain([self.log.persisted()]), self.quorum());
+        // The leader's own copy counts only once durable; only voters count (a leader that
+        // removed itself no longer counts its own copy).
+        let (me, persisted) = (self.cfg.id, self.log.persisted());
+        let matched = self.membership.voters.iter().map(|&v| {
+            if v == me {
+                persisted
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.matched)
+            }
+        });
+        let candidate = quorum_value(matched, self.quorum());
         let current_term = self.log.term(candidate) == Some(self.term)
             || self.mutation == Mutation::CommitOldTerms;
         if candidate > self.commit && current_term {
@@ -1186,13 +1287,13 @@ impl RaftCore {
                     self.start_read(id);
                 }
             }
+            self.conf_committed();
         }
     }
 
     /// Sends each follower what it is missing (respecting its flow control).
     fn broadcast_append(&mut self) {
-        for i in 0..self.cfg.peers.len() {
-            let p = self.cfg.peers[i];
+        for p in self.replication_targets() {
             self.send_append(p);
         }
     }
@@ -1256,8 +1357,7 @@ impl RaftCore {
         let stall_rounds = (self.cfg.election_ticks / self.cfg.heartbeat_ticks / 2).max(2);
         // A snapshot can take much longer to stream than a batch of entries.
         let snapshot_stall_rounds = stall_rounds.saturating_mul(SNAPSHOT_STALL_FACTOR);
-        for i in 0..self.cfg.peers.len() {
-            let p = self.cfg.peers[i];
+        for p in self.replication_targets() {
             let Some(pr) = self.progress.get_mut(&p) else {
                 continue;
             };
@@ -1287,6 +1387,7 @@ impl RaftCore {
         }
         self.read_round_sent_now();
         self.confirm_reads();
+        self.prune_progress();
     }
 
     /// An empty AppendEntries anchored at the follower's known match, so it always succeeds
@@ -1318,7 +1419,7 @@ impl RaftCore {
     // ------------------------------------------------------------------ reads
 
     fn start_read(&mut self, id: u64) {
-        if self.cfg.peers.is_empty() {
+        if self.sole_voter() {
             self.read_states.push(ReadState {
                 id,
                 index: self.commit,
@@ -1342,8 +1443,15 @@ impl RaftCore {
 
     /// The latest read round a quorum (counting ourselves) has answered.
     fn confirmed_read_round(&self) -> u64 {
-        let acks = self.progress.values().map(|p| p.read_ack);
-        quorum_value(acks.chain([u64::MAX]), self.quorum())
+        let me = self.cfg.id;
+        let acks = self.membership.voters.iter().map(|&v| {
+            if v == me {
+                u64::MAX
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.read_ack)
+            }
+        });
+        quorum_value(acks, self.quorum())
     }
 
     /// Heartbeats carrying the current read round just went to every peer.
@@ -1404,6 +1512,7 @@ impl RaftCore {
 }
 
 mod lease;
+mod membership;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,28 @@ fn entry_strategy() -> impl Strategy<Value = Entry> {
         })
 }
 
+/// A configuration entry whose membership gives nodes 1..=4 the roles two bits each of `roles`
+/// name: absent, voter, learner, removed.
+fn conf_entry(roles: u16) -> ConfEntry {
+    let mut membership = Membership::default();
+    for id in 1..=4u64 {
+        match (roles >> (2 * (id - 1))) & 3 {
+            1 => membership.voters.insert(id),
+            2 => membership.learners.insert(id),
+            3 => membership.removed.insert(id),
+            _ => false,
+        };
+    }
+    ConfEntry {
+        change: ConfChange {
+            kind: ConfChangeKind::UpdateAddress,
+            node: 1,
+            context: Vec::new(),
+        },
+        membership,
+    }
+}
+
 fn body_strategy() -> impl Strategy<Value = MessageBody> {
     prop_oneof![
         (absurd_u64(), absurd_u64()).prop_map(|(last_log_index, last_log_term)| {
@@ -52,19 +74,27 @@ fn body_strategy() -> impl Strategy<Value = MessageBody> {
                     }
                 }
             ),
-        // Well-formed appends that extend the log, so the core really accepts some input.
-        (0u64..4, 1u64..4, 0u64..6).prop_map(|(prev, n, commit)| MessageBody::AppendEntries {
-            prev_log_index: prev,
-            prev_log_term: if prev == 0 { 0 } else { 1 },
-            entries: (1..=n)
-                .map(|i| Entry {
-                    term: 1,
-                    index: prev + i,
-                    payload: Payload::Noop
-                })
-                .collect(),
-            leader_commit: commit,
-            read_ctx: 0,
+        // Well-formed appends that extend the log, so the core really accepts some input;
+        // some carry configuration entries with arbitrary memberships (this node a voter, a
+        // learner, removed, or absent; no voters at all).
+        (0u64..4, 1u64..4, 0u64..6, any::<u16>()).prop_map(|(prev, n, commit, roles)| {
+            MessageBody::AppendEntries {
+                prev_log_index: prev,
+                prev_log_term: if prev == 0 { 0 } else { 1 },
+                entries: (1..=n)
+                    .map(|i| Entry {
+                        term: 1,
+                        index: prev + i,
+                        payload: if roles & (1 << i) == 0 {
+                            Payload::Noop
+                        } else {
+                            Payload::ConfChange(Box::new(conf_entry(roles >> 4)))
+                        },
+                    })
+                    .collect(),
+                leader_commit: commit,
+                read_ctx: 0,
+            }
         }),
         (
             any::<bool>(),

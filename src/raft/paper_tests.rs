@@ -4,27 +4,6 @@
 use crate::raft::testkit::*;
 use crate::raft::*;
 
-fn append(
-    from: NodeId,
-    term: Term,
-    prev: (LogIndex, Term),
-    ents: Vec<Entry>,
-    commit: LogIndex,
-) -> Message {
-    msg(
-        from,
-        1,
-        term,
-        MessageBody::AppendEntries {
-            prev_log_index: prev.0,
-            prev_log_term: prev.1,
-            entries: ents,
-            leader_commit: commit,
-            read_ctx: 0,
-        },
-    )
-}
-
 fn entry(term: Term, index: LogIndex) -> Entry {
     Entry {
         term,
@@ -72,7 +51,7 @@ fn s5_2_heartbeats_keep_a_follower_from_campaigning() {
     let mut c = core(1, 3, 1, None, &[]);
     for _ in 0..100 {
         c.tick();
-        c.step(append(2, 1, (0, 0), vec![], 0));
+        c.step(append(2, 1, 1, (0, 0), vec![], 0));
         take_ready(&mut c);
     }
     assert_eq!(c.status().role, Role::Follower);
@@ -202,7 +181,7 @@ fn s5_2_candidate_wins_with_majority_only() {
 fn fig2_append_rejects_mismatch_with_conflict_hint() {
     // Too short: hint is our last index + 1, term 0.
     let mut c = core(1, 3, 3, None, &[1, 1]);
-    c.step(append(2, 3, (5, 3), vec![], 0));
+    c.step(append(2, 1, 3, (5, 3), vec![], 0));
     assert!(matches!(
         reply(&take_ready(&mut c)),
         MessageBody::AppendEntriesResponse {
@@ -214,7 +193,7 @@ fn fig2_append_rejects_mismatch_with_conflict_hint() {
     ));
     // Term mismatch: hint is the first index of our conflicting term.
     let mut c = core(1, 3, 3, None, &[1, 2, 2, 2]);
-    c.step(append(2, 3, (4, 3), vec![], 0));
+    c.step(append(2, 1, 3, (4, 3), vec![], 0));
     assert!(matches!(
         reply(&take_ready(&mut c)),
         MessageBody::AppendEntriesResponse {
@@ -230,7 +209,7 @@ fn fig2_append_rejects_mismatch_with_conflict_hint() {
 #[test]
 fn fig2_append_truncates_at_first_conflict_only() {
     let mut c = core(1, 3, 2, None, &[1, 2, 2, 2]);
-    c.step(append(2, 3, (1, 1), vec![entry(2, 2), entry(3, 3)], 0));
+    c.step(append(2, 1, 3, (1, 1), vec![entry(2, 2), entry(3, 3)], 0));
     let rd = take_ready(&mut c);
     assert_eq!(
         rd.entries,
@@ -246,7 +225,7 @@ fn fig2_append_truncates_at_first_conflict_only() {
 #[test]
 fn fig2_append_of_present_entries_never_truncates() {
     let mut c = core(1, 3, 2, None, &[1, 2, 2]);
-    c.step(append(2, 2, (0, 0), vec![entry(1, 1)], 0));
+    c.step(append(2, 1, 2, (0, 0), vec![entry(1, 1)], 0));
     let rd = take_ready(&mut c);
     assert!(rd.entries.is_empty());
     assert_eq!(c.status().last_index, 3);
@@ -265,11 +244,11 @@ fn fig2_append_of_present_entries_never_truncates() {
 fn fig2_append_commit_is_bounded_by_last_new_entry() {
     let mut c = core(1, 3, 1, None, &[1, 1, 1, 1]);
     // The leader only vouches for the prefix up to 2 in this message; our index 3-4 are unverified.
-    c.step(append(2, 1, (1, 1), vec![entry(1, 2)], 10));
+    c.step(append(2, 1, 1, (1, 1), vec![entry(1, 2)], 10));
     take_ready(&mut c);
     assert_eq!(c.status().commit, 2);
     // Commit never goes backwards.
-    c.step(append(2, 1, (1, 1), vec![], 1));
+    c.step(append(2, 1, 1, (1, 1), vec![], 1));
     take_ready(&mut c);
     assert_eq!(c.status().commit, 2);
 }
@@ -454,7 +433,7 @@ fn fig2_all_nodes_apply_the_same_sequence_across_leader_failure() {
             .iter()
             .filter_map(|e| match &e.payload {
                 Payload::Command(d) => Some(d.to_vec()),
-                Payload::Noop => None,
+                Payload::Noop | Payload::ConfChange(_) => None,
             })
             .collect()
     };

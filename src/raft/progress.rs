@@ -42,6 +42,10 @@ pub(crate) struct Progress {
     pub(crate) read_ack: u64,
     /// Answered since the leader's last CheckQuorum test.
     pub(crate) recent_active: bool,
+    /// The leader's lease clock when this follower last answered (`None`: not in this
+    /// term): a voter heard from within an election timeout counts as live for the strict
+    /// reconfiguration check.
+    pub(crate) heard_at: Option<u64>,
     /// The lowest hint of the rejections "my log ends before `matched`" received since the
     /// follower last acknowledged `matched` or more. A follower keeps what it acknowledged in
     /// this term, so such a rejection is stale (it answers an append sent before those
@@ -65,6 +69,7 @@ impl Progress {
             stalled_rounds: 0,
             read_ack: 0,
             recent_active: false,
+            heard_at: None,
             doubt: None,
             doubt_rounds: 0,
             snapshots_sent: 0,

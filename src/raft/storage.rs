@@ -145,6 +145,7 @@ mod tests {
 
     fn snap(index: u64, term: u64) -> Snapshot {
         Snapshot {
+            membership: None,
             meta: crate::raft::SnapshotMeta { index, term },
             data: bytes::Bytes::from_static(b"state"),
         }

@@ -68,6 +68,46 @@ pub(crate) fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Me
     }
 }
 
+/// An AppendEntries from `from` to `to`.
+pub(crate) fn append(
+    from: NodeId,
+    to: NodeId,
+    term: Term,
+    prev: (LogIndex, Term),
+    ents: Vec<Entry>,
+    commit: LogIndex,
+) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::AppendEntries {
+            prev_log_index: prev.0,
+            prev_log_term: prev.1,
+            entries: ents,
+            leader_commit: commit,
+            read_ctx: 0,
+        },
+    )
+}
+
+/// Makes node 1 of 3 the leader of `term + 1` with the given log, and drains its Ready.
+pub(crate) fn leader(term: Term, log_terms: &[Term]) -> RaftCore {
+    let mut c = core(1, 3, term, None, log_terms);
+    campaign(&mut c);
+    take_ready(&mut c);
+    let t = c.status().term;
+    c.step(msg(
+        2,
+        1,
+        t,
+        MessageBody::RequestVoteResponse { granted: true },
+    ));
+    assert_eq!(c.status().role, Role::Leader);
+    take_ready(&mut c);
+    c
+}
+
 /// Drains the core's Ready and advances, returning it.
 pub(crate) fn take_ready(c: &mut RaftCore) -> Ready {
     let rd = c.ready();
@@ -111,6 +151,11 @@ pub(crate) struct Net {
     pub(crate) installed: BTreeMap<NodeId, Vec<SnapshotMeta>>,
     /// Messages delivered so far, by kind.
     pub(crate) delivered: BTreeMap<&'static str, u64>,
+    /// Nodes 1..=initial were started with the static configuration; the others joined
+    /// (`add_node`) and restart as joining nodes.
+    pub(crate) initial: u64,
+    /// Whether the cores run PreVote and CheckQuorum (`with_config`).
+    pub(crate) full: bool,
 }
 
 impl Net {
@@ -130,6 +175,8 @@ impl Net {
             held: Vec::new(),
             installed: BTreeMap::new(),
             delivered: BTreeMap::new(),
+            initial: n,
+            full,
         };
         for id in 1..=n {
             let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
@@ -154,13 +201,26 @@ impl Net {
         let core = self.nodes.get_mut(&id).unwrap();
         let meta = core.applied_snapshot_meta();
         let data = bytes::Bytes::from(format!("state@{}", meta.index));
+        let membership = Some(core.applied_membership());
         self.stores
             .get_mut(&id)
             .unwrap()
-            .install_snapshot(&Snapshot { meta, data })
+            .install_snapshot(&Snapshot {
+                meta,
+                data,
+                membership,
+            })
             .unwrap();
         core.compact(meta.index);
         meta
+    }
+
+    /// Proposes `n` one-byte commands at `leader` (not delivered yet).
+    pub(crate) fn propose_commands(&mut self, leader: NodeId, n: u8) {
+        let core = self.nodes.get_mut(&leader).unwrap();
+        for i in 0..n {
+            core.propose(vec![i]).unwrap();
+        }
     }
 
     /// Loses `id`'s whole data dir and restarts it empty.
@@ -278,19 +338,44 @@ impl Net {
         panic!("no leader elected");
     }
 
+    /// The configuration node `id` starts with: the static cluster of the first `initial`
+    /// nodes, or a joining node's.
+    fn node_config(&self, id: NodeId) -> Config {
+        let peers: Vec<NodeId> = (1..=self.initial).filter(|&p| p != id).collect();
+        let mut c = if self.full {
+            cfg_full(id, &peers)
+        } else {
+            cfg(id, &peers)
+        };
+        if id > self.initial {
+            c.peers.clear();
+            c.joining = true;
+        }
+        c
+    }
+
+    /// Starts a new, empty node that joins the cluster (it knows no members until a leader
+    /// reaches it: add it with a configuration change).
+    pub(crate) fn add_node(&mut self, id: NodeId) {
+        assert!(id > self.initial && !self.nodes.contains_key(&id));
+        let core = RaftCore::new(self.node_config(id), HardState::default(), vec![]).unwrap();
+        self.nodes.insert(id, core);
+        self.stores.insert(id, MemStorage::default());
+        self.applied.insert(id, Vec::new());
+        self.reads.insert(id, Vec::new());
+        self.installed.insert(id, Vec::new());
+    }
+
     /// Restarts a node from its storage (a crash loses everything not persisted).
     pub(crate) fn restart(&mut self, id: NodeId) {
-        let n = self.nodes.len() as u64;
-        let peers: Vec<NodeId> = (1..=n).filter(|&p| p != id).collect();
         let (hs, log) = self.stores[&id].load().unwrap();
-        let snap = self.stores[&id]
-            .snapshot()
-            .unwrap()
-            .map_or_else(SnapshotMeta::default, |s| s.meta);
-        let mut c = cfg(id, &peers);
+        let snap = self.stores[&id].snapshot().unwrap();
+        let meta = snap.as_ref().map_or_else(SnapshotMeta::default, |s| s.meta);
+        let membership = snap.and_then(|s| s.membership);
+        let mut c = self.node_config(id);
         c.seed = id * 1000 + hs.term;
-        self.nodes
-            .insert(id, RaftCore::restore(c, hs, snap, log).unwrap());
+        let core = RaftCore::restore_with_membership(c, hs, meta, membership, log).unwrap();
+        self.nodes.insert(id, core);
         self.applied.insert(id, Vec::new());
     }
 

@@ -1,6 +1,10 @@
 //! Basic Raft vocabulary: ids, terms, indexes, log entries, hard and soft state.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use super::membership::Membership;
 
 /// A node's id in the cluster (never 0: 0 means "none" on the wire).
 pub type NodeId = u64;
@@ -19,6 +23,9 @@ pub enum Payload {
     /// to every follower and to the state machine share one buffer. Encoded by serde (so by
     /// storage's postcard) exactly as a `Vec<u8>` was: a length, then the bytes.
     Command(bytes::Bytes),
+    /// A membership change (`membership.rs`): in effect on every node from the moment it is
+    /// in that node's log. Boxed: rare, and it keeps the common payloads small.
+    ConfChange(Box<super::membership::ConfEntry>),
 }
 
 /// One entry of the replicated log.
@@ -62,6 +69,10 @@ pub struct Snapshot {
     pub meta: SnapshotMeta,
     /// The serialized state machine as of `meta.index`.
     pub data: bytes::Bytes,
+    /// The membership as of `meta.index` (the last configuration entry it covers). `None`
+    /// for a snapshot written before memberships were recorded: the cluster then still had
+    /// the membership it was started with (`Config::peers`).
+    pub membership: Option<Membership>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -70,6 +81,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("meta", &self.meta)
             .field("bytes", &self.data.len())
+            .field("membership", &self.membership)
             .finish()
     }
 }
@@ -119,6 +131,15 @@ pub struct Status {
     pub commit: LogIndex,
     /// Index of the last log entry (persisted or not).
     pub last_index: LogIndex,
+    /// The membership this node follows: the last configuration entry in its log (committed
+    /// or not, see `membership.rs`), else its snapshot's, else the configured one.
+    pub membership: Membership,
+    /// Leader only: each other member's match index (how much of the leader's log it is known
+    /// to hold: `last_index - match` is how far behind it is). Empty on other roles.
+    pub matched: BTreeMap<NodeId, LogIndex>,
+    /// This node applied a configuration that removed it: it takes no further part in the
+    /// cluster (the driver reports `this node was removed from the cluster`).
+    pub removed: bool,
 }
 
 #[cfg(test)]

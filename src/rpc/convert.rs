@@ -3,7 +3,9 @@
 //! never reaches the core.
 
 use crate::pb;
-use crate::raft::{Entry, Message, MessageBody, NodeId, Payload, Snapshot, SnapshotMeta};
+use crate::raft::{
+    ConfEntry, Entry, Membership, Message, MessageBody, NodeId, Payload, Snapshot, SnapshotMeta,
+};
 use bytes::{Bytes, BytesMut};
 use tonic::Status;
 
@@ -26,6 +28,15 @@ impl TryFrom<pb::Entry> for Entry {
                 )))
             }
             Ok(pb::EntryType::Command) => Payload::Command(e.data),
+            Ok(pb::EntryType::ConfChange) => match ConfEntry::decode(&e.data) {
+                Ok(conf) => Payload::ConfChange(Box::new(conf)),
+                Err(err) => {
+                    return Err(Status::invalid_argument(format!(
+                        "entry {}: {err}",
+                        e.index
+                    )))
+                }
+            },
             Ok(pb::EntryType::Unspecified) | Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "entry {}: unknown entry type {}",
@@ -46,6 +57,7 @@ impl From<Entry> for pb::Entry {
         let (r#type, data) = match e.payload {
             Payload::Noop => (pb::EntryType::Noop, Bytes::new()),
             Payload::Command(data) => (pb::EntryType::Command, data),
+            Payload::ConfChange(conf) => (pb::EntryType::ConfChange, Bytes::from(conf.encode())),
         };
         pb::Entry {
             term: e.term,
@@ -338,6 +350,10 @@ fn snapshot_chunks(
         last_included_index: snapshot.meta.index,
         last_included_term: snapshot.meta.term,
         total_size: data.len() as u64,
+        membership: snapshot
+            .membership
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.encode()),
         ..Default::default()
     };
     let mut chunks: Vec<pb::InstallSnapshotChunk> = data
@@ -421,7 +437,8 @@ impl SnapshotReceiver {
                 first.last_included_index,
                 first.last_included_term,
                 first.total_size,
-            );
+            )
+            && chunk.membership == first.membership;
         if !same_header {
             return bad("a chunk's header differs from the first chunk's".into());
         }
@@ -462,6 +479,13 @@ impl SnapshotReceiver {
                 "InstallSnapshot: the stream ended before its last chunk",
             ));
         };
+        let membership = match first.membership.is_empty() {
+            true => None,
+            false => Some(
+                Membership::decode(&first.membership)
+                    .map_err(|e| Status::invalid_argument(format!("InstallSnapshot: {e}")))?,
+            ),
+        };
         Ok(Message {
             from: first.leader_id,
             to: self.me,
@@ -474,6 +498,7 @@ impl SnapshotReceiver {
                         term: first.last_included_term,
                     },
                     data: self.data.into(),
+                    membership,
                 },
             },
         })
@@ -570,7 +595,7 @@ mod tests {
 
     #[test]
     fn unknown_entry_types_are_rejected() {
-        for t in [0, 3, -1] {
+        for t in [0, 4, -1] {
             let e = pb::Entry {
                 term: 1,
                 index: 1,
@@ -630,7 +655,7 @@ mod tests {
             .iter()
             .filter_map(|e| match &e.payload {
                 Payload::Command(d) => Some(d.clone()),
-                Payload::Noop => None,
+                Payload::Noop | Payload::ConfChange(_) => None,
             })
             .collect()
     }
@@ -816,6 +841,7 @@ mod tests {
             rpc_id: 0,
             body: MessageBody::InstallSnapshot {
                 snapshot: Snapshot {
+                    membership: None,
                     meta: SnapshotMeta { index: 90, term: 3 },
                     data: bytes::Bytes::from_static(data),
                 },
@@ -842,6 +868,46 @@ mod tests {
             }
             assert_eq!(rx.finish().unwrap(), msg);
         }
+    }
+
+    #[test]
+    fn memberships_and_configuration_entries_cross_the_wire() {
+        use crate::raft::{ConfChange, ConfChangeKind};
+        let mut membership = Membership::with_voters([1, 2, 3]);
+        membership.learners.insert(4);
+        membership.removed.insert(5);
+        let mut msg = snapshot_msg(b"0123456789");
+        if let MessageBody::InstallSnapshot { snapshot } = &mut msg.body {
+            snapshot.membership = Some(membership.clone());
+        }
+        let mut rx = SnapshotReceiver::new(2);
+        for c in chunks_of(&msg, 3) {
+            rx.push(c).unwrap();
+        }
+        assert_eq!(rx.finish().unwrap(), msg);
+
+        let entry = Entry {
+            term: 2,
+            index: 9,
+            payload: Payload::ConfChange(Box::new(ConfEntry {
+                change: ConfChange {
+                    kind: ConfChangeKind::Remove,
+                    node: 5,
+                    context: Vec::new(),
+                },
+                membership,
+            })),
+        };
+        let wire = pb::Entry::from(entry.clone());
+        assert_eq!(wire.r#type, pb::EntryType::ConfChange as i32);
+        assert_eq!(Entry::try_from(wire.clone()).unwrap(), entry);
+        let damaged = pb::Entry {
+            data: wire.data.slice(1..),
+            ..wire
+        };
+        let s = Entry::try_from(damaged).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("entry 9"), "{}", s.message());
     }
 
     #[test]

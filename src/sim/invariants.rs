@@ -11,6 +11,10 @@ use crate::raft::{Entry, LogIndex, NodeId, Payload, Role, SnapshotMeta, Term};
 fn digest(e: &Entry) -> u64 {
     match &e.payload {
         Payload::Noop => u64::MAX,
+        Payload::ConfChange(c) => {
+            let d = c.encode();
+            (u64::from(crc32fast::hash(&d)) << 32) | (d.len() as u64 & 0xffff_ffff) | 1 << 31
+        }
         Payload::Command(d) => {
             (u64::from(crc32fast::hash(d)) << 32) | (d.len() as u64 & 0xffff_ffff)
         }

@@ -1008,7 +1008,7 @@ impl World {
         // The lock checker's view of the lock table before the entry.
         let proposal = match &e.payload {
             Payload::Command(data) => Proposal::decode(data).ok(),
-            Payload::Noop => None,
+            Payload::Noop | Payload::ConfChange(_) => None,
         };
         let before = proposal.as_ref().map(|p| LockCheck::before(&n.sm, p));
         // A retry the session answers from its cache changes nothing.
@@ -1220,6 +1220,7 @@ impl World {
         };
         let (term, len) = (hs.term, log.len());
         let meta = snap.as_ref().map_or_else(Default::default, |s| s.meta);
+        let membership = snap.as_ref().and_then(|s| s.membership.clone());
         n.sm = match &snap {
             None => state_machine(&self.cfg, StateMachine::new()),
             Some(s) => match StateMachine::restore(&s.data, Default::default()) {
@@ -1230,7 +1231,7 @@ impl World {
                 }
             },
         };
-        match RaftCore::restore(config, hs, meta, log) {
+        match RaftCore::restore_with_membership(config, hs, meta, membership, log) {
             Ok(mut core) => {
                 core.set_mutation(mutation);
                 n.core = core;

@@ -11,7 +11,8 @@
 //!               9   len-1  body
 //!
 //! Entries body:  commit hint u64 | count u32 | count x (index u64 | term u64 |
-//!                payload tag u8 (0 = Noop, 1 = Command) | data length u32 | data)
+//!                payload tag u8 (0 = Noop, 1 = Command, 2 = ConfChange) | data length u32 |
+//!                data: a command's bytes, or a `raft::ConfEntry`'s encoding)
 //! Snapshot body: index u64 | term u64 | last u64 | commit hint u64
 //! Chain body:    previous segment's seq u64 | highest entry index written in it u64
 //! ```
@@ -98,12 +99,16 @@ const CHAIN_LEN: u64 = (HEADER_LEN + 1 + 8 + 8) as u64;
 const ENTRY_HEADER_LEN: usize = 8 + 8 + 1 + 4;
 const TAG_NOOP: u8 = 0;
 const TAG_COMMAND: u8 = 1;
+/// A membership change (issue 15), its data `ConfEntry::encode`. A new tag: logs written
+/// before it stay readable as they were.
+const TAG_CONF_CHANGE: u8 = 2;
 
 /// Bytes entry `entry` takes in an Entries record (what `log_bytes_since_snapshot` counts).
 pub(crate) fn entry_len(entry: &Entry) -> u64 {
     let data = match &entry.payload {
         Payload::Noop => 0,
         Payload::Command(data) => data.len(),
+        Payload::ConfChange(conf) => conf.encoded_len(),
     };
     (ENTRY_HEADER_LEN + data) as u64
 }
@@ -418,6 +423,7 @@ impl<F: Fs> SegmentLog<F> {
         buf.extend_from_slice(&commit.to_le_bytes());
         buf.extend_from_slice(&count.to_le_bytes());
         let mut bytes = 0;
+        let mut conf_bytes;
         for entry in entries {
             buf.extend_from_slice(&entry.index.to_le_bytes());
             buf.extend_from_slice(&entry.term.to_le_bytes());
@@ -429,6 +435,11 @@ impl<F: Fs> SegmentLog<F> {
                 Payload::Command(data) => {
                     buf.push(TAG_COMMAND);
                     data
+                }
+                Payload::ConfChange(conf) => {
+                    buf.push(TAG_CONF_CHANGE);
+                    conf_bytes = conf.encode();
+                    &conf_bytes
                 }
             };
             let len = u32::try_from(data.len()).map_err(|_| too_large(&self.dir))?;
@@ -738,6 +749,12 @@ impl Replay {
                 TAG_COMMAND => {
                     let len = r.u32()? as usize;
                     Payload::Command(bytes::Bytes::copy_from_slice(r.bytes(len)?))
+                }
+                TAG_CONF_CHANGE => {
+                    let len = r.u32()? as usize;
+                    let conf = crate::raft::ConfEntry::decode(r.bytes(len)?)
+                        .map_err(|e| format!("entry {index}: {e}"))?;
+                    Payload::ConfChange(Box::new(conf))
                 }
                 tag => return Err(format!("entry {index} has an unknown payload tag {tag}")),
             };

@@ -6,12 +6,16 @@
 //!
 //! offset  size  field
 //!      0     8  magic b"KVSNAP\r\n" (the CR LF catches a text-mode copy)
-//!      8     4  format version, u32 little-endian (1)
+//!      8     4  format version, u32 little-endian (2; 1 is still read)
 //!     12     8  last included index, u64 LE (must match the file name)
 //!     20     8  last included term, u64 LE (must match the file name)
-//!     28     8  data length N, u64 LE (the file is 36 + N + 4 bytes)
-//!     36     N  the state machine's snapshot bytes
+//!     28     8  body length N, u64 LE (the file is 36 + N + 4 bytes)
+//!     36     N  body
 //!   36+N     4  CRC32 (crc32fast, IEEE), u32 LE, of bytes 0 .. 36+N
+//!
+//! version 2 body:  membership length M u32 LE (0: not recorded) | M bytes of
+//!                  `raft::Membership::encode` | the state machine's snapshot bytes
+//! version 1 body:  the state machine's snapshot bytes (no membership: the configured one)
 //! ```
 //!
 //! A snapshot is first written as `<name>.tmp`; such a file is never read and is removed at
@@ -19,7 +23,7 @@
 
 use super::error::StorageError;
 use super::fs::{sync_dir, Fs, FsFile, Mode, RealFs};
-use crate::raft::{Snapshot, SnapshotMeta};
+use crate::raft::{Membership, Snapshot, SnapshotMeta};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -27,8 +31,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 /// First bytes of every snapshot file.
 const MAGIC: [u8; 8] = *b"KVSNAP\r\n";
-/// Format version this code writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// Format version this code writes.
+const FORMAT_VERSION: u32 = 2;
+/// The version before memberships were recorded (issue 15), still read.
+const FORMAT_VERSION_NO_MEMBERSHIP: u32 = 1;
 /// Bytes before the data.
 pub(crate) const HEADER_LEN: usize = 36;
 /// Bytes after the data.
@@ -142,15 +148,28 @@ impl<F: Fs> SnapshotDir<F> {
     pub(crate) fn write_tmp(&self, snapshot: &Snapshot) -> Result<PathBuf, StorageError> {
         let meta = snapshot.meta;
         let path = self.path.join(format!("{}{TMP_SUFFIX}", file_name(meta)));
-        let header = encode_header(meta, snapshot.data.len());
+        let membership = snapshot
+            .membership
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.encode());
+        let mut section = Vec::with_capacity(4 + membership.len());
+        let m_len = u32::try_from(membership.len()).map_err(|_| StorageError::CorruptSnapshot {
+            path: path.clone(),
+            reason: "the membership does not fit in a snapshot file".to_owned(),
+        })?;
+        section.extend_from_slice(&m_len.to_le_bytes());
+        section.extend_from_slice(&membership);
+        let header = encode_header(meta, section.len() + snapshot.data.len());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
+        crc.update(&section);
         crc.update(&snapshot.data);
         let io = |op| {
             let path = path.clone();
             move |cause| StorageError::File { path, op, cause }
         };
-        let data_at = HEADER_LEN as u64;
+        let section_at = HEADER_LEN as u64;
+        let data_at = section_at + section.len() as u64;
         let crc_at = data_at + snapshot.data.len() as u64;
         let written = self
             .fs
@@ -158,6 +177,8 @@ impl<F: Fs> SnapshotDir<F> {
             .map_err(io("create"))
             .and_then(|file| {
                 file.write_all_at(&header, 0).map_err(io("write"))?;
+                file.write_all_at(&section, section_at)
+                    .map_err(io("write"))?;
                 file.write_all_at(&snapshot.data, data_at)
                     .map_err(io("write"))?;
                 file.write_all_at(&crc.finalize().to_le_bytes(), crc_at)
@@ -253,15 +274,43 @@ pub(crate) fn read(
             buf.len()
         )));
     };
-    check_header(header, meta, buf.len() as u64).map_err(corrupt)?;
+    let version = check_header(header, meta, buf.len() as u64).map_err(corrupt)?;
     let body_len = buf.len() - CRC_LEN;
     let (body, stored) = buf.split_at(body_len);
     let stored = <[u8; CRC_LEN]>::try_from(stored).map_err(|_| corrupt("no checksum".into()))?;
     if crc32fast::hash(body) != u32::from_le_bytes(stored) {
         return Err(corrupt("checksum mismatch".to_owned()));
     }
-    let data = bytes::Bytes::from(buf).slice(HEADER_LEN..body_len);
-    Ok(Snapshot { meta, data })
+    let (membership, data_at) = if version == FORMAT_VERSION_NO_MEMBERSHIP {
+        (None, HEADER_LEN)
+    } else {
+        read_membership(&body[HEADER_LEN..]).map_err(corrupt)?
+    };
+    let data = bytes::Bytes::from(buf).slice(data_at..body_len);
+    Ok(Snapshot {
+        meta,
+        data,
+        membership,
+    })
+}
+
+/// A version 2 body's membership section: the membership and where the data starts in the
+/// file.
+fn read_membership(body: &[u8]) -> Result<(Option<Membership>, usize), String> {
+    let Some(len) = body.first_chunk::<4>() else {
+        return Err("truncated membership section".to_owned());
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    let Some(bytes) = body.get(4..4 + len) else {
+        return Err(format!(
+            "membership of {len} bytes past the end of the body"
+        ));
+    };
+    let membership = match len {
+        0 => None,
+        _ => Some(Membership::decode(bytes).map_err(|e| e.to_string())?),
+    };
+    Ok((membership, HEADER_LEN + 4 + len))
 }
 
 /// The file name of snapshot `meta`; zero-padded so names sort like the indexes.
@@ -294,8 +343,9 @@ fn encode_header(meta: SnapshotMeta, data_len: usize) -> [u8; HEADER_LEN] {
     header
 }
 
-/// Checks a header against the meta its file name gives and the file's length.
-fn check_header(header: &[u8; HEADER_LEN], named: SnapshotMeta, len: u64) -> Result<(), String> {
+/// Checks a header against the meta its file name gives and the file's length; returns the
+/// format version.
+fn check_header(header: &[u8; HEADER_LEN], named: SnapshotMeta, len: u64) -> Result<u32, String> {
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&header[at..at + 8]);
@@ -307,9 +357,9 @@ fn check_header(header: &[u8; HEADER_LEN], named: SnapshotMeta, len: u64) -> Res
     let mut version = [0u8; 4];
     version.copy_from_slice(&header[8..12]);
     let version = u32::from_le_bytes(version);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_NO_MEMBERSHIP {
         return Err(format!(
-            "format version {version}, this kvstore reads version {FORMAT_VERSION}"
+            "format version {version}, this kvstore reads versions {FORMAT_VERSION_NO_MEMBERSHIP} and {FORMAT_VERSION}"
         ));
     }
     let (index, term) = (u64_at(12), u64_at(20));
@@ -327,7 +377,7 @@ fn check_header(header: &[u8; HEADER_LEN], named: SnapshotMeta, len: u64) -> Res
             "truncated or extended: {len} bytes, the header says {want}"
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 fn open<F: Fs>(fs: &F, path: &Path) -> Result<F::File, StorageError> {
@@ -419,7 +469,7 @@ mod tests {
     fn header_checks() {
         let meta = SnapshotMeta { index: 7, term: 3 };
         let header = encode_header(meta, 5);
-        assert_eq!(check_header(&header, meta, 45), Ok(()));
+        assert_eq!(check_header(&header, meta, 45), Ok(FORMAT_VERSION));
         let other = SnapshotMeta { index: 7, term: 4 };
         assert!(check_header(&header, other, 45)
             .unwrap_err()
@@ -431,9 +481,64 @@ mod tests {
         bad[0] ^= 1;
         assert!(check_header(&bad, meta, 45).unwrap_err().contains("magic"));
         let mut bad = header;
-        bad[8] = 2;
+        bad[8] = 3;
         assert!(check_header(&bad, meta, 45)
             .unwrap_err()
-            .contains("version 2"));
+            .contains("version 3"));
+    }
+
+    fn write_read(dir: &Path, snapshot: &Snapshot) -> Snapshot {
+        let snaps = SnapshotDir::create(dir).unwrap();
+        let tmp = snaps.write_tmp(snapshot).unwrap();
+        snaps.publish(&tmp, snapshot.meta).unwrap();
+        let file = snaps.open(snapshot.meta).unwrap();
+        read(file, &snaps.file_path(snapshot.meta), snapshot.meta).unwrap()
+    }
+
+    #[test]
+    fn the_membership_round_trips_and_version_1_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut membership = Membership::with_voters([1, 2, 3]);
+        membership.learners.insert(4);
+        membership.removed.insert(5);
+        let with = Snapshot {
+            meta: SnapshotMeta { index: 9, term: 2 },
+            data: bytes::Bytes::from_static(b"state machine"),
+            membership: Some(membership),
+        };
+        assert_eq!(write_read(dir.path(), &with), with);
+        let without = Snapshot {
+            meta: SnapshotMeta { index: 10, term: 2 },
+            membership: None,
+            ..with.clone()
+        };
+        assert_eq!(write_read(dir.path(), &without), without);
+
+        // A version 1 file, as kvstore wrote them before memberships: read with none.
+        let meta = SnapshotMeta { index: 11, term: 3 };
+        let data = b"old state";
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&MAGIC);
+        raw.extend_from_slice(&1u32.to_le_bytes());
+        raw.extend_from_slice(&meta.index.to_le_bytes());
+        raw.extend_from_slice(&meta.term.to_le_bytes());
+        raw.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        raw.extend_from_slice(data);
+        raw.extend_from_slice(&crc32fast::hash(&raw).to_le_bytes());
+        let snaps = SnapshotDir::create(dir.path()).unwrap();
+        std::fs::write(snaps.file_path(meta), &raw).unwrap();
+        let file = snaps.open(meta).unwrap();
+        let old = read(file, &snaps.file_path(meta), meta).unwrap();
+        assert_eq!(old.data, bytes::Bytes::from_static(data));
+        assert_eq!(old.membership, None);
+
+        // A membership section that overruns the body is corruption, not a panic.
+        let mut bad = encode_header(meta, 4).to_vec();
+        bad.extend_from_slice(&100u32.to_le_bytes());
+        bad.extend_from_slice(&crc32fast::hash(&bad).to_le_bytes());
+        std::fs::write(snaps.file_path(meta), &bad).unwrap();
+        let file = snaps.open(meta).unwrap();
+        let err = read(file, &snaps.file_path(meta), meta).unwrap_err();
+        assert!(err.to_string().contains("membership"), "{err}");
     }
 }

@@ -23,7 +23,9 @@ impl Driver {
             // The target already leads: nothing to do (the caller sees it in the status).
             Ok(()) | Err(TransferError::TargetIsSelf(_)) => Ok(term),
             Err(TransferError::NotLeader(e)) => Err(self.not_leader(e.leader)),
-            Err(e @ TransferError::UnknownTarget(_)) => Err(ClientError::Invalid(e.to_string())),
+            Err(e @ (TransferError::UnknownTarget(_) | TransferError::TargetIsLearner(_))) => {
+                Err(ClientError::Invalid(e.to_string()))
+            }
         }
     }
 

@@ -71,6 +71,7 @@ impl Driver {
         let snapshot = Snapshot {
             meta,
             data: self.sm.snapshot().into(),
+            membership: Some(self.core.applied_membership()),
         };
         let bytes = snapshot.data.len();
         self.bytes_since_snapshot = 0;

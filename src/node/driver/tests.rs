@@ -183,6 +183,7 @@ fn snapshot(meta: SnapshotMeta) -> Snapshot {
         let _ = sm.apply(index, &put.encode());
     }
     Snapshot {
+        membership: None,
         meta,
         data: sm.snapshot().into(),
     }

@@ -89,6 +89,11 @@ impl RaftCore {
         e.saturating_sub(2 + (e / 10).max(1))
     }
 
+    /// The lease clock: ticks since the core was built, stalls included.
+    pub(super) fn lease_clock(&self) -> u64 {
+        self.lease.clock
+    }
+
     pub(super) fn lease_tick(&mut self) {
         self.lease.clock = self.lease.clock.saturating_add(1);
     }
@@ -128,7 +133,7 @@ impl RaftCore {
             || self.role != Role::Leader
             || self.lease.void
             || self.transfer.is_some()
-            || self.cfg.peers.is_empty()
+            || self.sole_voter()
         {
             return None;
         }

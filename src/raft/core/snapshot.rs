@@ -48,7 +48,10 @@ impl RaftCore {
         if index > self.applied || index <= self.log.snapshot().index {
             return;
         }
+        // The snapshot records the membership as of its index (`applied_membership`).
+        let membership = self.membership_at(index);
         self.log.compact(index);
+        self.set_base_membership(membership);
         debug!(node = self.cfg.id, index, "log compacted");
     }
 
@@ -88,6 +91,7 @@ impl RaftCore {
             snapshot: Snapshot {
                 meta,
                 data: bytes::Bytes::new(),
+                membership: Some(self.base_membership.clone()),
             },
         };
         let msg = self.message(peer, 0, body);
@@ -139,6 +143,12 @@ impl RaftCore {
             "installing snapshot from the leader"
         );
         self.log.install(meta);
+        // The snapshot's membership replaces what the dropped log said (a snapshot without
+        // one comes from a leader that predates membership changes: the base stays).
+        if let Some(m) = &snapshot.membership {
+            self.set_base_membership(m.clone());
+        }
+        self.refresh_membership();
         self.commit = meta.index;
         // The driver replaces the state machine with the snapshot before it applies anything
         // after it (Ready order), so the snapshot counts as applied.
@@ -158,13 +168,7 @@ mod tests {
     fn cluster_with_ten_commands() -> (Net, u64) {
         let mut net = Net::new(3);
         let leader = net.elect();
-        for i in 0..10u8 {
-            net.nodes
-                .get_mut(&leader)
-                .unwrap()
-                .propose(vec![i])
-                .unwrap();
-        }
+        net.propose_commands(leader, 10);
         net.settle();
         net.tick_all(); // the commit index reaches the followers
         (net, leader)
@@ -259,6 +263,7 @@ mod tests {
                 snapshot: Snapshot {
                     meta: SnapshotMeta { index: 3, term },
                     data: bytes::Bytes::from_static(b"x"),
+                    membership: None,
                 },
             },
         });

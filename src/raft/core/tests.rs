@@ -15,28 +15,6 @@ fn vote_req(from: NodeId, to: NodeId, term: Term, lli: LogIndex, llt: Term) -> M
     )
 }
 
-fn append(
-    from: NodeId,
-    to: NodeId,
-    term: Term,
-    prev: (LogIndex, Term),
-    ents: Vec<Entry>,
-    commit: LogIndex,
-) -> Message {
-    msg(
-        from,
-        to,
-        term,
-        MessageBody::AppendEntries {
-            prev_log_index: prev.0,
-            prev_log_term: prev.1,
-            entries: ents,
-            leader_commit: commit,
-            read_ctx: 0,
-        },
-    )
-}
-
 fn append_resp(
     from: NodeId,
     to: NodeId,
@@ -56,23 +34,6 @@ fn append_resp(
             read_ctx: 0,
         },
     )
-}
-
-/// Makes node 1 of 3 the leader of `term + 1` with the given log, and drains its Ready.
-fn leader(term: Term, log_terms: &[Term]) -> RaftCore {
-    let mut c = core(1, 3, term, None, log_terms);
-    campaign(&mut c);
-    take_ready(&mut c);
-    let t = c.status().term;
-    c.step(msg(
-        2,
-        1,
-        t,
-        MessageBody::RequestVoteResponse { granted: true },
-    ));
-    assert_eq!(c.status().role, Role::Leader);
-    take_ready(&mut c);
-    c
 }
 
 // ---------------------------------------------------------------- the term gate: lower terms
@@ -754,6 +715,7 @@ fn undecodable_snapshot(from: NodeId, term: Term) -> Message {
         term,
         MessageBody::InstallSnapshot {
             snapshot: Snapshot {
+                membership: None,
                 meta: SnapshotMeta { index: 9, term },
                 data: bytes::Bytes::from_static(b"not a state machine"),
             },

@@ -42,6 +42,9 @@ pub enum TransferError {
     /// The target is this node, which already leads.
     #[error("node {0} is already the leader")]
     TargetIsSelf(NodeId),
+    /// The target is a learner: only a voter can lead.
+    #[error("node {0} is a learner and cannot become the leader")]
+    TargetIsLearner(NodeId),
 }
 
 /// Ticks between two `TimeoutNow` to a caught-up target (one may be lost).
@@ -65,8 +68,11 @@ impl RaftCore {
         if target == self.cfg.id {
             return Err(TransferError::TargetIsSelf(target));
         }
-        if !self.cfg.peers.contains(&target) {
+        if !self.membership.contains(target) {
             return Err(TransferError::UnknownTarget(target));
+        }
+        if !self.membership.is_voter(target) {
+            return Err(TransferError::TargetIsLearner(target));
         }
         if self.transfer.is_some_and(|t| t.target == target) {
             return Ok(());
@@ -107,6 +113,7 @@ impl RaftCore {
         }
         self.progress
             .iter()
+            .filter(|&(&id, _)| self.membership.is_voter(id))
             .max_by_key(|(&id, p)| (p.matched, std::cmp::Reverse(id)))
             .map(|(&id, _)| id)
     }
@@ -171,7 +178,7 @@ impl RaftCore {
     /// of our term (terms are already equal here); otherwise only acknowledge it.
     pub(super) fn handle_timeout_now(&mut self, msg: &Message) {
         self.respond_now(msg, MessageBody::TimeoutNowResponse);
-        if self.role != Role::Follower || self.leader != Some(msg.from) {
+        if self.role != Role::Follower || self.leader != Some(msg.from) || !self.is_voter() {
             debug!(
                 node = self.cfg.id,
                 from = msg.from,

@@ -57,6 +57,7 @@ impl World {
         let snapshot = Snapshot {
             meta,
             data: n.sm.snapshot().into(),
+            membership: Some(n.core.applied_membership()),
         };
         n.snapshot_task = Some(SnapshotTask {
             snapshot,

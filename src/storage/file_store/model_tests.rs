@@ -12,7 +12,7 @@
 
 use super::*;
 use crate::raft::storage::MemStorage;
-use crate::raft::Payload;
+use crate::raft::{ConfEntry, Membership, Payload};
 use crate::storage::fs::{Fault, SimFs, SimFsConfig};
 use crate::storage::segment_log::mutation;
 use proptest::prelude::*;
@@ -139,10 +139,16 @@ impl Harness {
         let tag = self.serial.to_le_bytes();
         let n = tag.len().min(len);
         data[..n].copy_from_slice(&tag[..n]);
+        // Now and then a membership change (the segment log's tag 2).
+        let payload = if self.serial.is_multiple_of(7) {
+            Payload::ConfChange(Box::new(ConfEntry::learner_joins_three(self.serial + 3)))
+        } else {
+            Payload::Command(data.into())
+        };
         Entry {
             term: self.term,
             index,
-            payload: Payload::Command(data.into()),
+            payload,
         }
     }
 
@@ -180,6 +186,10 @@ impl Harness {
                     return Ok(());
                 };
                 let snapshot = Snapshot {
+                    // Files with and without a recorded membership.
+                    membership: index
+                        .is_multiple_of(2)
+                        .then(|| Membership::with_voters([1, 2, index + 2])),
                     meta: SnapshotMeta {
                         index,
                         term: entry.term,
@@ -207,6 +217,10 @@ impl Harness {
                 };
                 self.serial += 1;
                 let snapshot = Snapshot {
+                    membership: self
+                        .serial
+                        .is_multiple_of(2)
+                        .then(|| ConfEntry::learner_joins_three(self.serial + 3).membership),
                     meta: SnapshotMeta { index, term },
                     data: {
                         let mut data = vec![0; *data_len];

@@ -488,3 +488,22 @@ fn a_lost_middle_segment_is_named_at_open() {
     );
     assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
 }
+
+/// A membership change (tag 2) replays as it was written, between entries of the older tags.
+#[test]
+fn configuration_entries_replay_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), None);
+    let conf = Entry {
+        term: 1,
+        index: 3,
+        payload: Payload::ConfChange(Box::new(crate::raft::ConfEntry::learner_joins_three(4))),
+    };
+    let mut written = entries(1, 1..=2);
+    written.push(conf.clone());
+    written.extend(entries(1, 4..=5));
+    let bytes = log.append(0, &written).unwrap();
+    assert_eq!(bytes, written.iter().map(entry_len).sum::<u64>());
+    drop(log);
+    assert_eq!(reopened(tmp.path(), None), written);
+}

@@ -95,6 +95,7 @@ fn persist<F: Fixture>(f: &mut F, hard_state: Option<HardState>, entries: &[Entr
 /// A snapshot whose data names where it ends.
 fn snap(index: u64, term: u64) -> Snapshot {
     Snapshot {
+        membership: None,
         meta: SnapshotMeta { index, term },
         data: bytes::Bytes::from(format!("state at {index}/{term}")),
     }
@@ -295,12 +296,14 @@ mod suite {
     pub(super) fn snapshot_data_round_trips<F: Fixture>() {
         let mut f = F::new();
         let empty = Snapshot {
+            membership: None,
             meta: SnapshotMeta { index: 1, term: 1 },
             data: bytes::Bytes::new(),
         };
         install(&mut f, &empty);
         check_with_reopen(&mut f, &[], Some(&empty));
         let big = Snapshot {
+            membership: None,
             meta: SnapshotMeta { index: 2, term: 1 },
             data: (0..3_000_000u32).map(|i| (i % 251) as u8).collect(),
         };
@@ -919,6 +922,7 @@ fn disk_use_stays_bounded_under_endless_overwrites() {
         install(
             &mut f,
             &Snapshot {
+                membership: None,
                 meta,
                 data: state.clone(),
             },
@@ -992,7 +996,8 @@ fn one_snapshot_file_named_by_index_and_term() {
     assert_eq!(snapshot_files(&f), vec![snap_name(4, 1)]);
     let raw = std::fs::read(snap_path(&f, 4, 1)).unwrap();
     assert_eq!(&raw[..8], b"KVSNAP\r\n");
-    assert_eq!(raw.len(), 36 + snap(4, 1).data.len() + 4);
+    // Version 2: the header, an empty membership section (its length, 0), the data, the CRC.
+    assert_eq!(raw.len(), 36 + 4 + snap(4, 1).data.len() + 4);
     assert_eq!(stored_indexes(&mut f), vec![5, 6]);
 }
 
@@ -1207,6 +1212,7 @@ fn round_snapshot(round: u64) -> Snapshot {
     let index = round * SNAP_ROUND - 5;
     let data = format!("{index:>16}").repeat(4096);
     Snapshot {
+        membership: None,
         meta: SnapshotMeta { index, term: 1 },
         data: bytes::Bytes::from(data),
     }
@@ -1304,6 +1310,7 @@ fn restart_time_with_a_million_keys() {
         let serialize = t.elapsed();
         let t = Instant::now();
         let snapshot = Snapshot {
+            membership: None,
             meta: SnapshotMeta {
                 index: KEYS,
                 term: 1,
@@ -1455,6 +1462,7 @@ fn install_snapshot_and_persist_run_concurrently() {
             };
             if index > last.as_ref().map_or(0, |s: &Snapshot| s.meta.index) {
                 let snapshot = Snapshot {
+                    membership: None,
                     meta: SnapshotMeta { index, term },
                     data: format!("state {index}").into_bytes().into(),
                 };

@@ -55,6 +55,7 @@ expect min-faults --self-test no-faults "$@"
 expect min-operations --clients 0 "$@"
 expect watch --self-test drop-event "$@"
 expect lease --self-test kept-expired "$@"
+expect lease --self-test expired-kept "$@"
 if [[ " $* " == *" --net proxy "* ]]; then
   echo "skip --self-test ip-fail (the proxy runs no ip command)"
 elif [[ " $* " == *" --net "* ]]; then

@@ -180,13 +180,21 @@ pub struct LeaseEnd {
     pub gone_after: f64,
 }
 
+/// The self-test's sabotages of the lease check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// One lease kept alive to the end is claimed expired (its key must then be gone).
+    ClaimKeptExpired,
+    /// One lease that expired is claimed kept alive (its key must then be present).
+    ClaimExpiredKept,
+}
+
 /// Settles every lease (see the module doc): failures are returned as one line each.
-/// `claim_kept_expired` is the self-test's sabotage: one lease kept alive is claimed expired.
 pub async fn check_end(
     run: &mut LeaseRun,
     endpoints: &[String],
     bound: Duration,
-    claim_kept_expired: bool,
+    sabotage: Option<Sabotage>,
     start: Instant,
 ) -> (LeaseEnd, Vec<String>) {
     let mut end = LeaseEnd::default();
@@ -228,7 +236,7 @@ pub async fn check_end(
             Err(e) => failures.push(format!("TimeToLive of lease {} failed: {e}", l.id)),
         }
     }
-    if claim_kept_expired {
+    if sabotage == Some(Sabotage::ClaimKeptExpired) {
         if let Some(l) = run
             .leases
             .iter_mut()
@@ -279,6 +287,24 @@ pub async fn check_end(
             l.fate.name(),
             bound.as_secs()
         ));
+    }
+    if sabotage == Some(Sabotage::ClaimExpiredKept) {
+        let gone = run
+            .leases
+            .iter_mut()
+            .find(|l| matches!(l.fate, Fate::Lapsed) && l.put_revision.is_some());
+        if let Some(l) = gone {
+            println!(
+                "{} self-test: claiming lease {} of {} (expired) kept alive",
+                at(start),
+                l.id,
+                l.key
+            );
+            match client.keep_lease_alive(l.id) {
+                Ok(keeper) => l.fate = Fate::Kept(keeper),
+                Err(e) => failures.push(format!("self-test: no keeper: {e}")),
+            }
+        }
     }
     // Every key whose lease is kept must stay.
     for l in &run.leases {

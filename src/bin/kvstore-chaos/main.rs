@@ -121,6 +121,8 @@ enum SelfTest {
     DropEvent,
     /// Claim one lease kept alive to the end as expired: its key is still there.
     KeptExpired,
+    /// Claim one lease that expired as kept alive to the end: its key is gone.
+    ExpiredKept,
 }
 
 /// The nodes' read mode and snapshot threshold for a seed: seeds 0, 1, 2 (mod 3) run
@@ -1251,7 +1253,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             &mut lease_run,
             &endpoints,
             bound.max(Duration::from_secs(3)),
-            args.self_test == Some(SelfTest::KeptExpired),
+            match args.self_test {
+                Some(SelfTest::KeptExpired) => Some(leases::Sabotage::ClaimKeptExpired),
+                Some(SelfTest::ExpiredKept) => Some(leases::Sabotage::ClaimExpiredKept),
+                _ => None,
+            },
             start,
         )
         .await;

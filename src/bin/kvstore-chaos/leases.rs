@@ -11,8 +11,9 @@
 //! - a lease still kept whose keeper never heard "gone" must be alive (TimeToLive) and its
 //!   key present; a kept lease that is gone must be reported lost by its keeper (it ran out
 //!   under the faults: counted, not a failure);
-//! - the key of every other lease (lapsed, revoked, lost, or whose put or revoke had an
-//!   unknown outcome) must be gone within `--settle` seconds: expired or revoked;
+//! - every other lease (lapsed, revoked, lost, or whose put or revoke had an unknown
+//!   outcome) must be gone within `--settle` seconds (TimeToLive -1: expired or revoked), and
+//!   its key with it;
 //! - the watch check then requires the acknowledged puts and revokes at their revisions and
 //!   a delete of every key that must be gone (see `watchers`).
 
@@ -254,21 +255,35 @@ pub async fn check_end(
             }
         }
     }
-    // Every key whose lease is not kept must go.
+    // Every lease not kept must go, and its key with it.
     let started = Instant::now();
-    let mut pending: Vec<&Leased> = run
+    let mut pending: Vec<(&Leased, String)> = run
         .leases
         .iter()
         .filter(|l| !matches!(l.fate, Fate::Kept(_)))
+        .map(|l| (l, String::new()))
         .collect();
     loop {
         let mut still = Vec::new();
-        for l in pending {
-            match client.get(&l.key, Consistency::Linearizable).await {
-                Ok(g) if g.value.is_none() => {}
-                Ok(_) => still.push(l),
-                Err(e) => {
-                    failures.push(format!("linearizable read of {} failed: {e}", l.key));
+        for (l, _) in pending {
+            let key = client.get(&l.key, Consistency::Linearizable).await;
+            let lease = client.lease_time_to_live(l.id, false).await;
+            match (key, lease) {
+                (Ok(g), Ok(t)) if g.value.is_none() && t.ttl == -1 => {}
+                (Ok(g), Ok(_)) if g.value.is_some() => {
+                    still.push((l, format!("{} is still present", l.key)));
+                }
+                (Ok(_), Ok(t)) => {
+                    still.push((
+                        l,
+                        format!(
+                            "{} is gone but the lease is not (TimeToLive {})",
+                            l.key, t.ttl
+                        ),
+                    ));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    failures.push(format!("reading {} and lease {}: {e}", l.key, l.id));
                 }
             }
         }
@@ -279,13 +294,12 @@ pub async fn check_end(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     end.gone_after = started.elapsed().as_secs_f64();
-    for l in pending {
+    for (l, what) in pending {
         failures.push(format!(
-            "{} of lease {} ({}) is still present {} s after the faults stopped",
-            l.key,
+            "lease {} ({}): {what} after {:.1} s of waiting for it to go (up to --settle)",
             l.id,
             l.fate.name(),
-            bound.as_secs()
+            end.gone_after
         ));
     }
     if sabotage == Some(Sabotage::ClaimExpiredKept) {

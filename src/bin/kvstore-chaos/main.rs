@@ -1263,7 +1263,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await;
         lease_end = end;
         println!(
-            "{} leased keys settled ({:.1} s for the last to go)",
+            "{} leases not kept alive: waited {:.1} s for them and their keys to be gone",
             at(start),
             lease_end.gone_after
         );

@@ -1,9 +1,9 @@
 //! Leased keys through the faults, and the check of how they ended.
 //!
-//! One client grants leases one after another, attaches one key to each (`kl<N>`, under the
-//! watched prefix) and gives each a fate, in turn: **kept** alive by a [`LeaseKeeper`] to the
-//! end (at most [`MAX_KEPT`] at once: past that the oldest keeper is dropped and its lease
-//! lapses), **lapsed** (never renewed: it runs out), or **revoked** a moment later. Kept and
+//! [`CLIENTS`] clients each grant leases one after another, attach one key to each
+//! (`kl<client>-<N>`, under the watched prefix) and give each a fate, in turn: **kept** alive
+//! by a [`LeaseKeeper`] to the end (at most [`MAX_KEPT`] at once per client: past that the
+//! oldest keeper is dropped and its lease lapses), **lapsed** (never renewed: it runs out), or **revoked** a moment later. Kept and
 //! revoked leases ask for a few seconds, lapsing ones for the cluster's minimum (etcd's
 //! ceil(1.5 × election timeout)).
 //!
@@ -28,8 +28,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::{at, Shared};
 
-/// Leases kept alive at once, at most.
-pub const MAX_KEPT: usize = 4;
+/// Lease clients (two, so that a client stuck on a frozen leader does not leave a short run
+/// with nothing to check).
+pub const CLIENTS: usize = 2;
+/// Leases kept alive at once by one client, at most.
+pub const MAX_KEPT: usize = 3;
 /// Extra seconds over the minimum TTL for kept and revoked leases, so a renewal or a revoke
 /// usually beats the expiry even across a change of leader.
 const LONG_TTL_EXTRA: i64 = 2;
@@ -86,8 +89,22 @@ pub struct LeaseRun {
     pub claimed_expired: Option<LeaseKeeper>,
 }
 
-/// Grants, attaches, keeps, lets lapse and revokes until `shared.stop`.
+impl LeaseRun {
+    /// Adds what another lease client did.
+    pub fn merge(&mut self, other: LeaseRun) {
+        self.leases.extend(other.leases);
+        self.granted += other.granted;
+        for (ttl, n) in other.ttls {
+            *self.ttls.entry(ttl).or_default() += n;
+        }
+        self.released += other.released;
+        self.revoke_failed += other.revoke_failed;
+    }
+}
+
+/// Lease client `idx`: grants, attaches, keeps, lets lapse and revokes until `shared.stop`.
 pub async fn lease_loop(
+    idx: usize,
     endpoints: Vec<String>,
     min_ttl: i64,
     seed: u64,
@@ -118,8 +135,8 @@ pub async fn lease_loop(
         };
         run.granted += 1;
         *run.ttls.entry(lease.ttl).or_default() += 1;
-        let key = format!("kl{n}");
-        let value = format!("l{n}");
+        let key = format!("kl{idx}-{n}");
+        let value = format!("l{idx}-{n}");
         let put_revision = match client.put_with_lease(&key, &value, lease.id).await {
             Ok(h) => Some(h.revision),
             Err(_) => None,

@@ -1030,12 +1030,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     });
     let min_ttl =
         kvstore::rpc::etcd::member::min_lease_ttl(Duration::from_millis(ELECTION_TIMEOUT_MS));
-    let lease_task = tokio::spawn(leases::lease_loop(
-        endpoints.clone(),
-        min_ttl,
-        args.seed.wrapping_mul(1000).wrapping_add(500),
-        shared.clone(),
-    ));
+    let lease_tasks: Vec<_> = (0..leases::CLIENTS)
+        .map(|c| {
+            tokio::spawn(leases::lease_loop(
+                c,
+                endpoints.clone(),
+                min_ttl,
+                args.seed.wrapping_mul(1000).wrapping_add(500 + c as u64),
+                shared.clone(),
+            ))
+        })
+        .collect();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let workload = Workload {
@@ -1233,7 +1238,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let _ = t.await;
     }
     let _ = watcher.await;
-    let mut lease_run = lease_task.await.unwrap_or_default();
+    let mut lease_run = leases::LeaseRun::default();
+    for t in lease_tasks {
+        lease_run.merge(t.await.unwrap_or_default());
+    }
     check_exits(&mut nodes, start, &mut exits, true)?;
 
     // Final reads and convergence, once a leader is back.
@@ -1396,8 +1404,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
         }
-    } else {
-        drop(watchers);
     }
 
     // The nodes' own health: exits the runner did not cause, panics in the logs.

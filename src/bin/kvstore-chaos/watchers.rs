@@ -172,6 +172,15 @@ impl Watchers {
     }
 }
 
+impl Drop for Watchers {
+    /// Stops every watcher (dropping a task's handle alone would leave it running).
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// Order and gaps of one watcher's events: revisions in order, no (revision, key) twice, and
 /// every revision of `(base, end]` present.
 pub fn check_sequence(name: &str, events: &[Seen], base: i64, end: i64) -> Result<(), String> {

@@ -19,10 +19,12 @@
 //!   counted that did not happen;
 //! - **watch**: watchers on every node and through the client ran through the faults, and
 //!   each saw exactly the cluster's changes: in revision order, no gap, no duplicate, the
-//!   same sequence, every acknowledged write at its revision, nothing no client wrote (see
-//!   [`watchers`]);
-//! - **lease**: of the leased keys, those whose lease was kept alive are present at the end
-//!   and those whose lease was revoked or ran out are gone (see [`leases`]).
+//!   same sequence, every acknowledged write (at or before the revision its answer carried),
+//!   nothing no client wrote, and the final reads' values at the end (see [`watchers`]);
+//! - **lease**: leases kept alive are alive at the end with their keys present; leases revoked
+//!   or run out are gone with their keys (see [`leases`]);
+//! - **something checked**: a run whose watchers saw no event, or with no lease kept, expired
+//!   or revoked, fails.
 //!
 //! The nodes' `--read-mode` and `--snapshot-entries` follow the seed unless given (see
 //! [`node_variant`]), so a series of seeds covers lease reads and frequent snapshots.

@@ -3,7 +3,9 @@
 # writes with values up to the 1 MiB limit), and a seeded schedule of SIGKILL/restart,
 # SIGSTOP/SIGCONT and network partitions. At the end the run fails on any unexpected node exit
 # or panic, replicas that do not converge, a non-linearizable history, a failed fault command,
-# or too few operations or faults. Ends with PASS or FAIL. The seed also picks the nodes'
+# too few operations or faults, watchers (one per node, one over all) whose events are not
+# exactly the cluster's changes, or leased keys that outlive their revoked or expired lease
+# (or vanish while kept alive). Ends with PASS or FAIL. The seed also picks the nodes'
 # --read-mode and --snapshot-entries (kvstore-chaos --help).
 #
 #   scripts/chaos.sh [--seed S] [--duration SECONDS] [--nodes 3|5] [--clients N] [...]
@@ -51,6 +53,9 @@ expect panic --self-test fake-panic "$@"
 expect convergence --self-test diverge "$@"
 expect min-faults --self-test no-faults "$@"
 expect min-operations --clients 0 "$@"
+expect watch --self-test drop-event "$@"
+expect lease --self-test kept-expired "$@"
+expect lease --self-test expired-kept "$@"
 if [[ " $* " == *" --net proxy "* ]]; then
   echo "skip --self-test ip-fail (the proxy runs no ip command)"
 elif [[ " $* " == *" --net "* ]]; then

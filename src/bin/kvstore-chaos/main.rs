@@ -16,7 +16,15 @@
 //! - **minimums**: at least 20 successful operations and one injected fault per 5 s of
 //!   `--duration` (a run that did little proves little);
 //! - **faults are real**: a signal or an `ip` command that fails is a failure, never a fault
-//!   counted that did not happen.
+//!   counted that did not happen;
+//! - **watch**: watchers on every node and through the client ran through the faults, and
+//!   each saw exactly the cluster's changes: in revision order, no gap, no duplicate, the
+//!   same sequence, every acknowledged write (at or before the revision its answer carried),
+//!   nothing no client wrote, and the final reads' values at the end (see [`watchers`]);
+//! - **lease**: leases kept alive are alive at the end with their keys present; leases revoked
+//!   or run out are gone with their keys (see [`leases`]);
+//! - **something checked**: a run whose watchers saw no event, or with no lease kept, expired
+//!   or revoked, fails.
 //!
 //! The nodes' `--read-mode` and `--snapshot-entries` follow the seed unless given (see
 //! [`node_variant`]), so a series of seeds covers lease reads and frequent snapshots.
@@ -45,6 +53,9 @@ use kvstore::rpc::kv_service::MAX_VALUE_BYTES;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
+
+mod leases;
+mod watchers;
 
 /// Real-process fault run of a kvstore cluster.
 #[derive(Parser, Debug)]
@@ -108,6 +119,12 @@ enum SelfTest {
     /// Delete the first partition victim's veth before cutting it (netns only): the `ip`
     /// command of that partition fails.
     IpFail,
+    /// Drop one event from the first watcher's record: the watch check finds the gap.
+    DropEvent,
+    /// Claim one lease kept alive to the end as expired: its key is still there.
+    KeptExpired,
+    /// Claim one lease that expired as kept alive to the end: its key is gone.
+    ExpiredKept,
 }
 
 /// The nodes' read mode and snapshot threshold for a seed: seeds 0, 1, 2 (mod 3) run
@@ -127,6 +144,10 @@ const MIN_OPS_PER_SEC: u64 = 20;
 const SECS_PER_MIN_FAULT: u64 = 5;
 /// Smallest large value.
 const LARGE_VALUE_MIN: usize = 64 * 1024;
+/// The nodes' `--election-timeout-ms`.
+const ELECTION_TIMEOUT_MS: u64 = 300;
+/// How long the watchers get to reach the final revision after the final reads.
+const WATCH_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Time since the run started, in microseconds: the history's clock.
 fn micros(start: Instant) -> u64 {
@@ -461,11 +482,17 @@ fn identity(value: &str) -> String {
     value.split(':').next().unwrap_or(value).to_string()
 }
 
+/// An acknowledged change of a key at a revision: `Some(value identity)` for a put, `None`
+/// for a delete that deleted.
+type Acked = (String, i64, Option<String>);
+
 /// What the client tasks share with the runner.
 struct Shared {
     start: Instant,
     stop: AtomicBool,
     history: Mutex<Vec<Op>>,
+    /// The acknowledged changes with their revisions (for the watch check).
+    acked: Mutex<Vec<Acked>>,
     counts: Counts,
 }
 
@@ -475,6 +502,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(op);
+    }
+
+    fn record_acked(&self, key: &str, revision: i64, put: Option<String>) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key.to_string(), revision, put));
     }
 }
 
@@ -532,6 +566,9 @@ async fn client_loop(w: Workload, shared: Arc<Shared>) {
                 n += 1;
                 let value = make_value(&mut rng, w.idx, n, w.large_percent, counts);
                 let r = client.put(&key, &value).await;
+                if let Ok(h) = &r {
+                    shared.record_acked(&key, h.revision, Some(identity(&value)));
+                }
                 (OpKind::Put(identity(&value)), r.map(|_| OpResult::Put))
             }
             5..=8 => {
@@ -541,6 +578,9 @@ async fn client_loop(w: Workload, shared: Arc<Shared>) {
             }
             _ => {
                 let r = client.delete(&key).await;
+                if let Some(d) = r.as_ref().ok().filter(|d| d.deleted) {
+                    shared.record_acked(&key, d.header.revision, None);
+                }
                 (OpKind::Delete, r.map(|d| OpResult::Delete(d.deleted)))
             }
         };
@@ -705,6 +745,91 @@ async fn converge(
     }
 }
 
+/// What the clients issued and acknowledged on each key, and its end state, for
+/// [`watchers::check_history`].
+fn key_writes(
+    history: &[Op],
+    acked: &[Acked],
+    lease_run: &leases::LeaseRun,
+    expected: &Values,
+) -> BTreeMap<String, watchers::KeyWrites> {
+    let mut keys: BTreeMap<String, watchers::KeyWrites> = BTreeMap::new();
+    for (key, value) in expected {
+        keys.entry(key.clone()).or_default().end = value.as_deref().map(identity);
+    }
+    for op in history {
+        let k = keys.entry(op.key.clone()).or_default();
+        match &op.kind {
+            OpKind::Put(value) => {
+                k.values.insert(value.clone(), false);
+            }
+            OpKind::Delete => k.deletes += 1,
+            // The runner issues no compare-and-set.
+            OpKind::Get | OpKind::Cas { .. } => {}
+        }
+    }
+    for (key, revision, put) in acked {
+        keys.entry(key.clone())
+            .or_default()
+            .acked
+            .insert(*revision, put.clone());
+    }
+    for l in &lease_run.leases {
+        let k = keys.entry(l.key.clone()).or_default();
+        k.values.insert(l.value.clone(), false);
+        k.lease = l.id;
+        if let Some(revision) = l.put_revision {
+            k.acked.insert(revision, Some(l.value.clone()));
+            if let leases::Fate::Revoked(revoked) = l.fate {
+                k.acked.insert(revoked, None);
+            }
+        }
+        k.end = matches!(l.fate, leases::Fate::Kept(_)).then(|| l.value.clone());
+    }
+    keys
+}
+
+/// The watch check over every watcher's events up to `end` (see [`watchers`]): the failures,
+/// and the acknowledged writes whose answer carried a later revision than the change.
+fn check_watchers(
+    seen: &[(String, Vec<watchers::Seen>)],
+    base: i64,
+    end: i64,
+    keys: &mut BTreeMap<String, watchers::KeyWrites>,
+) -> (Vec<Failure>, Vec<String>) {
+    let mut failures = Vec::new();
+    let Some((first, events)) = seen.first() else {
+        return (
+            vec![("watch", "no watcher: nothing to check".to_string())],
+            Vec::new(),
+        );
+    };
+    if events.is_empty() {
+        failures.push((
+            "watch",
+            format!("the watcher on {first} saw no event: nothing to check"),
+        ));
+    }
+    for (name, events) in seen {
+        if let Err(e) = watchers::check_sequence(name, events, base, end) {
+            failures.push(("watch", e));
+        }
+    }
+    for (name, other) in &seen[1..] {
+        if let Err(e) = watchers::check_agree((first, events), (name, other)) {
+            failures.push(("watch", e));
+        }
+    }
+    let late = match watchers::check_history(events, keys) {
+        Ok(late) => late,
+        Err(e) => {
+            failures.push(("watch", format!("the watcher on {first}: {e}")));
+            Vec::new()
+        }
+    };
+    (failures, late)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -852,9 +977,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "--data-dir".into(),
             work.join(format!("node-{i}")).display().to_string(),
             "--election-timeout-ms".into(),
-            "300".into(),
+            ELECTION_TIMEOUT_MS.to_string(),
             "--heartbeat-interval-ms".into(),
             "30".into(),
+            // The watchers resume from any revision of the run: keep the whole history.
+            "--auto-compaction-retention".into(),
+            "0".into(),
         ]);
         a.extend(variant.iter().cloned());
         endpoints.push(format!("{host}:{port}"));
@@ -880,14 +1008,41 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Watchers, from the revision before the workload.
+    let mut reader = Client::with_options(
+        endpoints.clone(),
+        ClientOptions::with_timeout(Duration::from_secs(10)),
+    )?;
+    let base = reader
+        .get("k0", pb::Consistency::Linearizable)
+        .await
+        .context("reading the revision before the workload")?
+        .header
+        .revision;
+    let watchers = watchers::Watchers::start(&endpoints, base)?;
+
     // Workload.
     let start = Instant::now();
     let shared = Arc::new(Shared {
         start,
         stop: AtomicBool::new(false),
         history: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
         counts: Counts::default(),
     });
+    let min_ttl =
+        kvstore::rpc::etcd::member::min_lease_ttl(Duration::from_millis(ELECTION_TIMEOUT_MS));
+    let lease_tasks: Vec<_> = (0..leases::CLIENTS)
+        .map(|c| {
+            tokio::spawn(leases::lease_loop(
+                c,
+                endpoints.clone(),
+                min_ttl,
+                args.seed.wrapping_mul(1000).wrapping_add(500 + c as u64),
+                shared.clone(),
+            ))
+        })
+        .collect();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let workload = Workload {
@@ -1085,6 +1240,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let _ = t.await;
     }
     let _ = watcher.await;
+    let mut lease_run = leases::LeaseRun::default();
+    for t in lease_tasks {
+        lease_run.merge(t.await.unwrap_or_default());
+    }
     check_exits(&mut nodes, start, &mut exits, true)?;
 
     // Final reads and convergence, once a leader is back.
@@ -1096,10 +1255,30 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         leader = leader_of(&endpoints).await;
     }
-    let mut reader = Client::with_options(
-        endpoints.clone(),
-        ClientOptions::with_timeout(Duration::from_secs(10)),
-    )?;
+    // Leased keys: kept ones stay, the others go.
+    let mut lease_end = leases::LeaseEnd::default();
+    if leader.is_some() {
+        let bound = Duration::from_secs(args.settle).saturating_sub(faults_stopped.elapsed());
+        let (end, lease_failures) = leases::check_end(
+            &mut lease_run,
+            &endpoints,
+            bound.max(Duration::from_secs(3)),
+            match args.self_test {
+                Some(SelfTest::KeptExpired) => Some(leases::Sabotage::ClaimKeptExpired),
+                Some(SelfTest::ExpiredKept) => Some(leases::Sabotage::ClaimExpiredKept),
+                _ => None,
+            },
+            start,
+        )
+        .await;
+        lease_end = end;
+        println!(
+            "{} leases not kept alive: waited {:.1} s for them and their keys to be gone",
+            at(start),
+            lease_end.gone_after
+        );
+        failures.extend(lease_failures.into_iter().map(|f| ("lease", f)));
+    }
     if let (Some(SelfTest::Diverge), Some((_, leader))) = (args.self_test, leader) {
         if let Some(follower) = (1..=n).find(|&i| i != leader) {
             println!(
@@ -1110,7 +1289,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 failures.push(("partition", format!("self-test cut: {e:#}")));
             }
             let invoke = micros(start);
-            let done = reader.put("k0", "selftest").await.is_ok();
+            let put = reader.put("k0", "selftest").await;
+            if let Ok(h) = &put {
+                shared.record_acked("k0", h.revision, Some("selftest".into()));
+            }
+            let done = put.is_ok();
             shared.record(Op {
                 client: 998,
                 key: "k0".into(),
@@ -1122,6 +1305,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     let mut expected = Values::new();
+    let mut end_revision = base;
     if leader.is_none() {
         failures.push((
             "leader",
@@ -1134,6 +1318,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             match reader.get(&key, pb::Consistency::Linearizable).await {
                 Ok(g) => {
                     final_reads += 1;
+                    end_revision = end_revision.max(g.header.revision);
                     shared.record(Op {
                         client: 999,
                         key: key.clone(),
@@ -1165,6 +1350,59 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     let within = args.settle;
                     let e = format!("not converged within {within} s of the faults stopping: {e}");
                     failures.push(("convergence", e));
+                }
+            }
+        }
+    }
+
+    // What the watchers saw, against what the clients wrote and the final state.
+    let mut watch_summary = String::from("not checked (no final reads)");
+    if final_reads == args.keys {
+        let history = shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let acked = shared
+            .acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut keys = key_writes(&history, &acked, &lease_run, &expected);
+        match watchers.finish(end_revision, WATCH_CATCH_UP).await {
+            Err(e) => {
+                watch_summary = "NOT caught up".into();
+                failures.push(("watch", e));
+            }
+            Ok(mut seen) => {
+                if args.self_test == Some(SelfTest::DropEvent) {
+                    if let Some((name, events)) = seen.first_mut() {
+                        let i = events.len() / 2;
+                        if i < events.len() {
+                            let e = events.remove(i);
+                            println!(
+                                "{} self-test: dropping `{e}` from the watcher on {name}",
+                                at(start)
+                            );
+                        }
+                    }
+                }
+                let counts: Vec<String> = seen
+                    .iter()
+                    .map(|(name, events)| format!("{} on {name}", events.len()))
+                    .collect();
+                watch_summary = format!(
+                    "events seen per watcher (revisions {}..={end_revision}): {}",
+                    base + 1,
+                    counts.join(", ")
+                );
+                let (failed, late) = check_watchers(&seen, base, end_revision, &mut keys);
+                failures.extend(failed);
+                if let Some(first) = late.first() {
+                    watch_summary.push_str(&format!(
+                        "; {} acknowledged writes carried a later revision than their change (a retry answered from the session; e.g. {first})",
+                        late.len()
+                    ));
                 }
             }
         }
@@ -1236,6 +1474,35 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     );
     println!("  leaders seen (distinct term, leader): {leaders}");
+    println!("  watchers: {watch_summary}");
+    let ttls: Vec<String> = lease_run
+        .ttls
+        .iter()
+        .map(|(ttl, n)| format!("{n} of {ttl} s"))
+        .collect();
+    println!(
+        "  leases: {} granted ({}), {} kept alive to the end, {} lapsed and expired ({} keepers dropped mid-run), {} revoked, {} lost under the faults",
+        lease_run.granted,
+        ttls.join(", "),
+        lease_end.kept,
+        lease_end.expired,
+        lease_run.released,
+        lease_end.revoked,
+        lease_end.lost,
+    );
+    if lease_run.granted == 0
+        || lease_end.kept == 0
+        || lease_end.expired == 0
+        || lease_end.revoked == 0
+    {
+        failures.push((
+            "lease",
+            format!(
+                "nothing to check: {} leases granted, {} kept alive to the end, {} expired, {} revoked (each must be at least 1)",
+                lease_run.granted, lease_end.kept, lease_end.expired, lease_end.revoked
+            ),
+        ));
+    }
     println!("  replicas: {convergence}");
     println!(
         "  node processes: {} unexpected exits, {} with a panic in their log",

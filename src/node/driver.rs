@@ -631,7 +631,9 @@ impl Driver {
                         node_id: self.id,
                         term: entry.term,
                         index: entry.index,
-                        revision: self.sm.revision(),
+                        // A retry answered from its session gets the revision its write
+                        // left, not the current one.
+                        revision: self.sm.answer_revision(),
                     },
                 )),
                 apply::Answer::Rejected(err) => Err(ClientError::Apply(err)),

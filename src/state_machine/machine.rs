@@ -32,6 +32,9 @@ pub struct StateMachine {
     /// The leases on keys (etcd's). Invariant: every lease a live key carries is in it (a put
     /// naming an unknown lease fails; a revoke deletes the lease's keys with it).
     key_leases: KeyLeases,
+    /// The store revision the last [`apply`](Self::apply) answers with (see
+    /// [`answer_revision`](Self::answer_revision)). Not state: a function of the last call.
+    answer_revision: i64,
 }
 
 /// A held lock.
@@ -45,10 +48,16 @@ pub struct LockInfo {
     pub ttl_ms: u64,
 }
 
-/// The first bytes of a snapshot with leases on keys. A snapshot written before revisions
-/// existed starts with its applied index instead, and is refused: its keys have no
-/// revisions, and none can be made up that every replica would agree on.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP\x03\x00";
+/// The first bytes of a snapshot with the revision each session's last write left (what its
+/// retry is answered with). A snapshot written before revisions existed starts with its
+/// applied index instead, and is refused: its keys have no revisions, and none can be made up
+/// that every replica would agree on.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KVSNAP\x04\x00";
+
+/// The first bytes of a snapshot with leases on keys, before sessions kept their revisions:
+/// [`SnapshotData`] without its last field. Still read: a retry of a write remembered there
+/// is answered with the current revision, as it was then.
+const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"KVSNAP\x03\x00";
 
 /// The first bytes of a snapshot of the revisioned key space written before leases on keys
 /// existed: [`SnapshotData`] without its last field. Still read: no key could carry a lease
@@ -65,6 +74,19 @@ struct SnapshotData {
     extra: SessionsExtra,
     keys: KeySpaceSnapshot,
     /// The leases on keys, `(id, granted ttl)` in id order.
+    key_leases: Vec<(i64, i64)>,
+    /// The revision each session's last write left, in the order of `sessions`.
+    session_revisions: Vec<i64>,
+}
+
+/// The snapshot format after [`SNAPSHOT_MAGIC_V3`].
+#[derive(Deserialize)]
+struct SnapshotDataV3 {
+    applied_index: LogIndex,
+    sessions: Vec<ClientSession>,
+    locks: BTreeMap<String, LockInfo>,
+    extra: SessionsExtra,
+    keys: KeySpaceSnapshot,
     key_leases: Vec<(i64, i64)>,
 }
 
@@ -96,6 +118,7 @@ struct SnapshotRef<'a> {
     extra: SessionsExtra,
     keys: KeySpaceSnapshotView<'a>,
     key_leases: Vec<(i64, i64)>,
+    session_revisions: Vec<i64>,
 }
 
 /// A snapshot that could not be restored.
@@ -117,6 +140,7 @@ impl StateMachine {
             sessions: Sessions::new(limits),
             locks: BTreeMap::new(),
             key_leases: KeyLeases::new(),
+            answer_revision: 0,
         }
     }
 
@@ -134,9 +158,12 @@ impl StateMachine {
     /// If `index` is not above the applied index (the driver applied out of order).
     pub fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<Outcome, ApplyError> {
         self.advance_to(index);
+        self.answer_revision = self.keys.revision();
         let proposal = Proposal::decode(data).map_err(ApplyError::Undecodable)?;
         let Some(session) = proposal.session else {
-            return self.execute(index, proposal.command);
+            let result = self.execute(index, proposal.command);
+            self.answer_revision = self.keys.revision();
+            return result;
         };
         if session.client_id == 0 || session.sequence == 0 {
             // The services refuse these before proposing; an entry carrying one anyway
@@ -147,11 +174,18 @@ impl StateMachine {
         }
         let digest = command_digest(&encode_exact(&proposal.command));
         match self.sessions.check(session, digest, index)? {
-            Verdict::Duplicate(outcome) => Ok(outcome),
+            Verdict::Duplicate(outcome, revision) => {
+                if revision > 0 {
+                    self.answer_revision = revision;
+                }
+                Ok(outcome)
+            }
             Verdict::Apply => match self.execute(index, proposal.command) {
                 Ok(outcome) => {
+                    let revision = self.keys.revision();
+                    self.answer_revision = revision;
                     self.sessions
-                        .record(session, digest, outcome.clone(), index);
+                        .record(session, digest, outcome.clone(), revision, index);
                     Ok(outcome)
                 }
                 Err(e) => {
@@ -160,6 +194,15 @@ impl StateMachine {
                 }
             },
         }
+    }
+
+    /// The store revision the writer of the last [`apply`](Self::apply) is answered with: the
+    /// revision right after its write, which for a retry answered from its session is the
+    /// revision the first application left (not the current one: other writes may have come
+    /// between). The current revision when unknown (a session restored from an older
+    /// snapshot) and after a write that failed.
+    pub fn answer_revision(&self) -> i64 {
+        self.answer_revision
     }
 
     /// Records a no-op entry at `index`.
@@ -253,6 +296,7 @@ impl StateMachine {
             },
             keys: self.keys.snapshot_view(),
             key_leases: self.key_leases.to_snapshot(),
+            session_revisions: self.sessions.iter().map(|s| s.revision).collect(),
         };
         // One allocation of the exact length, the magic first.
         let size = postcard::experimental::serialized_size(&data).unwrap_or_default();
@@ -269,6 +313,18 @@ impl StateMachine {
     pub fn restore(data: &[u8], limits: SessionLimits) -> Result<Self, SnapshotError> {
         let snap: SnapshotData = if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
             postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?
+        } else if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC_V3.as_slice()) {
+            let v3: SnapshotDataV3 =
+                postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
+            SnapshotData {
+                applied_index: v3.applied_index,
+                sessions: v3.sessions,
+                locks: v3.locks,
+                extra: v3.extra,
+                keys: v3.keys,
+                key_leases: v3.key_leases,
+                session_revisions: Vec::new(),
+            }
         } else if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
             let v2: SnapshotDataV2 =
                 postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
@@ -279,6 +335,7 @@ impl StateMachine {
                 extra: v2.extra,
                 keys: v2.keys,
                 key_leases: Vec::new(),
+                session_revisions: Vec::new(),
             }
         } else {
             return Err(SnapshotError(
@@ -304,16 +361,20 @@ impl StateMachine {
         for (session, digest) in all.iter_mut().zip(extra.digests) {
             session.digest = digest;
         }
+        for (session, revision) in all.iter_mut().zip(snap.session_revisions) {
+            session.revision = revision;
+        }
         // Oldest first, so `insert`'s eviction keeps the most recently used if limits shrank.
         all.sort_by_key(|s| (s.last_used, s.client_id));
         for s in all {
             sessions.insert(s);
         }
         Ok(Self {
-            keys,
             applied_index: snap.applied_index,
             sessions,
             locks: snap.locks,
+            answer_revision: keys.revision(),
+            keys,
             key_leases,
         })
     }

@@ -92,6 +92,11 @@ pub(crate) struct ClientSession {
     /// such an older snapshot, and then not checked.
     #[serde(skip)]
     pub(crate) digest: Option<u64>,
+    /// The store revision right after that write applied: what a retry of it is answered
+    /// with. Carried after the sessions in the snapshot, like `digest`; 0 when restored from
+    /// a snapshot written before it was kept (a retry then gets the current revision).
+    #[serde(skip)]
+    pub(crate) revision: i64,
 }
 
 /// What to do with a proposal that carries a session.
@@ -99,8 +104,9 @@ pub(crate) struct ClientSession {
 pub(crate) enum Verdict {
     /// Not seen before: apply it, then [`Sessions::record`] the outcome.
     Apply,
-    /// A retry of the last applied write: answer with this outcome, do not apply.
-    Duplicate(Outcome),
+    /// A retry of the last applied write: answer with this outcome and the store revision
+    /// right after it (0: unknown), do not apply.
+    Duplicate(Outcome, i64),
 }
 
 /// FNV-1a over the command's encoded bytes: the same on every replica and platform.
@@ -218,18 +224,20 @@ impl Sessions {
                 sequence: session.sequence,
             });
         }
-        let outcome = known.outcome.clone();
+        let (outcome, revision) = (known.outcome.clone(), known.revision);
         self.touch(session.client_id, now);
-        Ok(Verdict::Duplicate(outcome))
+        Ok(Verdict::Duplicate(outcome, revision))
     }
 
     /// Remembers that the write `session` (command digest `digest`) applied at `now` with
-    /// `outcome`, evicting the least recently used session if the table is full.
+    /// `outcome`, leaving the store at `revision`, evicting the least recently used session
+    /// if the table is full.
     pub(crate) fn record(
         &mut self,
         session: Session,
         digest: u64,
         outcome: Outcome,
+        revision: i64,
         now: LogIndex,
     ) {
         if let Some(known) = self.by_client.get_mut(&session.client_id) {
@@ -239,6 +247,7 @@ impl Sessions {
             known.outcome = outcome;
             known.last_used = now;
             known.digest = Some(digest);
+            known.revision = revision;
             self.by_last_used.insert((now, session.client_id));
             return;
         }
@@ -248,6 +257,7 @@ impl Sessions {
             outcome,
             last_used: now,
             digest: Some(digest),
+            revision,
         });
     }
 
@@ -267,6 +277,7 @@ impl Sessions {
             outcome: Outcome::Put,
             last_used: now,
             digest: None,
+            revision: 0,
         });
     }
 

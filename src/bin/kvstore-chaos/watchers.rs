@@ -249,7 +249,8 @@ pub struct KeyWrites {
 
 /// Replays `events` against what the clients issued and acknowledged; see the module doc.
 /// Leased keys (a non-zero `lease`) may be deleted once per put by their lease. Returns the
-/// acknowledged changes found before the revision their answer carried.
+/// acknowledged changes found at another revision than their answer carried (each one a
+/// failure for the caller: a retry answered from its session carries its write's revision).
 pub fn check_history(
     events: &[Seen],
     keys: &mut BTreeMap<String, KeyWrites>,

@@ -117,6 +117,53 @@ fn duplicate_returns_cached_outcome_without_reapplying() {
     assert_eq!(sm.applied_index(), 5);
 }
 
+/// A retry answered from its session is answered with the revision its write left, even
+/// after other writes moved the store on, and after a snapshot round trip.
+#[test]
+fn a_retry_is_answered_with_the_revision_of_its_write() {
+    let mut sm = StateMachine::new();
+    sm.apply(1, &put("k", "a", Some((42, 1)))).unwrap();
+    let written = sm.answer_revision();
+    assert_eq!(written, sm.revision());
+    sm.apply(2, &put("other", "x", None)).unwrap();
+    assert_eq!(sm.answer_revision(), written + 1);
+    assert_eq!(sm.apply(3, &put("k", "a", Some((42, 1)))), Ok(Outcome::Put));
+    assert_eq!(sm.answer_revision(), written, "the retry's revision");
+    assert_eq!(sm.revision(), written + 1);
+    let mut back = StateMachine::restore(&sm.snapshot(), SessionLimits::default()).unwrap();
+    assert_eq!(
+        back.apply(4, &put("k", "a", Some((42, 1)))),
+        Ok(Outcome::Put)
+    );
+    assert_eq!(
+        back.answer_revision(),
+        written,
+        "the retry's revision after a restore"
+    );
+}
+
+/// A snapshot written before sessions kept their revisions (`KVSNAP\x03`) is read; a retry
+/// of a write it remembers is answered with the current revision, as before.
+#[test]
+fn a_snapshot_without_session_revisions_is_read() {
+    let mut sm = StateMachine::new();
+    sm.apply(1, &put("k", "a", Some((42, 1)))).unwrap();
+    sm.apply(2, &put("other", "x", None)).unwrap();
+    let mut bytes = sm.snapshot();
+    // The older format: its magic, without the last field (one session revision: a length
+    // byte and the revision 2 as a zigzag varint).
+    assert_eq!(bytes.pop(), Some(4));
+    assert_eq!(bytes.pop(), Some(1));
+    bytes[6] = 3;
+    let mut back = StateMachine::restore(&bytes, SessionLimits::default()).unwrap();
+    assert_eq!(back.get("k"), Some("a"));
+    assert_eq!(
+        back.apply(3, &put("k", "a", Some((42, 1)))),
+        Ok(Outcome::Put)
+    );
+    assert_eq!(back.answer_revision(), back.revision());
+}
+
 #[test]
 fn duplicate_delete_returns_the_original_outcome() {
     let mut sm = StateMachine::new();
@@ -1051,7 +1098,7 @@ fn leases_on_keys_survive_a_snapshot() {
     );
     sm.apply(2, &kv_put("a", 1)).unwrap();
     let bytes = sm.snapshot();
-    assert!(bytes.starts_with(b"KVSNAP\x03\0"));
+    assert!(bytes.starts_with(b"KVSNAP\x04\0"));
     let mut back = StateMachine::restore(&bytes, SessionLimits::default()).unwrap();
     assert_eq!(back.key_leases().ttl(1), Some(30));
     assert_eq!(
@@ -1079,8 +1126,9 @@ fn a_snapshot_written_before_leases_on_keys_is_read_with_no_leases() {
     let mut sm = StateMachine::new();
     sm.apply(1, &kv_put("a", 0)).unwrap();
     let mut bytes = sm.snapshot();
-    // The same state in the older format: its magic, and no empty lease list (one 0 byte)
-    // at the end.
+    // The same state in the older format: its magic, and neither the empty lease list nor the
+    // empty session revisions (one 0 byte each) at the end.
+    assert_eq!(bytes.pop(), Some(0));
     assert_eq!(bytes.pop(), Some(0));
     bytes[6] = 2;
     let back = StateMachine::restore(&bytes, SessionLimits::default()).unwrap();

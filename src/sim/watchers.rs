@@ -4,13 +4,197 @@
 //! (and so after snapshot installs), catch-ups from history when a batch does not continue
 //! where a watcher stands.
 //!
-//! Checker: a watcher's delivered events are exactly the node's history of its range from
-//! its start (`KeySpace::changes`), up to the revision it reached: no gap, no duplicate, in
-//! order; or it was cancelled with the compaction revision, because its start was below it.
-//! Checked when its node stops (the watch streams end with the process) and at the end.
+//! Checkers:
+//! - a watcher's delivered events are exactly the node's history of its range from its start
+//!   (`KeySpace::changes`), up to the revision it reached: no gap, no duplicate, in order; or
+//!   it was cancelled with the compaction revision, because its start was below it. Checked
+//!   when its node stops (the watch streams end with the process) and at the end;
+//! - at the moment an event is delivered on node N (issue 14: "delivered after the change is
+//!   applied locally, never before it is committed"): its revision is at most the revision
+//!   of N's applied state, and it is the committed change at that revision, as recorded for
+//!   the whole run by [`CommittedChanges`] (every node's applies must agree on it). An event
+//!   at a revision not committed yet (possible only with the first check off) is checked when
+//!   the revision commits, and fails the run if it never does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::node::watches::{history, Batch, Publisher, Step, WatchSpec, Watcher};
-use crate::state_machine::mvcc::{Event, KeySpace};
+use crate::raft::NodeId;
+use crate::state_machine::mvcc::{Event, EventKind, KeySpace};
+
+/// One change as the run-wide record keeps it: a digest of its kind and kv (never its
+/// prev_kv), and a short description for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Change {
+    digest: u64,
+    text: String,
+}
+
+impl Change {
+    fn of(e: &Event) -> Self {
+        let bytes = postcard::to_allocvec(&(&e.kind, &e.kv)).unwrap_or_default();
+        let mut h = DefaultHasher::new();
+        bytes.hash(&mut h);
+        let kind = match e.kind {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
+        };
+        let value = String::from_utf8_lossy(&e.kv.value[..e.kv.value.len().min(24)]);
+        Change {
+            digest: h.finish(),
+            text: format!(
+                "{kind} of {:?} at revision {} (value {value:?}, {} bytes, version {}, lease {})",
+                String::from_utf8_lossy(&e.kv.key),
+                e.kv.mod_revision,
+                e.kv.value.len(),
+                e.kv.version,
+                e.kv.lease
+            ),
+        }
+    }
+}
+
+/// The committed changes of the whole run: revision → key → change, recorded when some node
+/// first applies the revision (applies are of committed entries only), and compared at
+/// every later apply of it on any node (replicas commit the same changes at the same
+/// revisions).
+#[derive(Debug, Default)]
+pub(crate) struct CommittedChanges {
+    by_revision: BTreeMap<i64, BTreeMap<Vec<u8>, Change>>,
+    /// Events delivered at a revision not committed yet: revision → (node, key, change).
+    unverified: BTreeMap<i64, Vec<(NodeId, Vec<u8>, Change)>>,
+}
+
+impl CommittedChanges {
+    /// Node `node` applied revision `revision`, whose changes are `events` (its key space's
+    /// `changes` at that revision).
+    pub(crate) fn applied(
+        &mut self,
+        node: NodeId,
+        revision: i64,
+        events: &[Event],
+    ) -> Result<(), String> {
+        let changes: BTreeMap<Vec<u8>, Change> = events
+            .iter()
+            .filter(|e| e.kv.mod_revision == revision)
+            .map(|e| (e.kv.key.clone(), Change::of(e)))
+            .collect();
+        if let Some(known) = self.by_revision.get(&revision) {
+            if *known != changes {
+                let texts = |m: &BTreeMap<Vec<u8>, Change>| -> Vec<String> {
+                    m.values().map(|c| c.text.clone()).collect()
+                };
+                return Err(format!(
+                    "committed changes differ: node {node} applied {:?} at revision {revision}, another node {:?}",
+                    texts(&changes),
+                    texts(known)
+                ));
+            }
+            return Ok(());
+        }
+        self.by_revision.insert(revision, changes);
+        for (node, key, change) in self.unverified.remove(&revision).unwrap_or_default() {
+            self.compare(node, &key, revision, &change)?;
+        }
+        Ok(())
+    }
+
+    /// Node `node` delivers `e` to a watcher.
+    fn delivered(&mut self, node: NodeId, e: &Event) -> Result<(), String> {
+        let revision = e.kv.mod_revision;
+        let change = Change::of(e);
+        if !self.by_revision.contains_key(&revision) {
+            self.unverified
+                .entry(revision)
+                .or_default()
+                .push((node, e.kv.key.clone(), change));
+            return Ok(());
+        }
+        self.compare(node, &e.kv.key, revision, &change)
+    }
+
+    fn compare(
+        &self,
+        node: NodeId,
+        key: &[u8],
+        revision: i64,
+        change: &Change,
+    ) -> Result<(), String> {
+        let committed = self.by_revision.get(&revision).and_then(|m| m.get(key));
+        if committed == Some(change) {
+            return Ok(());
+        }
+        let was = committed.map_or_else(|| "no change of that key".to_string(), |c| c.text.clone());
+        Err(format!(
+            "watch event never committed: node {node} delivered the {}, but the change committed at revision {revision} is {was}",
+            change.text
+        ))
+    }
+
+    /// At the end of the run: events delivered at a revision that never committed.
+    pub(crate) fn check_end(&self) -> Result<(), String> {
+        match self.unverified.iter().next() {
+            Some((_, events)) => {
+                let (node, _, change) = &events[0];
+                Err(format!(
+                    "watch event never committed: node {node} delivered the {}, and that revision was never committed",
+                    change.text
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a delivery is checked against (see the module doc).
+pub(crate) struct Deliveries<'a> {
+    /// The node serving the watchers.
+    pub(crate) node: NodeId,
+    /// The revision of its applied state.
+    pub(crate) applied: i64,
+    /// Check that no event is above `applied` (off only in the mutation test that shows the
+    /// committed-change check catches early events on its own).
+    pub(crate) check_applied: bool,
+    pub(crate) committed: &'a mut CommittedChanges,
+    /// The first violation found.
+    pub(crate) failure: Option<String>,
+}
+
+impl<'a> Deliveries<'a> {
+    /// Deliveries on `node`, whose applied state is at revision `applied`.
+    pub(crate) fn new(
+        node: NodeId,
+        applied: i64,
+        check_applied: bool,
+        committed: &'a mut CommittedChanges,
+    ) -> Self {
+        Deliveries {
+            node,
+            applied,
+            check_applied,
+            committed,
+            failure: None,
+        }
+    }
+
+    fn check(&mut self, events: &[Event]) {
+        let revisions: BTreeSet<i64> = events.iter().map(|e| e.kv.mod_revision).collect();
+        if let Some(&r) = revisions.iter().next_back() {
+            if self.check_applied && r > self.applied && self.failure.is_none() {
+                self.failure = Some(format!(
+                    "watch event before commit: node {} delivered an event at revision {r} while its applied state is at revision {}",
+                    self.node, self.applied
+                ));
+            }
+        }
+        for e in events {
+            if let Err(msg) = self.committed.delivered(self.node, e) {
+                self.failure.get_or_insert(msg);
+            }
+        }
+    }
+}
 
 /// One simulated watcher on a node.
 #[derive(Debug)]
@@ -53,7 +237,7 @@ impl NodeWatches {
     }
 
     /// A new watcher of `spec` from `start`, caught up from `keys` at once.
-    pub(crate) fn add(&mut self, spec: WatchSpec, start: i64, keys: &KeySpace) {
+    pub(crate) fn add(&mut self, spec: WatchSpec, start: i64, keys: &KeySpace, d: &mut Deliveries) {
         let mut w = SimWatch {
             watcher: Watcher::new(spec, start),
             start,
@@ -61,7 +245,7 @@ impl NodeWatches {
             delivered: Vec::new(),
             cancelled: None,
         };
-        catch_up(&mut w, keys, &mut self.delivered);
+        catch_up(&mut w, keys, &mut self.delivered, d);
         if w.start == 0 {
             w.from = w.watcher.next();
         }
@@ -69,13 +253,13 @@ impl NodeWatches {
     }
 
     /// After a Ready's applies (or a snapshot install): publish and feed every watcher.
-    pub(crate) fn after_applies(&mut self, keys: &KeySpace) {
+    pub(crate) fn after_applies(&mut self, keys: &KeySpace, d: &mut Deliveries) {
         let listening = self.watchers.iter().any(|w| w.cancelled.is_none());
         let Some(batch) = self.publisher.publish(keys, listening, false) else {
             return;
         };
         for w in &mut self.watchers {
-            offer(w, &batch, keys, &mut self.delivered);
+            offer(w, &batch, keys, &mut self.delivered, d);
         }
     }
 
@@ -133,24 +317,30 @@ impl NodeWatches {
 }
 
 /// Feeds `batch` to `w` (catching up from `keys` when it asks).
-fn offer(w: &mut SimWatch, batch: &Batch, keys: &KeySpace, delivered: &mut u64) {
+fn offer(
+    w: &mut SimWatch,
+    batch: &Batch,
+    keys: &KeySpace,
+    delivered: &mut u64,
+    d: &mut Deliveries,
+) {
     if w.cancelled.is_some() {
         return;
     }
     match w.watcher.offer(batch) {
-        Step::Deliver(events) => deliver(w, events, delivered),
-        Step::CatchUp => catch_up(w, keys, delivered),
+        Step::Deliver(events) => deliver(w, events, delivered, d),
+        Step::CatchUp => catch_up(w, keys, delivered, d),
         Step::Compacted(c) => w.cancelled = Some(c),
     }
 }
 
 /// Catches `w` up from `keys`'s history, in as many answers as it takes.
-fn catch_up(w: &mut SimWatch, keys: &KeySpace, delivered: &mut u64) {
+fn catch_up(w: &mut SimWatch, keys: &KeySpace, delivered: &mut u64, d: &mut Deliveries) {
     loop {
         let spec = w.watcher.spec();
         let h = history(keys, w.watcher.next(), &spec.key, &spec.range_end, false);
         match w.watcher.caught_up(&h) {
-            Step::Deliver(events) => deliver(w, events, delivered),
+            Step::Deliver(events) => deliver(w, events, delivered, d),
             Step::Compacted(c) => {
                 w.cancelled = Some(c);
                 return;
@@ -163,7 +353,8 @@ fn catch_up(w: &mut SimWatch, keys: &KeySpace, delivered: &mut u64) {
     }
 }
 
-fn deliver(w: &mut SimWatch, events: Vec<Event>, delivered: &mut u64) {
+fn deliver(w: &mut SimWatch, events: Vec<Event>, delivered: &mut u64, d: &mut Deliveries) {
+    d.check(&events);
     *delivered += events.len() as u64;
     w.delivered.extend(events);
 }

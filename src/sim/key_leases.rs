@@ -16,7 +16,9 @@
 //!   and changes no other key;
 //! - every renewal answered to a client holds: a lease a leader renewed at time t for TTL s
 //!   is not revoked by the lease clock before t + s (checked at each apply: the first node to
-//!   apply it applies it earliest); only a revoke a client asked for is exempt;
+//!   apply it applies it earliest); only a revoke a client asked for is exempt; and when a
+//!   renewal is answered, no leader of a newer term was elected before it (that leader's
+//!   clock restarted the lease earlier, so would end it before t + s);
 //! - at the end (`world.rs`): every replica holds the same lease table, and within a bound
 //!   after the clients stopped no lease and no leased key is left.
 
@@ -27,7 +29,7 @@ use rand::Rng;
 
 use super::client::{other_node, redirect, send_attempt, Answer, ClientReply, ReplyErr, ReqOp};
 use super::world::{Time, World, ELECTION_TIMEOUT, MS, OP_DEADLINE};
-use crate::raft::{LogIndex, NodeId};
+use crate::raft::{LogIndex, NodeId, Term};
 use crate::rpc::etcd::member::min_lease_ttl;
 use crate::state_machine::mvcc::{
     EventKind, MvccError, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -365,20 +367,51 @@ pub(crate) struct KeyLeaseCheck {
     pub(crate) renewals: u64,
     /// Revokes applied (on some node) that deleted keys.
     pub(crate) revokes_with_keys: u64,
+    /// Term → when a node first became leader in it (each restarts every lease's TTL).
+    elections: BTreeMap<Term, Time>,
 }
 
 impl KeyLeaseCheck {
-    /// A keep-alive of lease `id` was answered to a client: a leader renewed it at `at` for
-    /// `ttl` seconds. No renewal is exempt: the daemon answers only once a quorum confirmed
-    /// its leadership after the renewal, so any newer leader was elected, and restarted the
-    /// lease's full TTL, after `at`.
-    pub(crate) fn renewed(&mut self, id: i64, at: Time, ttl: i64) {
+    /// A node became leader in `term` at `now`.
+    pub(crate) fn on_leader(&mut self, term: Term, now: Time) {
+        self.elections.entry(term).or_insert(now);
+    }
+
+    /// A keep-alive of lease `id` was answered to a client: `node`, leader of `term`,
+    /// renewed it at `at` for `ttl` seconds. No renewal is exempt: the daemon answers only
+    /// once a quorum confirmed its leadership after the renewal, so any newer leader was
+    /// elected, and restarted the lease's full TTL, after `at`. Checked here at once (a
+    /// leader of a newer term elected by then measures the lease from before the renewal),
+    /// and at every revoke the clock proposes.
+    ///
+    /// # Errors
+    /// A renewal answered by a leader that a newer term had already replaced.
+    pub(crate) fn renewed(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        id: i64,
+        at: Time,
+        ttl: i64,
+    ) -> Result<(), String> {
+        if let Some((newer, elected)) = self
+            .elections
+            .range(term + 1..)
+            .find(|(_, elected)| **elected <= at)
+        {
+            return Err(format!(
+                "lease renewed by a deposed leader: node {node}, leader of term {term}, answered a keep-alive of lease {id} renewed at t={}ms, but term {newer} had a leader since t={}ms, whose lease clock does not count it",
+                at / MS,
+                elected / MS
+            ));
+        }
         self.renewals += 1;
         let until = at + ttl_time(ttl);
         let r = self.renewed.entry(id).or_insert((at, until));
         if until >= r.1 {
             *r = (at, until);
         }
+        Ok(())
     }
 
     /// Node `node` applied the revoke at `index` (the key space before it: `before`) with

@@ -33,7 +33,9 @@
 //! every replica holds the same lease table and every lease ran out once its client stopped
 //! renewing. With watchers (`SimConfig::watches`,
 //! `watchers.rs`, the daemon's `node::watches` code): every watcher delivers exactly its
-//! range's history from its start, or is cancelled with the compaction revision.
+//! range's history from its start (through its filters, with the right previous kvs), or is
+//! cancelled with the compaction revision; and no event is delivered above its node's applied
+//! revision or differs from the change committed at its revision (a run-wide record).
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the

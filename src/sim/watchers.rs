@@ -1,5 +1,6 @@
 //! Simulated watchers (`SimConfig::watches`): each node serves watchers of random key ranges
-//! from random start revisions (some below the compaction revision), fed by the daemon's own
+//! from random start revisions (some below the compaction revision), some with a filter
+//! (NOPUT, NODELETE) or asking for previous kvs, fed by the daemon's own
 //! I/O-free watch code (`node::watches`): a [`Publisher`] batch after each Ready's applies
 //! (and so after snapshot installs), catch-ups from history when a batch does not continue
 //! where a watcher stands.
@@ -14,14 +15,17 @@
 //!   of N's applied state, and it is the committed change at that revision, as recorded for
 //!   the whole run by [`CommittedChanges`] (every node's applies must agree on it). An event
 //!   at a revision not committed yet (possible only with the first check off) is checked when
-//!   the revision commits, and fails the run if it never does.
+//!   the revision commits, and fails the run if it never does. Watchers with NOPUT or
+//!   NODELETE get no event of that kind, and an event's `prev_kv` is there only when asked
+//!   for, and is then the key's version at the revision before (a Range at that revision on
+//!   the node: another code path than the `changes` walk that produced it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::node::watches::{history, Batch, Publisher, Step, WatchSpec, Watcher};
 use crate::raft::NodeId;
-use crate::state_machine::mvcc::{Event, EventKind, KeySpace};
+use crate::state_machine::mvcc::{Event, EventKind, KeySpace, RangeRequest};
 
 /// One change as the run-wide record keeps it: a digest of its kind and kv (never its
 /// prev_kv), and a short description for messages.
@@ -150,22 +154,23 @@ impl CommittedChanges {
 /// What a delivery is checked against (see the module doc).
 pub(crate) struct Deliveries<'a> {
     /// The node serving the watchers.
-    pub(crate) node: NodeId,
-    /// The revision of its applied state.
-    pub(crate) applied: i64,
-    /// Check that no event is above `applied` (off only in the mutation test that shows the
-    /// committed-change check catches early events on its own).
-    pub(crate) check_applied: bool,
-    pub(crate) committed: &'a mut CommittedChanges,
+    node: NodeId,
+    /// Its applied state (which may not be what the watchers are fed from, under the
+    /// `watch_publish_on_append` mutation).
+    applied: &'a KeySpace,
+    /// Check that no event is above the applied revision (off only in the mutation test that
+    /// shows the committed-change check catches early events on its own).
+    check_applied: bool,
+    committed: &'a mut CommittedChanges,
     /// The first violation found.
     pub(crate) failure: Option<String>,
 }
 
 impl<'a> Deliveries<'a> {
-    /// Deliveries on `node`, whose applied state is at revision `applied`.
+    /// Deliveries on `node`, whose applied state is `applied`.
     pub(crate) fn new(
         node: NodeId,
-        applied: i64,
+        applied: &'a KeySpace,
         check_applied: bool,
         committed: &'a mut CommittedChanges,
     ) -> Self {
@@ -178,21 +183,82 @@ impl<'a> Deliveries<'a> {
         }
     }
 
-    fn check(&mut self, events: &[Event]) {
+    /// `events` go to a watcher of `spec`.
+    fn check(&mut self, spec: &WatchSpec, events: &[Event]) {
+        let node = self.node;
+        let applied = self.applied.revision();
         let revisions: BTreeSet<i64> = events.iter().map(|e| e.kv.mod_revision).collect();
         if let Some(&r) = revisions.iter().next_back() {
-            if self.check_applied && r > self.applied && self.failure.is_none() {
-                self.failure = Some(format!(
-                    "watch event before commit: node {} delivered an event at revision {r} while its applied state is at revision {}",
-                    self.node, self.applied
+            if self.check_applied && r > applied {
+                self.failure.get_or_insert(format!(
+                    "watch event before commit: node {node} delivered an event at revision {r} while its applied state is at revision {applied}"
                 ));
             }
         }
         for e in events {
-            if let Err(msg) = self.committed.delivered(self.node, e) {
+            if let Err(msg) = self.committed.delivered(node, e) {
                 self.failure.get_or_insert(msg);
             }
+            if let Err(msg) = self.check_prev_kv(spec, e) {
+                self.failure.get_or_insert(msg);
+            }
+            let filtered = match e.kind {
+                EventKind::Put => spec.no_put,
+                EventKind::Delete => spec.no_delete,
+            };
+            if filtered {
+                self.failure.get_or_insert(format!(
+                    "watch filter: node {node} delivered a {:?} event of {:?} at revision {} to a watcher that filters them out",
+                    e.kind,
+                    String::from_utf8_lossy(&e.kv.key),
+                    e.kv.mod_revision
+                ));
+            }
         }
+    }
+
+    /// An event's `prev_kv` is there only when asked for, and then it is the key's version
+    /// at the revision before the event, as a Range at that revision reads it on the node
+    /// (when that revision is still readable there: not compacted, not above applied).
+    fn check_prev_kv(&self, spec: &WatchSpec, e: &Event) -> Result<(), String> {
+        let (node, rev) = (self.node, e.kv.mod_revision);
+        let key = String::from_utf8_lossy(&e.kv.key);
+        if !spec.prev_kv {
+            return match &e.prev_kv {
+                Some(_) => Err(format!(
+                    "watch prev_kv: node {node} delivered the event of {key:?} at revision {rev} with a prev_kv nobody asked for"
+                )),
+                None => Ok(()),
+            };
+        }
+        let before = rev - 1;
+        if before <= self.applied.compact_revision() || rev > self.applied.revision() {
+            return Ok(());
+        }
+        let want = if before == 0 {
+            None
+        } else {
+            let req = RangeRequest {
+                key: e.kv.key.clone(),
+                revision: before,
+                ..RangeRequest::default()
+            };
+            match self.applied.range(&req) {
+                Ok(r) => r.kvs.into_iter().next(),
+                Err(err) => {
+                    return Err(format!(
+                        "watch prev_kv: node {node} cannot read {key:?} at revision {before}: {err}"
+                    ))
+                }
+            }
+        };
+        if e.prev_kv == want {
+            return Ok(());
+        }
+        Err(format!(
+            "watch prev_kv: node {node} delivered the event of {key:?} at revision {rev} with prev_kv {:?}, but at revision {before} the key was {want:?}",
+            e.prev_kv
+        ))
     }
 }
 
@@ -254,8 +320,11 @@ impl NodeWatches {
 
     /// After a Ready's applies (or a snapshot install): publish and feed every watcher.
     pub(crate) fn after_applies(&mut self, keys: &KeySpace, d: &mut Deliveries) {
-        let listening = self.watchers.iter().any(|w| w.cancelled.is_none());
-        let Some(batch) = self.publisher.publish(keys, listening, false) else {
+        let live = || self.watchers.iter().filter(|w| w.cancelled.is_none());
+        let listening = live().next().is_some();
+        // Previous kvs only when some watcher asks for them, as the driver does.
+        let prev_kv = live().any(|w| w.watcher.spec().prev_kv);
+        let Some(batch) = self.publisher.publish(keys, listening, prev_kv) else {
             return;
         };
         for w in &mut self.watchers {
@@ -273,9 +342,12 @@ impl NodeWatches {
         for w in &self.watchers {
             let spec = w.watcher.spec();
             let name = format!(
-                "watch: node {node}'s watcher of {:?}..{:?} from revision {} (asked {})",
+                "watch: node {node}'s watcher of {:?}..{:?}{}{}{} from revision {} (asked {})",
                 String::from_utf8_lossy(&spec.key),
                 String::from_utf8_lossy(&spec.range_end),
+                if spec.no_put { " NOPUT" } else { "" },
+                if spec.no_delete { " NODELETE" } else { "" },
+                if spec.prev_kv { " with prev_kv" } else { "" },
                 w.from,
                 w.start
             );
@@ -289,10 +361,15 @@ impl NodeWatches {
             // History at and below the compaction revision is gone (at it, only the versions
             // that survived): check what remains.
             let from = w.from.max(keys.compact_revision() + 1).max(1);
-            let want: Vec<Event> = match keys.changes(from, &spec.key, &spec.range_end, false) {
+            let changes = keys.changes(from, &spec.key, &spec.range_end, spec.prev_kv);
+            let want: Vec<Event> = match changes {
                 Ok(events) => events
                     .into_iter()
                     .filter(|e| e.kv.mod_revision <= upto)
+                    .filter(|e| match e.kind {
+                        EventKind::Put => !spec.no_put,
+                        EventKind::Delete => !spec.no_delete,
+                    })
                     .collect(),
                 Err(e) => return Err(format!("{name}: history unreadable: {e}")),
             };
@@ -338,7 +415,13 @@ fn offer(
 fn catch_up(w: &mut SimWatch, keys: &KeySpace, delivered: &mut u64, d: &mut Deliveries) {
     loop {
         let spec = w.watcher.spec();
-        let h = history(keys, w.watcher.next(), &spec.key, &spec.range_end, false);
+        let h = history(
+            keys,
+            w.watcher.next(),
+            &spec.key,
+            &spec.range_end,
+            spec.prev_kv,
+        );
         match w.watcher.caught_up(&h) {
             Step::Deliver(events) => deliver(w, events, delivered, d),
             Step::Compacted(c) => {
@@ -354,7 +437,7 @@ fn catch_up(w: &mut SimWatch, keys: &KeySpace, delivered: &mut u64, d: &mut Deli
 }
 
 fn deliver(w: &mut SimWatch, events: Vec<Event>, delivered: &mut u64, d: &mut Deliveries) {
-    d.check(&events);
+    d.check(w.watcher.spec(), &events);
     *delivered += events.len() as u64;
     w.delivered.extend(events);
 }

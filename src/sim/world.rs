@@ -333,8 +333,12 @@ enum Read {
         lease: i64,
         ttl: i64,
         renewed_at: Time,
+        term: crate::raft::Term,
     },
 }
+
+/// A keep-alive's renewal: the lease, the TTL, when and in which term the leader renewed it.
+type Renewal = (i64, i64, Time, crate::raft::Term);
 
 /// A client request waiting on a node.
 #[derive(Clone, Debug)]
@@ -751,7 +755,8 @@ impl World {
 
     /// Now and then a new watcher on node `id` (at most four): every key, a prefix or one key
     /// of the workloads, from now on, from revision 1, from a recent revision, or from just
-    /// below the compaction revision (it must be cancelled).
+    /// below the compaction revision (it must be cancelled); some with a filter (NOPUT,
+    /// NODELETE), half with previous kvs.
     fn maybe_add_watcher(&mut self, id: NodeId) {
         use crate::node::watches::WatchSpec;
         if !self.faults_on || !self.rng.random_bool(0.02) {
@@ -777,13 +782,17 @@ impl World {
             2 => (revision - self.rng.random_range(0..5)).max(1),
             _ => (keys.compact_revision() - 1).max(1),
         };
+        // One in four filters puts or deletes out, half ask for previous kvs.
+        let flavour = self.rng.random_range(0..8);
         let spec = WatchSpec {
             key: key.to_vec(),
             range_end: range_end.to_vec(),
-            ..WatchSpec::default()
+            no_put: flavour % 4 == 1,
+            no_delete: flavour % 4 == 2,
+            prev_kv: flavour >= 4,
         };
         let check = self.cfg.check_watch_applied;
-        let mut d = Deliveries::new(id, keys.revision(), check, &mut self.committed_changes);
+        let mut d = Deliveries::new(id, keys, check, &mut self.committed_changes);
         n.watches.add(spec, start, keys, &mut d);
         if let Some(msg) = d.failure {
             self.fail.get_or_insert(msg);
@@ -818,17 +827,26 @@ impl World {
                 lease,
                 ttl,
                 renewed_at: now,
+                term: s.term,
             };
             return self.read_index(id, waiting, read);
         }
-        self.answer_keep_alive(&waiting, lease, ttl, now);
+        self.answer_keep_alive(id, &waiting, (lease, ttl, now, s.term));
     }
 
-    /// Answers a keep-alive of `lease` renewed at `renewed_at` for `ttl` seconds: from now
-    /// on the run holds the lease clock to it.
-    fn answer_keep_alive(&mut self, waiting: &Waiting, lease: i64, ttl: i64, renewed_at: Time) {
+    /// Node `id` answers a keep-alive of `lease` it renewed at `renewed_at` in `term` for
+    /// `ttl` seconds: from now on the run holds the lease clock to it.
+    fn answer_keep_alive(
+        &mut self,
+        id: NodeId,
+        waiting: &Waiting,
+        (lease, ttl, renewed_at, term): Renewal,
+    ) {
         if ttl > 0 {
-            self.key_leases.renewed(lease, renewed_at, ttl);
+            let checked = self.key_leases.renewed(id, term, lease, renewed_at, ttl);
+            if let Err(msg) = checked {
+                self.fail.get_or_insert(msg);
+            }
         }
         self.reply(waiting, Ok(Answer::KeptAlive(ttl)));
     }
@@ -882,6 +900,7 @@ impl World {
                     self.fail_pending(id, ReplyErr::LeadershipLost, false);
                 }
                 if ss.role == Role::Leader {
+                    self.key_leases.on_leader(term, self.now);
                     self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
                 }
             }
@@ -966,7 +985,7 @@ impl World {
         if let Some(n) = self.nodes.get_mut(&id) {
             let keys = n.sm.key_space();
             let check = self.cfg.check_watch_applied;
-            let mut d = Deliveries::new(id, keys.revision(), check, &mut self.committed_changes);
+            let mut d = Deliveries::new(id, keys, check, &mut self.committed_changes);
             n.watches.after_applies(keys, &mut d);
             if let Some(msg) = d.failure {
                 self.fail.get_or_insert(msg);
@@ -1015,7 +1034,7 @@ impl World {
             }
         }
         let check = self.cfg.check_watch_applied;
-        let mut d = Deliveries::new(id, n.sm.revision(), check, &mut self.committed_changes);
+        let mut d = Deliveries::new(id, n.sm.key_space(), check, &mut self.committed_changes);
         n.watches.after_applies(scratch.key_space(), &mut d);
         if let Some(msg) = d.failure {
             self.fail.get_or_insert(msg);
@@ -1192,9 +1211,8 @@ impl World {
             return;
         };
         let applied = n.sm.applied_index();
-        // Each answer, with the renewal it promises for a keep-alive: (lease, renewed at).
-        type Renewal = Option<(i64, Time)>;
-        let answers: Vec<(Waiting, Answer, Renewal)> = n
+        // Each answer, with the renewal it promises for a keep-alive.
+        let answers: Vec<(Waiting, Answer, Option<Renewal>)> = n
             .waiters
             .servable_reads(applied)
             .into_iter()
@@ -1214,7 +1232,11 @@ impl World {
                     lease,
                     ttl,
                     renewed_at,
-                } => (w, Answer::KeptAlive(ttl), Some((lease, renewed_at))),
+                    term,
+                } => {
+                    let renewal = (lease, ttl, renewed_at, term);
+                    (w, Answer::KeptAlive(ttl), Some(renewal))
+                }
             })
             .collect();
         for (w, answer, renewal) in answers {
@@ -1225,11 +1247,9 @@ impl World {
                     write: None,
                 });
             }
-            match (answer, renewal) {
-                (Answer::KeptAlive(ttl), Some((lease, at))) => {
-                    self.answer_keep_alive(&w, lease, ttl, at);
-                }
-                (answer, _) => self.reply(&w, Ok(answer)),
+            match renewal {
+                Some(renewal) => self.answer_keep_alive(id, &w, renewal),
+                None => self.reply(&w, Ok(answer)),
             }
         }
     }

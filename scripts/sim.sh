@@ -8,6 +8,9 @@
 #   scripts/sim.sh --seeds 600 --key-leases --watches   leases on keys (grants, attached keys,
 #                                               keep-alives, revokes) and watchers on every node
 #   scripts/sim.sh --seeds 20 --key-leases --key-leases-not-restarted --fail-fast   one of its mutations
+#   scripts/sim.sh --seeds 30 --key-leases --watches --keep-alive-answers-at-once --fail-fast
+#   scripts/sim.sh --seeds 20 --key-leases --watches --watch-publish-on-append --fail-fast
+#                                               (mutation list: README, "Mutation mode")
 # All flags: scripts/sim.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -144,6 +144,19 @@ struct Args {
     /// snapshot brought (use with --watches).
     #[arg(long)]
     watch_drop_snapshot_catch_up: bool,
+    /// Checker test: a leader answers a keep-alive as soon as it renewed the lease, without
+    /// a quorum confirming it still leads (use with --key-leases).
+    #[arg(long)]
+    keep_alive_answers_at_once: bool,
+    /// Checker test: a leader publishes watch events when it appends entries, before they
+    /// are committed (use with --watches).
+    #[arg(long)]
+    watch_publish_on_append: bool,
+    /// Checker test: skip the check that no watch event is delivered above its node's
+    /// applied revision (so the committed-change check must catch --watch-publish-on-append
+    /// on its own).
+    #[arg(long)]
+    no_watch_applied_check: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -170,6 +183,9 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.txn_skips_lease_index = args.txn_skips_lease_index;
     c.watches = args.watches;
     c.watch_drop_snapshot_catch_up = args.watch_drop_snapshot_catch_up;
+    c.keep_alive_answers_at_once = args.keep_alive_answers_at_once;
+    c.watch_publish_on_append = args.watch_publish_on_append;
+    c.check_watch_applied = !args.no_watch_applied_check;
     c
 }
 
@@ -210,6 +226,12 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
             args.watch_drop_snapshot_catch_up,
             " --watch-drop-snapshot-catch-up",
         ),
+        (
+            args.keep_alive_answers_at_once,
+            " --keep-alive-answers-at-once",
+        ),
+        (args.watch_publish_on_append, " --watch-publish-on-append"),
+        (args.no_watch_applied_check, " --no-watch-applied-check"),
     ];
     for (on, flag) in switches {
         if on {
@@ -247,7 +269,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     println!("  watches: {} events delivered", o.watch_events);
                 }
                 if args.key_leases {
-                    println!("  key leases: {} granted, {} renewals, {} revokes that deleted keys (per node), {} renewals by a deposed leader", o.key_lease_grants, o.key_lease_renewals, o.key_lease_revokes_with_keys, o.key_lease_stale_renewals);
+                    println!("  key leases: {} granted, {} renewals, {} revokes that deleted keys (per node)", o.key_lease_grants, o.key_lease_renewals, o.key_lease_revokes_with_keys);
                 }
                 ExitCode::SUCCESS
             }

@@ -41,8 +41,9 @@ pub(crate) enum ReqOp {
     Read(String),
     /// A linearizable etcd Range (through ReadIndex, like `Read`).
     Range(RangeRequest),
-    /// etcd's LeaseKeepAlive of this lease on keys: answered by the leader alone, from its
-    /// lease clock, without a log entry (the driver's `Request::KeyLease`).
+    /// etcd's LeaseKeepAlive of this lease on keys: renewed by the leader alone, on its
+    /// lease clock, without a log entry, and answered once a quorum confirmed it still leads
+    /// (the driver's `Request::KeyLease`).
     KeepAlive(i64),
 }
 

@@ -3,8 +3,9 @@
 //! Workload: each simulated client grants leases on keys (TTLs drawn around the minimum the
 //! etcd front end raises every grant to, `rpc::etcd::member::min_lease_ttl` of the simulated
 //! election timeout), puts keys of a small shared pool attached to them (plain puts and
-//! Txn puts) or to no lease, renews them through the leader-local keep-alive (the driver's
-//! `Request::KeyLease`; only a leader that applied an entry of its own term answers), and
+//! Txn puts) or to no lease, renews them through the leader's keep-alive (the driver's
+//! `Request::KeyLease`: a leader that applied an entry of its own term restarts the TTL and
+//! answers once a quorum confirmed it still leads, as a linearizable read), and
 //! sometimes revokes one or stops renewing it (dies). When faults stop, every client stops
 //! renewing: every lease must then run out.
 //!
@@ -13,10 +14,11 @@
 //!   version carries that lease (found by scanning every key, not through the key space's
 //!   lease index), all at one revision (the one before + 1, + 0 when it deleted nothing),
 //!   and changes no other key;
-//! - a lease renewed by a leader at time t for TTL s is not revoked by the lease clock before
-//!   t + s (checked at each apply: the first node to apply it applies it earliest); a revoke a
-//!   client asked for is exempt, and so is a renewal by a deposed leader that did not know it
-//!   yet (see [`KeyLeaseCheck::renewed`]);
+//! - every renewal answered to a client holds: a lease a leader renewed at time t for TTL s
+//!   is not revoked by the lease clock before t + s (checked at each apply: the first node to
+//!   apply it applies it earliest); only a revoke a client asked for is exempt; and when a
+//!   renewal is answered, no leader of a newer term was elected before it (that leader's
+//!   clock restarted the lease earlier, so would end it before t + s);
 //! - at the end (`world.rs`): every replica holds the same lease table, and within a bound
 //!   after the clients stopped no lease and no leased key is left.
 
@@ -365,36 +367,51 @@ pub(crate) struct KeyLeaseCheck {
     pub(crate) renewals: u64,
     /// Revokes applied (on some node) that deleted keys.
     pub(crate) revokes_with_keys: u64,
-    /// The newest term any node became leader in.
-    newest_leader_term: Term,
-    /// Renewals answered by a deposed leader (see [`KeyLeaseCheck::renewed`]).
-    pub(crate) stale_renewals: u64,
+    /// Term → when a node first became leader in it (each restarts every lease's TTL).
+    elections: BTreeMap<Term, Time>,
 }
 
 impl KeyLeaseCheck {
-    /// A node became leader in `term`.
-    pub(crate) fn on_leader(&mut self, term: Term) {
-        self.newest_leader_term = self.newest_leader_term.max(term);
+    /// A node became leader in `term` at `now`.
+    pub(crate) fn on_leader(&mut self, term: Term, now: Time) {
+        self.elections.entry(term).or_insert(now);
     }
 
-    /// The leader of `term` renewed lease `id` at `now` for `ttl` seconds.
+    /// A keep-alive of lease `id` was answered to a client: `node`, leader of `term`,
+    /// renewed it at `at` for `ttl` seconds. No renewal is exempt: the daemon answers only
+    /// once a quorum confirmed its leadership after the renewal, so any newer leader was
+    /// elected, and restarted the lease's full TTL, after `at`. Checked here at once (a
+    /// leader of a newer term elected by then measures the lease from before the renewal),
+    /// and at every revoke the clock proposes.
     ///
-    /// A renewal by a deposed leader that does not know it yet (paused, or cut off, while a
-    /// newer term elected a leader) promises nothing: the newer leader's clock started the
-    /// lease when it was elected, before this renewal (the daemon answers keep-alives from
-    /// the leader's clock without confirming leadership, as this simulator does; see
-    /// `node::leases`). Such renewals are counted, not held against the clock.
-    pub(crate) fn renewed(&mut self, id: i64, now: Time, ttl: i64, term: Term) {
-        if term < self.newest_leader_term {
-            self.stale_renewals += 1;
-            return;
+    /// # Errors
+    /// A renewal answered by a leader that a newer term had already replaced.
+    pub(crate) fn renewed(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        id: i64,
+        at: Time,
+        ttl: i64,
+    ) -> Result<(), String> {
+        if let Some((newer, elected)) = self
+            .elections
+            .range(term + 1..)
+            .find(|(_, elected)| **elected <= at)
+        {
+            return Err(format!(
+                "lease renewed by a deposed leader: node {node}, leader of term {term}, answered a keep-alive of lease {id} renewed at t={}ms, but term {newer} had a leader since t={}ms, whose lease clock does not count it",
+                at / MS,
+                elected / MS
+            ));
         }
         self.renewals += 1;
-        let until = now + ttl_time(ttl);
-        let r = self.renewed.entry(id).or_insert((now, until));
+        let until = at + ttl_time(ttl);
+        let r = self.renewed.entry(id).or_insert((at, until));
         if until >= r.1 {
-            *r = (now, until);
+            *r = (at, until);
         }
+        Ok(())
     }
 
     /// Node `node` applied the revoke at `index` (the key space before it: `before`) with

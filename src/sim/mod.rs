@@ -29,10 +29,13 @@
 //! a revision agrees) on every answer. With the key-lease workload (`SimConfig::key_leases`,
 //! `key_leases.rs`): at every applied revoke on every node, exactly the keys carrying that
 //! lease are deleted, at one revision; no lease a leader renewed is revoked by the lease clock
-//! before that renewal's TTL ran out; at the end every replica holds the same lease table and
-//! every lease ran out once its client stopped renewing. With watchers (`SimConfig::watches`,
+//! before that renewal's TTL ran out (every renewal answered to a client counts); at the end
+//! every replica holds the same lease table and every lease ran out once its client stopped
+//! renewing. With watchers (`SimConfig::watches`,
 //! `watchers.rs`, the daemon's `node::watches` code): every watcher delivers exactly its
-//! range's history from its start, or is cancelled with the compaction revision.
+//! range's history from its start (through its filters, with the right previous kvs), or is
+//! cancelled with the compaction revision; and no event is delivered above its node's applied
+//! revision or differs from the change committed at its revision (a run-wide record).
 //!
 //! Scripted mode ([`Scenario`]): the same world with no random faults; a test applies chosen
 //! faults ([`ScriptedFault`]) at chosen simulated times and measures what follows, with the
@@ -45,8 +48,10 @@
 //! test-only mutation of issue 11's defect 1 caught through the simulator.
 //!
 //! The simulated driver runs the daemon driver's own I/O-free parts: the lease table
-//! (`node::leases`, for locks and leases on keys, with the leader-local keep-alive of
-//! `Request::KeyLease`) and the lease-read clock (`node::tick_clock`).
+//! (`node::leases`, for locks and leases on keys, with the keep-alive of `Request::KeyLease`
+//! answered through ReadIndex as the driver does), the waiters (`node::pending`), the apply
+//! step (`node::apply`), the watch publisher and watchers (`node::watches`) and the lease-read
+//! clock (`node::tick_clock`).
 //!
 //! What it may import: `raft`, `state_machine`, `lincheck`, the I/O-free modules of `node`
 //! named above, `storage` (`FileStore` over `SimFs` only), std, rand. No tokio, no clock.

@@ -13,7 +13,7 @@ use super::invariants::Invariants;
 use super::key_leases::{self, BeforeRevoke, KeyLeaseCheck, KeyLeaseClient};
 use super::lock_client::LockClient;
 use super::locks::LockCheck;
-use super::watchers::NodeWatches;
+use super::watchers::{CommittedChanges, Deliveries, NodeWatches};
 use crate::lincheck::{self, Op, OpResult};
 use crate::node::apply;
 use crate::node::leases::Leases;
@@ -116,6 +116,20 @@ pub struct SimConfig {
     /// Mutation switch of the watch publisher (`node::watches`): the events a snapshot
     /// install brought are left out of the next batch.
     pub watch_drop_snapshot_catch_up: bool,
+    /// Mutation switch of the simulated driver: a leader answers a keep-alive as soon as it
+    /// renewed the lease, without waiting for a quorum to confirm it still leads (a deposed
+    /// leader that does not know it yet then promises a TTL the new leader's clock does not
+    /// honour).
+    pub keep_alive_answers_at_once: bool,
+    /// Mutation switch of the simulated driver: a leader publishes watch events when it
+    /// appends entries (evaluated on a scratch copy of its state machine), before they are
+    /// committed, instead of after it applied them.
+    pub watch_publish_on_append: bool,
+    /// The check that no watch event is delivered above its node's applied revision (on in
+    /// every real run). Off only in the mutation test that shows the committed-change check
+    /// catches `watch_publish_on_append` on its own (a deposed leader's events that never
+    /// happened).
+    pub check_watch_applied: bool,
 }
 
 impl SimConfig {
@@ -162,6 +176,9 @@ impl SimConfig {
             txn_skips_lease_index: false,
             watches: false,
             watch_drop_snapshot_catch_up: false,
+            keep_alive_answers_at_once: false,
+            watch_publish_on_append: false,
+            check_watch_applied: true,
         }
     }
 }
@@ -219,9 +236,6 @@ pub struct Outcome {
     pub key_lease_renewals: u64,
     /// Revokes (by a client or by the lease clock) that deleted keys, counted per node.
     pub key_lease_revokes_with_keys: u64,
-    /// Keep-alives answered with a TTL by a deposed leader that did not know it yet (a
-    /// newer term already had a leader, whose clock may end the lease before that TTL).
-    pub key_lease_stale_renewals: u64,
     /// Watch events delivered to simulated watchers (`SimConfig::watches`), over every node.
     pub watch_events: u64,
 }
@@ -313,7 +327,18 @@ enum Read {
     Get(String),
     /// An etcd Range.
     Range(RangeRequest),
+    /// A keep-alive the leader renewed at `renewed_at` for `ttl` seconds, answered once a
+    /// quorum confirmed it still leads (the driver's `ReadTarget::LeaseRenewed`).
+    KeptAlive {
+        lease: i64,
+        ttl: i64,
+        renewed_at: Time,
+        term: crate::raft::Term,
+    },
 }
+
+/// A keep-alive's renewal: the lease, the TTL, when and in which term the leader renewed it.
+type Renewal = (i64, i64, Time, crate::raft::Term);
 
 /// A client request waiting on a node.
 #[derive(Clone, Debug)]
@@ -375,6 +400,9 @@ pub(crate) struct World {
     /// The key-lease clients (`SimConfig::key_leases`), after the lock clients.
     key_lease_clients: Vec<KeyLeaseClient>,
     key_leases: KeyLeaseCheck,
+    /// The committed changes of the run, which every watch event is checked against
+    /// (`SimConfig::watches`).
+    committed_changes: CommittedChanges,
     /// Directed node-to-node links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     drop_rate: f64,
@@ -501,6 +529,7 @@ impl World {
             locks: LockCheck::default(),
             key_lease_clients,
             key_leases: KeyLeaseCheck::default(),
+            committed_changes: CommittedChanges::default(),
             cut: BTreeSet::new(),
             drop_rate: 0.0,
             dup_rate: 0.0,
@@ -726,7 +755,8 @@ impl World {
 
     /// Now and then a new watcher on node `id` (at most four): every key, a prefix or one key
     /// of the workloads, from now on, from revision 1, from a recent revision, or from just
-    /// below the compaction revision (it must be cancelled).
+    /// below the compaction revision (it must be cancelled); some with a filter (NOPUT,
+    /// NODELETE), half with previous kvs.
     fn maybe_add_watcher(&mut self, id: NodeId) {
         use crate::node::watches::WatchSpec;
         if !self.faults_on || !self.rng.random_bool(0.02) {
@@ -752,16 +782,28 @@ impl World {
             2 => (revision - self.rng.random_range(0..5)).max(1),
             _ => (keys.compact_revision() - 1).max(1),
         };
+        // One in four filters puts or deletes out, half ask for previous kvs.
+        let flavour = self.rng.random_range(0..8);
         let spec = WatchSpec {
             key: key.to_vec(),
             range_end: range_end.to_vec(),
-            ..WatchSpec::default()
+            no_put: flavour % 4 == 1,
+            no_delete: flavour % 4 == 2,
+            prev_kv: flavour >= 4,
         };
-        n.watches.add(spec, start, keys);
+        let check = self.cfg.check_watch_applied;
+        let mut d = Deliveries::new(id, keys, check, &mut self.committed_changes);
+        n.watches.add(spec, start, keys, &mut d);
+        if let Some(msg) = d.failure {
+            self.fail.get_or_insert(msg);
+        }
     }
 
-    /// The driver's `Request::KeyLease` keep-alive: answered by a leader that applied an
-    /// entry of its term, from its lease clock, without a log entry.
+    /// The driver's keep-alive (`Request::KeyLease` through `ReadTarget::LeaseKeepAlive`):
+    /// a leader that applied an entry of its term restarts the lease's TTL on its clock at
+    /// once, and answers only once a quorum confirmed it still leads (a read index, or a
+    /// lease read), like a linearizable read; a lease it does not hold (TTL 0) is answered
+    /// at once.
     fn keep_alive(&mut self, id: NodeId, waiting: Waiting, lease: i64) {
         self.sync_leases(id);
         let now = self.now;
@@ -779,11 +821,34 @@ impl World {
             .leases
             .renew(lease, Duration::from_micros(now))
             .unwrap_or(0);
-        if ttl > 0 {
-            self.key_leases.renewed(lease, now, ttl, s.term);
-        }
         self.note(|| format!("node {id} renews lease {lease}: ttl {ttl}"));
-        self.reply(&waiting, Ok(Answer::KeptAlive(ttl)));
+        if ttl > 0 && !self.cfg.keep_alive_answers_at_once {
+            let read = Read::KeptAlive {
+                lease,
+                ttl,
+                renewed_at: now,
+                term: s.term,
+            };
+            return self.read_index(id, waiting, read);
+        }
+        self.answer_keep_alive(id, &waiting, (lease, ttl, now, s.term));
+    }
+
+    /// Node `id` answers a keep-alive of `lease` it renewed at `renewed_at` in `term` for
+    /// `ttl` seconds: from now on the run holds the lease clock to it.
+    fn answer_keep_alive(
+        &mut self,
+        id: NodeId,
+        waiting: &Waiting,
+        (lease, ttl, renewed_at, term): Renewal,
+    ) {
+        if ttl > 0 {
+            let checked = self.key_leases.renewed(id, term, lease, renewed_at, ttl);
+            if let Err(msg) = checked {
+                self.fail.get_or_insert(msg);
+            }
+        }
+        self.reply(waiting, Ok(Answer::KeptAlive(ttl)));
     }
 
     /// A linearizable read: ReadIndex (or a lease), served once applied catches up.
@@ -835,13 +900,17 @@ impl World {
                     self.fail_pending(id, ReplyErr::LeadershipLost, false);
                 }
                 if ss.role == Role::Leader {
-                    self.key_leases.on_leader(term);
+                    self.key_leases.on_leader(term, self.now);
                     self.inv.on_leader(id, term, &self.nodes, &mut self.fail);
                 }
             }
             if !rd.entries.is_empty() {
                 self.inv
                     .on_entries(id, &rd.entries, &self.nodes, &mut self.fail);
+                if self.cfg.watch_publish_on_append {
+                    let last = rd.entries.last().map_or(0, |e| e.index);
+                    self.publish_appended(id, last);
+                }
             }
             // 1. Messages that depend on nothing unpersisted go out now.
             for m in rd.messages {
@@ -914,7 +983,13 @@ impl World {
             self.apply(id, e);
         }
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.watches.after_applies(n.sm.key_space());
+            let keys = n.sm.key_space();
+            let check = self.cfg.check_watch_applied;
+            let mut d = Deliveries::new(id, keys, check, &mut self.committed_changes);
+            n.watches.after_applies(keys, &mut d);
+            if let Some(msg) = d.failure {
+                self.fail.get_or_insert(msg);
+            }
         }
         for rs in rd.read_states {
             let Some(n) = self.nodes.get_mut(&id) else {
@@ -930,6 +1005,40 @@ impl World {
         n.core.advance();
         self.inv.after_step(id, &self.nodes, &mut self.fail);
         self.maybe_snapshot(id);
+    }
+
+    /// The `watch_publish_on_append` mutation: a leader that appends entries up to `last`
+    /// evaluates its log up to there on a scratch copy of its state machine and publishes
+    /// what that copy holds to its watchers, before the entries are committed.
+    fn publish_appended(&mut self, id: NodeId, last: LogIndex) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.role != Role::Leader {
+            return;
+        }
+        let Ok(sm) = StateMachine::restore(&n.sm.snapshot(), Default::default()) else {
+            return;
+        };
+        let mut scratch = state_machine(&self.cfg, sm);
+        for index in scratch.applied_index() + 1..=last {
+            let Some(e) = n.core.entry(index) else {
+                return;
+            };
+            match &e.payload {
+                Payload::Command(data) => {
+                    // A refused command changes nothing; its error is the apply's business.
+                    let _ = scratch.apply(index, data);
+                }
+                Payload::Noop => scratch.apply_noop(index),
+            }
+        }
+        let check = self.cfg.check_watch_applied;
+        let mut d = Deliveries::new(id, n.sm.key_space(), check, &mut self.committed_changes);
+        n.watches.after_applies(scratch.key_space(), &mut d);
+        if let Some(msg) = d.failure {
+            self.fail.get_or_insert(msg);
+        }
     }
 
     /// The driver attaches the stored snapshot to the core's InstallSnapshot message.
@@ -1041,6 +1150,16 @@ impl World {
         let wrote = !duplicate
             && matches!(&applied.result, Some(Ok(outcome)) if changed_key_space(outcome));
         let grew = n.sm.revision() - revision;
+        if self.cfg.watches && grew > 0 {
+            let keys = n.sm.key_space();
+            let events = keys
+                .changes(keys.revision(), b"", &[0], false)
+                .unwrap_or_default();
+            let recorded = self.committed_changes.applied(id, keys.revision(), &events);
+            if let Err(msg) = recorded {
+                self.fail.get_or_insert(msg);
+            }
+        }
         if self.cfg.check_revision_density && grew != i64::from(wrote) {
             self.fail.get_or_insert(format!(
                 "revision density: node {id} applied entry {} ({}) and its revision went from {revision} to {} (a change moves it by exactly 1, anything else by 0)",
@@ -1092,22 +1211,35 @@ impl World {
             return;
         };
         let applied = n.sm.applied_index();
-        let answers: Vec<(Waiting, Answer)> = n
+        // Each answer, with the renewal it promises for a keep-alive.
+        let answers: Vec<(Waiting, Answer, Option<Renewal>)> = n
             .waiters
             .servable_reads(applied)
             .into_iter()
-            .map(|(w, read)| {
-                let answer = match read {
-                    Read::Get(key) => Answer::Kv(OpResult::Get(n.sm.get(&key).map(String::from))),
-                    Read::Range(r) => Answer::Range {
+            .map(|(w, read)| match read {
+                Read::Get(key) => {
+                    let value = n.sm.get(&key).map(String::from);
+                    (w, Answer::Kv(OpResult::Get(value)), None)
+                }
+                Read::Range(r) => {
+                    let answer = Answer::Range {
                         revision: n.sm.revision(),
                         result: n.sm.range(&r),
-                    },
-                };
-                (w, answer)
+                    };
+                    (w, answer, None)
+                }
+                Read::KeptAlive {
+                    lease,
+                    ttl,
+                    renewed_at,
+                    term,
+                } => {
+                    let renewal = (lease, ttl, renewed_at, term);
+                    (w, Answer::KeptAlive(ttl), Some(renewal))
+                }
             })
             .collect();
-        for (w, answer) in answers {
+        for (w, answer, renewal) in answers {
             if !self.random_faults {
                 self.answers.push(scenario::Answered {
                     at: self.now,
@@ -1115,7 +1247,10 @@ impl World {
                     write: None,
                 });
             }
-            self.reply(&w, Ok(answer));
+            match renewal {
+                Some(renewal) => self.answer_keep_alive(id, &w, renewal),
+                None => self.reply(&w, Ok(answer)),
+            }
         }
     }
 
@@ -1873,6 +2008,9 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
             return Err(fail(&mut w, msg));
         }
     }
+    if let Err(msg) = w.committed_changes.check_end() {
+        return Err(fail(&mut w, msg));
+    }
     // Every replica applied the same state: the same key space, revisions and whole history
     // back to the same compaction revision (byte for byte as a snapshot would store it).
     let states: BTreeSet<Vec<u8>> = w
@@ -1913,7 +2051,6 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     w.outcome.key_lease_grants = w.key_leases.grants;
     w.outcome.key_lease_renewals = w.key_leases.renewals;
     w.outcome.key_lease_revokes_with_keys = w.key_leases.revokes_with_keys;
-    w.outcome.key_lease_stale_renewals = w.key_leases.stale_renewals;
     w.outcome.commit = w
         .nodes
         .values()

@@ -1030,7 +1030,7 @@ impl World {
                     // A refused command changes nothing; its error is the apply's business.
                     let _ = scratch.apply(index, data);
                 }
-                Payload::Noop => scratch.apply_noop(index),
+                Payload::Noop | Payload::ConfChange(_) => scratch.apply_noop(index),
             }
         }
         let check = self.cfg.check_watch_applied;

@@ -2,7 +2,7 @@
 
 use super::apply;
 use super::compactor::Compactor;
-use super::error::{ClientError, Fatal};
+use super::error::{ClientError, Fatal, REMOVED_LINE};
 use super::leases::Leases;
 use super::lock_waiters::LockWaiters;
 use super::pending::Pending;
@@ -16,12 +16,12 @@ use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
 use crate::raft::storage::LogStore;
 use crate::raft::{
-    self, Entry, HardState, LogIndex, Message, MessageBody, NodeId, NotLeader, Payload, Proposed,
-    RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
+    self, ConfChangeError, Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
+    NotLeader, Payload, Proposed, RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
 use crate::storage::{ClusterIdentity, SledStore};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,7 +91,27 @@ pub struct Driver {
     /// Where applied changes go to watchers, and what was published last (`watches.rs`).
     watch: super::WatchHub,
     watch_publisher: Publisher,
+    /// Membership changes proposed here, waiting for their entry to apply: (index, term,
+    /// reply).
+    conf_waiters: Vec<ConfWaiter>,
+    /// The peers the transport sends to, with their addresses (see `sync_peers`).
+    peer_addrs: BTreeMap<NodeId, String>,
+    /// The membership `peer_addrs` was computed from.
+    peers_from: Option<Membership>,
+    /// Members that left the membership (removed, or a change truncated away), with the
+    /// last index when they left: their sender runs until that index is applied here, so a
+    /// leader still sends a removed node the entries up to its removal and it learns of it.
+    leaving: BTreeMap<NodeId, (String, LogIndex)>,
+    /// A peer refused our call because this node was removed from the cluster.
+    removed_by: Option<NodeId>,
 }
+
+/// A membership change waiting for its entry (index, term) to apply.
+type ConfWaiter = (
+    LogIndex,
+    Term,
+    oneshot::Sender<Result<(Membership, Header), ClientError>>,
+);
 
 impl Driver {
     /// Opens the store as this cluster member (checking, or at first start recording, the
@@ -143,6 +163,12 @@ impl Driver {
         // The membership is the last configuration entry of the log, else the snapshot's.
         let core =
             RaftCore::restore_with_membership(rc, hard_state, snapshot_meta, membership, log)?;
+        // What `PeerSenders::spawn` started senders for.
+        let config_peers: BTreeMap<NodeId, String> = config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
         let revision = sm.revision();
         let mut watch_publisher = Publisher::new(revision);
         watch_publisher.set_drop_snapshot_catch_up(drop_snapshot_watch_catch_up());
@@ -172,6 +198,11 @@ impl Driver {
             applied_term: 0,
             watch: inbox.watch,
             watch_publisher,
+            conf_waiters: Vec::new(),
+            peer_addrs: config_peers,
+            peers_from: None,
+            leaving: BTreeMap::new(),
+            removed_by: None,
         })
     }
 
@@ -190,6 +221,7 @@ impl Driver {
         // election before the leader's queued AppendEntries are read (STYLE.md §12).
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut last_tick = Instant::now();
+        self.sync_peers();
         self.publish_status();
         loop {
             let mut failed = None;
@@ -242,6 +274,12 @@ impl Driver {
                 self.reject_everything(&ClientError::StorageFailed(err.to_string()));
                 // Not dropped: closing sled would flush again and hang (see `abandon`).
                 self.store.abandon();
+                return Err(err);
+            }
+            self.sync_peers();
+            if let Some(err) = self.check_removed() {
+                self.reject_everything(&ClientError::ShuttingDown);
+                self.drain_snapshot().await?;
                 return Err(err);
             }
             // The core answers a peer request within the Ready cycle of its input; a request
@@ -446,7 +484,88 @@ impl Driver {
                 );
                 let _ = reply.send(watches::history(keys, from, &key, &range_end, prev_kv));
             }
+            Request::ConfChange {
+                change,
+                force,
+                reply,
+            } => match self.core.propose_conf_change(change, force) {
+                Ok(Proposed { index, term }) => {
+                    self.leading = Some(term);
+                    self.conf_waiters.push((index, term, reply));
+                }
+                Err(ConfChangeError::Propose(e)) => {
+                    let _ = reply.send(Err(self.refused(e)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(ClientError::Membership(e)));
+                }
+            },
+            Request::RemovedByPeer { peer } => {
+                self.removed_by.get_or_insert(peer);
+            }
         }
+    }
+
+    /// Keeps the transport's peer set in step with the membership: every member (at the
+    /// address its configuration entries gave it, else the one `--peers` gave), plus the
+    /// members that left until the change that made them leave is applied here.
+    fn sync_peers(&mut self) {
+        let membership = self.core.membership();
+        if self.peers_from.as_ref() == Some(membership) && self.leaving.is_empty() {
+            return;
+        }
+        let mut wanted = BTreeMap::new();
+        for id in membership.members().filter(|&id| id != self.id) {
+            let addr = membership
+                .address(id)
+                .map(str::to_string)
+                .or_else(|| self.config.address_of(id));
+            if let Some(addr) = addr {
+                wanted.insert(id, addr);
+            }
+        }
+        let last_index = self.core.status().last_index;
+        for (id, addr) in &self.peer_addrs {
+            if !wanted.contains_key(id) && !self.leaving.contains_key(id) {
+                self.leaving.insert(*id, (addr.clone(), last_index));
+            }
+        }
+        let applied = self.sm.applied_index();
+        self.leaving
+            .retain(|id, (_, until)| *until > applied && !wanted.contains_key(id));
+        let mut all = wanted;
+        for (id, (addr, _)) in &self.leaving {
+            all.entry(*id).or_insert_with(|| addr.clone());
+        }
+        self.peers_from = Some(membership.clone());
+        if all != self.peer_addrs {
+            self.transport.set_peers(&all);
+            self.peer_addrs = all;
+        }
+    }
+
+    /// [`Fatal::Removed`] if this node applied its own removal or a peer refused it as
+    /// removed, after logging the one line that says so.
+    fn check_removed(&self) -> Option<Fatal> {
+        let applied_own_removal = self.core.status().removed;
+        if !applied_own_removal && self.removed_by.is_none() {
+            return None;
+        }
+        error!(peer = ?self.removed_by, "{REMOVED_LINE}");
+        Some(Fatal::Removed)
+    }
+
+    /// The peer address of member `id`: from the membership, else from `--peers` (and this
+    /// node's own client address for itself).
+    fn member_address(&self, id: NodeId) -> Option<String> {
+        if id == self.id {
+            return self.config.address_of(id);
+        }
+        self.core
+            .membership()
+            .address(id)
+            .map(str::to_string)
+            .or_else(|| self.config.address_of(id))
     }
 
     /// Publishes to watchers what the applies of this Ready changed (after they applied:
@@ -621,6 +740,9 @@ impl Driver {
                 apply::apply_entry(&mut self.sm, &mut self.leases, &entry, Instant::now());
             self.applied_term = entry.term;
             self.after_applied(entry.index, &applied);
+            if let Payload::ConfChange(conf) = &entry.payload {
+                self.answer_conf_change(&entry, &conf.membership);
+            }
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
             };
@@ -639,6 +761,33 @@ impl Driver {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// Answers the membership change waiting for `entry`, if any: applied as proposed when the
+    /// term matches, else another leader's entry took its index (leadership lost).
+    fn answer_conf_change(&mut self, entry: &Entry, membership: &Membership) {
+        let Some(pos) = self
+            .conf_waiters
+            .iter()
+            .position(|(index, _, _)| *index == entry.index)
+        else {
+            return;
+        };
+        let (_, term, reply) = self.conf_waiters.swap_remove(pos);
+        let answer = if term == entry.term {
+            Ok((
+                membership.clone(),
+                Header {
+                    node_id: self.id,
+                    term: entry.term,
+                    index: entry.index,
+                    revision: self.sm.revision(),
+                },
+            ))
+        } else {
+            Err(ClientError::LeadershipLost)
+        };
+        let _ = reply.send(answer);
     }
 
     /// After an entry applied: logs an error or a lease expiry, and wakes the Acquires
@@ -742,6 +891,9 @@ impl Driver {
             );
         }
         self.pending.fail_leader_bound(&ClientError::LeadershipLost);
+        for (_, _, reply) in self.conf_waiters.drain(..) {
+            let _ = reply.send(Err(ClientError::LeadershipLost));
+        }
     }
 
     /// Restarts the TTL of lease on keys `id` on this leader's clock; returns the TTL (0: no
@@ -810,7 +962,7 @@ impl Driver {
         match leader {
             Some(id) if id != self.id => ClientError::NotLeader {
                 id,
-                addr: self.config.address_of(id).unwrap_or_default(),
+                addr: self.member_address(id).unwrap_or_default(),
             },
             _ => ClientError::NoLeader,
         }
@@ -841,6 +993,8 @@ impl Driver {
             revision: self.sm.revision(),
             compact_revision: self.sm.key_space().compact_revision(),
             state_bytes: self.snapshot_size + self.bytes_since_snapshot,
+            membership: s.membership,
+            matched: s.matched,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {
@@ -860,6 +1014,9 @@ impl Driver {
     /// Fails every waiter and every request still queued, and refuses new ones.
     fn reject_everything(&mut self, err: &ClientError) {
         self.pending.fail_all(err);
+        for (_, _, reply) in self.conf_waiters.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
         self.peer_waiters.clear();
         self.inbox.close();
         while let Ok(req) = self.inbox.try_recv() {
@@ -879,10 +1036,14 @@ impl Driver {
                 Request::KeyLease { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
+                Request::ConfChange { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
                 Request::Peer { .. }
                 | Request::PeerReply { .. }
                 | Request::HandOver { .. }
-                | Request::WatchHistory { .. } => {}
+                | Request::WatchHistory { .. }
+                | Request::RemovedByPeer { .. } => {}
             }
         }
     }

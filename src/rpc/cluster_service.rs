@@ -120,6 +120,8 @@ mod tests {
             revision: 5,
             compact_revision: 0,
             state_bytes: 0,
+            membership: crate::raft::Membership::with_voters([1, 2, 3]),
+            matched: Default::default(),
         }
     }
 

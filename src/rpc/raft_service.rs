@@ -16,7 +16,7 @@ use super::client_urls::ClientUrls;
 use super::convert;
 use crate::node::NodeHandle;
 use crate::pb;
-use crate::raft::NodeId;
+use crate::raft::{Message, NodeId};
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
@@ -61,7 +61,7 @@ impl pb::raft_server::Raft for RaftService {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::vote_request_in(request, self.id)?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::vote_response_out(reply)?))
     }
 
@@ -104,7 +104,7 @@ impl pb::raft_server::Raft for RaftService {
         }
         let msg = receiver.finish()?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::append_response_out(reply)?))
     }
 
@@ -115,9 +115,24 @@ impl pb::raft_server::Raft for RaftService {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::timeout_now_request_in(request, self.id)?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::timeout_now_response_out(reply)?))
     }
+}
+
+/// Steps a peer request through the driver, unless its sender was removed from the cluster:
+/// that one gets [`member_removed`](super::status::member_removed) (etcd answers HTTP 410),
+/// which is how a removed node that missed its removal entry learns of it and stops.
+async fn step(node: &NodeHandle, msg: Message) -> Result<Message, Status> {
+    if node.status().membership.removed.contains(&msg.from) {
+        tracing::debug!(
+            from = msg.from,
+            kind = msg.body.kind(),
+            "refused a message from a removed member"
+        );
+        return Err(super::status::member_removed());
+    }
+    Ok(node.peer_request(msg).await?)
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
@@ -136,7 +151,7 @@ fn append_answer(
     Ok((
         from,
         Box::pin(async move {
-            let reply = node.peer_request(msg).await?;
+            let reply = step(&node, msg).await?;
             convert::append_response_out(reply)
         }),
     ))

@@ -116,7 +116,7 @@ pub struct NodeStatus {
 
 impl NodeStatus {
     /// The status before the driver has published anything.
-    fn initial(id: NodeId) -> Self {
+    pub fn initial(id: NodeId) -> Self {
         NodeStatus {
             id,
             role: Role::Follower,

@@ -6,6 +6,7 @@
 //! `peers` lists the configured peer addresses, where this node dials them.
 
 use super::client_urls::ClientUrls;
+use super::member_service as members;
 use crate::config::NodeConfig;
 use crate::node::{NodeHandle, NodeStatus};
 use crate::pb;
@@ -65,6 +66,7 @@ pub fn status_response(
             })
             .collect(),
         address: urls.own().to_string(),
+        members: super::member_service::members_pb(config, s),
     }
 }
 
@@ -95,6 +97,59 @@ impl pb::cluster_server::Cluster for ClusterService {
             leader_id,
             term,
         }))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let cluster_id = crate::storage::ClusterIdentity::new(
+            self.config.id,
+            self.config.members(),
+            &self.config.cluster_token,
+        )
+        .cluster_id;
+        Ok(Response::new(members::member_list(
+            &self.config,
+            cluster_id,
+            &self.node.status(),
+        )))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        members::member_add(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        members::member_remove(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        members::member_promote(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        members::member_update(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod etcd;
 pub mod kv_service;
 pub mod lease_service;
 pub mod lock_service;
+pub mod member_service;
 pub mod peer;
 pub mod raft_service;
 pub mod status;

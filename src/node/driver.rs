@@ -104,6 +104,11 @@ pub struct Driver {
     leaving: BTreeMap<NodeId, (String, LogIndex)>,
     /// A peer refused our call because this node was removed from the cluster.
     removed_by: Option<NodeId>,
+    /// The members' addresses the data dir's identity recorded (see `member_address`).
+    known_addrs: BTreeMap<NodeId, String>,
+    /// Ticks since the last probe of the peers while this node's log says it was removed
+    /// (see `probe_if_removed`).
+    removed_probe_ticks: u32,
 }
 
 /// A membership change waiting for its entry (index, term) to apply.
@@ -126,8 +131,29 @@ impl Driver {
         inbox: Inbox,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, Fatal> {
-        let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
-        let store = SledStore::open_as(&config.data_dir, &identity)?;
+        Self::open_joining(config, inbox, transport, None)
+    }
+
+    /// [`Driver::open`] for a node started with `--join`: at its first start `joined` is the
+    /// identity the cluster reported (recorded in the data dir); later the data dir's own.
+    ///
+    /// # Errors
+    /// As [`Driver::open`].
+    pub fn open_joining(
+        config: Arc<NodeConfig>,
+        inbox: Inbox,
+        transport: Arc<dyn Transport>,
+        joined: Option<ClusterIdentity>,
+    ) -> Result<Self, Fatal> {
+        let store = if config.join.is_some() {
+            SledStore::open_joined(&config.data_dir, config.id, joined.as_ref())?
+        } else {
+            let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
+            SledStore::open_as(&config.data_dir, &identity)?
+        };
+        // Where the members were when this data dir joined or was created: the last resort
+        // for a member whose address no configuration entry carries (the static start's).
+        let known_addrs = store.identity()?.map(|i| i.members).unwrap_or_default();
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
@@ -151,6 +177,9 @@ impl Driver {
         rc.heartbeat_ticks = 1;
         rc.seed = start_seed(config.id);
         rc.lease_reads = config.read_mode == crate::config::ReadMode::Lease;
+        // A joining node knows no members (and never campaigns) until the leader's log or
+        // snapshot tells it the membership; on a restart its log does at once.
+        rc.joining = config.join.is_some();
         info!(
             node_id = config.id,
             term = hard_state.term,
@@ -203,6 +232,8 @@ impl Driver {
             peers_from: None,
             leaving: BTreeMap::new(),
             removed_by: None,
+            known_addrs,
+            removed_probe_ticks: 0,
         })
     }
 
@@ -304,6 +335,38 @@ impl Driver {
         self.sync_leases();
         self.maybe_expire_leases();
         self.maybe_compact();
+        self.probe_if_removed();
+    }
+
+    /// A node whose log holds its own removal, but which has not applied it (the commit that
+    /// would tell it never came: the leader had stopped sending, or it restarted on an old
+    /// data dir), never campaigns and would wait forever. Once per election timeout it asks
+    /// its peers with a PreVote that cannot be granted (empty log) and changes no receiver's
+    /// state; a peer that removed it refuses the call as from a removed member, and this
+    /// node stops (`RemovedByPeer`).
+    fn probe_if_removed(&mut self) {
+        if !self.core.membership().removed.contains(&self.id) {
+            self.removed_probe_ticks = 0;
+            return;
+        }
+        self.removed_probe_ticks += 1;
+        if self.removed_probe_ticks < self.config.election_ticks() {
+            return;
+        }
+        self.removed_probe_ticks = 0;
+        let term = self.core.status().term + 1;
+        for &to in self.peer_addrs.keys() {
+            self.transport.send(Message {
+                from: self.id,
+                to,
+                term,
+                rpc_id: 0,
+                body: MessageBody::PreVote {
+                    last_log_index: 0,
+                    last_log_term: 0,
+                },
+            });
+        }
     }
 
     /// As leader: proposes the compaction `--auto-compaction-*` calls for, if one is due.
@@ -516,11 +579,7 @@ impl Driver {
         }
         let mut wanted = BTreeMap::new();
         for id in membership.members().filter(|&id| id != self.id) {
-            let addr = membership
-                .address(id)
-                .map(str::to_string)
-                .or_else(|| self.config.address_of(id));
-            if let Some(addr) = addr {
+            if let Some(addr) = self.member_address(id) {
                 wanted.insert(id, addr);
             }
         }
@@ -531,8 +590,12 @@ impl Driver {
             }
         }
         let applied = self.sm.applied_index();
-        self.leaving
-            .retain(|id, (_, until)| *until > applied && !wanted.contains_key(id));
+        // As leader, also while the core still replicates to it (it waits for the node's
+        // acknowledgement of its removal, then sends it a last heartbeat).
+        let tracked = self.core.status().matched;
+        self.leaving.retain(|id, (_, until)| {
+            (*until > applied || tracked.contains_key(id)) && !wanted.contains_key(id)
+        });
         let mut all = wanted;
         for (id, (addr, _)) in &self.leaving {
             all.entry(*id).or_insert_with(|| addr.clone());
@@ -555,8 +618,10 @@ impl Driver {
         Some(Fatal::Removed)
     }
 
-    /// The peer address of member `id`: from the membership, else from `--peers` (and this
-    /// node's own client address for itself).
+    /// The peer address of member `id`: from the membership, else from `--peers`, else from
+    /// the identity the data dir recorded (a node that joined learns the static members'
+    /// addresses there: their configuration entries carry none); this node's own client
+    /// address for itself.
     fn member_address(&self, id: NodeId) -> Option<String> {
         if id == self.id {
             return self.config.address_of(id);
@@ -566,6 +631,7 @@ impl Driver {
             .address(id)
             .map(str::to_string)
             .or_else(|| self.config.address_of(id))
+            .or_else(|| self.known_addrs.get(&id).cloned())
     }
 
     /// Publishes to watchers what the applies of this Ready changed (after they applied:

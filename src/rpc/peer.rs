@@ -121,12 +121,12 @@ pub struct PeerSenders {
     peers: Mutex<HashMap<NodeId, RunningPeer>>,
 }
 
-/// One running sender: its address, its queue and the token that stops it.
+/// One running sender: its address and its queue (dropping the queue ends the sender once
+/// it has sent what is queued).
 #[derive(Debug)]
 struct RunningPeer {
     addr: String,
     queue: mpsc::Sender<Message>,
-    stop: CancellationToken,
 }
 
 /// What a sender task needs besides its peer.
@@ -158,7 +158,6 @@ impl Spawner {
         let snapshot_endpoint = endpoint.clone();
         let endpoint = endpoint.timeout(self.election_timeout * 2);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let stop = self.stop.child_token();
         let sender = PeerSender {
             me: self.me,
             peer: peer.clone(),
@@ -172,14 +171,13 @@ impl Spawner {
             stall: self.election_timeout * 2,
             stream: None,
             tracker: self.tracker.clone(),
-            stop: stop.clone(),
+            stop: self.stop.clone(),
         };
         let span = tracing::info_span!("peer", node_id = self.me, peer = peer.id);
         self.tracker.spawn(sender.run(rx).instrument(span));
         Ok(RunningPeer {
             addr: peer.addr.clone(),
             queue: tx,
-            stop,
         })
     }
 }
@@ -261,11 +259,13 @@ impl Transport for PeerSenders {
 
     fn set_peers(&self, wanted: &BTreeMap<NodeId, String>) {
         let mut peers = self.lock();
+        // A sender that is no longer wanted is not cancelled: closing its queue lets it send
+        // what is queued first (a removed node's last heartbeat, which tells it that its
+        // removal committed), then it ends.
         peers.retain(|id, running| {
             let keep = wanted.get(id) == Some(&running.addr);
             if !keep {
                 info!(peer = id, addr = %running.addr, "stopping the sender of a peer that left or moved");
-                running.stop.cancel();
             }
             keep
         });

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use common::{free_port, kvctl, poll_until, Cluster};
 use kvstore::client::Consistency;
+use kvstore::pb::cluster_client::ClusterClient;
+use kvstore::pb::MemberListRequest;
 
 const REMOVED_LINE: &str = "this node was removed from the cluster";
 
@@ -23,6 +25,17 @@ async fn has(cluster: &Cluster, id: u64, key: &str, value: &str) -> bool {
         client.get(key, Consistency::Serializable).await,
         Ok(r) if r.value.as_deref() == Some(value)
     )
+}
+
+/// The cluster id node `id` reports in MemberList.
+async fn cluster_id(cluster: &Cluster, id: u64) -> u64 {
+    let mut client = ClusterClient::new(common::channel(&cluster.addr(id)));
+    client
+        .member_list(MemberListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster_id
 }
 
 /// Every member's term, by id, from Cluster/Status.
@@ -74,6 +87,12 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops_for_g
         out.lines()
             .any(|l| l.starts_with("4 ") && l.contains("learner")),
         "{out}"
+    );
+
+    assert_eq!(
+        cluster_id(&cluster, 4).await,
+        cluster_id(&cluster, leader).await,
+        "the joined node recorded the cluster's id"
     );
 
     // Promote it (retried: a learner just caught up may still be a few entries short).
@@ -137,4 +156,46 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops_for_g
     assert_eq!(code, 0);
     assert!(!out.contains(&format!("\"id\":{gone},")), "{out}");
     assert!(out.contains("\"id\":4,\"role\":\"voter\""), "{out}");
+}
+
+/// The leader removes itself: the change is acknowledged, the leader stops with the line, the
+/// other two elect a leader among themselves, and every acknowledged write survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_stops_and_the_rest_carry_on() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        client.put(&k, &v).await.unwrap();
+        acked.push((k, v));
+    }
+    let (code, out, err) = kvctl(&cluster, &["member", "remove", &leader.to_string()]);
+    assert_eq!(code, 0, "member remove failed: {err}");
+    assert_eq!(out.trim(), format!("removed member {leader}"));
+    let status = cluster.wait_for_exit(leader, Duration::from_secs(10)).await;
+    assert!(!status.success());
+    assert!(cluster.log(leader).contains(REMOVED_LINE));
+    let (next, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(next, leader);
+    for i in 20..30 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        client.put(&k, &v).await.unwrap();
+        acked.push((k, v));
+    }
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &rest {
+        for (k, v) in &acked {
+            poll_until(
+                Duration::from_secs(10),
+                "the write on every member",
+                async || has(&cluster, id, k, v).await.then_some(()),
+            )
+            .await;
+        }
+    }
+    let (code, out, _) = kvctl(&cluster, &["member", "list", "-w", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("\"role\":\"voter\"").count(), 2, "{out}");
 }

@@ -109,6 +109,8 @@ pub struct Driver {
     /// Ticks since the last probe of the peers while this node's log says it was removed
     /// (see `probe_if_removed`).
     removed_probe_ticks: u32,
+    /// The cluster id the data dir recorded.
+    cluster_id: u64,
 }
 
 /// A membership change waiting for its entry (index, term) to apply.
@@ -153,7 +155,10 @@ impl Driver {
         };
         // Where the members were when this data dir joined or was created: the last resort
         // for a member whose address no configuration entry carries (the static start's).
-        let known_addrs = store.identity()?.map(|i| i.members).unwrap_or_default();
+        let (cluster_id, known_addrs) = store
+            .identity()?
+            .map(|i| (i.cluster_id, i.members))
+            .unwrap_or_default();
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
@@ -234,6 +239,7 @@ impl Driver {
             removed_by: None,
             known_addrs,
             removed_probe_ticks: 0,
+            cluster_id,
         })
     }
 
@@ -1061,6 +1067,7 @@ impl Driver {
             state_bytes: self.snapshot_size + self.bytes_since_snapshot,
             membership: s.membership,
             matched: s.matched,
+            cluster_id: self.cluster_id,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {

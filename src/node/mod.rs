@@ -112,6 +112,8 @@ pub struct NodeStatus {
     /// As leader: the highest index known to be replicated on each member (its lag is
     /// `last_index - matched`); empty on other nodes.
     pub matched: std::collections::BTreeMap<NodeId, LogIndex>,
+    /// The cluster id the data dir recorded (0 before the driver published).
+    pub cluster_id: u64,
 }
 
 impl NodeStatus {
@@ -130,6 +132,7 @@ impl NodeStatus {
             state_bytes: 0,
             membership: crate::raft::Membership::default(),
             matched: std::collections::BTreeMap::new(),
+            cluster_id: 0,
         }
     }
 }

@@ -103,16 +103,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let cluster_id = crate::storage::ClusterIdentity::new(
-            self.config.id,
-            self.config.members(),
-            &self.config.cluster_token,
-        )
-        .cluster_id;
+        // The data dir's cluster id (a joined node's is the cluster's, not its flags').
+        let status = self.node.status();
         Ok(Response::new(members::member_list(
             &self.config,
-            cluster_id,
-            &self.node.status(),
+            status.cluster_id,
+            &status,
         )))
     }
 
@@ -177,6 +173,7 @@ mod tests {
             state_bytes: 0,
             membership: crate::raft::Membership::with_voters([1, 2, 3]),
             matched: Default::default(),
+            cluster_id: 0,
         }
     }
 

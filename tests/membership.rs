@@ -27,6 +27,19 @@ async fn has(cluster: &Cluster, id: u64, key: &str, value: &str) -> bool {
     )
 }
 
+/// Writes `k<i>` = `v<i>` for each `i` in `range`, recording each acknowledged write.
+async fn write(
+    client: &mut kvstore::client::Client,
+    acked: &mut Vec<(String, String)>,
+    range: std::ops::Range<u32>,
+) {
+    for i in range {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        client.put(&k, &v).await.unwrap();
+        acked.push((k, v));
+    }
+}
+
 /// The cluster id node `id` reports in MemberList.
 async fn cluster_id(cluster: &Cluster, id: u64) -> u64 {
     let mut client = ClusterClient::new(common::channel(&cluster.addr(id)));
@@ -53,11 +66,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops_for_g
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut client = cluster.client();
     let mut acked = Vec::new();
-    for i in 0..30 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        client.put(&k, &v).await.unwrap();
-        acked.push((k, v));
-    }
+    write(&mut client, &mut acked, 0..30).await;
 
     // Add node 4 as a learner at a new port and start it with --join.
     let port = free_port();
@@ -101,11 +110,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops_for_g
         (code == 0 && out.contains("promoted member 4")).then_some(())
     })
     .await;
-    for i in 30..40 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        client.put(&k, &v).await.unwrap();
-        acked.push((k, v));
-    }
+    write(&mut client, &mut acked, 30..40).await;
 
     // Remove an original member that does not lead.
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -121,11 +126,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops_for_g
         "the removed node says why it stopped"
     );
     assert!(!cluster.log(gone).contains("panicked"));
-    for i in 40..50 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        client.put(&k, &v).await.unwrap();
-        acked.push((k, v));
-    }
+    write(&mut client, &mut acked, 40..50).await;
     let before = terms(&cluster, &rest).await;
 
     // Restarted on its old data dir, it is refused by the others, stops again with the same
@@ -166,11 +167,7 @@ async fn a_leader_that_removes_itself_stops_and_the_rest_carry_on() {
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut client = cluster.client();
     let mut acked = Vec::new();
-    for i in 0..20 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        client.put(&k, &v).await.unwrap();
-        acked.push((k, v));
-    }
+    write(&mut client, &mut acked, 0..20).await;
     let (code, out, err) = kvctl(&cluster, &["member", "remove", &leader.to_string()]);
     assert_eq!(code, 0, "member remove failed: {err}");
     assert_eq!(out.trim(), format!("removed member {leader}"));
@@ -179,11 +176,7 @@ async fn a_leader_that_removes_itself_stops_and_the_rest_carry_on() {
     assert!(cluster.log(leader).contains(REMOVED_LINE));
     let (next, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
     assert_ne!(next, leader);
-    for i in 20..30 {
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        client.put(&k, &v).await.unwrap();
-        acked.push((k, v));
-    }
+    write(&mut client, &mut acked, 20..30).await;
     let rest: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     for &id in &rest {
         for (k, v) in &acked {

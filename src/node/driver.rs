@@ -147,11 +147,16 @@ impl Driver {
         transport: Arc<dyn Transport>,
         joined: Option<ClusterIdentity>,
     ) -> Result<Self, Fatal> {
+        // `--peers` that differ from the members recorded at the first start: accepted below
+        // only if they name the data dir's current membership.
+        let mut pending_mismatch = None;
         let store = if config.join.is_some() {
             SledStore::open_joined(&config.data_dir, config.id, joined.as_ref())?
         } else {
             let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
-            SledStore::open_as(&config.data_dir, &identity)?
+            let (store, members_differ) = SledStore::open_as_member(&config.data_dir, &identity)?;
+            pending_mismatch = members_differ.map(|(m, recorded)| (m, recorded, identity));
+            store
         };
         // Where the members were when this data dir joined or was created: the last resort
         // for a member whose address no configuration entry carries (the static start's).
@@ -164,6 +169,12 @@ impl Driver {
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let auto_compaction = config.auto_compaction;
         let membership = snapshot.as_ref().and_then(|s| s.membership.clone());
+        // Whether the data dir itself says who the members are (a snapshot's membership or a
+        // configuration entry); otherwise the core's membership is the flags' own.
+        let membership_recorded = membership.is_some()
+            || log
+                .iter()
+                .any(|e| matches!(e.payload, Payload::ConfChange(_)));
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -197,6 +208,17 @@ impl Driver {
         // The membership is the last configuration entry of the log, else the snapshot's.
         let core =
             RaftCore::restore_with_membership(rc, hard_state, snapshot_meta, membership, log)?;
+        if let Some((mismatch, recorded, flags)) = pending_mismatch {
+            if !membership_recorded
+                || !flags_name_membership(&flags.members, &recorded.members, core.membership())
+            {
+                return Err(Fatal::Identity(mismatch));
+            }
+            info!(
+                members = ?flags.members.keys().collect::<Vec<_>>(),
+                "--peers differ from the members recorded at the first start but name the data dir's current membership"
+            );
+        }
         // What `PeerSenders::spawn` started senders for.
         let config_peers: BTreeMap<NodeId, String> = config
             .peers
@@ -1124,6 +1146,24 @@ impl Driver {
 
 mod handover;
 mod snapshot;
+
+/// Whether the members the flags give (ids and addresses) are the data dir's current
+/// membership: the same ids, each at the address the membership gives it, else at the one
+/// recorded at the first start. A data dir of another cluster (other addresses) fails this.
+fn flags_name_membership(
+    flags: &BTreeMap<NodeId, String>,
+    recorded: &BTreeMap<NodeId, String>,
+    membership: &Membership,
+) -> bool {
+    let ids: Vec<NodeId> = membership.members().collect();
+    ids.len() == flags.len()
+        && ids.iter().all(|id| {
+            let known = membership
+                .address(*id)
+                .or(recorded.get(id).map(String::as_str));
+            flags.get(id).map(String::as_str) == known
+        })
+}
 
 /// A seed that differs per node and per start, so two nodes (or two runs of one node) do
 /// not draw the same election timeouts. The driver may read the clock; the core may not.

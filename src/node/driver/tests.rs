@@ -618,3 +618,58 @@ async fn a_node_a_peer_refuses_as_removed_stops() {
         Some("this node was removed from the cluster")
     );
 }
+
+/// Node 1 reopened on `dir` with `peers` as its `--peers`.
+fn reopen(dir: &tempfile::TempDir, peers: &str) -> Result<Driver, Fatal> {
+    let mut config = NodeConfig::new(1, 0);
+    config.data_dir = dir.path().join("node-1");
+    config.peers = crate::config::parse_peers(peers, 1).unwrap_or_else(|e| panic!("peers: {e}"));
+    let (_handle, inbox) = super::super::channel(1, 16);
+    Driver::open(Arc::new(config), inbox, Arc::new(Outbox::default()))
+}
+
+/// Issue 15: after a membership change, `--peers` naming the data dir's current membership
+/// are accepted at a restart; the first start's set still is; any other set is refused.
+#[tokio::test]
+async fn a_restart_accepts_the_flags_of_the_current_membership_only() {
+    use crate::raft::ConfChangeKind;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut d, outbox) = with_outbox(&dir);
+    elect(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    let answer = propose_change(&mut d, ConfChangeKind::AddLearner, 4);
+    round(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    assert!(matches!(answer.await, Ok(Ok(_))));
+    drop(d);
+    let now = "2=127.0.0.1:1,3=127.0.0.1:2,4=127.0.0.1:7004";
+    drop(reopen(&dir, now).unwrap_or_else(|e| panic!("the current membership refused: {e}")));
+    drop(reopen(&dir, "2=127.0.0.1:1,3=127.0.0.1:2").unwrap_or_else(|e| panic!("{e}")));
+    for other in [
+        "2=127.0.0.1:1",
+        "",
+        "2=127.0.0.1:1,3=127.0.0.1:2,4=127.0.0.1:7005",
+        "2=127.0.0.1:1,3=127.0.0.1:9,4=127.0.0.1:7004",
+    ] {
+        match reopen(&dir, other) {
+            Err(Fatal::Identity(_)) => {}
+            Err(e) => panic!("{other:?}: expected an identity mismatch, got {e}"),
+            Ok(_) => panic!("{other:?}: accepted"),
+        }
+    }
+}
+
+/// Control for the rule above: with no membership change in the data dir, a smaller set
+/// (here: no `--peers`, a cluster of its own) is refused although it names "the core's
+/// membership", which then comes from the flags.
+#[tokio::test]
+async fn without_a_recorded_membership_a_smaller_peer_set_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    drop(follower(&dir));
+    for other in ["", "2=127.0.0.1:1"] {
+        assert!(
+            matches!(reopen(&dir, other), Err(Fatal::Identity(_))),
+            "{other:?} accepted"
+        );
+    }
+}

@@ -205,6 +205,39 @@ impl SledStore {
         }
     }
 
+    /// [`SledStore::open_as`], except that flags whose member set alone differs from the
+    /// recorded one (same id, same token) open the store and return the mismatch, for the
+    /// caller to accept if the flags name the data dir's current membership (its log's, after
+    /// membership changes) and to refuse otherwise.
+    ///
+    /// # Errors
+    /// As [`SledStore::open_as`] for every other mismatch.
+    pub fn open_as_member(
+        dir: &Path,
+        flags: &ClusterIdentity,
+    ) -> Result<(Self, Option<(IdentityMismatch, ClusterIdentity)>), IdentityError> {
+        let store = SledStore::open(dir)?;
+        if let Ok(Some(recorded)) = store.identity() {
+            let members_only = recorded.node_id == flags.node_id
+                && recorded.token == flags.token
+                && recorded.members != flags.members;
+            if members_only {
+                if let Some(m) = IdentityMismatch::between(dir, &recorded, flags) {
+                    return Ok((store, Some((m, recorded))));
+                }
+            }
+        }
+        // Everything else exactly as `open_as` (same store, not reopened).
+        match store.check_identity(flags) {
+            Ok(()) => Ok((store, None)),
+            Err(IdentityError::Storage(e)) => {
+                store.abandon();
+                Err(e.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens the data dir of a node started with `--join`. If the dir recorded an identity
     /// (not its first start), that identity is authoritative, like etcd's
     /// `--initial-cluster-state existing` after the first start: only the node id must agree,

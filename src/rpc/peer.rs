@@ -214,17 +214,6 @@ impl PeerSenders {
         })
     }
 
-    /// The peers with a running sender and their addresses, in id order.
-    pub fn peers(&self) -> Vec<(NodeId, String)> {
-        let mut v: Vec<_> = self
-            .lock()
-            .iter()
-            .map(|(id, p)| (*id, p.addr.clone()))
-            .collect();
-        v.sort();
-        v
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, RunningPeer>> {
         // Left consistent at every point: a panic elsewhere cannot poison it.
         self.peers

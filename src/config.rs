@@ -254,6 +254,9 @@ pub struct NodeConfig {
     /// How often an idle etcd watch that asked for progress notifications gets one
     /// (`--experimental-watch-progress-notify-interval`, etcd's default 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// `--join HOST:PORT`: this node joins the existing cluster of the member there (it was
+    /// added with `member add`); `None` for a node of a static `--peers` start.
+    pub join: Option<String>,
 }
 
 /// A configuration that cannot work. Each message is one line for the operator.
@@ -351,6 +354,9 @@ pub enum ConfigError {
     /// `--experimental-watch-progress-notify-interval` does not parse or is 0.
     #[error("--experimental-watch-progress-notify-interval {0:?}: give a duration above 0 such as 10m, 30s or 500ms")]
     BadWatchProgressNotifyInterval(String),
+    /// `--join` and `--peers` together.
+    #[error("--join and --peers exclude each other: --peers starts a new cluster, --join joins an existing one (the members come from it)")]
+    JoinWithPeers,
 }
 
 impl NodeConfig {
@@ -376,6 +382,7 @@ impl NodeConfig {
             max_request_bytes: MAX_REQUEST_BYTES,
             auto_compaction: AutoCompaction::Revision(100_000),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            join: None,
         }
     }
 
@@ -404,6 +411,9 @@ impl NodeConfig {
         }
         if self.cluster_token.is_empty() {
             return Err(ConfigError::EmptyClusterToken);
+        }
+        if self.join.is_some() && !self.peers.is_empty() {
+            return Err(ConfigError::JoinWithPeers);
         }
         if self.max_waiting_acquires == 0 {
             return Err(ConfigError::ZeroMaxWaitingAcquires);
@@ -1152,5 +1162,14 @@ mod tests {
             .contains("--max-request-bytes"));
         c.max_request_bytes = 1024;
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn join_excludes_peers() {
+        let mut c = NodeConfig::new(4, 9004);
+        c.join = Some("127.0.0.1:9001".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.peers = parse_peers("9001", 4).unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::JoinWithPeers));
     }
 }

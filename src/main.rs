@@ -105,6 +105,13 @@ struct Args {
     #[arg(long, default_value = config::DEFAULT_CLUSTER_TOKEN, value_name = "TOKEN")]
     initial_cluster_token: String,
 
+    /// Join an existing cluster through the member at HOST:PORT (add this node first with
+    /// `kvctl member add`): at first start, with an empty data dir, the node records that
+    /// cluster's identity and waits for the leader to send it the log. Later starts use the
+    /// data dir's membership and ignore --join. Excludes --peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+
     /// Acquire requests that may wait on this node for a held lock (over all locks); one more
     /// that would wait is refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = config::DEFAULT_MAX_WAITING_ACQUIRES, value_name = "N")]
@@ -159,6 +166,7 @@ impl TryFrom<Args> for NodeConfig {
             snapshot_bytes: a.snapshot_bytes,
             read_mode: a.read_mode,
             cluster_token: a.initial_cluster_token,
+            join: a.join,
             max_waiting_acquires: a.max_waiting_acquires,
             max_concurrent_streams: a.max_concurrent_streams,
             max_txn_ops: a.max_txn_ops,

@@ -927,7 +927,7 @@ async fn kvctl_ranges_transacts_swaps_and_compacts_through_a_follower() {
         (
             2,
             "",
-            "kvctl: -w json is supported by put, get, del, txn, cas, compact, watch and lease only\n"
+            "kvctl: -w json is supported by put, get, del, txn, cas, compact, watch, lease and member only\n"
         )
     );
 }

@@ -27,6 +27,8 @@
 
 #[path = "kvctl/lease_watch.rs"]
 mod lease_watch;
+#[path = "kvctl/member.rs"]
+mod member;
 #[path = "kvctl/output.rs"]
 mod output;
 #[path = "kvctl/txn_input.rs"]
@@ -205,6 +207,9 @@ enum Command {
         /// The node that should lead.
         id: u64,
     },
+    /// Cluster membership: list, add, remove, promote, update.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -590,9 +595,10 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
             return lease_watch::run_watch(&client, &key, options, json).await;
         }
         Command::Lease(command) => return lease_watch::run_lease(&mut client, command, json).await,
+        Command::Member(command) => return member::run_member(&mut client, command, json).await,
         _ if json => {
             return Err(Failure::new(
-                "-w json is supported by put, get, del, txn, cas, compact, watch and lease only",
+                "-w json is supported by put, get, del, txn, cas, compact, watch, lease and member only",
             ))
         }
         Command::Status => {

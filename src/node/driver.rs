@@ -2,7 +2,7 @@
 
 use super::apply;
 use super::compactor::Compactor;
-use super::error::{ClientError, Fatal};
+use super::error::{ClientError, Fatal, REMOVED_LINE};
 use super::leases::Leases;
 use super::lock_waiters::LockWaiters;
 use super::pending::Pending;
@@ -16,12 +16,12 @@ use super::{Inbox, NodeStatus};
 use crate::config::NodeConfig;
 use crate::raft::storage::LogStore;
 use crate::raft::{
-    self, Entry, HardState, LogIndex, Message, MessageBody, NodeId, NotLeader, Payload, Proposed,
-    RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
+    self, ConfChangeError, Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
+    NotLeader, Payload, Proposed, RaftCore, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::state_machine::{Command, Outcome, Proposal, StateMachine};
 use crate::storage::{ClusterIdentity, SledStore};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,7 +91,34 @@ pub struct Driver {
     /// Where applied changes go to watchers, and what was published last (`watches.rs`).
     watch: super::WatchHub,
     watch_publisher: Publisher,
+    /// Membership changes proposed here, waiting for their entry to apply: (index, term,
+    /// reply).
+    conf_waiters: Vec<ConfWaiter>,
+    /// The peers the transport sends to, with their addresses (see `sync_peers`).
+    peer_addrs: BTreeMap<NodeId, String>,
+    /// The membership `peer_addrs` was computed from.
+    peers_from: Option<Membership>,
+    /// Members that left the membership (removed, or a change truncated away), with the
+    /// last index when they left: their sender runs until that index is applied here, so a
+    /// leader still sends a removed node the entries up to its removal and it learns of it.
+    leaving: BTreeMap<NodeId, (String, LogIndex)>,
+    /// A peer refused our call because this node was removed from the cluster.
+    removed_by: Option<NodeId>,
+    /// The members' addresses the data dir's identity recorded (see `member_address`).
+    known_addrs: BTreeMap<NodeId, String>,
+    /// Ticks since the last probe of the peers while this node's log says it was removed
+    /// (see `probe_if_removed`).
+    removed_probe_ticks: u32,
+    /// The cluster id the data dir recorded.
+    cluster_id: u64,
 }
+
+/// A membership change waiting for its entry (index, term) to apply.
+type ConfWaiter = (
+    LogIndex,
+    Term,
+    oneshot::Sender<Result<(Membership, Header), ClientError>>,
+);
 
 impl Driver {
     /// Opens the store as this cluster member (checking, or at first start recording, the
@@ -106,13 +133,48 @@ impl Driver {
         inbox: Inbox,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, Fatal> {
-        let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
-        let store = SledStore::open_as(&config.data_dir, &identity)?;
+        Self::open_joining(config, inbox, transport, None)
+    }
+
+    /// [`Driver::open`] for a node started with `--join`: at its first start `joined` is the
+    /// identity the cluster reported (recorded in the data dir); later the data dir's own.
+    ///
+    /// # Errors
+    /// As [`Driver::open`].
+    pub fn open_joining(
+        config: Arc<NodeConfig>,
+        inbox: Inbox,
+        transport: Arc<dyn Transport>,
+        joined: Option<ClusterIdentity>,
+    ) -> Result<Self, Fatal> {
+        // `--peers` that differ from the members recorded at the first start: accepted below
+        // only if they name the data dir's current membership.
+        let mut pending_mismatch = None;
+        let store = if config.join.is_some() {
+            SledStore::open_joined(&config.data_dir, config.id, joined.as_ref())?
+        } else {
+            let identity = ClusterIdentity::new(config.id, config.members(), &config.cluster_token);
+            let (store, members_differ) = SledStore::open_as_member(&config.data_dir, &identity)?;
+            pending_mismatch = members_differ.map(|(m, recorded)| (m, recorded, identity));
+            store
+        };
+        // Where the members were when this data dir joined or was created: the last resort
+        // for a member whose address no configuration entry carries (the static start's).
+        let (cluster_id, known_addrs) = store
+            .identity()?
+            .map(|i| (i.cluster_id, i.members))
+            .unwrap_or_default();
         let (hard_state, log) = store.load()?;
         let snapshot = store.snapshot()?;
         let snapshot_size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let auto_compaction = config.auto_compaction;
         let membership = snapshot.as_ref().and_then(|s| s.membership.clone());
+        // Whether the data dir itself says who the members are (a snapshot's membership or a
+        // configuration entry); otherwise the core's membership is the flags' own.
+        let membership_recorded = membership.is_some()
+            || log
+                .iter()
+                .any(|e| matches!(e.payload, Payload::ConfChange(_)));
         let (snapshot_meta, sm) = match snapshot {
             None => (SnapshotMeta::default(), StateMachine::new()),
             Some(snap) => {
@@ -131,6 +193,9 @@ impl Driver {
         rc.heartbeat_ticks = 1;
         rc.seed = start_seed(config.id);
         rc.lease_reads = config.read_mode == crate::config::ReadMode::Lease;
+        // A joining node knows no members (and never campaigns) until the leader's log or
+        // snapshot tells it the membership; on a restart its log does at once.
+        rc.joining = config.join.is_some();
         info!(
             node_id = config.id,
             term = hard_state.term,
@@ -143,6 +208,23 @@ impl Driver {
         // The membership is the last configuration entry of the log, else the snapshot's.
         let core =
             RaftCore::restore_with_membership(rc, hard_state, snapshot_meta, membership, log)?;
+        if let Some((mismatch, recorded, flags)) = pending_mismatch {
+            if !membership_recorded
+                || !flags_name_membership(&flags.members, &recorded.members, core.membership())
+            {
+                return Err(Fatal::Identity(mismatch));
+            }
+            info!(
+                members = ?flags.members.keys().collect::<Vec<_>>(),
+                "--peers differ from the members recorded at the first start but name the data dir's current membership"
+            );
+        }
+        // What `PeerSenders::spawn` started senders for.
+        let config_peers: BTreeMap<NodeId, String> = config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
         let revision = sm.revision();
         let mut watch_publisher = Publisher::new(revision);
         watch_publisher.set_drop_snapshot_catch_up(drop_snapshot_watch_catch_up());
@@ -172,6 +254,14 @@ impl Driver {
             applied_term: 0,
             watch: inbox.watch,
             watch_publisher,
+            conf_waiters: Vec::new(),
+            peer_addrs: config_peers,
+            peers_from: None,
+            leaving: BTreeMap::new(),
+            removed_by: None,
+            known_addrs,
+            removed_probe_ticks: 0,
+            cluster_id,
         })
     }
 
@@ -190,6 +280,7 @@ impl Driver {
         // election before the leader's queued AppendEntries are read (STYLE.md §12).
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut last_tick = Instant::now();
+        self.sync_peers();
         self.publish_status();
         loop {
             let mut failed = None;
@@ -244,6 +335,12 @@ impl Driver {
                 self.store.abandon();
                 return Err(err);
             }
+            self.sync_peers();
+            if let Some(err) = self.check_removed() {
+                self.reject_everything(&ClientError::ShuttingDown);
+                self.drain_snapshot().await?;
+                return Err(err);
+            }
             // The core answers a peer request within the Ready cycle of its input; a request
             // still waiting now was ignored by the core, and its caller gets an error.
             if !self.peer_waiters.is_empty() {
@@ -266,6 +363,38 @@ impl Driver {
         self.sync_leases();
         self.maybe_expire_leases();
         self.maybe_compact();
+        self.probe_if_removed();
+    }
+
+    /// A node whose log holds its own removal, but which has not applied it (the commit that
+    /// would tell it never came: the leader had stopped sending, or it restarted on an old
+    /// data dir), never campaigns and would wait forever. Once per election timeout it asks
+    /// its peers with a PreVote that cannot be granted (empty log) and changes no receiver's
+    /// state; a peer that removed it refuses the call as from a removed member, and this
+    /// node stops (`RemovedByPeer`).
+    fn probe_if_removed(&mut self) {
+        if !self.core.membership().removed.contains(&self.id) {
+            self.removed_probe_ticks = 0;
+            return;
+        }
+        self.removed_probe_ticks += 1;
+        if self.removed_probe_ticks < self.config.election_ticks() {
+            return;
+        }
+        self.removed_probe_ticks = 0;
+        let term = self.core.status().term + 1;
+        for &to in self.peer_addrs.keys() {
+            self.transport.send(Message {
+                from: self.id,
+                to,
+                term,
+                rpc_id: 0,
+                body: MessageBody::PreVote {
+                    last_log_index: 0,
+                    last_log_term: 0,
+                },
+            });
+        }
     }
 
     /// As leader: proposes the compaction `--auto-compaction-*` calls for, if one is due.
@@ -446,7 +575,91 @@ impl Driver {
                 );
                 let _ = reply.send(watches::history(keys, from, &key, &range_end, prev_kv));
             }
+            Request::ConfChange {
+                change,
+                force,
+                reply,
+            } => match self.core.propose_conf_change(change, force) {
+                Ok(Proposed { index, term }) => {
+                    self.leading = Some(term);
+                    self.conf_waiters.push((index, term, reply));
+                }
+                Err(ConfChangeError::Propose(e)) => {
+                    let _ = reply.send(Err(self.refused(e)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(ClientError::Membership(e)));
+                }
+            },
+            Request::RemovedByPeer { peer } => {
+                self.removed_by.get_or_insert(peer);
+            }
         }
+    }
+
+    /// Keeps the transport's peer set in step with the membership: every member (at the
+    /// address its configuration entries gave it, else the one `--peers` gave), plus the
+    /// members that left until the change that made them leave is applied here.
+    fn sync_peers(&mut self) {
+        let membership = self.core.membership();
+        if self.peers_from.as_ref() == Some(membership) && self.leaving.is_empty() {
+            return;
+        }
+        let mut wanted = BTreeMap::new();
+        for id in membership.members().filter(|&id| id != self.id) {
+            if let Some(addr) = self.member_address(id) {
+                wanted.insert(id, addr);
+            }
+        }
+        let last_index = self.core.status().last_index;
+        for (id, addr) in &self.peer_addrs {
+            if !wanted.contains_key(id) && !self.leaving.contains_key(id) {
+                self.leaving.insert(*id, (addr.clone(), last_index));
+            }
+        }
+        let applied = self.sm.applied_index();
+        // As leader, also while the core still replicates to it (it waits for the node's
+        // acknowledgement of its removal, then sends it a last heartbeat).
+        let tracked = self.core.status().matched;
+        self.leaving.retain(|id, (_, until)| {
+            (*until > applied || tracked.contains_key(id)) && !wanted.contains_key(id)
+        });
+        let mut all = wanted;
+        for (id, (addr, _)) in &self.leaving {
+            all.entry(*id).or_insert_with(|| addr.clone());
+        }
+        self.peers_from = Some(membership.clone());
+        if all != self.peer_addrs {
+            self.transport.set_peers(&all);
+            self.peer_addrs = all;
+        }
+    }
+
+    /// [`Fatal::Removed`] if this node applied its own removal or a peer refused it as
+    /// removed, after logging the one line that says so.
+    fn check_removed(&self) -> Option<Fatal> {
+        let applied_own_removal = self.core.status().removed;
+        if !applied_own_removal && self.removed_by.is_none() {
+            return None;
+        }
+        error!(peer = ?self.removed_by, "{REMOVED_LINE}");
+        Some(Fatal::Removed)
+    }
+
+    /// The peer address of member `id`: from the membership, else from `--peers`, else from
+    /// the identity the data dir recorded (a node that joined learns the static members'
+    /// addresses there: their configuration entries carry none); this node's own client
+    /// address for itself.
+    fn member_address(&self, id: NodeId) -> Option<String> {
+        if id == self.id {
+            return self.config.address_of(id);
+        }
+        self.core
+            .membership()
+            .address(id)
+            .map(str::to_string)
+            .or_else(|| self.config.address_of(id))
+            .or_else(|| self.known_addrs.get(&id).cloned())
     }
 
     /// Publishes to watchers what the applies of this Ready changed (after they applied:
@@ -621,6 +834,9 @@ impl Driver {
                 apply::apply_entry(&mut self.sm, &mut self.leases, &entry, Instant::now());
             self.applied_term = entry.term;
             self.after_applied(entry.index, &applied);
+            if let Payload::ConfChange(conf) = &entry.payload {
+                self.answer_conf_change(&entry, &conf.membership);
+            }
             let Some((term, reply)) = self.pending.take_write(entry.index) else {
                 continue;
             };
@@ -641,6 +857,33 @@ impl Driver {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// Answers the membership change waiting for `entry`, if any: applied as proposed when the
+    /// term matches, else another leader's entry took its index (leadership lost).
+    fn answer_conf_change(&mut self, entry: &Entry, membership: &Membership) {
+        let Some(pos) = self
+            .conf_waiters
+            .iter()
+            .position(|(index, _, _)| *index == entry.index)
+        else {
+            return;
+        };
+        let (_, term, reply) = self.conf_waiters.swap_remove(pos);
+        let answer = if term == entry.term {
+            Ok((
+                membership.clone(),
+                Header {
+                    node_id: self.id,
+                    term: entry.term,
+                    index: entry.index,
+                    revision: self.sm.revision(),
+                },
+            ))
+        } else {
+            Err(ClientError::LeadershipLost)
+        };
+        let _ = reply.send(answer);
     }
 
     /// After an entry applied: logs an error or a lease expiry, and wakes the Acquires
@@ -744,6 +987,9 @@ impl Driver {
             );
         }
         self.pending.fail_leader_bound(&ClientError::LeadershipLost);
+        for (_, _, reply) in self.conf_waiters.drain(..) {
+            let _ = reply.send(Err(ClientError::LeadershipLost));
+        }
     }
 
     /// Restarts the TTL of lease on keys `id` on this leader's clock; returns the TTL (0: no
@@ -812,7 +1058,7 @@ impl Driver {
         match leader {
             Some(id) if id != self.id => ClientError::NotLeader {
                 id,
-                addr: self.config.address_of(id).unwrap_or_default(),
+                addr: self.member_address(id).unwrap_or_default(),
             },
             _ => ClientError::NoLeader,
         }
@@ -843,6 +1089,9 @@ impl Driver {
             revision: self.sm.revision(),
             compact_revision: self.sm.key_space().compact_revision(),
             state_bytes: self.snapshot_size + self.bytes_since_snapshot,
+            membership: s.membership,
+            matched: s.matched,
+            cluster_id: self.cluster_id,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {
@@ -862,6 +1111,9 @@ impl Driver {
     /// Fails every waiter and every request still queued, and refuses new ones.
     fn reject_everything(&mut self, err: &ClientError) {
         self.pending.fail_all(err);
+        for (_, _, reply) in self.conf_waiters.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
         self.peer_waiters.clear();
         self.inbox.close();
         while let Ok(req) = self.inbox.try_recv() {
@@ -881,10 +1133,14 @@ impl Driver {
                 Request::KeyLease { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
+                Request::ConfChange { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
                 Request::Peer { .. }
                 | Request::PeerReply { .. }
                 | Request::HandOver { .. }
-                | Request::WatchHistory { .. } => {}
+                | Request::WatchHistory { .. }
+                | Request::RemovedByPeer { .. } => {}
             }
         }
     }
@@ -892,6 +1148,24 @@ impl Driver {
 
 mod handover;
 mod snapshot;
+
+/// Whether the members the flags give (ids and addresses) are the data dir's current
+/// membership: the same ids, each at the address the membership gives it, else at the one
+/// recorded at the first start. A data dir of another cluster (other addresses) fails this.
+fn flags_name_membership(
+    flags: &BTreeMap<NodeId, String>,
+    recorded: &BTreeMap<NodeId, String>,
+    membership: &Membership,
+) -> bool {
+    let ids: Vec<NodeId> = membership.members().collect();
+    ids.len() == flags.len()
+        && ids.iter().all(|id| {
+            let known = membership
+                .address(*id)
+                .or(recorded.get(id).map(String::as_str));
+            flags.get(id).map(String::as_str) == known
+        })
+}
 
 /// A seed that differs per node and per start, so two nodes (or two runs of one node) do
 /// not draw the same election timeouts. The driver may read the clock; the core may not.

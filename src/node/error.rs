@@ -68,6 +68,9 @@ pub enum ClientError {
         /// Who leads now (0 if unknown).
         leader: NodeId,
     },
+    /// A membership change refused by the leader (one line; see `ConfChangeError`).
+    #[error(transparent)]
+    Membership(crate::raft::ConfChangeError),
 }
 
 /// An error that stops the node (the process exits non-zero). Logged once by the driver,
@@ -102,7 +105,14 @@ pub enum Fatal {
         /// why
         cause: String,
     },
+    /// This node applied its own removal, or a peer refused it as removed: it takes no
+    /// further part in the cluster.
+    #[error("{REMOVED_LINE}")]
+    Removed,
 }
+
+/// The one line a removed node logs and prints before it stops.
+pub const REMOVED_LINE: &str = "this node was removed from the cluster";
 
 impl From<IdentityError> for Fatal {
     fn from(e: IdentityError) -> Self {

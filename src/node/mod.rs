@@ -106,11 +106,19 @@ pub struct NodeStatus {
     /// The size of the last snapshot taken or installed plus the commands applied since, in
     /// bytes: what the state takes on disk, about (etcd's "db size").
     pub state_bytes: u64,
+    /// The membership this node follows (the last configuration entry in its log), with
+    /// the members' peer addresses as far as the log knows them.
+    pub membership: crate::raft::Membership,
+    /// As leader: the highest index known to be replicated on each member (its lag is
+    /// `last_index - matched`); empty on other nodes.
+    pub matched: std::collections::BTreeMap<NodeId, LogIndex>,
+    /// The cluster id the data dir recorded (0 before the driver published).
+    pub cluster_id: u64,
 }
 
 impl NodeStatus {
     /// The status before the driver has published anything.
-    fn initial(id: NodeId) -> Self {
+    pub fn initial(id: NodeId) -> Self {
         NodeStatus {
             id,
             role: Role::Follower,
@@ -122,6 +130,9 @@ impl NodeStatus {
             revision: 1,
             compact_revision: 0,
             state_bytes: 0,
+            membership: crate::raft::Membership::default(),
+            matched: std::collections::BTreeMap::new(),
+            cluster_id: 0,
         }
     }
 }
@@ -351,6 +362,35 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Peer { msg, reply })?;
         rx.await.map_err(|_| ClientError::ShuttingDown)
+    }
+
+    /// Proposes a membership change and waits until it is applied; answers with the
+    /// membership it led to.
+    ///
+    /// # Errors
+    /// Not the leader (redirect), the change refused ([`ClientError::Membership`]),
+    /// leadership lost before it applied, overloaded or shutting down.
+    pub async fn conf_change(
+        &self,
+        change: crate::raft::ConfChange,
+        force: bool,
+    ) -> Result<(crate::raft::Membership, Header), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Request::ConfChange {
+            change,
+            force,
+            reply,
+        })?;
+        rx.await.unwrap_or(Err(ClientError::ShuttingDown))
+    }
+
+    /// A peer told us this node was removed from the cluster: the driver stops the node.
+    pub fn removed_by_peer(&self, peer: NodeId) {
+        if self.tx.try_send(Request::RemovedByPeer { peer }).is_err() {
+            tracing::debug!(
+                "inbox full or closed: dropped a removal notice (the next refused call repeats it)"
+            );
+        }
     }
 
     /// Feeds a peer's response into the core. Dropped if the inbox is full: the core resends.

@@ -133,6 +133,22 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<super::watches::History>,
     },
+    /// A membership change (leader only); answered once its entry is applied, with the
+    /// membership it led to, or at once with the refusal (not leader, `ConfChangeError`).
+    ConfChange {
+        /// The change.
+        change: crate::raft::ConfChange,
+        /// Skip the strict reconfiguration check (etcd `--strict-reconfig-check=false`).
+        force: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(crate::raft::Membership, Header), ClientError>>,
+    },
+    /// A peer refused one of our calls because this node was removed from the cluster: the
+    /// driver stops the node.
+    RemovedByPeer {
+        /// The peer that said so.
+        peer: NodeId,
+    },
 }
 
 /// What [`Request::KeyLease`] asks.

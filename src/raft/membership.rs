@@ -25,7 +25,7 @@
 //! a node that joins with an empty log learns the whole membership from the first
 //! configuration entry it receives, without knowing how the cluster was bootstrapped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,15 @@ pub struct Membership {
     /// Ids removed from the cluster: never members again (ids are never reused), and their
     /// messages are refused. Invariant: disjoint from `voters` and `learners`.
     pub removed: BTreeSet<NodeId>,
+    /// The peer address (`HOST:PORT`) of each member that joined by a configuration change or
+    /// changed its address since: set by `AddLearner`/`AddVoter` and `UpdateAddress` from the
+    /// change's context, dropped on `Remove`. Opaque to the core; it lives here so that every
+    /// configuration entry and every snapshot carries the addresses, and a restarted node (or
+    /// one that installed a snapshot) can reach the members that joined after it started.
+    /// Members of the static start may be missing (their addresses come from `--peers`).
+    /// Invariant: keys are members (voters or learners).
+    #[serde(default)]
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
@@ -104,6 +113,7 @@ impl Membership {
                 } else {
                     next.voters.insert(id);
                 }
+                next.set_address(id, &change.context);
             }
             ConfChangeKind::PromoteLearner => {
                 if self.is_voter(id) {
@@ -123,15 +133,33 @@ impl Membership {
                 }
                 next.voters.remove(&id);
                 next.learners.remove(&id);
+                next.addresses.remove(&id);
                 next.removed.insert(id);
             }
             ConfChangeKind::UpdateAddress => {
                 if !self.contains(id) {
                     return Err(ConfChangeError::NotMember(id));
                 }
+                next.set_address(id, &change.context);
             }
         }
         Ok(next)
+    }
+
+    /// The peer address recorded for `id`, if any (see [`Membership::addresses`]).
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.addresses.get(&id).map(String::as_str)
+    }
+
+    /// Records `context` as `id`'s address; an empty or non-UTF-8 context records nothing
+    /// (the change then carries no address, as a static start's members do not).
+    fn set_address(&mut self, id: NodeId, context: &[u8]) {
+        match std::str::from_utf8(context) {
+            Ok(addr) if !addr.is_empty() => {
+                self.addresses.insert(id, addr.to_string());
+            }
+            _ => {}
+        }
     }
 
     /// The byte encoding used by snapshot files and the peer protocol (see [`ConfEntry`]).
@@ -147,8 +175,8 @@ impl Membership {
     /// [`DecodeError`] if the bytes are not a membership this code wrote.
     pub fn decode(bytes: &[u8]) -> Result<Membership, DecodeError> {
         let mut r = Reader { bytes };
-        r.version()?;
-        let m = Membership::decode_from(&mut r)?;
+        let version = r.version()?;
+        let m = Membership::decode_from(&mut r, version)?;
         r.end()?;
         Ok(m)
     }
@@ -160,9 +188,27 @@ impl Membership {
                 out.extend_from_slice(&id.to_le_bytes());
             }
         }
+        put_u32(out, self.addresses.len());
+        for (id, addr) in &self.addresses {
+            out.extend_from_slice(&id.to_le_bytes());
+            put_u32(out, addr.len());
+            out.extend_from_slice(addr.as_bytes());
+        }
     }
 
-    fn decode_from(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
+    fn encoded_len(&self) -> usize {
+        3 * 4
+            + 8 * (self.voters.len() + self.learners.len() + self.removed.len())
+            + 4
+            + self
+                .addresses
+                .values()
+                .map(|a| 8 + 4 + a.len())
+                .sum::<usize>()
+    }
+
+    /// Version 1 (before addresses) ends after the three sets; version 2 adds the addresses.
+    fn decode_from(r: &mut Reader<'_>, version: u8) -> Result<Membership, DecodeError> {
         let mut sets: [BTreeSet<NodeId>; 3] = Default::default();
         for set in &mut sets {
             let n = r.u32()?;
@@ -174,10 +220,27 @@ impl Membership {
             }
         }
         let [voters, learners, removed] = sets;
+        let mut addresses = BTreeMap::new();
+        if version >= 2 {
+            let n = r.u32()?;
+            for _ in 0..n {
+                let id = r.u64()?;
+                let len = r.u32()?;
+                let addr = std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| DecodeError("a member address is not UTF-8"))?;
+                if !voters.contains(&id) && !learners.contains(&id) {
+                    return Err(DecodeError("an address for a non-member"));
+                }
+                if addresses.insert(id, addr.to_string()).is_some() {
+                    return Err(DecodeError("a member address is repeated"));
+                }
+            }
+        }
         let m = Membership {
             voters,
             learners,
             removed,
+            addresses,
         };
         let disjoint = m.voters.is_disjoint(&m.learners)
             && m.voters.is_disjoint(&m.removed)
@@ -250,13 +313,16 @@ pub struct ConfEntry {
     pub membership: Membership,
 }
 
-/// Version byte in front of every encoding in this module.
-const ENCODING_VERSION: u8 = 1;
+/// Version byte in front of every encoding in this module: 2 since memberships carry peer
+/// addresses; version 1 (no addresses) is still read.
+const ENCODING_VERSION: u8 = 2;
 
 impl ConfEntry {
     /// The byte encoding of a configuration entry's payload, shared by the segment log and the
-    /// peer protocol: version `1` u8 | kind u8 | node u64 LE | context length u32 LE | context |
-    /// then voters, learners, removed, each a count u32 LE followed by that many u64 LE ids.
+    /// peer protocol: version `2` u8 | kind u8 | node u64 LE | context length u32 LE | context |
+    /// then voters, learners, removed, each a count u32 LE followed by that many u64 LE ids |
+    /// then addresses: a count u32 LE, each an id u64 LE, a length u32 LE and UTF-8 bytes.
+    /// Version 1 (no address part) is still read.
     pub fn encode(&self) -> Vec<u8> {
         let c = &self.change;
         let mut out = Vec::with_capacity(18 + c.context.len());
@@ -275,13 +341,13 @@ impl ConfEntry {
     /// [`DecodeError`] if the bytes are not a configuration entry this code wrote.
     pub fn decode(bytes: &[u8]) -> Result<ConfEntry, DecodeError> {
         let mut r = Reader { bytes };
-        r.version()?;
+        let version = r.version()?;
         let kind = ConfChangeKind::from_tag(r.u8()?)
             .ok_or(DecodeError("unknown configuration change kind"))?;
         let node = r.u64()?;
         let len = r.u32()?;
         let context = r.take(len)?.to_vec();
-        let membership = Membership::decode_from(&mut r)?;
+        let membership = Membership::decode_from(&mut r, version)?;
         r.end()?;
         Ok(ConfEntry {
             change: ConfChange {
@@ -310,13 +376,7 @@ impl ConfEntry {
 
     /// Size of [`ConfEntry::encode`]'s output, without encoding.
     pub fn encoded_len(&self) -> usize {
-        let m = &self.membership;
-        1 + 1
-            + 8
-            + 4
-            + self.change.context.len()
-            + 3 * 4
-            + 8 * (m.voters.len() + m.learners.len() + m.removed.len())
+        1 + 1 + 8 + 4 + self.change.context.len() + self.membership.encoded_len()
     }
 }
 
@@ -416,9 +476,9 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(b))
     }
 
-    fn version(&mut self) -> Result<(), DecodeError> {
+    fn version(&mut self) -> Result<u8, DecodeError> {
         match self.u8()? {
-            ENCODING_VERSION => Ok(()),
+            v @ (1 | ENCODING_VERSION) => Ok(v),
             _ => Err(DecodeError("unknown version")),
         }
     }
@@ -476,10 +536,55 @@ mod tests {
             Membership::with_voters([5]).apply(&change(ConfChangeKind::Remove, 5)),
             Err(ConfChangeError::LastVoter(5))
         );
+        let moved = m
+            .apply(&ConfChange {
+                kind: ConfChangeKind::UpdateAddress,
+                node: 2,
+                context: b"10.0.0.2:7002".to_vec(),
+            })
+            .unwrap();
+        assert_eq!(moved.address(2), Some("10.0.0.2:7002"));
         assert_eq!(
-            m.apply(&change(ConfChangeKind::UpdateAddress, 2)),
-            Ok(m.clone())
+            (&moved.voters, &moved.learners, &moved.removed),
+            (&m.voters, &m.learners, &m.removed),
+            "an address update changes no role"
         );
+    }
+
+    #[test]
+    fn addresses_follow_the_members() {
+        let m = Membership::with_voters([1, 2, 3]);
+        let m = m.apply(&change(ConfChangeKind::AddLearner, 4)).unwrap();
+        assert_eq!(m.address(4), Some("127.0.0.1:7004"), "set on add");
+        let m = m.apply(&change(ConfChangeKind::PromoteLearner, 4)).unwrap();
+        assert_eq!(m.address(4), Some("127.0.0.1:7004"), "kept on promotion");
+        let m = m.apply(&change(ConfChangeKind::Remove, 4)).unwrap();
+        assert_eq!(m.address(4), None, "dropped on removal");
+        let bare = ConfChange {
+            context: Vec::new(),
+            ..change(ConfChangeKind::AddLearner, 5)
+        };
+        assert_eq!(m.apply(&bare).unwrap().address(5), None);
+    }
+
+    #[test]
+    fn version_1_encodings_without_addresses_still_decode() {
+        // A version-1 membership as part 1 wrote it: voters {1, 2}, no learners, removed {3}.
+        let mut v1 = vec![1u8];
+        for set in [&[1u64, 2][..], &[], &[3]] {
+            v1.extend_from_slice(&(set.len() as u32).to_le_bytes());
+            for id in set {
+                v1.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        let m = Membership::decode(&v1).unwrap();
+        assert_eq!(m.voters, BTreeSet::from([1, 2]));
+        assert_eq!(m.removed, BTreeSet::from([3]));
+        assert!(m.addresses.is_empty());
+        // An address for an id that is not a member is refused.
+        let mut bad = Membership::with_voters([1]);
+        bad.addresses.insert(9, "h:1".into());
+        assert!(Membership::decode(&bad.encode()).is_err());
     }
 
     #[test]
@@ -487,6 +592,7 @@ mod tests {
         let mut m = Membership::with_voters([1, 2, 3]);
         m.learners.insert(7);
         m.removed.insert(4);
+        m.addresses.insert(7, "127.0.0.1:7007".into());
         let e = ConfEntry {
             change: change(ConfChangeKind::AddLearner, 7),
             membership: m.clone(),

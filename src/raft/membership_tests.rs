@@ -104,7 +104,7 @@ fn grow_from_one_to_three_committing_after_each_change() {
         let members: Vec<NodeId> = (1..=id).collect();
         commit_command(&mut net, &[id as u8], &members);
     }
-    let want = Membership::with_voters([1, 2, 3]);
+    let want = with_addresses(Membership::with_voters([1, 2, 3]), &[2, 3]);
     for id in 1..=3 {
         assert_eq!(net.status(id).membership, want, "node {id}");
     }
@@ -142,7 +142,7 @@ fn grow_from_three_to_five_committing_after_each_change() {
     for id in 1..=5 {
         assert_eq!(
             net.status(id).membership,
-            Membership::with_voters([1, 2, 3, 4, 5])
+            with_addresses(Membership::with_voters([1, 2, 3, 4, 5]), &[4, 5])
         );
     }
     // Quorum is now 3 of 5: two nodes down, the other three still commit.
@@ -601,7 +601,7 @@ fn a_learner_added_before_a_compaction_learns_the_membership_from_the_snapshot()
             )
         });
     assert!(!log_has_conf, "no configuration entry after the snapshot");
-    let mut want = Membership::with_voters([1, 2, 3]);
+    let mut want = with_addresses(Membership::with_voters([1, 2, 3]), &[4]);
     want.learners.insert(4);
     assert_eq!(net.status(4).membership, want, "from the snapshot");
 }
@@ -643,6 +643,7 @@ fn a_removed_leader_hands_over_and_the_rest_carry_on() {
             voters: rest.iter().copied().collect(),
             learners: BTreeSet::new(),
             removed: set(&[old]),
+            addresses: net.status(new).membership.addresses,
         }
     );
 }
@@ -720,7 +721,7 @@ fn a_restart_rebuilds_the_membership_from_the_log_and_the_snapshot() {
     net.elect();
     net.add_node(4);
     let index = conf(&mut net, ConfChangeKind::AddLearner, 4);
-    let mut want = Membership::with_voters([1, 2, 3]);
+    let mut want = with_addresses(Membership::with_voters([1, 2, 3]), &[4]);
     want.learners.insert(4);
     // From the log.
     net.restart(2);
@@ -843,4 +844,12 @@ fn a_promoted_learner_that_missed_its_promotion_still_helps_elect_a_leader() {
         Role::Leader,
         "3 and 4 are 2 of the 3 voters"
     );
+}
+
+/// `m` with the addresses the `conf` helper's changes give `ids` (`127.0.0.1:<7000 + id>`).
+fn with_addresses(mut m: Membership, ids: &[NodeId]) -> Membership {
+    for &id in ids {
+        m.addresses.insert(id, format!("127.0.0.1:{}", 7000 + id));
+    }
+    m
 }

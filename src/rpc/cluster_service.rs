@@ -6,6 +6,7 @@
 //! `peers` lists the configured peer addresses, where this node dials them.
 
 use super::client_urls::ClientUrls;
+use super::member_service as members;
 use crate::config::NodeConfig;
 use crate::node::{NodeHandle, NodeStatus};
 use crate::pb;
@@ -65,6 +66,7 @@ pub fn status_response(
             })
             .collect(),
         address: urls.own().to_string(),
+        members: super::member_service::members_pb(config, s),
     }
 }
 
@@ -96,6 +98,55 @@ impl pb::cluster_server::Cluster for ClusterService {
             term,
         }))
     }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        // The data dir's cluster id (a joined node's is the cluster's, not its flags').
+        let status = self.node.status();
+        Ok(Response::new(members::member_list(
+            &self.config,
+            status.cluster_id,
+            &status,
+        )))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        members::member_add(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        members::member_remove(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        members::member_promote(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        members::member_update(&self.config, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// `TransferLeadership` waits this many election timeouts for the target to take over (the
@@ -120,6 +171,9 @@ mod tests {
             revision: 5,
             compact_revision: 0,
             state_bytes: 0,
+            membership: crate::raft::Membership::with_voters([1, 2, 3]),
+            matched: Default::default(),
+            cluster_id: 0,
         }
     }
 

@@ -19,9 +19,11 @@ pub mod client_urls;
 pub mod cluster_service;
 pub mod convert;
 pub mod etcd;
+pub mod join;
 pub mod kv_service;
 pub mod lease_service;
 pub mod lock_service;
+pub mod member_service;
 pub mod peer;
 pub mod raft_service;
 pub mod status;
@@ -87,6 +89,9 @@ pub enum RunError {
     /// The driver task panicked.
     #[error("driver task failed: {0}")]
     Driver(String),
+    /// `--join` failed at first start.
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
 }
 
 /// Runs one node on a pre-bound `listener` until `shutdown` is cancelled (mini-redis style:
@@ -146,7 +151,27 @@ async fn run_node(
     let (handle, inbox) = node::channel(config.id, node::INBOX_CAPACITY);
     let urls = ClientUrls::new(&config);
     let peers = PeerSenders::spawn(&config, &urls, handle.clone(), &tracker, peers_stop.clone())?;
-    let driver = match Driver::open(config.clone(), inbox, Arc::new(peers)) {
+    let joined = match &config.join {
+        Some(addr) => match crate::storage::SledStore::recorded_identity(&config.data_dir) {
+            Ok(Some(_)) => {
+                info!(join = %addr, "the data dir already joined a cluster: --join is ignored");
+                None
+            }
+            Ok(None) => match join::fetch_identity(&config, addr, &stop).await {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    peers_stop.cancel();
+                    return Err(e.into());
+                }
+            },
+            Err(e) => {
+                peers_stop.cancel();
+                return Err(Fatal::from(e).into());
+            }
+        },
+        None => None,
+    };
+    let driver = match Driver::open_joining(config.clone(), inbox, Arc::new(peers), joined) {
         Ok(d) => d,
         Err(e) => {
             peers_stop.cancel();

@@ -36,7 +36,7 @@ use crate::raft::{
     Message, MessageBody, NodeId, APPEND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES,
     MAX_BYTES_PER_MESSAGE_CEILING,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,10 +108,78 @@ pub struct PeerAddrError {
     reason: String,
 }
 
-/// The senders of all peers; implements [`Transport`].
+/// The senders of all peers; implements [`Transport`]. The peer set follows the membership:
+/// the driver calls [`Transport::set_peers`] when it changes, which starts a sender for a new
+/// member, and stops the sender of a member that left or moved (and starts one at the new
+/// address).
 #[derive(Debug)]
 pub struct PeerSenders {
-    queues: HashMap<NodeId, mpsc::Sender<Message>>,
+    /// What every sender is started with.
+    spawner: Spawner,
+    /// The running senders, by peer. A std mutex: held only to look up or swap a queue,
+    /// never across an await (the driver and `set_peers` are its only users).
+    peers: Mutex<HashMap<NodeId, RunningPeer>>,
+}
+
+/// One running sender: its address and its queue (dropping the queue ends the sender once
+/// it has sent what is queued).
+#[derive(Debug)]
+struct RunningPeer {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+}
+
+/// What a sender task needs besides its peer.
+#[derive(Debug)]
+struct Spawner {
+    me: NodeId,
+    election_timeout: Duration,
+    heartbeat_interval: Duration,
+    urls: ClientUrls,
+    node: NodeHandle,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Spawner {
+    /// Starts the sender task of `peer`.
+    fn spawn(&self, peer: &PeerSpec) -> Result<RunningPeer, PeerAddrError> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", peer.addr))
+            .map_err(|e| PeerAddrError {
+                id: peer.id,
+                addr: peer.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.election_timeout)
+            .tcp_nodelay(true);
+        // Snapshots stream for as long as their size needs, on their own connection so
+        // they never hold up appends and heartbeats.
+        // No channel-wide timeout: each transfer gets one for its size.
+        let snapshot_endpoint = endpoint.clone();
+        let endpoint = endpoint.timeout(self.election_timeout * 2);
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let sender = PeerSender {
+            me: self.me,
+            peer: peer.clone(),
+            client: raft_client(endpoint.connect_lazy()),
+            snapshot_client: raft_client(snapshot_endpoint.connect_lazy()),
+            snapshot_busy: Arc::new(AtomicBool::new(false)),
+            urls: self.urls.clone(),
+            node: self.node.clone(),
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            health: Arc::new(Health::new(self.heartbeat_interval, self.election_timeout)),
+            stall: self.election_timeout * 2,
+            stream: None,
+            tracker: self.tracker.clone(),
+            stop: self.stop.clone(),
+        };
+        let span = tracing::info_span!("peer", node_id = self.me, peer = peer.id);
+        self.tracker.spawn(sender.run(rx).instrument(span));
+        Ok(RunningPeer {
+            addr: peer.addr.clone(),
+            queue: tx,
+        })
+    }
 }
 
 impl PeerSenders {
@@ -127,55 +195,42 @@ impl PeerSenders {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Self, PeerAddrError> {
-        let mut queues = HashMap::new();
+        let spawner = Spawner {
+            me: config.id,
+            election_timeout: config.election_timeout,
+            heartbeat_interval: config.heartbeat_interval,
+            urls: urls.clone(),
+            node,
+            tracker: tracker.clone(),
+            stop,
+        };
+        let mut peers = HashMap::new();
         for peer in &config.peers {
-            let endpoint = Endpoint::from_shared(format!("http://{}", peer.addr))
-                .map_err(|e| PeerAddrError {
-                    id: peer.id,
-                    addr: peer.addr.clone(),
-                    reason: e.to_string(),
-                })?
-                .connect_timeout(config.election_timeout)
-                .tcp_nodelay(true);
-            // Snapshots stream for as long as their size needs, on their own connection so
-            // they never hold up appends and heartbeats.
-            // No channel-wide timeout: each transfer gets one for its size.
-            let snapshot_endpoint = endpoint.clone();
-            let endpoint = endpoint.timeout(config.election_timeout * 2);
-            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            let sender = PeerSender {
-                me: config.id,
-                peer: peer.clone(),
-                client: raft_client(endpoint.connect_lazy()),
-                snapshot_client: raft_client(snapshot_endpoint.connect_lazy()),
-                snapshot_busy: Arc::new(AtomicBool::new(false)),
-                urls: urls.clone(),
-                node: node.clone(),
-                inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-                health: Arc::new(Health::new(
-                    config.heartbeat_interval,
-                    config.election_timeout,
-                )),
-                stall: config.election_timeout * 2,
-                stream: None,
-                tracker: tracker.clone(),
-                stop: stop.clone(),
-            };
-            let span = tracing::info_span!("peer", node_id = config.id, peer = peer.id);
-            tracker.spawn(sender.run(rx).instrument(span));
-            queues.insert(peer.id, tx);
+            peers.insert(peer.id, spawner.spawn(peer)?);
         }
-        Ok(PeerSenders { queues })
+        Ok(PeerSenders {
+            spawner,
+            peers: Mutex::new(peers),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, RunningPeer>> {
+        // Left consistent at every point: a panic elsewhere cannot poison it.
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Transport for PeerSenders {
     fn send(&self, msg: Message) {
-        let Some(queue) = self.queues.get(&msg.to) else {
-            warn!(
+        let queue = self.lock().get(&msg.to).map(|p| p.queue.clone());
+        let Some(queue) = queue else {
+            // Normal for a member added a moment ago whose address is not known here yet.
+            debug!(
                 to = msg.to,
                 kind = msg.body.kind(),
-                "message for an unknown peer dropped"
+                "message for a peer without a known address dropped"
             );
             return;
         };
@@ -188,6 +243,36 @@ impl Transport for PeerSenders {
                 kind = msg.body.kind(),
                 "peer queue full or closed: message dropped"
             );
+        }
+    }
+
+    fn set_peers(&self, wanted: &BTreeMap<NodeId, String>) {
+        let mut peers = self.lock();
+        // A sender that is no longer wanted is not cancelled: closing its queue lets it send
+        // what is queued first (a removed node's last heartbeat, which tells it that its
+        // removal committed), then it ends.
+        peers.retain(|id, running| {
+            let keep = wanted.get(id) == Some(&running.addr);
+            if !keep {
+                info!(peer = id, addr = %running.addr, "stopping the sender of a peer that left or moved");
+            }
+            keep
+        });
+        for (&id, addr) in wanted {
+            if id == self.spawner.me || peers.contains_key(&id) {
+                continue;
+            }
+            let spec = PeerSpec {
+                id,
+                addr: addr.clone(),
+            };
+            match self.spawner.spawn(&spec) {
+                Ok(running) => {
+                    info!(peer = id, addr = %addr, "started the sender of a new peer");
+                    peers.insert(id, running);
+                }
+                Err(e) => warn!(error = %e, "cannot reach a member: no sender started"),
+            }
         }
     }
 }
@@ -559,6 +644,7 @@ impl StreamReader {
         // success on it cannot come first and make this failure look like a new streak.
         self.health
             .report_failure(&self.peer, "AppendStream", &status);
+        report_if_removed(&self.node, &self.peer, &status);
         self.window.permits.close();
     }
 
@@ -657,8 +743,20 @@ impl Call {
                 self.health.report_success(&self.peer);
                 self.node.peer_reply(reply);
             }
-            Err(status) => self.health.report_failure(&self.peer, kind, &status),
+            Err(status) => {
+                self.health.report_failure(&self.peer, kind, &status);
+                report_if_removed(&self.node, &self.peer, &status);
+            }
         }
+    }
+}
+
+/// A peer refused our call because this node was removed from the cluster (the only way a
+/// removed node that never received its removal entry finds out): tell the driver, which
+/// stops the node.
+fn report_if_removed(node: &NodeHandle, peer: &PeerSpec, status: &tonic::Status) {
+    if super::status::is_member_removed(status) {
+        node.removed_by_peer(peer.id);
     }
 }
 

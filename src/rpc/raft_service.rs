@@ -16,7 +16,7 @@ use super::client_urls::ClientUrls;
 use super::convert;
 use crate::node::NodeHandle;
 use crate::pb;
-use crate::raft::NodeId;
+use crate::raft::{Message, NodeId};
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
@@ -61,7 +61,7 @@ impl pb::raft_server::Raft for RaftService {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::vote_request_in(request, self.id)?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::vote_response_out(reply)?))
     }
 
@@ -104,7 +104,7 @@ impl pb::raft_server::Raft for RaftService {
         }
         let msg = receiver.finish()?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::append_response_out(reply)?))
     }
 
@@ -115,9 +115,37 @@ impl pb::raft_server::Raft for RaftService {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::timeout_now_request_in(request, self.id)?;
         self.urls.learn(msg.from, &metadata);
-        let reply = self.node.peer_request(msg).await?;
+        let reply = step(&self.node, msg).await?;
         Ok(Response::new(convert::timeout_now_response_out(reply)?))
     }
+}
+
+/// Steps a peer request through the driver, unless its sender was removed from the cluster:
+/// that one gets [`member_removed`](super::status::member_removed) (etcd answers HTTP 410),
+/// which is how a removed node that missed its removal entry learns of it and stops.
+///
+/// The same exceptions as the core's (`RaftCore::accepts_from`): a leader that removed itself
+/// keeps leading this term until its removal commits (its messages in that term pass), and a
+/// leader hears the answers of a node it is removing until it lets it go.
+async fn step(node: &NodeHandle, msg: Message) -> Result<Message, Status> {
+    if refuses_as_removed(&node.status(), &msg) {
+        tracing::debug!(
+            from = msg.from,
+            kind = msg.body.kind(),
+            "refused a message from a removed member"
+        );
+        return Err(super::status::member_removed());
+    }
+    Ok(node.peer_request(msg).await?)
+}
+
+/// Whether `msg` comes from a member this node knows was removed, and none of the core's
+/// exceptions applies.
+fn refuses_as_removed(s: &crate::node::NodeStatus, msg: &Message) -> bool {
+    let from = msg.from;
+    s.membership.removed.contains(&from)
+        && !(s.leader == Some(from) && msg.term == s.term)
+        && !s.matched.contains_key(&from)
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
@@ -136,7 +164,7 @@ fn append_answer(
     Ok((
         from,
         Box::pin(async move {
-            let reply = node.peer_request(msg).await?;
+            let reply = step(&node, msg).await?;
             convert::append_response_out(reply)
         }),
     ))
@@ -222,5 +250,54 @@ impl std::fmt::Debug for AppendAnswers {
             .field("pending", &self.pending.len())
             .field("reading", &self.requests.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeStatus;
+    use crate::raft::{MessageBody, Role};
+
+    fn vote_from(from: NodeId, term: u64) -> Message {
+        Message {
+            from,
+            to: 1,
+            term,
+            rpc_id: 0,
+            body: MessageBody::PreVote {
+                last_log_index: 0,
+                last_log_term: 0,
+            },
+        }
+    }
+
+    /// Issue 15: a removed member's messages are refused, except the core's exceptions (a
+    /// leader removing itself leads on in its term; a leader hears the node it is removing).
+    #[test]
+    fn removed_members_are_refused_except_where_the_core_listens() {
+        let mut s = NodeStatus::initial(1);
+        s.membership = crate::raft::Membership::with_voters([1, 3]);
+        s.membership.removed.insert(2);
+        s.term = 5;
+        assert!(refuses_as_removed(&s, &vote_from(2, 5)));
+        assert!(refuses_as_removed(&s, &vote_from(2, 6)));
+        assert!(!refuses_as_removed(&s, &vote_from(3, 6)), "a member");
+        s.leader = Some(2);
+        assert!(
+            !refuses_as_removed(&s, &vote_from(2, 5)),
+            "the leader that removed itself, in its term"
+        );
+        assert!(
+            refuses_as_removed(&s, &vote_from(2, 6)),
+            "not in a later term"
+        );
+        s.leader = Some(1);
+        s.role = Role::Leader;
+        s.matched.insert(2, 10);
+        assert!(
+            !refuses_as_removed(&s, &vote_from(2, 5)),
+            "a node the leader still replicates to"
+        );
     }
 }

@@ -22,6 +22,30 @@ pub const LEADER_ADDR_KEY: &str = "leader-addr";
 pub const ERROR_KIND_KEY: &str = "kvstore-error";
 /// The [`ERROR_KIND_KEY`] value of an expired session.
 pub const SESSION_EXPIRED: &str = "session-expired";
+/// The [`ERROR_KIND_KEY`] value of a peer call refused because the caller was removed from
+/// the cluster.
+pub const MEMBER_REMOVED: &str = "member-removed";
+/// etcd's words for a removed member's call (its rafthttp answers HTTP 410 with them).
+pub const MEMBER_REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+
+/// The answer to a peer call from a member that was removed: FAILED_PRECONDITION with
+/// etcd's words, tagged [`MEMBER_REMOVED`] so the caller can tell it from other refusals.
+pub fn member_removed() -> Status {
+    let mut status = Status::failed_precondition(MEMBER_REMOVED_MESSAGE);
+    status
+        .metadata_mut()
+        .insert(ERROR_KIND_KEY, MetadataValue::from_static(MEMBER_REMOVED));
+    status
+}
+
+/// Whether `status` is [`member_removed`]'s answer.
+pub fn is_member_removed(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .metadata()
+            .get(ERROR_KIND_KEY)
+            .is_some_and(|v| v == MEMBER_REMOVED)
+}
 
 impl From<ClientError> for Status {
     fn from(err: ClientError) -> Status {
@@ -50,6 +74,7 @@ impl From<ClientError> for Status {
             }
             ClientError::Apply(ApplyError::Kv(e)) => Status::new(mvcc_code(&e), message),
             ClientError::Apply(_) => Status::failed_precondition(message),
+            ClientError::Membership(_) => Status::failed_precondition(message),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Node {
     /// SIGSTOPped and not yet SIGCONTinued.
     stopped: bool,
     peers: Vec<String>,
+    /// `--join HOST:PORT` for a node added by a membership change.
+    join: Option<String>,
 }
 
 impl Node {
@@ -177,6 +179,7 @@ impl Cluster {
                 child: None,
                 stopped: false,
                 peers,
+                join: None,
             });
         }
         nodes.iter().for_each(&mut prepare);
@@ -227,7 +230,30 @@ impl Cluster {
         if !node.peers.is_empty() {
             command.args(["--peers", &node.peers.join(",")]);
         }
+        if let Some(join) = &node.join {
+            command.args(["--join", join]);
+        }
         command
+    }
+
+    /// Starts a new node (the next id) on `port`, with a fresh data dir, joining the cluster
+    /// through the member at `join` (it must have been added with `member add` first, at
+    /// `127.0.0.1:<port>`); returns its id.
+    pub fn add_joining(&mut self, port: u16, join: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(Node {
+            id,
+            port,
+            data_dir: TempDir::new().unwrap(),
+            log_path: self.logs.path().join(format!("node-{id}.log")),
+            log_start: 0,
+            child: None,
+            stopped: false,
+            peers: Vec::new(),
+            join: Some(join.to_string()),
+        });
+        self.spawn(id);
+        id
     }
 
     fn spawn(&mut self, id: u64) {

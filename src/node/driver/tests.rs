@@ -7,14 +7,20 @@ use super::*;
 use crate::node::WriteResult;
 use crate::state_machine::StateMachine;
 
-/// Keeps every message the driver sends to peers.
+/// Keeps every message the driver sends to peers, and every peer set it is given.
 #[derive(Default)]
-struct Outbox(Mutex<Vec<Message>>);
+struct Outbox(Mutex<Vec<Message>>, Mutex<Vec<BTreeMap<NodeId, String>>>);
 
 impl Transport for Outbox {
     fn send(&self, msg: Message) {
         if let Ok(mut sent) = self.0.lock() {
             sent.push(msg);
+        }
+    }
+
+    fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
+        if let Ok(mut sets) = self.1.lock() {
+            sets.push(peers.clone());
         }
     }
 }
@@ -499,4 +505,171 @@ async fn a_deposed_leader_does_not_answer_a_keep_alive() {
         ),
         "a deposed leader renewed: {got:?}"
     );
+}
+
+/// The last peer set the driver gave the transport.
+fn last_peers(outbox: &Outbox) -> Vec<(NodeId, String)> {
+    let sets = outbox.1.lock().unwrap_or_else(|e| e.into_inner());
+    sets.last()
+        .map(|p| p.iter().map(|(id, a)| (*id, a.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Proposes `change` on the leader and returns its receiver (answered once applied).
+fn propose_change(
+    d: &mut Driver,
+    kind: crate::raft::ConfChangeKind,
+    node: NodeId,
+) -> oneshot::Receiver<Result<(Membership, Header), ClientError>> {
+    let (reply, answer) = oneshot::channel();
+    d.handle_request(Request::ConfChange {
+        change: crate::raft::ConfChange {
+            kind,
+            node,
+            context: format!("127.0.0.1:{}", 7000 + node).into_bytes(),
+        },
+        force: false,
+        reply,
+    });
+    answer
+}
+
+/// Issue 15: a membership change is answered once applied; the transport starts sending to a
+/// new member at the address its entry carries as soon as the entry is appended, and keeps
+/// sending to a removed one until its removal is applied (so it can learn of it).
+#[tokio::test]
+async fn membership_changes_are_answered_when_applied_and_drive_the_peer_set() {
+    use crate::raft::ConfChangeKind;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut d, outbox) = with_outbox(&dir);
+    elect(&mut d, &outbox).await;
+    // The no-op of its term commits in the rounds of the election.
+    round(&mut d, &outbox).await;
+    let mut answer = propose_change(&mut d, ConfChangeKind::AddLearner, 4);
+    d.handle_ready().await.unwrap_or_else(|e| panic!("{e}"));
+    d.sync_peers();
+    assert_eq!(
+        last_peers(&outbox),
+        vec![
+            (2, "127.0.0.1:1".to_string()),
+            (3, "127.0.0.1:2".to_string()),
+            (4, "127.0.0.1:7004".to_string())
+        ],
+        "the new learner gets a sender before its entry commits"
+    );
+    assert!(answer.try_recv().is_err(), "not answered before it applies");
+    round(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    let (membership, header) = answer
+        .await
+        .unwrap_or_else(|e| panic!("no answer: {e}"))
+        .unwrap_or_else(|e| panic!("refused: {e}"));
+    assert!(membership.is_learner(4));
+    assert_eq!(header.index, d.sm.applied_index());
+    // A second change while one is unapplied is refused with the core's line.
+    let mut answer = propose_change(&mut d, ConfChangeKind::Remove, 4);
+    let mut second = propose_change(&mut d, ConfChangeKind::Remove, 3);
+    assert!(matches!(
+        second.try_recv(),
+        Ok(Err(ClientError::Membership(
+            ConfChangeError::ChangeInProgress(_)
+        )))
+    ));
+    d.handle_ready().await.unwrap_or_else(|e| panic!("{e}"));
+    d.sync_peers();
+    assert!(
+        last_peers(&outbox).iter().any(|(id, _)| *id == 4),
+        "a removed member keeps its sender until its removal applies"
+    );
+    round(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    assert!(matches!(answer.try_recv(), Ok(Ok(_))));
+    // Its sender stops once the removal applied and the core is done with it (it acked the
+    // removal and got its last heartbeat).
+    for _ in 0..10 {
+        d.sync_peers();
+        if last_peers(&outbox).len() == 2 {
+            break;
+        }
+        d.on_tick();
+        round(&mut d, &outbox).await;
+    }
+    assert_eq!(
+        last_peers(&outbox)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        vec![2, 3],
+        "its sender stops once the core is done with it"
+    );
+    assert!(d.check_removed().is_none());
+}
+
+/// Issue 15: a node that a peer refused as removed stops with the one line.
+#[tokio::test]
+async fn a_node_a_peer_refuses_as_removed_stops() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut d = follower(&dir);
+    assert!(d.check_removed().is_none());
+    d.handle_request(Request::RemovedByPeer { peer: 2 });
+    let err = d.check_removed().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("this node was removed from the cluster")
+    );
+}
+
+/// Node 1 reopened on `dir` with `peers` as its `--peers`.
+fn reopen(dir: &tempfile::TempDir, peers: &str) -> Result<Driver, Fatal> {
+    let mut config = NodeConfig::new(1, 0);
+    config.data_dir = dir.path().join("node-1");
+    config.peers = crate::config::parse_peers(peers, 1).unwrap_or_else(|e| panic!("peers: {e}"));
+    let (_handle, inbox) = super::super::channel(1, 16);
+    Driver::open(Arc::new(config), inbox, Arc::new(Outbox::default()))
+}
+
+/// Issue 15: after a membership change, `--peers` naming the data dir's current membership
+/// are accepted at a restart; the first start's set still is; any other set is refused.
+#[tokio::test]
+async fn a_restart_accepts_the_flags_of_the_current_membership_only() {
+    use crate::raft::ConfChangeKind;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (mut d, outbox) = with_outbox(&dir);
+    elect(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    let answer = propose_change(&mut d, ConfChangeKind::AddLearner, 4);
+    round(&mut d, &outbox).await;
+    round(&mut d, &outbox).await;
+    assert!(matches!(answer.await, Ok(Ok(_))));
+    drop(d);
+    let now = "2=127.0.0.1:1,3=127.0.0.1:2,4=127.0.0.1:7004";
+    drop(reopen(&dir, now).unwrap_or_else(|e| panic!("the current membership refused: {e}")));
+    drop(reopen(&dir, "2=127.0.0.1:1,3=127.0.0.1:2").unwrap_or_else(|e| panic!("{e}")));
+    for other in [
+        "2=127.0.0.1:1",
+        "",
+        "2=127.0.0.1:1,3=127.0.0.1:2,4=127.0.0.1:7005",
+        "2=127.0.0.1:1,3=127.0.0.1:9,4=127.0.0.1:7004",
+    ] {
+        match reopen(&dir, other) {
+            Err(Fatal::Identity(_)) => {}
+            Err(e) => panic!("{other:?}: expected an identity mismatch, got {e}"),
+            Ok(_) => panic!("{other:?}: accepted"),
+        }
+    }
+}
+
+/// Control for the rule above: with no membership change in the data dir, a smaller set
+/// (here: no `--peers`, a cluster of its own) is refused although it names "the core's
+/// membership", which then comes from the flags.
+#[tokio::test]
+async fn without_a_recorded_membership_a_smaller_peer_set_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    drop(follower(&dir));
+    for other in ["", "2=127.0.0.1:1"] {
+        assert!(
+            matches!(reopen(&dir, other), Err(Fatal::Identity(_))),
+            "{other:?} accepted"
+        );
+    }
 }

@@ -205,6 +205,99 @@ impl SledStore {
         }
     }
 
+    /// [`SledStore::open_as`], except that flags whose member set alone differs from the
+    /// recorded one (same id, same token) open the store and return the mismatch, for the
+    /// caller to accept if the flags name the data dir's current membership (its log's, after
+    /// membership changes) and to refuse otherwise.
+    ///
+    /// # Errors
+    /// As [`SledStore::open_as`] for every other mismatch.
+    pub fn open_as_member(
+        dir: &Path,
+        flags: &ClusterIdentity,
+    ) -> Result<(Self, Option<(IdentityMismatch, ClusterIdentity)>), IdentityError> {
+        let store = SledStore::open(dir)?;
+        if let Ok(Some(recorded)) = store.identity() {
+            let members_only = recorded.node_id == flags.node_id
+                && recorded.token == flags.token
+                && recorded.members != flags.members;
+            if members_only {
+                if let Some(m) = IdentityMismatch::between(dir, &recorded, flags) {
+                    return Ok((store, Some((m, recorded))));
+                }
+            }
+        }
+        // Everything else exactly as `open_as` (same store, not reopened).
+        match store.check_identity(flags) {
+            Ok(()) => Ok((store, None)),
+            Err(IdentityError::Storage(e)) => {
+                store.abandon();
+                Err(e.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the data dir of a node started with `--join`. If the dir recorded an identity
+    /// (not its first start), that identity is authoritative, like etcd's
+    /// `--initial-cluster-state existing` after the first start: only the node id must agree,
+    /// the members are the data dir's (its log and snapshots), and `joined` is ignored. At
+    /// first start, `joined` (the identity the cluster reported) is recorded.
+    ///
+    /// # Errors
+    /// As [`SledStore::open_as`]; also a first start without `joined`.
+    pub fn open_joined(
+        dir: &Path,
+        node_id: NodeId,
+        joined: Option<&ClusterIdentity>,
+    ) -> Result<Self, IdentityError> {
+        let store = SledStore::open(dir)?;
+        let checked = match store.identity() {
+            Ok(Some(recorded)) => {
+                let flags = ClusterIdentity {
+                    node_id,
+                    ..recorded.clone()
+                };
+                match IdentityMismatch::between(dir, &recorded, &flags) {
+                    None => Ok(()),
+                    Some(m) => Err(m.into()),
+                }
+            }
+            Ok(None) => match joined {
+                Some(joined) => store.check_identity(joined),
+                None => {
+                    // Nothing was written: closed normally (not abandoned), lock released.
+                    drop(store);
+                    return Err(IdentityError::Storage(StorageError::Corrupt {
+                        dir: dir.to_path_buf(),
+                        what: IDENTITY_WHAT.to_owned(),
+                        reason: "none recorded, and --join did not provide one".to_owned(),
+                    }));
+                }
+            },
+            Err(e) => Err(e.into()),
+        };
+        match checked {
+            Ok(()) => Ok(store),
+            Err(IdentityError::Storage(e)) => {
+                store.abandon();
+                Err(e.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the data dir at `dir` recorded a cluster identity (opens and closes it).
+    ///
+    /// # Errors
+    /// The dir cannot be opened or read.
+    pub fn recorded_identity(dir: &Path) -> Result<Option<ClusterIdentity>, StorageError> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        SledStore::open(dir)?.identity()
+    }
+
     /// The identity this data dir recorded, if any.
     ///
     /// # Errors
@@ -418,6 +511,41 @@ mod tests {
             }
             Err(e) => panic!("expected a storage error, got {e}"),
             Ok(_) => panic!("a damaged identity was accepted"),
+        }
+    }
+
+    /// `--join`: the first start records the identity the cluster reported; later starts keep
+    /// it (only the node id must agree); a first start without one is refused.
+    #[test]
+    fn a_joined_data_dir_keeps_the_reported_identity_and_checks_only_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n4");
+        assert!(matches!(
+            SledStore::open_joined(&path, 4, None),
+            Err(IdentityError::Storage(_))
+        ));
+        let reported = ClusterIdentity {
+            node_id: 4,
+            ..three(1)
+        };
+        drop(SledStore::open_joined(&path, 4, Some(&reported)).unwrap());
+        assert_eq!(
+            SledStore::recorded_identity(&path).unwrap(),
+            Some(reported.clone())
+        );
+        // A restart: nothing reported, the recorded identity stands.
+        drop(SledStore::open_joined(&path, 4, None).unwrap());
+        let other = ClusterIdentity {
+            cluster_id: 1,
+            ..reported.clone()
+        };
+        drop(SledStore::open_joined(&path, 4, Some(&other)).unwrap());
+        assert_eq!(SledStore::recorded_identity(&path).unwrap(), Some(reported));
+        // Another id is refused in one line.
+        match SledStore::open_joined(&path, 5, None) {
+            Err(IdentityError::Mismatch(m)) => assert!(m.to_string().contains("--id 5"), "{m}"),
+            Err(e) => panic!("expected a mismatch, got {e}"),
+            Ok(_) => panic!("another id was accepted"),
         }
     }
 }

@@ -1921,8 +1921,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
                 .values()
                 .map(|n| {
                     let s = n.core.status();
+                    let members = if w.cfg.membership {
+                        let m = &s.membership;
+                        let retired = if n.retired { " retired" } else { "" };
+                        format!(" voters {:?} learners {:?}{retired}", m.voters, m.learners)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "node {}: {} term {} leader {:?} commit {} last {} applied {}",
+                        "node {}: {} term {} leader {:?} commit {} last {} applied {}{members}",
                         s.id,
                         s.role,
                         s.term,

@@ -427,3 +427,35 @@ fn a_deposed_leaders_uncommitted_watch_event_is_caught_as_never_committed() {
         },
     );
 }
+
+/// Issue 15: the membership workload (`--membership`, an operator changing the membership
+/// under the usual faults) with a core mutation switched on.
+fn membership(m: Mutation) -> impl Fn(u64, bool) -> SimConfig {
+    move |seed, on| {
+        let mut c = SimConfig::for_seed(seed);
+        c.membership = true;
+        if on {
+            c.mutation = m;
+        }
+        c
+    }
+}
+
+/// Issue 15: two uncommitted membership changes at once (the leader takes a change before the
+/// previous one is applied). Two voter changes in a row can leave the new configuration
+/// without a quorum in common with the one still in force: caught when the leader appends
+/// it (a quorum-overlap check against the configuration the leader applied).
+#[test]
+fn two_membership_changes_at_once_are_caught() {
+    let expected = Expected {
+        flag: "--mutation concurrent-conf-changes",
+        limit: 20,
+        first_seed: 9,
+        checkers: &["two changes at once"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::ConcurrentConfChanges),
+    );
+}

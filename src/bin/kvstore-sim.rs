@@ -34,6 +34,9 @@ enum MutationArg {
     LeaseIgnoresStalls,
     NoByteCap,
     StampOpenReadRound,
+    ConcurrentConfChanges,
+    ConfChangeBeforeTermCommit,
+    CountLearnerVotes,
 }
 
 impl From<MutationArg> for Mutation {
@@ -48,6 +51,9 @@ impl From<MutationArg> for Mutation {
             MutationArg::LeaseIgnoresStalls => Mutation::LeaseIgnoresStalls,
             MutationArg::NoByteCap => Mutation::NoByteCap,
             MutationArg::StampOpenReadRound => Mutation::StampOpenReadRound,
+            MutationArg::ConcurrentConfChanges => Mutation::ConcurrentConfChanges,
+            MutationArg::ConfChangeBeforeTermCommit => Mutation::ConfChangeBeforeTermCommit,
+            MutationArg::CountLearnerVotes => Mutation::CountLearnerVotes,
         }
     }
 }
@@ -157,6 +163,11 @@ struct Args {
     /// on its own).
     #[arg(long)]
     no_watch_applied_check: bool,
+    /// An operator changes the membership while faults and clients run: adds learners (new
+    /// ids, empty disks), promotes them, removes voters (the leader and down nodes included)
+    /// and learners; every invariant is checked with the membership each node follows.
+    #[arg(long)]
+    membership: bool,
 }
 
 fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
@@ -186,6 +197,7 @@ fn config(args: &Args, seed: u64, trace: bool) -> SimConfig {
     c.keep_alive_answers_at_once = args.keep_alive_answers_at_once;
     c.watch_publish_on_append = args.watch_publish_on_append;
     c.check_watch_applied = !args.no_watch_applied_check;
+    c.membership = args.membership;
     c
 }
 
@@ -232,6 +244,7 @@ fn replay_cmd(args: &Args, seed: u64) -> String {
         ),
         (args.watch_publish_on_append, " --watch-publish-on-append"),
         (args.no_watch_applied_check, " --no-watch-applied-check"),
+        (args.membership, " --membership"),
     ];
     for (on, flag) in switches {
         if on {
@@ -268,6 +281,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 if args.watches {
                     println!("  watches: {} events delivered", o.watch_events);
                 }
+                if args.membership {
+                    println!("  membership: {} changes accepted, {} refused; committed: {} learners added, {} promoted, {} voters and {} learners removed ({} leaders, {} down nodes)", o.conf_changes_proposed, o.conf_changes_refused, o.learners_added, o.learners_promoted, o.voters_removed, o.learners_removed, o.leaders_removed, o.down_nodes_removed);
+                }
                 if args.key_leases {
                     println!("  key leases: {} granted, {} renewals, {} revokes that deleted keys (per node)", o.key_lease_grants, o.key_lease_renewals, o.key_lease_revokes_with_keys);
                 }
@@ -302,6 +318,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
     // Leadership transfers started, and reads served by lease, over the passing seeds.
     let (transfers, lease_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures: Arc<Mutex<Vec<Failure>>> = Arc::new(Mutex::new(Vec::new()));
+    // Committed membership changes over the passing seeds: learners added, promoted, voters
+    // removed, learners removed, leaders removed, down nodes removed.
+    let members: Arc<[AtomicU64; 6]> = Arc::new(Default::default());
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
         ProgressStyle::with_template(
@@ -324,6 +343,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 args.clone(),
             );
             let (transfers, lease_reads) = (transfers.clone(), lease_reads.clone());
+            let members = members.clone();
             s.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {
@@ -340,6 +360,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     }
                     transfers.fetch_add(o.transfers, Ordering::Relaxed);
                     lease_reads.fetch_add(o.lease_reads, Ordering::Relaxed);
+                    let changes = [
+                        o.learners_added,
+                        o.learners_promoted,
+                        o.voters_removed,
+                        o.learners_removed,
+                        o.leaders_removed,
+                        o.down_nodes_removed,
+                    ];
+                    for (t, v) in members.iter().zip(changes) {
+                        t.fetch_add(v, Ordering::Relaxed);
+                    }
                 }
                 if let Err(f) = result {
                     bar.suspend(|| report(&args, &f));
@@ -377,6 +408,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
         transfers.load(Ordering::Relaxed),
         lease_reads.load(Ordering::Relaxed)
     );
+    if args.membership {
+        let m: Vec<u64> = members.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        println!(
+            "membership changes committed: {} learners added, {} promoted, {} voters and {} learners removed ({} leaders removing themselves, {} down nodes)",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+    }
     if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
         println!(
             "first failing seed: {} ({})",

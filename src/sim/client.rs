@@ -523,6 +523,14 @@ pub(crate) fn redirect(
 }
 
 pub(crate) fn other_node(w: &mut World, current: NodeId, nodes: u64) -> NodeId {
+    // With membership changes: any node not decommissioned, added ones included.
+    if let Some(ids) = w.client_targets() {
+        let others: Vec<NodeId> = ids.into_iter().filter(|&i| i != current).collect();
+        if others.is_empty() {
+            return current;
+        }
+        return others[w.rng().random_range(0..others.len())];
+    }
     let mut n = current;
     while n == current && nodes > 1 {
         n = w.rng().random_range(1..=nodes);

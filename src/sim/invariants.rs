@@ -1,10 +1,16 @@
 //! The Raft safety invariants (Figure 3 of the paper), checked incrementally as the simulation
-//! runs, plus "the commit index never goes backwards on a node that did not crash".
+//! runs, plus "the commit index never goes backwards on a node that did not crash", and the
+//! membership rules (issue 15), each against the membership the node itself follows (the last
+//! configuration entry in its log, else its snapshot's): a leader won the votes of a quorum of
+//! the voters of its membership (grants are recorded as they are sent); no learner or
+//! non-member ever campaigns or leads; a configuration a leader appends keeps a quorum in
+//! common with the one it has applied (a single-server step); and (`SimConfig::membership`)
+//! every node follows the last configuration entry in its log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::world::SimNode;
-use crate::raft::{Entry, LogIndex, NodeId, Payload, Role, SnapshotMeta, Term};
+use crate::raft::{Entry, LogIndex, Membership, NodeId, Payload, Role, SnapshotMeta, Term};
 
 /// A payload's fingerprint: its CRC32 and length (CRC32 is SIMD-fast, and payloads reach
 /// 1 MiB: SipHash made them the simulator's main cost). No command's equals a no-op's.
@@ -37,6 +43,12 @@ pub(crate) struct Invariants {
     commit: BTreeMap<NodeId, LogIndex>,
     /// Leader Append-Only: (term, last index, term of that entry) while a node leads.
     leader_mark: BTreeMap<NodeId, (Term, LogIndex, Term)>,
+    /// Votes granted (as sent, so a superset of those a candidate received): term ->
+    /// candidate -> voters.
+    votes: BTreeMap<Term, BTreeMap<NodeId, BTreeSet<NodeId>>>,
+    /// Check after every step that each node follows the last configuration entry in its log
+    /// (a scan of the log: only in runs that change the membership).
+    pub(crate) check_followed_membership: bool,
 }
 
 impl Invariants {
@@ -48,6 +60,69 @@ impl Invariants {
             committed: BTreeMap::new(),
             commit: BTreeMap::new(),
             leader_mark: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            check_followed_membership: false,
+        }
+    }
+
+    /// The leader of `term`, if one was seen.
+    pub(crate) fn leader_of(&self, term: Term) -> Option<NodeId> {
+        self.leaders.get(&term).copied()
+    }
+
+    /// Node `from` sent `to` a granted vote for `term`.
+    pub(crate) fn on_vote_granted(&mut self, term: Term, from: NodeId, to: NodeId) {
+        self.votes
+            .entry(term)
+            .or_default()
+            .entry(to)
+            .or_default()
+            .insert(from);
+    }
+
+    /// A node just became candidate: it must be a voter of the membership it follows.
+    pub(crate) fn on_candidate(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        nodes: &BTreeMap<NodeId, SimNode>,
+        fail: &mut Option<String>,
+    ) {
+        let Some(n) = nodes.get(&id) else { return };
+        let m = n.core.membership();
+        if !m.is_voter(id) {
+            fail.get_or_insert(format!(
+                "Membership: node {id} campaigns in term {term} but is not a voter of its membership (voters {:?}, learners {:?})",
+                m.voters, m.learners
+            ));
+        }
+    }
+
+    /// A leader's election, against the membership it follows: it is a voter, and it (its
+    /// own vote) plus the voters that granted it their vote in `term` make a quorum.
+    fn elected_by_quorum(&self, id: NodeId, term: Term, m: &Membership, fail: &mut Option<String>) {
+        if !m.is_voter(id) {
+            fail.get_or_insert(format!(
+                "Membership: node {id} leads term {term} but is not a voter of its membership (voters {:?}, learners {:?})",
+                m.voters, m.learners
+            ));
+            return;
+        }
+        let granted = self.votes.get(&term).and_then(|c| c.get(&id));
+        let voters: BTreeSet<NodeId> = granted
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|v| m.is_voter(*v))
+            .chain([id])
+            .collect();
+        if voters.len() < m.quorum() {
+            fail.get_or_insert(format!(
+                "Membership: node {id} leads term {term} with the votes of {voters:?} (all grants {:?}), short of a quorum of {} of voters {:?}",
+                granted.cloned().unwrap_or_default(),
+                m.quorum(),
+                m.voters
+            ));
         }
     }
 
@@ -66,6 +141,7 @@ impl Invariants {
         self.election_safety(id, term, fail);
         // Leader Completeness: it holds every entry committed in an earlier term.
         let Some(n) = nodes.get(&id) else { return };
+        self.elected_by_quorum(id, term, n.core.membership(), fail);
         let snap = n.core.snapshot_meta();
         for (&index, &(t, d, _)) in self.committed.iter().filter(|(_, c)| c.2 < term) {
             if index < snap.index {
@@ -118,6 +194,19 @@ impl Invariants {
             } else {
                 n.core.term_of(e.index - 1).unwrap_or(0)
             };
+            if let Payload::ConfChange(c) = &e.payload {
+                let (s, applied) = (n.core.status(), n.core.applied_membership());
+                if s.role == Role::Leader
+                    && e.term == s.term
+                    && !quorums_overlap(&applied, &c.membership)
+                {
+                    fail.get_or_insert(format!(
+                        "Membership: leader {id} of term {} appends configuration entry {} (voters {:?}) whose quorums need not meet those of the configuration it applied (voters {:?}): two changes at once",
+                        s.term, e.index, c.membership.voters, applied.voters
+                    ));
+                    return;
+                }
+            }
             let got = (digest(e), prev);
             let want = *self.written.entry((e.index, e.term)).or_insert(got);
             if want != got {
@@ -150,6 +239,9 @@ impl Invariants {
     ) {
         let Some(n) = nodes.get(&id) else { return };
         let s = n.core.status();
+        if self.check_followed_membership {
+            followed_membership(id, n, fail);
+        }
         let last = self.commit.insert(id, s.commit).unwrap_or(0);
         if s.commit < last {
             fail.get_or_insert(format!(
@@ -207,5 +299,41 @@ impl Invariants {
     pub(crate) fn on_crash(&mut self, id: NodeId) {
         self.commit.remove(&id);
         self.leader_mark.remove(&id);
+    }
+}
+
+/// True if every majority of `a`'s voters meets every majority of `b`'s (the condition a
+/// single-server change guarantees): the two can be disjoint only if a majority of `a` fits
+/// in the voters `b` lacks plus some shared ones, a majority of `b` in the rest.
+pub(crate) fn quorums_overlap(a: &Membership, b: &Membership) -> bool {
+    let shared = a.voters.intersection(&b.voters).count();
+    let only_a = a.voters.len() - shared;
+    let only_b = b.voters.len() - shared;
+    let need_a = a.quorum().saturating_sub(only_a);
+    let need_b = b.quorum().saturating_sub(only_b);
+    need_a + need_b > shared
+}
+
+/// Node `n` follows the last configuration entry in its log (if its log has one after the
+/// snapshot; else the snapshot's membership, which the core does not expose).
+fn followed_membership(id: NodeId, n: &SimNode, fail: &mut Option<String>) {
+    let s = n.core.status();
+    let first = n.core.snapshot_meta().index + 1;
+    let last_conf = (first..=s.last_index)
+        .rev()
+        .find_map(|i| match n.core.entry(i) {
+            Some(Entry {
+                payload: Payload::ConfChange(c),
+                ..
+            }) => Some((i, &c.membership)),
+            _ => None,
+        });
+    if let Some((i, m)) = last_conf {
+        if *m != s.membership {
+            fail.get_or_insert(format!(
+                "Membership: node {id} follows voters {:?} learners {:?}, but the last configuration entry in its log ({i}) says voters {:?} learners {:?}",
+                s.membership.voters, s.membership.learners, m.voters, m.learners
+            ));
+        }
     }
 }

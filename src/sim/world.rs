@@ -21,8 +21,8 @@ use crate::node::pending::Waiters;
 use crate::node::tick_clock::TickClock;
 use crate::raft::storage::LogStore;
 use crate::raft::{
-    append_bytes, Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation, NodeId,
-    Payload, RaftCore, ReadState, Ready, Role, Snapshot,
+    append_bytes, ConfChange, Config, Entry, HardState, LogIndex, Message, MessageBody, Mutation,
+    NodeId, Payload, RaftCore, ReadState, Ready, Role, Snapshot,
 };
 use crate::rpc::peer::PEER_MESSAGE_LIMIT;
 use crate::state_machine::mvcc::{RangeRequest, ResponseOp, TxnResponse};
@@ -130,6 +130,11 @@ pub struct SimConfig {
     /// catches `watch_publish_on_append` on its own (a deposed leader's events that never
     /// happened).
     pub check_watch_applied: bool,
+    /// An operator changes the membership now and then while faults run (`world/membership.rs`):
+    /// adds learners (new ids, empty disks), promotes them, removes voters and learners (the
+    /// leader and down nodes included), retrying refusals; removed nodes are decommissioned.
+    /// Off, nothing draws for it (every other seed runs as before).
+    pub membership: bool,
 }
 
 impl SimConfig {
@@ -179,6 +184,7 @@ impl SimConfig {
             keep_alive_answers_at_once: false,
             watch_publish_on_append: false,
             check_watch_applied: true,
+            membership: false,
         }
     }
 }
@@ -238,6 +244,22 @@ pub struct Outcome {
     pub key_lease_revokes_with_keys: u64,
     /// Watch events delivered to simulated watchers (`SimConfig::watches`), over every node.
     pub watch_events: u64,
+    /// Membership changes the leader accepted (`SimConfig::membership`).
+    pub conf_changes_proposed: u64,
+    /// Membership changes refused (retried by the operator).
+    pub conf_changes_refused: u64,
+    /// Committed (applied somewhere) changes: learners added.
+    pub learners_added: u64,
+    /// Learners promoted to voters.
+    pub learners_promoted: u64,
+    /// Voters removed.
+    pub voters_removed: u64,
+    /// Learners removed.
+    pub learners_removed: u64,
+    /// Removals of the leader that committed them (it removed itself).
+    pub leaders_removed: u64,
+    /// Removals of a node that was down (crashed or paused) when the removal was applied.
+    pub down_nodes_removed: u64,
 }
 
 /// A failing run: what was violated, and the trace when tracing was on.
@@ -271,6 +293,8 @@ enum Input {
     Client(ClientReq),
     /// An operator's `kvctl transfer-leader`, to this node.
     Transfer(NodeId),
+    /// An operator's membership change (`kvctl member ...`), to this node; `true`: forced.
+    Reconfig(ConfChange, bool),
 }
 
 #[derive(Debug)]
@@ -286,6 +310,10 @@ enum Ev {
     ClientWake(usize),
     Fault,
     EndFaults,
+    /// The membership operator's next move (`SimConfig::membership`).
+    Reconfig,
+    /// A removed node is decommissioned: stopped for good.
+    Retire(NodeId),
 }
 
 struct Queued {
@@ -377,6 +405,8 @@ pub(crate) struct SimNode {
     /// and the ticks credited to the core since (see `catch_up_clock`).
     born: Time,
     clock: TickClock,
+    /// Removed from the cluster and decommissioned (`SimConfig::membership`): never restarted.
+    pub(crate) retired: bool,
 }
 
 impl SimNode {
@@ -421,12 +451,19 @@ pub(crate) struct World {
     trace: Vec<String>,
     outcome: Outcome,
     fail: Option<String>,
+    /// The membership operator (`SimConfig::membership`).
+    operator: membership::Operator,
 }
 
 fn raft_config(id: NodeId, seed: u64, sim: &SimConfig) -> Config {
     let (n, classic) = (sim.nodes, sim.classic_raft);
     let quorum_checked = sim.check_quorum && !classic;
     let mut c = Config::new(id, (1..=n).filter(|&p| p != id).collect());
+    // A node the membership operator added knows no members until the leader tells it.
+    if id > n {
+        c.peers.clear();
+        c.joining = true;
+    }
     c.election_ticks = ELECTION_TICKS;
     c.heartbeat_ticks = 1;
     c.max_inflight = 8;
@@ -470,38 +507,7 @@ impl World {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.nodes {
-            let mut core = RaftCore::new(
-                raft_config(id, rng.random(), &cfg),
-                HardState::default(),
-                vec![],
-            )
-            .unwrap_or_else(|e| panic!("invariant: simulator config is valid: {e}"));
-            core.set_mutation(cfg.mutation);
-            nodes.insert(
-                id,
-                SimNode {
-                    core,
-                    disk: disk::Disk::new(id, cfg.seed, cfg.segment_bytes),
-                    sm: state_machine(&cfg, StateMachine::new()),
-                    up: true,
-                    paused: false,
-                    incarnation: 0,
-                    busy: None,
-                    snapshot_task: None,
-                    inbox: VecDeque::new(),
-                    tick_pending: false,
-                    waiters: Waiters::default(),
-                    role: Role::Follower,
-                    leases: lease_table(&cfg),
-                    applied_term: 0,
-                    watches: NodeWatches::new(
-                        StateMachine::new().key_space(),
-                        cfg.watch_drop_snapshot_catch_up,
-                    ),
-                    born: 0,
-                    clock: TickClock::default(),
-                },
-            );
+            nodes.insert(id, new_node(id, rng.random(), &cfg));
         }
         let clients = (0..cfg.clients)
             .map(|i| Client::new(i, 1000 + i as u64, cfg.nodes))
@@ -516,7 +522,8 @@ impl World {
         let key_lease_clients = (0..if cfg.key_leases { KEY_LEASE_CLIENTS } else { 0 })
             .map(|i| KeyLeaseClient::new(first + i, cfg.nodes))
             .collect();
-        let inv = Invariants::new(cfg.nodes);
+        let mut inv = Invariants::new(cfg.nodes);
+        inv.check_followed_membership = cfg.membership;
         let mut w = World {
             cfg,
             rng,
@@ -544,6 +551,7 @@ impl World {
             trace: Vec::new(),
             outcome: Outcome::default(),
             fail: None,
+            operator: membership::Operator::default(),
         };
         for id in 1..=w.cfg.nodes {
             let jitter = w.rng.random_range(0..TICK);
@@ -558,6 +566,10 @@ impl World {
             w.schedule(first_fault, Ev::Fault);
             let end = w.cfg.fault_ms * MS;
             w.schedule(end, Ev::EndFaults);
+            if w.cfg.membership {
+                let first = w.rng.random_range(200 * MS..600 * MS);
+                w.schedule(first, Ev::Reconfig);
+            }
         }
         w
     }
@@ -606,6 +618,9 @@ impl World {
     /// sending one is a violation (a follower behind such a batch would never catch up).
     /// Snapshots travel in chunks of `rpc::convert::SNAPSHOT_CHUNK_BYTES`, which fit.
     fn send(&mut self, m: Message) {
+        if m.body == (MessageBody::RequestVoteResponse { granted: true }) {
+            self.inv.on_vote_granted(m.term, m.from, m.to);
+        }
         if let MessageBody::AppendEntries { entries, .. } = &m.body {
             let bytes = append_bytes(entries);
             if bytes > PEER_MESSAGE_LIMIT {
@@ -697,6 +712,7 @@ impl World {
                 }
             }
             Input::Transfer(target) => self.transfer(id, target),
+            Input::Reconfig(change, force) => self.propose_conf_change(id, change, force),
             Input::Msg(m) => {
                 if self.cfg.trace {
                     let line = format!(
@@ -898,6 +914,9 @@ impl World {
                 });
                 if was_leader && ss.role != Role::Leader {
                     self.fail_pending(id, ReplyErr::LeadershipLost, false);
+                }
+                if ss.role == Role::Candidate {
+                    self.inv.on_candidate(id, term, &self.nodes, &mut self.fail);
                 }
                 if ss.role == Role::Leader {
                     self.key_leases.on_leader(term, self.now);
@@ -1102,6 +1121,7 @@ impl World {
 
     fn apply(&mut self, id: NodeId, e: Entry) {
         self.inv.on_apply(id, &e, &mut self.fail);
+        self.conf_applied(id, &e);
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -1338,7 +1358,7 @@ impl World {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.up {
+        if n.up || n.retired {
             return;
         }
         // As the daemon starts: open the store (its recovery runs here), load what it kept.
@@ -1400,7 +1420,12 @@ impl World {
             return;
         }
         self.outcome.faults += 1;
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.retired)
+            .map(|(&id, _)| id)
+            .collect();
         let pick = ids[self.rng.random_range(0..ids.len())];
         let kinds = 11 + u8::from(self.cfg.disk_faults) + u8::from(self.cfg.transfers);
         match self.rng.random_range(0..kinds) {
@@ -1561,6 +1586,8 @@ impl World {
             Ev::ClientWake(c) => self.client_wake(c),
             Ev::Fault => self.fault(),
             Ev::EndFaults => self.end_faults(),
+            Ev::Reconfig => self.reconfigure(),
+            Ev::Retire(id) => self.retire(id),
         }
         true
     }
@@ -1671,23 +1698,44 @@ impl World {
         n.leases.sync(leading, &n.sm, now);
     }
 
+    /// The nodes the end-of-run checks compare: every node, or with membership changes the
+    /// members of the final membership (removed nodes left out, added ones in).
+    fn checked_nodes(&self) -> Vec<(NodeId, &SimNode)> {
+        let members = self.cfg.membership.then(|| self.final_members());
+        self.nodes
+            .iter()
+            .filter(|(id, _)| members.as_ref().is_none_or(|m| m.contains(id)))
+            .map(|(&id, n)| (id, n))
+            .collect()
+    }
+
     pub(crate) fn attempt_timeout() -> Time {
         ATTEMPT_TIMEOUT
     }
 
     /// One leader that every up node follows, and every node has applied its whole log.
+    /// With membership changes: the leader is one of the nodes not decommissioned, and
+    /// "every node" is every member of its membership.
     fn converged(&self) -> bool {
         let leaders: Vec<&SimNode> = self
             .nodes
             .values()
-            .filter(|n| n.up && n.role == Role::Leader)
+            .filter(|n| n.up && !n.retired && n.role == Role::Leader)
             .collect();
         let [l] = leaders.as_slice() else {
             return false;
         };
         let ls = l.core.status();
+        let members = &ls.membership;
+        let followers = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| !self.cfg.membership || members.contains(**id))
+            .map(|(_, n)| n);
         ls.commit == ls.last_index
-            && self.nodes.values().all(|n| {
+            && (!self.cfg.membership
+                || ls.membership.members().all(|m| self.nodes.contains_key(&m)))
+            && followers.into_iter().all(|n| {
                 let s = n.core.status();
                 n.up && s.leader == Some(ls.id)
                     && s.term == ls.term
@@ -1698,6 +1746,7 @@ impl World {
 }
 
 mod disk;
+mod membership;
 mod scenario;
 mod snapshot;
 mod transfer;
@@ -1744,6 +1793,37 @@ fn state_machine(cfg: &SimConfig, mut sm: StateMachine) -> StateMachine {
     sm.set_split_txn_writes(cfg.split_txn_writes);
     sm.set_txn_skips_lease_index(cfg.txn_skips_lease_index);
     sm
+}
+
+/// A fresh node with an empty disk, its core seeded with `seed`: a founding member, or (an id
+/// above `SimConfig::nodes`) a node the membership operator added, which starts joining.
+fn new_node(id: NodeId, seed: u64, cfg: &SimConfig) -> SimNode {
+    let mut core = RaftCore::new(raft_config(id, seed, cfg), HardState::default(), vec![])
+        .unwrap_or_else(|e| panic!("invariant: simulator config is valid: {e}"));
+    core.set_mutation(cfg.mutation);
+    SimNode {
+        core,
+        disk: disk::Disk::new(id, cfg.seed, cfg.segment_bytes),
+        sm: state_machine(cfg, StateMachine::new()),
+        up: true,
+        paused: false,
+        incarnation: 0,
+        busy: None,
+        snapshot_task: None,
+        inbox: VecDeque::new(),
+        tick_pending: false,
+        waiters: Waiters::default(),
+        role: Role::Follower,
+        leases: lease_table(cfg),
+        applied_term: 0,
+        watches: NodeWatches::new(
+            StateMachine::new().key_space(),
+            cfg.watch_drop_snapshot_catch_up,
+        ),
+        born: 0,
+        clock: TickClock::default(),
+        retired: false,
+    }
 }
 
 /// A node's lease table, with the mutation switch of the run.
@@ -1841,8 +1921,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
                 .values()
                 .map(|n| {
                     let s = n.core.status();
+                    let members = if w.cfg.membership {
+                        let m = &s.membership;
+                        let retired = if n.retired { " retired" } else { "" };
+                        format!(" voters {:?} learners {:?}{retired}", m.voters, m.learners)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "node {}: {} term {} leader {:?} commit {} last {} applied {}",
+                        "node {}: {} term {} leader {:?} commit {} last {} applied {}{members}",
                         s.id,
                         s.role,
                         s.term,
@@ -1916,14 +2003,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     // Every replica holds the same lease table (part of the snapshot, so also of what a
     // follower installs), compared while leases may still be held.
     let tables: BTreeSet<Vec<(i64, i64)>> = w
-        .nodes
-        .values()
+        .checked_nodes()
+        .into_iter()
+        .map(|(_, n)| n)
         .map(|n| n.sm.key_leases().iter().collect())
         .collect();
     if tables.len() != 1 {
         let per_node: Vec<String> = w
-            .nodes
-            .iter()
+            .checked_nodes()
+            .into_iter()
             .map(|(id, n)| {
                 format!(
                     "node {id}: {:?}",
@@ -1941,11 +2029,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     // clock and its expiry be applied on every node. A lease whose expiry is never proposed
     // would hold its lock for good (issue 11, defect 3).
     let locks_by = w.now + LOCKS_EXPIRE_WITHIN;
-    while !(w.converged() && w.nodes.values().all(|n| n.sm.locks().next().is_none())) {
+    while !(w.converged()
+        && w.checked_nodes()
+            .into_iter()
+            .all(|(_, n)| n.sm.locks().next().is_none()))
+    {
         if !w.step() || w.now > locks_by {
             let held: Vec<String> = w
-                .nodes
-                .iter()
+                .checked_nodes()
+                .into_iter()
                 .flat_map(|(id, n)| {
                     let s = n.core.status();
                     n.sm.locks().map(move |(name, l)| {
@@ -1969,11 +2061,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     }
     // The key-lease clients stopped renewing: every lease on keys must run out, with its keys.
     let leases_by = w.now + KEY_LEASES_EXPIRE_WITHIN;
-    while !(w.converged() && w.nodes.values().all(|n| n.sm.key_leases().is_empty())) {
+    while !(w.converged()
+        && w.checked_nodes()
+            .into_iter()
+            .all(|(_, n)| n.sm.key_leases().is_empty()))
+    {
         if !w.step() || w.now > leases_by {
             let held: Vec<String> = w
-                .nodes
-                .iter()
+                .checked_nodes()
+                .into_iter()
                 .map(|(id, n)| {
                     let ids: Vec<i64> = n.sm.key_leases().iter().map(|(id, _)| id).collect();
                     format!("node {id}: {ids:?}")
@@ -1991,8 +2087,8 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
         }
     }
     if let Some((id, keys)) = w
-        .nodes
-        .iter()
+        .checked_nodes()
+        .into_iter()
         .map(|(id, n)| (id, key_leases::leased_keys(&n.sm)))
         .find(|(_, keys)| !keys.is_empty())
     {
@@ -2014,14 +2110,15 @@ fn settle(mut w: World, fault_end: Time) -> Result<Outcome, Failure> {
     // Every replica applied the same state: the same key space, revisions and whole history
     // back to the same compaction revision (byte for byte as a snapshot would store it).
     let states: BTreeSet<Vec<u8>> = w
-        .nodes
-        .values()
+        .checked_nodes()
+        .into_iter()
+        .map(|(_, n)| n)
         .map(|n| postcard::to_allocvec(&n.sm.key_space().snapshot_view()).unwrap_or_default())
         .collect();
     if states.len() != 1 {
         let per_node: Vec<String> = w
-            .nodes
-            .iter()
+            .checked_nodes()
+            .into_iter()
             .map(|(id, n)| {
                 let history =
                     postcard::to_allocvec(&n.sm.key_space().snapshot_view()).map_or(0, |b| b.len());

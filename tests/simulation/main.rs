@@ -183,6 +183,52 @@ fn key_lease_seeds_pass_every_check() {
 
 /// Regression: a heartbeat answer below an in-flight snapshot switched the follower's
 /// progress to replicating past entries it never received, and it never caught up.
+/// Seeds of the membership workload run by `cargo test` (`.ci/run` runs more in release).
+const MEMBERSHIP_SEEDS: u64 = 20;
+
+/// Issue 15: with an operator changing the membership under the usual faults, every check
+/// passes (with the membership each node follows), and the changes really happened:
+/// learners added and promoted, voters removed, the leader removing itself, down nodes
+/// removed.
+#[test]
+fn membership_seeds_pass_every_check() {
+    let mut total = Outcome::default();
+    for seed in 0..MEMBERSHIP_SEEDS {
+        let mut cfg = SimConfig::for_seed(seed);
+        cfg.membership = true;
+        let out = run(cfg).unwrap_or_else(|f| {
+            panic!(
+                "{f}\nreplay: scripts/sim.sh --seed {} --trace --membership",
+                f.seed
+            )
+        });
+        total.ok += out.ok;
+        total.learners_added += out.learners_added;
+        total.learners_promoted += out.learners_promoted;
+        total.voters_removed += out.voters_removed;
+        total.learners_removed += out.learners_removed;
+        total.leaders_removed += out.leaders_removed;
+        total.down_nodes_removed += out.down_nodes_removed;
+    }
+    eprintln!("{MEMBERSHIP_SEEDS} membership seeds: {total:?}");
+    let n = MEMBERSHIP_SEEDS;
+    let minimums = [
+        ("client ops acknowledged", total.ok, 20 * n),
+        ("learners added", total.learners_added, n),
+        ("learners promoted", total.learners_promoted, n / 10),
+        ("voters removed", total.voters_removed, n),
+        ("learners removed", total.learners_removed, n / 10),
+        ("leaders removing themselves", total.leaders_removed, n / 10),
+        ("down nodes removed", total.down_nodes_removed, n / 10),
+    ];
+    for (what, got, min) in minimums {
+        assert!(
+            got >= min,
+            "only {got} {what} over {n} seeds (at least {min} expected)"
+        );
+    }
+}
+
 #[test]
 fn a_follower_restarting_behind_a_compacted_leader_catches_up() {
     let out = run(SimConfig::for_seed(3147)).unwrap_or_else(|f| panic!("{}", replay_hint(&f)));

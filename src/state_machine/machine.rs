@@ -108,6 +108,36 @@ struct SessionsExtra {
     retired: Vec<u64>,
 }
 
+/// A `\x03` snapshot: its sessions' revisions unknown (0), so their retries are answered
+/// with the current revision, as they were then.
+impl From<SnapshotDataV3> for SnapshotData {
+    fn from(v3: SnapshotDataV3) -> Self {
+        SnapshotData {
+            applied_index: v3.applied_index,
+            sessions: v3.sessions,
+            locks: v3.locks,
+            extra: v3.extra,
+            keys: v3.keys,
+            key_leases: v3.key_leases,
+            session_revisions: Vec::new(),
+        }
+    }
+}
+
+/// A `\x02` snapshot: no key could carry a lease then, so an empty lease table is exact.
+impl From<SnapshotDataV2> for SnapshotDataV3 {
+    fn from(v2: SnapshotDataV2) -> Self {
+        SnapshotDataV3 {
+            applied_index: v2.applied_index,
+            sessions: v2.sessions,
+            locks: v2.locks,
+            extra: v2.extra,
+            keys: v2.keys,
+            key_leases: Vec::new(),
+        }
+    }
+}
+
 /// [`SnapshotData`] borrowed from a live state machine: the same bytes (serde writes a
 /// reference as what it points to), without cloning the keys, sessions and locks first.
 #[derive(Serialize)]
@@ -316,27 +346,11 @@ impl StateMachine {
         } else if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC_V3.as_slice()) {
             let v3: SnapshotDataV3 =
                 postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
-            SnapshotData {
-                applied_index: v3.applied_index,
-                sessions: v3.sessions,
-                locks: v3.locks,
-                extra: v3.extra,
-                keys: v3.keys,
-                key_leases: v3.key_leases,
-                session_revisions: Vec::new(),
-            }
+            v3.into()
         } else if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
             let v2: SnapshotDataV2 =
                 postcard::from_bytes(body).map_err(|e| SnapshotError(e.to_string()))?;
-            SnapshotData {
-                applied_index: v2.applied_index,
-                sessions: v2.sessions,
-                locks: v2.locks,
-                extra: v2.extra,
-                keys: v2.keys,
-                key_leases: Vec::new(),
-                session_revisions: Vec::new(),
-            }
+            SnapshotDataV3::from(v2).into()
         } else {
             return Err(SnapshotError(
                 "it was written by a kvstore without revisions (before 2026-12), whose snapshots this version cannot read; start the node on an empty data dir to catch up from the leader, or keep running the older version".to_string(),

@@ -37,6 +37,9 @@ enum MutationArg {
     ConcurrentConfChanges,
     ConfChangeBeforeTermCommit,
     CountLearnerVotes,
+    LeadBeforeVotePersisted,
+    ExcludedNeverCampaigns,
+    RefuseUnknownAndUncommitted,
 }
 
 impl From<MutationArg> for Mutation {
@@ -54,6 +57,9 @@ impl From<MutationArg> for Mutation {
             MutationArg::ConcurrentConfChanges => Mutation::ConcurrentConfChanges,
             MutationArg::ConfChangeBeforeTermCommit => Mutation::ConfChangeBeforeTermCommit,
             MutationArg::CountLearnerVotes => Mutation::CountLearnerVotes,
+            MutationArg::LeadBeforeVotePersisted => Mutation::LeadBeforeVotePersisted,
+            MutationArg::ExcludedNeverCampaigns => Mutation::ExcludedNeverCampaigns,
+            MutationArg::RefuseUnknownAndUncommitted => Mutation::RefuseUnknownAndUncommitted,
         }
     }
 }

@@ -1092,6 +1092,7 @@ impl Driver {
             membership: s.membership,
             matched: s.matched,
             cluster_id: self.cluster_id,
+            committed_removals: s.committed_removals,
         };
         let mut new_role_or_term = false;
         self.status.send_if_modified(|cur| {

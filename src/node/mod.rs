@@ -114,6 +114,9 @@ pub struct NodeStatus {
     pub matched: std::collections::BTreeMap<NodeId, LogIndex>,
     /// The cluster id the data dir recorded (0 before the driver published).
     pub cluster_id: u64,
+    /// The members whose removal this node knows is committed: the peer service refuses
+    /// their calls as from removed members (an uncommitted removal may still be truncated).
+    pub committed_removals: std::collections::BTreeSet<NodeId>,
 }
 
 impl NodeStatus {
@@ -133,6 +136,7 @@ impl NodeStatus {
             membership: crate::raft::Membership::default(),
             matched: std::collections::BTreeMap::new(),
             cluster_id: 0,
+            committed_removals: std::collections::BTreeSet::new(),
         }
     }
 }

@@ -114,6 +114,15 @@ pub enum Mutation {
     ConfChangeBeforeTermCommit,
     /// A candidate counts the votes of learners (and of any other non-voter; issue 15).
     CountLearnerVotes,
+    /// A sole voter leads as soon as it votes for itself, before its new term and vote are
+    /// durable (issue 15: with learners and leaving members, others hear that term).
+    LeadBeforeVotePersisted,
+    /// A node that an uncommitted configuration entry excludes never campaigns, though it is a
+    /// voter of the committed membership (issue 15: with the longest log, no one can lead).
+    ExcludedNeverCampaigns,
+    /// Messages are refused from ids the membership does not know and from members whose
+    /// removal is not committed yet (issue 15: a follower refuses a legitimate leader).
+    RefuseUnknownAndUncommitted,
 }
 
 /// How many times longer than an append window a snapshot may go unanswered before the
@@ -469,9 +478,10 @@ impl RaftCore {
             }
             Role::Follower | Role::Candidate => {
                 self.election_elapsed = self.election_elapsed.saturating_add(1);
-                // Only a voter campaigns: never a learner, a removed node, or a joining node
-                // that does not know the membership yet.
-                if self.election_elapsed >= self.election_timeout && self.is_voter() {
+                // Only a voter campaigns (or a node an uncommitted change excluded, see
+                // `may_campaign`): never a learner, a removed node, or a joining node that
+                // does not know the membership yet.
+                if self.election_elapsed >= self.election_timeout && self.may_campaign() {
                     if self.cfg.pre_vote && !self.sole_voter() {
                         self.start_pre_campaign();
                     } else {
@@ -618,6 +628,9 @@ impl RaftCore {
         self.applied = done.applied_to;
         if self.role == Role::Leader {
             self.maybe_commit();
+        } else if self.role == Role::Candidate && self.has_quorum_of_votes() {
+            // Won on its own vote (a sole voter), which the Ready just handled made durable.
+            self.become_leader();
         }
     }
 
@@ -640,6 +653,7 @@ impl RaftCore {
                 Default::default()
             },
             removed: self.removed,
+            committed_removals: self.committed_removals(),
         }
     }
 
@@ -850,7 +864,12 @@ impl RaftCore {
             "[node {}] became candidate",
             self.cfg.id
         );
-        if self.has_quorum_of_votes() {
+        // A sole voter's own vote is a quorum, but it becomes leader only in `advance`, once
+        // the Ready that carries its new term and vote is durable: a leader that crashed
+        // before then would come back in the old term, free to vote for another node in
+        // this one, and the entries of this term it had sent (to a learner, or to a node it
+        // is removing) could then differ from that node's.
+        if self.has_quorum_of_votes() && self.mutation == Mutation::LeadBeforeVotePersisted {
             self.become_leader();
             return;
         }
@@ -1038,7 +1057,13 @@ impl RaftCore {
             return; // not pre-campaigning any more, or an answer to an earlier round
         }
         self.pre_votes.insert(from, granted);
-        if self.pre_votes.values().filter(|&&g| g).count() >= self.quorum() {
+        // Voters' answers only: this node's own counts only if it is one (see `may_campaign`).
+        let voters = &self.membership;
+        let granted = self
+            .pre_votes
+            .iter()
+            .filter(|&(id, &g)| g && voters.is_voter(*id));
+        if granted.count() >= self.quorum() {
             self.become_candidate();
         }
     }

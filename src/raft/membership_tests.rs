@@ -673,15 +673,20 @@ fn a_removed_follower_learns_it_and_cannot_disturb_the_cluster_after_a_restart()
     );
     assert!(net.nodes[&leader].is_removed(gone));
     // It comes back with its old data dir and forces an election (no PreVote in this net).
+    let term = net.status(leader).term;
     net.restart(gone);
-    // Its log has the removal (whether it knows the removal committed depends on the commit
-    // hint it stored): it is no voter of its own configuration, so it never campaigns.
+    // Its log has the removal. Whether it knows the removal committed depends on the commit
+    // hint it stored; if not, it may campaign (`may_campaign`), but its requests are refused.
     assert!(net.status(gone).membership.removed.contains(&gone));
     for _ in 0..50 {
         net.tick_all();
     }
-    assert_eq!(net.status(gone).role, Role::Follower);
-    let term = net.status(leader).term;
+    assert_ne!(net.status(gone).role, Role::Leader);
+    assert_eq!(
+        net.status(leader).term,
+        term,
+        "its campaign disturbed no one"
+    );
     let stale = net.status(gone).term + 5;
     for to in (1..=3).filter(|&i| i != gone) {
         let core = net.nodes.get_mut(&to).unwrap();
@@ -852,4 +857,133 @@ fn with_addresses(mut m: Membership, ids: &[NodeId]) -> Membership {
         m.addresses.insert(id, format!("127.0.0.1:{}", 7000 + id));
     }
     m
+}
+
+// ---------------------------------------------------------------- liveness across uncommitted changes
+
+/// Two voters; the leader removes itself and restarts before anyone else has the entry. Its
+/// log is the longest, so only it can win the other voter's vote: it campaigns as the
+/// candidate of its latest configuration (`may_campaign`), commits the removal and hands over.
+/// Control: a node that an uncommitted entry excludes never campaigns, and nobody ever leads
+/// (the simulator's `--membership` seed 22).
+#[test]
+fn a_leader_whose_uncommitted_self_removal_is_the_longest_log_campaigns_and_hands_over() {
+    for mutation in [Mutation::None, Mutation::ExcludedNeverCampaigns] {
+        let mut net = Net::with_config(2, true);
+        let old = net.elect();
+        let other = 3 - old;
+        net.hold.insert((old, other));
+        net.nodes
+            .get_mut(&old)
+            .unwrap()
+            .propose_conf_change(change(ConfChangeKind::Remove, old), false)
+            .unwrap();
+        net.settle();
+        net.restart(old);
+        net.nodes.get_mut(&old).unwrap().set_mutation(mutation);
+        net.nodes.get_mut(&other).unwrap().set_mutation(mutation);
+        net.hold.clear();
+        net.held.clear();
+        assert!(
+            net.status(old).membership.removed.contains(&old),
+            "its log holds its own removal, uncommitted"
+        );
+        assert!(!net.status(other).membership.removed.contains(&old));
+        for _ in 0..200 {
+            net.tick_all();
+            net.settle();
+        }
+        if mutation == Mutation::ExcludedNeverCampaigns {
+            for id in [old, other] {
+                assert_ne!(net.status(id).role, Role::Leader, "control: node {id}");
+            }
+            continue;
+        }
+        assert_eq!(
+            leader_of(&net),
+            other,
+            "the removal committed, then the handover"
+        );
+        assert!(net.status(old).removed);
+        assert_eq!(net.status(other).membership.voters, set(&[other]));
+        commit_command(&mut net, b"after", &[other]);
+    }
+}
+
+/// A follower whose log holds `Remove(2)` at index 2, committed or not.
+fn follower_with_removal_of_2(committed: bool) -> RaftCore {
+    let before = Membership::with_voters([1, 2, 3]);
+    let after = before.apply(&change(ConfChangeKind::Remove, 2)).unwrap();
+    let mut log = entries(&[1]);
+    log.push(Entry {
+        term: 2,
+        index: 2,
+        payload: Payload::ConfChange(Box::new(ConfEntry {
+            change: change(ConfChangeKind::Remove, 2),
+            membership: after,
+        })),
+    });
+    let hs = HardState {
+        term: 2,
+        vote: None,
+        commit: if committed { 2 } else { 1 },
+    };
+    RaftCore::restore_with_membership(
+        cfg(3, &[1, 2]),
+        hs,
+        SnapshotMeta::default(),
+        Some(before),
+        log,
+    )
+    .unwrap()
+}
+
+/// An append of term 3 from `from`, replacing index 2.
+fn append_of_term_3(from: NodeId) -> Message {
+    append(from, 3, 3, (1, 1), entries(&[1, 3]).split_off(1), 1)
+}
+
+/// Only a committed removal refuses a member: an uncommitted one may be truncated and the
+/// member it names may lead (seeds 134, 149 of `--membership`). Control: refusing on the
+/// uncommitted entry leaves this follower deaf to that leader.
+#[test]
+fn only_a_committed_removal_refuses_a_member() {
+    let mut c = follower_with_removal_of_2(false);
+    assert!(c.membership().removed.contains(&2));
+    assert!(!c.is_removed(2) && c.status().committed_removals.is_empty());
+    c.step(append_of_term_3(2));
+    assert_eq!((c.status().term, c.status().leader), (3, Some(2)));
+    assert!(
+        !c.membership().removed.contains(&2),
+        "the uncommitted removal was truncated"
+    );
+
+    let mut c = follower_with_removal_of_2(false);
+    c.set_mutation(Mutation::RefuseUnknownAndUncommitted);
+    c.step(append_of_term_3(2));
+    assert_eq!(c.status().term, 2, "control: refused");
+
+    let mut c = follower_with_removal_of_2(true);
+    assert!(c.is_removed(2));
+    assert_eq!(c.status().committed_removals, set(&[2]));
+    c.step(append_of_term_3(2));
+    assert_eq!(c.status().term, 2, "a committed removal refuses");
+}
+
+/// A follower that was down while node 4 joined, was promoted and won an election hears of
+/// it first from its appends (seed 277 of `--membership`). Control: refusing ids the
+/// membership does not know leaves it behind for good.
+#[test]
+fn a_leader_the_membership_does_not_know_yet_is_heard() {
+    for mutation in [Mutation::None, Mutation::RefuseUnknownAndUncommitted] {
+        let mut c = core(3, 3, 2, None, &[1, 1]);
+        c.set_mutation(mutation);
+        c.step(append(4, 3, 3, (2, 1), entries(&[1, 1, 3]).split_off(2), 3));
+        let s = c.status();
+        if mutation == Mutation::None {
+            assert_eq!((s.term, s.leader, s.last_index), (3, Some(4), 3));
+        } else {
+            assert_eq!(s.term, 2, "control: refused");
+        }
+    }
 }

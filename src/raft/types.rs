@@ -140,6 +140,9 @@ pub struct Status {
     /// This node applied a configuration that removed it: it takes no further part in the
     /// cluster (the driver reports `this node was removed from the cluster`).
     pub removed: bool,
+    /// The members whose removal this node knows is committed: their messages are refused
+    /// (`membership.removed` also holds removals that may still be truncated).
+    pub committed_removals: std::collections::BTreeSet<NodeId>,
 }
 
 #[cfg(test)]

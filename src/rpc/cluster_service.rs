@@ -174,6 +174,7 @@ mod tests {
             membership: crate::raft::Membership::with_voters([1, 2, 3]),
             matched: Default::default(),
             cluster_id: 0,
+            committed_removals: Default::default(),
         }
     }
 

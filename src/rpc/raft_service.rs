@@ -139,11 +139,12 @@ async fn step(node: &NodeHandle, msg: Message) -> Result<Message, Status> {
     Ok(node.peer_request(msg).await?)
 }
 
-/// Whether `msg` comes from a member this node knows was removed, and none of the core's
-/// exceptions applies.
+/// Whether `msg` comes from a member whose removal this node knows is committed (an
+/// uncommitted one may be truncated: telling that node it was removed would stop it for
+/// good), and none of the core's exceptions applies.
 fn refuses_as_removed(s: &crate::node::NodeStatus, msg: &Message) -> bool {
     let from = msg.from;
-    s.membership.removed.contains(&from)
+    s.committed_removals.contains(&from)
         && !(s.leader == Some(from) && msg.term == s.term)
         && !s.matched.contains_key(&from)
 }
@@ -280,6 +281,11 @@ mod tests {
         s.membership = crate::raft::Membership::with_voters([1, 3]);
         s.membership.removed.insert(2);
         s.term = 5;
+        assert!(
+            !refuses_as_removed(&s, &vote_from(2, 5)),
+            "an uncommitted removal may be truncated: no refusal (it would stop node 2)"
+        );
+        s.committed_removals.insert(2);
         assert!(refuses_as_removed(&s, &vote_from(2, 5)));
         assert!(refuses_as_removed(&s, &vote_from(2, 6)));
         assert!(!refuses_as_removed(&s, &vote_from(3, 6)), "a member");

@@ -80,7 +80,9 @@ impl Invariants {
             .insert(from);
     }
 
-    /// A node just became candidate: it must be a voter of the membership it follows.
+    /// A node just became candidate: it must be a voter of the membership it follows, or
+    /// be excluded from it only by configuration entries past its commit index while a voter
+    /// of the membership at its commit index (`RaftCore::may_campaign`).
     pub(crate) fn on_candidate(
         &mut self,
         id: NodeId,
@@ -90,20 +92,22 @@ impl Invariants {
     ) {
         let Some(n) = nodes.get(&id) else { return };
         let m = n.core.membership();
-        if !m.is_voter(id) {
+        if !may_stand(id, n) {
             fail.get_or_insert(format!(
-                "Membership: node {id} campaigns in term {term} but is not a voter of its membership (voters {:?}, learners {:?})",
+                "Membership: node {id} campaigns in term {term} but is not a voter of its membership (voters {:?}, learners {:?}) nor, with that membership uncommitted, of its committed one",
                 m.voters, m.learners
             ));
         }
     }
 
-    /// A leader's election, against the membership it follows: it is a voter, and it (its
-    /// own vote) plus the voters that granted it their vote in `term` make a quorum.
-    fn elected_by_quorum(&self, id: NodeId, term: Term, m: &Membership, fail: &mut Option<String>) {
-        if !m.is_voter(id) {
+    /// A leader's election, against the membership it follows: it may stand (see
+    /// [`may_stand`]), and the voters of that membership that granted it their vote in `term`
+    /// (its own vote counted only if it is one of them) make a quorum.
+    fn elected_by_quorum(&self, id: NodeId, term: Term, n: &SimNode, fail: &mut Option<String>) {
+        let m = n.core.membership();
+        if !may_stand(id, n) {
             fail.get_or_insert(format!(
-                "Membership: node {id} leads term {term} but is not a voter of its membership (voters {:?}, learners {:?})",
+                "Membership: node {id} leads term {term} but is not a voter of its membership (voters {:?}, learners {:?}) nor, with that membership uncommitted, of its committed one",
                 m.voters, m.learners
             ));
             return;
@@ -113,8 +117,8 @@ impl Invariants {
             .into_iter()
             .flatten()
             .copied()
-            .filter(|v| m.is_voter(*v))
             .chain([id])
+            .filter(|v| m.is_voter(*v))
             .collect();
         if voters.len() < m.quorum() {
             fail.get_or_insert(format!(
@@ -141,7 +145,7 @@ impl Invariants {
         self.election_safety(id, term, fail);
         // Leader Completeness: it holds every entry committed in an earlier term.
         let Some(n) = nodes.get(&id) else { return };
-        self.elected_by_quorum(id, term, n.core.membership(), fail);
+        self.elected_by_quorum(id, term, n, fail);
         let snap = n.core.snapshot_meta();
         for (&index, &(t, d, _)) in self.committed.iter().filter(|(_, c)| c.2 < term) {
             if index < snap.index {
@@ -203,6 +207,23 @@ impl Invariants {
                     fail.get_or_insert(format!(
                         "Membership: leader {id} of term {} appends configuration entry {} (voters {:?}) whose quorums need not meet those of the configuration it applied (voters {:?}): two changes at once",
                         s.term, e.index, c.membership.voters, applied.voters
+                    ));
+                    return;
+                }
+                // The raft-dev fix (thesis §4.1 errata), checked with the cluster's knowledge
+                // rather than the leader's: before an entry of its term is committed, a new
+                // leader's log may lack a change committed under another configuration, and
+                // a change built on its own may have no quorum in common with that one.
+                let term_committed = self
+                    .committed
+                    .range(..e.index)
+                    .next_back()
+                    .is_some_and(|(_, &(t, _, _))| t == e.term)
+                    || term_entry_on_quorum(n, e, nodes);
+                if s.role == Role::Leader && e.term == s.term && !term_committed {
+                    fail.get_or_insert(format!(
+                        "Membership: leader {id} of term {} appends configuration entry {} before any entry of its term is committed (the single-server change bug of the raft-dev list)",
+                        s.term, e.index
                     ));
                     return;
                 }
@@ -336,4 +357,66 @@ fn followed_membership(id: NodeId, n: &SimNode, fail: &mut Option<String>) {
             ));
         }
     }
+}
+
+/// Whether node `id` may stand for election, computed from its log here rather than asked of
+/// the core: a voter of the membership it follows, or a voter of the membership as of its
+/// commit index (the last configuration entry at or before it, else its snapshot's) while a
+/// configuration entry past the commit index excludes it.
+fn may_stand(id: NodeId, n: &SimNode) -> bool {
+    let core = &n.core;
+    if core.membership().is_voter(id) {
+        return true;
+    }
+    let status = core.status();
+    let first = core.snapshot_meta().index + 1;
+    let is_conf = |i: LogIndex| {
+        core.entry(i).and_then(|e| match &e.payload {
+            Payload::ConfChange(c) => Some(c.membership.clone()),
+            _ => None,
+        })
+    };
+    let uncommitted_conf = (status.commit + 1..=status.last_index).any(|i| is_conf(i).is_some());
+    if !uncommitted_conf {
+        return false;
+    }
+    let committed = (first..=status.commit)
+        .rev()
+        .find_map(is_conf)
+        .unwrap_or_else(|| core.snapshot_membership().clone());
+    committed.is_voter(id)
+}
+
+/// Whether the first entry of `conf`'s term in the leader's log (its no-op) is, before `conf`,
+/// durable on a quorum of the configuration that precedes `conf`: the cluster's knowledge of
+/// "an entry of this term is committed" at the moment the leader appends `conf` (the
+/// `committed` record catches up only after the leader's Ready).
+fn term_entry_on_quorum(leader: &SimNode, conf: &Entry, nodes: &BTreeMap<NodeId, SimNode>) -> bool {
+    let core = &leader.core;
+    let term = conf.term;
+    let mut first = conf.index;
+    while first > 1 && core.term_of(first - 1) == Some(term) {
+        first -= 1;
+    }
+    if first == conf.index {
+        return false; // no entry of its term before the change
+    }
+    let base = core.snapshot_meta().index + 1;
+    let before = (base..conf.index)
+        .rev()
+        .find_map(|i| match core.entry(i).map(|e| &e.payload) {
+            Some(Payload::ConfChange(c)) => Some(c.membership.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| core.snapshot_membership().clone());
+    let holders = before
+        .voters
+        .iter()
+        .filter(|v| {
+            nodes.get(v).is_some_and(|n| {
+                n.core.persisted_index() >= first && n.core.term_of(first) == Some(term)
+            })
+        })
+        .count();
+    holders >= before.quorum()
 }

@@ -466,3 +466,94 @@ fn two_membership_changes_at_once_are_caught() {
         membership(Mutation::ConcurrentConfChanges),
     );
 }
+
+/// Issue 15: a sole voter leads before its vote for itself is durable. With learners and
+/// leaving members there is someone to hear that term: crashed before the term reached its
+/// disk, it comes back in the old term and votes for another candidate of the same one.
+#[test]
+fn leading_before_the_vote_is_durable_is_caught() {
+    let expected = Expected {
+        flag: "--mutation lead-before-vote-persisted",
+        limit: 1_000,
+        first_seed: 612,
+        checkers: &["Election Safety"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::LeadBeforeVotePersisted),
+    );
+}
+
+/// Issue 15: a node excluded only by an uncommitted configuration entry never campaigns. A
+/// leader that removed itself and restarted before the removal committed holds the longest
+/// log, so no one else can win its vote: nobody ever leads (the liveness check).
+#[test]
+fn an_excluded_node_that_never_campaigns_is_caught() {
+    let expected = Expected {
+        flag: "--mutation excluded-never-campaigns",
+        limit: 100,
+        first_seed: 22,
+        checkers: &["liveness: no convergence"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::ExcludedNeverCampaigns),
+    );
+}
+
+/// Issue 15: messages refused from unknown ids and from members whose removal is not
+/// committed. A follower whose log holds an uncommitted removal of the node that then leads
+/// never hears that leader again (the liveness check).
+#[test]
+fn refusing_a_legitimate_leader_is_caught() {
+    let expected = Expected {
+        flag: "--mutation refuse-unknown-and-uncommitted",
+        limit: 300,
+        first_seed: 134,
+        checkers: &["liveness: no convergence"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::RefuseUnknownAndUncommitted),
+    );
+}
+
+/// Issue 15: a change taken before the leader committed an entry of its term (the raft-dev
+/// bug). The lost committed entry it can lead to needs a rare schedule; the check is the
+/// protocol's precondition, judged with the cluster's knowledge (the leader's no-op durable
+/// on a quorum of the configuration before the change), not the leader's commit index.
+#[test]
+fn a_change_before_the_term_commits_is_caught() {
+    let expected = Expected {
+        flag: "--mutation conf-change-before-term-commit",
+        limit: 100,
+        first_seed: 19,
+        checkers: &["before any entry of its term is committed"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::ConfChangeBeforeTermCommit),
+    );
+}
+
+/// Issue 15: a candidate counts the votes of non-voters. Only since a node that an
+/// uncommitted entry excludes may campaign (`may_campaign`) does a candidate have a
+/// non-voter's grant to count: its own.
+#[test]
+fn counting_a_non_voters_vote_is_caught() {
+    let expected = Expected {
+        flag: "--mutation count-learner-votes",
+        limit: 100,
+        first_seed: 9,
+        checkers: &["short of a quorum"],
+    };
+    assert_caught(
+        &expected,
+        "--membership",
+        membership(Mutation::CountLearnerVotes),
+    );
+}

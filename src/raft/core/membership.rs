@@ -27,6 +27,11 @@ impl RaftCore {
         &self.membership
     }
 
+    /// The membership of the snapshot the log starts after (else the configured one).
+    pub fn snapshot_membership(&self) -> &Membership {
+        &self.base_membership
+    }
+
     /// The membership as of the applied index: what a snapshot of the state machine taken now
     /// must record (`Snapshot::membership`).
     pub fn applied_membership(&self) -> Membership {
@@ -34,9 +39,60 @@ impl RaftCore {
     }
 
     /// True if messages from `id` are refused as coming from a removed member (the driver
-    /// can tell such a peer `this node was removed from the cluster`).
+    /// can tell such a peer `this node was removed from the cluster`): only a removal this
+    /// node knows is committed. An uncommitted one may still be truncated (its leader lost
+    /// its term before a quorum had it), and the node it names may then lead.
     pub fn is_removed(&self, id: NodeId) -> bool {
-        self.membership.removed.contains(&id)
+        self.membership.removed.contains(&id) && !self.uncommitted_removals().any(|r| r == id)
+    }
+
+    /// The ids whose removal this node knows is committed (see [`RaftCore::is_removed`]).
+    pub fn committed_removals(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut removed = self.membership.removed.clone();
+        for id in self.uncommitted_removals() {
+            removed.remove(&id);
+        }
+        removed
+    }
+
+    /// The members that configuration entries past the commit index remove (ids are never
+    /// reused, so each id is removed by at most one entry of a log).
+    fn uncommitted_removals(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let from = self.commit.max(self.log.snapshot().index) + 1;
+        let to = if self.conf_index > self.commit {
+            self.log.last_index()
+        } else {
+            0 // no configuration entry past the commit index: nothing to scan
+        };
+        (from..=to).filter_map(|i| match self.log.get(i).map(|e| &e.payload) {
+            Some(Payload::ConfChange(c)) if c.change.kind == ConfChangeKind::Remove => {
+                Some(c.change.node)
+            }
+            _ => None,
+        })
+    }
+
+    /// Whether this node may start an election: it is a voter in the membership it follows,
+    /// or that membership comes from an uncommitted entry and it is a voter in the committed
+    /// one (the latest configuration entry at or before the commit index).
+    ///
+    /// The second case is what "effective on append" needs for liveness. A node whose log
+    /// holds an uncommitted change that removes it (or makes it a learner) may hold the
+    /// longest log: say a leader of two voters removes itself and restarts before the removal
+    /// commits. The other voter's log lacks the entry, so it cannot win this node's vote, and
+    /// were this node to wait as a non-voter, no one would ever lead. It campaigns as the
+    /// candidate of its latest configuration: the votes that count are that configuration's
+    /// voters' (its own is not among them), exactly as a leader that removed itself counts
+    /// acknowledgements; once elected it commits the change and hands leadership over
+    /// (`conf_committed`). Election Safety is unchanged: every quorum is still a quorum of the
+    /// candidate's latest configuration.
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        self.mutation != Mutation::ExcludedNeverCampaigns
+            && self.conf_index > self.commit
+            && self.membership_at(self.commit).is_voter(self.cfg.id)
     }
 
     /// Proposes a membership change (leader only). The entry takes effect on each node once it
@@ -171,13 +227,17 @@ impl RaftCore {
     }
 
     /// Whether a message from `msg.from` may enter the core at all. Refused: this node itself,
-    /// removed members (ids are never reused, so a removed node that comes back cannot
-    /// disrupt the cluster with elections), and ids the membership does not know, except
-    /// - a node this leader still replicates to (being removed, its removal not committed);
+    /// and members whose removal this node knows is committed (ids are never reused, so a
+    /// removed node that comes back cannot disrupt the cluster with elections), except
+    /// - a node this leader still replicates to (being removed, its removal not committed
+    ///   everywhere yet);
     /// - the leader this node follows in the current term (a leader removing itself keeps
-    ///   leading until its removal commits, then sends `TimeoutNow` to its successor);
-    /// - anyone, while this node knows no membership that includes it (it joins with an empty
-    ///   log, and the leader's messages are how it learns the membership).
+    ///   leading until its removal commits, then sends `TimeoutNow` to its successor).
+    ///
+    /// Ids this node's membership does not know are accepted: a node that was down while a
+    /// member joined, was promoted and won an election hears of it first from its messages
+    /// (refusing them would leave it behind for good). An uncommitted removal does not refuse
+    /// either: its entry may be truncated and the node it names may lead.
     pub(super) fn accepts_from(&self, msg: &crate::raft::Message) -> bool {
         let from = msg.from;
         if from == self.cfg.id {
@@ -189,10 +249,11 @@ impl RaftCore {
         {
             return true;
         }
-        if self.membership.removed.contains(&from) {
-            return false;
+        if self.mutation == Mutation::RefuseUnknownAndUncommitted {
+            return !self.membership.removed.contains(&from)
+                && (self.membership.contains(from) || !self.membership.contains(self.cfg.id));
         }
-        self.membership.contains(from) || !self.membership.contains(self.cfg.id)
+        !self.is_removed(from)
     }
 
     /// The membership as of `index`: the last configuration entry at or before it in the

@@ -320,6 +320,14 @@ fn leader_commits_only_after_its_own_flush() {
 fn single_node_commits_on_its_own_flush() {
     let mut c = RaftCore::new(cfg(1, &[]), HardState::default(), vec![]).unwrap();
     campaign(&mut c);
+    assert_eq!(
+        c.status().role,
+        Role::Candidate,
+        "a lone node's own vote is a quorum only once durable"
+    );
+    let rd = take_ready(&mut c);
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.vote)), Some((1, Some(1))));
+    assert!(all_msgs(&rd).is_empty());
     assert_eq!(c.status().role, Role::Leader, "a lone node elects itself");
     take_ready(&mut c);
     let rd = take_ready(&mut c);
@@ -335,6 +343,46 @@ fn single_node_commits_on_its_own_flush() {
     c.read_index(42).unwrap();
     let rd = take_ready(&mut c);
     assert_eq!(rd.read_states, vec![ReadState { id: 42, index: 2 }]);
+}
+
+/// Issue 15: a sole voter leads only once its vote for itself is durable. Were it to lead at
+/// once, the entries of its new term could reach a learner (or a node it is removing) and the
+/// node crash before the term is on disk; back in the old term, it could vote for another
+/// candidate of the same term (the simulator's `--membership` seed 612).
+#[test]
+fn a_sole_voter_sends_nothing_of_its_new_term_before_its_vote_is_durable() {
+    let with_learner = || {
+        let mut m = Membership::with_voters([1]);
+        m.learners.insert(2);
+        RaftCore::restore_with_membership(
+            cfg(1, &[2]),
+            HardState::default(),
+            SnapshotMeta::default(),
+            Some(m),
+            vec![],
+        )
+        .unwrap()
+    };
+    let mut c = with_learner();
+    campaign(&mut c);
+    let rd = take_ready(&mut c);
+    assert!(rd.hard_state.is_some_and(|h| h.term == 1));
+    assert!(
+        all_msgs(&rd).is_empty(),
+        "no append of term 1 leaves with the vote that makes it leader"
+    );
+    assert_eq!(c.status().role, Role::Leader);
+    let rd = take_ready(&mut c);
+    assert!(all_msgs(&rd).iter().any(|m| m.to == 2 && m.term == 1));
+
+    // Control: leading at once, its first Ready both persists the vote and sends appends.
+    let mut c = with_learner();
+    c.set_mutation(Mutation::LeadBeforeVotePersisted);
+    campaign(&mut c);
+    assert_eq!(c.status().role, Role::Leader);
+    let rd = take_ready(&mut c);
+    assert!(rd.hard_state.is_some_and(|h| h.term == 1));
+    assert!(all_msgs(&rd).iter().any(|m| m.to == 2 && m.term == 1));
 }
 
 #[test]

@@ -119,8 +119,19 @@ pub async fn lease_loop(
         return run;
     };
     let mut n = 0u64;
+    let mut generation = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        if let Some(endpoints) = shared.endpoints_since(&mut generation) {
+            // The members changed (`--membership`): new leases go through the current ones
+            // (the keepers already running keep their client).
+            if let Ok(c) = Client::with_options(
+                endpoints,
+                ClientOptions::with_timeout(Duration::from_secs(3)),
+            ) {
+                client = c;
+            }
+        }
         n += 1;
         // Kept, lapsed, revoked, in turn.
         let turn = n % 3;

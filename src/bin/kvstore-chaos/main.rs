@@ -55,6 +55,7 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 
 mod leases;
+mod membership;
 mod watchers;
 
 /// Real-process fault run of a kvstore cluster.
@@ -103,6 +104,11 @@ struct Args {
     /// end in FAIL). `--clients 0` does the same for the minimum of operations.
     #[arg(long, value_enum)]
     self_test: Option<SelfTest>,
+    /// Replace voters among the faults: remove one (sometimes the leader, sometimes a node
+    /// that is down), add a learner with a new id at a new address, start it with `--join`,
+    /// promote it once caught up (see the `membership` module; needs network namespaces).
+    #[arg(long)]
+    membership: bool,
 }
 
 /// The sabotages of `--self-test`, each caught by one check.
@@ -125,6 +131,9 @@ enum SelfTest {
     KeptExpired,
     /// Claim one lease that expired as kept alive to the end: its key is gone.
     ExpiredKept,
+    /// With `--membership`: restart the first removed node on its old data dir and count it
+    /// as a member again: the members' MemberList does not have it.
+    StaleMember,
 }
 
 /// The nodes' read mode and snapshot threshold for a seed: seeds 0, 1, 2 (mod 3) run
@@ -215,7 +224,7 @@ impl Netns {
     fn setup(nodes: u64, seed: u64) -> anyhow::Result<Netns> {
         let tag = std::process::id() % 100_000;
         // Built first, so that a failed step below still removes what was made (Drop).
-        let net = Netns {
+        let mut net = Netns {
             tag,
             subnet: (seed % 200) as u8 + 20,
             nodes,
@@ -226,19 +235,26 @@ impl Netns {
         ip(&["addr", "add", &bridge_addr, "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for i in 1..=nodes {
-            let (ns, veth, addr) = (net.ns(i), net.veth(i), format!("{}/24", net.addr(i)));
-            ip(&["netns", "add", &ns])?;
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
-            ip(&["link", "set", &veth, "master", &br, "up"])?;
-            ip(&[
-                "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", "eth0",
-            ])?;
-            ip(&["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
-            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+            net.add_node(i)?;
         }
         Ok(net)
+    }
+
+    /// Node `i`'s namespace, with its veth on the bridge (ids above the first `nodes` are
+    /// the members added under `--membership`).
+    fn add_node(&mut self, i: u64) -> anyhow::Result<()> {
+        self.nodes = self.nodes.max(i);
+        let (ns, veth, addr) = (self.ns(i), self.veth(i), format!("{}/24", self.addr(i)));
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &veth, "master", &self.bridge(), "up"])?;
+        ip(&[
+            "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", "eth0",
+        ])?;
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
     }
 }
 
@@ -269,8 +285,8 @@ impl Network {
     /// # Errors
     /// A cut could not be made (an `ip` command failed, a proxy link is missing); the cuts
     /// made before it stay recorded for [`heal`](Self::heal).
-    fn partition(&mut self, victim: u64, one_way: bool, n: u64) -> anyhow::Result<()> {
-        let others = (1..=n).filter(move |&o| o != victim);
+    fn partition(&mut self, victim: u64, one_way: bool, ids: &[u64]) -> anyhow::Result<()> {
+        let others = ids.iter().copied().filter(move |&o| o != victim);
         match self {
             Network::Proxy(links) => {
                 for o in others {
@@ -344,6 +360,9 @@ struct Node {
     log: PathBuf,
     child: Option<Child>,
     stopped: bool,
+    /// Removed from the cluster (`--membership`): it must stop by itself and is never
+    /// restarted; its exit is the membership check's, not an unexpected one.
+    removed: bool,
 }
 
 impl Node {
@@ -429,7 +448,7 @@ fn check_exits(
     exits: &mut Vec<String>,
     restart: bool,
 ) -> anyhow::Result<()> {
-    for node in nodes.values_mut() {
+    for node in nodes.values_mut().filter(|node| !node.removed) {
         if let Some(how) = node.reap() {
             println!("{} node {} EXITED on its own: {how}", at(start), node.id);
             exits.push(format!(
@@ -494,9 +513,37 @@ struct Shared {
     /// The acknowledged changes with their revisions (for the watch check).
     acked: Mutex<Vec<Acked>>,
     counts: Counts,
+    /// The client addresses of the current members, and how often they changed
+    /// (`--membership`): the clients rebuild theirs when it moves.
+    endpoints: Mutex<(u64, Vec<String>)>,
 }
 
 impl Shared {
+    /// The members' addresses if they changed since generation `seen` (which is updated).
+    fn endpoints_since(&self, seen: &mut u64) -> Option<Vec<String>> {
+        let e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        (e.0 != *seen).then(|| {
+            *seen = e.0;
+            e.1.clone()
+        })
+    }
+
+    /// The members' addresses now.
+    fn endpoints(&self) -> Vec<String> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Publishes the members' addresses after a membership change.
+    fn set_endpoints(&self, endpoints: Vec<String>) {
+        let mut e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        e.0 += 1;
+        e.1 = endpoints;
+    }
+
     fn record(&self, op: Op) {
         self.history
             .lock()
@@ -558,7 +605,17 @@ async fn client_loop(w: Workload, shared: Arc<Shared>) {
         return;
     };
     let mut n = 0u64;
+    let mut generation = 0;
     while !shared.stop.load(Ordering::Relaxed) {
+        if let Some(endpoints) = shared.endpoints_since(&mut generation) {
+            // The members changed: a new client (and session) over the current ones.
+            if let Ok(c) = Client::with_options(
+                endpoints,
+                ClientOptions::with_timeout(Duration::from_secs(3)),
+            ) {
+                client = c;
+            }
+        }
         let key = format!("k{}", rng.random_range(0..w.keys));
         let invoke = micros(start);
         let (kind, outcome) = match rng.random_range(0..10u8) {
@@ -698,11 +755,11 @@ fn show(value: &Option<String>) -> String {
 }
 
 /// One round of the convergence check: the common applied index, or the first difference.
-async fn converged_once(endpoints: &[String], expected: &Values) -> Result<u64, String> {
+async fn converged_once(endpoints: &[(u64, String)], expected: &Values) -> Result<u64, String> {
     let keys: Vec<String> = expected.keys().cloned().collect();
-    let mut first: Option<(usize, u64, Values)> = None;
-    for (i, addr) in endpoints.iter().enumerate() {
-        let node = i + 1;
+    let mut first: Option<(u64, u64, Values)> = None;
+    for (node, addr) in endpoints {
+        let node = *node;
         let (applied, values) = local_state(addr, &keys)
             .await
             .map_err(|e| format!("node {node}: {e}"))?;
@@ -731,7 +788,7 @@ async fn converged_once(endpoints: &[String], expected: &Values) -> Result<u64, 
 /// Polls [`converged_once`] until it holds or `bound` passes; returns the applied index and
 /// the time it took, or the last difference seen.
 async fn converge(
-    endpoints: &[String],
+    endpoints: &[(u64, String)],
     expected: &Values,
     bound: Duration,
 ) -> Result<(u64, Duration), String> {
@@ -967,27 +1024,44 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Network::Proxy(links)
         }
     };
+    if args.membership && matches!(network, Network::Proxy(_)) {
+        bail!("--membership needs network namespaces (--net netns: root and iproute2): an added node gets its own namespace");
+    }
+    if args.membership && n < 3 {
+        bail!("--membership needs --nodes 3 or more: a replacement removes a voter first");
+    }
+    if args.self_test == Some(SelfTest::StaleMember) && !args.membership {
+        bail!("--self-test stale-member needs --membership");
+    }
     if args.self_test == Some(SelfTest::IpFail) && matches!(network, Network::Proxy(_)) {
         bail!("--self-test ip-fail needs network namespaces (--net netns): the proxy runs no ip command");
     }
     println!("{}", network.describe());
     let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
     let mut endpoints: Vec<String> = Vec::new();
+    let mut common: Vec<String> = vec![
+        "--election-timeout-ms".into(),
+        ELECTION_TIMEOUT_MS.to_string(),
+        "--heartbeat-interval-ms".into(),
+        "30".into(),
+        // The watchers resume from any revision of the run: keep the whole history.
+        "--auto-compaction-retention".into(),
+        "0".into(),
+    ];
+    common.extend(variant.iter().cloned());
+    let launch = membership::Launch {
+        bin: bin.clone(),
+        work: work.clone(),
+        common,
+    };
     for (i, (program, mut a, host, port)) in node_args {
         a.extend([
             "--id".to_string(),
             i.to_string(),
             "--data-dir".into(),
             work.join(format!("node-{i}")).display().to_string(),
-            "--election-timeout-ms".into(),
-            ELECTION_TIMEOUT_MS.to_string(),
-            "--heartbeat-interval-ms".into(),
-            "30".into(),
-            // The watchers resume from any revision of the run: keep the whole history.
-            "--auto-compaction-retention".into(),
-            "0".into(),
         ]);
-        a.extend(variant.iter().cloned());
+        a.extend(launch.common.iter().cloned());
         endpoints.push(format!("{host}:{port}"));
         let mut node = Node {
             id: i,
@@ -996,6 +1070,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             log: work.join(format!("node-{i}.log")),
             child: None,
             stopped: false,
+            removed: false,
         };
         node.start()?;
         nodes.insert(i, node);
@@ -1022,7 +1097,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .context("reading the revision before the workload")?
         .header
         .revision;
-    let watchers = watchers::Watchers::start(&endpoints, base)?;
+    let mut watchers = watchers::Watchers::start(&endpoints, base)?;
+    let mut membership = args.membership.then(|| {
+        let addrs = (1..=n).zip(endpoints.iter().cloned()).collect();
+        membership::Membership::new(addrs, &mut rng)
+    });
 
     // Workload.
     let start = Instant::now();
@@ -1032,6 +1111,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         history: Mutex::new(Vec::new()),
         acked: Mutex::new(Vec::new()),
         counts: Counts::default(),
+        endpoints: Mutex::new((0, endpoints.clone())),
     });
     let min_ttl =
         kvstore::rpc::etcd::member::min_lease_ttl(Duration::from_millis(ELECTION_TIMEOUT_MS));
@@ -1061,10 +1141,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // Leader watcher: counts distinct (term, leader) pairs.
     let leaders = Arc::new(Mutex::new(BTreeSet::new()));
     let watcher = {
-        let (eps, leaders, shared) = (endpoints.clone(), leaders.clone(), shared.clone());
+        let (leaders, shared) = (leaders.clone(), shared.clone());
         tokio::spawn(async move {
             while !shared.stop.load(Ordering::Relaxed) {
-                if let Some(l) = leader_of(&eps).await {
+                if let Some(l) = leader_of(&shared.endpoints()).await {
                     leaders.lock().unwrap_or_else(|p| p.into_inner()).insert(l);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1082,8 +1162,26 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut down: BTreeMap<u64, Instant> = BTreeMap::new(); // killed, restart at
     let mut frozen: BTreeMap<u64, Instant> = BTreeMap::new(); // stopped, resume at
     let mut heal_at: Option<Instant> = None;
+    // What a membership step borrows from the fault loop.
+    macro_rules! faults_for_membership {
+        () => {
+            membership::Faults {
+                nodes: &mut nodes,
+                down: &mut down,
+                frozen: &mut frozen,
+                network: &mut network,
+                watchers: &mut watchers,
+                shared: &shared,
+                failures: &mut failures,
+                faults: &mut faults,
+            }
+        };
+    }
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        if let Some(m) = membership.as_mut() {
+            m.reap_removed(&mut nodes, start);
+        }
         check_exits(&mut nodes, start, &mut exits, true)?;
         let now = Instant::now();
         for (id, when) in down.clone() {
@@ -1131,11 +1229,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         if args.self_test == Some(SelfTest::NoFaults) {
             continue;
         }
-        // At most a minority disturbed by process faults at once, so the cluster keeps serving.
+        if let Some(m) = membership.as_mut() {
+            let leader = leader_of(&shared.endpoints()).await.map(|(_, id)| id);
+            let start_new = Instant::now() + membership::MIN_LEFT < fault_end;
+            let mut f = faults_for_membership!();
+            m.step(&mut f, &mut rng, &launch, leader, start_new).await;
+        }
+        // At most a minority of the voters disturbed by process faults at once, so the
+        // cluster keeps serving (none while a replacement has removed a voter).
         let disturbed = down.len() + frozen.len();
-        let minority = ((n - 1) / 2) as usize;
-        let target = rng.random_range(1..=n);
-        let leader = leader_of(&endpoints).await.map(|(_, id)| id);
+        let voters = membership.as_ref().map_or(n, |m| m.voter_count());
+        let minority = (voters.saturating_sub(1) / 2) as usize;
+        let target = match &membership {
+            None => rng.random_range(1..=n),
+            Some(m) => m.random_voter(&mut rng),
+        };
+        let members: Vec<u64> = membership
+            .as_ref()
+            .map_or_else(|| (1..=n).collect(), |m| m.member_ids());
+        let leader = leader_of(&shared.endpoints()).await.map(|(_, id)| id);
         let victim = if rng.random_bool(0.5) {
             leader.unwrap_or(target)
         } else {
@@ -1198,7 +1310,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     "(isolated)"
                 };
                 heal_at = Some(now + Duration::from_millis(rng.random_range(1000..4000)));
-                if let Err(e) = network.partition(victim, one_way, n) {
+                if let Err(e) = network.partition(victim, one_way, &members) {
                     println!("{} PARTITION node {victim} {how} FAILED: {e:#}", at(start));
                     failures.push(("partition", format!("node {victim} {how}: {e:#}")));
                     // The network is in an unknown state: stop injecting faults.
@@ -1238,6 +1350,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             node.start()?;
         }
     }
+    down.clear();
+    frozen.clear();
+    if let Some(m) = membership.as_mut() {
+        let mut f = faults_for_membership!();
+        m.finish(&mut f, &mut rng, &launch).await;
+    }
     shared.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -1247,7 +1365,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for t in lease_tasks {
         lease_run.merge(t.await.unwrap_or_default());
     }
+    if let Some(m) = membership.as_mut() {
+        m.reap_removed(&mut nodes, start);
+    }
     check_exits(&mut nodes, start, &mut exits, true)?;
+    // The final members (all of them without --membership).
+    let members: Vec<(u64, String)> = membership.as_ref().map_or_else(
+        || (1..=n).zip(endpoints.iter().cloned()).collect(),
+        |m| m.voters(),
+    );
+    let endpoints: Vec<String> = members.iter().map(|(_, a)| a.clone()).collect();
+    let mut reader = Client::with_options(
+        endpoints.clone(),
+        ClientOptions::with_timeout(Duration::from_secs(10)),
+    )?;
 
     // Final reads and convergence, once a leader is back.
     let mut final_reads = 0;
@@ -1283,12 +1414,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         failures.extend(lease_failures.into_iter().map(|f| ("lease", f)));
     }
     if let (Some(SelfTest::Diverge), Some((_, leader))) = (args.self_test, leader) {
-        if let Some(follower) = (1..=n).find(|&i| i != leader) {
+        if let Some(follower) = members.iter().map(|(i, _)| *i).find(|&i| i != leader) {
             println!(
                 "{} self-test: cutting node {follower} off, then one more write",
                 at(start)
             );
-            if let Err(e) = network.partition(follower, false, n) {
+            let ids: Vec<u64> = members.iter().map(|(i, _)| *i).collect();
+            if let Err(e) = network.partition(follower, false, &ids) {
                 failures.push(("partition", format!("self-test cut: {e:#}")));
             }
             let invoke = micros(start);
@@ -1340,7 +1472,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         if final_reads == args.keys {
             let bound = Duration::from_secs(args.settle).saturating_sub(faults_stopped.elapsed());
-            match converge(&endpoints, &expected, bound).await {
+            match converge(&members, &expected, bound).await {
                 Ok((applied, took)) => {
                     convergence = format!(
                         "every node applied up to index {applied} and serves the same {} values ({:.1} s after the final reads)",
@@ -1402,6 +1534,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 failures.extend(check_watchers(&seen, base, end_revision, &mut keys));
             }
         }
+    }
+
+    // The membership: every member agrees with the runner's; removed nodes stopped, saying why.
+    if let Some(m) = membership.as_mut() {
+        let stale = args.self_test == Some(SelfTest::StaleMember);
+        let found = m.check_end(&mut nodes, start, stale).await;
+        failures.extend(found.into_iter().map(|f| ("membership", f)));
     }
 
     // The nodes' own health: exits the runner did not cause, panics in the logs.
@@ -1500,6 +1639,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ));
     }
     println!("  replicas: {convergence}");
+    if let Some(m) = &membership {
+        println!("  membership: {}", m.summary());
+    }
     println!(
         "  node processes: {} unexpected exits, {} with a panic in their log",
         exits.len(),

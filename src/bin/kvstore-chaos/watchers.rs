@@ -2,7 +2,10 @@
 //!
 //! One watcher per node, pinned to that node (it sees the node die, freeze, restart and catch
 //! up from its own history), and one through every endpoint (the client library's watch,
-//! which resumes on another member by itself). All watch the prefix the clients write (`k`:
+//! which resumes on another member by itself). Under `--membership` the watcher of a removed
+//! node moves to the node that replaces it, and the one over every member to the new member
+//! list, each resuming after the last revision it recorded (see [`Watchers::repin`]). All
+//! watch the prefix the clients write (`k`:
 //! the linearizability keys and the leased keys) from the revision before the workload, for
 //! the whole run. At the end each must have reached the cluster's final revision, and then:
 //!
@@ -65,6 +68,9 @@ struct Log {
     events: Vec<Seen>,
     /// The error that ended the watch.
     ended: Option<String>,
+    /// Which stream writes here (see [`Watchers::repin`]): a stream that was moved away
+    /// records nothing more, even between its abort and its end.
+    owner: u64,
 }
 
 /// The running watchers.
@@ -95,33 +101,41 @@ impl Watchers {
             base,
         };
         for (name, eps) in targets {
-            let client =
-                Client::with_options(eps, ClientOptions::with_timeout(Duration::from_secs(3)))?;
-            let mut watcher =
-                client.watch(PREFIX, WatchOptions::prefix().from_revision(base + 1))?;
             let log = Arc::new(Mutex::new(Log::default()));
-            let sink = log.clone();
-            watchers.tasks.push(tokio::spawn(async move {
-                while let Some(next) = watcher.next().await {
-                    match next {
-                        Ok(events) => lock(&sink).events.extend(events.into_iter().map(|e| {
-                            Seen {
-                                revision: e.revision(),
-                                put: (e.kind == EventKind::Put)
-                                    .then(|| (identity(&e.kv.value), e.kv.lease)),
-                                key: e.kv.key,
-                            }
-                        })),
-                        Err(e) => {
-                            lock(&sink).ended = Some(e.to_string());
-                            return;
-                        }
-                    }
-                }
-            }));
+            watchers
+                .tasks
+                .push(spawn_watch(eps, base + 1, log.clone(), 0)?);
             watchers.logs.push((name, log));
         }
         Ok(watchers)
+    }
+
+    /// Moves watcher `name` (a node removed from the cluster, or the one over every member) to
+    /// `endpoints`: its stream stops and a new one resumes after the last revision it recorded,
+    /// into the same record, so the checks see one unbroken sequence. The watcher is renamed
+    /// `new_name`. Unknown names are ignored.
+    pub fn repin(
+        &mut self,
+        name: &str,
+        new_name: String,
+        endpoints: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let Some(i) = self.logs.iter().position(|(n, _)| n == name) else {
+            return Ok(());
+        };
+        self.tasks[i].abort();
+        let log = self.logs[i].1.clone();
+        let (from, owner) = {
+            let mut l = lock(&log);
+            l.owner += 1;
+            (
+                l.events.last().map_or(self.base, |e| e.revision) + 1,
+                l.owner,
+            )
+        };
+        self.tasks[i] = spawn_watch(endpoints, from, log, owner)?;
+        self.logs[i].0 = new_name;
+        Ok(())
     }
 
     /// Waits (up to `bound`) until every watcher has seen an event at `revision` or later,
@@ -170,6 +184,39 @@ impl Watchers {
             })
             .collect())
     }
+}
+
+/// Watches the prefix through `endpoints` from revision `from`, appending to `sink`.
+fn spawn_watch(
+    endpoints: Vec<String>,
+    from: i64,
+    sink: Arc<Mutex<Log>>,
+    owner: u64,
+) -> anyhow::Result<JoinHandle<()>> {
+    let client = Client::with_options(
+        endpoints,
+        ClientOptions::with_timeout(Duration::from_secs(3)),
+    )?;
+    let mut watcher = client.watch(PREFIX, WatchOptions::prefix().from_revision(from))?;
+    Ok(tokio::spawn(async move {
+        while let Some(next) = watcher.next().await {
+            let mut log = lock(&sink);
+            if log.owner != owner {
+                return;
+            }
+            match next {
+                Ok(events) => log.events.extend(events.into_iter().map(|e| Seen {
+                    revision: e.revision(),
+                    put: (e.kind == EventKind::Put).then(|| (identity(&e.kv.value), e.kv.lease)),
+                    key: e.kv.key,
+                })),
+                Err(e) => {
+                    log.ended = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 impl Drop for Watchers {

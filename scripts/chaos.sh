@@ -5,8 +5,11 @@
 # or panic, replicas that do not converge, a non-linearizable history, a failed fault command,
 # too few operations or faults, watchers (one per node, one over all) whose events are not
 # exactly the cluster's changes, or leased keys that outlive their revoked or expired lease
-# (or vanish while kept alive). Ends with PASS or FAIL. The seed also picks the nodes'
-# --read-mode and --snapshot-entries (kvstore-chaos --help).
+# (or vanish while kept alive). With --membership it also replaces voters among the faults
+# (remove, add a learner at a new address, start it with --join, promote) and checks the final
+# membership on every member and that removed nodes stopped by themselves. Ends with PASS or
+# FAIL. The seed also picks the nodes' --read-mode and --snapshot-entries (kvstore-chaos
+# --help).
 #
 #   scripts/chaos.sh [--seed S] [--duration SECONDS] [--nodes 3|5] [--clients N] [...]
 #   scripts/chaos.sh self-test [--net netns|proxy]
@@ -56,6 +59,11 @@ expect min-operations --clients 0 "$@"
 expect watch --self-test drop-event "$@"
 expect lease --self-test kept-expired "$@"
 expect lease --self-test expired-kept "$@"
+if [[ " $* " == *" --net proxy "* ]]; then
+  echo "skip --self-test stale-member (--membership needs network namespaces)"
+else
+  expect membership --membership --self-test stale-member "$@"
+fi
 if [[ " $* " == *" --net proxy "* ]]; then
   echo "skip --self-test ip-fail (the proxy runs no ip command)"
 elif [[ " $* " == *" --net "* ]]; then

@@ -46,7 +46,7 @@ pub const REMOVED_LINE: &str = "this node was removed from the cluster";
 /// How long a learner gets from its start to its promotion.
 pub const JOIN_BOUND: Duration = Duration::from_secs(20);
 /// No replacement starts closer than this to the end of the faults.
-pub const MIN_LEFT: Duration = Duration::from_secs(4);
+pub const MIN_LEFT: Duration = Duration::from_secs(2);
 /// How long a replacement still in progress when the faults stop gets to finish, and removed
 /// nodes to stop, at the end.
 const FINISH_BOUND: Duration = Duration::from_secs(20);
@@ -127,7 +127,7 @@ fn admin(endpoints: Vec<String>) -> Option<Client> {
 }
 
 impl Membership {
-    /// The first members, `id -> client address`; the first replacement starts 1 to 2 s in.
+    /// The first members, `id -> client address`; the first replacement is due 0.5 to 1.5 s in.
     pub fn new(addrs: BTreeMap<u64, String>, rng: &mut SmallRng) -> Membership {
         Membership {
             voters: addrs.keys().copied().collect(),
@@ -136,7 +136,7 @@ impl Membership {
             addrs,
             removed: Vec::new(),
             phase: Phase::Idle,
-            next_at: Instant::now() + Duration::from_millis(rng.random_range(1000..2000)),
+            next_at: Instant::now() + Duration::from_millis(rng.random_range(500..1500)),
             replacements: 0,
             added: Vec::new(),
         }

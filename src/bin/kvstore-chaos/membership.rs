@@ -454,7 +454,6 @@ impl Membership {
         );
         self.voters.insert(id);
         self.replacements += 1;
-        *f.faults.entry("member replacement").or_default() += 1;
         self.publish(f);
         if let Some(name) = self.watcher_of.remove(&replaces) {
             let new_name = format!("{name}, then node {id}");

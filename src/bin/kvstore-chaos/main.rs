@@ -25,6 +25,9 @@
 //!   or run out are gone with their keys (see [`leases`]);
 //! - **something checked**: a run whose watchers saw no event, or with no lease kept, expired
 //!   or revoked, fails.
+//! - **membership** (with `--membership`, which replaces voters among the faults): every final
+//!   member reports the runner's voters and the removed ids, and each removed node that was
+//!   running stopped by itself saying why (see [`membership`]).
 //!
 //! The nodes' `--read-mode` and `--snapshot-entries` follow the seed unless given (see
 //! [`node_variant`]), so a series of seeds covers lease reads and frequent snapshots.

@@ -397,6 +397,16 @@ impl NodeHandle {
         }
     }
 
+    /// A peer found that this node runs on another data dir than the one the cluster knew it
+    /// by, or refused it for that (`rpc/instances.rs`): the driver stops the node.
+    pub fn data_dir_replaced(&self, peer: NodeId) {
+        if self.tx.try_send(Request::DataDirReplaced { peer }).is_err() {
+            tracing::debug!(
+                "inbox full or closed: dropped a replaced-data-dir notice (the next call repeats it)"
+            );
+        }
+    }
+
     /// Feeds a peer's response into the core. Dropped if the inbox is full: the core resends.
     pub fn peer_reply(&self, msg: Message) {
         if self.tx.try_send(Request::PeerReply { msg }).is_err() {

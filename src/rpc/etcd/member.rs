@@ -15,6 +15,7 @@ use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb::etcd::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcd::etcdserverpb::ResponseHeader;
 use crate::raft::NodeId;
+use crate::rpc::member_service::peer_address;
 use crate::state_machine::mvcc::MvccError;
 use crate::state_machine::ApplyError;
 use crate::storage::ClusterIdentity;
@@ -51,9 +52,9 @@ struct Inner {
     node: NodeHandle,
     cluster_id: u64,
     id: NodeId,
-    /// The members' peer addresses (where this node dials them; they serve the etcd API on
-    /// the same port).
-    addresses: HashMap<NodeId, String>,
+    /// This node's configuration: `--peers` gives the addresses of the members of a static
+    /// start until the membership records its own (see [`Member::peer_address`]).
+    config: NodeConfig,
     max_txn_ops: usize,
     max_request_bytes: usize,
     /// etcd's minimum lease TTL in seconds: 1.5 election timeouts, rounded up. A LeaseGrant
@@ -61,8 +62,9 @@ struct Inner {
     min_lease_ttl: i64,
     /// How often idle watches that asked get a progress notification.
     watch_progress_interval: std::time::Duration,
-    /// Channels to the members this node forwarded to.
-    channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Channels to the members this node forwarded to, with the address each was made for
+    /// (a member whose address was updated gets a new one).
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
 }
 
 /// Where a request is served.
@@ -77,15 +79,14 @@ pub enum Route {
 impl Member {
     /// The etcd services' state of the node configured by `config`.
     pub fn new(config: &NodeConfig, node: NodeHandle) -> Self {
-        let members = config.members();
         let cluster_id =
-            ClusterIdentity::new(config.id, members.clone(), &config.cluster_token).cluster_id;
+            ClusterIdentity::new(config.id, config.members(), &config.cluster_token).cluster_id;
         Member {
             inner: Arc::new(Inner {
                 node,
                 cluster_id,
                 id: config.id,
-                addresses: members.into_iter().collect(),
+                config: config.clone(),
                 max_txn_ops: config.max_txn_ops,
                 max_request_bytes: config.max_request_bytes,
                 min_lease_ttl: min_lease_ttl(config.election_timeout),
@@ -130,9 +131,21 @@ impl Member {
         self.inner.watch_progress_interval
     }
 
-    /// The members' peer addresses, by id.
-    pub fn addresses(&self) -> &HashMap<NodeId, String> {
-        &self.inner.addresses
+    /// This node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Where this node reaches member `id` (its peer address, where it also serves the etcd
+    /// API): the address the current membership records, so a member that joined after this
+    /// node started is found, else the one `--peers` gives. `None` for an id that is neither
+    /// a member nor configured.
+    pub fn peer_address(&self, id: NodeId) -> Option<String> {
+        let membership = &self.inner.node.status().membership;
+        if !membership.contains(id) && self.inner.config.address_of(id).is_none() {
+            return None;
+        }
+        peer_address(&self.inner.config, membership, id)
     }
 
     /// The header of an answer that took effect as `h` says.
@@ -199,20 +212,20 @@ impl Member {
             .channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = channels.get(&id) {
-            return Ok(c.clone());
-        }
         let addr = self
-            .inner
-            .addresses
-            .get(&id)
+            .peer_address(id)
             .ok_or_else(|| errors::NO_LEADER.status())?;
+        if let Some((known, c)) = channels.get(&id) {
+            if *known == addr {
+                return Ok(c.clone());
+            }
+        }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::internal(format!("leader address {addr} is not a URI: {e}")))?
             .connect_timeout(FORWARD_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(id, channel.clone());
+        channels.insert(id, (addr, channel.clone()));
         Ok(channel)
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{free_port, poll_until, Cluster};
+use common::{free_port, kvctl, poll_until, Cluster};
 use etcd::EtcdCluster;
 use etcdctl::{cannot_run, etcdctl, missing_tool, Outcome};
 
@@ -197,6 +197,24 @@ async fn etcdctl_adds_a_learner_promotes_updates_and_removes_members() {
         let table = ok(&at_follower, "member list");
         table.lines().any(|l| l == line).then_some(())
     })
+    .await;
+
+    // `kvctl status` shows it as a learner, with how far behind it is as the leader knows.
+    poll_until(
+        SECS_30,
+        "kvctl status to show the learner's lag",
+        async || {
+            let (code, out, _) = kvctl(&cluster, &["status"]);
+            assert_eq!(code, 0, "{out}");
+            let row: Vec<String> = out
+                .lines()
+                .find(|l| l.starts_with("4 "))?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            (row[7] == "learner" && row[8].parse::<u64>().is_ok()).then_some(())
+        },
+    )
     .await;
 
     // Promote it once it caught up.

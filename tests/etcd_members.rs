@@ -275,6 +275,13 @@ async fn etcdctl_adds_a_learner_promotes_updates_and_removes_members() {
     assert_eq!(got["count"].as_i64(), Some(1), "{got}");
     let header_member = got["header"]["member_id"].as_u64();
     assert_eq!(header_member, Some(4));
+    let at_1: Value =
+        serde_json::from_str(&ok(&at_1, "-w json get forwarded-to-4 --consistency=s")).unwrap();
+    assert_eq!(
+        got["header"]["cluster_id"], at_1["header"]["cluster_id"],
+        "the joined member answers with the cluster's id"
+    );
+    let at_1 = vec![cluster.addr(1)];
 
     // Remove an original member, through another one.
     let out = ok(&at_1, "member remove 2");

@@ -50,6 +50,11 @@ pub struct Member {
 #[derive(Debug)]
 struct Inner {
     node: NodeHandle,
+    /// The node's published status, read in place (no clone) for the cluster id and the
+    /// members' addresses.
+    status: tokio::sync::watch::Receiver<crate::node::NodeStatus>,
+    /// The cluster id of a static start (`--peers`), until the driver publishes the one the
+    /// data dir records (a member that joined has the cluster's, not one of its own flags).
     cluster_id: u64,
     id: NodeId,
     /// This node's configuration: `--peers` gives the addresses of the members of a static
@@ -83,6 +88,7 @@ impl Member {
             ClusterIdentity::new(config.id, config.members(), &config.cluster_token).cluster_id;
         Member {
             inner: Arc::new(Inner {
+                status: node.watch_status(),
                 node,
                 cluster_id,
                 id: config.id,
@@ -106,9 +112,13 @@ impl Member {
         self.inner.id
     }
 
-    /// The cluster id the data dir records.
+    /// The cluster id the data dir records (before the driver published it: the one the
+    /// flags give).
     pub fn cluster_id(&self) -> u64 {
-        self.inner.cluster_id
+        match self.inner.status.borrow().cluster_id {
+            0 => self.inner.cluster_id,
+            id => id,
+        }
     }
 
     /// `--max-txn-ops`.
@@ -141,7 +151,8 @@ impl Member {
     /// node started is found, else the one `--peers` gives. `None` for an id that is neither
     /// a member nor configured.
     pub fn peer_address(&self, id: NodeId) -> Option<String> {
-        let membership = &self.inner.node.status().membership;
+        let status = self.inner.status.borrow();
+        let membership = &status.membership;
         if !membership.contains(id) && self.inner.config.address_of(id).is_none() {
             return None;
         }
@@ -151,7 +162,7 @@ impl Member {
     /// The header of an answer that took effect as `h` says.
     pub fn header(&self, h: Header) -> ResponseHeader {
         ResponseHeader {
-            cluster_id: self.inner.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.inner.id,
             revision: h.revision,
             raft_term: h.term,
@@ -162,7 +173,7 @@ impl Member {
     /// the log).
     pub fn status_header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
-            cluster_id: self.inner.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.inner.id,
             revision,
             raft_term: self.inner.node.status().term,

@@ -387,6 +387,59 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "bad"));
     }
 
+    /// A follower reaches members (a leader among them) that joined after it started, at the
+    /// address the membership records, and dials anew when that address changes; the cluster
+    /// id is the one the driver publishes (the data dir's) once it has.
+    #[tokio::test]
+    async fn members_are_reached_at_the_memberships_addresses() {
+        let mut config = NodeConfig::new(1, 9001);
+        config.peers = crate::config::parse_peers("9002,9003", 1).unwrap();
+        let (node, inbox) = crate::node::channel(1, 8);
+        let member = Member::new(&config, node);
+        let from_flags = member.cluster_id();
+        assert_eq!(member.peer_address(2).as_deref(), Some("127.0.0.1:9002"));
+        assert_eq!(member.peer_address(4), None, "not a member yet");
+
+        let mut membership = crate::raft::Membership::with_voters([1, 2, 3, 4]);
+        membership.addresses.insert(4, "127.0.0.1:7004".into());
+        membership.addresses.insert(2, "10.0.0.2:9002".into());
+        let status = |membership: crate::raft::Membership| crate::node::NodeStatus {
+            membership,
+            leader: Some(4),
+            cluster_id: 77,
+            ..crate::node::NodeStatus::initial(1)
+        };
+        inbox.publish_status(status(membership.clone()));
+        assert_eq!(member.peer_address(4).as_deref(), Some("127.0.0.1:7004"));
+        assert_eq!(
+            member.peer_address(2).as_deref(),
+            Some("10.0.0.2:9002"),
+            "the membership's address over --peers"
+        );
+        assert_eq!(member.peer_address(3).as_deref(), Some("127.0.0.1:9003"));
+        assert_eq!((from_flags == 77, member.cluster_id()), (false, 77));
+        assert_eq!(member.status_header(0).cluster_id, 77);
+
+        let dialled = |member: &Member| {
+            let channels = member.inner.channels.lock().unwrap();
+            channels.get(&4).map(|(addr, _)| addr.clone())
+        };
+        let (leader, _) = member
+            .leader_channel(&tonic::Request::new(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(leader, 4);
+        assert_eq!(dialled(&member).as_deref(), Some("127.0.0.1:7004"));
+        membership.addresses.insert(4, "127.0.0.1:7044".into());
+        inbox.publish_status(status(membership));
+        member.leader_channel(&tonic::Request::new(())).unwrap();
+        assert_eq!(
+            dialled(&member).as_deref(),
+            Some("127.0.0.1:7044"),
+            "an updated address is dialled anew"
+        );
+    }
+
     #[test]
     fn a_forwarded_request_is_marked() {
         let r = forwarded(());

@@ -217,6 +217,15 @@ async fn etcdctl_adds_a_learner_promotes_updates_and_removes_members() {
     )
     .await;
 
+    // Its own endpoint status says it is a learner; a voter's does not.
+    let is_learner = |id: u64| {
+        let out: Value =
+            serde_json::from_str(&ok(&[cluster.addr(id)], "-w json endpoint status")).unwrap();
+        out[0]["Status"]["isLearner"].as_bool().unwrap_or(false)
+    };
+    assert!(is_learner(4));
+    assert!(!is_learner(follower));
+
     // Promote it once it caught up.
     poll_until(SECS_30, "the promotion", async || {
         let out = ctl(&at_follower, "member promote 4");
@@ -232,6 +241,7 @@ async fn etcdctl_adds_a_learner_promotes_updates_and_removes_members() {
     .await;
     let list = members(&at_follower);
     assert_eq!(member(&list, 4).unwrap()["isLearner"].as_bool(), None);
+    assert!(!is_learner(4), "promoted");
     assert_eq!(
         fails(&at_follower, "member promote 4"),
         "Error: etcdserver: can only promote a learner member"

@@ -9,9 +9,11 @@
 //!   a started one is named `node-<id>` and lists its client address.
 //! - The changes need the leader: a follower forwards them like the other etcd writes
 //!   ([`Member::leader_channel`]). So does `MemberList` when a leader is known (etcd 3.5's
-//!   `linearizable`, and also without it): only the leader knows which members it has
-//!   heard from, i.e. which have started. Without a reachable leader a follower answers
-//!   from its own view.
+//!   `linearizable`, and also without it, although etcd 3.4 answers it locally and etcdctl
+//!   3.4 has no flag for it): only the leader knows which members it has heard from, i.e.
+//!   which have started. Without a reachable leader a follower answers from its own view.
+//!
+//! [`Member::leader_channel`]: super::member::Member::leader_channel
 //! - Refusals carry etcd's code and exact message (`api/v3rpc/rpctypes`: clients match
 //!   them byte for byte), not kvstore.v1's longer ones; the detail (how far behind a
 //!   learner is) is in kvstore.v1's answer and `kvctl status`.
@@ -105,7 +107,8 @@ fn peer_address(urls: &[String]) -> Result<String, Status> {
 }
 
 impl EtcdMaintenance {
-    /// The leader's Cluster client, or `None` to serve here (see [`Member::leader_channel`]).
+    /// The leader's Cluster client, or `None` to serve here (see
+    /// [`leader_channel`](super::member::Member::leader_channel)).
     fn cluster_leader<T>(
         &self,
         request: &Request<T>,

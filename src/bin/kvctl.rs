@@ -780,8 +780,8 @@ fn parse_fence(text: &str) -> Result<Fence, String> {
 /// (whitespace-aligned, so scripts can split on whitespace; an unreachable node shows `-` and
 /// the reason). MEMBER is `voter` or `learner`; LAG is how many entries of the leader's log
 /// the member lacks, as the leader last knew (`?` when no leader answered, or it has no
-/// progress for the member yet). Members the leader lists that were not among the endpoints
-/// (a learner that just joined, say) get a row of their own with `-` for what only they know.
+/// progress for the member yet). Only the endpoints asked get rows, so scripts that read the
+/// table see only nodes that answered or `-` rows; `kvctl member list` lists every member.
 fn status_table(statuses: &[NodeStatus]) -> String {
     let header = [
         "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "MEMBER", "LAG",
@@ -822,17 +822,6 @@ fn status_table(statuses: &[NodeStatus]) -> String {
             ],
             Err(e) => vec!["-".to_string(), status.address.clone(), e.to_string()],
         });
-    }
-    let asked: Vec<u64> = answers().map(|s| s.id).collect();
-    for m in view.map(|v| v.members.as_slice()).unwrap_or_default() {
-        // A member asked already has its row, also when it did not answer.
-        if asked.contains(&m.id) || statuses.iter().any(|s| s.address == m.peer_address) {
-            continue;
-        }
-        let mut row = vec![m.id.to_string(), m.peer_address.clone()];
-        row.extend(std::iter::repeat_n("-".to_string(), 5));
-        row.extend([member_role(m.id).to_string(), lag(m.id)]);
-        rows.push(row);
     }
     let columns = header.len();
     let widths: Vec<usize> = (0..columns)
@@ -1033,7 +1022,7 @@ mod tests {
     }
 
     #[test]
-    fn status_shows_roles_and_the_leaders_lag_for_every_member() {
+    fn status_shows_each_nodes_role_and_the_leaders_view_of_its_lag() {
         let members = vec![
             member(1, MemberRole::Voter, Some(0)),
             member(2, MemberRole::Voter, Some(3)),
@@ -1063,6 +1052,11 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
+        let learner = StatusResponse {
+            id: 4,
+            role: Role::Follower.into(),
+            ..follower.clone()
+        };
         let at = |address: &str, s: &StatusResponse| NodeStatus {
             address: address.into(),
             result: Ok(s.clone()),
@@ -1074,24 +1068,6 @@ mod tests {
                 .map(|l| l.split_whitespace().map(str::to_string).collect())
                 .collect()
         };
-        let down = NodeStatus {
-            address: "127.0.0.1:9003".into(),
-            result: Err(ClientError::Unreachable("connection refused".into())),
-        };
-        let mut members = members;
-        members.push(member(3, MemberRole::Voter, None));
-        let leader = StatusResponse { members, ..leader };
-        let three = rows(&[at("a:1", &leader), down]);
-        let at_9003 = three.iter().filter(|r| r[1] == "127.0.0.1:9003").count();
-        assert_eq!(
-            at_9003, 1,
-            "no second row for a member that did not answer: {three:?}"
-        );
-        assert_eq!(
-            three.len(),
-            4,
-            "members 2 and 4 from the leader's list: {three:?}"
-        );
         let both = rows(&[at("a:1", &leader), at("a:2", &follower)]);
         let tail = |r: &Vec<String>| (r[0].clone(), r[7].clone(), r[8].clone());
         let got: Vec<_> = both.iter().map(tail).collect();
@@ -1102,26 +1078,18 @@ mod tests {
         };
         assert_eq!(
             got,
-            want(&[
-                ("1", "voter", "0"),
-                ("2", "voter", "3"),
-                ("4", "learner", "15"),
-                ("3", "voter", "?")
-            ]),
-            "the learner not asked gets a row from the leader's list"
+            want(&[("1", "voter", "0"), ("2", "voter", "3")]),
+            "the leader's view of each node asked"
         );
-        assert_eq!(both[2][2], "-", "{both:?}");
+        let with_learner = rows(&[at("a:1", &leader), at("a:4", &learner)]);
+        assert_eq!(
+            with_learner.iter().map(tail).collect::<Vec<_>>(),
+            want(&[("1", "voter", "0"), ("4", "learner", "15")])
+        );
         // Without the leader's answer, roles are known but lags are not.
         let alone = rows(&[at("a:2", &follower)]);
         let got: Vec<_> = alone.iter().map(tail).collect();
-        assert_eq!(
-            got,
-            want(&[
-                ("2", "voter", "?"),
-                ("1", "voter", "?"),
-                ("4", "learner", "?")
-            ])
-        );
+        assert_eq!(got, want(&[("2", "voter", "?")]));
     }
 
     #[test]

@@ -204,6 +204,12 @@ impl Inbox {
     pub(crate) fn into_requests(self) -> mpsc::Receiver<Request> {
         self.rx
     }
+
+    /// Publishes `status` as the driver does, for tests that stand in for the driver.
+    #[cfg(test)]
+    pub(crate) fn publish_status(&self, status: NodeStatus) {
+        self.status.send_replace(status);
+    }
 }
 
 /// Creates a handle and the inbox the driver will read. Split from [`Driver::open`] because

@@ -11,21 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, kvctl, poll_until, Cluster};
-use kvstore::client::Consistency;
+use common::{free_port, has, kvctl, poll_until, terms, Cluster};
 use kvstore::pb::cluster_client::ClusterClient;
 use kvstore::pb::MemberListRequest;
 
 const REMOVED_LINE: &str = "this node was removed from the cluster";
-
-/// Whether node `id` serves `key` = `value` from its own state (serializable read).
-async fn has(cluster: &Cluster, id: u64, key: &str, value: &str) -> bool {
-    let mut client = cluster.client_for(id);
-    matches!(
-        client.get(key, Consistency::Serializable).await,
-        Ok(r) if r.value.as_deref() == Some(value)
-    )
-}
 
 /// Writes `k<i>` = `v<i>` for each `i` in `range`, recording each acknowledged write.
 async fn write(
@@ -49,15 +39,6 @@ async fn cluster_id(cluster: &Cluster, id: u64) -> u64 {
         .unwrap()
         .into_inner()
         .cluster_id
-}
-
-/// Every member's term, by id, from Cluster/Status.
-async fn terms(cluster: &Cluster, ids: &[u64]) -> Vec<u64> {
-    let mut out = Vec::new();
-    for &id in ids {
-        out.push(cluster.status(id).await.map_or(0, |s| s.term));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,7 @@ use kvstore::client::{
     parse_duration, Client, ClientError, ClientOptions, Consistency, Fence, NodeStatus, OpResult,
     RangeOptions, SortOrder, SortTarget, TxnOp, Validation, WatchOptions,
 };
-use kvstore::pb::Role;
+use kvstore::pb::{MemberRole, Role};
 
 /// The `-w json` output, in kvctl's --help.
 const JSON_HELP: &str = "\
@@ -776,12 +776,32 @@ fn parse_fence(text: &str) -> Result<Fence, String> {
     Ok(Fence::new(name, token))
 }
 
-/// One row per node: `ID ADDRESS ROLE TERM LEADER COMMIT APPLIED` (whitespace-aligned, so
-/// scripts can split on whitespace; an unreachable node shows `-` and the reason).
+/// One row per node: `ID ADDRESS ROLE TERM LEADER COMMIT APPLIED MEMBER LAG`
+/// (whitespace-aligned, so scripts can split on whitespace; an unreachable node shows `-` and
+/// the reason). MEMBER is `voter` or `learner`; LAG is how many entries of the leader's log
+/// the member lacks, as the leader last knew (`?` when no leader answered, or it has no
+/// progress for the member yet). Only the endpoints asked get rows, so scripts that read the
+/// table see only nodes that answered or `-` rows; `kvctl member list` lists every member.
 fn status_table(statuses: &[NodeStatus]) -> String {
     let header = [
-        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED",
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "MEMBER", "LAG",
     ];
+    let answers = || statuses.iter().filter_map(|s| s.result.as_ref().ok());
+    // The leader's view of every member (the freshest term's leader, if several claim it).
+    let leader = answers()
+        .filter(|s| Role::try_from(s.role) == Ok(Role::Leader))
+        .max_by_key(|s| s.term);
+    let view = leader.or_else(|| answers().max_by_key(|s| s.term));
+    let member_of = |id: u64| view.and_then(|v| v.members.iter().find(|m| m.id == id));
+    let member_role = |id: u64| match member_of(id).map(|m| MemberRole::try_from(m.member_role)) {
+        Some(Ok(MemberRole::Voter)) => "voter",
+        Some(Ok(MemberRole::Learner)) => "learner",
+        _ => "?",
+    };
+    let lag = |id: u64| match (leader, member_of(id)) {
+        (Some(_), Some(m)) if m.has_progress => m.lag.to_string(),
+        _ => "?".to_string(),
+    };
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for status in statuses {
         rows.push(match &status.result {
@@ -797,6 +817,8 @@ fn status_table(statuses: &[NodeStatus]) -> String {
                 },
                 s.commit_index.to_string(),
                 s.last_applied.to_string(),
+                member_role(s.id).to_string(),
+                lag(s.id),
             ],
             Err(e) => vec!["-".to_string(), status.address.clone(), e.to_string()],
         });
@@ -988,6 +1010,88 @@ mod tests {
         assert_eq!(describe_validation(&v), "invalid (the lock is not held)");
     }
 
+    fn member(id: u64, role: MemberRole, lag: Option<u64>) -> kvstore::pb::Member {
+        kvstore::pb::Member {
+            id,
+            peer_address: format!("127.0.0.1:900{id}"),
+            member_role: role.into(),
+            has_progress: lag.is_some(),
+            matched_index: 20 - lag.unwrap_or(20),
+            lag: lag.unwrap_or(0),
+        }
+    }
+
+    #[test]
+    fn status_shows_each_nodes_role_and_the_leaders_view_of_its_lag() {
+        let members = vec![
+            member(1, MemberRole::Voter, Some(0)),
+            member(2, MemberRole::Voter, Some(3)),
+            member(4, MemberRole::Learner, Some(15)),
+        ];
+        let leader = StatusResponse {
+            id: 1,
+            role: Role::Leader.into(),
+            term: 3,
+            leader_id: 1,
+            members: members.clone(),
+            ..Default::default()
+        };
+        let follower = StatusResponse {
+            id: 2,
+            role: Role::Follower.into(),
+            term: 3,
+            leader_id: 1,
+            // A follower knows no lag.
+            members: members
+                .iter()
+                .map(|m| kvstore::pb::Member {
+                    has_progress: false,
+                    lag: 0,
+                    ..m.clone()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let learner = StatusResponse {
+            id: 4,
+            role: Role::Follower.into(),
+            ..follower.clone()
+        };
+        let at = |address: &str, s: &StatusResponse| NodeStatus {
+            address: address.into(),
+            result: Ok(s.clone()),
+        };
+        let rows = |statuses: &[NodeStatus]| -> Vec<Vec<String>> {
+            status_table(statuses)
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().map(str::to_string).collect())
+                .collect()
+        };
+        let both = rows(&[at("a:1", &leader), at("a:2", &follower)]);
+        let tail = |r: &Vec<String>| (r[0].clone(), r[7].clone(), r[8].clone());
+        let got: Vec<_> = both.iter().map(tail).collect();
+        let want = |v: &[(&str, &str, &str)]| -> Vec<(String, String, String)> {
+            v.iter()
+                .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            got,
+            want(&[("1", "voter", "0"), ("2", "voter", "3")]),
+            "the leader's view of each node asked"
+        );
+        let with_learner = rows(&[at("a:1", &leader), at("a:4", &learner)]);
+        assert_eq!(
+            with_learner.iter().map(tail).collect::<Vec<_>>(),
+            want(&[("1", "voter", "0"), ("4", "learner", "15")])
+        );
+        // Without the leader's answer, roles are known but lags are not.
+        let alone = rows(&[at("a:2", &follower)]);
+        let got: Vec<_> = alone.iter().map(tail).collect();
+        assert_eq!(got, want(&[("2", "voter", "?")]));
+    }
+
     #[test]
     fn status_table_has_one_row_per_node() {
         let statuses = vec![
@@ -1012,7 +1116,20 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         let row: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(row, ["1", "127.0.0.1:9001", "leader", "3", "1", "12", "11"]);
+        assert_eq!(
+            row,
+            [
+                "1",
+                "127.0.0.1:9001",
+                "leader",
+                "3",
+                "1",
+                "12",
+                "11",
+                "?",
+                "?"
+            ]
+        );
         assert!(lines[2].starts_with("-   127.0.0.1:9002  unreachable: connection refused"));
         assert_eq!(
             lines[0].find("ROLE"),

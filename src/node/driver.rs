@@ -104,6 +104,8 @@ pub struct Driver {
     leaving: BTreeMap<NodeId, (String, LogIndex)>,
     /// A peer refused our call because this node was removed from the cluster.
     removed_by: Option<NodeId>,
+    /// A peer knew this node's id on another data dir (`Request::DataDirReplaced`).
+    replaced_by: Option<NodeId>,
     /// The members' addresses the data dir's identity recorded (see `member_address`).
     known_addrs: BTreeMap<NodeId, String>,
     /// Ticks since the last probe of the peers while this node's log says it was removed
@@ -259,6 +261,7 @@ impl Driver {
             peers_from: None,
             leaving: BTreeMap::new(),
             removed_by: None,
+            replaced_by: None,
             known_addrs,
             removed_probe_ticks: 0,
             cluster_id,
@@ -594,6 +597,9 @@ impl Driver {
             Request::RemovedByPeer { peer } => {
                 self.removed_by.get_or_insert(peer);
             }
+            Request::DataDirReplaced { peer } => {
+                self.replaced_by.get_or_insert(peer);
+            }
         }
     }
 
@@ -635,9 +641,20 @@ impl Driver {
         }
     }
 
+    /// The store, for what must read this data dir beside the driver (the peer service's
+    /// instance ids, `rpc/instances.rs`).
+    pub fn store_handle(&self) -> SledStore {
+        self.store.clone()
+    }
+
     /// [`Fatal::Removed`] if this node applied its own removal or a peer refused it as
     /// removed, after logging the one line that says so.
     fn check_removed(&self) -> Option<Fatal> {
+        if let Some(peer) = self.replaced_by {
+            let fatal = Fatal::DataDirReplaced { id: self.id, peer };
+            error!("{fatal}");
+            return Some(fatal);
+        }
         let applied_own_removal = self.core.status().removed;
         if !applied_own_removal && self.removed_by.is_none() {
             return None;
@@ -1141,7 +1158,8 @@ impl Driver {
                 | Request::PeerReply { .. }
                 | Request::HandOver { .. }
                 | Request::WatchHistory { .. }
-                | Request::RemovedByPeer { .. } => {}
+                | Request::RemovedByPeer { .. }
+                | Request::DataDirReplaced { .. } => {}
             }
         }
     }

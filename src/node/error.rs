@@ -81,7 +81,7 @@ pub enum Fatal {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The stored snapshot does not decode into a state machine.
-    #[error("snapshot at index {index} in data dir {} does not decode: {cause}; remove the data dir and restart the node so it catches up from the leader", dir.display())]
+    #[error("snapshot at index {index} in data dir {} does not decode: {cause}; replace the member: remove it (kvctl member remove), add a new member and start that on an empty data dir with --join (README \"Replacing a node\")", dir.display())]
     BadSnapshot {
         /// the data dir
         dir: std::path::PathBuf,
@@ -109,6 +109,17 @@ pub enum Fatal {
     /// further part in the cluster.
     #[error("{REMOVED_LINE}")]
     Removed,
+    /// A peer knew this node's id on another data dir: this one was wiped or replaced, so the
+    /// node forgot its term and votes and must not take part (`rpc/instances.rs`).
+    #[error(
+        "member {id} ran on another data dir before (peer {peer} knows it): a member that lost its data could vote twice in one term; replace it instead: `kvctl member remove {id}`, then `kvctl member add --learner` a new member and start that with --join (README \"Replacing a node\")"
+    )]
+    DataDirReplaced {
+        /// This node's id.
+        id: NodeId,
+        /// The peer that knew the other data dir.
+        peer: NodeId,
+    },
 }
 
 /// The one line a removed node logs and prints before it stops.

@@ -204,6 +204,12 @@ impl Inbox {
     pub(crate) fn into_requests(self) -> mpsc::Receiver<Request> {
         self.rx
     }
+
+    /// Publishes `status` as the driver does, for tests that stand in for the driver.
+    #[cfg(test)]
+    pub(crate) fn publish_status(&self, status: NodeStatus) {
+        self.status.send_replace(status);
+    }
 }
 
 /// Creates a handle and the inbox the driver will read. Split from [`Driver::open`] because
@@ -393,6 +399,16 @@ impl NodeHandle {
         if self.tx.try_send(Request::RemovedByPeer { peer }).is_err() {
             tracing::debug!(
                 "inbox full or closed: dropped a removal notice (the next refused call repeats it)"
+            );
+        }
+    }
+
+    /// A peer found that this node runs on another data dir than the one the cluster knew it
+    /// by, or refused it for that (`rpc/instances.rs`): the driver stops the node.
+    pub fn data_dir_replaced(&self, peer: NodeId) {
+        if self.tx.try_send(Request::DataDirReplaced { peer }).is_err() {
+            tracing::debug!(
+                "inbox full or closed: dropped a replaced-data-dir notice (the next call repeats it)"
             );
         }
     }

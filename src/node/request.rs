@@ -149,6 +149,12 @@ pub enum Request {
         /// The peer that said so.
         peer: NodeId,
     },
+    /// A peer knew this node's id on another data dir (this one is new: the node lost its
+    /// data and forgot its votes): the driver stops the node.
+    DataDirReplaced {
+        /// The peer that said so.
+        peer: NodeId,
+    },
 }
 
 /// What [`Request::KeyLease`] asks.

@@ -63,7 +63,7 @@ pub fn members_pb(config: &NodeConfig, s: &NodeStatus) -> Vec<pb::Member> {
 }
 
 /// Where the members reach `id`: its address in the membership, else the configured one.
-fn peer_address(config: &NodeConfig, m: &Membership, id: NodeId) -> Option<String> {
+pub fn peer_address(config: &NodeConfig, m: &Membership, id: NodeId) -> Option<String> {
     if let Some(addr) = m.address(id) {
         return Some(addr.to_string());
     }
@@ -159,17 +159,19 @@ pub fn change_status(e: ClientError) -> Status {
     }
 }
 
+/// How a front end words a refused change: [`change_status`] for kvstore.v1; the etcd front
+/// end passes its own, with etcd's words for the errors that are not about membership.
+pub type Refusal = fn(ClientError) -> Status;
+
 /// Proposes `change` and answers with the members it led to.
 async fn change(
     config: &NodeConfig,
     node: &NodeHandle,
     change: ConfChange,
     force: bool,
+    refused: Refusal,
 ) -> Result<Vec<pb::Member>, Status> {
-    let (membership, _header) = node
-        .conf_change(change, force)
-        .await
-        .map_err(change_status)?;
+    let (membership, _header) = node.conf_change(change, force).await.map_err(refused)?;
     let s = NodeStatus {
         membership,
         ..node.status()
@@ -182,6 +184,16 @@ pub async fn member_add(
     config: &NodeConfig,
     node: &NodeHandle,
     req: pb::MemberAddRequest,
+) -> Result<pb::MemberAddResponse, Status> {
+    member_add_as(config, node, req, change_status).await
+}
+
+/// [`member_add`] with refusals worded by `refused`.
+pub async fn member_add_as(
+    config: &NodeConfig,
+    node: &NodeHandle,
+    req: pb::MemberAddRequest,
+    refused: Refusal,
 ) -> Result<pb::MemberAddResponse, Status> {
     let addr = parse_address(&req.peer_address)?;
     let s = node.status();
@@ -201,6 +213,7 @@ pub async fn member_add(
             context: addr.into_bytes(),
         },
         false,
+        refused,
     )
     .await?;
     let member = members.iter().find(|m| m.id == id).cloned();
@@ -213,11 +226,22 @@ pub async fn member_remove(
     node: &NodeHandle,
     req: pb::MemberRemoveRequest,
 ) -> Result<pb::MemberRemoveResponse, Status> {
+    member_remove_as(config, node, req, change_status).await
+}
+
+/// [`member_remove`] with refusals worded by `refused`.
+pub async fn member_remove_as(
+    config: &NodeConfig,
+    node: &NodeHandle,
+    req: pb::MemberRemoveRequest,
+    refused: Refusal,
+) -> Result<pb::MemberRemoveResponse, Status> {
     let members = change(
         config,
         node,
         simple(ConfChangeKind::Remove, req.id)?,
         req.force,
+        refused,
     )
     .await?;
     Ok(pb::MemberRemoveResponse { members })
@@ -229,11 +253,22 @@ pub async fn member_promote(
     node: &NodeHandle,
     req: pb::MemberPromoteRequest,
 ) -> Result<pb::MemberPromoteResponse, Status> {
+    member_promote_as(config, node, req, change_status).await
+}
+
+/// [`member_promote`] with refusals worded by `refused`.
+pub async fn member_promote_as(
+    config: &NodeConfig,
+    node: &NodeHandle,
+    req: pb::MemberPromoteRequest,
+    refused: Refusal,
+) -> Result<pb::MemberPromoteResponse, Status> {
     let members = change(
         config,
         node,
         simple(ConfChangeKind::PromoteLearner, req.id)?,
         false,
+        refused,
     )
     .await?;
     Ok(pb::MemberPromoteResponse { members })
@@ -245,11 +280,21 @@ pub async fn member_update(
     node: &NodeHandle,
     req: pb::MemberUpdateRequest,
 ) -> Result<pb::MemberUpdateResponse, Status> {
+    member_update_as(config, node, req, change_status).await
+}
+
+/// [`member_update`] with refusals worded by `refused`.
+pub async fn member_update_as(
+    config: &NodeConfig,
+    node: &NodeHandle,
+    req: pb::MemberUpdateRequest,
+    refused: Refusal,
+) -> Result<pb::MemberUpdateResponse, Status> {
     let mut c = simple(ConfChangeKind::UpdateAddress, req.id)?;
     let addr = parse_address(&req.peer_address)?;
     check_address_free(config, &node.status().membership, &addr, Some(req.id))?;
     c.context = addr.into_bytes();
-    let members = change(config, node, c, false).await?;
+    let members = change(config, node, c, false, refused).await?;
     Ok(pb::MemberUpdateResponse { members })
 }
 

@@ -19,6 +19,7 @@ pub mod client_urls;
 pub mod cluster_service;
 pub mod convert;
 pub mod etcd;
+pub mod instances;
 pub mod join;
 pub mod kv_service;
 pub mod lease_service;
@@ -150,7 +151,15 @@ async fn run_node(
 
     let (handle, inbox) = node::channel(config.id, node::INBOX_CAPACITY);
     let urls = ClientUrls::new(&config);
-    let peers = PeerSenders::spawn(&config, &urls, handle.clone(), &tracker, peers_stop.clone())?;
+    let instances = instances::Instances::default();
+    let peers = PeerSenders::spawn(
+        &config,
+        &urls,
+        &instances,
+        handle.clone(),
+        &tracker,
+        peers_stop.clone(),
+    )?;
     let joined = match &config.join {
         Some(addr) => match crate::storage::SledStore::recorded_identity(&config.data_dir) {
             Ok(Some(_)) => {
@@ -171,7 +180,13 @@ async fn run_node(
         },
         None => None,
     };
-    let driver = match Driver::open_joining(config.clone(), inbox, Arc::new(peers), joined) {
+    let driver = match Driver::open_joining(config.clone(), inbox, Arc::new(peers), joined)
+        .and_then(|d| {
+            // Before the driver runs: its first message is tagged, and no call is admitted
+            // unchecked (`instances.rs`).
+            instances.attach(&d.store_handle()).map_err(Fatal::from)?;
+            Ok(d)
+        }) {
         Ok(d) => d,
         Err(e) => {
             peers_stop.cancel();
@@ -199,7 +214,7 @@ async fn run_node(
         driver.run(driver_stop).await
     });
 
-    let served = serve(listener, &config, &urls, handle, stop.clone()).await;
+    let served = serve(listener, &config, &urls, &instances, handle, stop.clone()).await;
     stop.cancel();
     let driven = match tokio::time::timeout(SHUTDOWN_GRACE, driver_task).await {
         Ok(joined) => joined.map_err(|e| RunError::Driver(e.to_string())),
@@ -228,6 +243,7 @@ async fn serve(
     listener: TcpListener,
     config: &Arc<NodeConfig>,
     urls: &ClientUrls,
+    instances: &instances::Instances,
     handle: NodeHandle,
     stop: CancellationToken,
 ) -> Result<(), RunError> {
@@ -262,6 +278,7 @@ async fn serve(
                 config.id,
                 handle.clone(),
                 urls.clone(),
+                instances.clone(),
                 stop.clone(),
             ))
             .max_decoding_message_size(PEER_MESSAGE_LIMIT)

@@ -27,6 +27,7 @@
 
 use super::client_urls::ClientUrls;
 use super::convert::{self, PeerRequest, SNAPSHOT_CHUNK_BYTES};
+use super::instances::Instances;
 use super::kv_service::MAX_COMMAND_BYTES;
 use crate::config::{NodeConfig, PeerSpec};
 use crate::node::{NodeHandle, Transport};
@@ -135,7 +136,7 @@ struct Spawner {
     me: NodeId,
     election_timeout: Duration,
     heartbeat_interval: Duration,
-    urls: ClientUrls,
+    urls: CallTags,
     node: NodeHandle,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -191,6 +192,7 @@ impl PeerSenders {
     pub fn spawn(
         config: &NodeConfig,
         urls: &ClientUrls,
+        instances: &Instances,
         node: NodeHandle,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -199,7 +201,10 @@ impl PeerSenders {
             me: config.id,
             election_timeout: config.election_timeout,
             heartbeat_interval: config.heartbeat_interval,
-            urls: urls.clone(),
+            urls: CallTags {
+                urls: urls.clone(),
+                instances: instances.clone(),
+            },
             node,
             tracker: tracker.clone(),
             stop,
@@ -398,8 +403,8 @@ struct PeerSender {
     snapshot_client: RaftClient<Channel>,
     /// A snapshot is streaming to this peer.
     snapshot_busy: Arc<AtomicBool>,
-    /// Tags every call with this node's advertised client address.
-    urls: ClientUrls,
+    /// Tags every call with this node's advertised client address and instance ids.
+    urls: CallTags,
     node: NodeHandle,
     /// One permit per call in flight.
     inflight: Arc<Semaphore>,
@@ -630,7 +635,7 @@ struct StreamReader {
     me: NodeId,
     peer: PeerSpec,
     client: RaftClient<Channel>,
-    urls: ClientUrls,
+    urls: CallTags,
     node: NodeHandle,
     health: Arc<Health>,
     window: Arc<Window>,
@@ -650,15 +655,15 @@ impl StreamReader {
 
     /// Returns why the stream ended.
     async fn read(&mut self, requests: mpsc::Receiver<pb::AppendEntriesRequest>) -> tonic::Status {
-        let mut answers = match self
+        let opened = self
             .client
-            .append_stream(
-                self.urls
-                    .tag(tonic::Request::new(ReceiverStream::new(requests))),
-            )
-            .await
-        {
-            Ok(r) => r.into_inner(),
+            .append_stream(self.urls.tag(
+                self.peer.id,
+                tonic::Request::new(ReceiverStream::new(requests)),
+            ))
+            .await;
+        let mut answers = match self.urls.checked(self.peer.id, opened).await {
+            Ok(answers) => answers,
             Err(status) => return status,
         };
         // Checks for a stalled stream; rearmed only when it fires, not per answer.
@@ -699,7 +704,7 @@ struct Call {
     peer: PeerSpec,
     client: RaftClient<Channel>,
     snapshot_client: RaftClient<Channel>,
-    urls: ClientUrls,
+    urls: CallTags,
     node: NodeHandle,
     health: Arc<Health>,
 }
@@ -707,36 +712,54 @@ struct Call {
 impl Call {
     async fn run(mut self, request: PeerRequest) {
         let (kind, result) = match request {
-            PeerRequest::Vote(req) => (
-                "RequestVote",
-                self.client
-                    .request_vote(self.urls.tag(tonic::Request::new(req)))
-                    .await
-                    .map(|r| convert::vote_response_in(r.into_inner(), self.peer.id, self.me)),
-            ),
-            PeerRequest::Append(req) => (
-                "AppendEntries",
-                self.client
-                    .append_entries(self.urls.tag(tonic::Request::new(req)))
-                    .await
-                    .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
-            ),
-            PeerRequest::Snapshot(chunks) => (
-                "InstallSnapshot",
-                self.snapshot_client
-                    .install_snapshot(self.urls.tag(snapshot_request(chunks)))
-                    .await
-                    .map(|r| convert::append_response_in(r.into_inner(), self.peer.id, self.me)),
-            ),
-            PeerRequest::TimeoutNow(req) => (
-                "TimeoutNow",
-                self.client
-                    .timeout_now(self.urls.tag(tonic::Request::new(req)))
-                    .await
-                    .map(|r| {
-                        convert::timeout_now_response_in(r.into_inner(), self.peer.id, self.me)
-                    }),
-            ),
+            PeerRequest::Vote(req) => {
+                let to = self.peer.id;
+                let answer = self
+                    .client
+                    .request_vote(self.urls.tag(to, tonic::Request::new(req)))
+                    .await;
+                let answer = self.urls.checked(to, answer).await;
+                (
+                    "RequestVote",
+                    answer.map(|r| convert::vote_response_in(r, to, self.me)),
+                )
+            }
+            PeerRequest::Append(req) => {
+                let to = self.peer.id;
+                let answer = self
+                    .client
+                    .append_entries(self.urls.tag(to, tonic::Request::new(req)))
+                    .await;
+                let answer = self.urls.checked(to, answer).await;
+                (
+                    "AppendEntries",
+                    answer.map(|r| convert::append_response_in(r, to, self.me)),
+                )
+            }
+            PeerRequest::Snapshot(chunks) => {
+                let to = self.peer.id;
+                let answer = self
+                    .snapshot_client
+                    .install_snapshot(self.urls.tag(to, snapshot_request(chunks)))
+                    .await;
+                let answer = self.urls.checked(to, answer).await;
+                (
+                    "InstallSnapshot",
+                    answer.map(|r| convert::append_response_in(r, to, self.me)),
+                )
+            }
+            PeerRequest::TimeoutNow(req) => {
+                let to = self.peer.id;
+                let answer = self
+                    .client
+                    .timeout_now(self.urls.tag(to, tonic::Request::new(req)))
+                    .await;
+                let answer = self.urls.checked(to, answer).await;
+                (
+                    "TimeoutNow",
+                    answer.map(|r| convert::timeout_now_response_in(r, to, self.me)),
+                )
+            }
         };
         match result {
             Ok(reply) => {
@@ -752,11 +775,53 @@ impl Call {
 }
 
 /// A peer refused our call because this node was removed from the cluster (the only way a
-/// removed node that never received its removal entry finds out): tell the driver, which
-/// stops the node.
+/// removed node that never received its removal entry finds out), or because this node runs
+/// on another data dir than the one the cluster knew it by (`rpc/instances.rs`): tell the
+/// driver, which stops the node.
 fn report_if_removed(node: &NodeHandle, peer: &PeerSpec, status: &tonic::Status) {
     if super::status::is_member_removed(status) {
         node.removed_by_peer(peer.id);
+    } else if super::instances::is_data_dir_replaced(status) {
+        node.data_dir_replaced(peer.id);
+    }
+}
+
+/// What every call to a peer carries in its metadata: this node's advertised client address
+/// and the instance ids of both ends.
+#[derive(Clone, Debug)]
+struct CallTags {
+    urls: ClientUrls,
+    instances: Instances,
+}
+
+impl CallTags {
+    fn tag<T>(&self, to: NodeId, request: tonic::Request<T>) -> tonic::Request<T> {
+        self.instances.tag(to, self.urls.tag(request))
+    }
+
+    /// The answer of `from`, unless it comes from another data dir than the one recorded
+    /// for it (then it is dropped: a member that lost its data must not count).
+    async fn checked<T>(
+        &self,
+        from: NodeId,
+        answer: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let answer = answer?;
+        match self.instances.check_reply(from, answer.metadata()).await {
+            Ok(()) => Ok(answer.into_inner()),
+            Err(super::instances::Refusal::Storage(e)) => Err(tonic::Status::unavailable(format!(
+                "cannot record member {from}'s data dir: {e}"
+            ))),
+            Err(_) => {
+                tracing::warn!(
+                    peer = from,
+                    "dropped an answer: member {from} runs on another data dir than the one it was first heard on (its data was lost; replace it: README \"Replacing a node\")"
+                );
+                Err(tonic::Status::failed_precondition(format!(
+                    "member {from} answered from another data dir"
+                )))
+            }
+        }
     }
 }
 
@@ -1032,7 +1097,15 @@ mod tests {
         let (node, _inbox) = crate::node::channel(1, 16);
         let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
         let urls = ClientUrls::new(&config);
-        let peers = PeerSenders::spawn(&config, &urls, node, &tracker, stop.clone()).unwrap();
+        let peers = PeerSenders::spawn(
+            &config,
+            &urls,
+            &Instances::default(),
+            node,
+            &tracker,
+            stop.clone(),
+        )
+        .unwrap();
         let started = || peer.started.load(Ordering::SeqCst);
 
         peers.send(snapshot_for_2());

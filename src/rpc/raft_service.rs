@@ -14,6 +14,7 @@
 
 use super::client_urls::ClientUrls;
 use super::convert;
+use super::instances::{Instances, Refusal};
 use crate::node::NodeHandle;
 use crate::pb;
 use crate::raft::{Message, NodeId};
@@ -35,20 +36,61 @@ pub struct RaftService {
     id: NodeId,
     node: NodeHandle,
     urls: ClientUrls,
+    instances: Instances,
     stop: CancellationToken,
 }
 
 impl RaftService {
     /// A service answering for node `id` through `node`, recording the client addresses
-    /// callers advertise in `urls`. `stop` ends the open append streams (the server's
-    /// graceful shutdown waits for every call to end, and a stream does not end on its own).
-    pub fn new(id: NodeId, node: NodeHandle, urls: ClientUrls, stop: CancellationToken) -> Self {
+    /// callers advertise in `urls`, and admitting calls by their data dirs' `instances`.
+    /// `stop` ends the open append streams (the server's graceful shutdown waits for every
+    /// call to end, and a stream does not end on its own).
+    pub fn new(
+        id: NodeId,
+        node: NodeHandle,
+        urls: ClientUrls,
+        instances: Instances,
+        stop: CancellationToken,
+    ) -> Self {
         RaftService {
             id,
             node,
             urls,
+            instances,
             stop,
         }
+    }
+
+    /// Admits a call from `from` by the data dirs of both ends (`rpc/instances.rs`): if this
+    /// node is the one that was replaced, it tells its driver to stop and answers nothing.
+    async fn admit(&self, from: NodeId, metadata: &MetadataMap) -> Result<(), Status> {
+        admit(&self.instances, &self.node, self.id, from, metadata).await
+    }
+}
+
+async fn admit(
+    instances: &Instances,
+    node: &NodeHandle,
+    me: NodeId,
+    from: NodeId,
+    metadata: &MetadataMap,
+) -> Result<(), Status> {
+    match instances.admit(from, metadata).await {
+        Ok(()) => Ok(()),
+        Err(Refusal::ThisNodeReplaced { peer }) => {
+            node.data_dir_replaced(peer);
+            Err(super::instances::stopping_replaced(me))
+        }
+        Err(Refusal::CallerReplaced { peer }) => {
+            tracing::warn!(
+                peer,
+                "refused a call: member {peer} runs on another data dir than the one it was first heard on (its data was lost; replace it: README \"Replacing a node\")"
+            );
+            Err(super::instances::data_dir_replaced(peer))
+        }
+        Err(Refusal::Storage(e)) => Err(Status::unavailable(format!(
+            "cannot record member {from}'s data dir: {e}"
+        ))),
     }
 }
 
@@ -60,9 +102,12 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::vote_request_in(request, self.id)?;
+        self.admit(msg.from, &metadata).await?;
         self.urls.learn(msg.from, &metadata);
         let reply = step(&self.node, msg).await?;
-        Ok(Response::new(convert::vote_response_out(reply)?))
+        Ok(self
+            .instances
+            .tag_reply(Response::new(convert::vote_response_out(reply)?)))
     }
 
     async fn append_entries(
@@ -71,8 +116,9 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let (from, answer) = append_answer(self.id, &self.node, request)?;
+        self.admit(from, &metadata).await?;
         self.urls.learn(from, &metadata);
-        Ok(Response::new(answer.await?))
+        Ok(self.instances.tag_reply(Response::new(answer.await?)))
     }
 
     type AppendStreamStream = AppendAnswers;
@@ -82,15 +128,15 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         let (metadata, _, requests) = request.into_parts();
-        Ok(Response::new(AppendAnswers {
+        Ok(self.instances.tag_reply(Response::new(AppendAnswers {
             id: self.id,
             node: self.node.clone(),
-            learn: Some((self.urls.clone(), metadata)),
+            learn: Some((self.urls.clone(), self.instances.clone(), metadata)),
             requests: Some(requests),
             pending: FuturesUnordered::new(),
             ended: false,
             stop: Box::pin(self.stop.clone().cancelled_owned()),
-        }))
+        })))
     }
 
     async fn install_snapshot(
@@ -103,9 +149,12 @@ impl pb::raft_server::Raft for RaftService {
             receiver.push(chunk)?;
         }
         let msg = receiver.finish()?;
+        self.admit(msg.from, &metadata).await?;
         self.urls.learn(msg.from, &metadata);
         let reply = step(&self.node, msg).await?;
-        Ok(Response::new(convert::append_response_out(reply)?))
+        Ok(self
+            .instances
+            .tag_reply(Response::new(convert::append_response_out(reply)?)))
     }
 
     async fn timeout_now(
@@ -114,9 +163,12 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let msg = convert::timeout_now_request_in(request, self.id)?;
+        self.admit(msg.from, &metadata).await?;
         self.urls.learn(msg.from, &metadata);
         let reply = step(&self.node, msg).await?;
-        Ok(Response::new(convert::timeout_now_response_out(reply)?))
+        Ok(self
+            .instances
+            .tag_reply(Response::new(convert::timeout_now_response_out(reply)?)))
     }
 }
 
@@ -182,7 +234,8 @@ pub struct AppendAnswers {
     node: NodeHandle,
     /// The call's metadata, until its first request names the sender whose advertised
     /// client address it carries.
-    learn: Option<(ClientUrls, MetadataMap)>,
+    /// Also what admits the stream (`rpc/instances.rs`): its first answer waits for that.
+    learn: Option<(ClientUrls, Instances, MetadataMap)>,
     /// `None` once the leader closed its side.
     requests: Option<Streaming<pb::AppendEntriesRequest>>,
     pending: FuturesUnordered<Answer>,
@@ -221,12 +274,19 @@ impl Stream for AppendAnswers {
             };
             match requests.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(req))) => match append_answer(this.id, &this.node, req) {
-                    Ok((from, answer)) => {
-                        if let Some((urls, metadata)) = this.learn.take() {
+                    Ok((from, answer)) => match this.learn.take() {
+                        Some((urls, instances, metadata)) => {
                             urls.learn(from, &metadata);
+                            // The first request is stepped only once the stream is admitted;
+                            // a refusal ends the stream with it.
+                            let (node, me) = (this.node.clone(), this.id);
+                            this.pending.push(Box::pin(async move {
+                                admit(&instances, &node, me, from, &metadata).await?;
+                                answer.await
+                            }));
                         }
-                        this.pending.push(answer);
-                    }
+                        None => this.pending.push(answer),
+                    },
                     Err(status) => return this.end(status),
                 },
                 Poll::Ready(Some(Err(status))) => return this.end(status),

@@ -119,8 +119,7 @@ pub enum StorageError {
 }
 
 /// What an operator does about a corrupt data dir (the end of every corruption message).
-const RECOVER: &str =
-    "stop the node, remove its data dir and restart it empty so it catches up from the leader";
+const RECOVER: &str = "stop the node and replace the member: remove it (kvctl member remove), add a new member and start that on an empty data dir with --join (README \"Replacing a node\"); an emptied data dir under the old id is refused, it forgot its votes";
 
 /// sled's error on one line (its `Corruption` variant would print a backtrace).
 pub(crate) fn describe_sled(e: &sled::Error) -> String {

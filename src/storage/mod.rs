@@ -102,7 +102,8 @@
 //!   record whose snapshot file is missing or disagrees, or a bad hard state is
 //!   [`StorageError::Corrupt`]; a damaged
 //!   snapshot file is [`StorageError::CorruptSnapshot`] naming the file. All say what to do:
-//!   wipe the node's data dir so it catches up from the leader.
+//!   replace the member (remove it, add a new one with an empty data dir: a wiped data dir
+//!   under the old id is refused, since the node forgot its votes; `rpc/instances.rs`).
 //! - A data dir whose log is in sled's `log` tree (the layout before segment files) is
 //!   refused with [`StorageError::OldLayout`], never silently emptied.
 //! - Every error is fatal to the node: a failed fsync is never retried.

@@ -413,6 +413,7 @@ fn lock_dir(dir: &Path) -> Result<File, StorageError> {
 }
 
 mod identity;
+mod instances;
 pub use identity::{ClusterIdentity, IdentityError, IdentityMismatch};
 
 #[cfg(test)]

@@ -462,6 +462,24 @@ pub fn kvctl(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Whether node `id` serves `key` = `value` from its own state (serializable read).
+pub async fn has(cluster: &Cluster, id: u64, key: &str, value: &str) -> bool {
+    let mut client = cluster.client_for(id);
+    matches!(
+        client.get(key, kvstore::client::Consistency::Serializable).await,
+        Ok(r) if r.value.as_deref() == Some(value)
+    )
+}
+
+/// Every member's term, by id, from Cluster/Status (0: no answer).
+pub async fn terms(cluster: &Cluster, ids: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for &id in ids {
+        out.push(cluster.status(id).await.map_or(0, |s| s.term));
+    }
+    out
+}
+
 /// The proxied peer links of a cluster started with [`Cluster::start_behind_proxies`].
 pub struct Links(BTreeMap<(u64, u64), Link>);
 

@@ -106,6 +106,27 @@ impl EtcdCluster {
             },
         )
         .await;
+        // Healthy members may not all have published their client URLs yet (etcd does it
+        // through a proposal after start): a `member list` then differs between two clusters.
+        poll_until(
+            Duration::from_secs(20),
+            "every etcd member to publish its client URLs",
+            async || {
+                let args = ["member".into(), "list".into(), "-w".into(), "json".into()];
+                let list = etcdctl(&endpoints, &args, None)?;
+                let json: serde_json::Value = serde_json::from_str(&list.stdout).ok()?;
+                let members = json.get("members")?.as_array()?;
+                members
+                    .iter()
+                    .all(|m| {
+                        m.get("clientURLs")
+                            .and_then(|u| u.as_array())
+                            .is_some_and(|u| !u.is_empty())
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
         cluster
     }
 

@@ -10,6 +10,7 @@
 //! Errors of our own that etcd has no word for (a fence refused, say) keep our one-line
 //! messages with the closest code.
 
+use crate::rpc::member_service;
 use std::fmt;
 use tonic::{Code, Status};
 
@@ -119,6 +120,24 @@ pub const LEASE_TTL_TOO_LARGE: EtcdError =
 /// A member ID that is not in the cluster.
 pub const MEMBER_NOT_FOUND: EtcdError =
     EtcdError::new(Code::NotFound, "etcdserver: member not found");
+/// A MemberAdd of an id the cluster already has.
+pub const MEMBER_EXIST: EtcdError =
+    EtcdError::new(Code::FailedPrecondition, member_service::MEMBER_EXIST);
+/// A MemberAdd or MemberUpdate with a peer URL another member has.
+pub const PEER_URL_EXIST: EtcdError =
+    EtcdError::new(Code::FailedPrecondition, member_service::PEER_URL_EXIST);
+/// A change that would leave too few started voters (etcd's `--strict-reconfig-check`).
+pub const MEMBER_NOT_ENOUGH_STARTED: EtcdError =
+    EtcdError::new(Code::FailedPrecondition, member_service::NOT_ENOUGH_STARTED);
+/// A MemberAdd or MemberUpdate whose peer URLs do not parse.
+pub const MEMBER_BAD_URLS: EtcdError =
+    EtcdError::new(Code::InvalidArgument, member_service::BAD_URLS);
+/// A MemberPromote of a voter.
+pub const MEMBER_NOT_LEARNER: EtcdError =
+    EtcdError::new(Code::FailedPrecondition, member_service::NOT_LEARNER);
+/// A MemberPromote of a learner whose log is too far behind the leader's.
+pub const LEARNER_NOT_READY: EtcdError =
+    EtcdError::new(Code::FailedPrecondition, member_service::LEARNER_NOT_READY);
 /// A MoveLeader to a member that cannot take over (unknown, or the leader itself).
 pub const BAD_LEADER_TRANSFEREE: EtcdError = EtcdError::new(
     Code::FailedPrecondition,
@@ -316,6 +335,45 @@ mod tests {
             Code::OutOfRange,
             "etcdserver: too large lease TTL",
         );
+    }
+
+    #[test]
+    fn membership_refusals() {
+        use Code::{FailedPrecondition, InvalidArgument};
+        for (error, code, message) in [
+            (
+                MEMBER_EXIST,
+                FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                PEER_URL_EXIST,
+                FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                MEMBER_NOT_ENOUGH_STARTED,
+                FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                MEMBER_BAD_URLS,
+                InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                MEMBER_NOT_LEARNER,
+                FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                LEARNER_NOT_READY,
+                FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+        ] {
+            assert_etcd(error, code, message);
+        }
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster`, as far as a cluster with a fixed
 //! membership and no alarms has them: Status (what `etcdctl endpoint status` prints), Alarm
 //! (always an empty list), MoveLeader (our leadership transfer), HashKV (a checksum of the key
-//! space at a revision, equal on members that applied the same history), MemberList (the
-//! static members). Membership changes, snapshots, defragmentation and downgrades answer
-//! UNIMPLEMENTED naming the method.
+//! space at a revision, equal on members that applied the same history). The Cluster
+//! service of the same type is in `cluster.rs`. Snapshots, defragmentation and downgrades
+//! answer UNIMPLEMENTED naming the method.
 
 use super::errors::{self, not_implemented};
 use super::member::{self, Member};
 use crate::pb::etcd::etcdserverpb::*;
-use crate::raft::Role;
+use crate::raft::{NodeId, Role};
 use crate::rpc::client_urls::ClientUrls;
 use crate::state_machine::mvcc::RangeRequest as KeyRange;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_stream::Empty;
 use tonic::{Request, Response, Status};
@@ -27,56 +29,43 @@ const MOVE_LEADER_WAIT: Duration = Duration::from_secs(5);
 /// Maintenance and Cluster of one node.
 #[derive(Clone, Debug)]
 pub struct EtcdMaintenance {
-    member: Member,
-    urls: ClientUrls,
+    pub(super) member: Member,
+    pub(super) urls: ClientUrls,
+    /// The members this node has seen started (see `cluster.rs`): shared by the clones.
+    started: Arc<Mutex<BTreeSet<NodeId>>>,
 }
 
 impl EtcdMaintenance {
     /// The services of `member`; `urls` names the members' advertised client addresses.
     pub fn new(member: Member, urls: ClientUrls) -> Self {
-        EtcdMaintenance { member, urls }
+        EtcdMaintenance {
+            member,
+            urls,
+            started: Arc::default(),
+        }
+    }
+
+    /// Remembers that member `id` has started.
+    pub(super) fn started_insert(&self, id: NodeId) {
+        self.started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+    }
+
+    /// Whether member `id` was seen started.
+    pub(super) fn started_contains(&self, id: NodeId) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
     }
 
     fn header(&self) -> ResponseHeader {
         self.member
             .status_header(self.member.node().status().revision)
     }
-
-    /// The members, in id order, as MemberList shows them.
-    fn members(&self) -> Vec<Member_> {
-        let mut ids: Vec<_> = self.member.addresses().keys().copied().collect();
-        ids.sort_unstable();
-        ids.into_iter()
-            .map(|id| {
-                let peer = self
-                    .member
-                    .addresses()
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_default();
-                let client = if id == self.member.id() {
-                    self.urls.own().to_string()
-                } else {
-                    self.urls.address_of(id).unwrap_or_else(|| peer.clone())
-                };
-                Member_ {
-                    id,
-                    name: format!("node-{id}"),
-                    peer_ur_ls: vec![format!("http://{peer}")],
-                    // Without the scheme: etcdctl 3.4 dials each listed client URL as a
-                    // gRPC target, and with `http://` the target's scheme ends up in the
-                    // HTTP/2 :authority, which our HTTP/2 server (unlike grpc-go's) refuses
-                    // as malformed; `HOST:PORT` works with every etcd client.
-                    client_ur_ls: vec![client],
-                    is_learner: false,
-                }
-            })
-            .collect()
-    }
 }
-
-/// etcd's `Member` message (renamed here: `Member` is the shared state).
-type Member_ = crate::pb::etcd::etcdserverpb::Member;
 
 #[tonic::async_trait]
 impl maintenance_server::Maintenance for EtcdMaintenance {
@@ -113,7 +102,7 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
             raft_applied_index: s.applied,
             errors: Vec::new(),
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: s.membership.is_learner(self.member.id()),
         }))
     }
 
@@ -184,7 +173,7 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
             return Err(errors::NOT_LEADER.status());
         }
         // As etcd: the leader itself is no transferee either.
-        if target == self.member.id() || !self.member.addresses().contains_key(&target) {
+        if target == self.member.id() || !s.membership.is_voter(target) {
             return Err(errors::BAD_LEADER_TRANSFEREE.status());
         }
         self.member
@@ -205,47 +194,5 @@ impl maintenance_server::Maintenance for EtcdMaintenance {
         _: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_implemented("etcdserverpb.Maintenance/Downgrade"))
-    }
-}
-
-#[tonic::async_trait]
-impl cluster_server::Cluster for EtcdMaintenance {
-    async fn member_add(
-        &self,
-        _: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_implemented("etcdserverpb.Cluster/MemberAdd"))
-    }
-
-    async fn member_remove(
-        &self,
-        _: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_implemented("etcdserverpb.Cluster/MemberRemove"))
-    }
-
-    async fn member_update(
-        &self,
-        _: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_implemented("etcdserverpb.Cluster/MemberUpdate"))
-    }
-
-    async fn member_list(
-        &self,
-        _: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        // etcd's MemberList header carries no revision.
-        Ok(Response::new(MemberListResponse {
-            header: Some(self.member.status_header(0)),
-            members: self.members(),
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_implemented("etcdserverpb.Cluster/MemberPromote"))
     }
 }

@@ -15,6 +15,7 @@ use crate::node::{ClientError, Header, NodeHandle};
 use crate::pb::etcd::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcd::etcdserverpb::ResponseHeader;
 use crate::raft::NodeId;
+use crate::rpc::member_service::peer_address;
 use crate::state_machine::mvcc::MvccError;
 use crate::state_machine::ApplyError;
 use crate::storage::ClusterIdentity;
@@ -49,11 +50,16 @@ pub struct Member {
 #[derive(Debug)]
 struct Inner {
     node: NodeHandle,
+    /// The node's published status, read in place (no clone) for the cluster id and the
+    /// members' addresses.
+    status: tokio::sync::watch::Receiver<crate::node::NodeStatus>,
+    /// The cluster id of a static start (`--peers`), until the driver publishes the one the
+    /// data dir records (a member that joined has the cluster's, not one of its own flags).
     cluster_id: u64,
     id: NodeId,
-    /// The members' peer addresses (where this node dials them; they serve the etcd API on
-    /// the same port).
-    addresses: HashMap<NodeId, String>,
+    /// This node's configuration: `--peers` gives the addresses of the members of a static
+    /// start until the membership records its own (see [`Member::peer_address`]).
+    config: NodeConfig,
     max_txn_ops: usize,
     max_request_bytes: usize,
     /// etcd's minimum lease TTL in seconds: 1.5 election timeouts, rounded up. A LeaseGrant
@@ -61,8 +67,9 @@ struct Inner {
     min_lease_ttl: i64,
     /// How often idle watches that asked get a progress notification.
     watch_progress_interval: std::time::Duration,
-    /// Channels to the members this node forwarded to.
-    channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Channels to the members this node forwarded to, with the address each was made for
+    /// (a member whose address was updated gets a new one).
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
 }
 
 /// Where a request is served.
@@ -77,15 +84,15 @@ pub enum Route {
 impl Member {
     /// The etcd services' state of the node configured by `config`.
     pub fn new(config: &NodeConfig, node: NodeHandle) -> Self {
-        let members = config.members();
         let cluster_id =
-            ClusterIdentity::new(config.id, members.clone(), &config.cluster_token).cluster_id;
+            ClusterIdentity::new(config.id, config.members(), &config.cluster_token).cluster_id;
         Member {
             inner: Arc::new(Inner {
+                status: node.watch_status(),
                 node,
                 cluster_id,
                 id: config.id,
-                addresses: members.into_iter().collect(),
+                config: config.clone(),
                 max_txn_ops: config.max_txn_ops,
                 max_request_bytes: config.max_request_bytes,
                 min_lease_ttl: min_lease_ttl(config.election_timeout),
@@ -105,9 +112,13 @@ impl Member {
         self.inner.id
     }
 
-    /// The cluster id the data dir records.
+    /// The cluster id the data dir records (before the driver published it: the one the
+    /// flags give).
     pub fn cluster_id(&self) -> u64 {
-        self.inner.cluster_id
+        match self.inner.status.borrow().cluster_id {
+            0 => self.inner.cluster_id,
+            id => id,
+        }
     }
 
     /// `--max-txn-ops`.
@@ -130,15 +141,28 @@ impl Member {
         self.inner.watch_progress_interval
     }
 
-    /// The members' peer addresses, by id.
-    pub fn addresses(&self) -> &HashMap<NodeId, String> {
-        &self.inner.addresses
+    /// This node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Where this node reaches member `id` (its peer address, where it also serves the etcd
+    /// API): the address the current membership records, so a member that joined after this
+    /// node started is found, else the one `--peers` gives. `None` for an id that is neither
+    /// a member nor configured.
+    pub fn peer_address(&self, id: NodeId) -> Option<String> {
+        let status = self.inner.status.borrow();
+        let membership = &status.membership;
+        if !membership.contains(id) && self.inner.config.address_of(id).is_none() {
+            return None;
+        }
+        peer_address(&self.inner.config, membership, id)
     }
 
     /// The header of an answer that took effect as `h` says.
     pub fn header(&self, h: Header) -> ResponseHeader {
         ResponseHeader {
-            cluster_id: self.inner.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.inner.id,
             revision: h.revision,
             raft_term: h.term,
@@ -149,7 +173,7 @@ impl Member {
     /// the log).
     pub fn status_header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
-            cluster_id: self.inner.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.inner.id,
             revision,
             raft_term: self.inner.node.status().term,
@@ -199,20 +223,20 @@ impl Member {
             .channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = channels.get(&id) {
-            return Ok(c.clone());
-        }
         let addr = self
-            .inner
-            .addresses
-            .get(&id)
+            .peer_address(id)
             .ok_or_else(|| errors::NO_LEADER.status())?;
+        if let Some((known, c)) = channels.get(&id) {
+            if *known == addr {
+                return Ok(c.clone());
+            }
+        }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::internal(format!("leader address {addr} is not a URI: {e}")))?
             .connect_timeout(FORWARD_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(id, channel.clone());
+        channels.insert(id, (addr, channel.clone()));
         Ok(channel)
     }
 
@@ -361,6 +385,59 @@ mod tests {
         }
         let s = status(ClientError::Invalid("bad".into()));
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "bad"));
+    }
+
+    /// A follower reaches members (a leader among them) that joined after it started, at the
+    /// address the membership records, and dials anew when that address changes; the cluster
+    /// id is the one the driver publishes (the data dir's) once it has.
+    #[tokio::test]
+    async fn members_are_reached_at_the_memberships_addresses() {
+        let mut config = NodeConfig::new(1, 9001);
+        config.peers = crate::config::parse_peers("9002,9003", 1).unwrap();
+        let (node, inbox) = crate::node::channel(1, 8);
+        let member = Member::new(&config, node);
+        let from_flags = member.cluster_id();
+        assert_eq!(member.peer_address(2).as_deref(), Some("127.0.0.1:9002"));
+        assert_eq!(member.peer_address(4), None, "not a member yet");
+
+        let mut membership = crate::raft::Membership::with_voters([1, 2, 3, 4]);
+        membership.addresses.insert(4, "127.0.0.1:7004".into());
+        membership.addresses.insert(2, "10.0.0.2:9002".into());
+        let status = |membership: crate::raft::Membership| crate::node::NodeStatus {
+            membership,
+            leader: Some(4),
+            cluster_id: 77,
+            ..crate::node::NodeStatus::initial(1)
+        };
+        inbox.publish_status(status(membership.clone()));
+        assert_eq!(member.peer_address(4).as_deref(), Some("127.0.0.1:7004"));
+        assert_eq!(
+            member.peer_address(2).as_deref(),
+            Some("10.0.0.2:9002"),
+            "the membership's address over --peers"
+        );
+        assert_eq!(member.peer_address(3).as_deref(), Some("127.0.0.1:9003"));
+        assert_eq!((from_flags == 77, member.cluster_id()), (false, 77));
+        assert_eq!(member.status_header(0).cluster_id, 77);
+
+        let dialled = |member: &Member| {
+            let channels = member.inner.channels.lock().unwrap();
+            channels.get(&4).map(|(addr, _)| addr.clone())
+        };
+        let (leader, _) = member
+            .leader_channel(&tonic::Request::new(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(leader, 4);
+        assert_eq!(dialled(&member).as_deref(), Some("127.0.0.1:7004"));
+        membership.addresses.insert(4, "127.0.0.1:7044".into());
+        inbox.publish_status(status(membership));
+        member.leader_channel(&tonic::Request::new(())).unwrap();
+        assert_eq!(
+            dialled(&member).as_deref(),
+            Some("127.0.0.1:7044"),
+            "an updated address is dialled anew"
+        );
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //!
 //! Served: KV ([`EtcdKv`], on the revisioned key space; a follower forwards to the leader
 //! through [`Member`]), Watch ([`EtcdWatch`], every member from its own applied state), Lease
-//! ([`EtcdLease`], leases on keys timed by the leader), Maintenance and Cluster as far as a
-//! fixed membership has them
-//! ([`EtcdMaintenance`]). Every other method answers UNIMPLEMENTED with one line naming it
+//! ([`EtcdLease`], leases on keys timed by the leader), Maintenance as far as kvstore has
+//! it and Cluster (membership changes, `etcdctl member ...`) ([`EtcdMaintenance`]). Every other method answers UNIMPLEMENTED with one line naming it
 //! ([`Unimplemented`]). [`errors`] holds the code and exact message of each etcd error, since
 //! etcd's clients match errors by message.
 //!
@@ -23,6 +22,7 @@
 //!   limit plus framing, and a cap on Range answers); the others [`CLIENT_MESSAGE_LIMIT`]
 //!   both ways.
 
+mod cluster;
 mod convert;
 pub mod errors;
 mod kv;

@@ -220,7 +220,7 @@ fn expect_corrupt(err: StorageError, path: &Path, offset: usize, reason: &str) {
         path.display()
     );
     assert!(msg.starts_with(&want), "{msg}\nwant: {want}");
-    assert!(msg.ends_with("so it catches up from the leader"), "{msg}");
+    assert!(msg.ends_with("it forgot its votes"), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
 }
 

@@ -152,7 +152,15 @@ impl Spawner {
                 reason: e.to_string(),
             })?
             .connect_timeout(self.election_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // HTTP/2 pings find a connection whose peer vanished without a reset (killed
+            // behind a partition, a dead machine): without them a snapshot stream to it held
+            // the peer's one snapshot slot for the whole transfer timeout (600 s), so a
+            // restarted follower that needed a snapshot got none (the chaos runner's
+            // `--membership` seed 2). Calls on the dead connection fail, the next dials anew.
+            .http2_keep_alive_interval(self.election_timeout)
+            .keep_alive_timeout(self.election_timeout)
+            .keep_alive_while_idle(true);
         // Snapshots stream for as long as their size needs, on their own connection so
         // they never hold up appends and heartbeats.
         // No channel-wide timeout: each transfer gets one for its size.

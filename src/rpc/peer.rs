@@ -66,6 +66,12 @@ fn snapshot_timeout(bytes: u64) -> Duration {
     SNAPSHOT_TIMEOUT.saturating_add(Duration::from_secs(per_gib))
 }
 
+/// How often a peer connection is pinged (HTTP/2 PING), busy or idle.
+const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A ping unanswered this long closes the connection: a peer that vanished without a reset
+/// is found within about 6 s.
+const PEER_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// After a warning about a peer's failed calls, the next one waits at least this long.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -158,8 +164,10 @@ impl Spawner {
             // the peer's one snapshot slot for the whole transfer timeout (600 s), so a
             // restarted follower that needed a snapshot got none (the chaos runner's
             // `--membership` seed 2). Calls on the dead connection fail, the next dials anew.
-            .http2_keep_alive_interval(self.election_timeout)
-            .keep_alive_timeout(self.election_timeout)
+            // Generous bounds: a busy peer (decoding a large snapshot on two cores) must not
+            // lose its connection for a late ping answer.
+            .http2_keep_alive_interval(PEER_PING_INTERVAL)
+            .keep_alive_timeout(PEER_PING_TIMEOUT)
             .keep_alive_while_idle(true);
         // Snapshots stream for as long as their size needs, on their own connection so
         // they never hold up appends and heartbeats.

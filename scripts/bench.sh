@@ -111,8 +111,6 @@ secs() {
   }'
 }
 
-step() { printf '\n==> %s\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
 die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 
 source scripts/lib.sh

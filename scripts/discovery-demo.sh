@@ -33,14 +33,6 @@ addr() { echo "127.0.0.1:$((BASE_PORT + $1))"; }
 ALL=$(addr 1),$(addr 2),$(addr 3)
 
 now_ms() { date +%s%3N; }
-step() { printf '\n==> %s\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*"
-  say "logs kept in $RUN_DIR"
-  exit 1
-}
-
 cleanup() {
   stop_pids "${CLIENTS[@]}" "${INSTANCES[@]}"
   stop_pids "${PIDS[@]}"

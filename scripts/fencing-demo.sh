@@ -34,13 +34,8 @@ ALL=$(addr 1),$(addr 2),$(addr 3)
 
 now() { date +%H:%M:%S.%3N; }
 event() { echo "$(now) [demo] $*" >>"$TIMELINE"; }
+# lib.sh's step, also recorded as an event.
 step() { printf '\n==> %s\n' "$*"; event "$*"; }
-say() { printf '    %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*"
-  say "logs kept in $RUN_DIR"
-  exit 1
-}
 
 cleanup() {
   stop_pids "${WORKERS[@]}"

@@ -1,5 +1,15 @@
 # Shell helpers shared by the demo and benchmark scripts (sourced, not run).
 
+# A demo's output: a step heading, an indented line, and a failure that keeps the logs in
+# $RUN_DIR and exits 1 (the demos end with PASS or FAIL: <reason>).
+step() { printf '\n==> %s\n' "$*"; }
+say() { printf '    %s\n' "$*"; }
+fail() {
+  printf '\nFAIL: %s\n' "$*"
+  say "logs kept in $RUN_DIR"
+  exit 1
+}
+
 # Stops processes: SIGCONT (a frozen one cannot exit) and SIGTERM to all, then waits up to
 # 5 s for each before SIGKILL, and reaps it.
 stop_pids() {

@@ -28,14 +28,6 @@ RESULT=FAIL
 addr() { echo "127.0.0.1:$((BASE_PORT + $1))"; }
 ALL=$(addr 1),$(addr 2),$(addr 3)
 
-step() { printf '\n==> %s\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
-fail() {
-  printf '\nFAIL: %s\n' "$*"
-  say "logs kept in $RUN_DIR"
-  exit 1
-}
-
 cleanup() {
   stop_pids "${PIDS[@]}"
   rm -rf "$RUN_DIR/data"

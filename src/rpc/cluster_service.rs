@@ -116,36 +116,56 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        members::member_add(&self.config, &self.node, request.into_inner())
-            .await
-            .map(Response::new)
+        members::member_add(
+            &self.config,
+            &self.node,
+            request.into_inner(),
+            members::change_status,
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_remove(
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        members::member_remove(&self.config, &self.node, request.into_inner())
-            .await
-            .map(Response::new)
+        members::member_remove(
+            &self.config,
+            &self.node,
+            request.into_inner(),
+            members::change_status,
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_promote(
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        members::member_promote(&self.config, &self.node, request.into_inner())
-            .await
-            .map(Response::new)
+        members::member_promote(
+            &self.config,
+            &self.node,
+            request.into_inner(),
+            members::change_status,
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_update(
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        members::member_update(&self.config, &self.node, request.into_inner())
-            .await
-            .map(Response::new)
+        members::member_update(
+            &self.config,
+            &self.node,
+            request.into_inner(),
+            members::change_status,
+        )
+        .await
+        .map(Response::new)
     }
 }
 

@@ -179,17 +179,8 @@ async fn change(
     Ok(members_pb(config, &s))
 }
 
-/// `MemberAdd`.
+/// `MemberAdd`, with refusals worded by `refused` (kvstore.v1: [`change_status`]).
 pub async fn member_add(
-    config: &NodeConfig,
-    node: &NodeHandle,
-    req: pb::MemberAddRequest,
-) -> Result<pb::MemberAddResponse, Status> {
-    member_add_as(config, node, req, change_status).await
-}
-
-/// [`member_add`] with refusals worded by `refused`.
-pub async fn member_add_as(
     config: &NodeConfig,
     node: &NodeHandle,
     req: pb::MemberAddRequest,
@@ -220,17 +211,8 @@ pub async fn member_add_as(
     Ok(pb::MemberAddResponse { member, members })
 }
 
-/// `MemberRemove`.
+/// `MemberRemove`, with refusals worded by `refused` (kvstore.v1: [`change_status`]).
 pub async fn member_remove(
-    config: &NodeConfig,
-    node: &NodeHandle,
-    req: pb::MemberRemoveRequest,
-) -> Result<pb::MemberRemoveResponse, Status> {
-    member_remove_as(config, node, req, change_status).await
-}
-
-/// [`member_remove`] with refusals worded by `refused`.
-pub async fn member_remove_as(
     config: &NodeConfig,
     node: &NodeHandle,
     req: pb::MemberRemoveRequest,
@@ -247,17 +229,8 @@ pub async fn member_remove_as(
     Ok(pb::MemberRemoveResponse { members })
 }
 
-/// `MemberPromote`.
+/// `MemberPromote`, with refusals worded by `refused` (kvstore.v1: [`change_status`]).
 pub async fn member_promote(
-    config: &NodeConfig,
-    node: &NodeHandle,
-    req: pb::MemberPromoteRequest,
-) -> Result<pb::MemberPromoteResponse, Status> {
-    member_promote_as(config, node, req, change_status).await
-}
-
-/// [`member_promote`] with refusals worded by `refused`.
-pub async fn member_promote_as(
     config: &NodeConfig,
     node: &NodeHandle,
     req: pb::MemberPromoteRequest,
@@ -274,17 +247,8 @@ pub async fn member_promote_as(
     Ok(pb::MemberPromoteResponse { members })
 }
 
-/// `MemberUpdate`.
+/// `MemberUpdate`, with refusals worded by `refused` (kvstore.v1: [`change_status`]).
 pub async fn member_update(
-    config: &NodeConfig,
-    node: &NodeHandle,
-    req: pb::MemberUpdateRequest,
-) -> Result<pb::MemberUpdateResponse, Status> {
-    member_update_as(config, node, req, change_status).await
-}
-
-/// [`member_update`] with refusals worded by `refused`.
-pub async fn member_update_as(
     config: &NodeConfig,
     node: &NodeHandle,
     req: pb::MemberUpdateRequest,

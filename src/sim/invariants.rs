@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::world::SimNode;
-use crate::raft::{Entry, LogIndex, Membership, NodeId, Payload, Role, SnapshotMeta, Term};
+use crate::raft::{
+    Entry, LogIndex, Membership, NodeId, Payload, RaftCore, Role, SnapshotMeta, Term,
+};
 
 /// A payload's fingerprint: its CRC32 and length (CRC32 is SIMD-fast, and payloads reach
 /// 1 MiB: SipHash made them the simulator's main cost). No command's equals a no-op's.
@@ -339,16 +341,7 @@ pub(crate) fn quorums_overlap(a: &Membership, b: &Membership) -> bool {
 /// snapshot; else the snapshot's membership, which the core does not expose).
 fn followed_membership(id: NodeId, n: &SimNode, fail: &mut Option<String>) {
     let s = n.core.status();
-    let first = n.core.snapshot_meta().index + 1;
-    let last_conf = (first..=s.last_index)
-        .rev()
-        .find_map(|i| match n.core.entry(i) {
-            Some(Entry {
-                payload: Payload::ConfChange(c),
-                ..
-            }) => Some((i, &c.membership)),
-            _ => None,
-        });
+    let last_conf = last_conf_at(&n.core, s.last_index);
     if let Some((i, m)) = last_conf {
         if *m != s.membership {
             fail.get_or_insert(format!(
@@ -369,21 +362,12 @@ fn may_stand(id: NodeId, n: &SimNode) -> bool {
         return true;
     }
     let status = core.status();
-    let first = core.snapshot_meta().index + 1;
-    let is_conf = |i: LogIndex| {
-        core.entry(i).and_then(|e| match &e.payload {
-            Payload::ConfChange(c) => Some(c.membership.clone()),
-            _ => None,
-        })
-    };
-    let uncommitted_conf = (status.commit + 1..=status.last_index).any(|i| is_conf(i).is_some());
+    let uncommitted_conf =
+        last_conf_at(core, status.last_index).is_some_and(|(i, _)| i > status.commit);
     if !uncommitted_conf {
         return false;
     }
-    let committed = (first..=status.commit)
-        .rev()
-        .find_map(is_conf)
-        .unwrap_or_else(|| core.snapshot_membership().clone());
+    let committed = membership_at(core, status.commit);
     committed.is_voter(id)
 }
 
@@ -401,14 +385,7 @@ fn term_entry_on_quorum(leader: &SimNode, conf: &Entry, nodes: &BTreeMap<NodeId,
     if first == conf.index {
         return false; // no entry of its term before the change
     }
-    let base = core.snapshot_meta().index + 1;
-    let before = (base..conf.index)
-        .rev()
-        .find_map(|i| match core.entry(i).map(|e| &e.payload) {
-            Some(Payload::ConfChange(c)) => Some(c.membership.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| core.snapshot_membership().clone());
+    let before = membership_at(core, conf.index - 1);
     let holders = before
         .voters
         .iter()
@@ -419,4 +396,23 @@ fn term_entry_on_quorum(leader: &SimNode, conf: &Entry, nodes: &BTreeMap<NodeId,
         })
         .count();
     holders >= before.quorum()
+}
+
+/// The last configuration entry at or before `index` in `core`'s log (after its snapshot),
+/// read from the entries here rather than asked of the core, with its index.
+fn last_conf_at(core: &RaftCore, index: LogIndex) -> Option<(LogIndex, &Membership)> {
+    let first = core.snapshot_meta().index + 1;
+    (first..=index).rev().find_map(|i| match core.entry(i) {
+        Some(Entry {
+            payload: Payload::ConfChange(c),
+            ..
+        }) => Some((i, &c.membership)),
+        _ => None,
+    })
+}
+
+/// The membership as of `index`: the last configuration entry at or before it, else the
+/// snapshot's.
+fn membership_at(core: &RaftCore, index: LogIndex) -> Membership {
+    last_conf_at(core, index).map_or_else(|| core.snapshot_membership().clone(), |(_, m)| m.clone())
 }

@@ -191,7 +191,7 @@ impl cluster_server::Cluster for EtcdMaintenance {
         forward_if_follower!(self, request, member_add, self.cluster_leader(&request)?);
         let req = request.into_inner();
         let peer_address = peer_address(&req.peer_ur_ls)?;
-        let answer = member_service::member_add_as(
+        let answer = member_service::member_add(
             self.member.config(),
             self.member.node(),
             pb::MemberAddRequest {
@@ -216,7 +216,7 @@ impl cluster_server::Cluster for EtcdMaintenance {
         forward_if_follower!(self, request, member_remove, self.cluster_leader(&request)?);
         let id = request.into_inner().id;
         // etcd's --strict-reconfig-check (on by default) has no per-request override.
-        let answer = member_service::member_remove_as(
+        let answer = member_service::member_remove(
             self.member.config(),
             self.member.node(),
             pb::MemberRemoveRequest { id, force: false },
@@ -237,7 +237,7 @@ impl cluster_server::Cluster for EtcdMaintenance {
         forward_if_follower!(self, request, member_update, self.cluster_leader(&request)?);
         let req = request.into_inner();
         let peer_address = peer_address(&req.peer_ur_ls)?;
-        let answer = member_service::member_update_as(
+        let answer = member_service::member_update(
             self.member.config(),
             self.member.node(),
             pb::MemberUpdateRequest {
@@ -288,7 +288,7 @@ impl cluster_server::Cluster for EtcdMaintenance {
             self.cluster_leader(&request)?
         );
         let id = request.into_inner().id;
-        let answer = member_service::member_promote_as(
+        let answer = member_service::member_promote(
             self.member.config(),
             self.member.node(),
             pb::MemberPromoteRequest { id },
